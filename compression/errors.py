@@ -1,0 +1,55 @@
+"""The project's error hierarchy, in one place.
+
+Every error a user can cause derives from :class:`DeepCompressError`; the CLI prints its message on
+one line and exits non-zero, without a traceback. Messages say what was wrong and what to do.
+"""
+from __future__ import annotations
+
+
+class DeepCompressError(Exception):
+    """Base class: an error caused by input, configuration or environment, not by a bug."""
+
+    exit_code = 1
+
+
+class RecipeError(DeepCompressError, ValueError):
+    """A recipe (or a config built from one) is invalid; the message names the field."""
+
+    exit_code = 2
+
+
+class DataError(DeepCompressError):
+    """A dataset is missing or malformed."""
+
+
+class CheckpointError(DeepCompressError):
+    """A checkpoint or state_dict is missing, corrupt or does not fit the model."""
+
+
+class ModelError(DeepCompressError):
+    """A model cannot be built, has no prunable layers, or holds non-finite weights."""
+
+
+class ContainerError(DeepCompressError):
+    """A `.dcz` file is malformed; the message names the file and the section at fault."""
+
+
+class ExportError(DeepCompressError):
+    """An export to Core ML or TFLite failed; the message names the layer and op when known."""
+
+
+class BudgetError(DeepCompressError):
+    """A budgets file is malformed."""
+
+    exit_code = 2
+
+
+class DeviceError(DeepCompressError):
+    """A device command failed or timed out."""
+
+    def __init__(self, message: str, *, command: list[str] | str | None = None,
+                 returncode: int | None = None, output: str = "") -> None:
+        super().__init__(message)
+        self.command = command
+        self.returncode = returncode
+        self.output = output

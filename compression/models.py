@@ -1,0 +1,159 @@
+"""Built-in models and the loader for user models given as ``package.module:factory``."""
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ModelError
+
+
+class LeNet300(nn.Module):
+    """LeNet-300-100 (Han et al. 2016, Table 2): 784-300-100-10, 266K weights."""
+
+    def __init__(self, num_classes: int = 10, in_features: int = 784) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, 300)
+        self.fc2 = nn.Linear(300, 100)
+        self.fc3 = nn.Linear(100, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class LeNet5(nn.Module):
+    """LeNet-5, Caffe variant (Han et al. 2016, Table 3): conv 20/50 5x5, FC 500, 431K weights."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.fc1 = nn.Linear(50 * 4 * 4, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(self.conv1(x), 2)
+        x = torch.max_pool2d(self.conv2(x), 2)
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        return self.fc2(x)
+
+
+def _separable(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin, bias=False),
+        nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class MobileNetTiny(nn.Module):
+    """A small MobileNet-style CNN: one stem conv, four depthwise-separable blocks, global pool."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(
+            _separable(width, 2 * width, 2),       # 28 -> 14
+            _separable(2 * width, 2 * width, 1),
+            _separable(2 * width, 4 * width, 2),   # 14 -> 7
+            _separable(4 * width, 4 * width, 1),
+        )
+        self.classifier = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        x = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return self.classifier(x)
+
+
+BUILTIN: dict[str, Callable[..., nn.Module]] = {
+    "lenet300": LeNet300,
+    "lenet5": LeNet5,
+    "mobilenet_tiny": MobileNetTiny,
+}
+
+
+def build_model(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build a built-in model by name, or a user model from ``package.module:factory``."""
+    kwargs = dict(kwargs or {})
+    if name in BUILTIN:
+        factory = BUILTIN[name]
+    elif ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ModelError(f"model {name!r}: cannot import module {module_name!r} ({exc}); "
+                             "make sure it is on PYTHONPATH") from exc
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise ModelError(f"model {name!r}: {module_name} has no callable {attr!r}")
+    else:
+        raise ModelError(f"unknown model {name!r}; built-in models are {sorted(BUILTIN)}, "
+                         "or give a user model as 'package.module:factory'")
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise ModelError(f"model {name!r}: factory rejected arguments {kwargs} ({exc})") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model {name!r}: factory returned {type(model).__name__}, not nn.Module")
+    return model
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state_dict safely (``weights_only=True``: nothing is unpickled)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {p} is corrupt or not a plain state_dict: {first}") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {p} does not hold a state_dict of tensors")
+    return obj
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state_dict") -> None:
+    """Load ``state`` into ``model`` strictly, with an error naming the mismatching keys."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:4]) if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{source} does not fit the model: {detail}") from exc
+    check_finite(model, source)
+
+
+def check_finite(model: nn.Module, source: str = "model") -> None:
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelError(f"{source}: tensor {name!r} holds NaN or infinite values; "
+                             "retrain or restore a good checkpoint")
+
+
+def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layers whose ``weight`` the pipeline prunes and shares: Linear and Conv (by qualified name)."""
+    layers = {name: m for name, m in model.named_modules()
+              if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.weight is not None}
+    if not layers:
+        raise ModelError(f"model {type(model).__name__} has no prunable layers "
+                         "(no nn.Linear or nn.Conv*d weights)")
+    return layers
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in model.parameters())

@@ -1,0 +1,66 @@
+"""The one interface every device backend implements (ADB, iOS simulator, host).
+
+Backends take argument lists, never shell strings: whatever reaches a device shell is built from
+``shlex.quote``-d pieces by the backend itself. Every call has a timeout.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What is recorded next to every figure measured on a device."""
+
+    kind: str                 # "adb", "simctl", "host"
+    serial: str               # "127.0.0.1:5555", a USB serial, a simulator UDID, "host"
+    model: str                # ro.product.model, simulator device type, host CPU name
+    os_version: str           # Android release / SDK, iOS runtime, host OS
+    abi: str                  # ro.product.cpu.abi, "arm64" / "x86_64"
+    cores: int
+    max_freq_khz: tuple[int, ...] = ()   # per core, from cpuinfo_max_freq where readable
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "serial": self.serial, "model": self.model,
+                "os_version": self.os_version, "abi": self.abi, "cores": self.cores,
+                "max_freq_khz": list(self.max_freq_khz), **({"extra": self.extra} if self.extra else {})}
+
+
+@dataclass(frozen=True)
+class ShellResult:
+    argv: tuple[str, ...]
+    returncode: int
+    output: str
+
+
+class Device(abc.ABC):
+    """A place where artifacts are pushed and run. Use as a context manager."""
+
+    info: DeviceInfo
+    workdir: str  # where artifacts go: /data/local/tmp/deepcompress on Android
+
+    @abc.abstractmethod
+    def shell(self, argv: list[str], *, timeout_s: float = 60.0, check: bool = True) -> ShellResult:
+        """Run ``argv`` on the device (each element quoted by the backend); raise DeviceError on
+        timeout, or on a non-zero exit when ``check``."""
+
+    @abc.abstractmethod
+    def push(self, local: Path, remote: str, *, timeout_s: float = 120.0) -> float:
+        """Copy a file to the device; return the seconds it took."""
+
+    @abc.abstractmethod
+    def pull(self, remote: str, local: Path, *, timeout_s: float = 120.0) -> None:
+        """Copy a file from the device."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
+        pass
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
