@@ -1,0 +1,97 @@
+"""``deepcompress run``: compress a model with a recipe."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import RecipeError
+
+DEFAULT_RECIPE = "lenet300"
+
+
+def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    p.description = (
+        "Train (or load) the baseline, then run the recipe's stages (prune -> share -> "
+        "fine-tune centroids -> encode) with a checkpoint after each. Writes DIR/model.dcz, "
+        "DIR/report.json and DIR/checkpoints/.")
+    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE,
+                   help=f"a recipe TOML file or a shipped recipe name (default: {DEFAULT_RECIPE}; "
+                        "shipped: lenet300, lenet5, mobilenet_tiny)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="run folder to write")
+    p.add_argument("--resume-from", metavar="STAGE",
+                   help="re-run STAGE and the stages after it, starting from the checkpoint "
+                        "written before it (stage names as in the recipe, e.g. 2_share)")
+    p.add_argument("--data", metavar="DIR",
+                   help="IDX dataset folder (default: recipe's data.root, then $DEEPCOMPRESS_DATA, "
+                        "then /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--seed", type=int, help="override the recipe's seed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set baseline.epochs=2 "
+                        "--set data.train_limit=5000 --set stages.0.sparsity=0.9 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print report.json on stdout, nothing else")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.0.c=VALUE`` to a recipe dict; VALUE is parsed as TOML (strings may be bare)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE, e.g. baseline.epochs=2")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    node: Any = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        nxt_is_index = parts[i + 1].isdigit()
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"--set {key}: no item {part} in {'.'.join(parts[:i]) or 'recipe'}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, [] if nxt_is_index else {})
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise RecipeError(f"--set {key}: no item {last}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def main(args: argparse.Namespace) -> int:
+    from .recipe import Recipe, resolve_recipe_path
+    from . import pipeline
+    from ._ui import Ui
+
+    path = resolve_recipe_path(args.recipe)
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
+    for assignment in args.overrides:
+        apply_override(data, assignment)
+    if args.seed is not None:
+        data["seed"] = args.seed
+    try:
+        recipe = Recipe.from_dict(data, name=path.stem)
+    except RecipeError as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+
+    ui = Ui(enabled=not (args.quiet or args.json))
+    with ui:
+        result = pipeline.run_recipe(recipe, args.out, recipe_text=text,
+                                     resume_from=args.resume_from, data_root=args.data,
+                                     progress=ui.progress, log=ui.log)
+    if args.json:
+        json.dump(result.report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        ui.summary(result.report, Path(args.out))
+    return 0

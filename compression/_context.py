@@ -1,0 +1,37 @@
+"""What every stage receives besides the model and its own config."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ._state import CompressionState
+from ._train import ProgressFn, TrainSpec, no_progress
+from .data import Split
+from .recipe import TrainConfig
+
+
+@dataclass
+class StageContext:
+    state: CompressionState
+    train: Split
+    test: Split
+    baseline: TrainConfig
+    batch_size: int = 128
+    seed: int = 0
+    progress: ProgressFn = no_progress
+    log: Callable[[str], None] = lambda msg: None
+    metrics: dict = field(default_factory=dict)   # a stage's own figures, saved in the report
+
+    def generator(self, salt: int) -> torch.Generator:
+        """A generator seeded from the run's seed and the stage, so a resumed run repeats it."""
+        torch.manual_seed(self.seed * 1000 + salt)
+        return torch.Generator().manual_seed(self.seed * 1000 + salt)
+
+    def retrain_spec(self, epochs: int, lr: float | None, weight_decay: float = 0.0) -> TrainSpec:
+        """Retraining: the baseline optimiser at lr/10 unless the stage says otherwise (paper)."""
+        return TrainSpec(epochs=epochs, lr=lr if lr is not None else self.baseline.lr / 10,
+                         optimizer=self.baseline.optimizer, momentum=self.baseline.momentum,
+                         weight_decay=weight_decay, schedule=self.baseline.schedule,
+                         batch_size=self.batch_size)

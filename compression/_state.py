@@ -1,0 +1,126 @@
+"""What the pipeline knows about each compressible layer besides its weights: mask and codebook.
+
+The invariants are enforced here and checked by :meth:`CompressionState.check`:
+- a pruned weight (mask False) is exactly 0 in every later stage;
+- a shared layer's weight equals ``centroids[assignments]`` where the mask is set, so it holds at
+  most ``2**bits`` distinct non-zero values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ModelError
+from .models import compressible_layers
+
+
+@dataclass
+class LayerState:
+    module: nn.Module
+    type_name: str
+    mask: torch.Tensor | None = None          # bool, weight's shape; None = not pruned
+    centroids: torch.Tensor | None = None     # float32 (k,); None = not shared
+    assignments: torch.Tensor | None = None   # int64, weight's shape (0 where pruned)
+    bits: int | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    def enforce(self) -> None:
+        """Write the constraints into the weight (after every optimiser step)."""
+        with torch.no_grad():
+            if self.centroids is not None:
+                w = self.centroids[self.assignments]
+                if self.mask is not None:
+                    w = torch.where(self.mask, w, torch.zeros_like(w))
+                self.weight.copy_(w)
+            elif self.mask is not None:
+                self.weight.masked_fill_(~self.mask, 0.0)
+
+
+@dataclass
+class CompressionState:
+    layers: dict[str, LayerState] = field(default_factory=dict)
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> "CompressionState":
+        return cls({name: LayerState(m, type(m).__name__)
+                    for name, m in compressible_layers(model).items()})
+
+    def enforce(self) -> None:
+        for layer in self.layers.values():
+            layer.enforce()
+
+    def mask_gradients(self) -> None:
+        """Zero the gradients of pruned weights so the optimiser's state ignores them."""
+        for layer in self.layers.values():
+            if layer.mask is not None and layer.weight.grad is not None:
+                layer.weight.grad.masked_fill_(~layer.mask, 0.0)
+
+    def check(self) -> None:
+        """Raise ModelError if an invariant does not hold (a bug, or a corrupt checkpoint)."""
+        for name, layer in self.layers.items():
+            w = layer.weight.detach()
+            if not torch.isfinite(w).all():
+                raise ModelError(f"layer {name}: weights hold NaN or infinite values")
+            if layer.mask is not None and bool((w[~layer.mask] != 0).any()):
+                raise ModelError(f"layer {name}: a pruned weight is non-zero")
+            if layer.centroids is not None:
+                distinct = torch.unique(w[w != 0]).numel()
+                if distinct > 2 ** (layer.bits or 32):
+                    raise ModelError(f"layer {name}: {distinct} distinct values exceed "
+                                     f"2**{layer.bits}")
+
+    # -- checkpoints: plain tensors only, so torch.load(weights_only=True) reads them ---------
+    def to_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        out: dict[str, dict[str, torch.Tensor]] = {"masks": {}, "centroids": {}, "assignments": {},
+                                                   "bits": {}}
+        for name, layer in self.layers.items():
+            if layer.mask is not None:
+                out["masks"][name] = layer.mask.clone()
+            if layer.centroids is not None:
+                out["centroids"][name] = layer.centroids.detach().clone()
+                out["assignments"][name] = layer.assignments.clone()
+                out["bits"][name] = torch.tensor(layer.bits)
+        return out
+
+    def load_tensors(self, data: dict[str, dict[str, torch.Tensor]], source: str) -> None:
+        for section in ("masks", "centroids", "assignments", "bits"):
+            for name in data.get(section, {}):
+                if name not in self.layers:
+                    raise CheckpointError(f"{source}: {section} for unknown layer {name!r}")
+        for name, layer in self.layers.items():
+            mask = data.get("masks", {}).get(name)
+            if mask is not None:
+                if mask.shape != layer.weight.shape or mask.dtype != torch.bool:
+                    raise CheckpointError(f"{source}: mask of {name} has the wrong shape or dtype")
+                layer.mask = mask
+            if name in data.get("centroids", {}):
+                layer.centroids = data["centroids"][name].float()
+                layer.assignments = data["assignments"][name].long()
+                layer.bits = int(data["bits"][name])
+                if layer.assignments.shape != layer.weight.shape or (
+                        layer.assignments.numel() and int(layer.assignments.max()) >= layer.centroids.numel()):
+                    raise CheckpointError(f"{source}: assignments of {name} do not fit its codebook")
+
+    # -- reporting ------------------------------------------------------------------------
+    def layer_rows(self) -> list[dict]:
+        rows = []
+        for name, layer in self.layers.items():
+            w = layer.weight.detach()
+            n = w.numel()
+            nnz = int((w != 0).sum())
+            rows.append({
+                "name": name, "type": layer.type_name, "shape": list(w.shape),
+                "parameters": n, "nonzeros": nnz, "sparsity": 1 - nnz / n if n else 0.0,
+                "bits": layer.bits, "distinct_values": int(torch.unique(w[w != 0]).numel()),
+            })
+        return rows
+
+    def sparsity(self) -> float:
+        total = sum(layer.weight.numel() for layer in self.layers.values())
+        zeros = sum(int((layer.weight == 0).sum()) for layer in self.layers.values())
+        return zeros / total if total else 0.0

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny IDX datasets written on the fly, and a tiny recipe."""
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
+    codes = {np.dtype(np.uint8): 0x08}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+@pytest.fixture(scope="session")
+def tiny_idx(tmp_path_factory) -> Path:
+    """A separable 10-class IDX dataset (class c lights up row block c), 600 train / 200 test."""
+    root = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for split, n, prefix in (("train", 600, "train"), ("test", 200, "t10k")):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+        for i, c in enumerate(labels):
+            images[i, 2 * c:2 * c + 3, :] = 255
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture
+def make_recipe(tiny_idx):
+    """A factory for tiny recipe dicts (see tiny_recipe)."""
+    return lambda **extra: tiny_recipe(tiny_idx, **extra)
+
+
+def tiny_recipe(root: Path, **extra) -> dict:
+    """A recipe dict small enough to run in a second or two."""
+    recipe = {
+        "name": "tiny", "seed": 3,
+        "data": {"root": str(root), "batch_size": 64},
+        "model": {"name": "lenet300"},
+        "baseline": {"epochs": 2, "lr": 2e-3},
+        "stages": [
+            {"kind": "prune", "name": "1_prune", "sparsity": 0.8, "rounds": 2, "retrain_epochs": 1},
+            {"kind": "share", "name": "2_share", "bits": 3},
+            {"kind": "finetune_centroids", "name": "3_finetune", "epochs": 1},
+            {"kind": "encode", "name": "4_encode", "coder": "huffman"},
+        ],
+    }
+    recipe.update(extra)
+    return recipe

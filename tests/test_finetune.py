@@ -1,0 +1,43 @@
+"""Centroid fine-tuning: gradients summed per cluster; masks and assignments fixed."""
+import torch
+from torch import nn
+
+from compression._state import CompressionState
+from compression.finetune import centroid_gradients
+
+
+def test_centroid_gradient_is_the_sum_over_its_weights():
+    model = nn.Sequential(nn.Linear(3, 2))
+    state = CompressionState.for_model(model)
+    layer = state.layers["0"]
+    layer.mask = torch.tensor([[True, True, False], [True, False, True]])
+    layer.centroids = torch.tensor([-1.0, 1.0])
+    layer.assignments = torch.tensor([[0, 1, 0], [1, 0, 0]])
+    layer.bits = 1
+    state.enforce()
+    assert layer.weight.tolist() == [[-1.0, 1.0, 0.0], [1.0, 0.0, -1.0]]
+    layer.weight.grad = torch.tensor([[1.0, 2.0, 100.0], [3.0, 100.0, 4.0]])
+    params = {"0": nn.Parameter(layer.centroids.clone())}
+    centroid_gradients(state, params)
+    # cluster 0: (0,0)=1 and (1,2)=4 ; cluster 1: (0,1)=2 and (1,0)=3 ; pruned grads ignored
+    assert params["0"].grad.tolist() == [5.0, 5.0]
+
+
+def test_finetune_stage_keeps_zeros_and_assignments(make_recipe, tmp_path):
+    from compression.pipeline import run_recipe
+    from compression.recipe import Recipe
+
+    recipe = Recipe.from_dict(make_recipe(stages=[
+        {"kind": "prune", "sparsity": 0.7, "rounds": 1, "retrain_epochs": 1},
+        {"kind": "share", "bits": 2},
+        {"kind": "finetune_centroids", "epochs": 2, "lr": 1e-2},
+    ]))
+    result = run_recipe(recipe, tmp_path)
+    before = torch.load(tmp_path / "checkpoints" / "2_share.pt", weights_only=True)
+    for name, layer in result.state.layers.items():
+        assert torch.equal(layer.assignments, before["assignments"][name])
+        assert torch.equal(layer.mask, before["masks"][name])
+        assert (layer.weight[~layer.mask] == 0).all()
+        assert torch.unique(layer.weight[layer.weight != 0]).numel() <= 4
+        # the centroids did move
+        assert not torch.equal(layer.centroids, before["centroids"][name])
