@@ -1,1 +1,38 @@
-"""Device harness: push artifacts to phones, simulators or the host; run and measure them."""
+"""Device harness: push artifacts to phones, simulators or the host; run and measure them.
+
+Public verbs (imports are deferred so ``import device_harness`` stays cheap):
+
+- ``open_device(spec)``: ``host``, ``emulator``, ``simctl:UDID|booted``, ``HOST:PORT``, a USB serial;
+- ``discover(...)``: what ``deepcompress devices`` lists;
+- ``bench(artifact, spec, **options)``: one measurement, as the dict ``deepcompress bench --json``
+  prints.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ._device import Device, DeviceInfo, ShellResult
+
+
+def open_device(spec: str, *, timeout_s: float = 30.0) -> Device:
+    from ._discover import open_device as _open
+
+    return _open(spec, timeout_s=timeout_s)
+
+
+def discover(adb_addresses=(), *, probe: bool = True) -> list:
+    from ._discover import discover as _discover
+
+    return _discover(adb_addresses, probe=probe)
+
+
+def bench(artifact: str | Path, spec: str = "host", **options: Any) -> dict:
+    """Benchmark one artifact on one device; options are BenchOptions fields (runs, warmup, ...)."""
+    from .runners import BenchOptions, bench_artifact
+
+    with open_device(spec) as device:
+        return bench_artifact(device, Path(artifact), BenchOptions(**options))
+
+
+__all__ = ["Device", "DeviceInfo", "ShellResult", "open_device", "discover", "bench"]

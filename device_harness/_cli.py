@@ -1,0 +1,167 @@
+"""``deepcompress devices`` and ``deepcompress bench`` (``emulator`` is the emulator package's own)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from compression.errors import DeviceError
+
+
+def _emulator_cli():
+    return importlib.import_module("device_harness.emulator._cli")
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    if command == "emulator":
+        _emulator_cli().add_arguments(parser, command)
+    elif command == "devices":
+        parser.add_argument("--json", action="store_true", help="print JSON on stdout")
+        parser.add_argument("--adb", action="append", default=[], metavar="HOST:PORT",
+                            help="also query this ADB device over TCP (repeatable)")
+        parser.add_argument("--no-probe", action="store_true",
+                            help="don't probe 127.0.0.1:5555-5585 for emulators")
+    elif command == "bench":
+        _bench_arguments(parser)
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT",
+                   help=".tflite file(s) or .mlpackage folder(s)")
+    p.add_argument("--device", action="append", dest="devices", metavar="SPEC",
+                   help="host (default), emulator, simctl:UDID|booted, HOST:PORT or a USB serial; "
+                        "repeatable")
+    p.add_argument("--runs", type=int, default=50, help="timed runs (default 50, benchmark_model's)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs (default 5)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    p.add_argument("--benchmark-model", type=Path, metavar="PATH",
+                   help="Android benchmark_model binary: pushed once, cached by content hash, run on "
+                        "the big cores (ADB devices)")
+    p.add_argument("--delegate", default="default",
+                   choices=["default", "cpu", "xnnpack", "gpu", "nnapi"],
+                   help="benchmark_model delegate (default: the build's own)")
+    p.add_argument("--eval", type=int, default=0, metavar="N", dest="eval_n",
+                   help="also measure accuracy on the first N test examples, on the device")
+    p.add_argument("--data", metavar="DIR", help="IDX dataset folder for --eval (default Fashion-MNIST)")
+    p.add_argument("--out", type=Path, metavar="FILE.jsonl",
+                   help="append each result to FILE as one JSON line, as it arrives")
+    p.add_argument("--json", action="store_true", help="print one JSON object per result on stdout")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="timeout of each device call, model runs included (default 300)")
+    p.add_argument("--cooldown-max", type=float, default=60.0, metavar="S",
+                   help="longest wait for a hot device to cool down before a model (default 60)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="reconnections after a dropped connection (default 2, with backoff)")
+    p.add_argument("--bench-host-app", type=Path, metavar="BenchHost.app",
+                   help="the built iOS benchmark app for .mlpackage on simctl "
+                        "(or DEEPCOMPRESS_BENCHHOST_APP)")
+    p.add_argument("--compute-units", default="all",
+                   choices=["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"],
+                   help="Core ML compute units on simctl (default all)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.command == "emulator":
+        return _emulator_cli().main(args)
+    if args.command == "devices":
+        return _devices(args)
+    return _bench(args)
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from ._discover import discover
+
+    listings = discover(args.adb, probe=not args.no_probe)
+    if args.json:
+        print(json.dumps([entry.to_dict() for entry in listings], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="devices")
+    for col in ("SPEC", "MODEL", "OS", "ABI", "CORES", "MAX FREQ (MHz)", "NOTE"):
+        table.add_column(col)
+    for e in listings:
+        i = e.info
+        freqs = sorted(set(i.max_freq_khz), reverse=True) if i else []
+        table.add_row(e.spec, i.model if i else "", i.os_version if i else "", i.abi if i else "",
+                      str(i.cores) if i else "", " / ".join(str(f // 1000) for f in freqs) or "-",
+                      e.note)
+    Console().print(table)
+    return 0
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """One ``write`` of one whole line with O_APPEND: readers never see half a result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ._discover import open_device
+    from .runners import BenchOptions, bench_many
+
+    opts = BenchOptions(runs=args.runs, warmup=args.warmup, threads=args.threads,
+                        timeout_s=args.timeout, benchmark_model=args.benchmark_model,
+                        delegate=args.delegate, eval_n=args.eval_n, cooldown_max_s=args.cooldown_max,
+                        bench_host_app=args.bench_host_app, compute_units=args.compute_units,
+                        data_root=args.data, retries=args.retries)
+    specs = args.devices or ["host"]
+
+    def on_result(result: dict) -> None:
+        if args.out:
+            append_jsonl(args.out, result)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            where = result["device"].get("serial") or result["device"].get("spec")
+            state = "ok" if result["ok"] else f"FAILED: {result['error']}"
+            print(f"{Path(result['artifact']).name} on {where}: {state}", file=sys.stderr, flush=True)
+
+    results = bench_many(args.artifacts, specs, opts,
+                         open_device=lambda s: open_device(s, timeout_s=min(args.timeout, 60.0)),
+                         on_result=on_result)
+    if not args.json:
+        _print_table(results)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print_table(results: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="bench (latency in ms)")
+    for col in ("ARTIFACT", "DEVICE", "RUNNER", "RUNS", "P50", "P90", "P99", "MEAN", "INIT",
+                "PEAK MB", "PUSH", "ACCURACY"):
+        table.add_column(col, overflow="fold")
+    failed = []
+    for r in results:
+        device = r["device"].get("serial") or r["device"].get("spec", "?")
+        name = Path(r["artifact"]).name
+        if not r["ok"]:
+            failed.append(f"{name} on {device}: {r['error']}")
+            table.add_row(name, device, "FAILED", *[""] * 9)
+            continue
+        lat, acc = r["latency_ms"], r.get("accuracy")
+        push = f"{r['push']['bytes'] / 1024:.0f} KiB / {r['push']['seconds'] * 1000:.0f} ms"
+        table.add_row(name, device, r["runner"], str(r["runs"]), _fmt(lat["p50"]), _fmt(lat["p90"]),
+                      _fmt(lat["p99"]), _fmt(lat["mean"]), _fmt(r["init_ms"], 1),
+                      _fmt(r["peak_memory_mb"], 1), push,
+                      f"{acc['accuracy']:.4f}" if acc else "-")
+    console = Console()
+    console.print(table)
+    for line in failed:
+        console.print(f"[red]failed[/red] {line}", highlight=False)

@@ -1,0 +1,111 @@
+"""The ``host`` backend (this machine), and the one helper every local tool call goes through.
+
+``run_local`` is how the harness starts any local program (the LiteRT runner on the host, ``xcrun
+simctl``): an argument list, never a shell string; a timeout always; output captured as text.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from compression.errors import DeviceError
+
+from ._device import Device, DeviceInfo, ShellResult
+
+
+def run_local(argv: list[str], *, timeout_s: float, check: bool = True, env: dict[str, str] | None = None,
+              cwd: str | os.PathLike[str] | None = None, merge_stderr: bool = True) -> ShellResult:
+    """Run a local program with a timeout; raise DeviceError on timeout, or on failure if ``check``.
+
+    A missing program gives returncode 127 (as a shell would) so probes can use ``check=False``.
+    """
+    argv = [str(a) for a in argv]
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, errors="replace",
+                              timeout=timeout_s, env=env, cwd=cwd)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
+        raise DeviceError(f"{argv[0]} timed out after {timeout_s:g} s; raise --timeout if the "
+                          "device is just slow", command=argv, output=out) from exc
+    except FileNotFoundError as exc:
+        if check:
+            raise DeviceError(f"{argv[0]}: program not found", command=argv, returncode=127) from exc
+        return ShellResult(tuple(argv), 127, f"{argv[0]}: not found")
+    except PermissionError as exc:
+        if check:
+            raise DeviceError(f"{argv[0]}: not executable ({exc})", command=argv, returncode=126) from exc
+        return ShellResult(tuple(argv), 126, str(exc))
+    result = ShellResult(tuple(argv), proc.returncode, proc.stdout)
+    if check and proc.returncode != 0:
+        said = (proc.stderr or "") + proc.stdout if not merge_stderr else proc.stdout
+        tail = " | ".join(said.strip().splitlines()[-3:])
+        raise DeviceError(f"{Path(argv[0]).name} exited with status {proc.returncode}: {tail}",
+                          command=argv, returncode=proc.returncode, output=said)
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def read_max_freqs(root: Path = Path("/sys/devices/system/cpu")) -> tuple[int, ...]:
+    """Per-core ``cpuinfo_max_freq`` in kHz; empty where the kernel does not expose it (VMs)."""
+    freqs = []
+    for core in range(os.cpu_count() or 0):
+        try:
+            freqs.append(int((root / f"cpu{core}/cpufreq/cpuinfo_max_freq").read_text().strip()))
+        except (OSError, ValueError):
+            return ()
+    return tuple(freqs)
+
+
+def host_info() -> DeviceInfo:
+    return DeviceInfo(kind="host", serial="host", model=_cpu_name(),
+                      os_version=f"{platform.system()} {platform.release()}",
+                      abi=platform.machine(), cores=os.cpu_count() or 1,
+                      max_freq_khz=read_max_freqs(),
+                      extra={"python": platform.python_version()})
+
+
+class HostDevice(Device):
+    """Runs the same measurements on this machine: artifacts are copied into a private workdir and
+    the runner is a child process, so its peak memory is its own, not the harness's."""
+
+    def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = str(workdir) if workdir else tempfile.mkdtemp(prefix="deepcompress-host-")
+        Path(self.workdir).mkdir(parents=True, exist_ok=True)
+        self.python = sys.executable  # the interpreter that has ai_edge_litert, not whatever is on PATH
+        self.info = host_info()
+
+    def shell(self, argv: list[str], *, timeout_s: float = 60.0, check: bool = True) -> ShellResult:
+        return run_local(argv, timeout_s=timeout_s, check=check, cwd=self.workdir)
+
+    def push(self, local: Path, remote: str, *, timeout_s: float = 120.0) -> float:
+        start = time.perf_counter()
+        Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, remote)
+        return time.perf_counter() - start
+
+    def pull(self, remote: str, local: Path, *, timeout_s: float = 120.0) -> None:
+        if not Path(remote).is_file():
+            raise DeviceError(f"host: {remote} does not exist", command=["pull", remote])
+        shutil.copyfile(remote, local)
+
+    def close(self) -> None:
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,16 @@
+"""Runners: what runs a model on a device and how its output becomes figures.
+
+- ``_benchmark_model``: TFLite's benchmark_model command line and stdout parser;
+- ``_litert_runner``: the self-contained script pushed to devices that have Python;
+- ``_driver``: pushing (cached by content hash) and running those on a Device;
+- ``_benchhost``: the iOS BenchHost app protocol (Core ML on simulators);
+- ``_accuracy``: accuracy on device against labels and host outputs;
+- ``_stats``: latency statistics, thermal status and cool-down;
+- ``_bench``: one artifact on one device, and many on many with retries.
+"""
+from ._bench import BenchOptions, bench_artifact, bench_many
+from ._benchmark_model import BenchmarkModelCommand, BenchmarkModelOutput, parse_output
+from ._stats import latency_stats
+
+__all__ = ["BenchOptions", "bench_artifact", "bench_many", "BenchmarkModelCommand",
+           "BenchmarkModelOutput", "parse_output", "latency_stats"]

@@ -1,0 +1,231 @@
+"""One benchmark = one artifact on one device: cool down, push, run, (score), and a result dict.
+
+``bench_many`` runs every artifact on every device. A device that drops is retried with backoff,
+then reported, and the other devices' results are kept; each result goes to ``on_result`` as it
+arrives so a caller can write it out before the next one starts.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from compression.errors import DeviceError
+
+from .._device import Device
+from . import _driver
+from ._stats import cool_down, latency_stats, thermal_status
+
+# Not retried: the command ran and said no (bad model, missing file). Retried: the call never
+# completed (dropped connection, timeout), which is what a flaky USB cable or Wi-Fi looks like.
+_TRANSIENT = (ConnectionError, EOFError, TimeoutError, OSError, subprocess.TimeoutExpired)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    runs: int = 50
+    warmup: int = 5                 # 5 warm-ups: caches, allocator and frequency governor settle
+    threads: int = 1                # one thread: comparable across devices, least scheduler noise
+    timeout_s: float = 300.0        # per device call; a model run included
+    benchmark_model: Path | None = None
+    delegate: str = "default"
+    eval_n: int = 0
+    cooldown_max_s: float = 60.0    # bounded: a hot phone in a hot room may never reach status 0
+    cooldown_poll_s: float = 5.0
+    bench_host_app: Path | None = None
+    compute_units: str = "all"
+    data_root: str | None = None
+    retries: int = 2                # reconnections after a dropped connection
+    backoff_s: float = 1.0          # first wait; doubles each retry
+
+    def __post_init__(self) -> None:
+        if self.runs < 1 or self.warmup < 0 or self.threads < 1 or self.eval_n < 0:
+            raise DeviceError("bench needs --runs >= 1, --warmup >= 0, --threads >= 1, --eval >= 0")
+        if self.timeout_s <= 0 or self.cooldown_max_s < 0 or self.retries < 0:
+            raise DeviceError("bench needs --timeout > 0, --cooldown-max >= 0, --retries >= 0")
+
+
+def artifact_format(path: Path) -> str:
+    if path.suffix == ".tflite" and path.is_file():
+        return "tflite"
+    if path.suffix == ".mlpackage" and path.is_dir():
+        return "mlpackage"
+    if not path.exists():
+        raise DeviceError(f"artifact {path} does not exist")
+    raise DeviceError(f"artifact {path}: expected a .tflite file or a .mlpackage folder")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _from_runner(result: dict) -> dict:
+    """Result fields from a runner that reports every latency (LiteRT runner, BenchHost)."""
+    latencies = [float(v) for v in result["latencies_ms"]]
+    if not latencies:
+        raise DeviceError("the runner reported no timed runs")
+    kb = result.get("peak_memory_kb")
+    return {"runs": len(latencies), "latency_ms": latency_stats(latencies), "latencies_ms": latencies,
+            "init_ms": result.get("init_ms"), "first_inference_ms": result.get("first_ms"),
+            "peak_memory_mb": kb / 1024 if kb is not None else None,
+            "memory_source": result.get("memory_source"),
+            "inference_seconds": (sum(latencies) + sum(result.get("warmup_ms") or [])) / 1000,
+            "runtime": result.get("runtime")}
+
+
+def _from_benchmark_model(parsed) -> dict:
+    """benchmark_model prints aggregates only: p90/p99 are unknown and reported as null."""
+    inf = parsed.inference
+    us = lambda v: v / 1000 if v is not None else None  # noqa: E731
+    stats = {"p50": us(inf.median), "p90": None, "p99": None, "mean": us(inf.avg), "min": us(inf.min),
+             "max": us(inf.max), "std": us(inf.std), "spread": None,
+             "p5": us(inf.p5), "p95": us(inf.p95), "source": "benchmark_model aggregates"}
+    warm = parsed.warmup
+    warm_s = (warm.avg or warm.curr or 0) * warm.count / 1e6 if warm else 0.0
+    return {"runs": inf.count, "latency_ms": stats, "init_ms": parsed.init_ms,
+            "first_inference_ms": us(parsed.first_inference_us),
+            "peak_memory_mb": parsed.peak_memory_mb,
+            "memory_source": "benchmark_model periodic monitoring" if parsed.peak_memory_mb else None,
+            "memory_delta_mb": {"init": parsed.memory_init_mb, "overall": parsed.memory_overall_mb},
+            "inference_seconds": inf.avg * inf.count / 1e6 + warm_s}
+
+
+def _bench_tflite(device: Device, artifact: Path, opts: BenchOptions) -> dict:
+    kind = device.info.kind
+    if kind == "simctl":
+        raise DeviceError(f"{artifact.name}: a .tflite does not run in the iOS simulator here; "
+                          "bench the .mlpackage export instead")
+    use_binary = opts.benchmark_model is not None and kind == "adb"
+    python = None if use_binary and not opts.eval_n else _driver.device_python(device, timeout_s=opts.timeout_s)
+    if not use_binary and python is None:
+        raise DeviceError(f"{device.info.serial}: no python3 with ai_edge_litert on the device; pass "
+                          "--benchmark-model PATH (the Android benchmark_model binary) to bench there")
+    model_remote, push = _driver.push_artifact(device, artifact, timeout_s=opts.timeout_s)
+    if use_binary:
+        parsed, argv = _driver.run_benchmark_model(
+            device, opts.benchmark_model, model_remote, runs=opts.runs, warmup=opts.warmup,
+            threads=opts.threads, delegate=opts.delegate, timeout_s=opts.timeout_s)
+        out = {"runner": "benchmark_model", "runner_argv": argv, **_from_benchmark_model(parsed)}
+    else:
+        result = _driver.run_litert(device, python, model_remote, runs=opts.runs, warmup=opts.warmup,
+                                    threads=opts.threads, timeout_s=opts.timeout_s)
+        out = {"runner": "litert-python", **_from_runner(result)}
+    out["push"] = push.to_dict()
+    if opts.eval_n:
+        if python is None:
+            raise DeviceError(f"{device.info.serial}: --eval needs python3 with ai_edge_litert on "
+                              "the device (benchmark_model cannot return outputs)")
+        from ._accuracy import tflite_accuracy
+
+        out["accuracy"] = tflite_accuracy(device, python, artifact, model_remote, n=opts.eval_n,
+                                          threads=opts.threads, timeout_s=opts.timeout_s,
+                                          data_root=opts.data_root)
+    return out
+
+
+def _bench_mlpackage(device: Device, artifact: Path, opts: BenchOptions) -> dict:
+    if device.info.kind != "simctl":
+        raise DeviceError(f"{artifact.name}: Core ML runs only on Apple devices; use "
+                          "--device simctl:UDID|booted, or bench the .tflite export here")
+    from . import _accuracy, _benchhost
+
+    eval_x = labels = None
+    if opts.eval_n:
+        eval_x, labels = _accuracy.eval_batch(opts.eval_n, opts.data_root)
+    result, push, eval_out = _benchhost.run_benchhost(
+        device, artifact, app=_benchhost.find_app(opts.bench_host_app), runs=opts.runs,
+        warmup=opts.warmup, compute_units=opts.compute_units, timeout_s=opts.timeout_s, eval_x=eval_x)
+    out = {"runner": "benchhost-coreml", "compute_units": opts.compute_units, **_from_runner(result),
+           "push": push.to_dict()}
+    if eval_out is not None:
+        host = _benchhost.host_coreml_outputs(artifact, eval_x)
+        out["accuracy"] = _accuracy.compare(eval_out, labels, host)
+        if host is None:
+            out["accuracy"]["host_reference"] = "unavailable: Core ML prediction on the host needs macOS"
+    return out
+
+
+def bench_artifact(device: Device, artifact: Path, opts: BenchOptions,
+                   sleep: Callable[[float], None] = time.sleep) -> dict:
+    """Benchmark one artifact on one device; raise DeviceError when it cannot be done."""
+    start = time.perf_counter()
+    artifact = Path(artifact)
+    fmt = artifact_format(artifact)
+    thermal = cool_down(lambda: thermal_status(device, timeout_s=min(opts.timeout_s, 30.0)),
+                        max_wait_s=opts.cooldown_max_s, poll_s=opts.cooldown_poll_s, sleep=sleep)
+    body = (_bench_tflite if fmt == "tflite" else _bench_mlpackage)(device, artifact, opts)
+    return {"ok": True, "artifact": str(artifact), "format": fmt,
+            "artifact_bytes": body["push"]["bytes"],
+            "artifact_sha256": _driver.sha256_file(artifact),
+            "device": device.info.to_dict(), "warmup": opts.warmup, "threads": opts.threads,
+            **body, "thermal": thermal.to_dict(),
+            "harness_seconds": time.perf_counter() - start, "timestamp": _now()}
+
+
+def failure(artifact: Path | str, device: str | dict, exc: BaseException, attempts: int = 1) -> dict:
+    return {"ok": False, "artifact": str(artifact),
+            "device": device if isinstance(device, dict) else {"spec": device},
+            "error": str(exc) or type(exc).__name__, "error_type": type(exc).__name__,
+            "attempts": attempts, "timestamp": _now()}
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth a reconnection: the call never completed (dropped connection, timeout)."""
+    if isinstance(exc, DeviceError):
+        cause = exc.__cause__
+        return exc.returncode is None and (
+            "timed out" in str(exc) or (cause is not None and _transient(cause)))
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False  # a local file problem: retrying changes nothing
+    return isinstance(exc, _TRANSIENT)
+
+
+def bench_many(artifacts: Iterable[Path], specs: Iterable[str], opts: BenchOptions,
+               open_device: Callable[[str], Device], on_result: Callable[[dict], None],
+               sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+    """Every artifact on every device; failures are results too. Returns all results in order."""
+    artifacts, results = list(artifacts), []
+
+    def emit(result: dict) -> None:
+        results.append(result)
+        on_result(result)
+
+    for spec in specs:
+        device: Device | None = None
+        dead: BaseException | None = None  # set once the device is given up on
+        for artifact in artifacts:
+            if dead is not None:
+                emit(failure(artifact, spec, DeviceError(f"{spec}: skipped, device unreachable ({dead})")))
+                continue
+            for attempt in range(1, opts.retries + 2):
+                opened = device is not None
+                try:
+                    if device is None:
+                        device = open_device(spec)
+                        opened = True
+                    emit(bench_artifact(device, artifact, opts, sleep=sleep))
+                    break
+                except (DeviceError, *_TRANSIENT) as exc:
+                    transient = _transient(exc)
+                    if not transient or attempt > opts.retries:
+                        emit(failure(artifact, device.info.to_dict() if device else spec, exc, attempt))
+                        if transient or not opened:
+                            dead = exc
+                        break
+                    if device is not None:
+                        _close_quietly(device)
+                        device = None
+                    sleep(opts.backoff_s * 2 ** (attempt - 1))
+        if device is not None:
+            _close_quietly(device)
+    return results
+
+
+def _close_quietly(device: Device) -> None:
+    try:
+        device.close()
+    except Exception:  # closing a dropped connection may fail again; nothing left to save
+        pass

@@ -1,0 +1,142 @@
+"""Host-side drivers: put artifacts and tools on a device, run them there, parse what they print.
+
+Everything a user names (artifact paths, the benchmark_model binary) is pushed under a name made
+of its content hash, so no user-chosen string is ever part of a remote path or command; argument
+lists go to ``Device.shell``, which quotes each element itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+from compression.errors import DeviceError
+
+from .._device import Device
+from . import _benchmark_model as bm
+from ._litert_runner import RESULT_MARKER, SCHEMA
+
+RUNNER_SCRIPT = Path(__file__).with_name("_litert_runner.py")
+_PROBE_SNIPPET = "import ai_edge_litert.interpreter, numpy; print('deepcompress-probe-ok')"
+_python_probes: "weakref.WeakKeyDictionary[Device, str | None]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class PushStats:
+    bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"bytes": self.bytes, "seconds": round(self.seconds, 6)}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    if path.is_dir():  # a .mlpackage: hash relative names and contents in a stable order
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+            digest.update(f.read_bytes())
+        return digest.hexdigest()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remote_path(device: Device, *parts: str) -> str:
+    return posixpath.join(device.workdir, *parts)
+
+
+def remote_exists(device: Device, path: str, *, timeout_s: float) -> bool:
+    return device.shell(["ls", path], timeout_s=timeout_s, check=False).returncode == 0
+
+
+def _push_to(device: Device, local: Path, remote: str, *, timeout_s: float) -> float:
+    """Push beside the final name, then rename: an interrupted push never looks complete."""
+    device.shell(["mkdir", "-p", posixpath.dirname(remote)], timeout_s=timeout_s)
+    partial = remote + ".part"
+    seconds = device.push(local, partial, timeout_s=timeout_s)
+    device.shell(["mv", "-f", partial, remote], timeout_s=timeout_s)
+    return seconds
+
+
+def push_cached(device: Device, local: Path, kind: str, *, timeout_s: float,
+                executable: bool = False) -> str:
+    """Push a tool once per content: ``{workdir}/cache/{kind}-{sha256[:16]}``; skipped if there."""
+    remote = remote_path(device, "cache", f"{kind}-{sha256_file(local)[:16]}{local.suffix}")
+    if not remote_exists(device, remote, timeout_s=timeout_s):
+        _push_to(device, local, remote, timeout_s=timeout_s)
+        if executable:
+            device.shell(["chmod", "755", remote], timeout_s=timeout_s)
+    return remote
+
+
+def push_artifact(device: Device, local: Path, *, timeout_s: float) -> tuple[str, PushStats]:
+    """Push a model every time (its upload is part of what ``bench`` reports)."""
+    remote = remote_path(device, "models", f"{sha256_file(local)[:16]}{local.suffix}")
+    seconds = _push_to(device, local, remote, timeout_s=timeout_s)
+    return remote, PushStats(local.stat().st_size, seconds)
+
+
+def device_python(device: Device, *, timeout_s: float = 60.0) -> str | None:
+    """The device's python that can import ai_edge_litert and numpy, or None; probed once per device."""
+    if device in _python_probes:
+        return _python_probes[device]
+    python = getattr(device, "python", None) or "python3"
+    probe = device.shell([python, "-c", _PROBE_SNIPPET], timeout_s=timeout_s, check=False)
+    found = python if probe.returncode == 0 and "deepcompress-probe-ok" in probe.output else None
+    _python_probes[device] = found
+    return found
+
+
+def parse_runner_output(output: str, argv: list[str]) -> dict:
+    """The runner's one ``DEEPCOMPRESS_RESULT {json}`` line, checked against the schema."""
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if line.startswith(RESULT_MARKER):
+            try:
+                result = json.loads(line[len(RESULT_MARKER):])
+            except json.JSONDecodeError as exc:
+                raise DeviceError(f"runner printed malformed JSON ({exc})", command=argv,
+                                  output=output) from exc
+            break
+    else:
+        tail = " | ".join(output.strip().splitlines()[-3:]) or "no output"
+        raise DeviceError(f"runner printed no result line: {tail}", command=argv, output=output)
+    if result.get("schema") != SCHEMA:
+        raise DeviceError(f"runner result has schema {result.get('schema')!r}, expected {SCHEMA!r}",
+                          command=argv, output=output)
+    if "error" in result:
+        raise DeviceError(f"runner failed on the device: {result['error']}", command=argv, output=output)
+    return result
+
+
+def run_litert(device: Device, python: str, model_remote: str, *, runs: int, warmup: int, threads: int,
+               timeout_s: float, eval_remote: tuple[str, str] | None = None) -> dict:
+    """Run the LiteRT runner script on ``device``; return its parsed result."""
+    script = push_cached(device, RUNNER_SCRIPT, "litert_runner", timeout_s=timeout_s)
+    argv = [python, script, "--model", model_remote, "--runs", str(runs), "--warmup", str(warmup),
+            "--threads", str(threads)]
+    if eval_remote:
+        argv += ["--eval-input", eval_remote[0], "--eval-output", eval_remote[1]]
+    result = device.shell(argv, timeout_s=timeout_s, check=False)
+    return parse_runner_output(result.output, argv)
+
+
+def run_benchmark_model(device: Device, binary: Path, model_remote: str, *, runs: int, warmup: int,
+                        threads: int, delegate: str, timeout_s: float) -> tuple[bm.BenchmarkModelOutput, list[str]]:
+    """Push benchmark_model once (cached by hash), run it pinned to the big cores, parse stdout."""
+    if not binary.is_file():
+        raise DeviceError(f"--benchmark-model {binary}: no such file; give the path of the Android "
+                          "benchmark_model binary for the device's ABI")
+    remote_binary = push_cached(device, binary, "benchmark_model", timeout_s=timeout_s, executable=True)
+    command = bm.BenchmarkModelCommand(
+        binary=remote_binary, graph=model_remote, threads=threads, warmup_runs=warmup, num_runs=runs,
+        delegate=delegate, taskset_mask=bm.big_core_mask(device.info.max_freq_khz))
+    argv = command.argv()
+    result = device.shell(argv, timeout_s=timeout_s, check=False)
+    parsed = bm.check_output(bm.parse_output(result.output), result.output, argv)
+    return parsed, argv
