@@ -78,7 +78,6 @@ def _devices(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([entry.to_dict() for entry in listings], indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="devices")
@@ -90,7 +89,7 @@ def _devices(args: argparse.Namespace) -> int:
         table.add_row(e.spec, i.model if i else "", i.os_version if i else "", i.abi if i else "",
                       str(i.cores) if i else "", " / ".join(str(f // 1000) for f in freqs) or "-",
                       e.note)
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
@@ -135,12 +134,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if all(r["ok"] for r in results) else 1
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _console():
+    """Rich console on stdout; a pipe or file gets the full table instead of an 80-column fold."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    return console
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
 
 
 def _print_table(results: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="bench (latency in ms)")
@@ -158,10 +166,10 @@ def _print_table(results: list[dict]) -> None:
         lat, acc = r["latency_ms"], r.get("accuracy")
         push = f"{r['push']['bytes'] / 1024:.0f} KiB / {r['push']['seconds'] * 1000:.0f} ms"
         table.add_row(name, device, r["runner"], str(r["runs"]), _fmt(lat["p50"]), _fmt(lat["p90"]),
-                      _fmt(lat["p99"]), _fmt(lat["mean"]), _fmt(r["init_ms"], 1),
-                      _fmt(r["peak_memory_mb"], 1), push,
+                      _fmt(lat["p99"]), _fmt(lat["mean"]), _fmt(r["init_ms"]),
+                      _fmt(r["peak_memory_mb"], 3), push,
                       f"{acc['accuracy']:.4f}" if acc else "-")
-    console = Console()
+    console = _console()
     console.print(table)
     for line in failed:
         console.print(f"[red]failed[/red] {line}", highlight=False)

@@ -1,0 +1,122 @@
+"""The host backend end to end: the LiteRT runner as a child process, `deepcompress bench` and
+`deepcompress devices`, accuracy on device checked against torch and the labels."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compression.cli import main as cli
+from device_harness.runners import _litert_runner
+from device_harness.runners._driver import RUNNER_SCRIPT, parse_runner_output
+
+FIXTURES = Path(__file__).parent / "fixtures"
+HOSTILE = "a b; touch PWNED $(id) `id` 'q' \"d\".tflite"
+
+
+@pytest.fixture
+def hostile_model(tmp_path) -> Path:
+    p = tmp_path / HOSTILE
+    p.write_bytes((FIXTURES / "tiny_linear.tflite").read_bytes())
+    return p
+
+
+def test_runner_script_standalone(tmp_path):
+    x = np.random.default_rng(1).random((7, 1, 28, 28), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    argv = [sys.executable, str(RUNNER_SCRIPT), "--model", str(FIXTURES / "tiny_linear.tflite"),
+            "--runs", "12", "--warmup", "2", "--eval-input", str(tmp_path / "x.npy"),
+            "--eval-output", str(tmp_path / "y.npy")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = parse_runner_output(proc.stdout, argv)
+    assert len(result["latencies_ms"]) == 12 and len(result["warmup_ms"]) == 2
+    assert all(v > 0 for v in result["latencies_ms"]) and result["init_ms"] > 0
+    assert result["peak_memory_kb"] > 10_000 and result["memory_source"] == "VmHWM"
+    assert result["inputs"] == [{"name": result["inputs"][0]["name"], "shape": [1, 1, 28, 28],
+                                 "dtype": "float32"}]
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == (7, 10) and result["eval"]["count"] == 7
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        from make_tiny_tflite import TinyLinear
+    finally:
+        sys.path.remove(str(FIXTURES))
+    torch.manual_seed(0)
+    expected = TinyLinear().eval()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(y, expected, atol=1e-5)  # the artifact computes the source model
+
+
+def test_runner_reports_a_bad_model_as_json(tmp_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer")
+    proc = subprocess.run([sys.executable, str(RUNNER_SCRIPT), "--model", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith(_litert_runner.RESULT_MARKER)][0]
+    assert "error" in json.loads(line[len(_litert_runner.RESULT_MARKER):])
+
+
+def test_bench_on_host_with_hostile_name_and_eval(hostile_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results.jsonl"
+    code = cli(["bench", str(hostile_model), "--device", "host", "--runs", "15", "--warmup", "2",
+                "--eval", "64", "--json", "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    r = json.loads(stdout.strip())
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
+    assert r["ok"] and r["runner"] == "litert-python" and r["runs"] == 15
+    assert r["artifact"] == str(hostile_model)
+    lat = r["latency_ms"]
+    assert len(r["latencies_ms"]) == 15
+    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert lat["p50"] == pytest.approx(float(np.median(r["latencies_ms"])))
+    assert r["init_ms"] > 0 and r["peak_memory_mb"] > 10
+    assert r["push"]["bytes"] == hostile_model.stat().st_size and r["push"]["seconds"] >= 0
+    assert r["device"]["kind"] == "host" and r["device"]["cores"] == os.cpu_count()
+    acc = r["accuracy"]
+    assert acc["examples"] == 64 and acc["argmax_agreement"] == 1.0
+    assert acc["max_abs_diff_vs_host"] < 1e-5
+    # Score it independently: in-process LiteRT over the same 64 test examples.
+    from ai_edge_litert.interpreter import Interpreter
+
+    from compression.data import load_split
+    split = load_split("test", limit=64)
+    interp = Interpreter(model_path=str(hostile_model))
+    interp.allocate_tensors()
+    preds = []
+    for img in split.images.numpy():
+        interp.set_tensor(interp.get_input_details()[0]["index"], img[None])
+        interp.invoke()
+        preds.append(interp.get_tensor(interp.get_output_details()[0]["index"]).argmax())
+    assert acc["accuracy"] == pytest.approx(float(np.mean(np.array(preds) == split.labels.numpy())))
+    assert json.loads(out.read_text().strip()) == r  # --out holds the same record
+
+
+def test_table_output_and_failure_exit_code(hostile_model, tmp_path, capsys):
+    pkg = tmp_path / "model.mlpackage"
+    pkg.mkdir()
+    code = cli(["bench", str(hostile_model), str(pkg), "--runs", "3", "--warmup", "0"])
+    captured = capsys.readouterr()
+    assert code == 1  # one of two failed: reported after everything was printed
+    assert "litert-python" in captured.out and "FAILED" in captured.out
+    assert "Core ML runs only on Apple devices" in captured.out + captured.err
+
+
+def test_devices_json_lists_host_and_explains_missing_xcrun(capsys, monkeypatch):
+    monkeypatch.delenv("DEEPCOMPRESS_XCRUN", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert cli(["devices", "--json", "--no-probe"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    host = rows[0]
+    assert host["spec"] == "host" and host["info"]["cores"] == os.cpu_count()
+    assert {"model", "os_version", "abi", "max_freq_khz"} <= set(host["info"])
+    assert rows[-1] == {"spec": "simctl", "note": "skipped: xcrun not found (iOS simulators need "
+                                                  "macOS with Xcode)"}

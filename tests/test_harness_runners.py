@@ -1,0 +1,197 @@
+"""Runners against a scripted in-memory Android device: push caching, big-core pinning, hostile
+names, thermal cool-down, retries with backoff, and results kept when one device drops."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compression.errors import DeviceError
+from device_harness._cli import append_jsonl
+from device_harness._device import Device, DeviceInfo, ShellResult
+from device_harness.runners import BenchOptions, bench_artifact, bench_many
+from device_harness.runners._driver import parse_runner_output
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BM_OUTPUT = (FIXTURES / "benchmark_model" / "linux_info_scientific.txt").read_text()
+HOSTILE = "my model; rm -rf $HOME `id` \"q\" 'x'.tflite"
+
+
+class FakeAndroid(Device):
+    """Just enough of an Android shell for the runners: files in a dict, every argv recorded."""
+
+    def __init__(self, *, thermal=(0,), python=False, fail_push: int = 0) -> None:
+        self.info = DeviceInfo(kind="adb", serial="fake:5555", model="Fake Phone", os_version="14",
+                               abi="arm64-v8a", cores=8, max_freq_khz=(1800000,) * 4 + (2400000,) * 4)
+        self.workdir = "/data/local/tmp/deepcompress"
+        self.files: dict[str, bytes] = {}
+        self.calls: list[list[str]] = []
+        self.pushed: list[str] = []
+        self._thermal = list(thermal)
+        self._python = python
+        self._fail_push = fail_push
+        self.closed = False
+
+    def shell(self, argv, *, timeout_s=60.0, check=True) -> ShellResult:
+        assert all(isinstance(a, str) for a in argv), argv
+        self.calls.append(list(argv))
+        prog, rc, out = argv[0], 0, ""
+        if prog == "ls":
+            rc = 0 if argv[1] in self.files else 1
+        elif prog == "mv":
+            self.files[argv[3]] = self.files.pop(argv[2])
+        elif prog == "dumpsys":
+            status = self._thermal.pop(0) if len(self._thermal) > 1 else self._thermal[0]
+            out = f"Thermal Status: {status}\n"
+        elif prog in ("mkdir", "chmod"):
+            pass
+        elif prog == "taskset" or prog in self.files:
+            binary = argv[2] if prog == "taskset" else prog
+            assert binary in self.files, "benchmark_model run before it was pushed"
+            out = BM_OUTPUT
+        else:
+            rc, out = 127, f"/system/bin/sh: {prog}: inaccessible or not found"
+        if check and rc:
+            raise DeviceError(out, command=argv, returncode=rc)
+        return ShellResult(tuple(argv), rc, out)
+
+    def push(self, local, remote, *, timeout_s=120.0) -> float:
+        if self._fail_push > 0:
+            self._fail_push -= 1
+            raise DeviceError("connection reset by peer") from ConnectionResetError(104, "reset")
+        self.files[remote] = Path(local).read_bytes()
+        self.pushed.append(remote)
+        return 0.001
+
+    def pull(self, remote, local, *, timeout_s=120.0) -> None:
+        Path(local).write_bytes(self.files[remote])
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def hostile_model(tmp_path) -> Path:
+    p = tmp_path / "dir with space" / HOSTILE
+    p.parent.mkdir()
+    p.write_bytes((FIXTURES / "tiny_linear.tflite").read_bytes())
+    return p
+
+
+@pytest.fixture
+def fake_binary(tmp_path) -> Path:
+    p = tmp_path / "bench; touch pwned" / "benchmark_model"
+    p.parent.mkdir()
+    p.write_bytes(b"\x7fELF fake android binary")
+    return p
+
+
+def test_benchmark_model_runner(hostile_model, fake_binary):
+    dev = FakeAndroid()
+    opts = BenchOptions(runs=50, warmup=1, threads=4, benchmark_model=fake_binary)
+    first = bench_artifact(dev, hostile_model, opts)
+    second = bench_artifact(dev, hostile_model, opts)
+
+    assert first["ok"] and first["runner"] == "benchmark_model" and first["runs"] == 50
+    lat = first["latency_ms"]
+    assert lat["mean"] == pytest.approx(2950.34) and lat["min"] == pytest.approx(2727.568)
+    assert lat["p50"] is None and lat["p90"] is None  # benchmark_model prints no percentiles here
+    assert first["init_ms"] == pytest.approx(17.187)
+    assert first["peak_memory_mb"] == pytest.approx(49.3281)
+    assert first["push"]["bytes"] == hostile_model.stat().st_size
+    assert first["device"]["serial"] == "fake:5555"
+
+    # Pushed once, cached by content hash; the model is pushed every time (its upload is measured).
+    binaries = [p for p in dev.pushed if "benchmark_model-" in p]
+    models = [p for p in dev.pushed if "/models/" in p]
+    assert len(binaries) == 1 and len(models) == 2
+    run = first["runner_argv"]
+    assert run[:2] == ["taskset", "f0"]          # the four 2.4 GHz cores
+    assert run[2].startswith("/data/local/tmp/deepcompress/cache/benchmark_model-")
+    assert "--num_threads=4" in run and "--num_runs=50" in run and "--warmup_runs=1" in run
+    assert second["runner_argv"] == run
+
+    # Nothing the user named reaches the device: remote names are content hashes.
+    everything = json.dumps(dev.calls) + json.dumps(dev.pushed)
+    for piece in ("my model", "rm -rf", "`id`", "touch pwned", "dir with space", '"q"'):
+        assert piece not in everything
+
+
+def test_no_python_and_no_binary_is_a_clear_error(hostile_model):
+    with pytest.raises(DeviceError, match="--benchmark-model"):
+        bench_artifact(FakeAndroid(), hostile_model, BenchOptions(runs=5))
+
+
+def test_mlpackage_on_android_is_refused(tmp_path):
+    pkg = tmp_path / "m.mlpackage"
+    pkg.mkdir()
+    with pytest.raises(DeviceError, match="Core ML runs only on Apple"):
+        bench_artifact(FakeAndroid(), pkg, BenchOptions(runs=5))
+
+
+def test_hot_device_cools_down_first(hostile_model, fake_binary):
+    sleeps: list[float] = []
+    dev = FakeAndroid(thermal=(3, 2, 0))
+    r = bench_artifact(dev, hostile_model, BenchOptions(benchmark_model=fake_binary, cooldown_poll_s=5),
+                       sleep=sleeps.append)
+    assert r["thermal"]["status_before"] == 3 and r["thermal"]["status_after"] == 0
+    assert len(sleeps) == 2
+    assert dev.calls[0] == ["dumpsys", "thermalservice"]  # checked before anything is pushed
+
+
+def test_dropped_connection_is_retried_with_backoff(hostile_model, fake_binary):
+    devices, sleeps = [FakeAndroid(fail_push=1), FakeAndroid()], []
+    opened = iter(devices)
+    results = bench_many([hostile_model], ["fake:5555"], BenchOptions(benchmark_model=fake_binary),
+                         open_device=lambda spec: next(opened), on_result=lambda r: None,
+                         sleep=sleeps.append)
+    assert [r["ok"] for r in results] == [True]
+    assert sleeps == [1.0] and devices[0].closed  # reconnected once, after 1 s
+
+
+def test_one_device_failing_keeps_the_others_results(hostile_model, fake_binary, tmp_path):
+    out = tmp_path / "results.jsonl"
+    sleeps: list[float] = []
+
+    def open_device(spec):
+        if spec == "dead:5555":
+            return FakeAndroid(fail_push=99)
+        return FakeAndroid()
+
+    second = hostile_model.with_name("second.tflite")
+    second.write_bytes(hostile_model.read_bytes())
+    results = bench_many([hostile_model, second], ["dead:5555", "good:5555"],
+                         BenchOptions(benchmark_model=fake_binary, retries=2),
+                         open_device=open_device, on_result=lambda r: append_jsonl(out, r),
+                         sleep=sleeps.append)
+    assert [r["ok"] for r in results] == [False, False, True, True]
+    assert results[0]["attempts"] == 3 and "connection reset" in results[0]["error"]
+    assert "skipped, device unreachable" in results[1]["error"]  # no second round of retries
+    assert sleeps == [1.0, 2.0]                                   # exponential backoff
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["ok"] for r in lines] == [False, False, True, True]
+    assert lines[2]["latency_ms"]["mean"] == pytest.approx(2950.34)
+
+
+def test_non_transient_errors_are_not_retried(hostile_model):
+    sleeps: list[float] = []
+    results = bench_many([hostile_model], ["fake"], BenchOptions(), open_device=lambda s: FakeAndroid(),
+                         on_result=lambda r: None, sleep=sleeps.append)
+    assert not results[0]["ok"] and results[0]["attempts"] == 1 and sleeps == []
+
+
+@pytest.mark.parametrize("output, message", [
+    ("some noise\n", "no result line"),
+    ('DEEPCOMPRESS_RESULT {"schema": "other/9"}\n', "schema"),
+    ('DEEPCOMPRESS_RESULT {"schema": "deepcompress.runner/1", "error": "boom"}\n', "boom"),
+    ("DEEPCOMPRESS_RESULT {not json\n", "malformed"),
+])
+def test_runner_output_errors(output, message):
+    with pytest.raises(DeviceError, match=message):
+        parse_runner_output(output, ["python3", "runner.py"])
+
+
+def test_options_are_validated():
+    with pytest.raises(DeviceError, match="--runs"):
+        BenchOptions(runs=0)
