@@ -11,8 +11,6 @@ table lookup per step over an array of lanes: ``lane`` numpy steps instead of ``
 """
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 
 from ._bits import pack_codes, read_bits, windows
@@ -49,22 +47,37 @@ def code_lengths(counts: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:
 
 
 def _huffman_depths(weights: np.ndarray) -> np.ndarray:
-    """Leaf depths of a Huffman tree over ``weights`` (all > 0, at least two)."""
+    """Leaf depths of a Huffman tree over ``weights`` (all > 0, at least two).
+
+    The two-queue construction: leaves sorted by weight, merged nodes come out in non-decreasing
+    order, so the two lightest nodes are always at the front of one of the two queues (O(n)).
+    """
     n = weights.size
-    heap = [(int(w), i) for i, w in enumerate(weights)]
-    heapq.heapify(heap)
-    parent = [0] * (2 * n - 1)
-    nxt = n
-    while len(heap) > 1:
-        w1, a = heapq.heappop(heap)
-        w2, b = heapq.heappop(heap)
-        parent[a] = parent[b] = nxt
-        heapq.heappush(heap, (w1 + w2, nxt))
-        nxt += 1
+    order = np.argsort(weights, kind="stable")
+    leaf_w = weights[order].tolist()
+    node_w: list[int] = []        # weights of merged nodes, in creation order
+    parent = [0] * (2 * n - 1)    # leaves 0..n-1 (sorted order), merged nodes n..2n-2
+    i = j = 0                     # fronts of the leaf queue and the merged queue
+
+    def pop() -> tuple[int, int]:
+        nonlocal i, j
+        if i < n and (j >= len(node_w) or leaf_w[i] <= node_w[j]):
+            i += 1
+            return leaf_w[i - 1], i - 1
+        j += 1
+        return node_w[j - 1], n + j - 1
+
+    for k in range(n - 1):
+        w1, a = pop()
+        w2, b = pop()
+        parent[a] = parent[b] = n + k
+        node_w.append(w1 + w2)
     depth = [0] * (2 * n - 1)
     for node in range(2 * n - 3, -1, -1):  # parents are created after children: walk back
         depth[node] = depth[parent[node]] + 1
-    return np.asarray(depth[:n], dtype=np.uint8)
+    out = np.empty(n, dtype=np.uint8)
+    out[order] = depth[:n]
+    return out
 
 
 def canonical(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -116,11 +129,11 @@ def decode(data: bytes | memoryview, total_bits: int, count: int, lengths: np.nd
     if count == 0:
         if total_bits:
             raise ValueError("empty stream with a non-empty payload")
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int32)
     order, lens, codes, width = canonical(lengths)
     # Flat lookup table: every width-bit window whose prefix is a code maps to that code.
     span = np.left_shift(1, width - lens)
-    table_sym = np.full(1 << width, -1, dtype=np.int64)
+    table_sym = np.full(1 << width, -1, dtype=np.int32)
     table_len = np.zeros(1 << width, dtype=np.uint64)
     filled = int(span.sum())
     table_sym[:filled] = np.repeat(order, span)
@@ -135,7 +148,7 @@ def decode(data: bytes | memoryview, total_bits: int, count: int, lengths: np.nd
     # Padding lets the last lane run past its end without reading outside the buffer.
     W = windows(data, pad_bytes=(steps * width) // 8 + 8)
     pos = lane_start.copy()
-    out = np.empty((steps, n_lanes), dtype=np.int64)
+    out = np.empty((steps, n_lanes), dtype=np.int32)
     shift = np.uint64(64 - width)
     last_end = None
     for i in range(steps):

@@ -1,0 +1,286 @@
+"""pack / load / inspect: the public verbs over the section codecs."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .._io import write_bytes_atomic
+from ..errors import ContainerError
+from . import _format, _tensor
+from ._format import FORMAT_VERSION, TAG_END, TAG_META, TAG_TENSOR, Reader
+from ._streams import CODERS
+from ._tensor import TensorRow
+
+PLAIN_DTYPES = ("float32", "float16")
+# A .dcz file shrinks fp32 weights 10-100x; allowing 4096x (and at least 1 GiB) leaves room for
+# heavily pruned layers while refusing headers that claim terabytes.
+EXPANSION_LIMIT = 4096
+MIN_DECODE_LIMIT = 2**30
+
+
+@dataclass(frozen=True)
+class PackReport:
+    """What :func:`pack` wrote. ``bytes`` is the file's size on disk."""
+
+    path: Path
+    bytes: int
+    dense_bytes: int             # fp32 bytes of every floating tensor
+    ratio: float                 # dense_bytes / bytes
+    coder: str
+    tensors: tuple[TensorRow, ...]
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "bytes": self.bytes, "dense_bytes": self.dense_bytes,
+                "ratio": self.ratio, "coder": self.coder,
+                "tensors": [t.as_dict() for t in self.tensors]}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A tensor stored sparse: its codebook (None when non-zeros are stored raw) and sizes."""
+
+    name: str
+    shape: tuple[int, ...]
+    bits: int | None
+    codebook: np.ndarray | None  # float32, ascending
+    nnz: int
+    index_bits: int | None = None
+    storage: str = "codebook"
+
+
+@dataclass(frozen=True)
+class Dcz:
+    """A loaded .dcz file."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    layers: dict[str, LayerInfo]
+    bytes: int
+    version: int
+    tensors: tuple[TensorRow, ...] = field(default=(), repr=False)
+
+
+# ------------------------------------------------------------------------------------------ pack
+
+def pack(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *,
+         compressed: Mapping[str, Mapping[str, Any] | None] | None = None,
+         meta: Mapping[str, Any] | None = None, coder: str = "huffman",
+         plain_dtype: str = "float32") -> PackReport:
+    """Write ``state_dict`` to ``path`` as a .dcz file (atomically) and report its real size.
+
+    ``compressed`` maps tensor names to {"bits": int|None, "index_bits": int|None}; those tensors
+    are stored sparse (a codebook of their distinct non-zero values and cluster indices, or raw
+    values if they hold more than 2**16 distinct values). Every other tensor is stored plainly.
+    ``coder`` codes the gap and index streams: "huffman", "ans" or "none" (fixed width).
+    """
+    path = Path(path)
+    if coder not in CODERS:
+        raise ContainerError(f"{path}: unknown coder {coder!r}; choose one of {', '.join(CODERS)}")
+    if plain_dtype not in PLAIN_DTYPES:
+        raise ContainerError(f"{path}: plain_dtype must be one of {PLAIN_DTYPES}, "
+                             f"got {plain_dtype!r}")
+    compressed = dict(compressed or {})
+    missing = sorted(set(compressed) - set(state_dict))
+    if missing:
+        raise ContainerError(f"{path}: compressed names tensors missing from the state_dict: "
+                             f"{', '.join(missing)}")
+    full_meta = dict(meta or {})
+    full_meta["format"] = {"name": "dcz", "version": FORMAT_VERSION, "coder": coder,
+                           "plain_dtype": plain_dtype, "pruned_zero": "+0.0 and -0.0 are pruned; "
+                           "decoded as +0.0", **_library_versions(coder)}
+    try:
+        meta_bytes = json.dumps(full_meta, sort_keys=True, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ContainerError(f"{path}: metadata is not JSON-serialisable ({exc})") from exc
+    parts = [_format.file_header(), _format.section(TAG_META, meta_bytes)]
+    rows = []
+    for name, tensor in state_dict.items():
+        payload, row = _encode_tensor(path, name, tensor, compressed, coder, plain_dtype)
+        parts.append(_format.section(TAG_TENSOR, payload))
+        rows.append(row)
+    size = sum(map(len, parts))
+    parts.append(_format.section(TAG_END, len(rows).to_bytes(4, "little")
+                                 + size.to_bytes(8, "little")))
+    write_bytes_atomic(path, b"".join(parts))
+    on_disk = os.path.getsize(path)
+    dense = sum(r.dense_bytes for r in rows)
+    return PackReport(path=path, bytes=on_disk, dense_bytes=dense,
+                      ratio=dense / on_disk if on_disk else 0.0, coder=coder, tensors=tuple(rows))
+
+
+def _encode_tensor(path: Path, name: str, tensor: Any, compressed: dict, coder: str,
+                   plain_dtype: str) -> tuple[bytes, TensorRow]:
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(name, str):
+        raise ContainerError(f"{path}: state_dict key {name!r} is not a string")
+    if not isinstance(tensor, torch.Tensor):
+        raise ContainerError(f"{where}: is a {type(tensor).__name__}, not a torch.Tensor")
+    if tensor.layout != torch.strided or tensor.dtype not in _tensor.BY_TORCH:
+        raise ContainerError(f"{where}: {tensor.dtype} {tensor.layout} tensors are not supported; "
+                             f"supported dtypes: {', '.join(map(str, _tensor.BY_TORCH))}")
+    try:
+        if name not in compressed:
+            return _tensor.encode_plain(name, tensor, plain_dtype)
+        opts = dict(compressed[name] or {})
+        unknown = set(opts) - {"bits", "index_bits"}
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: bits, index_bits")
+        if not tensor.is_floating_point():
+            raise ValueError(f"is {tensor.dtype}; only floating tensors can be stored sparse")
+        bits, index_bits = opts.get("bits"), opts.get("index_bits")
+        if bits is not None and (not isinstance(bits, int) or not 0 <= bits <= 16):
+            raise ValueError(f"bits must be an integer in 0..16 or None, got {bits!r}")
+        if index_bits is not None and (not isinstance(index_bits, int)
+                                       or not 1 <= index_bits <= _tensor.MAX_INDEX_BITS):
+            raise ValueError(f"index_bits must be an integer in 1..{_tensor.MAX_INDEX_BITS} or "
+                             f"None, got {index_bits!r}")
+        return _tensor.encode_sparse(name, tensor, coder, bits, index_bits)
+    except ValueError as exc:
+        raise ContainerError(f"{where}: {exc}") from exc
+
+
+def _library_versions(coder: str) -> dict:
+    if coder != "ans":
+        return {}
+    from importlib.metadata import version
+
+    # rANS model quantisation is constriction's; record which one wrote the file.
+    return {"constriction": version("constriction")}
+
+
+# ------------------------------------------------------------------------------------------ load
+
+def _read(path: str | os.PathLike[str], max_decoded_bytes: int | None):
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ContainerError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ContainerError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    buf = memoryview(data)
+    where = str(path)
+    _format.check_header(buf, where)
+    limit = max_decoded_bytes if max_decoded_bytes is not None else \
+        max(MIN_DECODE_LIMIT, EXPANSION_LIMIT * len(data))
+    budget = [limit]
+    reader = Reader(buf, where, offset=_format.HEADER.size)
+    meta = None
+    decoded: list[_tensor.Decoded] = []
+    index = 0
+    while True:
+        start = reader.pos
+        tag, payload, sec_where = _format.read_section(reader, index, where)
+        if tag == TAG_META:
+            if index != 0:
+                raise ContainerError(f"{sec_where}: metadata must be the first section")
+            meta = _parse_meta(payload, sec_where)
+        elif index == 0:
+            raise ContainerError(f"{sec_where}: the first section must be the metadata")
+        elif tag == TAG_TENSOR:
+            try:
+                item = _tensor.decode(payload, sec_where, budget)
+            except (ValueError, IndexError, OverflowError) as exc:  # safety net behind the checks
+                raise ContainerError(f"{sec_where}: corrupt tensor data ({exc})") from exc
+            if any(d.name == item.name for d in decoded):
+                raise ContainerError(f"{sec_where}: tensor {item.name!r} appears twice")
+            decoded.append(item)
+        else:  # END
+            end = Reader(payload, sec_where)
+            count, size = end.u32("tensor count"), end.u64("file size")
+            end.done()
+            if count != len(decoded) or size != start:
+                raise ContainerError(f"{sec_where}: end marker expects {count} tensors in "
+                                     f"{size:,} bytes; found {len(decoded)} in {start:,}")
+            if reader.remaining:
+                raise ContainerError(f"{sec_where}: {reader.remaining:,} unexpected bytes after "
+                                     "the end marker")
+            break
+        index += 1
+    return path, len(data), meta, decoded
+
+
+def _parse_meta(payload: memoryview, where: str) -> dict:
+    try:
+        meta = json.loads(bytes(payload).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContainerError(f"{where}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ContainerError(f"{where}: metadata must be a JSON object")
+    return meta
+
+
+def load(path: str | os.PathLike[str], *, max_decoded_bytes: int | None = None) -> Dcz:
+    """Read a .dcz file: bit-exact tensors (pruned weights as +0.0), metadata and layer info.
+
+    ``max_decoded_bytes`` caps what the file may decode to (default: 4096x the file size, at
+    least 1 GiB), so a corrupt header cannot trigger a giant allocation.
+    """
+    path, size, meta, decoded = _read(path, max_decoded_bytes)
+    layers = {d.name: LayerInfo(name=d.name, shape=d.row.shape, bits=d.row.bits,
+                                codebook=d.codebook, nnz=d.row.nnz, index_bits=d.row.index_bits,
+                                storage=d.row.storage)
+              for d in decoded if d.row.storage != "plain"}
+    version = int(meta.get("format", {}).get("version", FORMAT_VERSION)) \
+        if isinstance(meta.get("format"), dict) else FORMAT_VERSION
+    return Dcz(path=path, state_dict={d.name: d.tensor for d in decoded}, meta=meta,
+               layers=layers, bytes=size, version=version,
+               tensors=tuple(d.row for d in decoded))
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, Dcz]:
+    """Build the model named in the file's metadata and load the decoded weights into it."""
+    from ..models import build_model, load_weights
+
+    dcz = load(path)
+    model_meta = dcz.meta.get("model")
+    if not isinstance(model_meta, dict) or not isinstance(model_meta.get("name"), str):
+        raise ContainerError(f"{path}: metadata names no model (meta['model']['name']); "
+                             "load() the state_dict and build the model yourself")
+    model = build_model(model_meta["name"], model_meta.get("kwargs"))
+    load_weights(model, dcz.state_dict, source=str(path))
+    return model.eval(), dcz
+
+
+def inspect(path: str | os.PathLike[str]) -> dict:
+    """Per tensor and per stream: bytes, bits per weight, order-0 entropy bound, ratio; totals."""
+    dcz = load(path)
+    rows = [t.as_dict() for t in dcz.tensors]
+    dense = sum(t.dense_bytes for t in dcz.tensors)
+    streams: dict[str, dict] = {}
+    for t in dcz.tensors:
+        for s in t.streams:
+            agg = streams.setdefault(s.name, {"symbols": 0, "bytes": 0, "payload_bytes": 0,
+                                              "table_bytes": 0, "entropy_bits": 0.0})
+            agg["symbols"] += s.count
+            agg["bytes"] += s.bytes
+            agg["payload_bytes"] += s.payload_bytes
+            agg["table_bytes"] += s.table_bytes
+            agg["entropy_bits"] += s.entropy_bits
+    for agg in streams.values():
+        agg["payload_overhead"] = (agg["payload_bytes"] * 8 / agg["entropy_bits"] - 1
+                                   if agg["entropy_bits"] else None)
+    section_bytes = sum(t.bytes for t in dcz.tensors)
+    weights = sum(t.numel for t in dcz.tensors if t.dense_bytes)
+    return {
+        "path": str(dcz.path),
+        "format_version": dcz.version,
+        "coder": dcz.meta.get("format", {}).get("coder") if isinstance(dcz.meta.get("format"),
+                                                                        dict) else None,
+        "bytes": dcz.bytes,
+        "dense_bytes": dense,
+        "ratio": dense / dcz.bytes if dcz.bytes else None,
+        "bits_per_weight": dcz.bytes * 8 / weights if weights else None,
+        "overhead_bytes": dcz.bytes - section_bytes,   # header, metadata, end marker
+        "meta": dcz.meta,
+        "tensors": rows,
+        "streams": streams,
+    }

@@ -1,0 +1,147 @@
+"""``deepcompress pack | unpack | inspect``: write, decode and examine .dcz files."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import ContainerError
+from ._streams import CODERS
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    if command == "pack":
+        parser.add_argument("checkpoint", help="state_dict saved with torch.save (.pt)")
+        parser.add_argument("--model", required=True,
+                            help="built-in model name or 'package.module:factory'")
+        parser.add_argument("--model-kwargs", default=None, metavar="JSON",
+                            help="keyword arguments for the model factory, as a JSON object")
+        parser.add_argument("--out", "-o", required=True, help="the .dcz file to write")
+        parser.add_argument("--coder", choices=CODERS, default="huffman",
+                            help="entropy coder for the gap and index streams (default: huffman, "
+                                 "the paper's; 'none' = fixed-width bit packing)")
+        parser.add_argument("--bits-for", action="append", default=[], metavar="LAYER=B",
+                            help="cluster-index width for a layer (default: just enough for its "
+                                 "distinct values); repeatable")
+        parser.add_argument("--index-bits", type=int, default=None, metavar="B",
+                            help="gap width for every layer (default: the width that codes "
+                                 "smallest, per layer)")
+        parser.add_argument("--plain-dtype", choices=("float32", "float16"), default="float32",
+                            help="storage of uncompressed tensors (biases, norms); float16 is lossy")
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    elif command == "unpack":
+        parser.add_argument("file", help="the .dcz file")
+        parser.add_argument("--out", "-o", required=True, help="state_dict file to write (.pt)")
+        parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    else:
+        parser.add_argument("file", help="the .dcz file")
+        parser.add_argument("--json", action="store_true",
+                            help="print everything as JSON (per tensor, per stream, totals)")
+
+
+def main(args: argparse.Namespace) -> int:
+    return {"pack": _pack, "unpack": _unpack, "inspect": _inspect}[args.command](args)
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from ..models import build_model, compressible_layers, load_state_dict_file, load_weights
+    from . import pack
+
+    try:
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise ContainerError(f"--model-kwargs is not valid JSON ({exc})") from None
+    if not isinstance(kwargs, dict):
+        raise ContainerError("--model-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+    state = load_state_dict_file(args.checkpoint)
+    model = build_model(args.model, kwargs)
+    load_weights(model, state, source=args.checkpoint)  # fail early if it is the wrong model
+    layers = {f"{name}.weight": name for name in compressible_layers(model)}
+    compressed = {tensor: {"bits": None, "index_bits": args.index_bits} for tensor in layers}
+    for item in args.bits_for:
+        layer, sep, value = item.partition("=")
+        tensor = layer if layer in compressed else f"{layer}.weight"
+        if not sep or tensor not in compressed or not value.strip().isdigit():
+            raise ContainerError(f"--bits-for {item!r}: expected LAYER=B with LAYER one of "
+                                 f"{', '.join(layers.values())}")
+        compressed[tensor]["bits"] = int(value)
+    meta = {"model": {"name": args.model, "kwargs": kwargs},
+            "source": {"checkpoint": str(args.checkpoint)}}
+    report = pack(state, args.out, compressed=compressed, meta=meta, coder=args.coder,
+                  plain_dtype=args.plain_dtype)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(f"wrote {report.path}: {report.bytes:,} bytes ({report.coder}); dense fp32 "
+              f"{report.dense_bytes:,} bytes; ratio {report.ratio:.1f}x")
+    return 0
+
+
+def _unpack(args: argparse.Namespace) -> int:
+    import torch
+
+    from .._io import atomic_path
+    from . import load
+
+    dcz = load(args.file)
+    with atomic_path(args.out) as tmp:
+        torch.save(dcz.state_dict, tmp)
+    summary = {"file": str(dcz.path), "out": str(args.out), "tensors": len(dcz.state_dict),
+               "bytes": Path(args.out).stat().st_size}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"wrote {args.out}: {summary['tensors']} tensors decoded from {dcz.path}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from . import inspect
+
+    info = inspect(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    _print_tables(info)
+    return 0
+
+
+def _print_tables(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 132)
+    t = Table(title=f"{info['path']}  (format v{info['format_version']}, coder "
+                    f"{info['coder']})", title_justify="left")
+    for col in ("tensor", "shape", "storage", "density", "bits", "gap bits", "bytes",
+                "bits/weight", "ratio"):
+        t.add_column(col, justify="left" if col in ("tensor", "shape", "storage") else "right")
+    for row in info["tensors"]:
+        t.add_row(row["name"], "x".join(map(str, row["shape"])) or "scalar", row["storage"],
+                  f"{row['density']:.1%}", _opt(row["bits"]), _opt(row["index_bits"]),
+                  f"{row['bytes']:,}", f"{row['bits_per_weight']:.2f}",
+                  f"{row['ratio']:.1f}x" if row["ratio"] else "-")
+    console.print(t)
+    s = Table(title="coded streams: payload against the order-0 entropy bound",
+              title_justify="left")
+    for col in ("tensor", "stream", "coder", "symbols", "distinct", "payload B", "table B",
+                "entropy B", "over bound"):
+        s.add_column(col, justify="left" if col in ("tensor", "stream", "coder") else "right")
+    for row in info["tensors"]:
+        for name, st in row["streams"].items():
+            over = st["payload_overhead"]
+            s.add_row(row["name"], name, st["coder"], f"{st['count']:,}", f"{st['distinct']:,}",
+                      f"{st['payload_bytes']:,}", f"{st['table_bytes']:,}",
+                      f"{st['entropy_bits'] / 8:,.0f}",
+                      "-" if over is None else f"{over:+.2%}")
+    if s.row_count:
+        console.print(s)
+    console.print(f"total: {info['bytes']:,} bytes on disk (header + metadata "
+                  f"{info['overhead_bytes']:,}); dense fp32 {info['dense_bytes']:,} bytes; ratio "
+                  f"{info['ratio']:.1f}x; {info['bits_per_weight']:.2f} bits per weight"
+                  if info["ratio"] else f"total: {info['bytes']:,} bytes on disk")
+
+
+def _opt(value) -> str:
+    return "-" if value is None else str(value)

@@ -1,0 +1,305 @@
+"""Symbol streams (gaps, cluster indices) and their coders: fixed width, Huffman, rANS.
+
+A stream is a sequence of integers in ``[0, alphabet)``. Layout (after a u8 coder id, a u32
+alphabet size and a u64 symbol count)::
+
+    none      u8 width, then count*width bits, MSB first
+    constant  u32 symbol (Huffman/ANS streams with one distinct symbol cost no payload bits)
+    huffman   table (code lengths, 5 bits each), u32 lane, u8 offset width, lane offsets,
+              u64 payload bits, payload
+    ans       table (quantised frequencies), u64 words, payload (u32 words, LE)
+
+A table lists the symbols present (a bitmap of the alphabet, or a list, whichever is smaller) and
+one fixed-width value per present symbol.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _huffman
+from ._bits import pack_fixed, unpack_fixed
+from ._format import Reader
+
+CODERS = ("none", "huffman", "ans")
+_ID = {"none": 0, "huffman": 1, "ans": 2, "constant": 3}
+_NAME = {v: k for k, v in _ID.items()}
+MAX_ALPHABET = 2**16
+_LEN_WIDTH = 5  # Huffman code lengths are 1..20
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What one coded stream costs, against its order-0 entropy bound."""
+
+    name: str            # "gaps" or "indices"
+    coder: str           # "none", "huffman", "ans" or "constant"
+    count: int           # symbols
+    alphabet: int        # size of the symbol range
+    distinct: int        # symbols that occur
+    bytes: int           # the whole stream as stored: header + table + payload
+    table_bytes: int     # code lengths / frequencies (plus Huffman lane offsets)
+    payload_bytes: int   # the coded symbols
+    entropy_bits: float  # count * H0(empirical distribution): the order-0 bound on the payload
+
+    @property
+    def payload_overhead(self) -> float | None:
+        """Payload bits over the entropy bound, as a fraction (0.01 = 1% above)."""
+        if self.entropy_bits <= 0:
+            return None
+        return self.payload_bytes * 8 / self.entropy_bits - 1
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["bits_per_symbol"] = self.bytes * 8 / self.count if self.count else 0.0
+        d["payload_bits_per_symbol"] = self.payload_bytes * 8 / self.count if self.count else 0.0
+        d["entropy_bits_per_symbol"] = self.entropy_bits / self.count if self.count else 0.0
+        d["payload_overhead"] = self.payload_overhead
+        return d
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    counts = np.asarray(counts, dtype=np.float64)
+    counts = counts[counts > 0]
+    n = counts.sum()
+    if n == 0:
+        return 0.0
+    return float(-(counts * np.log2(counts / n)).sum())
+
+
+def width_for(alphabet: int) -> int:
+    return max(alphabet - 1, 0).bit_length()
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+def _encode_table(alphabet: int, symbols: np.ndarray, values: np.ndarray, value_width: int) -> bytes:
+    sym_width = width_for(alphabet)
+    as_list = symbols.size * sym_width < alphabet
+    if as_list:
+        presence = pack_fixed(symbols, sym_width)
+    else:
+        bitmap = np.zeros(alphabet, dtype=np.uint8)
+        bitmap[symbols] = 1
+        presence = np.packbits(bitmap).tobytes()
+    return (int(symbols.size).to_bytes(4, "little") + bytes([int(as_list), value_width])
+            + presence + pack_fixed(values, value_width))
+
+
+def _decode_table(r: Reader, alphabet: int, what: str) -> tuple[np.ndarray, np.ndarray, int]:
+    count = r.u32(f"{what} table size")
+    as_list, value_width = r.u8(f"{what} table mode"), r.u8(f"{what} table value width")
+    if count > alphabet or as_list > 1 or not 1 <= value_width <= 32:
+        r.fail(f"{what}: malformed table ({count} symbols of {alphabet}, mode {as_list}, "
+               f"{value_width}-bit values)")
+    if as_list:
+        sym_width = width_for(alphabet)
+        raw = r.take((count * sym_width + 7) // 8, f"{what} table symbols")
+        symbols = unpack_fixed(raw, count, sym_width).astype(np.int64)
+        if count and (np.any(np.diff(symbols) <= 0) or symbols[-1] >= alphabet):
+            r.fail(f"{what}: table symbols are not increasing within the alphabet")
+    else:
+        raw = r.take((alphabet + 7) // 8, f"{what} table bitmap")
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))
+        symbols = np.flatnonzero(bits[:alphabet])
+        if symbols.size != count or bits[alphabet:].any():
+            r.fail(f"{what}: table bitmap does not match its symbol count")
+    raw = r.take((count * value_width + 7) // 8, f"{what} table values")
+    values = unpack_fixed(raw, count, value_width).astype(np.int64)
+    return symbols, values, value_width
+
+
+# ---------------------------------------------------------------------------------------- encode
+
+def encode(symbols: np.ndarray, alphabet: int, coder: str, name: str,
+           counts: np.ndarray | None = None) -> tuple[bytes, StreamInfo]:
+    """Encode ``symbols`` (ints in [0, alphabet)) with ``coder``; return (bytes, StreamInfo)."""
+    if not 1 <= alphabet <= MAX_ALPHABET:
+        raise ValueError(f"alphabet of {alphabet} symbols is outside 1..{MAX_ALPHABET}")
+    n = int(symbols.size)
+    if counts is None:
+        counts = np.bincount(symbols, minlength=alphabet) if n else np.zeros(alphabet, np.int64)
+    present = np.flatnonzero(counts)
+    kind = coder
+    if coder != "none" and present.size <= 1:
+        kind = "constant"
+    head = bytes([_ID[kind]]) + alphabet.to_bytes(4, "little") + n.to_bytes(8, "little")
+    table = b""
+    if kind == "none":
+        width = width_for(alphabet)
+        head += bytes([width])
+        payload = pack_fixed(symbols, width)
+    elif kind == "constant":
+        head += int(present[0] if present.size else 0).to_bytes(4, "little")
+        payload = b""
+    elif kind == "huffman":
+        lengths = _huffman.code_lengths(counts)
+        payload, total_bits, starts = _huffman.encode(symbols, lengths)
+        lane_bits = np.diff(np.concatenate(([0], starts))).astype(np.uint64)
+        off_width = int(lane_bits.max()).bit_length() if lane_bits.size else 0
+        table = (_encode_table(alphabet, present, lengths[present], _LEN_WIDTH)
+                 + _huffman.LANE.to_bytes(4, "little") + bytes([off_width])
+                 + pack_fixed(lane_bits, off_width) + total_bits.to_bytes(8, "little"))
+    elif kind == "ans":
+        freqs, width = _ans_frequencies(counts[present])
+        table = _encode_table(alphabet, present, freqs, width)
+        words = _ans_encode(symbols, alphabet, present, freqs)
+        payload = words.astype("<u4").tobytes()
+        table += (words.size).to_bytes(8, "little")
+    else:
+        raise ValueError(f"unknown coder {coder!r}; choose from {CODERS}")
+    data = head + table + payload
+    return data, StreamInfo(name=name, coder=kind, count=n, alphabet=alphabet,
+                            distinct=int(present.size), bytes=len(data),
+                            table_bytes=len(table), payload_bytes=len(payload),
+                            entropy_bits=entropy_bits(counts[present]))
+
+
+def estimate_bits(counts: np.ndarray, alphabet: int, coder: str, exact: bool = False) -> float:
+    """Approximate stored bits of a stream with this histogram (used to choose the gap width)."""
+    present = np.flatnonzero(counts)
+    n = float(counts.sum())
+    if coder == "none":
+        return n * width_for(alphabet)
+    if present.size <= 1:
+        return 0.0
+    table = min(alphabet, present.size * width_for(alphabet))
+    if coder == "huffman":
+        if exact:
+            lengths = _huffman.code_lengths(counts)
+            return float((lengths[present].astype(np.float64) * counts[present]).sum()) + \
+                table + present.size * _LEN_WIDTH
+        return entropy_bits(counts[present]) + 0.03 * n + table + present.size * _LEN_WIDTH
+    return entropy_bits(counts[present]) + table + present.size * 12 + 64
+
+
+# ------------------------------------------------------------------------------------------- ANS
+
+def _ans_frequencies(counts: np.ndarray) -> tuple[np.ndarray, int]:
+    """Quantise counts to integers of ``width`` bits, choosing the width that minimises
+    table bits + payload bits (cross-entropy of the counts under the quantised model)."""
+    counts = counts.astype(np.float64)
+    n = counts.sum()
+    top = counts.max()
+    best = None
+    for width in range(4, 25):
+        q = np.maximum(1, np.rint(counts / top * ((1 << width) - 1)))
+        cost = counts.size * width - float((counts * np.log2(q / q.sum())).sum())
+        if best is None or cost < best[0]:
+            best = (cost, q.astype(np.int64), width)
+        if (1 << width) > 64 * n:  # more precision than the stream can use
+            break
+    return best[1], best[2]
+
+
+def _ans_model(freqs: np.ndarray):
+    import constriction  # a declared dependency; imported here to keep `import compression` cheap
+
+    probs = freqs.astype(np.float64)
+    return constriction.stream.model.Categorical(probs / probs.sum(), perfect=False)
+
+
+def _ans_encode(symbols: np.ndarray, alphabet: int, present: np.ndarray,
+                freqs: np.ndarray) -> np.ndarray:
+    import constriction
+
+    rank = np.zeros(alphabet, dtype=np.int32)
+    rank[present] = np.arange(present.size, dtype=np.int32)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(rank[symbols], _ans_model(freqs))
+    return np.asarray(coder.get_compressed(), dtype=np.uint32)
+
+
+# ---------------------------------------------------------------------------------------- decode
+
+def decode(r: Reader, name: str, max_count: int) -> tuple[np.ndarray, StreamInfo]:
+    """Read one stream at the reader's position; ``max_count`` bounds the claimed symbol count."""
+    start = r.pos
+    kind_id = r.u8(f"{name} stream coder")
+    kind = _NAME.get(kind_id)
+    if kind is None:
+        r.fail(f"{name} stream: unknown coder id {kind_id}")
+    alphabet = r.u32(f"{name} stream alphabet")
+    n = r.u64(f"{name} stream length")
+    if not 1 <= alphabet <= MAX_ALPHABET:
+        r.fail(f"{name} stream: alphabet of {alphabet:,} symbols is outside 1..{MAX_ALPHABET:,}")
+    if n > max_count:
+        r.fail(f"{name} stream claims {n:,} symbols; at most {max_count:,} fit the tensor")
+    table_start = r.pos
+    if kind == "none":
+        width = r.u8(f"{name} stream width")
+        if width != width_for(alphabet):
+            r.fail(f"{name} stream: width {width} does not match alphabet {alphabet}")
+        table_end = r.pos
+        raw = r.take((n * width + 7) // 8, f"{name} stream payload")
+        symbols = unpack_fixed(raw, n, width).astype(np.int64)
+        if symbols.size and int(symbols.max()) >= alphabet:
+            r.fail(f"{name} stream: symbol outside its alphabet")
+    elif kind == "constant":
+        symbol = r.u32(f"{name} stream symbol")
+        if symbol >= alphabet:
+            r.fail(f"{name} stream: constant symbol {symbol} outside its alphabet")
+        table_end = r.pos
+        symbols = np.full(n, symbol, dtype=np.int64)
+    elif kind == "huffman":
+        symbols, table_end = _decode_huffman(r, name, alphabet, n)
+    else:
+        symbols, table_end = _decode_ans(r, name, alphabet, n)
+    counts = np.bincount(symbols, minlength=alphabet) if n else np.zeros(alphabet, np.int64)
+    payload = r.pos - table_end
+    info = StreamInfo(name=name, coder=kind, count=int(n), alphabet=alphabet,
+                      distinct=int(np.count_nonzero(counts)), bytes=r.pos - start,
+                      table_bytes=table_end - table_start, payload_bytes=payload,
+                      entropy_bits=entropy_bits(counts))
+    return symbols, info
+
+
+def _decode_huffman(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.ndarray, int]:
+    symbols, lengths, _ = _decode_table(r, alphabet, f"{name} stream Huffman")
+    if symbols.size < 2 or np.any(lengths < 1) or np.any(lengths > _huffman.MAX_LEN):
+        r.fail(f"{name} stream: Huffman table needs at least two symbols with code lengths "
+               f"1..{_huffman.MAX_LEN}")
+    full = np.zeros(alphabet, dtype=np.uint8)
+    full[symbols] = lengths
+    if not _huffman.kraft_ok(full):
+        r.fail(f"{name} stream: Huffman code lengths violate the Kraft inequality")
+    lane = r.u32(f"{name} stream lane size")
+    off_width = r.u8(f"{name} stream lane offset width")
+    if lane != _huffman.LANE or off_width > 40:
+        r.fail(f"{name} stream: unsupported lane layout ({lane} symbols, {off_width}-bit offsets)")
+    n_off = max(-(-n // lane) - 1, 0)
+    raw = r.take((n_off * off_width + 7) // 8, f"{name} stream lane offsets")
+    lane_bits = unpack_fixed(raw, n_off, off_width)
+    total_bits = r.u64(f"{name} stream payload bits")
+    table_end = r.pos
+    if n and total_bits < n:  # every code is at least one bit
+        r.fail(f"{name} stream: {total_bits} payload bits cannot hold {n:,} symbols")
+    data = r.take((total_bits + 7) // 8, f"{name} stream payload")
+    try:
+        out = _huffman.decode(data, total_bits, n, full, np.cumsum(lane_bits, dtype=np.uint64))
+    except ValueError as exc:
+        r.fail(f"{name} stream: {exc}")
+    return out.astype(np.int64), table_end
+
+
+def _decode_ans(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.ndarray, int]:
+    symbols, freqs, _ = _decode_table(r, alphabet, f"{name} stream ANS")
+    if symbols.size < 2 or np.any(freqs < 1):
+        r.fail(f"{name} stream: ANS table needs at least two symbols with non-zero frequencies")
+    n_words = r.u64(f"{name} stream ANS words")
+    table_end = r.pos
+    raw = r.take(4 * n_words, f"{name} stream payload")
+    words = np.frombuffer(raw, dtype="<u4").astype(np.uint32)
+    import constriction
+
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        ranks = coder.decode(_ans_model(freqs), int(n)) if n else np.zeros(0, np.int32)
+        empty = coder.is_empty()
+    except Exception as exc:  # constriction reports malformed data as ValueError / pyo3 errors
+        r.fail(f"{name} stream: ANS payload does not decode ({exc})")
+    if not empty or ranks.size != n or (n and (ranks.min() < 0 or ranks.max() >= symbols.size)):
+        r.fail(f"{name} stream: ANS payload does not decode to exactly {n:,} symbols")
+    return symbols[ranks], table_end

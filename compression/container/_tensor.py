@@ -1,0 +1,374 @@
+"""One tensor section: plain bytes, or sparse (gaps + codebook + cluster indices, or raw values).
+
+Section payload::
+
+    u16 name length, name (UTF-8)
+    u8 dtype, u8 ndim, ndim x u64 dims
+    u8 storage: 0 plain, 1 codebook, 2 raw
+      plain     u8 stored dtype, then numel values (little-endian)
+      codebook  u64 nnz, u8 gap width b, gap stream,
+                u8 index bits, u32 codebook size k, k values (tensor's dtype), index stream
+      raw       u64 nnz, u8 gap width b, gap stream, nnz values (tensor's dtype)
+
+Sparse positions are relative: each entry stores the number of zeros skipped since the previous
+entry, in ``b`` bits. A skip too long for ``b`` bits is split by filler entries holding the
+largest code ``2**b - 1``, which means "advance ``2**b - 1`` positions, no weight here". Unlike
+the paper's fillers (a stored zero weight), ours carry no cluster index, so they cost only their
+gap symbol. A pruned weight is any +0.0 or -0.0; both decode as +0.0.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import _streams
+from ._format import Reader
+from ._streams import StreamInfo
+
+PLAIN, CODEBOOK, RAW = 0, 1, 2
+STORAGE_NAMES = {PLAIN: "plain", CODEBOOK: "codebook", RAW: "raw"}
+MAX_CODEBOOK = 2**16     # more distinct values than this: the layer is pruned but not shared
+MAX_INDEX_BITS = 16
+MAX_NDIM = 8
+SECTION_FRAMING = 16     # tag + length + CRC around every section payload
+
+
+@dataclass(frozen=True)
+class _DType:
+    code: int
+    torch_dtype: torch.dtype
+    bits: type            # unsigned numpy type of the same width: the dtype's bit pattern
+    signed: type          # signed numpy type of the same width (torch.from_numpy needs it)
+    floating: bool
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.bits).itemsize
+
+
+_DTYPE_LIST = [
+    _DType(1, torch.float32, np.uint32, np.int32, True),
+    _DType(2, torch.float16, np.uint16, np.int16, True),
+    _DType(3, torch.bfloat16, np.uint16, np.int16, True),
+    _DType(4, torch.float64, np.uint64, np.int64, True),
+    _DType(5, torch.int64, np.uint64, np.int64, False),
+    _DType(6, torch.int32, np.uint32, np.int32, False),
+    _DType(7, torch.int16, np.uint16, np.int16, False),
+    _DType(8, torch.int8, np.uint8, np.int8, False),
+    _DType(9, torch.uint8, np.uint8, np.int8, False),
+    _DType(10, torch.bool, np.uint8, np.int8, False),
+]
+BY_CODE = {d.code: d for d in _DTYPE_LIST}
+BY_TORCH = {d.torch_dtype: d for d in _DTYPE_LIST}
+_VIEW_AS = {1: torch.int32, 2: torch.int16, 4: torch.int64, 8: torch.int8}
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    """What one tensor costs in the file."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    storage: str                 # "plain", "codebook" or "raw"
+    numel: int
+    nnz: int                     # stored non-zeros (numel for plain tensors)
+    bits: int | None             # cluster-index width (codebook storage)
+    index_bits: int | None       # gap width b (sparse storage)
+    fillers: int                 # filler entries in the gap stream
+    bytes: int                   # the whole section, framing included
+    dense_bytes: int             # fp32 bytes of the tensor (0 for integer tensors)
+    codebook_bytes: int = 0
+    values_bytes: int = 0        # raw non-zero values, or the plain data
+    streams: tuple[StreamInfo, ...] = field(default=())
+
+    @property
+    def ratio(self) -> float | None:
+        return self.dense_bytes / self.bytes if self.dense_bytes else None
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.bytes * 8 / self.numel if self.numel else 0.0
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "streams"}
+        d["shape"] = list(self.shape)
+        d["density"] = self.nnz / self.numel if self.numel else 0.0
+        d["bits_per_weight"] = self.bits_per_weight
+        d["bits_per_nonzero"] = self.bytes * 8 / self.nnz if self.nnz else None
+        d["ratio"] = self.ratio
+        d["streams"] = {s.name: s.as_dict() for s in self.streams}
+        return d
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def bit_pattern(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's elements as unsigned integers of the same width (flat, no copy if possible)."""
+    spec = BY_TORCH[tensor.dtype]
+    t = tensor.detach().cpu().contiguous().reshape(-1)
+    return t.view(_VIEW_AS[spec.itemsize]).numpy().view(spec.bits)
+
+
+def from_bit_pattern(bits: np.ndarray, spec: _DType, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.from_numpy(bits.view(spec.signed)).view(spec.torch_dtype).reshape(shape)
+
+
+def _nonzero(bits: np.ndarray, spec: _DType) -> np.ndarray:
+    """Positions of non-zero weights; +0.0 and -0.0 are both zero (the sign bit is ignored)."""
+    if spec.torch_dtype in (torch.float32, torch.float64, torch.float16):
+        return np.flatnonzero(bits.view(np.dtype(f"f{spec.itemsize}")))
+    return np.flatnonzero(bits & spec.bits((1 << (8 * spec.itemsize - 1)) - 1))
+
+
+def _as_float(bits: np.ndarray, spec: _DType) -> np.ndarray:
+    if spec.torch_dtype == torch.bfloat16:
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    return bits.view(np.dtype(f"f{spec.itemsize}"))
+
+
+def _head(name: str, spec: _DType, shape: tuple[int, ...], storage: int) -> bytes:
+    raw = name.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise ValueError(f"tensor name of {len(raw)} bytes is too long")
+    if len(shape) > MAX_NDIM:
+        raise ValueError(f"tensor {name!r} has {len(shape)} dimensions; at most {MAX_NDIM}")
+    return (struct.pack("<H", len(raw)) + raw + bytes([spec.code, len(shape)])
+            + b"".join(struct.pack("<Q", d) for d in shape) + bytes([storage]))
+
+
+# ---------------------------------------------------------------------------------------- encode
+
+def encode_plain(name: str, tensor: torch.Tensor, plain_dtype: str) -> tuple[bytes, TensorRow]:
+    spec = BY_TORCH[tensor.dtype]
+    stored = spec
+    if plain_dtype == "float16" and tensor.dtype in (torch.float32, torch.float64):
+        stored = BY_TORCH[torch.float16]
+        tensor = tensor.to(torch.float16)
+    shape = tuple(tensor.shape)
+    data = bit_pattern(tensor).astype(np.dtype(stored.bits).newbyteorder("<"), copy=False).tobytes()
+    payload = _head(name, spec, shape, PLAIN) + bytes([stored.code]) + data
+    numel = math.prod(shape)
+    return payload, TensorRow(name=name, shape=shape, dtype=dtype_name(spec.torch_dtype),
+                              storage="plain", numel=numel, nnz=numel, bits=None, index_bits=None,
+                              fillers=0, bytes=len(payload) + SECTION_FRAMING,
+                              dense_bytes=4 * numel if spec.floating else 0,
+                              values_bytes=len(data))
+
+
+def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
+                  index_bits: int | None) -> tuple[bytes, TensorRow]:
+    spec = BY_TORCH[tensor.dtype]
+    shape = tuple(tensor.shape)
+    numel = math.prod(shape)
+    flat = bit_pattern(tensor)
+    positions = _nonzero(flat, spec)
+    values = flat[positions]
+    distinct = np.unique(values)
+    storage = RAW if distinct.size > MAX_CODEBOOK else CODEBOOK
+
+    # Positions -> zeros skipped before each non-zero -> gap stream with fillers.
+    skips = np.diff(positions, prepend=-1) - 1
+    del positions
+    b = index_bits if index_bits is not None else choose_gap_width(skips, coder)
+    gaps, fillers = gap_symbols(skips, b)
+    del skips
+    gap_data, gap_info = _streams.encode(gaps, 1 << b, coder, "gaps")
+    del gaps
+    le = np.dtype(spec.bits).newbyteorder("<")
+    body = struct.pack("<QB", values.size, b) + gap_data
+    streams = [gap_info]
+    codebook_bytes = values_bytes = 0
+    width = None
+    if storage == CODEBOOK:
+        need = _streams.width_for(distinct.size)
+        width = need if bits is None else bits
+        if width < need:
+            raise ValueError(f"tensor {name!r} holds {distinct.size} distinct non-zero values, "
+                             f"more than bits={bits} allows ({1 << bits}); share its weights "
+                             f"first or raise its bits")
+        # Codebook in ascending value order (readable); indices refer to that order.
+        order = np.argsort(_as_float(distinct, spec), kind="stable")
+        rank = np.empty(distinct.size, dtype=np.int32)
+        rank[order] = np.arange(distinct.size, dtype=np.int32)
+        indices = rank[np.searchsorted(distinct, values)] if values.size else \
+            np.zeros(0, np.int32)
+        codebook = distinct[order].astype(le).tobytes()
+        idx_data, idx_info = _streams.encode(indices, 1 << width, coder, "indices")
+        body += struct.pack("<BI", width, distinct.size) + codebook + idx_data
+        streams.append(idx_info)
+        codebook_bytes = len(codebook)
+    else:
+        raw = values.astype(le).tobytes()
+        body += raw
+        values_bytes = len(raw)
+    payload = _head(name, spec, shape, storage) + body
+    row = TensorRow(name=name, shape=shape, dtype=dtype_name(spec.torch_dtype),
+                    storage=STORAGE_NAMES[storage], numel=numel, nnz=int(values.size),
+                    bits=width, index_bits=b, fillers=fillers,
+                    bytes=len(payload) + SECTION_FRAMING, dense_bytes=4 * numel,
+                    codebook_bytes=codebook_bytes, values_bytes=values_bytes,
+                    streams=tuple(streams))
+    return payload, row
+
+
+def gap_symbols(skips: np.ndarray, b: int) -> tuple[np.ndarray, int]:
+    """Gap stream for ``b``-bit relative indices: each skip s becomes s // M fillers (code M,
+    advancing M positions) followed by the entry s % M, where M = 2**b - 1."""
+    m = (1 << b) - 1
+    n_fill = skips // m
+    total_fill = int(n_fill.sum())
+    out = np.full(skips.size + total_fill, m, dtype=np.int32)
+    out[np.cumsum(n_fill + 1) - 1] = skips % m
+    return out, total_fill
+
+
+def choose_gap_width(skips: np.ndarray, coder: str) -> int:
+    """The gap width b in 1..16 whose stream codes smallest (histograms, no trial encodes)."""
+    if skips.size == 0:
+        return 1
+    cap = 1 << 16
+    small = skips[skips < cap]
+    hist = np.bincount(small, minlength=cap).astype(np.int64)
+    tail = skips[skips >= cap]
+    values = np.arange(cap, dtype=np.int64)
+    used = np.flatnonzero(hist)
+    hv, hc = values[used], hist[used]
+    estimates = {}
+    for b in range(1, MAX_INDEX_BITS + 1):
+        m = (1 << b) - 1
+        counts = np.bincount(hv % m, weights=hc, minlength=m + 1).astype(np.int64)
+        counts[m] += int((hv // m * hc).sum()) + int((tail // m).sum())
+        counts += np.bincount(tail % m, minlength=m + 1)
+        estimates[b] = (counts, _streams.estimate_bits(counts, 1 << b, coder))
+    if coder == "huffman":
+        # Huffman pays up to a bit per symbol over the entropy: settle the best few exactly.
+        for b in sorted(estimates, key=lambda b: estimates[b][1])[:3]:
+            counts = estimates[b][0]
+            estimates[b] = (counts, _streams.estimate_bits(counts, 1 << b, coder, exact=True))
+    best = min(cost for _, cost in estimates.values())
+    # Near-ties (within 0.2%) go to the width with the fewest symbols: same size, faster decode.
+    # (For rANS a 1-bit "gap" stream is a bitmap of every position: as small, but 10x the work.)
+    close = [b for b, (_, cost) in estimates.items() if cost <= best * 1.002 + 64]
+    return min(close, key=lambda b: (int(estimates[b][0].sum()), b))
+
+
+# ---------------------------------------------------------------------------------------- decode
+
+@dataclass
+class Decoded:
+    name: str
+    tensor: torch.Tensor
+    row: TensorRow
+    codebook: np.ndarray | None   # float32 view of the codebook values
+
+
+def decode(payload: memoryview, where: str, budget: list[int]) -> Decoded:
+    """Decode one tensor section. ``budget[0]`` is the decoded bytes still allowed; it shrinks."""
+    r = Reader(payload, where)
+    n = r.u16("tensor name length")
+    try:
+        name = bytes(r.take(n, "tensor name")).decode("utf-8")
+    except UnicodeDecodeError:
+        r.fail("tensor name is not UTF-8")
+    r.where = f"{where} tensor {name!r}"
+    spec = BY_CODE.get(r.u8("dtype"))
+    if spec is None:
+        r.fail("unknown dtype code")
+    ndim = r.u8("ndim")
+    if ndim > MAX_NDIM:
+        r.fail(f"{ndim} dimensions; at most {MAX_NDIM}")
+    shape = tuple(r.u64("shape") for _ in range(ndim))
+    numel = math.prod(shape)
+    if numel * spec.itemsize > budget[0]:
+        r.fail(f"shape {list(shape)} claims {numel:,} elements ({numel * spec.itemsize:,} bytes), "
+               f"more than this file may decode to ({budget[0]:,} bytes left); the header is "
+               "corrupt (or pass a larger max_decoded_bytes)")
+    budget[0] -= numel * spec.itemsize
+    storage = r.u8("storage kind")
+    if storage == PLAIN:
+        stored = BY_CODE.get(r.u8("stored dtype"))
+        if stored is None or (stored is not spec and not (
+                stored.torch_dtype == torch.float16 and spec.torch_dtype in (torch.float32,
+                                                                             torch.float64))):
+            r.fail("invalid stored dtype for a plain tensor")
+        raw = r.take(numel * stored.itemsize, "tensor data")
+        r.done()
+        bits = np.frombuffer(raw, dtype=np.dtype(stored.bits).newbyteorder("<")).astype(stored.bits)
+        tensor = from_bit_pattern(bits, stored, shape)
+        if stored is not spec:
+            tensor = tensor.to(spec.torch_dtype)
+        row = TensorRow(name=name, shape=shape, dtype=dtype_name(spec.torch_dtype),
+                        storage="plain", numel=numel, nnz=numel, bits=None, index_bits=None,
+                        fillers=0, bytes=len(payload) + SECTION_FRAMING,
+                        dense_bytes=4 * numel if spec.floating else 0, values_bytes=len(raw))
+        return Decoded(name, tensor, row, None)
+    if storage not in (CODEBOOK, RAW) or not spec.floating:
+        r.fail(f"invalid storage kind {storage} for a {dtype_name(spec.torch_dtype)} tensor")
+    nnz = r.u64("non-zero count")
+    b = r.u8("gap width")
+    if nnz > numel or not 1 <= b <= MAX_INDEX_BITS:
+        r.fail(f"{nnz:,} non-zeros of {numel:,} with {b}-bit gaps is impossible")
+    gaps, gap_info = _streams.decode(r, "gaps", numel)
+    positions, fillers = positions_from_gaps(gaps, b, nnz, numel, r)
+    del gaps
+    le = np.dtype(spec.bits).newbyteorder("<")
+    streams = [gap_info]
+    codebook_f32 = None
+    codebook_bytes = values_bytes = 0
+    width = None
+    if storage == CODEBOOK:
+        width = r.u8("index bits")
+        k = r.u32("codebook size")
+        if width > MAX_INDEX_BITS or k > (1 << width) or (nnz and k == 0):
+            r.fail(f"codebook of {k:,} entries does not fit {width}-bit indices")
+        raw_cb = r.take(k * spec.itemsize, "codebook")
+        codebook = np.frombuffer(raw_cb, dtype=le).astype(spec.bits)
+        indices, idx_info = _streams.decode(r, "indices", nnz)
+        if idx_info.count != nnz or idx_info.alphabet != (1 << width):
+            r.fail(f"index stream holds {idx_info.count:,} symbols of alphabet "
+                   f"{idx_info.alphabet:,}; expected {nnz:,} of {1 << width:,}")
+        if indices.size and int(indices.max()) >= k:
+            r.fail("a cluster index points past the codebook")
+        values = codebook[indices]
+        streams.append(idx_info)
+        codebook_bytes = len(raw_cb)
+        codebook_f32 = _as_float(codebook, spec).astype(np.float32)
+    else:
+        raw_vals = r.take(nnz * spec.itemsize, "non-zero values")
+        values = np.frombuffer(raw_vals, dtype=le).astype(spec.bits)
+        values_bytes = len(raw_vals)
+    r.done()
+    dense = np.zeros(numel, dtype=spec.bits)
+    dense[positions] = values
+    row = TensorRow(name=name, shape=shape, dtype=dtype_name(spec.torch_dtype),
+                    storage=STORAGE_NAMES[storage], numel=numel, nnz=int(nnz), bits=width,
+                    index_bits=b, fillers=fillers, bytes=len(payload) + SECTION_FRAMING,
+                    dense_bytes=4 * numel, codebook_bytes=codebook_bytes,
+                    values_bytes=values_bytes, streams=tuple(streams))
+    return Decoded(name, from_bit_pattern(dense, spec, shape), row, codebook_f32)
+
+
+def positions_from_gaps(gaps: np.ndarray, b: int, nnz: int, numel: int,
+                        r: Reader) -> tuple[np.ndarray, int]:
+    if gaps.size and int(gaps.max()) >= (1 << b):
+        r.fail("gap symbol outside its alphabet")
+    m = (1 << b) - 1
+    filler = gaps == m
+    n_fill = int(np.count_nonzero(filler))
+    if gaps.size - n_fill != nnz:
+        r.fail(f"gap stream holds {gaps.size - n_fill:,} entries; expected {nnz:,}")
+    if gaps.size and filler[-1]:
+        r.fail("gap stream ends with a filler entry")
+    advance = np.where(filler, m, gaps + 1)
+    pos = np.cumsum(advance) - 1
+    positions = pos[~filler] if n_fill else pos
+    if positions.size and positions[-1] >= numel:
+        r.fail(f"gap stream runs past the tensor's {numel:,} elements")
+    return positions, n_fill
