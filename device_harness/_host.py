@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,14 +28,11 @@ def run_local(argv: list[str], *, timeout_s: float, check: bool = True, env: dic
     """
     argv = [str(a) for a in argv]
     try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True, errors="replace",
-                              timeout=timeout_s, env=env, cwd=cwd)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
-        raise DeviceError(f"{argv[0]} timed out after {timeout_s:g} s; raise --timeout if the "
-                          "device is just slow", command=argv, output=out) from exc
+        # A session of its own, so a timeout ends the program *and* whatever it started.
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace", env=env,
+                                cwd=cwd, start_new_session=True)
     except FileNotFoundError as exc:
         if check:
             raise DeviceError(f"{argv[0]}: program not found", command=argv, returncode=127) from exc
@@ -43,13 +41,30 @@ def run_local(argv: list[str], *, timeout_s: float, check: bool = True, env: dic
         if check:
             raise DeviceError(f"{argv[0]}: not executable ({exc})", command=argv, returncode=126) from exc
         return ShellResult(tuple(argv), 126, str(exc))
-    result = ShellResult(tuple(argv), proc.returncode, proc.stdout)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        _kill_group(proc)
+        raise DeviceError(f"{argv[0]} timed out after {timeout_s:g} s; raise --timeout if the "
+                          "device is just slow", command=argv) from exc
+    except BaseException:  # Ctrl-C included: leave nothing running behind us
+        _kill_group(proc)
+        raise
+    result = ShellResult(tuple(argv), proc.returncode, stdout)
     if check and proc.returncode != 0:
-        said = (proc.stderr or "") + proc.stdout if not merge_stderr else proc.stdout
+        said = (stderr or "") + stdout if not merge_stderr else stdout
         tail = " | ".join(said.strip().splitlines()[-3:])
         raise DeviceError(f"{Path(argv[0]).name} exited with status {proc.returncode}: {tail}",
                           command=argv, returncode=proc.returncode, output=said)
     return result
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.communicate()
 
 
 def _cpu_name() -> str:
