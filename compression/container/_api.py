@@ -94,8 +94,7 @@ def pack(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *
                              f"{', '.join(missing)}")
     full_meta = dict(meta or {})
     full_meta["format"] = {"name": "dcz", "version": FORMAT_VERSION, "coder": coder,
-                           "plain_dtype": plain_dtype, "pruned_zero": "+0.0 and -0.0 are pruned; "
-                           "decoded as +0.0", **_library_versions(coder)}
+                           "plain_dtype": plain_dtype, **_library_versions(coder)}
     try:
         meta_bytes = json.dumps(full_meta, sort_keys=True, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as exc:

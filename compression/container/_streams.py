@@ -232,7 +232,7 @@ def decode(r: Reader, name: str, max_count: int) -> tuple[np.ndarray, StreamInfo
         width = r.u8(f"{name} stream width")
         if width != width_for(alphabet):
             r.fail(f"{name} stream: width {width} does not match alphabet {alphabet}")
-        table_end = r.pos
+        table_start = table_end = r.pos
         raw = r.take((n * width + 7) // 8, f"{name} stream payload")
         symbols = unpack_fixed(raw, n, width).astype(np.int64)
         if symbols.size and int(symbols.max()) >= alphabet:
@@ -241,7 +241,7 @@ def decode(r: Reader, name: str, max_count: int) -> tuple[np.ndarray, StreamInfo
         symbol = r.u32(f"{name} stream symbol")
         if symbol >= alphabet:
             r.fail(f"{name} stream: constant symbol {symbol} outside its alphabet")
-        table_end = r.pos
+        table_start = table_end = r.pos
         symbols = np.full(n, symbol, dtype=np.int64)
     elif kind == "huffman":
         symbols, table_end = _decode_huffman(r, name, alphabet, n)

@@ -64,7 +64,7 @@ _DTYPE_LIST = [
 ]
 BY_CODE = {d.code: d for d in _DTYPE_LIST}
 BY_TORCH = {d.torch_dtype: d for d in _DTYPE_LIST}
-_VIEW_AS = {1: torch.int32, 2: torch.int16, 4: torch.int64, 8: torch.int8}
+_VIEW_AS = {4: torch.int32, 2: torch.int16, 8: torch.int64, 1: torch.int8}
 
 
 @dataclass(frozen=True)

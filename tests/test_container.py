@@ -1,0 +1,454 @@
+"""The .dcz container: exact round trips, sizes on disk, bad input, fuzzing, atomic writes, CLI."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compression.cli import main as cli_main
+from compression.container import FORMAT_VERSION, inspect, load, load_model, pack
+from compression.container import _format, _tensor
+from compression.errors import ContainerError
+from compression.models import LeNet300
+
+CODERS = ["none", "huffman", "ans"]
+
+
+def bits_of(t: torch.Tensor) -> torch.Tensor:
+    """Bit pattern, for exact comparison (NaN payloads and signed zeros included)."""
+    view = {4: torch.int32, 2: torch.int16, 8: torch.int64, 1: torch.int8}[t.element_size()]
+    return t.contiguous().view(view)
+
+
+def assert_exact(decoded: dict, original: dict, sparse: set[str] = frozenset()) -> None:
+    """Bit-for-bit equality; in sparse tensors a pruned -0.0 decodes as +0.0 (documented)."""
+    assert list(decoded) == list(original)
+    for name, t in original.items():
+        expect = torch.where(t == 0, torch.zeros_like(t), t) if name in sparse else t
+        assert decoded[name].dtype == t.dtype and decoded[name].shape == t.shape, name
+        assert torch.equal(bits_of(decoded[name]), bits_of(expect)), name
+
+
+def shared(shape, density=0.2, k=8, seed=0, dtype=torch.float32, skew=0.0) -> torch.Tensor:
+    """A pruned and shared layer; ``skew`` > 0 makes low cluster indices commoner (as trained
+    layers are: most survivors sit near the pruning threshold)."""
+    g = torch.Generator().manual_seed(seed)
+    codebook = torch.linspace(-1, 1, k + 1)[torch.arange(k + 1) != k // 2]  # no zero centroid
+    probs = torch.exp(-skew * torch.arange(k, dtype=torch.float64))
+    idx = torch.multinomial(probs, math.prod(shape), replacement=True, generator=g).reshape(shape)
+    keep = torch.rand(shape, generator=g) < density
+    return torch.where(keep, codebook[idx], torch.zeros(())).to(dtype)
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    """A small valid file: one shared 6x5 layer, a bias and an integer buffer."""
+    sd = {"w": shared((6, 5), density=0.5, k=4), "b": torch.arange(6, dtype=torch.float32),
+          "n": torch.tensor(7)}
+    path = tmp_path / "tiny.dcz"
+    pack(sd, path, compressed={"w": {"bits": 2, "index_bits": 2}})
+    return path, sd
+
+
+# ----------------------------------------------------------------------------- round trips
+
+def test_gap_with_fillers_hand_computed(tmp_path):
+    # Non-zeros at positions 0 and 10 with 2-bit gaps (M = 3): skips 0 and 9 -> [0, 3, 3, 3, 0]
+    w = torch.zeros(12)
+    w[0], w[10] = 1.5, -2.0
+    skips = np.array([0, 9])
+    gaps, fillers = _tensor.gap_symbols(skips, 2)
+    assert gaps.tolist() == [0, 3, 3, 3, 0] and fillers == 3
+    for coder in CODERS:
+        report = pack({"w": w}, tmp_path / "f.dcz", compressed={"w": {"index_bits": 2}},
+                      coder=coder)
+        row = report.tensors[0]
+        assert (row.storage, row.nnz, row.index_bits, row.fillers, row.bits) == \
+            ("codebook", 2, 2, 3, 1)
+        dcz = load(tmp_path / "f.dcz")
+        assert_exact(dcz.state_dict, {"w": w}, {"w"})
+        assert dcz.layers["w"].codebook.tolist() == [-2.0, 1.5]
+
+
+@pytest.mark.parametrize("coder", CODERS)
+@pytest.mark.parametrize("w", [
+    torch.zeros(7, 3),                                   # all-zero layer
+    torch.zeros(50).index_fill_(0, torch.tensor([49]), 0.25),  # single non-zero, at the end
+    torch.tensor([[0.5, -0.5, 0.0], [0.0, 0.5, -0.5]]),  # 1-bit codebook
+    torch.full((4, 4), 0.125),                           # dense, one value
+])
+def test_edge_layers_round_trip(tmp_path, coder, w):
+    sd = {"layer.weight": w, "layer.bias": torch.ones(3)}
+    pack(sd, tmp_path / "e.dcz", compressed={"layer.weight": {}}, coder=coder)
+    dcz = load(tmp_path / "e.dcz")
+    assert_exact(dcz.state_dict, sd, {"layer.weight"})
+    info = dcz.layers["layer.weight"]
+    assert info.nnz == int((w != 0).sum())
+    assert info.bits == max(len(torch.unique(w[w != 0])) - 1, 0).bit_length()
+
+
+def test_signed_zero_policy(tmp_path):
+    w = torch.tensor([-0.0, 1.0, 0.0, -0.0, -1.0])
+    sd = {"sparse": w.clone(), "plain": w.clone()}
+    pack(sd, tmp_path / "z.dcz", compressed={"sparse": {}})
+    out = load(tmp_path / "z.dcz").state_dict
+    assert torch.signbit(out["sparse"]).tolist() == [False, False, False, False, True]
+    assert torch.equal(bits_of(out["plain"]), bits_of(w))  # plain tensors keep -0.0
+
+
+def test_unshared_layer_is_stored_raw(tmp_path):
+    w = torch.randn(300, 300)
+    w[w.abs() < 0.3] = 0  # pruned, not shared: ~68K distinct values
+    report = pack({"w": w}, tmp_path / "r.dcz", compressed={"w": {"bits": None}}, coder="none")
+    row = report.tensors[0]
+    assert row.storage == "raw" and row.bits is None and row.values_bytes == 4 * row.nnz
+    dcz = load(tmp_path / "r.dcz")
+    assert_exact(dcz.state_dict, {"w": w}, {"w"})
+    assert dcz.layers["w"].codebook is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes_round_trip(tmp_path, dtype):
+    w = shared((20, 30), k=16, dtype=dtype)
+    w[0, 0] = float("nan")  # NaN is a non-zero value like any other, kept bit-exact
+    sd = {"w": w, "extra": torch.randn(5).to(dtype)}
+    pack(sd, tmp_path / "d.dcz", compressed={"w": {}}, coder="ans")
+    assert_exact(load(tmp_path / "d.dcz").state_dict, sd, {"w"})
+
+
+def test_integer_and_bool_buffers_kept_exact(tmp_path):
+    sd = {"bn.num_batches_tracked": torch.tensor(123456789012),
+          "mask": torch.tensor([True, False, True]),
+          "i8": torch.tensor([-128, 0, 127], dtype=torch.int8),
+          "u8": torch.tensor([0, 255], dtype=torch.uint8),
+          "scalar": torch.tensor(3.5)}
+    report = pack(sd, tmp_path / "i.dcz", plain_dtype="float16")
+    assert report.dense_bytes == 4  # only the float scalar counts as a weight
+    out = load(tmp_path / "i.dcz").state_dict
+    assert_exact({k: v for k, v in out.items()}, sd)
+
+
+def test_plain_float16_option_halves_plain_tensors(tmp_path):
+    sd = {"bias": torch.randn(1000)}
+    full = pack(sd, tmp_path / "a.dcz")
+    half = pack(sd, tmp_path / "b.dcz", plain_dtype="float16")
+    assert full.tensors[0].values_bytes == 4000 and half.tensors[0].values_bytes == 2000
+    out = load(tmp_path / "b.dcz").state_dict["bias"]
+    assert out.dtype == torch.float32 and torch.equal(out, sd["bias"].half().float())
+
+
+def test_report_sizes_are_measured(tmp_path):
+    sd = {"fc.weight": shared((100, 80), density=0.1, k=32, skew=0.2), "fc.bias": torch.randn(100)}
+    sizes = {}
+    for coder in CODERS:
+        path = tmp_path / f"{coder}.dcz"
+        report = pack(sd, path, compressed={"fc.weight": {"bits": 5}}, coder=coder)
+        assert report.bytes == os.path.getsize(path)
+        assert report.dense_bytes == 4 * (8000 + 100)
+        assert report.ratio == pytest.approx(report.dense_bytes / report.bytes)
+        assert sum(t.bytes for t in report.tensors) < report.bytes
+        assert_exact(load(path).state_dict, sd, {"fc.weight"})
+        sizes[coder] = report.bytes
+    assert sizes["huffman"] < sizes["none"] and sizes["ans"] < sizes["none"]
+
+
+def test_inspect_accounts_for_every_byte(tmp_path):
+    sd = {"fc.weight": shared((64, 64), density=0.1, k=16), "fc.bias": torch.randn(64)}
+    path = tmp_path / "m.dcz"
+    report = pack(sd, path, compressed={"fc.weight": {}}, coder="ans", meta={"accuracy": 0.9})
+    info = inspect(path)
+    assert info["bytes"] == report.bytes == os.path.getsize(path)
+    assert info["overhead_bytes"] + sum(t["bytes"] for t in info["tensors"]) == info["bytes"]
+    assert info["coder"] == "ans" and info["format_version"] == FORMAT_VERSION
+    assert info["meta"]["accuracy"] == 0.9
+    layer = info["tensors"][0]
+    assert layer["nnz"] == int((sd["fc.weight"] != 0).sum())
+    for s in layer["streams"].values():
+        assert s["bytes"] >= s["payload_bytes"] + s["table_bytes"]
+        assert s["entropy_bits"] > 0 and s["payload_bytes"] * 8 >= s["entropy_bits"] * 0.999
+    assert set(info["streams"]) == {"gaps", "indices"}
+
+
+def test_load_model_reproduces_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = LeNet300().eval()
+    sd = model.state_dict()
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        w = sd[name]
+        w.mul_(w.abs() > w.abs().quantile(0.9))          # prune 90% (leaves -0.0 behind)
+        centroids = torch.linspace(w.min(), w.max(), 32)
+        nearest = centroids[(w[..., None] - centroids).abs().argmin(-1)]
+        w.copy_(torch.where(w != 0, nearest, w))         # share: 5-bit codebook
+    meta = {"model": {"name": "lenet300", "kwargs": {}, "input_shape": [1, 1, 28, 28]}}
+    pack(sd, tmp_path / "l.dcz", compressed={n: {"bits": 5} for n in sd if "weight" in n},
+         meta=meta)
+    loaded, dcz = load_model(tmp_path / "l.dcz")
+    x = torch.rand(16, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert dcz.meta["model"]["name"] == "lenet300" and dcz.meta["format"]["coder"] == "huffman"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(0, 3000), density=st.floats(0, 1), k=st.integers(1, 300),
+       coder=st.sampled_from(CODERS), index_bits=st.one_of(st.none(), st.integers(1, 16)),
+       seed=st.integers(0, 2**16))
+def test_round_trip_property(tmp_path_factory, n, density, k, coder, index_bits, seed):
+    rng = np.random.default_rng(seed)
+    codebook = rng.standard_normal(k).astype(np.float32)
+    w = np.where(rng.random(n) < density, codebook[rng.integers(0, k, n)], 0).astype(np.float32)
+    sd = {"w": torch.from_numpy(w)}
+    path = tmp_path_factory.mktemp("prop") / "p.dcz"
+    pack(sd, path, compressed={"w": {"index_bits": index_bits}}, coder=coder)
+    assert_exact(load(path).state_dict, sd, {"w"})
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _section_bounds(data: bytes) -> list[int]:
+    """Byte offsets where each section starts, plus the file end."""
+    pos, bounds = _format.HEADER.size, [_format.HEADER.size]
+    while pos < len(data):
+        _, length = _format.SECTION_HEAD.unpack_from(data, pos)
+        pos += _format.SECTION_HEAD.size + length + _format.CRC.size
+        bounds.append(pos)
+    return bounds
+
+
+def test_truncation_at_every_section_boundary_and_inside(tiny_file):
+    path, _ = tiny_file
+    data = path.read_bytes()
+    cuts = set(_section_bounds(data)[:-1]) | {0, 3, 8, 15} | set(range(17, len(data), 7))
+    for cut in sorted(cuts):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ContainerError) as err:
+            load(path)
+        msg = str(err.value)
+        assert str(path) in msg and ("truncated" in msg or "remain" in msg), (cut, msg)
+
+
+def test_every_single_bit_flip_is_caught(tiny_file):
+    path, _ = tiny_file
+    data = bytearray(path.read_bytes())
+    # Every third bit: a stride coprime to 8 reaches every bit position of every field's bytes.
+    for bit in range(0, len(data) * 8, 3):
+        data[bit // 8] ^= 1 << (bit % 8)
+        path.write_bytes(bytes(data))
+        with pytest.raises(ContainerError, match="tiny.dcz"):
+            load(path)
+        data[bit // 8] ^= 1 << (bit % 8)
+
+
+def test_wrong_magic(tiny_file):
+    path, _ = tiny_file
+    path.write_bytes(b"PK\x03\x04" + path.read_bytes()[4:])
+    with pytest.raises(ContainerError, match="not a .dcz file"):
+        load(path)
+
+
+def test_future_version_asks_for_upgrade(tiny_file):
+    path, _ = tiny_file
+    data = path.read_bytes()
+    head = _format.MAGIC + struct.pack("<I", FORMAT_VERSION + 1)
+    path.write_bytes(head + struct.pack("<I", zlib.crc32(head)) + data[_format.HEADER.size:])
+    with pytest.raises(ContainerError, match="upgrade deepcompress"):
+        load(path)
+
+
+def _file_with_tensor_payload(path, payload: bytes) -> None:
+    body = _format.section(_format.TAG_META, b"{}") + _format.section(_format.TAG_TENSOR, payload)
+    data = _format.file_header() + body
+    path.write_bytes(data + _format.section(_format.TAG_END, struct.pack("<IQ", 1, len(data))))
+
+
+def _sparse_head(shape, nnz=1, b=4) -> bytes:
+    return _tensor._head("fc.weight", _tensor.BY_TORCH[torch.float32], shape, _tensor.CODEBOOK) \
+        + struct.pack("<QB", nnz, b)
+
+
+@pytest.mark.parametrize("payload,match", [
+    # A shape of 10**12 elements, stored plainly and sparse.
+    (_tensor._head("fc.weight", _tensor.BY_TORCH[torch.float32], (10**6, 10**6), 0) + b"\x01",
+     "claims 1,000,000,000,000 elements"),
+    (_sparse_head((10**6, 10**6)), "claims 1,000,000,000,000 elements"),
+    # A gap stream claiming 2**40 symbols in a 100-element tensor.
+    (_sparse_head((10, 10)) + bytes([1]) + struct.pack("<IQ", 16, 2**40), "at most 100"),
+    # A codebook of 2**32 - 1 entries (the field is 32 bits; 2**40 cannot even be written).
+    (_sparse_head((10, 10), nnz=0) + bytes([3]) + struct.pack("<IQI", 16, 0, 0)
+     + struct.pack("<BI", 16, 2**32 - 1), "codebook of 4,294,967,295 entries"),
+    (_sparse_head((10, 10), nnz=0) + bytes([3]) + struct.pack("<IQI", 16, 0, 0)
+     + struct.pack("<BI", 8, 200), "claims 800 bytes"),
+    # A Huffman table claiming an alphabet of 2**40 symbols (the field holds at most 2**32 - 1).
+    (_sparse_head((10, 10)) + bytes([1]) + struct.pack("<IQ", 2**32 - 1, 5), "alphabet"),
+])
+def test_absurd_sizes_fail_fast_without_allocating(tmp_path, payload, match):
+    path = tmp_path / "absurd.dcz"
+    _file_with_tensor_payload(path, payload)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ContainerError, match=match) as err:
+            load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20
+    assert str(path) in str(err.value) and "section 1" in str(err.value)
+    assert "fc.weight" in str(err.value)
+
+
+def test_section_claiming_2_pow_40_bytes(tmp_path):
+    path = tmp_path / "huge.dcz"
+    path.write_bytes(_format.file_header() + _format.SECTION_HEAD.pack(b"META", 2**40) + b"{}")
+    with pytest.raises(ContainerError, match=r"section 0 \(metadata\): claims 1,099,511,627,776"):
+        load(path)
+
+
+def test_trailing_garbage_and_missing_end(tiny_file):
+    path, _ = tiny_file
+    data = path.read_bytes()
+    path.write_bytes(data + b"x")
+    with pytest.raises(ContainerError, match="after the end marker"):
+        load(path)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1,
+                      max_size=4),
+       cut=st.one_of(st.none(), st.integers(0, 10**6)))
+def test_fuzz_mutated_files_only_raise_container_error(tiny_file, edits, cut):
+    path, _ = tiny_file
+    data = bytearray(path.read_bytes())
+    original = bytes(data)
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    fuzzed = path.with_name("fuzzed.dcz")
+    fuzzed.write_bytes(bytes(data))
+    if bytes(data) == original:
+        load(fuzzed)
+    else:
+        with pytest.raises(ContainerError):
+            load(fuzzed)
+
+
+def _tensor_payload(path) -> tuple[bytes, bytes]:
+    data = path.read_bytes()
+    bounds = _section_bounds(data)
+    start, end = bounds[1], bounds[2]  # the first tensor section
+    return data[start + _format.SECTION_HEAD.size:end - _format.CRC.size], data
+
+
+_SEALED_PAYLOADS: dict[str, bytes] = {}
+
+
+def _sealed_payload(folder, coder: str) -> bytes:
+    if coder not in _SEALED_PAYLOADS:
+        src = folder / f"src-{coder}.dcz"
+        pack({"w": shared((40, 30), density=0.3, k=6, skew=0.5)}, src,
+             compressed={"w": {"bits": 3}}, coder=coder)
+        _SEALED_PAYLOADS[coder] = _tensor_payload(src)[0]
+    return _SEALED_PAYLOADS[coder]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1,
+                      max_size=3),
+       cut=st.one_of(st.none(), st.integers(0, 10**6)),
+       coder=st.sampled_from(CODERS))
+def test_fuzz_decoder_behind_valid_crcs(tmp_path, edits, cut, coder):
+    """Mutate a tensor payload and re-seal it with a valid CRC: the section decoder must cope."""
+    payload = bytearray(_sealed_payload(tmp_path, coder))
+    for pos, value in edits:
+        payload[pos % len(payload)] = value
+    if cut is not None:
+        payload = payload[: cut % (len(payload) + 1)]
+    path = tmp_path / "fuzzed.dcz"
+    _file_with_tensor_payload(path, bytes(payload))
+    try:
+        dcz = load(path)
+    except ContainerError:
+        return
+    for t in dcz.state_dict.values():  # decoded to something well-formed
+        assert t.numel() == math.prod(t.shape)
+
+
+@settings(max_examples=100, deadline=None)
+@given(blob=st.binary(max_size=300))
+def test_fuzz_random_bytes_after_a_valid_header(tmp_path_factory, blob):
+    path = tmp_path_factory.mktemp("rnd") / "r.dcz"
+    path.write_bytes(_format.file_header() + blob)
+    with pytest.raises(ContainerError):
+        load(path)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def test_failed_pack_leaves_no_file(tmp_path):
+    sd = {"w": shared((8, 8), k=8), "n": torch.tensor(1)}
+    path = tmp_path / "out.dcz"
+    with pytest.raises(ContainerError, match="bits=2"):
+        pack(sd, path, compressed={"w": {"bits": 2}})  # 8 distinct values need 3 bits
+    with pytest.raises(ContainerError, match="only floating"):
+        pack(sd, path, compressed={"n": {}})
+    with pytest.raises(ContainerError, match="missing from the state_dict"):
+        pack(sd, path, compressed={"nope": {}})
+    assert list(tmp_path.iterdir()) == []
+    pack(sd, path, compressed={"w": {}})
+    before = path.read_bytes()
+    with pytest.raises(ContainerError):
+        pack(sd, path, compressed={"w": {"bits": 1}})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.dcz"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ContainerError, match="no such file"):
+        load(tmp_path / "absent.dcz")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_pack_inspect_unpack(tmp_path, capsys):
+    torch.manual_seed(0)
+    sd = LeNet300().state_dict()
+    sd["fc1.weight"] = shared((300, 784), density=0.08, k=64)
+    torch.save(sd, tmp_path / "ckpt.pt")
+    out = tmp_path / "m.dcz"
+    assert cli_main(["pack", str(tmp_path / "ckpt.pt"), "--model", "lenet300", "--out", str(out),
+                     "--coder", "ans", "--bits-for", "fc1=6", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bytes"] == os.path.getsize(out)
+    assert [t["bits"] for t in report["tensors"] if t["storage"] != "plain"][0] == 6
+    assert cli_main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["meta"]["model"]["name"] == "lenet300" and info["coder"] == "ans"
+    assert cli_main(["inspect", str(out)]) == 0
+    assert "fc1.weight" in capsys.readouterr().out
+    assert cli_main(["unpack", str(out), "--out", str(tmp_path / "back.pt")]) == 0
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert_exact(back, sd, {"fc1.weight", "fc2.weight", "fc3.weight"})
+
+
+def test_cli_errors_exit_non_zero_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.dcz"
+    bad.write_bytes(b"\x89DCZ\r\n\x1a\n" + b"\0" * 4)
+    assert cli_main(["inspect", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.dcz" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert cli_main(["unpack", str(tmp_path / "none.dcz"), "--out", str(tmp_path / "x.pt")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    torch.save(LeNet300().state_dict(), tmp_path / "ckpt.pt")
+    assert cli_main(["pack", str(tmp_path / "ckpt.pt"), "--model", "lenet300", "--out",
+                     str(tmp_path / "m.dcz"), "--bits-for", "fc9=4"]) == 1
+    assert "fc9" in capsys.readouterr().err and not (tmp_path / "m.dcz").exists()
