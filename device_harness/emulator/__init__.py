@@ -1,0 +1,121 @@
+"""The built-in emulated Android device: an ADB daemon on 127.0.0.1 that Google's ``adb`` and
+``adb-shell`` both talk to, with a sandbox folder as ``/data/local/tmp``.
+
+    with device_harness.emulator.start() as emu:          # a free port, in this process
+        AdbDevice.connect(emu.serial).shell(["getprop", "ro.product.model"])
+
+    serial = device_harness.emulator.ensure_emulator()    # 127.0.0.1:5555, in the background
+
+Authentication: the daemon trusts the public keys in its authorized-keys files (one
+``BASE64 user@host`` per line, the format of ``~/.android/adbkey.pub``); by default that is the
+current user's own ``~/.android/adbkey.pub``, generated with its private half if missing, so the
+same user's ``adb`` and :class:`~device_harness._adb.AdbDevice` are let in and nobody else's key
+is. A client offering an unknown key is refused at once (a phone would ask its user; here there
+is nobody to ask). ``no_auth=True`` skips authentication: for tests only.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Iterable
+
+from compression.errors import DeviceError
+
+from .._keys import ensure_adb_key, read_authorized_keys
+from ._background import DEFAULT_PORT, ensure_emulator, stop_emulator
+from ._daemon import AdbDaemon, DaemonConfig
+from ._profile import DeviceProfile, load_profile
+from ._sandbox import Sandbox
+
+__all__ = ["start", "ensure_emulator", "stop_emulator", "EmulatorHandle", "DeviceProfile",
+           "load_profile", "DEFAULT_PORT"]
+
+
+class EmulatorHandle:
+    """A running emulated device. ``stop()`` (or leaving the ``with`` block) shuts it down."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, daemon: AdbDaemon, sandbox: Sandbox, auth: str) -> None:
+        self._daemon, self._sandbox, self.auth = daemon, sandbox, auth
+        self.port: int = daemon.port
+        self.serial = f"{self.host}:{self.port}"
+        self.sandbox: Path = sandbox.folder  # plays /data/local/tmp
+        self.profile: DeviceProfile = sandbox.profile
+        self._thread = threading.Thread(target=daemon.serve_forever, daemon=True,
+                                        name=f"adb-emulator-{self.port}")
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The listening socket's own address, as the kernel reports it."""
+        return self._daemon.listener.getsockname()[:2]
+
+    def host_path(self, device_path: str) -> Path:
+        """Where a device path under /data/local/tmp or /sdcard lives on this host."""
+        return self._sandbox.host_path(device_path)
+
+    def set_thermal_status(self, status: int) -> None:
+        """Make ``dumpsys thermalservice`` report ``status`` (0..6) from now on."""
+        self._sandbox.set_thermal_status(status)
+
+    def drop_connections(self) -> int:
+        """Cut every client connection, as a pulled cable would; returns how many."""
+        return self._daemon.drop_connections()
+
+    def connection_count(self) -> int:
+        return len(self._daemon.connections())
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self._daemon.stopping:
+            return
+        self._daemon.stop()
+        self._thread.join(timeout_s)
+        self._sandbox.cleanup()
+
+    def __enter__(self) -> "EmulatorHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<EmulatorHandle {self.serial} sandbox={self.sandbox} auth={self.auth}>"
+
+
+def start(port: int = 0, no_auth: bool = False, sandbox: str | os.PathLike[str] | None = None,
+          profile: DeviceProfile | str | os.PathLike[str] | None = None, *,
+          authorized_keys: Iterable[str | os.PathLike[str]] | None = None,
+          idle_timeout_s: float | None = 3600.0, handshake_timeout_s: float = 30.0,
+          message_timeout_s: float = 30.0) -> EmulatorHandle:
+    """Start an emulated device in a background thread of this process.
+
+    ``port=0`` picks a free port. ``sandbox`` is the folder that plays /data/local/tmp (default:
+    a temporary one, removed by ``stop``). ``profile`` is a DeviceProfile or a JSON file (default:
+    the built-in profile). ``authorized_keys``: files of adb public keys (default: the user's
+    ``~/.android/adbkey.pub``, generated if missing).
+    """
+    if not isinstance(profile, DeviceProfile):
+        profile = load_profile(profile)
+    if no_auth:
+        keys, auth = (), "off (--no-auth: tests only)"
+    else:
+        files = list(authorized_keys) if authorized_keys is not None else [f"{ensure_adb_key()}.pub"]
+        keys = tuple(read_authorized_keys(files))
+        if not keys:
+            raise DeviceError(f"no adb public keys in {', '.join(map(str, files))}: nobody could "
+                              "connect; add a key (the format of ~/.android/adbkey.pub)")
+        auth = f"{len(keys)} key(s) from {', '.join(map(str, files))}"
+    config = DaemonConfig(no_auth=no_auth, authorized_keys=keys, idle_timeout_s=idle_timeout_s,
+                          handshake_timeout_s=handshake_timeout_s,
+                          message_timeout_s=message_timeout_s)
+    box = Sandbox(profile, sandbox)
+    try:
+        from ._services import SERVICES
+
+        daemon = AdbDaemon(port=port, profile=profile, sandbox=box, config=config, services=SERVICES)
+    except BaseException:
+        box.cleanup()
+        raise
+    return EmulatorHandle(daemon, box, auth)

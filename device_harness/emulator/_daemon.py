@@ -1,0 +1,358 @@
+"""An ADB daemon on 127.0.0.1: connections, authentication, streams with flow control.
+
+One thread accepts; each connection has a reader thread that does the handshake and then
+dispatches messages; each stream (an OPENed service) runs in its own thread. Writes to a socket
+are serialised by a lock and each message leaves in one ``sendall`` (header and payload
+together, TCP_NODELAY set): a header and payload written separately meet Nagle's algorithm and
+the peer's delayed ACK and cost ~40 ms per message.
+
+Flow control is adb's: a stream sends one WRTE and waits for the peer's OKAY before the next;
+an incoming WRTE is acknowledged when the service takes it, so a slow service slows its peer
+instead of queueing without bound.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from . import _wire as w
+from ._profile import DeviceProfile
+from ._sandbox import Sandbox
+from .._keys import AndroidPublicKey
+
+log = logging.getLogger("device_harness.emulator")
+
+LISTEN_HOST = "127.0.0.1"  # never another interface: the shell runs host commands
+# Only what is implemented: without shell_v2/stat_v2/ls_v2 clients use plain `shell:` and sync v1.
+# fixed_push_mkdir: SEND creates missing parent directories, so clients need not `mkdir` first.
+FEATURES = ("fixed_push_mkdir",)
+
+
+@dataclass
+class DaemonConfig:
+    no_auth: bool = False
+    authorized_keys: tuple[AndroidPublicKey, ...] = ()
+    handshake_timeout_s: float = 30.0   # CNXN/AUTH must finish within this
+    idle_timeout_s: float | None = 3600.0  # a connection with no traffic at all is dropped
+    message_timeout_s: float = 30.0     # a message, once started, must arrive within this
+    write_timeout_s: float = 120.0      # a peer must OKAY our WRTE within this
+    socket_buffer_bytes: int = 4 * 1024 * 1024
+
+
+class StreamClosed(Exception):
+    pass
+
+
+class Stream:
+    """One open service as seen by its handler thread."""
+
+    def __init__(self, conn: "Connection", local_id: int, remote_id: int, service: str) -> None:
+        self.conn, self.local_id, self.remote_id, self.service = conn, local_id, remote_id, service
+        self._inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._can_write = threading.Event()
+        self._can_write.set()  # after our OKAY to OPEN, the first WRTE may go
+        self._closed = threading.Event()
+
+    # called by the connection's reader thread
+    def _on_write(self, data: bytes) -> None:
+        self._inbox.put(data)
+
+    def _on_okay(self) -> None:
+        self._can_write.set()
+
+    def _on_close(self) -> None:
+        self._closed.set()
+        self._inbox.put(None)
+        self._can_write.set()
+
+    # called by the handler
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def read(self, timeout_s: float | None = None) -> bytes | None:
+        """Next payload from the peer (acknowledged now), or None once the stream is closed."""
+        try:
+            data = self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            raise TimeoutError(f"no data on {self.service!r} for {timeout_s} s") from None
+        if data is None:
+            self._inbox.put(None)  # stay closed for later readers
+            return None
+        if not self.closed:
+            self.conn.send(w.A_OKAY, self.local_id, self.remote_id)
+        return data
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        step = self.conn.max_payload
+        for start in range(0, len(view), step):
+            if not self._can_write.wait(self.conn.config.write_timeout_s):
+                self.close()
+                raise StreamClosed(f"peer did not acknowledge data on {self.service!r} in "
+                                   f"{self.conn.config.write_timeout_s} s")
+            if self.closed:
+                raise StreamClosed(self.service)
+            self._can_write.clear()
+            self.conn.send(w.A_WRTE, self.local_id, self.remote_id, bytes(view[start:start + step]))
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._on_close()
+            self.conn.send(w.A_CLSE, self.local_id, self.remote_id, quiet=True)
+        self.conn.forget(self)
+
+
+Handler = Callable[[Stream, str, Sandbox], None]
+
+
+class Connection:
+    def __init__(self, daemon: "AdbDaemon", sock: socket.socket, peer: tuple) -> None:
+        self.daemon, self.sock, self.peer = daemon, sock, peer
+        self.config = daemon.config
+        self.version = w.VERSION_MIN
+        self.max_payload = w.MAX_PAYLOAD_V1
+        self.checksums = True
+        self._send_lock = threading.Lock()
+        self._streams: dict[int, Stream] = {}
+        self._streams_lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    # -- output ---------------------------------------------------------------------------------
+    def send(self, cmd: int, arg0: int, arg1: int, payload: bytes = b"", *, quiet: bool = False) -> None:
+        data = w.pack(cmd, arg0, arg1, payload, with_checksum=self.checksums)
+        try:
+            with self._send_lock:
+                self.sock.sendall(data)
+        except OSError:
+            if not quiet:
+                raise StreamClosed("connection lost") from None
+
+    def forget(self, stream: Stream) -> None:
+        with self._streams_lock:
+            if self._streams.get(stream.local_id) is stream:
+                del self._streams[stream.local_id]
+
+    # -- input ----------------------------------------------------------------------------------
+    def run(self) -> None:
+        reader = w.MessageReader(self.sock, idle_timeout_s=self.config.handshake_timeout_s,
+                                 message_timeout_s=self.config.message_timeout_s)
+        try:
+            self.sock.settimeout(self.config.handshake_timeout_s)
+            if not self._handshake(reader):
+                return
+            reader.idle_timeout_s = self.config.idle_timeout_s
+            self._serve(reader)
+        except (OSError, w.ProtocolError, StreamClosed) as exc:
+            if not self.daemon.stopping:
+                log.info("%s:%s: connection ended: %s", *self.peer[:2], exc or type(exc).__name__)
+        finally:
+            self._teardown()
+
+    def _read(self, reader: w.MessageReader) -> w.Message:
+        return reader.read(max_payload=max(self.max_payload, w.MAX_PAYLOAD_V1),
+                           verify_checksum=self.checksums)
+
+    def _handshake(self, reader: w.MessageReader) -> bool:
+        msg = self._read(reader)
+        if msg.command != w.A_CNXN:
+            raise w.ProtocolError(f"expected CNXN, got {msg.name}")
+        self._accept_cnxn(msg)
+        if self.config.no_auth:
+            self._send_cnxn()
+            return True
+        token = os.urandom(20)
+        self.send(w.A_AUTH, w.AUTH_TOKEN, 0, token)
+        for _ in range(16):  # a client signs with each of its keys, then offers one public key
+            msg = self._read(reader)
+            if msg.command == w.A_CNXN:
+                self._accept_cnxn(msg)
+            elif msg.command != w.A_AUTH:
+                raise w.ProtocolError(f"expected AUTH, got {msg.name}")
+            elif msg.arg0 == w.AUTH_SIGNATURE:
+                if any(k.verify(token, msg.payload) for k in self.config.authorized_keys):
+                    self._send_cnxn()
+                    return True
+            elif msg.arg0 == w.AUTH_RSAPUBLICKEY:
+                return self._offered_key(msg.payload)
+            else:
+                raise w.ProtocolError(f"unknown AUTH type {msg.arg0}")
+            token = os.urandom(20)
+            self.send(w.A_AUTH, w.AUTH_TOKEN, 0, token)
+        raise w.ProtocolError("too many failed AUTH attempts")
+
+    def _offered_key(self, payload: bytes) -> bool:
+        try:
+            key = AndroidPublicKey.parse(payload)
+        except ValueError as exc:
+            raise w.ProtocolError(f"unreadable public key: {exc}") from None
+        if any(k.modulus == key.modulus for k in self.config.authorized_keys):
+            self._send_cnxn()  # an authorized key whose signature failed: take the key as proof
+            return True
+        # A phone would ask its user; an emulated device has nobody to ask, so it says no now.
+        # (adb's server retries every few seconds: warn once per key, then keep it quiet.)
+        first = key.modulus not in self.daemon.refused_keys
+        self.daemon.refused_keys.add(key.modulus)
+        log.log(logging.WARNING if first else logging.DEBUG,"refused adb key %s (%s) from %s:%s: not in the authorized keys; start the "
+                    "emulator with --authorized-keys FILE holding it (or with the default, "
+                    "~/.android/adbkey.pub of the same user)", key.fingerprint,
+                    key.comment or "no comment", *self.peer[:2])
+        return False
+
+    def _accept_cnxn(self, msg: w.Message) -> None:
+        version, max_payload = msg.arg0, msg.arg1
+        if version < w.VERSION_MIN:
+            raise w.ProtocolError(f"unsupported protocol version 0x{version:08x}")
+        self.version = min(version, w.VERSION_SKIP_CHECKSUM)
+        self.max_payload = max(min(max_payload, w.MAX_PAYLOAD), w.MAX_PAYLOAD_V1)
+        self.checksums = self.version < w.VERSION_SKIP_CHECKSUM
+        log.debug("CNXN from %s:%s version 0x%08x maxdata %d banner %r", *self.peer[:2],
+                  version, max_payload, msg.payload[:200])
+
+    def _send_cnxn(self) -> None:
+        banner = f"device::{self.daemon.profile.banner()}features={','.join(FEATURES)}"
+        self.send(w.A_CNXN, self.version, w.MAX_PAYLOAD, banner.encode())
+        log.info("%s:%s: connected (version 0x%08x, max payload %d)", *self.peer[:2],
+                 self.version, self.max_payload)
+
+    def _serve(self, reader: w.MessageReader) -> None:
+        while not self.daemon.stopping:
+            msg = self._read(reader)
+            if msg.command == w.A_OPEN:
+                self._open(msg.arg0, msg.payload.rstrip(b"\0").decode("utf-8", "surrogateescape"))
+                continue
+            with self._streams_lock:
+                stream = self._streams.get(msg.arg1)
+            if msg.command == w.A_CNXN:
+                raise w.ProtocolError("peer restarted the connection")
+            if stream is None or stream.remote_id != msg.arg0:
+                if msg.command == w.A_WRTE:  # data for a stream we do not have: tell the peer
+                    self.send(w.A_CLSE, 0, msg.arg0)
+                continue
+            if msg.command == w.A_WRTE:
+                stream._on_write(msg.payload)
+            elif msg.command == w.A_OKAY:
+                stream._on_okay()
+            elif msg.command == w.A_CLSE:  # answer with our CLSE, as adbd does
+                if not stream.closed:
+                    stream._on_close()
+                    self.send(w.A_CLSE, stream.local_id, stream.remote_id)
+                self.forget(stream)
+
+    def _open(self, remote_id: int, service: str) -> None:
+        handler = self.daemon.handler_for(service)
+        if remote_id == 0 or handler is None:
+            log.info("%s:%s: refused service %r", *self.peer[:2], service[:100])
+            self.send(w.A_CLSE, 0, remote_id)
+            return
+        stream = Stream(self, next(self._ids), remote_id, service)
+        with self._streams_lock:
+            self._streams[stream.local_id] = stream
+        self.send(w.A_OKAY, stream.local_id, remote_id)
+        threading.Thread(target=self._run_service, args=(handler, stream), daemon=True,
+                         name=f"adb-stream-{stream.local_id}").start()
+
+    def _run_service(self, handler: Handler, stream: Stream) -> None:
+        try:
+            handler(stream, stream.service, self.daemon.sandbox)
+        except StreamClosed:
+            pass
+        except Exception:  # a bug in a service must not take the daemon down
+            log.exception("service %r failed", stream.service[:100])
+        finally:
+            stream.close()
+
+    def _teardown(self) -> None:
+        with self._streams_lock:
+            streams = list(self._streams.values())
+            self._streams.clear()
+        for stream in streams:
+            stream._on_close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.daemon.forget(self)
+
+    def abort(self) -> None:
+        """Drop the connection now (shutdown and tests of a dropped link)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class AdbDaemon:
+    """Listens on 127.0.0.1:port; ``serve_forever`` until ``stop``."""
+
+    def __init__(self, *, port: int, profile: DeviceProfile, sandbox: Sandbox,
+                 config: DaemonConfig, services: dict[str, Handler]) -> None:
+        self.profile, self.sandbox, self.config, self._services = profile, sandbox, config, services
+        self.stopping = False
+        self.refused_keys: set[int] = set()
+        self._connections: set[Connection] = set()
+        self._lock = threading.Lock()
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.listener.bind((LISTEN_HOST, port))
+        except OSError as exc:
+            self.listener.close()
+            from compression.errors import DeviceError
+            raise DeviceError(f"cannot listen on {LISTEN_HOST}:{port}: {exc.strerror} (another "
+                              "emulator or adbd there? pick another port with --port)") from exc
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)  # so serve_forever notices stop() promptly
+        self.port = self.listener.getsockname()[1]
+
+    def handler_for(self, service: str) -> Handler | None:
+        for prefix, handler in self._services.items():
+            if service.startswith(prefix):
+                return handler
+        return None
+
+    def serve_forever(self) -> None:
+        while not self.stopping:
+            try:
+                sock, peer = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self.stopping:
+                    break
+                raise
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, opt, self.config.socket_buffer_bytes)
+            conn = Connection(self, sock, peer)
+            with self._lock:
+                self._connections.add(conn)
+            threading.Thread(target=conn.run, daemon=True, name=f"adb-conn-{peer[1]}").start()
+
+    def forget(self, conn: Connection) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+    def connections(self) -> list[Connection]:
+        with self._lock:
+            return list(self._connections)
+
+    def drop_connections(self) -> int:
+        """Cut every client connection, as a cable pulled out would (a test hook)."""
+        conns = self.connections()
+        for conn in conns:
+            conn.abort()
+        return len(conns)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.drop_connections()
+        self.listener.close()
