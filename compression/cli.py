@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("android_export._cli", "export a .dcz model to TFLite and/or Core ML, validated"),
     "check": ("android_export._check", "CI size gate: compare artifacts with budgets"),
     "devices": ("device_harness._cli", "list reachable devices (ADB, iOS simulators, host)"),
-    "emulator": ("device_harness._cli", "run the emulated Android device (ADB daemon on 127.0.0.1)"),
+    "emulator": ("device_harness._cli_emulator", "run the emulated Android device (ADB daemon on 127.0.0.1)"),
     "bench": ("device_harness._cli", "measure latency, memory and accuracy of an artifact on a device"),
 }
 
