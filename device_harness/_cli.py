@@ -1,24 +1,15 @@
-"""``deepcompress devices`` and ``deepcompress bench`` (``emulator`` is the emulator package's own)."""
+"""``deepcompress devices`` and ``deepcompress bench``."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from compression.errors import DeviceError
-
-
-def _emulator_cli():
-    return importlib.import_module("device_harness.emulator._cli")
-
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    if command == "emulator":
-        _emulator_cli().add_arguments(parser, command)
-    elif command == "devices":
+    if command == "devices":
         parser.add_argument("--json", action="store_true", help="print JSON on stdout")
         parser.add_argument("--adb", action="append", default=[], metavar="HOST:PORT",
                             help="also query this ADB device over TCP (repeatable)")
@@ -64,8 +55,6 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.command == "emulator":
-        return _emulator_cli().main(args)
     if args.command == "devices":
         return _devices(args)
     return _bench(args)

@@ -55,7 +55,7 @@ def open_device(spec: str, *, timeout_s: float = 30.0) -> Device:
     if not spec or any(c.isspace() for c in spec):
         raise DeviceError(f"--device {spec!r}: expected host, emulator, simctl:UDID|booted, "
                           "HOST:PORT or a USB serial")
-    return _adb_class().connect(spec)
+    return _adb_class().connect(spec, timeout_s=timeout_s)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def discover(adb_addresses: Iterable[str] = (), *, probe: bool = True, probe_tim
                       if f"127.0.0.1:{p}" not in addresses and _port_open("127.0.0.1", p, probe_timeout_s)]
     for address in addresses:
         try:
-            with _adb_class().connect(address) as device:
+            with _adb_class().connect(address, timeout_s=timeout_s, retries=0) as device:
                 listings.append(Listing(address, device.info))
         except Exception as exc:  # any failure of one device is that device's row, not the command's
             listings.append(Listing(address, note=f"unreachable: {exc}"))
