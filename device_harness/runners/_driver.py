@@ -20,7 +20,10 @@ from . import _benchmark_model as bm
 from ._litert_runner import RESULT_MARKER, SCHEMA
 
 RUNNER_SCRIPT = Path(__file__).with_name("_litert_runner.py")
-_PROBE_SNIPPET = "import ai_edge_litert.interpreter, numpy; print('deepcompress-probe-ok')"
+# find_spec, not import: answers in the time of a bare interpreter start (importing LiteRT would
+# double the cost of a one-model bench); an import that then fails is reported by the runner.
+_PROBE_SNIPPET = ("import importlib.util as u; print('deepcompress-probe-' + "
+                  "('ok' if all(u.find_spec(m) for m in ('numpy', 'ai_edge_litert')) else 'missing'))")
 _python_probes: "weakref.WeakKeyDictionary[Device, str | None]" = weakref.WeakKeyDictionary()
 
 

@@ -1,0 +1,40 @@
+"""Shared by bench_harness_*.py: the small model they time, and one `deepcompress bench` call."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+
+def make_lenet300_tflite(path: Path) -> Path:
+    """LeNet-300-100 (266K weights, 1 MB float32) through litert_torch. Weights are seed-0 initial
+    values: latency does not depend on training."""
+    if path.is_file():
+        return path
+    import torch
+    import litert_torch
+
+    from compression.models import LeNet300
+
+    torch.manual_seed(0)
+    model = LeNet300().eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    litert_torch.convert(model, (torch.zeros(1, 1, 28, 28),)).export(str(path))
+    return path
+
+
+def bench_cli(artifact: Path, device: str, runs: int, warmup: int = 5, timeout_s: float = 600) -> tuple[float, dict]:
+    """Run `deepcompress bench --json` as a user would (a fresh process); return (wall s, result)."""
+    argv = [sys.executable, "-m", "compression", "bench", str(artifact), "--device", device,
+            "--runs", str(runs), "--warmup", str(warmup), "--json"]
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"bench failed ({proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-1000:]}")
+    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
