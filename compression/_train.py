@@ -77,7 +77,9 @@ def train(model: nn.Module, data: Split, spec: TrainSpec, *,
             for start in range(0, len(data), spec.batch_size):
                 idx = order[start:start + spec.batch_size]
                 x, y = data.images[idx], data.labels[idx]
-                optimizer.zero_grad(set_to_none=True)
+                # the model's, not only the optimiser's: weights tied to centroids are not in the
+                # optimiser, and a gradient left over from an earlier stage must not leak in
+                model.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x), y)
                 if not torch.isfinite(loss):
                     raise ModelError(f"{description}: the loss became {loss.item()} in epoch "
@@ -96,6 +98,7 @@ def train(model: nn.Module, data: Split, spec: TrainSpec, *,
             mean_loss = running / max(seen, 1)
     finally:
         task.close()
+        model.zero_grad(set_to_none=True)
         model.eval()
     return mean_loss
 

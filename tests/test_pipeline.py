@@ -1,0 +1,151 @@
+"""The pipeline end to end on a tiny dataset: report, checkpoints, resume, bad input."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from compression.cli import main as cli
+from compression.errors import CheckpointError, ModelError, RecipeError
+from compression.pipeline import run_recipe
+from compression.recipe import Recipe
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_idx, tmp_path_factory):
+    from conftest import tiny_recipe
+    out = tmp_path_factory.mktemp("run")
+    return run_recipe(Recipe.from_dict(tiny_recipe(tiny_idx)), out), out
+
+
+def test_report_has_the_promised_fields(full_run):
+    result, out = full_run
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["accuracy"]) >= {"baseline", "final", "stages"}
+    assert 0.0 <= report["accuracy"]["final"] <= 1.0
+    assert set(report["accuracy"]["stages"]) == {"1_prune", "2_share", "3_finetune"}
+    assert report["seconds"]["total"] > 0 and "1_prune" in report["seconds"]
+    zeros = sum(r["parameters"] - r["nonzeros"] for r in report["layers"])
+    assert math.isclose(report["sparsity"], zeros / sum(r["parameters"] for r in report["layers"]))
+    assert report["sparsity"] >= 0.79   # 0.8 asked per layer (rounding per layer)
+    for row in report["layers"]:
+        assert row["distinct_values"] <= 2 ** row["bits"]
+    assert (out / "recipe.json").is_file() and (out / "model.dcz").is_file()
+    assert report["compressed_bytes"] == (out / "model.dcz").stat().st_size
+    assert report["compression_ratio"] == report["dense_bytes"] / report["compressed_bytes"]
+
+
+def test_checkpoints_load_safely_and_hold_the_invariants(full_run):
+    result, out = full_run
+    blob = torch.load(out / "checkpoints" / "3_finetune.pt", weights_only=True)
+    for name, mask in blob["masks"].items():
+        w = blob["state_dict"][f"{name}.weight"]
+        assert (w[~mask] == 0).all()
+        assert torch.equal(w[mask], blob["centroids"][name][blob["assignments"][name]][mask])
+
+
+def test_resume_gives_the_same_weights(full_run, tmp_path):
+    result, out = full_run
+    recipe = Recipe.from_dict(json.loads((out / "recipe.json").read_text())["recipe"])
+    (tmp_path / "checkpoints").mkdir()
+    for f in ("0_baseline", "1_prune"):
+        for ext in (".pt", ".json"):
+            shutil.copy(out / "checkpoints" / f"{f}{ext}", tmp_path / "checkpoints")
+    shutil.copy(out / "recipe.json", tmp_path)
+    resumed = run_recipe(recipe, tmp_path, resume_from="2_share")
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert resumed.report["accuracy"]["baseline"] == result.report["accuracy"]["baseline"]
+    assert resumed.report["accuracy"]["final"] == result.report["accuracy"]["final"]
+
+
+def test_resume_refuses_a_changed_recipe(full_run, tmp_path):
+    result, out = full_run
+    shutil.copytree(out, tmp_path / "run")
+    changed = json.loads((out / "recipe.json").read_text())["recipe"]
+    changed["stages"][0]["sparsity"] = 0.5
+    with pytest.raises(RecipeError, match="changed since"):
+        run_recipe(Recipe.from_dict(changed), tmp_path / "run", resume_from="2_share")
+
+
+def test_interrupt_keeps_the_previous_checkpoint(make_recipe, tmp_path):
+    from compression._train import ProgressTask
+
+    class Interrupt(ProgressTask):
+        def advance(self, n=1, **fields):
+            raise KeyboardInterrupt
+
+    def progress(description, total):
+        return Interrupt() if description == "fine-tune centroids" else ProgressTask()
+
+    recipe = Recipe.from_dict(make_recipe())
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, tmp_path, progress=progress)
+    assert (tmp_path / "checkpoints" / "2_share.pt").is_file()
+    assert not (tmp_path / "checkpoints" / "3_finetune.pt").exists()
+    assert not list(tmp_path.rglob("*.tmp"))
+    done = run_recipe(recipe, tmp_path, resume_from="3_finetune")
+    assert (tmp_path / "model.dcz").is_file() and done.report["accuracy"]["final"] is not None
+
+
+def test_missing_and_corrupt_baseline_weights(make_recipe, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_recipe(Recipe.from_dict(make_recipe(model={"name": "lenet300", "weights": str(tmp_path / "nope.pt")})), tmp_path)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run_recipe(Recipe.from_dict(make_recipe(model={"name": "lenet300", "weights": str(bad)})), tmp_path)
+
+
+def test_nan_weights_are_rejected(make_recipe, tmp_path):
+    from compression.models import LeNet300
+    sd = LeNet300().state_dict()
+    sd["fc2.weight"][0, 0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    with pytest.raises(ModelError, match="'fc2.weight' holds NaN"):
+        run_recipe(Recipe.from_dict(make_recipe(model={"name": "lenet300", "weights": str(tmp_path / "nan.pt")})), tmp_path)
+
+
+def test_user_model_factory_and_no_prunable_layers(make_recipe, tmp_path, monkeypatch):
+    pkg = tmp_path / "usermodels.py"
+    pkg.write_text("import torch\n"
+                   "def mlp(hidden=16):\n"
+                   "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, hidden),"
+                   " torch.nn.ReLU(), torch.nn.Linear(hidden, 10))\n"
+                   "def nothing():\n    return torch.nn.Sequential(torch.nn.Flatten())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = make_recipe(model={"name": "usermodels:mlp", "kwargs": {"hidden": 8}},
+                         stages=[{"kind": "prune", "sparsity": 0.5, "rounds": 1, "retrain_epochs": 0}])
+    result = run_recipe(Recipe.from_dict(recipe), tmp_path / "ok")
+    assert [r["name"] for r in result.report["layers"]] == ["1", "3"]
+    with pytest.raises(ModelError, match="no prunable layers"):
+        run_recipe(Recipe.from_dict(make_recipe(model={"name": "usermodels:nothing"})), tmp_path / "no")
+
+
+def test_cli_run_json_and_errors(make_recipe, tmp_path, capsys):
+    import tomllib  # noqa: F401  (recipe written as TOML below)
+    recipe = tmp_path / "r.toml"
+    d = make_recipe()
+    root = d["data"]["root"]
+    recipe.write_text(f'''name = "cli"
+[data]
+root = "{root}"
+[baseline]
+epochs = 1
+[[stages]]
+kind = "prune"
+sparsity = 0.5
+rounds = 1
+retrain_epochs = 0
+''')
+    assert cli(["run", str(recipe), "--out", str(tmp_path / "o"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["recipe"] == "cli" and report["compressed_bytes"] > 0
+    # a typo in --set is a usage error naming the field, exit 2, one line
+    assert cli(["run", str(recipe), "--out", str(tmp_path / "o2"), "--set", "baseline.epoks=1"]) == 2
+    err = capsys.readouterr().err
+    assert "baseline.epoks: unknown key" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert cli(["run", str(recipe), "--out", str(tmp_path / "o3"), "--data", str(tmp_path)]) == 1
+    assert "not found" in capsys.readouterr().err
