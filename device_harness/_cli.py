@@ -31,8 +31,10 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark-model", type=Path, metavar="PATH",
                    help="Android benchmark_model binary: pushed once, cached by content hash, run on "
                         "the big cores (ADB devices)")
-    p.add_argument("--delegate", default="default",
-                   choices=["default", "cpu", "xnnpack", "gpu", "nnapi"],
+    from .runners._benchhost import COMPUTE_UNITS
+    from .runners._benchmark_model import DELEGATES
+
+    p.add_argument("--delegate", default="default", choices=list(DELEGATES),
                    help="benchmark_model delegate (default: the build's own)")
     p.add_argument("--eval", type=int, default=0, metavar="N", dest="eval_n",
                    help="also measure accuracy on the first N test examples, on the device")
@@ -49,8 +51,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench-host-app", type=Path, metavar="BenchHost.app",
                    help="the built iOS benchmark app for .mlpackage on simctl "
                         "(or DEEPCOMPRESS_BENCHHOST_APP)")
-    p.add_argument("--compute-units", default="all",
-                   choices=["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"],
+    p.add_argument("--compute-units", default="all", choices=list(COMPUTE_UNITS),
                    help="Core ML compute units on simctl (default all)")
 
 

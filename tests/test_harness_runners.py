@@ -195,3 +195,7 @@ def test_runner_output_errors(output, message):
 def test_options_are_validated():
     with pytest.raises(DeviceError, match="--runs"):
         BenchOptions(runs=0)
+    with pytest.raises(DeviceError, match="--delegate 'tpu'"):
+        BenchOptions(delegate="tpu")
+    with pytest.raises(DeviceError, match="--compute-units"):
+        BenchOptions(compute_units="ane")

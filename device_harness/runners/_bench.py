@@ -17,6 +17,8 @@ from compression.errors import DeviceError
 
 from .._device import Device
 from . import _driver
+from ._benchhost import COMPUTE_UNITS
+from ._benchmark_model import DELEGATES
 from ._stats import cool_down, latency_stats, thermal_status
 
 # Not retried: the command ran and said no (bad model, missing file). Retried: the call never
@@ -46,6 +48,11 @@ class BenchOptions:
             raise DeviceError("bench needs --runs >= 1, --warmup >= 0, --threads >= 1, --eval >= 0")
         if self.timeout_s <= 0 or self.cooldown_max_s < 0 or self.retries < 0:
             raise DeviceError("bench needs --timeout > 0, --cooldown-max >= 0, --retries >= 0")
+        if self.delegate not in DELEGATES:
+            raise DeviceError(f"--delegate {self.delegate!r}: expected one of {', '.join(DELEGATES)}")
+        if self.compute_units not in COMPUTE_UNITS:
+            raise DeviceError(f"--compute-units {self.compute_units!r}: expected one of "
+                              f"{', '.join(COMPUTE_UNITS)}")
 
 
 def artifact_format(path: Path) -> str:
@@ -93,7 +100,7 @@ def _from_benchmark_model(parsed) -> dict:
             "inference_seconds": inf.avg * inf.count / 1e6 + warm_s}
 
 
-def _bench_tflite(device: Device, artifact: Path, opts: BenchOptions) -> dict:
+def _bench_tflite(device: Device, artifact: Path, sha256: str, opts: BenchOptions) -> dict:
     kind = device.info.kind
     if kind == "simctl":
         raise DeviceError(f"{artifact.name}: a .tflite does not run in the iOS simulator here; "
@@ -103,7 +110,7 @@ def _bench_tflite(device: Device, artifact: Path, opts: BenchOptions) -> dict:
     if not use_binary and python is None:
         raise DeviceError(f"{device.info.serial}: no python3 with ai_edge_litert on the device; pass "
                           "--benchmark-model PATH (the Android benchmark_model binary) to bench there")
-    model_remote, push = _driver.push_artifact(device, artifact, timeout_s=opts.timeout_s)
+    model_remote, push = _driver.push_artifact(device, artifact, sha256, timeout_s=opts.timeout_s)
     if use_binary:
         parsed, argv = _driver.run_benchmark_model(
             device, opts.benchmark_model, model_remote, runs=opts.runs, warmup=opts.warmup,
@@ -126,7 +133,7 @@ def _bench_tflite(device: Device, artifact: Path, opts: BenchOptions) -> dict:
     return out
 
 
-def _bench_mlpackage(device: Device, artifact: Path, opts: BenchOptions) -> dict:
+def _bench_mlpackage(device: Device, artifact: Path, sha256: str, opts: BenchOptions) -> dict:
     if device.info.kind != "simctl":
         raise DeviceError(f"{artifact.name}: Core ML runs only on Apple devices; use "
                           "--device simctl:UDID|booted, or bench the .tflite export here")
@@ -136,7 +143,7 @@ def _bench_mlpackage(device: Device, artifact: Path, opts: BenchOptions) -> dict
     if opts.eval_n:
         eval_x, labels = _accuracy.eval_batch(opts.eval_n, opts.data_root)
     result, push, eval_out = _benchhost.run_benchhost(
-        device, artifact, app=_benchhost.find_app(opts.bench_host_app), runs=opts.runs,
+        device, artifact, sha256, app=_benchhost.find_app(opts.bench_host_app), runs=opts.runs,
         warmup=opts.warmup, compute_units=opts.compute_units, timeout_s=opts.timeout_s, eval_x=eval_x)
     out = {"runner": "benchhost-coreml", "compute_units": opts.compute_units, **_from_runner(result),
            "push": push.to_dict()}
@@ -156,10 +163,11 @@ def bench_artifact(device: Device, artifact: Path, opts: BenchOptions,
     fmt = artifact_format(artifact)
     thermal = cool_down(lambda: thermal_status(device, timeout_s=min(opts.timeout_s, 30.0)),
                         max_wait_s=opts.cooldown_max_s, poll_s=opts.cooldown_poll_s, sleep=sleep)
-    body = (_bench_tflite if fmt == "tflite" else _bench_mlpackage)(device, artifact, opts)
+    sha256 = _driver.sha256_file(artifact)
+    body = (_bench_tflite if fmt == "tflite" else _bench_mlpackage)(device, artifact, sha256, opts)
     return {"ok": True, "artifact": str(artifact), "format": fmt,
             "artifact_bytes": body["push"]["bytes"],
-            "artifact_sha256": _driver.sha256_file(artifact),
+            "artifact_sha256": sha256,
             "device": device.info.to_dict(), "warmup": opts.warmup, "threads": opts.threads,
             **body, "thermal": thermal.to_dict(),
             "harness_seconds": time.perf_counter() - start, "timestamp": _now()}

@@ -21,7 +21,7 @@ import numpy as np
 from compression.errors import DeviceError
 
 from .._simctl import SimctlDevice
-from ._driver import PushStats, sha256_file
+from ._driver import PushStats
 from ._litert_runner import SCHEMA
 
 BUNDLE_ID = "org.deepcompress.BenchHost"
@@ -45,17 +45,15 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def run_benchhost(device: SimctlDevice, artifact: Path, *, app: Path, runs: int, warmup: int,
+def run_benchhost(device: SimctlDevice, artifact: Path, sha256: str, *, app: Path, runs: int, warmup: int,
                   compute_units: str, timeout_s: float,
                   eval_x: np.ndarray | None = None) -> tuple[dict, PushStats, np.ndarray | None]:
     """Install and launch BenchHost on ``device``; return its result, the model push and eval outputs."""
-    if compute_units not in COMPUTE_UNITS:
-        raise DeviceError(f"--compute-units {compute_units!r}: expected one of {', '.join(COMPUTE_UNITS)}")
     simctl, udid = device.simctl, device.sim.udid
     simctl.boot(udid, timeout_s=timeout_s)
     simctl.install(udid, app, timeout_s=timeout_s)
     documents = simctl.app_container(udid, BUNDLE_ID, "data") / "Documents"
-    model_rel = f"deepcompress/models/{sha256_file(artifact)[:16]}{artifact.suffix}"
+    model_rel = f"deepcompress/models/{sha256[:16]}{artifact.suffix}"
     seconds = device.push(artifact, str(documents / model_rel), timeout_s=timeout_s)
     push = PushStats(_folder_bytes(artifact), seconds)
 

@@ -77,9 +77,9 @@ def push_cached(device: Device, local: Path, kind: str, *, timeout_s: float,
     return remote
 
 
-def push_artifact(device: Device, local: Path, *, timeout_s: float) -> tuple[str, PushStats]:
+def push_artifact(device: Device, local: Path, sha256: str, *, timeout_s: float) -> tuple[str, PushStats]:
     """Push a model every time (its upload is part of what ``bench`` reports)."""
-    remote = remote_path(device, "models", f"{sha256_file(local)[:16]}{local.suffix}")
+    remote = remote_path(device, "models", f"{sha256[:16]}{local.suffix}")
     seconds = _push_to(device, local, remote, timeout_s=timeout_s)
     return remote, PushStats(local.stat().st_size, seconds)
 
