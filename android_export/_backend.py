@@ -1,0 +1,43 @@
+"""Import the LiteRT packages on demand, quietly, with an error that says what to install."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import os
+import warnings
+from typing import Any, Iterator
+
+from compression.errors import ExportError
+
+_PACKAGES = {  # module -> pip requirement
+    "litert_torch": "litert-torch>=0.10",
+    "ai_edge_quantizer": "ai-edge-quantizer>=0.10",
+    "ai_edge_litert": "ai-edge-litert>=2.3",
+}
+
+
+def require(module: str) -> Any:
+    try:
+        with quiet():
+            return importlib.import_module(module)
+    except ImportError as exc:
+        raise ExportError(f"TFLite export needs {module} ({exc}); install it with "
+                          f"'pip install {_PACKAGES.get(module, module)}'") from exc
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence litert-torch's progress lines and TensorFlow's C++ logging for the block."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(sink), \
+                contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.getLogger().setLevel(level)

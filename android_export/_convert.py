@@ -1,0 +1,181 @@
+"""PyTorch -> LiteRT/TFLite (litert-torch), in the variants TFLite can hold.
+
+TFLite has no palettized (lookup-table) weights, so a codebook cannot ride along as such. What
+each variant stores for a compressed layer, and so what carries the compression:
+
+- ``float32``        dense float32: nothing (the uncompressed baseline; zeros and the ~2**bits
+                     distinct values only help a zip).
+- ``float16``        dense float16, dequantized when the interpreter loads the model: halves
+                     the bytes; our codebook survives as fp16(codebook), exactly.
+- ``int8``           dense int8 weight-only, symmetric per output channel (ai-edge-quantizer),
+                     dequantized at load: a quarter of the bytes. Zeros stay exactly zero, but the
+                     codebook is rounded onto each channel's int8 grid (not exact).
+- ``sparse-float32`` TFLite sparse tensors (CSR on the last axis) + DENSIFY: pruning carries,
+                     values exact.
+- ``sparse-float16`` the same with float16 values + DEQUANTIZE: pruning and fp16(codebook), exact
+                     in fp16. The default: the smallest file that keeps our weights exactly (fp16).
+- ``sparse-int8``    CSR with int8 values + DEQUANTIZE: the smallest file; values as ``int8``.
+
+Sparse storage is used for a weight only when it is smaller than the dense one (a dense layer,
+e.g. a barely pruned first conv, stays dense). Everything runs through the interpreter's ordinary
+dense kernels after load: none of these variants makes the arithmetic sparse.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from compression._io import write_bytes_atomic
+from compression.artifacts import CompressedLayer, compressed_layers, unsupported_op_error
+from compression.errors import ExportError
+
+from ._backend import quiet, require
+from ._flatbuffer import WeightSlot, sparsify, weight_slots
+
+VARIANTS: dict[str, str] = {
+    "float32": "dense float32 weights (the uncompressed baseline)",
+    "float16": "dense float16 weights, dequantized at load",
+    "int8": "dense int8 weight-only (per-channel symmetric), dequantized at load",
+    "sparse-float32": "sparse (CSR) float32 weights, densified at load",
+    "sparse-float16": "sparse (CSR) float16 weights, densified and dequantized at load",
+    "sparse-int8": "sparse (CSR) int8 weight-only weights, densified and dequantized at load",
+}
+DEFAULT_VARIANT = "sparse-float16"
+
+
+@dataclass(frozen=True)
+class LayerStorage:
+    """How one compressed layer ended up in the .tflite."""
+
+    name: str
+    tensor: str
+    stored_as: str              # e.g. "sparse float16"
+    stored_bytes: int
+    zeros_kept: bool            # every pruned weight is still exactly zero
+    max_abs_diff: float         # stored (dequantized) vs ours; BatchNorm folding shows up here
+
+
+@dataclass(frozen=True)
+class TFLiteExport:
+    path: Path
+    variant: str
+    layers: dict[str, LayerStorage] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "variant": self.variant,
+                "stores": VARIANTS[self.variant],
+                "layers": {k: asdict(v) for k, v in self.layers.items()}}
+
+
+def _example(input_shape: Sequence[int]) -> torch.Tensor:
+    shape = tuple(int(d) for d in input_shape)
+    if not shape or any(d <= 0 for d in shape):
+        raise ExportError(f"input shape {list(input_shape)} is invalid; give the shape of one "
+                          "example without the batch axis, e.g. [1, 28, 28]")
+    return torch.zeros((1, *shape), dtype=torch.float32)
+
+
+def convert_float32(model: nn.Module, example: torch.Tensor) -> bytes:
+    """The dense float32 flatbuffer, straight from litert-torch."""
+    litert_torch = require("litert_torch")
+    try:
+        with torch.no_grad(), quiet():
+            return bytes(litert_torch.convert(model.eval(), (example,)).model_content())
+    except Exception as exc:  # litert-torch raises RuntimeError/ValueError/...; name layer and op
+        raise unsupported_op_error(exc, model, example,
+                                   f"litert-torch {getattr(litert_torch, '__version__', '')}".strip()) from exc
+
+
+def _quantize(content: bytes, precision: str) -> bytes:
+    """float16 / int8 weight-only with ai-edge-quantizer (every FC/conv weight, however small)."""
+    aeq = require("ai_edge_quantizer")
+    from ai_edge_quantizer import qtyping, recipe  # noqa: PLC0415
+    quantizer = aeq.quantizer.Quantizer(bytearray(content))
+    if precision == "int8":
+        quantizer.load_quantization_recipe(recipe.weight_only_wi8_afp32())
+    else:
+        quantizer.add_weight_only_config(
+            regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
+            algorithm_key=aeq.algorithm_manager.AlgorithmName.FLOAT_CASTING)
+    with quiet():
+        return bytes(quantizer.quantize().quantized_model)
+
+
+def build_variant(float32: bytes, variant: str) -> bytes:
+    if variant not in VARIANTS:
+        raise ExportError(f"TFLite variant {variant!r} is unknown; choose one of {sorted(VARIANTS)}")
+    precision = variant.removeprefix("sparse-")
+    content = float32 if precision == "float32" else _quantize(float32, precision)
+    if variant.startswith("sparse-"):
+        content, _ = sparsify(content)
+    return content
+
+
+def _match(layers: Mapping[str, CompressedLayer], state: Mapping[str, np.ndarray],
+           slots: list[WeightSlot]) -> dict[str, tuple[WeightSlot, bool, float]]:
+    """Pair each compressed layer with the stored weight of the same shape and zero pattern
+    (values may differ: int8 rounding, BatchNorm folded into a conv)."""
+    out = {}
+    for name in layers:
+        ours = state[name]
+        best = None
+        for slot in slots:
+            if slot.weight.shape != ours.shape:
+                continue
+            agree = float(np.mean((slot.weight == 0) == (ours == 0)))
+            diff = float(np.max(np.abs(slot.weight - ours), initial=0.0))
+            key = (agree, -diff)
+            if best is None or key > best[0]:
+                best = (key, slot, diff)
+        if best is None:
+            raise ExportError(f"layer {name!r} ({tuple(ours.shape)}) has no weight of that shape in "
+                              "the .tflite; the converter rewrote it")
+        _, slot, diff = best
+        zeros_kept = bool(np.all(slot.weight[ours == 0] == 0))
+        out[name] = (slot, zeros_kept, diff)
+    return out
+
+
+def describe_layers(content: bytes, model: nn.Module,
+                    layers: Mapping[str, CompressedLayer]) -> dict[str, LayerStorage]:
+    state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    matched = _match(layers, state, weight_slots(content))
+    return {n: LayerStorage(n, s.tensor, s.describe(), s.stored_bytes, kept, diff)
+            for n, (s, kept, diff) in matched.items()}
+
+
+def _check_compressed(variant: str, storage: Mapping[str, LayerStorage]) -> None:
+    """Every compressed layer must be stored in the variant's dtype: no size threshold may skip a
+    small layer. (A sparse variant keeps a layer dense only where CSR would be larger.)"""
+    want_dtype = variant.removeprefix("sparse-")
+    for name, s in storage.items():
+        if not s.stored_as.endswith(want_dtype):
+            raise ExportError(f"layer {name!r} is stored as {s.stored_as}, not {want_dtype}: the "
+                              "quantizer skipped it")
+
+
+def export_tflite(model: nn.Module, input_shape: Sequence[int], out: str | os.PathLike[str], *,
+                  variant: str = DEFAULT_VARIANT, layers: Mapping[str, CompressedLayer] | None = None,
+                  float32: bytes | None = None) -> TFLiteExport:
+    """Convert ``model`` to ``out`` (a ``.tflite``) in ``variant`` (see VARIANTS), written
+    atomically. ``float32`` reuses an earlier ``convert_float32`` of the same model."""
+    if variant not in VARIANTS:
+        raise ExportError(f"TFLite variant {variant!r} is unknown; choose one of {sorted(VARIANTS)}")
+    out = Path(out)
+    model = model.eval()
+    if float32 is None:
+        float32 = convert_float32(model, _example(input_shape))
+    content = build_variant(float32, variant)
+    if layers is None:
+        layers = compressed_layers(model)
+    storage = describe_layers(content, model, layers)
+    if variant != "float32":
+        _check_compressed(variant, storage)
+    write_bytes_atomic(out, content)
+    return TFLiteExport(out, variant, storage)

@@ -1,0 +1,105 @@
+"""Run a ``.tflite`` in the LiteRT interpreter: accuracy against PyTorch, and latency."""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compression.data import Split
+from compression.errors import ExportError
+
+from ._backend import quiet, require
+
+# The issue's bar: the artifact's test accuracy within 0.1 points of the PyTorch model's.
+TOLERANCE_PTS = 0.1
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    examples: int
+    accuracy: float          # % correct through the .tflite
+    torch_accuracy: float    # % correct through the PyTorch model, same examples
+    max_abs_diff: float      # largest |logit(tflite) - logit(torch)| over all examples and classes
+    agreement: float         # % of examples where both predict the same class
+    tolerance_pts: float = TOLERANCE_PTS
+
+    @property
+    def ok(self) -> bool:
+        return abs(self.accuracy - self.torch_accuracy) <= self.tolerance_pts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def interpreter(path: str | os.PathLike[str], threads: int = 1) -> Any:
+    """A LiteRT interpreter with the default delegates (XNNPACK on CPU), tensors allocated."""
+    litert = require("ai_edge_litert.interpreter")
+    if not Path(path).is_file():
+        raise ExportError(f"TFLite model {path} does not exist")
+    with quiet():
+        it = litert.Interpreter(model_path=str(path), num_threads=threads)
+        it.allocate_tensors()
+    return it
+
+
+def tflite_logits(path: str | os.PathLike[str], images: torch.Tensor) -> np.ndarray:
+    it = interpreter(path)
+    (inp,), (out,) = it.get_input_details(), it.get_output_details()
+    x = images.numpy().astype(np.float32)
+    if tuple(inp["shape"][1:]) != x.shape[1:]:
+        raise ExportError(f"{path}: input shape {list(inp['shape'])} does not fit examples of "
+                          f"shape {list(x.shape[1:])}")
+    logits = np.empty((x.shape[0], int(out["shape"][-1])), dtype=np.float32)
+    for i in range(x.shape[0]):   # exported with batch 1, as an app calls it
+        it.set_tensor(inp["index"], x[i:i + 1])
+        it.invoke()
+        logits[i] = it.get_tensor(out["index"])[0]
+    return logits
+
+
+@torch.no_grad()
+def torch_logits(model: nn.Module, images: torch.Tensor, batch: int = 1000) -> np.ndarray:
+    model = model.eval()
+    return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)]).numpy()
+
+
+def evaluate_tflite(path: str | os.PathLike[str], model: nn.Module, split: Split,
+                    reference: np.ndarray | None = None) -> Evaluation:
+    """Accuracy of the .tflite on ``split`` next to the PyTorch model's, and the largest logit
+    difference. ``reference`` reuses PyTorch logits computed earlier for the same split."""
+    ref = torch_logits(model, split.images) if reference is None else reference
+    got = tflite_logits(path, split.images)
+    labels = split.labels.numpy()
+    n = len(labels)
+    return Evaluation(
+        examples=n,
+        accuracy=100.0 * float(np.mean(got.argmax(1) == labels)),
+        torch_accuracy=100.0 * float(np.mean(ref.argmax(1) == labels)),
+        max_abs_diff=float(np.max(np.abs(got - ref))),
+        agreement=100.0 * float(np.mean(got.argmax(1) == ref.argmax(1))),
+    )
+
+
+def latency_us(path: str | os.PathLike[str], runs: int = 200, warmup: int = 20,
+               threads: int = 1) -> dict[str, float]:
+    """Median (and spread) of ``runs`` single-example invocations after ``warmup`` ones."""
+    it = interpreter(path, threads)
+    inp = it.get_input_details()[0]
+    it.set_tensor(inp["index"], np.random.default_rng(0).random(inp["shape"], dtype=np.float32))
+    for _ in range(warmup):
+        it.invoke()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        it.invoke()
+        times.append((time.perf_counter_ns() - t0) / 1000.0)
+    q = statistics.quantiles(times, n=10)
+    return {"median_us": statistics.median(times), "p10_us": q[0], "p90_us": q[-1],
+            "runs": runs, "warmup": warmup, "threads": threads}

@@ -1,0 +1,223 @@
+"""``deepcompress export``: a .dcz model to TFLite and/or Core ML, each validated and measured.
+
+For each format the report gives the artifact's bytes on disk (a package's total), its zipped
+bytes (deflate, as inside an APK/IPA), the bytes of the same model exported uncompressed (same
+converter, float32, actually exported and measured), and the validation:
+
+- TFLite: the file runs in the LiteRT interpreter on the test set; its accuracy must be within
+  0.1 points of the PyTorch model's, and the largest logit difference is reported.
+- Core ML: the saved package is read back, every compressed weight decoded from its constexpr
+  ops and compared with ours cast to the weight dtype: they must match exactly, and each must be
+  stored compressed. On macOS the package also runs on the test set.
+
+Exit status: 0 when every validation holds, 1 when one fails (the report says which), 2 on a
+usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .artifacts import CompressedLayer, artifact_size, compressed_layers
+from .errors import ExportError, RecipeError
+
+IOS_TARGETS = ("iOS16", "iOS17", "iOS18")   # mirrored from ios_export (not imported: it is heavy)
+TFLITE_VARIANTS = ("float32", "float16", "int8", "sparse-float32", "sparse-float16", "sparse-int8")
+
+
+def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    p.description = ("Export a .dcz model to TFLite (litert-torch) and/or Core ML (coremltools) "
+                     "with the compression stored in the artifact, validate each against the "
+                     "PyTorch model, and report sizes.")
+    p.add_argument("model", metavar="MODEL.dcz", help="a model written by 'deepcompress run' or 'pack'")
+    p.add_argument("--tflite", metavar="OUT.tflite", help="write a LiteRT/TFLite flatbuffer")
+    p.add_argument("--coreml", metavar="OUT.mlpackage", help="write a Core ML ML Program package")
+    p.add_argument("--tflite-variant", default="sparse-float16", choices=TFLITE_VARIANTS,
+                   help="what the .tflite stores (default: sparse-float16, the smallest that keeps "
+                        "the weights exact in fp16)")
+    p.add_argument("--coreml-target", default="iOS18", choices=IOS_TARGETS,
+                   help="minimum deployment target (default iOS18: sparse+palettized in one op; "
+                        "iOS16/17 store each layer sparse or palettized, whichever is smaller)")
+    p.add_argument("--coreml-precision", default="fp16", choices=("fp16", "fp32"),
+                   help="weight and compute precision (default fp16: what the Neural Engine runs)")
+    p.add_argument("--coreml-compression", default="auto",
+                   choices=("auto", "joint", "sparse", "palettize"),
+                   help="force one storage for every layer (default: the smallest per layer)")
+    p.add_argument("--input-shape", metavar="C,H,W",
+                   help="shape of one example without the batch axis (default: from the recipe)")
+    p.add_argument("--data", metavar="DIR", help="IDX dataset folder for the TFLite accuracy check "
+                   "(default: the recipe's, then $DEEPCOMPRESS_DATA, then Fashion-MNIST)")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="validate on the first N test examples (default: the whole test set)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+def _input_shape(args: argparse.Namespace, meta: dict) -> list[int]:
+    if args.input_shape:
+        try:
+            return [int(d) for d in args.input_shape.split(",")]
+        except ValueError:
+            raise RecipeError(f"--input-shape {args.input_shape!r}: expected integers like 1,28,28") from None
+    shape = (meta.get("model") or {}).get("input_shape")
+    if not shape:
+        raise RecipeError(f"{args.model} records no input shape (meta['model']['input_shape']); "
+                          "pass --input-shape C,H,W")
+    return [int(d) for d in shape]
+
+
+def _layers(model: nn.Module, dcz: Any) -> dict[str, CompressedLayer]:
+    """The layers the .dcz stores compressed, read back from the weights and checked against the
+    file's codebooks: the exporters see exactly what the container holds."""
+    layers = compressed_layers(model, list(dcz.layers))
+    for name, info in layers.items():
+        codebook = dcz.layers[name].codebook
+        if codebook is not None and not np.isin(info.codebook, codebook).all():
+            raise ExportError(f"{dcz.path}: layer {name!r} holds values outside its codebook; "
+                              "the file is inconsistent")
+    return layers
+
+
+def tflite_report(model: nn.Module, input_shape: list[int], out: Path, variant: str,
+                  layers: dict[str, CompressedLayer], split: Any, reference: np.ndarray) -> dict:
+    from android_export import build_variant, convert_float32, evaluate_tflite, export_tflite  # noqa: PLC0415
+    from android_export._convert import _example  # noqa: PLC0415
+
+    float32 = convert_float32(model, _example(input_shape))
+    result = export_tflite(model, input_shape, out, variant=variant, layers=layers, float32=float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        dense_path = Path(tmp) / out.name
+        dense_path.write_bytes(build_variant(float32, "float32"))
+        dense = artifact_size(dense_path)
+    evaluation = evaluate_tflite(out, model, split, reference)
+    size = artifact_size(out)
+    return {**result.to_dict(), **size.to_dict(), "dense_bytes": dense.bytes,
+            "dense_zipped_bytes": dense.zipped_bytes, "ratio": dense.bytes / size.bytes,
+            **evaluation.to_dict()}
+
+
+def coreml_report(model: nn.Module, input_shape: list[int], out: Path, target: str, precision: str,
+                  method: str, layers: dict[str, CompressedLayer], split: Any,
+                  reference: np.ndarray) -> dict:
+    from ios_export import coreml_logits, export_coreml, verify_coreml  # noqa: PLC0415
+
+    result = export_coreml(model, input_shape, out, layers=layers, target=target,
+                           precision=precision, method=method)
+    with tempfile.TemporaryDirectory() as tmp:
+        dense_path = Path(tmp) / out.name
+        export_coreml(model, input_shape, dense_path, target=target, precision="fp32", method="none")
+        dense = artifact_size(dense_path)
+    state = model.state_dict()
+    check = verify_coreml(out, {n: state[n].detach().cpu().numpy() for n in layers})
+    size = artifact_size(out)
+    checked = check.to_dict()
+    planned = result.to_dict()
+    layers_ = {n: {**planned["layers"].get(n, {}), **checked["layers"][n]} for n in checked["layers"]}
+    report = {**planned, **size.to_dict(), "dense_bytes": dense.bytes,
+              "dense_zipped_bytes": dense.zipped_bytes, "ratio": dense.bytes / size.bytes,
+              **checked, "layers": layers_, "ok": check.ok}
+    if sys.platform == "darwin":
+        got = coreml_logits(out, split.images.numpy())
+        labels = split.labels.numpy()
+        report["predictions"] = {
+            "examples": len(labels),
+            "accuracy": 100.0 * float(np.mean(got.argmax(1) == labels)),
+            "torch_accuracy": 100.0 * float(np.mean(reference.argmax(1) == labels)),
+            "max_abs_diff": float(np.max(np.abs(got - reference)))}
+    else:
+        report["predictions"] = {"skipped": "Core ML predictions need macOS"}
+    return report
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.tflite and not args.coreml:
+        print("deepcompress export: error: give --tflite OUT.tflite and/or --coreml OUT.mlpackage",
+              file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit <= 0:
+        print("deepcompress export: error: --limit must be a positive number of examples",
+              file=sys.stderr)
+        return 2
+    from .container import load_model  # noqa: PLC0415
+    from .data import load_split  # noqa: PLC0415
+    from android_export import torch_logits  # noqa: PLC0415 - cheap: backends load lazily
+
+    console = None
+    if not args.json:
+        from rich.console import Console  # noqa: PLC0415
+        console = Console(stderr=True)
+    model, dcz = load_model(args.model)
+    shape = _input_shape(args, dcz.meta)
+    layers = _layers(model, dcz)
+    root = args.data or (dcz.meta.get("data") or {}).get("root")
+    split = load_split("test", root=root, limit=args.limit)
+    reference = torch_logits(model, split.images)
+    report: dict[str, Any] = {"model": str(args.model), "dcz_bytes": dcz.bytes,
+                              "input_shape": shape, "test_examples": len(split)}
+    if args.tflite:
+        with _status(console, f"TFLite {args.tflite_variant}: converting and running {len(split)} examples"):
+            report["tflite"] = tflite_report(model, shape, Path(args.tflite), args.tflite_variant,
+                                             layers, split, reference)
+    if args.coreml:
+        with _status(console, f"Core ML {args.coreml_target}: converting and decoding the weights"):
+            report["coreml"] = coreml_report(model, shape, Path(args.coreml), args.coreml_target,
+                                             args.coreml_precision, args.coreml_compression,
+                                             layers, split, reference)
+    ok = all(report[k]["ok"] for k in ("tflite", "coreml") if k in report)
+    report["ok"] = ok
+    if args.json:
+        print(json.dumps(report, indent=2, default=_jsonable))
+    else:
+        _print(console, report)
+    return 0 if ok else 1
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _status(console: Any, text: str) -> Any:
+    return console.status(text) if console is not None else contextlib.nullcontext()
+
+
+def _print(console: Any, report: dict) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"{report['model']}: {report['dcz_bytes']:,} bytes as .dcz")
+    for col in ("format", "stores", "bytes", "zipped", "dense", "dense/bytes"):
+        table.add_column(col, justify="left" if col in ("format", "stores") else "right")
+    lines = []
+    if "tflite" in report:
+        t = report["tflite"]
+        table.add_row("TFLite", t["variant"], f"{t['bytes']:,}", f"{t['zipped_bytes']:,}",
+                      f"{t['dense_bytes']:,}", f"{t['ratio']:.1f}x")
+        lines.append(f"TFLite  {'ok  ' if t['ok'] else 'FAIL'} accuracy {t['accuracy']:.2f}% vs PyTorch "
+                     f"{t['torch_accuracy']:.2f}% on {t['examples']:,} test examples (limit "
+                     f"{t['tolerance_pts']} pt); largest logit difference {t['max_abs_diff']:.2e}")
+    if "coreml" in report:
+        c = report["coreml"]
+        stores = "+".join(sorted({p.get("method", "?") for p in c["layers"].values()}))
+        table.add_row("Core ML", f"{c['target']} {c['precision']} {stores}", f"{c['bytes']:,}",
+                      f"{c['zipped_bytes']:,}", f"{c['dense_bytes']:,}", f"{c['ratio']:.1f}x")
+        bad = [n for n, chk in c["layers"].items() if not (chk["match"] and chk["compressed"])]
+        lines.append(f"Core ML {'ok  ' if c['ok'] else 'FAIL'} {len(c['layers']) - len(bad)}/"
+                     f"{len(c['layers'])} layers decode from the package to exactly our "
+                     f"{c['precision']} weights, stored compressed" + (f"; failing: {', '.join(bad)}" if bad else ""))
+        pred = c["predictions"]
+        lines.append(f"Core ML predictions: {pred['skipped']}" if "skipped" in pred else
+                     f"Core ML predictions: {pred['accuracy']:.2f}% vs PyTorch {pred['torch_accuracy']:.2f}%, "
+                     f"largest logit difference {pred['max_abs_diff']:.2e}")
+    console.print(table)
+    for line in lines:
+        console.print(line, highlight=False)

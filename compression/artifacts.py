@@ -1,0 +1,164 @@
+"""What the two exporters share: which layers are compressed, how big an artifact is, and which
+layer an unsupported op came from.
+
+The exporters (``ios_export``, ``android_export``) take a plain ``nn.Module`` and learn the
+compression from the weights themselves: the distinct non-zero values of a layer are its codebook,
+its zeros are the pruning mask. So they need nothing from the ``.dcz`` container; only the
+``export`` command reads one. Nothing here imports coremltools or LiteRT.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ExportError
+from .models import compressible_layers
+
+# Core ML palettizes with at most 8-bit indices (n in {1,2,3,4,6,8}), so a layer with more than
+# 256 distinct non-zero values is not weight-shared and is exported as it is.
+MAX_CODEBOOK = 256
+# APKs and IPAs are zip files; aapt2 and ditto deflate at zlib's strongest level.
+ZIP_LEVEL = 9
+
+
+@dataclass(frozen=True)
+class CompressedLayer:
+    """One weight-shared (and usually pruned) weight tensor, as read back from its values."""
+
+    name: str                 # state_dict key, e.g. "fc1.weight"
+    shape: tuple[int, ...]
+    codebook: np.ndarray      # sorted distinct non-zero values, float32
+    nnz: int                  # non-zero weights (the pruning mask's population)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def bits(self) -> int:
+        """Index bits our codebook needs (the recipe's ``bits`` or fewer)."""
+        return max(1, math.ceil(math.log2(max(len(self.codebook), 2))))
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.size if self.size else 0.0
+
+
+def describe_weight(name: str, weight: np.ndarray) -> CompressedLayer:
+    w = np.asarray(weight, dtype=np.float32)
+    nonzero = w[w != 0]
+    return CompressedLayer(name, tuple(w.shape), np.unique(nonzero), int(nonzero.size))
+
+
+def compressed_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, CompressedLayer]:
+    """The model's compressed weights, keyed by state_dict name.
+
+    With ``names`` (e.g. the layers a ``.dcz`` file lists), each must exist. Without, every
+    Linear/Conv weight that is weight shared (at most ``MAX_CODEBOOK`` distinct non-zero values)
+    or pruned (holds a zero) counts. A pruned layer with more distinct values than a LUT holds is
+    still listed: the exporters then store only its sparsity.
+    """
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    if names is None:
+        candidates = [f"{n}.weight" for n in compressible_layers(model)]
+        layers = {n: describe_weight(n, state[n]) for n in candidates}
+        return {n: info for n, info in layers.items()
+                if len(info.codebook) <= MAX_CODEBOOK or info.nnz < info.size}
+    out = {}
+    for name in names:
+        if name not in state:
+            raise ExportError(f"compressed layer {name!r} is not in the model; its state_dict has "
+                              f"{sorted(k for k in state if k.endswith('weight'))}")
+        out[name] = describe_weight(name, state[name])
+    return out
+
+
+@dataclass(frozen=True)
+class ArtifactSize:
+    bytes: int          # on disk: a file's size, or the total of a package directory's files
+    zipped_bytes: int   # after deflate, as the artifact sits inside an APK or IPA
+
+    def to_dict(self) -> dict[str, int]:
+        return {"bytes": self.bytes, "zipped_bytes": self.zipped_bytes}
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file():
+        return [path]
+    raise ExportError(f"artifact {path} does not exist")
+
+
+def artifact_size(path: str | os.PathLike[str]) -> ArtifactSize:
+    """Measure an artifact: its bytes on disk, and the bytes of a real deflated zip of it."""
+    root = Path(path)
+    files = _files(root)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL) as zf:
+        for f in files:
+            arcname = root.name if f == root else f"{root.name}/{f.relative_to(root).as_posix()}"
+            zf.write(f, arcname)
+    return ArtifactSize(sum(f.stat().st_size for f in files), buf.getbuffer().nbytes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Unsupported ops: converters name the op; we name the layer too.
+
+def _normalise_op(name: str) -> str:
+    """'aten._linalg_det.default', 'linalg_det', 'dctest::mystery' -> 'linalg_det', 'mystery'."""
+    name = name.replace("::", ".").strip("%'\" ")
+    parts = [p for p in name.split(".") if p and p not in {"default", "aten", "Tensor", "int"}]
+    return (parts[-1] if parts else name).lstrip("_")
+
+
+def locate_op(model: nn.Module, example: torch.Tensor, op_name: str) -> str | None:
+    """The qualified name and type of the module that calls ``op_name`` ("layer 2 (Det)"), found
+    through torch.export's module stack; None if it cannot be told."""
+    wanted = _normalise_op(op_name)
+    try:
+        program = torch.export.export(model, (example,), strict=False)
+    except Exception:  # the model may not be exportable at all; the op name alone must do
+        return None
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = getattr(node.target, "name", lambda: str(node.target))()
+        if _normalise_op(str(target)) != wanted:
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            qualname, kind = list(stack.values())[-1]
+            return f"{qualname or '<root>'} ({str(kind).rsplit('.', 1)[-1]})"
+    return None
+
+
+_OP_PATTERNS = (
+    re.compile(r"convert function for op '([^']+)' not implemented"),   # coremltools
+    re.compile(r"Lowering not found: (\S+)"),                           # litert-torch
+    re.compile(r"(?:unsupported|not supported)[^']*'([^']+)'", re.I),
+)
+
+
+def unsupported_op_error(exc: BaseException, model: nn.Module, example: torch.Tensor,
+                         converter: str) -> ExportError:
+    """Turn a converter's exception into an ExportError that names the layer and the op."""
+    text = str(exc)
+    op = next((m.group(1) for p in _OP_PATTERNS if (m := p.search(text))), None)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if op is None:
+        return ExportError(f"{converter} could not convert {type(model).__name__}: {first}")
+    layer = locate_op(model, example, op)
+    where = f"layer {layer}" if layer else f"{type(model).__name__} (layer not found)"
+    return ExportError(f"{where}: op '{_normalise_op(op)}' is not supported by {converter} "
+                       f"({first}); replace it with supported ops or export without this target")

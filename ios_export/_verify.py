@@ -1,0 +1,239 @@
+"""Check a saved ``.mlpackage`` on any OS: decode every weight from the program and compare.
+
+The package is read back from disk (its spec and ``weight.bin``, through coremltools' MIL proto
+loader and Apple's blob reader); the constexpr ops are then evaluated here, with numpy, from their
+definitions in the Core ML spec (MIL ops reference, iOS 16 and iOS 18 ``constexpr_*``):
+
+- ``constexpr_lut_to_dense``:   lut[indices]  (iOS16: packed n-bit indices, LSB first)
+- ``constexpr_sparse_to_dense``: zeros, with ``nonzero_data`` scattered where ``mask`` is 1
+- ``constexpr_lut_to_sparse``:  (mask, lut[indices of the non-zero entries])
+- ``constexpr_cast``:           a dtype cast
+
+Each expected layer must equal one decoded weight exactly (same shape, same values in the weight
+dtype) and that weight must come from at least one constexpr op, i.e. be stored compressed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from compression.errors import ExportError
+
+from ._backend import coremltools, quiet
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    name: str
+    match: bool                 # decoded == ours cast to the weight dtype, exactly
+    compressed: bool            # produced by constexpr ops, not a dense const
+    storage: str                # e.g. "constexpr_lut_to_sparse -> constexpr_sparse_to_dense"
+    dtype: str
+    max_abs_diff: float | None  # vs ours in float32 (the fp16 rounding); None if not found
+    lut_entries: int | None = None
+    nnz: int | None = None
+
+
+@dataclass(frozen=True)
+class CoreMLCheck:
+    path: str
+    layers: dict[str, LayerCheck] = field(default_factory=dict)
+
+    @property
+    def weights_match(self) -> bool:
+        return bool(self.layers) and all(c.match for c in self.layers.values())
+
+    @property
+    def all_compressed(self) -> bool:
+        return bool(self.layers) and all(c.compressed for c in self.layers.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.weights_match and self.all_compressed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights_match": self.weights_match, "all_compressed": self.all_compressed,
+                "layers": {k: asdict(v) for k, v in self.layers.items()}}
+
+
+# ---- decoders, one per constexpr op -------------------------------------------------------------
+
+def _unpack(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
+    """n-bit unsigned integers packed little-endian (first element in the lowest bits)."""
+    bits = np.unpackbits(np.asarray(packed, dtype=np.uint8), bitorder="little")
+    if bits.size < count * nbits:
+        raise ExportError(f"packed data holds {bits.size} bits, {count * nbits} needed")
+    bits = bits[: count * nbits].reshape(count, nbits).astype(np.int64)
+    return bits @ (1 << np.arange(nbits, dtype=np.int64))
+
+
+def _lut_lookup(lut: np.ndarray, indices: np.ndarray, coords: tuple[np.ndarray, ...],
+                shape: tuple[int, ...]) -> np.ndarray:
+    """iOS18 LUT: shape (groups per axis..., entries, vector). ``coords`` are the positions in
+    the dense tensor of each index, which say the group."""
+    if lut.shape[-1] != 1:
+        raise ExportError(f"vector palettization (vector size {lut.shape[-1]}) is not decoded")
+    groups = lut.shape[:-2]
+    if len(groups) != len(shape):
+        raise ExportError(f"LUT of shape {lut.shape} does not fit a weight of shape {shape}")
+    block = [s // g for s, g in zip(shape, groups)]
+    group_id = np.ravel_multi_index(tuple(c // b for c, b in zip(coords, block)), groups)
+    flat = lut.reshape(math.prod(groups), lut.shape[-2])
+    return flat[group_id, np.asarray(indices, dtype=np.int64)]
+
+
+def _lut_to_dense(ins: Mapping[str, Any]) -> list[np.ndarray]:
+    lut, indices = np.asarray(ins["lut"]), np.asarray(ins["indices"])
+    if "shape" in ins and ins["shape"] is not None:   # iOS16: 1-D LUT, packed uint8 indices
+        shape = tuple(int(d) for d in ins["shape"])
+        nbits = int(round(math.log2(lut.shape[0])))
+        return [lut[_unpack(indices, nbits, math.prod(shape))].reshape(shape)]
+    shape = indices.shape
+    coords = np.unravel_index(np.arange(indices.size), shape)
+    return [_lut_lookup(lut, indices.ravel(), coords, shape).reshape(shape)]
+
+
+def _sparse_to_dense(ins: Mapping[str, Any]) -> list[np.ndarray]:
+    values, mask = np.asarray(ins["nonzero_data"]), np.asarray(ins["mask"])
+    if "shape" in ins and ins["shape"] is not None:   # iOS16: packed 1-bit mask
+        shape = tuple(int(d) for d in ins["shape"])
+        mask = _unpack(mask, 1, math.prod(shape)).reshape(shape)
+    mask = mask.astype(bool)
+    if int(mask.sum()) != values.size:
+        raise ExportError(f"sparse weight: mask has {int(mask.sum())} ones for {values.size} values")
+    dense = np.zeros(mask.shape, dtype=values.dtype)
+    dense[mask] = values.ravel()   # C order, as the spec defines it
+    return [dense]
+
+
+def _lut_to_sparse(ins: Mapping[str, Any]) -> list[np.ndarray]:
+    mask = np.asarray(ins["indices_mask"]).astype(bool)
+    indices = np.asarray(ins["indices_nonzero_data"]).ravel()
+    coords = np.nonzero(mask)
+    if coords[0].size != indices.size:
+        raise ExportError(f"lut_to_sparse: mask has {coords[0].size} ones for {indices.size} indices")
+    return [mask.astype(np.uint8), _lut_lookup(np.asarray(ins["lut"]), indices, coords, mask.shape)]
+
+
+def _cast(ins: Mapping[str, Any]) -> list[np.ndarray]:
+    return [np.asarray(ins["source_val"]).astype(str(ins["output_dtype"]).replace("fp", "float"))]
+
+
+_DECODERS = {
+    "constexpr_lut_to_dense": _lut_to_dense,
+    "constexpr_sparse_to_dense": _sparse_to_dense,
+    "constexpr_lut_to_sparse": _lut_to_sparse,
+    "constexpr_cast": _cast,
+}
+
+
+# ---- reading the package ------------------------------------------------------------------------
+
+def _model_dir(package: Path) -> Path:
+    manifest = json.loads((package / "Manifest.json").read_text())
+    root = manifest["rootModelIdentifier"]
+    return package / "Data" / Path(manifest["itemInfoEntries"][root]["path"]).parent
+
+
+def load_program(package: str | os.PathLike[str]) -> Any:
+    """The package's MIL program, read from disk (spec + weight blobs)."""
+    package = Path(package)
+    if not (package / "Manifest.json").is_file():
+        raise ExportError(f"{package} is not an .mlpackage (no Manifest.json)")
+    ct = coremltools()
+    from coremltools.converters.mil.frontend.milproto.load import load  # noqa: PLC0415
+    with quiet():
+        spec = ct.utils.load_spec(str(package))
+        if spec.WhichOneof("Type") != "mlProgram":
+            raise ExportError(f"{package} holds a {spec.WhichOneof('Type')} model, not an ML Program")
+        return load(spec, spec.specificationVersion, str(_model_dir(package) / "weights"))
+
+
+@dataclass
+class _Weight:
+    var: str
+    value: np.ndarray
+    chain: list[str]
+    lut_entries: int | None = None
+
+
+def decoded_weights(program: Any) -> list[_Weight]:
+    """Every tensor constant (rank >= 2) a compute op reads, decoded through its constexpr ops."""
+    values: dict[str, np.ndarray] = {}
+    chains: dict[str, list[str]] = {}
+    luts: dict[str, int] = {}
+    read: dict[str, _Weight] = {}
+    for op in program.functions["main"].operations:
+        if op.op_type == "const":
+            continue
+        if op.op_type.startswith("constexpr_"):
+            decoder = _DECODERS.get(op.op_type)
+            inputs = {k: (values[v.name] if v.name in values else v.val) for k, v in op.inputs.items()}
+            if decoder is None or any(v is None for k, v in inputs.items() if k != "shape"):
+                continue   # a format we do not decode: its layer will show as not matching
+            upstream = [chains[v.name] for v in op.inputs.values() if v.name in chains]
+            chain = max(upstream, key=len, default=[]) + [op.op_type]
+            lut = inputs.get("lut")
+            for out, arr in zip(op.outputs, decoder(inputs)):
+                values[out.name], chains[out.name] = arr, chain
+                if lut is not None:
+                    luts[out.name] = int(np.shape(lut)[0] if np.ndim(lut) == 1 else np.shape(lut)[-2])
+                elif any(v.name in luts for v in op.inputs.values()):
+                    luts[out.name] = next(luts[v.name] for v in op.inputs.values() if v.name in luts)
+            continue
+        for v in op.inputs.values():
+            vars_ = v if isinstance(v, (list, tuple)) else [v]
+            for var in vars_:
+                if var.name in values:
+                    read[var.name] = _Weight(var.name, values[var.name], chains[var.name],
+                                             luts.get(var.name))
+                elif var.op is not None and var.op.op_type == "const" and np.ndim(var.val) >= 2:
+                    read[var.name] = _Weight(var.name, np.asarray(var.val), [])
+    return list(read.values())
+
+
+def _hint(layer: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in layer.removesuffix(".weight"))
+
+
+def verify_coreml(package: str | os.PathLike[str], expected: Mapping[str, np.ndarray]) -> CoreMLCheck:
+    """Compare each expected weight (name -> our float32 weights) with the package's weights."""
+    weights = decoded_weights(load_program(package))
+    checks = {}
+    for name, ours in expected.items():
+        ours = np.asarray(ours, dtype=np.float32)
+        same_shape = [w for w in weights if w.value.shape == ours.shape]
+        exact = [w for w in same_shape if np.array_equal(w.value, ours.astype(w.value.dtype))]
+        pool = exact or same_shape
+        if not pool:
+            checks[name] = LayerCheck(name, False, False, "not found", "-", None)
+            continue
+        pool.sort(key=lambda w: (_hint(name) not in w.var, not w.chain))   # named after it, compressed
+        w = pool[0]
+        diff = float(np.max(np.abs(w.value.astype(np.float32) - ours), initial=0.0))
+        checks[name] = LayerCheck(
+            name, bool(exact), bool(w.chain), " -> ".join(w.chain) or "const (dense)",
+            str(w.value.dtype), diff, w.lut_entries, int(np.count_nonzero(w.value)))
+    return CoreMLCheck(str(package), checks)
+
+
+def coreml_logits(package: str | os.PathLike[str], images: np.ndarray,
+                  compute_units: str = "ALL") -> np.ndarray:
+    """Run the package with Core ML, one example at a time (macOS only: Core ML compiles and runs
+    models through the OS; coremltools cannot predict on Linux)."""
+    import sys  # noqa: PLC0415
+    if sys.platform != "darwin":
+        raise ExportError("Core ML predictions need macOS; on this OS the package is checked by "
+                          "decoding its weights (verify_coreml)")
+    ct = coremltools()
+    from ._convert import INPUT_NAME, OUTPUT_NAME  # noqa: PLC0415
+    model = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit, compute_units))
+    x = np.asarray(images, dtype=np.float32)
+    return np.stack([np.asarray(model.predict({INPUT_NAME: x[i:i + 1]})[OUTPUT_NAME]).reshape(-1)
+                     for i in range(x.shape[0])])
