@@ -1,6 +1,7 @@
 """Shared by bench_harness_*.py: the small model they time, and one `deepcompress bench` call."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -24,7 +25,8 @@ def make_lenet300_tflite(path: Path) -> Path:
     torch.manual_seed(0)
     model = LeNet300().eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    litert_torch.convert(model, (torch.zeros(1, 1, 28, 28),)).export(str(path))
+    with contextlib.redirect_stdout(sys.stderr):  # litert_torch prints progress; stdout is our JSON
+        litert_torch.convert(model, (torch.zeros(1, 1, 28, 28),)).export(str(path))
     return path
 
 
