@@ -112,6 +112,14 @@ def test_push_pull_byte_exact_with_hostile_names(setup, tmp_path):
     small.write_bytes(b"tiny\n")
     assert adb("-s", emu.serial, "push", str(small), "/data/local/tmp/").returncode == 0
     assert adb("-s", emu.serial, "shell", "cat", "/data/local/tmp/small.txt").stdout == "tiny\n"
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert adb("-s", emu.serial, "push", str(empty), "/data/local/tmp/empty").returncode == 0
+    assert emu.host_path("/data/local/tmp/empty").read_bytes() == b""
+    listing = adb("-s", emu.serial, "ls", "/data/local/tmp/dc test").stdout  # sync LIST
+    assert listing.splitlines()[-1].endswith(" it's; \"quoted\" name.bin")
+    mode, size, _mtime = listing.splitlines()[-1].split()[:3]
+    assert int(size, 16) == len(payload) and int(mode, 16) & 0o170000 == 0o100000
 
 
 def test_sandbox_escapes_are_refused(setup, tmp_path):

@@ -73,6 +73,11 @@ def test_push_pull_round_trip_with_hostile_names(device, emu, tmp_path):
     back = tmp_path / "back"
     device.pull(remote, back)
     assert back.read_bytes() == payload
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    device.push(empty, "/data/local/tmp/deepcompress/empty")
+    device.pull("/data/local/tmp/deepcompress/empty", tmp_path / "empty-back")
+    assert (tmp_path / "empty-back").read_bytes() == b""
     device.push(local, "/data/local/tmp/deepcompress/")  # a folder: the local name is kept
     assert emu.host_path(f"/data/local/tmp/deepcompress/{local.name}").read_bytes() == payload
 

@@ -165,10 +165,14 @@ def test_handshake_and_idle_timeouts_close_connections():
         start = time.monotonic()
         assert silent.closed(timeout_s=3)
         assert time.monotonic() - start < 2.5
+        busy = RawClient(handle.port)
+        busy.cnxn()  # a silent command outlasting the idle timeout keeps its connection
+        assert read_stream(busy, 1, open_stream(busy, "shell:sleep 1.2; echo done")) == b"done\n"
         idle = RawClient(handle.port)
         idle.cnxn()
         assert idle.closed(timeout_s=3)  # connected, then nothing for longer than idle_timeout_s
-        silent.close(), idle.close()
+        assert busy.closed(timeout_s=3)  # and once its stream is done, busy is idle too
+        silent.close(), idle.close(), busy.close()
 
 
 def test_unknown_service_is_refused_with_clse(emu):

@@ -70,7 +70,7 @@ class EmulatorHandle:
     def stop(self, timeout_s: float = 5.0) -> None:
         if self._daemon.stopping:
             return
-        self._daemon.stop()
+        self._daemon.stop(timeout_s)
         self._thread.join(timeout_s)
         self._sandbox.cleanup()
 
@@ -88,14 +88,17 @@ def start(port: int = 0, no_auth: bool = False, sandbox: str | os.PathLike[str] 
           profile: DeviceProfile | str | os.PathLike[str] | None = None, *,
           authorized_keys: Iterable[str | os.PathLike[str]] | None = None,
           idle_timeout_s: float | None = 3600.0, handshake_timeout_s: float = 30.0,
-          message_timeout_s: float = 30.0) -> EmulatorHandle:
+          message_timeout_s: float = 30.0, max_payload: int = 1024 * 1024) -> EmulatorHandle:
     """Start an emulated device in a background thread of this process.
 
     ``port=0`` picks a free port. ``sandbox`` is the folder that plays /data/local/tmp (default:
     a temporary one, removed by ``stop``). ``profile`` is a DeviceProfile or a JSON file (default:
     the built-in profile). ``authorized_keys``: files of adb public keys (default: the user's
-    ``~/.android/adbkey.pub``, generated if missing).
+    ``~/.android/adbkey.pub``, generated if missing). ``max_payload``: the largest message the
+    daemon advertises (1 MiB as today's adbd; 256 KiB plays an Android 7-8 device, 4096 a v1 one).
     """
+    if not 4096 <= max_payload <= 1024 * 1024:
+        raise ValueError(f"max_payload must be 4096..1048576, got {max_payload}")
     if not isinstance(profile, DeviceProfile):
         profile = load_profile(profile)
     if no_auth:
@@ -109,7 +112,7 @@ def start(port: int = 0, no_auth: bool = False, sandbox: str | os.PathLike[str] 
         auth = f"{len(keys)} key(s) from {', '.join(map(str, files))}"
     config = DaemonConfig(no_auth=no_auth, authorized_keys=keys, idle_timeout_s=idle_timeout_s,
                           handshake_timeout_s=handshake_timeout_s,
-                          message_timeout_s=message_timeout_s)
+                          message_timeout_s=message_timeout_s, max_payload=max_payload)
     box = Sandbox(profile, sandbox)
     try:
         from ._services import SERVICES

@@ -18,8 +18,11 @@ import os
 import queue
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
+
+from compression.errors import DeviceError
 
 from . import _wire as w
 from ._profile import DeviceProfile
@@ -39,10 +42,11 @@ class DaemonConfig:
     no_auth: bool = False
     authorized_keys: tuple[AndroidPublicKey, ...] = ()
     handshake_timeout_s: float = 30.0   # CNXN/AUTH must finish within this
-    idle_timeout_s: float | None = 3600.0  # a connection with no traffic at all is dropped
+    idle_timeout_s: float | None = 3600.0  # no traffic and no open stream: the connection is dropped
     message_timeout_s: float = 30.0     # a message, once started, must arrive within this
     write_timeout_s: float = 120.0      # a peer must OKAY our WRTE within this
     socket_buffer_bytes: int = 4 * 1024 * 1024
+    max_payload: int = w.MAX_PAYLOAD      # advertised in CNXN: 1 MiB today, 256 KiB on Android 7-8
 
 
 class StreamClosed(Exception):
@@ -210,20 +214,27 @@ class Connection:
         if version < w.VERSION_MIN:
             raise w.ProtocolError(f"unsupported protocol version 0x{version:08x}")
         self.version = min(version, w.VERSION_SKIP_CHECKSUM)
-        self.max_payload = max(min(max_payload, w.MAX_PAYLOAD), w.MAX_PAYLOAD_V1)
+        self.max_payload = max(min(max_payload, self.config.max_payload), w.MAX_PAYLOAD_V1)
         self.checksums = self.version < w.VERSION_SKIP_CHECKSUM
         log.debug("CNXN from %s:%s version 0x%08x maxdata %d banner %r", *self.peer[:2],
                   version, max_payload, msg.payload[:200])
 
     def _send_cnxn(self) -> None:
         banner = f"device::{self.daemon.profile.banner()}features={','.join(FEATURES)}"
-        self.send(w.A_CNXN, self.version, w.MAX_PAYLOAD, banner.encode())
+        self.send(w.A_CNXN, self.version, self.config.max_payload, banner.encode())
         log.info("%s:%s: connected (version 0x%08x, max payload %d)", *self.peer[:2],
                  self.version, self.max_payload)
 
     def _serve(self, reader: w.MessageReader) -> None:
         while not self.daemon.stopping:
-            msg = self._read(reader)
+            try:
+                msg = self._read(reader)
+            except w.IdleTimeout:
+                with self._streams_lock:
+                    busy = bool(self._streams)
+                if busy:  # a long silent command is not an idle connection
+                    continue
+                raise
             if msg.command == w.A_OPEN:
                 self._open(msg.arg0, msg.payload.rstrip(b"\0").decode("utf-8", "surrogateescape"))
                 continue
@@ -255,8 +266,7 @@ class Connection:
         with self._streams_lock:
             self._streams[stream.local_id] = stream
         self.send(w.A_OKAY, stream.local_id, remote_id)
-        threading.Thread(target=self._run_service, args=(handler, stream), daemon=True,
-                         name=f"adb-stream-{stream.local_id}").start()
+        self.daemon.spawn(self._run_service, (handler, stream), f"adb-stream-{stream.local_id}")
 
     def _run_service(self, handler: Handler, stream: Stream) -> None:
         try:
@@ -298,6 +308,7 @@ class AdbDaemon:
         self.stopping = False
         self.refused_keys: set[int] = set()
         self._connections: set[Connection] = set()
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -305,7 +316,6 @@ class AdbDaemon:
             self.listener.bind((LISTEN_HOST, port))
         except OSError as exc:
             self.listener.close()
-            from compression.errors import DeviceError
             raise DeviceError(f"cannot listen on {LISTEN_HOST}:{port}: {exc.strerror} (another "
                               "emulator or adbd there? pick another port with --port)") from exc
         self.listener.listen(16)
@@ -335,7 +345,14 @@ class AdbDaemon:
             conn = Connection(self, sock, peer)
             with self._lock:
                 self._connections.add(conn)
-            threading.Thread(target=conn.run, daemon=True, name=f"adb-conn-{peer[1]}").start()
+            self.spawn(conn.run, (), f"adb-conn-{peer[1]}")
+
+    def spawn(self, target: Callable[..., None], args: tuple, name: str) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=name)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
 
     def forget(self, conn: Connection) -> None:
         with self._lock:
@@ -352,7 +369,14 @@ class AdbDaemon:
             conn.abort()
         return len(conns)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop accepting, drop every connection, and wait (up to ``timeout_s``) for their
+        commands to be ended and their threads to finish."""
         self.stopping = True
-        self.drop_connections()
         self.listener.close()
+        self.drop_connections()
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))

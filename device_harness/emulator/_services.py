@@ -21,6 +21,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+from collections import deque
 from pathlib import Path
 
 from ._daemon import Stream, StreamClosed
@@ -92,11 +93,13 @@ class _Requests:
 
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
-        self._chunks: list[bytes] = []
+        self._chunks: deque[bytes] = deque()
         self._size = 0
         self._head = 0  # offset into _chunks[0]
 
     def read_exact(self, n: int) -> bytes | None:
+        if n == 0:
+            return b""
         while self._size < n:
             data = self._stream.read()
             if data is None:
@@ -108,7 +111,7 @@ class _Requests:
             out = first[self._head:self._head + n]
             self._head += n
             if self._head == len(first):
-                self._chunks.pop(0)
+                self._chunks.popleft()
                 self._head = 0
         else:
             parts, need = [], n
@@ -119,7 +122,7 @@ class _Requests:
                 need -= take
                 self._head += take
                 if self._head == len(chunk):
-                    self._chunks.pop(0)
+                    self._chunks.popleft()
                     self._head = 0
             out = b"".join(parts)
         self._size -= n

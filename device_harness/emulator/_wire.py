@@ -33,6 +33,10 @@ class ProtocolError(Exception):
     """The peer sent something that is not an ADB message."""
 
 
+class IdleTimeout(TimeoutError):
+    """No message started within the idle timeout (as opposed to a message left half-sent)."""
+
+
 def command_name(cmd: int) -> str:
     raw = cmd.to_bytes(4, "little")
     return raw.decode("ascii") if raw.isalpha() else f"0x{cmd:08x}"
@@ -68,8 +72,8 @@ class Message:
 class MessageReader:
     """Reads whole messages from a socket through one large receive buffer.
 
-    ``idle_timeout_s`` bounds the wait for the first byte of a message, ``message_timeout_s`` the
-    time for the rest of it once started; either expiring raises ``socket.timeout``.
+    ``idle_timeout_s`` bounds the wait for the first byte of a message (IdleTimeout),
+    ``message_timeout_s`` the time for the rest of it once started (TimeoutError).
     """
 
     def __init__(self, sock: socket.socket, *, idle_timeout_s: float | None,
@@ -79,10 +83,15 @@ class MessageReader:
         self.idle_timeout_s = idle_timeout_s
         self.message_timeout_s = message_timeout_s
 
-    def _fill(self, n: int, timeout_s: float | None) -> None:
+    def _fill(self, n: int, timeout_s: float | None, *, idle: bool = False) -> None:
         while len(self._buf) < n:
             self._sock.settimeout(timeout_s)
-            chunk = self._sock.recv(max(n - len(self._buf), 256 * 1024))
+            try:
+                chunk = self._sock.recv(max(n - len(self._buf), 256 * 1024))
+            except TimeoutError:
+                if idle and not self._buf:
+                    raise IdleTimeout(f"no message for {timeout_s} s") from None
+                raise
             if not chunk:
                 raise ConnectionResetError("peer closed the connection")
             self._buf += chunk
@@ -94,7 +103,10 @@ class MessageReader:
         return out
 
     def read(self, *, max_payload: int, verify_checksum: bool) -> Message:
-        self._fill(HEADER.size, self.idle_timeout_s if not self._buf else self.message_timeout_s)
+        if self._buf:
+            self._fill(HEADER.size, self.message_timeout_s)
+        else:
+            self._fill(HEADER.size, self.idle_timeout_s, idle=True)
         cmd, arg0, arg1, length, check, magic = HEADER.unpack(self._take(HEADER.size))
         if magic != cmd ^ 0xFFFFFFFF or cmd not in KNOWN_COMMANDS:
             raise ProtocolError(f"bad message header (command 0x{cmd:08x}, magic 0x{magic:08x})")
