@@ -158,3 +158,12 @@ def test_connection_dropped_between_models_is_recovered(emu, hostile_model):
     results = bench_many([hostile_model, second], [emu.serial], BenchOptions(runs=3, warmup=0),
                          open_device=lambda s: AdbDevice.connect(s), on_result=on_result)
     assert [r["ok"] for r in results] == [True, True] and dropped[0] >= 1
+
+
+def test_devices_lists_the_emulator(emu, capsys):
+    assert cli(["devices", "--json", "--no-probe", "--adb", emu.serial]) == 0
+    rows = {r["spec"]: r for r in json.loads(capsys.readouterr().out)}
+    info = rows[emu.serial]["info"]
+    assert info["kind"] == "adb" and info["model"] == "DeepCompress Emulated Device"
+    assert info["os_version"].startswith("Android 14") and info["cores"] >= 1
+    assert info["max_freq_khz"] and all(f > 0 for f in info["max_freq_khz"])
