@@ -40,3 +40,22 @@ def bench_cli(artifact: Path, device: str, runs: int, warmup: int = 5, timeout_s
     if proc.returncode != 0:
         raise SystemExit(f"bench failed ({proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-1000:]}")
     return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def emulated_device(needed: bool = True):
+    """Start the background emulated device (its start-up is not what is measured) and stop it
+    afterwards, unless it was already running before."""
+    if not needed:
+        yield
+        return
+    from device_harness._discover import _port_open
+    from device_harness.emulator import DEFAULT_PORT, ensure_emulator, stop_emulator
+
+    was_running = _port_open("127.0.0.1", DEFAULT_PORT, 0.2)
+    ensure_emulator()
+    try:
+        yield
+    finally:
+        if not was_running:
+            stop_emulator()

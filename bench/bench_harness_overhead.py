@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_harness_common import bench_cli, make_lenet300_tflite
+from bench_harness_common import bench_cli, emulated_device, make_lenet300_tflite
 
 
 def main() -> int:
@@ -31,25 +31,24 @@ def main() -> int:
         model = make_lenet300_tflite(Path(tmp) / "lenet300.tflite")
         report = {"model": "LeNet-300-100 .tflite (float32)", "model_bytes": model.stat().st_size,
                   "runs": args.runs, "repeats": args.repeats, "machine": platform.platform(), "devices": {}}
-        for device in args.devices:
-            if device == "emulator":
-                from device_harness.emulator import ensure_emulator
-                ensure_emulator()  # start-up is a one-off, not per-bench overhead
-            bench_cli(model, device, runs=3)  # warm the page cache and the emulator's runner cache
-            rows = []
-            for _ in range(args.repeats):
-                wall, r = bench_cli(model, device, runs=args.runs)
-                rows.append({"wall_s": wall, "inference_s": r["inference_seconds"],
-                             "harness_s": r["harness_seconds"], "push_s": r["push"]["seconds"],
-                             "init_ms": r["init_ms"], "p50_ms": r["latency_ms"]["p50"]})
-            med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
-            report["devices"][device] = {
-                "median": med,
-                "overhead_s": med["wall_s"] - med["inference_s"],
-                "overhead_in_process_s": med["harness_s"] - med["inference_s"],
-                "rows": rows}
+        with emulated_device("emulator" in args.devices):
+            for device in args.devices:
+                report["devices"][device] = measure(model, device, args.runs, args.repeats)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def measure(model: Path, device: str, runs: int, repeats: int) -> dict:
+    bench_cli(model, device, runs=3)  # warm the page cache and the device's runner cache
+    rows = []
+    for _ in range(repeats):
+        wall, r = bench_cli(model, device, runs=runs)
+        rows.append({"wall_s": wall, "inference_s": r["inference_seconds"],
+                     "harness_s": r["harness_seconds"], "push_s": r["push"]["seconds"],
+                     "init_ms": r["init_ms"], "p50_ms": r["latency_ms"]["p50"]})
+    med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
+    return {"median": med, "overhead_s": med["wall_s"] - med["inference_s"],
+            "overhead_in_process_s": med["harness_s"] - med["inference_s"], "rows": rows}
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_harness_common import bench_cli, make_lenet300_tflite
+from bench_harness_common import bench_cli, emulated_device, make_lenet300_tflite
 
 
 def main() -> int:
@@ -27,14 +27,12 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = make_lenet300_tflite(Path(tmp) / "lenet300.tflite")
-        if args.device == "emulator":
-            from device_harness.emulator import ensure_emulator
-            ensure_emulator()
         benches = []
-        for _ in range(args.repeats):
-            _, r = bench_cli(model, args.device, runs=args.runs)
-            lat = r["latency_ms"]
-            benches.append({k: lat[k] for k in ("p50", "p90", "p99", "mean", "min", "max", "spread")})
+        with emulated_device(args.device == "emulator"):
+            for _ in range(args.repeats):
+                _, r = bench_cli(model, args.device, runs=args.runs)
+                lat = r["latency_ms"]
+                benches.append({k: lat[k] for k in ("p50", "p90", "p99", "mean", "min", "max", "spread")})
     p50s = [b["p50"] for b in benches]
     print(json.dumps({"model": "LeNet-300-100 .tflite (float32)", "device": args.device,
                       "runs": args.runs, "machine": platform.platform(),
