@@ -16,7 +16,7 @@ from compression._io import write_bytes_atomic
 def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
     from .emulator import DEFAULT_PORT
 
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
                         help=f"TCP port on 127.0.0.1 (default {DEFAULT_PORT}: the adb server "
                              "then also lists it as emulator-5554; 0 picks a free port)")
     parser.add_argument("--profile", type=Path, help="device profile JSON (default: built-in)")
@@ -34,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
     parser.add_argument("--stop", action="store_true",
                         help="stop the background emulator started by 'bench --device emulator'")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
+    return int(text)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ shell quoting::
     STATE/bin/{getprop,dumpsys,python3,python}   put first on the shell's PATH
 
 Shell commands run with ``/bin/sh -c`` (as adbd does) in the sandbox folder, after the device
-prefixes above are rewritten to their STATE paths: a textual mapping, like a path alias, so
+prefixes above are rewritten to host paths (the sandbox folder itself when its path needs no
+quoting, else the STATE link): a textual mapping, like a path alias, so
 ``cat /sys/devices/system/cpu/cpu*/cpufreq/cpuinfo_max_freq`` and quoted names work. This is not
 a security boundary -- the shell runs as the user who started the emulator, which is why the
 daemon listens on 127.0.0.1 only and authenticates its clients. The sync service, which takes
