@@ -23,15 +23,25 @@ class StageContext:
     progress: ProgressFn = no_progress
     log: Callable[[str], None] = lambda msg: None
     metrics: dict = field(default_factory=dict)   # a stage's own figures, saved in the report
+    teacher: Callable[[], torch.Tensor] | None = None  # the baseline's logits on the train set
 
     def generator(self, salt: int) -> torch.Generator:
         """A generator seeded from the run's seed and the stage, so a resumed run repeats it."""
         torch.manual_seed(self.seed * 1000 + salt)
         return torch.Generator().manual_seed(self.seed * 1000 + salt)
 
-    def retrain_spec(self, epochs: int, lr: float | None, weight_decay: float = 0.0) -> TrainSpec:
+    def retrain_spec(self, epochs: int, lr: float | None, weight_decay: float = 0.0,
+                     distill: float = 0.0, temperature: float = 4.0) -> TrainSpec:
         """Retraining: the baseline optimiser at lr/10 unless the stage says otherwise (paper)."""
         return TrainSpec(epochs=epochs, lr=lr if lr is not None else self.baseline.lr / 10,
                          optimizer=self.baseline.optimizer, momentum=self.baseline.momentum,
                          weight_decay=weight_decay, schedule=self.baseline.schedule,
-                         batch_size=self.batch_size)
+                         batch_size=self.batch_size, distill=distill, temperature=temperature)
+
+    def teacher_logits(self, spec: TrainSpec) -> torch.Tensor | None:
+        """The dense baseline's logits on the training set, when the stage distils from it."""
+        if spec.distill <= 0:
+            return None
+        if self.teacher is None:
+            raise RuntimeError("no teacher: the pipeline did not provide the baseline")
+        return self.teacher()

@@ -41,6 +41,21 @@ class TrainSpec:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     batch_size: int = 128
+    distill: float = 0.0          # weight of the soft-target term (Hinton et al. 2015)
+    temperature: float = 4.0
+
+
+def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None,
+                      weight: float, temperature: float) -> torch.Tensor:
+    """(1 - w) * CE(labels) + w * T^2 * KL(teacher_T || student_T); plain CE when w == 0."""
+    hard = nn.functional.cross_entropy(logits, labels)
+    if teacher is None or weight == 0.0:
+        return hard
+    t = temperature
+    soft = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1),
+                                nn.functional.log_softmax(teacher / t, dim=1),
+                                reduction="batchmean", log_target=True)
+    return (1.0 - weight) * hard + weight * t * t * soft
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
@@ -55,9 +70,15 @@ def train(model: nn.Module, data: Split, spec: TrainSpec, *,
           params: Iterable[torch.nn.Parameter] | None = None,
           after_backward: Callable[[], None] | None = None,
           after_step: Callable[[], None] | None = None,
-          generator: torch.Generator | None = None,
+          generator: torch.Generator | None = None, teacher_logits: torch.Tensor | None = None,
           progress: ProgressFn = no_progress, description: str = "train") -> float:
-    """Train for ``spec.epochs``; hooks enforce masks and codebooks. Returns the last mean loss."""
+    """Train for ``spec.epochs``; hooks enforce masks and codebooks. Returns the last mean loss.
+
+    ``teacher_logits`` (one row per training example) are the soft targets used when
+    ``spec.distill`` > 0: with no data augmentation they are computed once, not per batch.
+    """
+    if spec.distill > 0 and teacher_logits is None:
+        raise ValueError("distillation asked for but no teacher logits were given")
     if spec.epochs <= 0:
         return math.nan
     optimizer = make_optimizer(model.parameters() if params is None else params, spec)
@@ -66,7 +87,6 @@ def train(model: nn.Module, data: Split, spec: TrainSpec, *,
     scheduler = None
     if spec.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    loss_fn = nn.CrossEntropyLoss()
     task = progress(description, total_steps)
     model.train()
     mean_loss = math.nan
@@ -80,7 +100,8 @@ def train(model: nn.Module, data: Split, spec: TrainSpec, *,
                 # the model's, not only the optimiser's: weights tied to centroids are not in the
                 # optimiser, and a gradient left over from an earlier stage must not leak in
                 model.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
+                soft = teacher_logits[idx] if spec.distill > 0 else None
+                loss = distillation_loss(model(x), y, soft, spec.distill, spec.temperature)
                 if not torch.isfinite(loss):
                     raise ModelError(f"{description}: the loss became {loss.item()} in epoch "
                                      f"{epoch + 1}; lower the learning rate")

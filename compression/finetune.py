@@ -43,9 +43,11 @@ def run(model: torch.nn.Module, config: FinetuneCentroidsConfig, ctx: StageConte
         state.mask_gradients()
         centroid_gradients(state, shared)
 
-    spec = ctx.retrain_spec(config.epochs, config.lr)
+    spec = ctx.retrain_spec(config.epochs, config.lr, distill=config.distill,
+                            temperature=config.temperature)
     train(model, ctx.train, spec, params=params, after_backward=after_backward,
-          after_step=after_step, generator=ctx.generator(303), progress=ctx.progress,
+          after_step=after_step, generator=ctx.generator(303),
+          teacher_logits=ctx.teacher_logits(spec), progress=ctx.progress,
           description="fine-tune centroids")
     for name, centroids in shared.items():
         state.layers[name].centroids = centroids.detach().clone()

@@ -16,7 +16,6 @@ previous checkpoint intact for ``--resume-from``.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,10 @@ from . import finetune, prune, share
 from ._context import StageContext
 from ._io import atomic_path, write_json_atomic
 from ._state import CompressionState
-from ._train import ProgressFn, TrainSpec, evaluate, no_progress, train
+from ._train import ProgressFn, TrainSpec, evaluate, no_progress, predict, train
 from .data import Split, load_split
 from .errors import CheckpointError, RecipeError
-from .models import (build_model, check_finite, compressible_layers, load_state_dict_file,
-                     load_weights)
+from .models import build_model, check_finite, load_state_dict_file, load_weights
 from .recipe import EncodeConfig, Recipe, StageConfig
 
 StageFn = Callable[[nn.Module, Any, StageContext], None]
@@ -127,7 +125,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
 
     ctx = StageContext(state=state, train=train_set, test=test_set, baseline=recipe.baseline,
                        batch_size=recipe.data.batch_size, seed=recipe.seed, progress=progress,
-                       log=log)
+                       log=log, teacher=_teacher(recipe, out, train_set))
     accuracies: dict[str, float] = {}
     seconds: dict[str, float] = {}
     stage_metrics: dict[str, dict] = {}
@@ -182,6 +180,20 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
     report["seconds"]["total"] = sum(v for k, v in report["seconds"].items() if k != "total")
     write_json_atomic(out / "report.json", report)
     return RunResult(out, report, model, state)
+
+
+def _teacher(recipe: Recipe, out: Path, train_set: Split) -> Callable[[], torch.Tensor]:
+    """The dense baseline's logits on the training set, computed once on first use."""
+    cache: list[torch.Tensor] = []
+
+    def logits() -> torch.Tensor:
+        if not cache:
+            teacher = build_model(recipe.model.name, recipe.model.kwargs)
+            load_checkpoint(_checkpoint_path(out, BASELINE), teacher,
+                            CompressionState.for_model(teacher))
+            cache.append(predict(teacher, train_set.images))
+        return cache[0]
+    return logits
 
 
 def _resume_index(recipe: Recipe, resume_from: str) -> int:

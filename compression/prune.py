@@ -54,7 +54,9 @@ def run(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> None:
               if (s := config.for_layer(name, layer.type_name)) is not None
               and (s.get("quality") is not None or s.get("sparsity") is not None)}
     stds = {name: float(ctx.state.layers[name].weight.detach().std()) for name in chosen}
-    spec = ctx.retrain_spec(config.retrain_epochs, config.lr, config.weight_decay)
+    spec = ctx.retrain_spec(config.retrain_epochs, config.lr, config.weight_decay,
+                            config.distill, config.temperature)
+    teacher = ctx.teacher_logits(spec)
     generator = ctx.generator(101)
     history = []
     for r in range(config.rounds):
@@ -66,7 +68,8 @@ def run(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> None:
         ctx.state.check()
         ctx.log(f"round {r + 1}/{config.rounds}: sparsity {ctx.state.sparsity():.1%}")
         train(model, ctx.train, spec, after_backward=ctx.state.mask_gradients,
-              after_step=ctx.state.enforce, generator=generator, progress=ctx.progress,
+              after_step=ctx.state.enforce, generator=generator, teacher_logits=teacher,
+              progress=ctx.progress,
               description=f"prune round {r + 1}/{config.rounds}")
         history.append({"round": r + 1, "sparsity": ctx.state.sparsity()})
     ctx.metrics["rounds"] = history

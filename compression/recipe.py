@@ -260,6 +260,13 @@ class StageConfig:
                                   f"the model's layers are {layer_names}")
 
 
+def _validate_distill(kw: dict[str, Any], path: str) -> None:
+    if "distill" in kw:
+        kw["distill"] = _float(f"{path}.distill", kw["distill"], 0.0, 1.0)
+    if "temperature" in kw:
+        kw["temperature"] = _float(f"{path}.temperature", kw["temperature"], 0.0, 100.0, lo_open=True)
+
+
 @dataclass(frozen=True)
 class PruneConfig(StageConfig):
     """Magnitude pruning with retraining: threshold = quality x std(layer), or a target sparsity.
@@ -276,9 +283,12 @@ class PruneConfig(StageConfig):
     retrain_epochs: int = 2            # per round
     lr: float | None = None            # None: baseline lr / 10 (the paper's retraining rate)
     weight_decay: float = 0.0
+    distill: float = 0.0               # weight of the dense baseline's soft targets in retraining
+    temperature: float = 4.0           # softmax temperature of those soft targets
 
     @classmethod
     def _validate_fields(cls, kw: dict[str, Any], path: str) -> dict[str, Any]:
+        _validate_distill(kw, path)
         if kw.get("quality") is not None:
             kw["quality"] = _float(f"{path}.quality", kw["quality"], 0.0, 10.0, lo_open=True)
         if kw.get("sparsity") is not None:
@@ -336,9 +346,12 @@ class FinetuneCentroidsConfig(StageConfig):
     KIND: ClassVar[str] = "finetune_centroids"
     epochs: int = 3
     lr: float | None = None      # None: baseline lr / 10
+    distill: float = 0.0         # weight of the dense baseline's soft targets
+    temperature: float = 4.0
 
     @classmethod
     def _validate_fields(cls, kw: dict[str, Any], path: str) -> dict[str, Any]:
+        _validate_distill(kw, path)
         if "epochs" in kw:
             kw["epochs"] = _int(f"{path}.epochs", kw["epochs"], 0, 1000)
         if kw.get("lr") is not None:

@@ -41,3 +41,27 @@ def test_finetune_stage_keeps_zeros_and_assignments(make_recipe, tmp_path):
         assert torch.unique(layer.weight[layer.weight != 0]).numel() <= 4
         # the centroids did move
         assert not torch.equal(layer.centroids, before["centroids"][name])
+
+
+def test_distillation_loss_hand_computed():
+    from compression._train import distillation_loss
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    labels = torch.tensor([0])
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    # a teacher that agrees with the student adds nothing but scales the hard term
+    assert torch.allclose(distillation_loss(logits, labels, logits.clone(), 0.25, 3.0), 0.75 * ce)
+    assert torch.equal(distillation_loss(logits, labels, None, 0.0, 3.0), ce)
+    teacher = torch.tensor([[0.0, 2.0, -1.0]])
+    assert distillation_loss(logits, labels, teacher, 0.5, 2.0) > 0.5 * ce
+
+
+def test_retraining_with_distillation_runs(make_recipe, tmp_path):
+    from compression.pipeline import run_recipe
+    from compression.recipe import Recipe
+    recipe = Recipe.from_dict(make_recipe(stages=[
+        {"kind": "prune", "sparsity": 0.7, "rounds": 1, "retrain_epochs": 1, "distill": 0.5},
+        {"kind": "share", "bits": 2},
+        {"kind": "finetune_centroids", "epochs": 1, "distill": 0.7, "temperature": 2.0},
+    ]))
+    result = run_recipe(recipe, tmp_path)
+    assert result.report["accuracy"]["final"] is not None

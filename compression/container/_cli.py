@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                             help="gap width for every layer (default: the width that codes "
                                  "smallest, per layer)")
         parser.add_argument("--plain-dtype", choices=("float32", "float16"), default="float32",
-                            help="storage of uncompressed tensors (biases, norms); float16 is lossy")
+                            help="storage of uncompressed tensors (biases, norms); float16 is "
+                                 "lossy")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
     elif command == "unpack":
         parser.add_argument("file", help="the .dcz file")

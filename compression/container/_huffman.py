@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._bits import pack_codes, read_bits, windows
+from ._bits import pack_codes, windows
 
 MAX_LEN = 20  # lookup table of at most 2**20 entries; alphabets are at most 2**16 symbols
 LANE = 4096   # symbols per lane: ~2,400 lanes for 10M symbols; one start offset per lane

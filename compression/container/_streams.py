@@ -7,14 +7,14 @@ alphabet size and a u64 symbol count)::
     constant  u32 symbol (Huffman/ANS streams with one distinct symbol cost no payload bits)
     huffman   table (code lengths, 5 bits each), u32 lane, u8 offset width, lane offsets,
               u64 payload bits, payload
-    ans       table (quantised frequencies), u64 words, payload (u32 words, LE)
+    ans       table (quantised frequencies), u64 payload bytes, payload (constriction's u32
+              words, little-endian, without the zero high bytes of the last word)
 
 A table lists the symbols present (a bitmap of the alphabet, or a list, whichever is smaller) and
 one fixed-width value per present symbol.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +75,8 @@ def width_for(alphabet: int) -> int:
 
 # ---------------------------------------------------------------------------------------- tables
 
-def _encode_table(alphabet: int, symbols: np.ndarray, values: np.ndarray, value_width: int) -> bytes:
+def _encode_table(alphabet: int, symbols: np.ndarray, values: np.ndarray,
+                  value_width: int) -> bytes:
     sym_width = width_for(alphabet)
     as_list = symbols.size * sym_width < alphabet
     if as_list:
@@ -146,8 +147,9 @@ def encode(symbols: np.ndarray, alphabet: int, coder: str, name: str,
         freqs, width = _ans_frequencies(counts[present])
         table = _encode_table(alphabet, present, freqs, width)
         words = _ans_encode(symbols, alphabet, present, freqs)
-        payload = words.astype("<u4").tobytes()
-        table += (words.size).to_bytes(8, "little")
+        # The last word (the top of the ANS state) is never zero; drop its zero high bytes.
+        payload = words.astype("<u4").tobytes().rstrip(b"\0")
+        table += len(payload).to_bytes(8, "little")
     else:
         raise ValueError(f"unknown coder {coder!r}; choose from {CODERS}")
     data = head + table + payload
@@ -288,9 +290,12 @@ def _decode_ans(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.ndarray
     symbols, freqs, _ = _decode_table(r, alphabet, f"{name} stream ANS")
     if symbols.size < 2 or np.any(freqs < 1):
         r.fail(f"{name} stream: ANS table needs at least two symbols with non-zero frequencies")
-    n_words = r.u64(f"{name} stream ANS words")
+    n_bytes = r.u64(f"{name} stream ANS payload bytes")
     table_end = r.pos
-    raw = r.take(4 * n_words, f"{name} stream payload")
+    raw = bytes(r.take(n_bytes, f"{name} stream payload"))
+    if raw.endswith(b"\0"):
+        r.fail(f"{name} stream: ANS payload ends in a zero byte")
+    raw += b"\0" * (-len(raw) % 4)
     words = np.frombuffer(raw, dtype="<u4").astype(np.uint32)
     import constriction
 

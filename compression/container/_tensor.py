@@ -171,7 +171,7 @@ def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
     positions = _nonzero(flat, spec)
     values = flat[positions]
     distinct = np.unique(values)
-    storage = RAW if distinct.size > MAX_CODEBOOK else CODEBOOK
+    storage = CODEBOOK if _shared(distinct.size, values.size, spec.itemsize, bits) else RAW
 
     # Positions -> zeros skipped before each non-zero -> gap stream with fillers.
     skips = np.diff(positions, prepend=-1) - 1
@@ -187,12 +187,7 @@ def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
     codebook_bytes = values_bytes = 0
     width = None
     if storage == CODEBOOK:
-        need = _streams.width_for(distinct.size)
-        width = need if bits is None else bits
-        if width < need:
-            raise ValueError(f"tensor {name!r} holds {distinct.size} distinct non-zero values, "
-                             f"more than bits={bits} allows ({1 << bits}); share its weights "
-                             f"first or raise its bits")
+        width = _streams.width_for(distinct.size) if bits is None else bits
         # Codebook in ascending value order (readable); indices refer to that order.
         order = np.argsort(_as_float(distinct, spec), kind="stable")
         rank = np.empty(distinct.size, dtype=np.int32)
@@ -216,6 +211,17 @@ def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
                     codebook_bytes=codebook_bytes, values_bytes=values_bytes,
                     streams=tuple(streams))
     return payload, row
+
+
+def _shared(k: int, nnz: int, itemsize: int, bits: int | None) -> bool:
+    """Codebook storage, or raw non-zero values? Raw when the layer is not shared: more distinct
+    values than ``bits`` allow (or than 2**16), or, with ``bits`` unset, when raw is smaller
+    (a pruned-only layer, whose every survivor is distinct)."""
+    if bits is not None:
+        return k <= (1 << bits)
+    if k > MAX_CODEBOOK:
+        return False
+    return nnz * itemsize >= k * itemsize + (nnz * _streams.width_for(k) + 7) // 8
 
 
 def gap_symbols(skips: np.ndarray, b: int) -> tuple[np.ndarray, int]:
