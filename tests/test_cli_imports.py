@@ -1,0 +1,32 @@
+"""Importing stays cheap, and every command answers --help."""
+import subprocess
+import sys
+
+import pytest
+
+from compression.cli import COMMANDS, main
+
+HEAVY = ("coremltools", "litert_torch", "ai_edge_litert", "tensorflow", "jax", "adb_shell")
+
+
+@pytest.mark.parametrize("module", ["compression", "compression.container", "device_harness",
+                                    "ios_export", "android_export"])
+def test_import_does_not_pull_heavy_backends(module):
+    code = (f"import sys, {module}; heavy = [m for m in {HEAVY!r} if m in sys.modules]; "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"import {module} pulled in {out.stdout.strip()}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: deepcompress " + command in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "run" in capsys.readouterr().out
