@@ -123,6 +123,13 @@ def test_no_python_and_no_binary_is_a_clear_error(hostile_model):
         bench_artifact(FakeAndroid(), hostile_model, BenchOptions(runs=5))
 
 
+def test_eval_without_python_fails_before_running(hostile_model, fake_binary):
+    dev = FakeAndroid()
+    with pytest.raises(DeviceError, match="--eval needs python3"):
+        bench_artifact(dev, hostile_model, BenchOptions(benchmark_model=fake_binary, eval_n=10))
+    assert dev.pushed == []
+
+
 def test_mlpackage_on_android_is_refused(tmp_path):
     pkg = tmp_path / "m.mlpackage"
     pkg.mkdir()

@@ -106,10 +106,14 @@ def _bench_tflite(device: Device, artifact: Path, sha256: str, opts: BenchOption
         raise DeviceError(f"{artifact.name}: a .tflite does not run in the iOS simulator here; "
                           "bench the .mlpackage export instead")
     use_binary = opts.benchmark_model is not None and kind == "adb"
-    python = None if use_binary and not opts.eval_n else _driver.device_python(device, timeout_s=opts.timeout_s)
-    if not use_binary and python is None:
-        raise DeviceError(f"{device.info.serial}: no python3 with ai_edge_litert on the device; pass "
-                          "--benchmark-model PATH (the Android benchmark_model binary) to bench there")
+    needs_python = not use_binary or opts.eval_n > 0
+    python = _driver.device_python(device, timeout_s=opts.timeout_s) if needs_python else None
+    if needs_python and python is None:  # say so before anything is pushed or run
+        raise DeviceError(
+            f"{device.info.serial}: --eval needs python3 with ai_edge_litert on the device "
+            "(benchmark_model cannot return outputs)" if use_binary else
+            f"{device.info.serial}: no python3 with ai_edge_litert on the device; pass "
+            "--benchmark-model PATH (the Android benchmark_model binary) to bench there")
     model_remote, push = _driver.push_artifact(device, artifact, sha256, timeout_s=opts.timeout_s)
     if use_binary:
         parsed, argv = _driver.run_benchmark_model(
@@ -122,9 +126,6 @@ def _bench_tflite(device: Device, artifact: Path, sha256: str, opts: BenchOption
         out = {"runner": "litert-python", **_from_runner(result)}
     out["push"] = push.to_dict()
     if opts.eval_n:
-        if python is None:
-            raise DeviceError(f"{device.info.serial}: --eval needs python3 with ai_edge_litert on "
-                              "the device (benchmark_model cannot return outputs)")
         from ._accuracy import tflite_accuracy
 
         out["accuracy"] = tflite_accuracy(device, python, artifact, model_remote, n=opts.eval_n,
