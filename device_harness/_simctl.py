@@ -82,13 +82,13 @@ class Simctl:
         self.xcrun = found
         self.timeout_s = timeout_s
 
-    def _run(self, args: list[str], *, timeout_s: float | None = None, check: bool = True,
+    def run(self, args: list[str], *, timeout_s: float | None = None, check: bool = True,
              env: dict[str, str] | None = None, merge_stderr: bool = True) -> ShellResult:
         return run_local([self.xcrun, "simctl", *args], timeout_s=timeout_s or self.timeout_s,
                          check=check, env=env, merge_stderr=merge_stderr)
 
     def devices(self) -> list[Simulator]:
-        return parse_device_list(self._run(["list", "-j", "devices"], merge_stderr=False).output)
+        return parse_device_list(self.run(["list", "-j", "devices"], merge_stderr=False).output)
 
     def resolve(self, udid_or_booted: str) -> Simulator:
         """A simulator by UDID, or the first booted one for ``booted``."""
@@ -106,14 +106,14 @@ class Simctl:
 
     def boot(self, udid: str, *, timeout_s: float = 300.0) -> None:
         """Boot (an already booted device is fine) and wait until it has finished booting."""
-        result = self._run(["boot", udid], timeout_s=timeout_s, check=False)
+        result = self.run(["boot", udid], timeout_s=timeout_s, check=False)
         if result.returncode != 0 and "current state: Booted" not in result.output:
             raise DeviceError(f"simctl boot {udid} failed: {result.output.strip()}",
                               command=list(result.argv), returncode=result.returncode, output=result.output)
-        self._run(["bootstatus", udid, "-b"], timeout_s=timeout_s)
+        self.run(["bootstatus", udid, "-b"], timeout_s=timeout_s)
 
     def install(self, udid: str, app: Path, *, timeout_s: float = 120.0) -> None:
-        self._run(["install", udid, str(app)], timeout_s=timeout_s)
+        self.run(["install", udid, str(app)], timeout_s=timeout_s)
 
     def launch(self, udid: str, bundle_id: str, *, env: dict[str, str] | None = None,
                args: list[str] | None = None, timeout_s: float = 300.0) -> str:
@@ -123,11 +123,11 @@ class Simctl:
         """
         child_env = dict(os.environ)
         child_env.update({f"SIMCTL_CHILD_{k}": str(v) for k, v in (env or {}).items()})
-        return self._run(["launch", "--console-pty", "--terminate-running-process", udid, bundle_id,
+        return self.run(["launch", "--console-pty", "--terminate-running-process", udid, bundle_id,
                           *(args or [])], timeout_s=timeout_s, env=child_env).output
 
     def app_container(self, udid: str, bundle_id: str, kind: str = "data") -> Path:
-        out = self._run(["get_app_container", udid, bundle_id, kind]).output.strip().splitlines()
+        out = self.run(["get_app_container", udid, bundle_id, kind]).output.strip().splitlines()
         if not out or not Path(out[-1]).is_dir():
             raise DeviceError(f"simctl get_app_container {udid} {bundle_id} {kind} gave no folder "
                               f"({out[-1] if out else 'no output'}); is the app installed?")
@@ -156,7 +156,7 @@ class SimctlDevice(Device):
         return cls(simctl, simctl.resolve(udid_or_booted))
 
     def shell(self, argv: list[str], *, timeout_s: float = 60.0, check: bool = True) -> ShellResult:
-        return self.simctl._run(["spawn", self.sim.udid, *argv], timeout_s=timeout_s, check=check)
+        return self.simctl.run(["spawn", self.sim.udid, *argv], timeout_s=timeout_s, check=check)
 
     def push(self, local: Path, remote: str, *, timeout_s: float = 120.0) -> float:
         start = time.perf_counter()
