@@ -69,8 +69,8 @@ def test_gap_with_fillers_hand_computed(tmp_path):
     gaps, fillers = _tensor.gap_symbols(skips, 2)
     assert gaps.tolist() == [0, 3, 3, 3, 0] and fillers == 3
     for coder in CODERS:
-        report = pack({"w": w}, tmp_path / "f.dcz", compressed={"w": {"index_bits": 2}},
-                      coder=coder)
+        report = pack({"w": w}, tmp_path / "f.dcz",
+                      compressed={"w": {"bits": 1, "index_bits": 2}}, coder=coder)
         row = report.tensors[0]
         assert (row.storage, row.nnz, row.index_bits, row.fillers, row.bits) == \
             ("codebook", 2, 2, 3, 1)
@@ -105,15 +105,24 @@ def test_signed_zero_policy(tmp_path):
     assert torch.equal(bits_of(out["plain"]), bits_of(w))  # plain tensors keep -0.0
 
 
-def test_unshared_layer_is_stored_raw(tmp_path):
+@pytest.mark.parametrize("bits", [None, 6])
+def test_unshared_layer_is_stored_raw(tmp_path, bits):
     w = torch.randn(300, 300)
     w[w.abs() < 0.3] = 0  # pruned, not shared: ~68K distinct values
-    report = pack({"w": w}, tmp_path / "r.dcz", compressed={"w": {"bits": None}}, coder="none")
+    report = pack({"w": w}, tmp_path / "r.dcz", compressed={"w": {"bits": bits}}, coder="none")
     row = report.tensors[0]
     assert row.storage == "raw" and row.bits is None and row.values_bytes == 4 * row.nnz
     dcz = load(tmp_path / "r.dcz")
     assert_exact(dcz.state_dict, {"w": w}, {"w"})
-    assert dcz.layers["w"].codebook is None
+    assert dcz.layers["w"].codebook is None and dcz.layers["w"].storage == "raw"
+
+
+def test_pruned_only_small_layer_is_raw_when_cheaper(tmp_path):
+    w = torch.randn(40, 50)
+    w[w.abs() < 1.0] = 0  # ~630 survivors, all distinct: a codebook would cost more than raw
+    assert pack({"w": w}, tmp_path / "a.dcz", compressed={"w": {}}).tensors[0].storage == "raw"
+    assert pack({"w": shared((40, 50), k=64)}, tmp_path / "b.dcz",
+                compressed={"w": {}}).tensors[0].storage == "codebook"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -320,8 +329,10 @@ def test_trailing_garbage_and_missing_end(tiny_file):
         load(path)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=FUZZ_HEALTH)
 @given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1,
                       max_size=4),
        cut=st.one_of(st.none(), st.integers(0, 10**6)))
@@ -361,8 +372,7 @@ def _sealed_payload(folder, coder: str) -> bytes:
     return _SEALED_PAYLOADS[coder]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=FUZZ_HEALTH)
 @given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1,
                       max_size=3),
        cut=st.one_of(st.none(), st.integers(0, 10**6)),
@@ -398,8 +408,8 @@ def test_fuzz_random_bytes_after_a_valid_header(tmp_path_factory, blob):
 def test_failed_pack_leaves_no_file(tmp_path):
     sd = {"w": shared((8, 8), k=8), "n": torch.tensor(1)}
     path = tmp_path / "out.dcz"
-    with pytest.raises(ContainerError, match="bits=2"):
-        pack(sd, path, compressed={"w": {"bits": 2}})  # 8 distinct values need 3 bits
+    with pytest.raises(ContainerError, match="bits must be"):
+        pack(sd, path, compressed={"w": {"bits": 17}})
     with pytest.raises(ContainerError, match="only floating"):
         pack(sd, path, compressed={"n": {}})
     with pytest.raises(ContainerError, match="missing from the state_dict"):
@@ -408,7 +418,7 @@ def test_failed_pack_leaves_no_file(tmp_path):
     pack(sd, path, compressed={"w": {}})
     before = path.read_bytes()
     with pytest.raises(ContainerError):
-        pack(sd, path, compressed={"w": {"bits": 1}})
+        pack(sd, path, compressed={"w": {"index_bits": 0}})
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.dcz"]
 
 

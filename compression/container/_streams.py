@@ -7,7 +7,7 @@ alphabet size and a u64 symbol count)::
     constant  u32 symbol (Huffman/ANS streams with one distinct symbol cost no payload bits)
     huffman   table (code lengths, 5 bits each), u32 lane, u8 offset width, lane offsets,
               u64 payload bits, payload
-    ans       table (quantised frequencies), u64 payload bytes, payload (constriction's u32
+    ans       u8 frequency format, table (frequencies), u64 payload bytes, payload (constriction's u32
               words, little-endian, without the zero high bytes of the last word)
 
 A table lists the symbols present (a bitmap of the alphabet, or a list, whichever is smaller) and
@@ -144,8 +144,8 @@ def encode(symbols: np.ndarray, alphabet: int, coder: str, name: str,
                  + _huffman.LANE.to_bytes(4, "little") + bytes([off_width])
                  + pack_fixed(lane_bits, off_width) + total_bits.to_bytes(8, "little"))
     elif kind == "ans":
-        freqs, width = _ans_frequencies(counts[present])
-        table = _encode_table(alphabet, present, freqs, width)
+        fmt, values, width, freqs = _ans_frequencies(counts[present])
+        table = bytes([fmt]) + _encode_table(alphabet, present, values, width)
         words = _ans_encode(symbols, alphabet, present, freqs)
         # The last word (the top of the ANS state) is never zero; drop its zero high bytes.
         payload = words.astype("<u4").tobytes().rstrip(b"\0")
@@ -179,21 +179,61 @@ def estimate_bits(counts: np.ndarray, alphabet: int, coder: str, exact: bool = F
 
 # ------------------------------------------------------------------------------------------- ANS
 
-def _ans_frequencies(counts: np.ndarray) -> tuple[np.ndarray, int]:
-    """Quantise counts to integers of ``width`` bits, choosing the width that minimises
-    table bits + payload bits (cross-entropy of the counts under the quantised model)."""
+_LINEAR = 0  # ANS table formats: 0 = linear, m = 1..4 = "float" codes with an m-bit mantissa
+_MAX_MANTISSA = 4
+
+
+def float_freq(codes: np.ndarray, mantissa: int) -> np.ndarray:
+    """Frequencies from "float" codes with an ``mantissa``-bit mantissa: a code c below
+    2**mantissa is c itself; above, (2**mantissa | low bits) << (exponent - 1), exponent being
+    c >> mantissa. Integers only, so the model is bit-identical on every machine."""
+    codes = np.asarray(codes, dtype=np.int64)
+    one = 1 << mantissa
+    return np.where(codes < one, codes,
+                    (one | (codes & (one - 1))) << np.maximum((codes >> mantissa) - 1, 0))
+
+
+def _float_codes(x: np.ndarray, mantissa: int) -> np.ndarray:
+    """Nearest float code (rounded in the mantissa) for each target frequency ``x`` >= 1."""
+    one = 1 << mantissa
+    small = x < one - 0.5
+    e = np.maximum(np.floor(np.log2(np.maximum(x, one))).astype(np.int64) - mantissa, 0)
+    m = np.rint(x / np.exp2(e)).astype(np.int64)
+    carry = m >= 2 * one
+    e, m = np.where(carry, e + 1, e), np.where(carry, one, m)
+    codes = ((e + 1) << mantissa) | (m - one)
+    return np.where(small, np.maximum(1, np.rint(x)).astype(np.int64), codes)
+
+
+def _ans_frequencies(counts: np.ndarray) -> tuple[int, np.ndarray, int, np.ndarray]:
+    """Choose how to store the model: (format, table values, value width, frequencies).
+
+    Linear: counts scaled to ``width``-bit integers. Float: short codes with a 1-4 bit mantissa,
+    cheaper for the long tails of gap streams. The choice minimises table bits + payload bits
+    (the cross-entropy of the counts under the stored model)."""
     counts = counts.astype(np.float64)
-    n = counts.sum()
-    top = counts.max()
+    n, top = counts.sum(), counts.max()
+
+    def cost(freqs: np.ndarray, width: int) -> float:
+        return counts.size * width - float((counts * np.log2(freqs / freqs.sum())).sum())
+
     best = None
     for width in range(4, 25):
-        q = np.maximum(1, np.rint(counts / top * ((1 << width) - 1)))
-        cost = counts.size * width - float((counts * np.log2(q / q.sum())).sum())
-        if best is None or cost < best[0]:
-            best = (cost, q.astype(np.int64), width)
+        q = np.maximum(1, np.rint(counts / top * ((1 << width) - 1))).astype(np.int64)
+        c = cost(q, width)
+        if best is None or c < best[0]:
+            best = (c, _LINEAR, q, width, q)
         if (1 << width) > 64 * n:  # more precision than the stream can use
             break
-    return best[1], best[2]
+    for mantissa in range(1, _MAX_MANTISSA + 1):
+        for scale_bits in range(4, 31, 2):
+            codes = _float_codes(counts / top * 2.0**scale_bits, mantissa)
+            width = int(codes.max()).bit_length()
+            freqs = float_freq(codes, mantissa)
+            c = cost(freqs, width)
+            if c < best[0]:
+                best = (c, mantissa, codes, width, freqs)
+    return best[1:]
 
 
 def _ans_model(freqs: np.ndarray):
@@ -287,7 +327,14 @@ def _decode_huffman(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.nda
 
 
 def _decode_ans(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.ndarray, int]:
+    fmt = r.u8(f"{name} stream ANS table format")
+    if fmt > _MAX_MANTISSA:
+        r.fail(f"{name} stream: unknown ANS table format {fmt}")
     symbols, freqs, _ = _decode_table(r, alphabet, f"{name} stream ANS")
+    if fmt != _LINEAR:
+        if np.any(freqs >= (40 << fmt)):  # exponents past 2**39 are no real frequency
+            r.fail(f"{name} stream: ANS frequency code out of range")
+        freqs = float_freq(freqs, fmt)
     if symbols.size < 2 or np.any(freqs < 1):
         r.fail(f"{name} stream: ANS table needs at least two symbols with non-zero frequencies")
     n_bytes = r.u64(f"{name} stream ANS payload bytes")
