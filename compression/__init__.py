@@ -5,10 +5,26 @@ Public verbs::
     from compression import load_recipe, run_recipe
     result = run_recipe(load_recipe("lenet300"), "runs/lenet300")
 
-Importing this package imports torch and numpy only (no coremltools, no LiteRT).
+Attributes load lazily: ``import compression`` (and so every ``deepcompress`` command, and
+``compression.errors``) imports no torch, coremltools or LiteRT until a verb needs them.
 """
-from .errors import DeepCompressError
-from .pipeline import run_recipe
-from .recipe import Recipe, load_recipe
+from __future__ import annotations
 
-__all__ = ["DeepCompressError", "Recipe", "load_recipe", "run_recipe"]
+import importlib
+from typing import Any
+
+from .errors import DeepCompressError
+
+_LAZY = {
+    "run_recipe": "compression.pipeline",
+    "Recipe": "compression.recipe",
+    "load_recipe": "compression.recipe",
+}
+
+__all__ = ["DeepCompressError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'compression' has no attribute {name!r}")

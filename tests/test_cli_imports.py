@@ -7,6 +7,7 @@ import pytest
 from compression.cli import COMMANDS, main
 
 HEAVY = ("coremltools", "litert_torch", "ai_edge_litert", "tensorflow", "jax", "adb_shell")
+NO_TORCH = ("compression.errors", "compression.cli", "device_harness")
 
 
 @pytest.mark.parametrize("module", ["compression", "compression.container", "device_harness",
@@ -30,3 +31,11 @@ def test_every_command_has_help(command, capsys):
 def test_no_command_prints_help_and_exits_2(capsys):
     assert main([]) == 2
     assert "run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", NO_TORCH)
+def test_cli_and_errors_do_not_import_torch(module):
+    """`deepcompress emulator` and `--help` start in well under a second."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
