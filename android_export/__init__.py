@@ -9,9 +9,9 @@ litert-torch, ai-edge-quantizer and ai-edge-litert are imported only when one of
 """
 from ._convert import (DEFAULT_VARIANT, VARIANTS, LayerStorage, TFLiteExport, build_variant,
                        convert_float32, export_tflite)
-from ._evaluate import Evaluation, evaluate_tflite, latency_us, torch_logits
+from ._evaluate import Evaluation, evaluate_tflite, latency_us, tflite_logits, torch_logits
 from ._flatbuffer import WeightSlot, sparsify, weight_slots
 
 __all__ = ["DEFAULT_VARIANT", "VARIANTS", "Evaluation", "LayerStorage", "TFLiteExport", "WeightSlot",
            "build_variant", "convert_float32", "evaluate_tflite", "export_tflite", "latency_us",
-           "sparsify", "torch_logits", "weight_slots"]
+           "sparsify", "tflite_logits", "torch_logits", "weight_slots"]

@@ -44,6 +44,7 @@ class LayerCheck:
 class CoreMLCheck:
     path: str
     layers: dict[str, LayerCheck] = field(default_factory=dict)
+    error: str = ""             # why the package could not be read, if it could not
 
     @property
     def weights_match(self) -> bool:
@@ -59,7 +60,8 @@ class CoreMLCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return {"weights_match": self.weights_match, "all_compressed": self.all_compressed,
-                "layers": {k: asdict(v) for k, v in self.layers.items()}}
+                "layers": {k: asdict(v) for k, v in self.layers.items()},
+                **({"error": self.error} if self.error else {})}
 
 
 # ---- decoders, one per constexpr op -------------------------------------------------------------
@@ -149,10 +151,17 @@ def load_program(package: str | os.PathLike[str]) -> Any:
     ct = coremltools()
     from coremltools.converters.mil.frontend.milproto.load import load  # noqa: PLC0415
     with quiet():
-        spec = ct.utils.load_spec(str(package))
+        try:
+            spec = ct.utils.load_spec(str(package))
+        except Exception as exc:  # protobuf raises its own DecodeError
+            raise ExportError(f"{package}: model spec is unreadable ({exc})") from exc
         if spec.WhichOneof("Type") != "mlProgram":
             raise ExportError(f"{package} holds a {spec.WhichOneof('Type')} model, not an ML Program")
-        return load(spec, spec.specificationVersion, str(_model_dir(package) / "weights"))
+        try:
+            return load(spec, spec.specificationVersion, str(_model_dir(package) / "weights"))
+        except Exception as exc:  # the loader checks each op as it rebuilds it (mask vs data, ...)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"{package}: program or weights are corrupt ({first})") from exc
 
 
 @dataclass
@@ -180,7 +189,11 @@ def decoded_weights(program: Any) -> list[_Weight]:
             upstream = [chains[v.name] for v in op.inputs.values() if v.name in chains]
             chain = max(upstream, key=len, default=[]) + [op.op_type]
             lut = inputs.get("lut")
-            for out, arr in zip(op.outputs, decoder(inputs)):
+            try:
+                decoded = decoder(inputs)
+            except (ExportError, ValueError, IndexError):
+                continue   # undecodable (corrupt): the layer will show as not matching
+            for out, arr in zip(op.outputs, decoded):
                 values[out.name], chains[out.name] = arr, chain
                 if lut is not None:
                     luts[out.name] = int(np.shape(lut)[0] if np.ndim(lut) == 1 else np.shape(lut)[-2])
@@ -204,7 +217,11 @@ def _hint(layer: str) -> str:
 
 def verify_coreml(package: str | os.PathLike[str], expected: Mapping[str, np.ndarray]) -> CoreMLCheck:
     """Compare each expected weight (name -> our float32 weights) with the package's weights."""
-    weights = decoded_weights(load_program(package))
+    try:
+        weights = decoded_weights(load_program(package))
+    except ExportError as exc:
+        missing = {n: LayerCheck(n, False, False, "unreadable", "-", None) for n in expected}
+        return CoreMLCheck(str(package), missing, error=str(exc))
     checks = {}
     for name, ours in expected.items():
         ours = np.asarray(ours, dtype=np.float32)

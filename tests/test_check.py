@@ -1,0 +1,169 @@
+"""``deepcompress check``: the CI size gate, on artifacts whose sizes we choose."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from compression._cmd_check import budget_for, load_budgets
+from compression.artifacts import artifact_size
+from compression.cli import main
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    """A 10,000-byte incompressible .tflite, a 10,000-byte all-zero .tflite, and a package folder."""
+    a = tmp_path / "a.tflite"
+    a.write_bytes(os.urandom(10_000))
+    b = tmp_path / "b.tflite"
+    b.write_bytes(bytes(10_000))
+    pkg = tmp_path / "m.mlpackage"
+    (pkg / "Data").mkdir(parents=True)
+    (pkg / "Manifest.json").write_bytes(b"{}" * 100)
+    (pkg / "Data" / "weight.bin").write_bytes(bytes(3_000))
+    return {"a": a, "b": b, "pkg": pkg}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["check", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_sizes_are_real_bytes_and_a_real_zip(files):
+    assert artifact_size(files["a"]).bytes == 10_000
+    assert artifact_size(files["pkg"]).bytes == 3_200   # every file of the package
+    zipped = artifact_size(files["b"]).zipped_bytes
+    assert 0 < zipped < 200   # 10 KB of zeros deflate to a few dozen bytes plus zip headers
+    # ... and it is the size of an actual zip archive that unpacks to the file
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        zf.write(files["b"], "b.tflite")
+    assert zipped == buf.getbuffer().nbytes
+
+
+def test_all_within_budget_exits_0(files, tmp_path, capsys):
+    budget = write(tmp_path / "budgets.toml", """
+[artifacts."*.tflite"]
+max_bytes = 10_000
+max_zipped_bytes = 10_500
+[artifacts."m.mlpackage"]
+max_bytes = 4_000
+""")
+    code, out, _ = run(capsys, str(files["a"]), str(files["b"]), str(files["pkg"]),
+                       "--budget", str(budget), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"]
+    assert report["artifacts"]["m.mlpackage"]["bytes"] == 3_200
+    assert {(c["artifact"], c["check"]) for c in report["checks"]} == {
+        ("a.tflite", "max_bytes"), ("a.tflite", "max_zipped_bytes"),
+        ("b.tflite", "max_bytes"), ("b.tflite", "max_zipped_bytes"), ("m.mlpackage", "max_bytes")}
+
+
+def test_over_budget_exits_1_with_a_table(files, tmp_path, capsys):
+    budget = write(tmp_path / "budgets.toml", """
+[artifacts."*.tflite"]
+max_bytes = 9_999
+max_zipped_bytes = 5_000
+""")
+    code, _, err = run(capsys, str(files["a"]), str(files["b"]), "--budget", str(budget))
+    assert code == 1
+    assert "FAIL" in err and "a.tflite" in err and "10,000 bytes > 9,999" in err
+    assert "4 check(s), 3 failed" in err   # a: bytes and zipped; b: bytes only (zeros zip well)
+
+
+def test_name_beats_glob_and_longer_glob_beats_shorter(files, tmp_path):
+    budget = write(tmp_path / "budgets.toml", """
+[defaults]
+max_growth_pct = 5
+[artifacts."*"]
+max_bytes = 1
+[artifacts."*.tflite"]
+max_bytes = 2
+[artifacts."a.tflite"]
+max_bytes = 3
+""")
+    budgets, defaults, _ = load_budgets(budget)
+    assert budget_for(files["a"], budgets, defaults)["max_bytes"] == 3
+    assert budget_for(files["b"], budgets, defaults)["max_bytes"] == 2
+    assert budget_for(files["pkg"], budgets, defaults) == {"max_growth_pct": 5.0, "max_bytes": 1,
+                                                          "pattern": "*"}
+
+
+def test_growth_over_baseline(files, tmp_path, capsys):
+    budget = write(tmp_path / "budgets.toml", """
+baseline = "sizes.json"
+[defaults]
+max_growth_pct = 10
+""")
+    assert run(capsys, str(files["a"]), "--budget", str(budget), "--update-baseline")[0] == 0
+    stored = json.loads((tmp_path / "sizes.json").read_text())
+    assert stored["a.tflite"]["bytes"] == 10_000
+    files["a"].write_bytes(os.urandom(10_999))   # +9.99%: holds
+    assert run(capsys, str(files["a"]), "--budget", str(budget))[0] == 0
+    files["a"].write_bytes(os.urandom(11_001))   # +10.01%: fails
+    code, out, _ = run(capsys, str(files["a"]), "--budget", str(budget), "--json")
+    failed = [c for c in json.loads(out)["checks"] if not c["ok"]]
+    assert code == 1 and [c["check"] for c in failed][0] == "growth_bytes"
+    assert failed[0]["actual"] == pytest.approx(10.01)
+
+
+def test_growth_without_baseline_entry_is_skipped_not_passed_silently(files, tmp_path, capsys):
+    budget = write(tmp_path / "budgets.toml", '[defaults]\nmax_growth_pct = 1\n')
+    (tmp_path / "base.json").write_text('{"other.tflite": {"bytes": 1, "zipped_bytes": 1}}')
+    code, out, _ = run(capsys, str(files["a"]), "--budget", str(budget), "--baseline",
+                       str(tmp_path / "base.json"), "--json")
+    assert code == 0
+    assert {c["skipped"] for c in json.loads(out)["checks"]} == {"no baseline"}
+
+
+def test_junit_has_one_testcase_per_artifact_and_check(files, tmp_path, capsys):
+    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_bytes = 9_999\nmax_zipped_bytes = 20_000\n')
+    junit = tmp_path / "out" / "junit.xml"
+    assert run(capsys, str(files["a"]), str(files["b"]), "--budget", str(budget), "--junit", str(junit))[0] == 1
+    suite = ET.parse(junit).getroot()
+    cases = {(c.get("classname"), c.get("name")): c for c in suite.iter("testcase")}
+    assert set(cases) == {(n, k) for n in ("a.tflite", "b.tflite") for k in ("max_bytes", "max_zipped_bytes")}
+    assert suite.get("tests") == "4" and suite.get("failures") == "2"
+    assert cases[("a.tflite", "max_bytes")].find("failure") is not None
+    assert cases[("a.tflite", "max_zipped_bytes")].find("failure") is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[artifacts."*.tflite"]\nmax_byte = 1\n', "unknown key(s) max_byte"),
+    ('budget = 1\n', "unknown key(s) budget"),
+    ('[artifacts."*.tflite"]\nmax_bytes = -1\n', "non-negative"),
+    ('[artifacts."*.tflite"]\nmax_bytes = 1.5\n', "whole number"),
+    ('[artifacts."*.tflite"]\nmax_bytes = "1"\n', "non-negative number"),
+    ('[artifacts\n', "not valid TOML"),
+    ('', "no budgets"),
+])
+def test_bad_budgets_file_is_a_usage_error(files, tmp_path, capsys, text, message):
+    budget = write(tmp_path / "budgets.toml", text)
+    code, _, err = run(capsys, str(files["a"]), "--budget", str(budget))
+    assert code == 2 and message in err
+
+
+def test_missing_or_unbudgeted_artifact_is_a_usage_error(files, tmp_path, capsys):
+    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_bytes = 1_000_000\n')
+    code, _, err = run(capsys, str(tmp_path / "gone.tflite"), "--budget", str(budget))
+    assert code == 2 and "gone.tflite" in err
+    code, _, err = run(capsys, str(files["pkg"]), "--budget", str(budget))
+    assert code == 2 and "m.mlpackage matches no budget" in err
+    assert run(capsys, str(files["a"]), "--budget", str(tmp_path / "none.toml"))[0] == 2
+
+
+def test_shipped_example_budgets_file_parses():
+    example = Path(__file__).resolve().parents[1] / "examples" / "budgets.toml"
+    budgets, defaults, baseline = load_budgets(example)
+    assert budgets and baseline is not None
