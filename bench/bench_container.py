@@ -348,6 +348,8 @@ def cmd_run(args, results: dict) -> list[str]:
                    ["compression ratio", f"{dense / on_disk:.1f}x"],
                    ["report.json compression_ratio", str(report.get("compression_ratio"))],
                    ["baseline accuracy (report.json)", f"{base:.4f}" if base else "-"],
+                   ["final accuracy (report.json)",
+                    f"{acc['final']:.4f}" if acc.get("final") is not None else "-"],
                    ["accuracy of model.dcz, measured here", f"{acc_file:.4f}"],
                    ["accuracy loss (points)",
                     f"{(base - acc_file) * 100:.2f}" if base else "-"]]

@@ -18,10 +18,10 @@ from ._streams import CODERS
 from ._tensor import TensorRow
 
 PLAIN_DTYPES = ("float32", "float16")
-# A .dcz file shrinks fp32 weights 10-100x; allowing 4096x (and at least 1 GiB) leaves room for
-# heavily pruned layers while refusing headers that claim terabytes.
+# A .dcz file shrinks fp32 weights 10-100x; allowing 4096x (and at least 256 MiB) leaves room
+# for heavily pruned layers while refusing headers that claim terabytes.
 EXPANSION_LIMIT = 4096
-MIN_DECODE_LIMIT = 2**30
+MIN_DECODE_LIMIT = 2**28
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def load(path: str | os.PathLike[str], *, max_decoded_bytes: int | None = None) 
     """Read a .dcz file: bit-exact tensors (pruned weights as +0.0), metadata and layer info.
 
     ``max_decoded_bytes`` caps what the file may decode to (default: 4096x the file size, at
-    least 1 GiB), so a corrupt header cannot trigger a giant allocation.
+    least 256 MiB), so a corrupt header cannot trigger a giant allocation.
     """
     path, size, meta, decoded = _read(path, max_decoded_bytes)
     layers = {d.name: LayerInfo(name=d.name, shape=d.row.shape, bits=d.row.bits,

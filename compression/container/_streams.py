@@ -309,7 +309,7 @@ def _decode_huffman(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.nda
         r.fail(f"{name} stream: Huffman code lengths violate the Kraft inequality")
     lane = r.u32(f"{name} stream lane size")
     off_width = r.u8(f"{name} stream lane offset width")
-    if lane != _huffman.LANE or off_width > 40:
+    if not 64 <= lane <= 2**16 or off_width > 40:
         r.fail(f"{name} stream: unsupported lane layout ({lane} symbols, {off_width}-bit offsets)")
     n_off = max(-(-n // lane) - 1, 0)
     raw = r.take((n_off * off_width + 7) // 8, f"{name} stream lane offsets")
@@ -320,7 +320,8 @@ def _decode_huffman(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.nda
         r.fail(f"{name} stream: {total_bits} payload bits cannot hold {n:,} symbols")
     data = r.take((total_bits + 7) // 8, f"{name} stream payload")
     try:
-        out = _huffman.decode(data, total_bits, n, full, np.cumsum(lane_bits, dtype=np.uint64))
+        out = _huffman.decode(data, total_bits, n, full, np.cumsum(lane_bits, dtype=np.uint64),
+                              lane=lane)
     except ValueError as exc:
         r.fail(f"{name} stream: {exc}")
     return out.astype(np.int64), table_end
