@@ -5,7 +5,7 @@ File::
     magic   8 bytes  b"\\x89DCZ\\r\\n\\x1a\\n"  (PNG-style: catches text-mode and 7-bit mangling)
     version u32 LE   FORMAT_VERSION
     crc     u32 LE   CRC32 of the 12 bytes above
-    sections...      META (JSON), one TENS per tensor, END
+    sections...      META (deflated JSON), one TENS per tensor, END
 
 Section::
 
