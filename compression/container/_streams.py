@@ -7,8 +7,8 @@ alphabet size and a u64 symbol count)::
     constant  u32 symbol (Huffman/ANS streams with one distinct symbol cost no payload bits)
     huffman   table (code lengths, 5 bits each), u32 lane, u8 offset width, lane offsets,
               u64 payload bits, payload
-    ans       u8 frequency format, table (frequencies), u64 payload bytes, payload (constriction's u32
-              words, little-endian, without the zero high bytes of the last word)
+    ans       u8 frequency format, table (frequencies), u64 payload bytes, payload
+              (constriction's u32 words, little-endian, minus the last word's zero high bytes)
 
 A table lists the symbols present (a bitmap of the alphabet, or a list, whichever is smaller) and
 one fixed-width value per present symbol.
