@@ -38,13 +38,17 @@ class Evaluation:
         return {**asdict(self), "ok": self.ok}
 
 
-def interpreter(path: str | os.PathLike[str], threads: int = 1) -> Any:
-    """A LiteRT interpreter with the default delegates (XNNPACK on CPU), tensors allocated."""
+def interpreter(path: str | os.PathLike[str], threads: int = 1, xnnpack: bool = True) -> Any:
+    """A LiteRT interpreter, tensors allocated: with the default delegates (XNNPACK on CPU, as an
+    app gets them), or with TFLite's builtin kernels only (``xnnpack=False``)."""
     litert = require("ai_edge_litert.interpreter")
     if not Path(path).is_file():
         raise ExportError(f"TFLite model {path} does not exist")
+    resolver = (litert.OpResolverType.AUTO if xnnpack
+                else litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     with quiet():
-        it = litert.Interpreter(model_path=str(path), num_threads=threads)
+        it = litert.Interpreter(model_path=str(path), num_threads=threads,
+                                experimental_op_resolver_type=resolver)
         it.allocate_tensors()
     return it
 
@@ -88,9 +92,9 @@ def evaluate_tflite(path: str | os.PathLike[str], model: nn.Module, split: Split
 
 
 def latency_us(path: str | os.PathLike[str], runs: int = 200, warmup: int = 20,
-               threads: int = 1) -> dict[str, float]:
+               threads: int = 1, xnnpack: bool = True) -> dict[str, float]:
     """Median (and spread) of ``runs`` single-example invocations after ``warmup`` ones."""
-    it = interpreter(path, threads)
+    it = interpreter(path, threads, xnnpack)
     inp = it.get_input_details()[0]
     it.set_tensor(inp["index"], np.random.default_rng(0).random(inp["shape"], dtype=np.float32))
     for _ in range(warmup):
@@ -102,4 +106,4 @@ def latency_us(path: str | os.PathLike[str], runs: int = 200, warmup: int = 20,
         times.append((time.perf_counter_ns() - t0) / 1000.0)
     q = statistics.quantiles(times, n=10)
     return {"median_us": statistics.median(times), "p10_us": q[0], "p90_us": q[-1],
-            "runs": runs, "warmup": warmup, "threads": threads}
+            "runs": runs, "warmup": warmup, "threads": threads, "xnnpack": xnnpack}

@@ -363,3 +363,46 @@ def test_tflite_evaluation_reports_accuracy_and_largest_difference(model, float3
     assert result.examples == 100 and result.ok
     assert abs(result.accuracy - result.torch_accuracy) <= 0.1 and 0 < result.max_abs_diff < 1e-2
     assert math.isclose(result.tolerance_pts, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Both
+
+class BatchNormNet(TinyNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def test_batchnorm_does_not_undo_a_conv_codebook(tmp_path, images):
+    """Core ML keeps BatchNorm as its own op (folding it would rescale the conv's codebook per
+    channel); litert-torch folds it, which keeps the zeros but not the values."""
+    from android_export import export_tflite, tflite_logits, torch_logits
+    from ios_export import export_coreml, verify_coreml
+    torch.manual_seed(2)
+    model = BatchNormNet()
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    model.bn.running_var.uniform_(0.5, 2.0)
+    model.bn.weight.data.uniform_(0.5, 1.5)
+    compress(model, PLAN)
+    check = verify_coreml(export_coreml(model, SHAPE, tmp_path / "bn.mlpackage").path, weights(model))
+    assert check.ok, check.layers
+    tfl = export_tflite(model, SHAPE, tmp_path / "bn.tflite")
+    assert tfl.layers["conv.weight"].zeros_kept and tfl.layers["conv.weight"].max_abs_diff > 1e-3
+    got, ref = tflite_logits(tfl.path, images), torch_logits(model, images)
+    assert np.max(np.abs(got - ref)) < 1e-2 * max(1.0, float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("module, package, export", [
+    ("coremltools", "coremltools", lambda m, p: __import__("ios_export").export_coreml(m, SHAPE, p / "m.mlpackage")),
+    ("litert_torch", "litert-torch", lambda m, p: __import__("android_export").export_tflite(m, SHAPE, p / "m.tflite")),
+])
+def test_missing_backend_names_the_package_to_install(monkeypatch, tmp_path, model, module, package, export):
+    monkeypatch.setitem(sys.modules, module, None)   # makes `import module` raise ImportError
+    with pytest.raises(ExportError, match=f"pip install {package}"):
+        export(model, tmp_path)
+    assert list(tmp_path.iterdir()) == []
