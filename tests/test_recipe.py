@@ -88,3 +88,13 @@ def test_recipe_files_errors(tmp_path):
         resolve_recipe_path(tmp_path / "missing.toml")
     with pytest.raises(RecipeError, match="neither a file nor a shipped recipe"):
         resolve_recipe_path("lenet999")
+
+
+def test_example_user_recipe_validates_against_its_model(monkeypatch):
+    from pathlib import Path
+    from compression.models import build_model, compressible_layers
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    monkeypatch.syspath_prepend(str(examples))
+    recipe = load_recipe(examples / "user_model.toml")
+    model = build_model(recipe.model.name, recipe.model.kwargs)
+    recipe.check_against_model({n: type(m).__name__ for n, m in compressible_layers(model).items()})
