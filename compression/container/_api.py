@@ -170,7 +170,7 @@ def _read(path: str | os.PathLike[str], max_decoded_bytes: int | None):
         raise ContainerError(f"{path}: cannot read ({exc.strerror or exc})") from None
     buf = memoryview(data)
     where = str(path)
-    _format.check_header(buf, where)
+    version = _format.check_header(buf, where)
     limit = max_decoded_bytes if max_decoded_bytes is not None else \
         max(MIN_DECODE_LIMIT, EXPANSION_LIMIT * len(data))
     budget = [limit]
@@ -207,7 +207,7 @@ def _read(path: str | os.PathLike[str], max_decoded_bytes: int | None):
                                      "the end marker")
             break
         index += 1
-    return path, len(data), meta, decoded
+    return path, len(data), version, meta, decoded
 
 
 def _parse_meta(payload: memoryview, where: str) -> dict:
@@ -234,13 +234,11 @@ def load(path: str | os.PathLike[str], *, max_decoded_bytes: int | None = None) 
     ``max_decoded_bytes`` caps what the file may decode to (default: 4096x the file size, at
     least 256 MiB), so a corrupt header cannot trigger a giant allocation.
     """
-    path, size, meta, decoded = _read(path, max_decoded_bytes)
+    path, size, version, meta, decoded = _read(path, max_decoded_bytes)
     layers = {d.name: LayerInfo(name=d.name, shape=d.row.shape, bits=d.row.bits,
                                 codebook=d.codebook, nnz=d.row.nnz, index_bits=d.row.index_bits,
                                 storage=d.row.storage)
               for d in decoded if d.row.storage != "plain"}
-    version = int(meta.get("format", {}).get("version", FORMAT_VERSION)) \
-        if isinstance(meta.get("format"), dict) else FORMAT_VERSION
     return Dcz(path=path, state_dict={d.name: d.tensor for d in decoded}, meta=meta,
                layers=layers, bytes=size, version=version,
                tensors=tuple(d.row for d in decoded))

@@ -91,7 +91,8 @@ class Reader:
             self.fail(f"{self.remaining:,} unexpected bytes at the end of the section")
 
 
-def check_header(buf: memoryview, path: str) -> None:
+def check_header(buf: memoryview, path: str) -> int:
+    """Validate the file header; return the format version."""
     if len(buf) < HEADER.size:
         if MAGIC.startswith(bytes(buf[:len(MAGIC)])):
             raise ContainerError(f"{path}: file header: truncated ({len(buf)} bytes; a .dcz file "
@@ -109,6 +110,7 @@ def check_header(buf: memoryview, path: str) -> None:
                              "deepcompress to read it")
     if version < 1:
         raise ContainerError(f"{path}: file header: invalid format version {version}")
+    return version
 
 
 def read_section(reader: Reader, index: int, path: str) -> tuple[bytes, memoryview, str]:
