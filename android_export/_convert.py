@@ -18,7 +18,9 @@ each variant stores for a compressed layer, and so what carries the compression:
 
 Sparse storage is used for a weight only when it is smaller than the dense one (a dense layer,
 e.g. a barely pruned first conv, stays dense). Everything runs through the interpreter's ordinary
-dense kernels after load: none of these variants makes the arithmetic sparse.
+dense kernels after load: none of these variants makes the arithmetic sparse. Caveat: with XNNPACK
+turned off, ``sparse-float16`` and ``sparse-int8`` dequantize their weights on every inference
+(see ``_flatbuffer``); use ``sparse-float32`` for the builtin kernels.
 """
 from __future__ import annotations
 
@@ -88,8 +90,8 @@ def convert_float32(model: nn.Module, example: torch.Tensor) -> bytes:
         with torch.no_grad(), quiet():
             return bytes(litert_torch.convert(model.eval(), (example,)).model_content())
     except Exception as exc:  # litert-torch raises RuntimeError/ValueError/...; name layer and op
-        raise unsupported_op_error(exc, model, example,
-                                   f"litert-torch {getattr(litert_torch, '__version__', '')}".strip()) from exc
+        version = getattr(litert_torch, "__version__", "")
+        raise unsupported_op_error(exc, model, example, f"litert-torch {version}".strip()) from exc
 
 
 def _quantize(content: bytes, precision: str) -> bytes:

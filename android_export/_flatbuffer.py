@@ -8,8 +8,11 @@ segment and index arrays), but litert-torch 0.10 cannot emit them: the converter
 
     const (sparse, CSR on the last axis) -> DENSIFY -> [DEQUANTIZE ->] FULLY_CONNECTED / CONV_2D
 
-DENSIFY runs once, when the interpreter prepares the graph (XNNPACK folds it into its packed
-weights), so inference runs the same dense kernels as the unpruned model. We deliberately do not
+DENSIFY runs once, when the interpreter prepares the graph, and XNNPACK (LiteRT's default CPU
+path) folds DENSIFY and DEQUANTIZE into its packed weights: inference then runs the same dense
+kernels as the unpruned model. With TFLite's builtin kernels only (XNNPACK off), DEQUANTIZE after
+DENSIFY is re-run on every inference, because its input is not a constant tensor to TFLite:
+sparse-float16 and sparse-int8 are then much slower than dense (BENCHMARKS.md). We deliberately do not
 hand a sparse tensor straight to FULLY_CONNECTED, although TFLite's builtin kernel accepts that:
 with the default XNNPACK delegate the same file returned NaN logits here (ai-edge-litert 2.3).
 
@@ -242,7 +245,8 @@ def sparsify(content: bytes) -> tuple[bytes, list[str]]:
         # The const becomes sparse; a new tensor carries DENSIFY's dense output to the consumers.
         dense_out = fb.TensorT()
         dense_out.shape, dense_out.type = list(tensor.shape), tensor.type
-        dense_out.name = (tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name) + "/densified"
+        name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+        dense_out.name = name + "/densified"
         # Quantization parameters (per-channel scales) live on DENSIFY's output, which DEQUANTIZE
         # reads; DENSIFY only copies values, so the sparse const does not repeat them.
         dense_out.quantization, tensor.quantization = tensor.quantization, None
@@ -259,7 +263,7 @@ def sparsify(content: bytes) -> tuple[bytes, list[str]]:
         for op in sg.operators:
             op.inputs = [out_index if i == index else i for i in op.inputs]
         sg.operators.insert(first_user, densify)
-        made_sparse.append(dense_out.name.removesuffix("/densified"))
+        made_sparse.append(name)
     return write_model(model), made_sparse
 
 

@@ -42,7 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from android_export import VARIANTS, build_variant, convert_float32, evaluate_tflite, torch_logits  # noqa: E402
+from android_export import (VARIANTS, build_variant, convert_float32, evaluate_tflite,  # noqa: E402
+                            torch_logits)
 from android_export._evaluate import interpreter  # noqa: E402
 from compression.artifacts import artifact_size, compressed_layers  # noqa: E402
 from compression.data import load_split  # noqa: E402
@@ -116,8 +117,7 @@ def bench(label: str, model: torch.nn.Module, meta: dict, dcz_size: Any, names: 
     reference = torch_logits(model, split.images)
     state = model.state_dict()
     ours = {n: state[n].numpy() for n in layers}
-    result: dict[str, Any] = {"model": label, "dcz": {"bytes": dcz_size.bytes, "zipped_bytes": dcz_size.zipped_bytes},
-                              "test_examples": len(split)}
+    result: dict[str, Any] = {"model": label, "dcz": dcz_size.to_dict(), "test_examples": len(split)}
 
     coreml = []
     dense32 = export_coreml(model, shape, work / "dense_fp32.mlpackage", precision="fp32", method="none").path
@@ -130,7 +130,7 @@ def bench(label: str, model: torch.nn.Module, meta: dict, dcz_size: Any, names: 
         check = verify_coreml(res.path, ours)
         coreml.append(sizes_row(f"Core ML {target} compressed", res.path, dense_bytes,
                                 weights_match=check.weights_match, all_compressed=check.all_compressed,
-                                storage={n: p.method + (f" {p.lut_entries}-entry LUT" if p.lut_entries else "")
+                                storage={n: f"{p.method} {p.lut_entries or 0}-entry LUT"
                                          for n, p in res.layers.items()}))
     result["coreml"] = coreml
     ios18 = next(r for r in coreml if r["artifact"] == "Core ML iOS18 compressed")
@@ -179,7 +179,8 @@ def print_result(r: dict) -> None:
     print(f"Core ML goal {r['coreml_goal']}")
     print(f"{'LiteRT latency (us, median)':30s} {'XNNPACK':>10s} {'builtin':>10s}")
     for v in r["latency_xnnpack"]:
-        print(f"{v:30s} {r['latency_xnnpack'][v]['median_us']:>10.1f} {r['latency_builtin'][v]['median_us']:>10.1f}")
+        xnn, builtin = r["latency_xnnpack"][v]["median_us"], r["latency_builtin"][v]["median_us"]
+        print(f"{v:30s} {xnn:>10.1f} {builtin:>10.1f}")
     print(f"latency goal {r['latency_goal']}")
 
 

@@ -213,10 +213,12 @@ def _print(console: Any, report: dict) -> None:
         bad = [n for n, chk in c["layers"].items() if not (chk["match"] and chk["compressed"])]
         lines.append(f"Core ML {'ok  ' if c['ok'] else 'FAIL'} {len(c['layers']) - len(bad)}/"
                      f"{len(c['layers'])} layers decode from the package to exactly our "
-                     f"{c['precision']} weights, stored compressed" + (f"; failing: {', '.join(bad)}" if bad else ""))
+                     f"{c['precision']} weights, stored compressed"
+                     + (f"; failing: {', '.join(bad)}" if bad else ""))
         pred = c["predictions"]
         lines.append(f"Core ML predictions: {pred['skipped']}" if "skipped" in pred else
-                     f"Core ML predictions: {pred['accuracy']:.2f}% vs PyTorch {pred['torch_accuracy']:.2f}%, "
+                     f"Core ML predictions: {pred['accuracy']:.2f}% vs PyTorch "
+                     f"{pred['torch_accuracy']:.2f}%, "
                      f"largest logit difference {pred['max_abs_diff']:.2e}")
     console.print(table)
     for line in lines:

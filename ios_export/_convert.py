@@ -11,8 +11,8 @@ Each compressed layer is stored with one of Core ML's constexpr ops, chosen per 
 ``auto`` picks, per layer, the smallest of those the deployment target can hold (iOS 16/17 have no
 joint op, so a pruned layer is usually stored sparse and a dense shared layer palettized). The LUT
 is exactly the layer's distinct values (our codebook cast to the weight dtype; zero too when the
-tensor is stored dense), padded with unused entries to the next n Core ML allows ({1, 2, 3, 4, 6, 8}; no 3 before iOS 18):
-a 5-bit codebook takes 6-bit indices.
+tensor is stored dense), padded with unused entries to the next n Core ML allows
+({1, 2, 3, 4, 6, 8}; no 3 before iOS 18): a 5-bit codebook takes 6-bit indices.
 
 Choices that keep the weights intact:
 - ``weight_threshold=0`` on every config (the default 2048 silently skips small layers), and only
@@ -246,8 +246,8 @@ def _compress(mlmodel: Any, target: str, plans: Mapping[str, LayerPlan],
             to_palettize[sparse_op.nonzero_data.op.name] = plan
     if to_palettize:
         cfg = cto.OptimizationConfig(op_name_configs={
-            c: cto.OpPalettizerConfig(mode="custom", lut_function=_codebook_lut(p.method == "palettize", target),
-                                      granularity="per_tensor", weight_threshold=0)
+            c: cto.OpPalettizerConfig(mode="custom", granularity="per_tensor", weight_threshold=0,
+                                      lut_function=_codebook_lut(p.method == "palettize", target))
             for c, p in to_palettize.items()})
         with quiet():
             mlmodel = cto.palettize_weights(
@@ -263,8 +263,9 @@ def _check_chains(program: Any, plans: Mapping[str, LayerPlan],
         got = tuple(op.op_type for op in _producer_chain(program, consumers[name]))
         want = _EXPECTED_CHAIN[plan.method]
         if got != want:
-            raise ExportError(f"layer {name!r}: coremltools stored it as {' <- '.join(got) or 'a dense const'}"
-                              f" instead of {' <- '.join(want)}; the layer is not compressed")
+            stored = " <- ".join(got) or "a dense const"
+            raise ExportError(f"layer {name!r}: coremltools stored it as {stored} instead of "
+                              f"{' <- '.join(want)}; the layer is not compressed")
         if plan.nbits is not None:
             lut_op = _producer_chain(program, consumers[name])[-1]
             lut = lut_op.lut.val   # iOS16: (entries,); iOS18: (groups..., entries, vector)
