@@ -154,7 +154,11 @@ class TFLite(Exporter):
         assert np.array_equal(got.argmax(1), ref.argmax(1))
 
 
-@pytest.fixture(scope="module", params=[CoreML(), TFLite()], ids=lambda e: e.name)
+COREML, TFLITE = CoreML(), TFLite()
+coreml_only = pytest.mark.parametrize("exporter", [COREML], indirect=True, ids=["coreml"])
+
+
+@pytest.fixture(scope="module", params=[COREML, TFLITE], ids=lambda e: e.name)
 def exporter(request) -> Exporter:
     return request.param
 
@@ -225,9 +229,8 @@ def expected_lut_entries(codebook: np.ndarray, target: str = "iOS18") -> int:
     return next(2 ** n for n in widths if 2 ** n >= k)
 
 
+@coreml_only
 def test_coreml_joint_ops_hold_exactly_our_codebooks(exporter, artifacts, model):
-    if exporter.name != "coreml":
-        pytest.skip("Core ML only")
     from ios_export import verify_coreml
     check = verify_coreml(artifacts["compressed"], weights(model))
     for name, info in compressed_layers(model).items():
@@ -266,9 +269,8 @@ def test_coreml_fp16_merges_centroids_that_fp16_cannot_tell_apart(tmp_path):
     assert check.layers["1.weight"].max_abs_diff == pytest.approx(2 ** -14)
 
 
+@coreml_only
 def test_coreml_verify_fails_on_other_weights_and_on_corruption(exporter, artifacts, model, tmp_path):
-    if exporter.name != "coreml":
-        pytest.skip("Core ML only")
     from ios_export import verify_coreml
     other = weights(model)
     other["fc2.weight"] = np.where(other["fc2.weight"] != 0, other["fc2.weight"] * 1.01, 0)
@@ -285,9 +287,8 @@ def test_coreml_verify_fails_on_other_weights_and_on_corruption(exporter, artifa
     assert not verify_coreml(broken, weights(model)).weights_match
 
 
+@coreml_only
 def test_coreml_dense_package_is_reported_uncompressed(exporter, artifacts, model):
-    if exporter.name != "coreml":
-        pytest.skip("Core ML only")
     from ios_export import verify_coreml
     check = verify_coreml(artifacts["dense"], weights(model))
     assert check.weights_match and not check.all_compressed and not check.ok
@@ -297,9 +298,8 @@ def test_coreml_dense_package_is_reported_uncompressed(exporter, artifacts, mode
 @pytest.mark.macos
 @pytest.mark.skipif(sys.platform != "darwin", reason="Core ML predictions need macOS (Core ML "
                     "compiles and runs models through the OS); elsewhere the weights are decoded")
+@coreml_only
 def test_coreml_predictions_match_pytorch(exporter, artifacts, model, images):
-    if exporter.name != "coreml":
-        pytest.skip("Core ML only")
     from android_export import torch_logits
     from ios_export import coreml_logits
     got, ref = coreml_logits(artifacts["compressed"], images.numpy()), torch_logits(model, images)
