@@ -257,6 +257,15 @@ def test_coreml_ios16_picks_sparse_or_palettized_per_layer(tmp_path):
     assert check.layers["fc2.weight"].lut_entries == 16 == result.layers["fc2.weight"].lut_entries
 
 
+def test_coreml_fp32_ios17_keeps_codebooks_bit_exact(model, tmp_path):
+    from ios_export import export_coreml, verify_coreml
+    out = tmp_path / "m17.mlpackage"
+    export_coreml(model, SHAPE, out, target="iOS17", precision="fp32")
+    check = verify_coreml(out, weights(model))
+    assert check.ok
+    assert all(c.dtype == "float32" and c.max_abs_diff == 0.0 for c in check.layers.values())
+
+
 def test_coreml_fp16_merges_centroids_that_fp16_cannot_tell_apart(tmp_path):
     from ios_export import export_coreml, verify_coreml
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 8)).eval()
