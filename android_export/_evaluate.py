@@ -35,7 +35,9 @@ class Evaluation:
         return abs(self.accuracy - self.torch_accuracy) <= self.tolerance_pts
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        rounded = {k: round(v, 4) if k in ("accuracy", "torch_accuracy", "agreement") else v
+                   for k, v in asdict(self).items()}
+        return {**rounded, "ok": self.ok}
 
 
 def interpreter(path: str | os.PathLike[str], threads: int = 1, xnnpack: bool = True) -> Any:
