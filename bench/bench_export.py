@@ -130,7 +130,7 @@ def bench(label: str, model: torch.nn.Module, meta: dict, dcz_size: Any, names: 
         check = verify_coreml(res.path, ours)
         coreml.append(sizes_row(f"Core ML {target} compressed", res.path, dense_bytes,
                                 weights_match=check.weights_match, all_compressed=check.all_compressed,
-                                storage={n: f"{p.method} {p.lut_entries or 0}-entry LUT"
+                                storage={n: p.method + (f", {p.lut_entries}-entry LUT" * bool(p.lut_entries))
                                          for n, p in res.layers.items()}))
     result["coreml"] = coreml
     ios18 = next(r for r in coreml if r["artifact"] == "Core ML iOS18 compressed")
