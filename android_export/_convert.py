@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from compression._io import write_bytes_atomic
-from compression.artifacts import CompressedLayer, compressed_layers, unsupported_op_error
+from compression.artifacts import (CompressedLayer, compressed_layers, example_input,
+                                   unsupported_op_error)
 from compression.errors import ExportError
 
 from ._backend import quiet, require
@@ -73,14 +74,6 @@ class TFLiteExport:
         return {"path": str(self.path), "variant": self.variant,
                 "stores": VARIANTS[self.variant],
                 "layers": {k: asdict(v) for k, v in self.layers.items()}}
-
-
-def _example(input_shape: Sequence[int]) -> torch.Tensor:
-    shape = tuple(int(d) for d in input_shape)
-    if not shape or any(d <= 0 for d in shape):
-        raise ExportError(f"input shape {list(input_shape)} is invalid; give the shape of one "
-                          "example without the batch axis, e.g. [1, 28, 28]")
-    return torch.zeros((1, *shape), dtype=torch.float32)
 
 
 def convert_float32(model: nn.Module, example: torch.Tensor) -> bytes:
@@ -172,7 +165,7 @@ def export_tflite(model: nn.Module, input_shape: Sequence[int], out: str | os.Pa
     out = Path(out)
     model = model.eval()
     if float32 is None:
-        float32 = convert_float32(model, _example(input_shape))
+        float32 = convert_float32(model, example_input(input_shape))
     content = build_variant(float32, variant)
     if layers is None:
         layers = compressed_layers(model)

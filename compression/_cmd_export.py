@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .artifacts import CompressedLayer, artifact_size, compressed_layers
+from .artifacts import CompressedLayer, artifact_size, compressed_layers, example_input
 from .errors import ExportError, RecipeError
 
 IOS_TARGETS = ("iOS16", "iOS17", "iOS18")   # mirrored from ios_export (not imported: it is heavy)
@@ -88,9 +88,8 @@ def _layers(model: nn.Module, dcz: Any) -> dict[str, CompressedLayer]:
 def tflite_report(model: nn.Module, input_shape: list[int], out: Path, variant: str,
                   layers: dict[str, CompressedLayer], split: Any, reference: np.ndarray) -> dict:
     from android_export import build_variant, convert_float32, evaluate_tflite, export_tflite  # noqa: PLC0415
-    from android_export._convert import _example  # noqa: PLC0415
 
-    float32 = convert_float32(model, _example(input_shape))
+    float32 = convert_float32(model, example_input(input_shape))
     result = export_tflite(model, input_shape, out, variant=variant, layers=layers, float32=float32)
     with tempfile.TemporaryDirectory() as tmp:
         dense_path = Path(tmp) / out.name

@@ -83,6 +83,15 @@ def compressed_layers(model: nn.Module, names: Iterable[str] | None = None) -> d
     return out
 
 
+def example_input(input_shape: Iterable[int]) -> torch.Tensor:
+    """A batch of one zero example of ``input_shape`` (the recipe's shape, without batch axis)."""
+    shape = tuple(int(d) for d in input_shape)
+    if not shape or any(d <= 0 for d in shape):
+        raise ExportError(f"input shape {list(shape)} is invalid; give the shape of one example "
+                          "without the batch axis, e.g. [1, 28, 28]")
+    return torch.zeros((1, *shape), dtype=torch.float32)
+
+
 @dataclass(frozen=True)
 class ArtifactSize:
     bytes: int          # on disk: a file's size, or the total of a package directory's files

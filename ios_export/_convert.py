@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from compression._io import atomic_path
-from compression.artifacts import CompressedLayer, compressed_layers, unsupported_op_error
+from compression.artifacts import (CompressedLayer, compressed_layers, example_input,
+                                   unsupported_op_error)
 from compression.errors import ExportError
 
 from ._backend import coremltools, quiet
@@ -119,14 +120,6 @@ def plan_layer(info: CompressedLayer, target: str, precision: str, method: str =
         raise ExportError(f"layer {info.name!r}: cannot store it as {method!r} for {target}: {why}; "
                           "use --coreml-compression auto")
     return options[method]
-
-
-def _example(input_shape: Sequence[int]) -> torch.Tensor:
-    shape = tuple(int(d) for d in input_shape)
-    if not shape or any(d <= 0 for d in shape):
-        raise ExportError(f"input shape {list(input_shape)} is invalid; give the shape of one "
-                          "example without the batch axis, e.g. [1, 28, 28]")
-    return torch.zeros((1, *shape), dtype=torch.float32)
 
 
 def _convert(ct: Any, model: nn.Module, example: torch.Tensor, target: str, precision: str) -> Any:
@@ -307,7 +300,7 @@ def export_coreml(model: nn.Module, input_shape: Sequence[int], out: str | os.Pa
         raise ExportError(f"Core ML output {out} must end with .mlpackage (an ML Program package)")
     ct = coremltools()
     model = model.eval()
-    example = _example(input_shape)
+    example = example_input(input_shape)
     mlmodel = _convert(ct, model, example, target, precision)
 
     if layers is None:
