@@ -11,6 +11,7 @@ import torch
 
 from ._context import StageContext
 from ._train import train
+from .errors import ModelError
 from .recipe import PruneConfig
 
 
@@ -73,3 +74,16 @@ def run(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> None:
               description=f"prune round {r + 1}/{config.rounds}")
         history.append({"round": r + 1, "sparsity": ctx.state.sparsity()})
     ctx.metrics["rounds"] = history
+    _ensure_targets(ctx, chosen)
+
+
+def _ensure_targets(ctx: StageContext, chosen: dict[str, dict]) -> None:
+    """The stage's contract: each layer reached its target sparsity (to one weight)."""
+    for name, settings in chosen.items():
+        if settings.get("sparsity") is None:
+            continue
+        w = ctx.state.layers[name].weight
+        reached = float((w == 0).sum()) / w.numel()
+        if reached + 1.0 / w.numel() < settings["sparsity"]:
+            raise ModelError(f"prune: layer {name} reached sparsity {reached:.4f}, below its "
+                             f"target {settings['sparsity']}")
