@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
-import logging
 import os
-import warnings
-from typing import Any, Iterator
+from typing import Any
 
+from compression.artifacts import quiet_backend
 from compression.errors import ExportError
 
 _PACKAGES = {  # module -> pip requirement
@@ -27,17 +25,7 @@ def require(module: str) -> Any:
                           f"'pip install {_PACKAGES.get(module, module)}'") from exc
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
+def quiet() -> contextlib.AbstractContextManager[None]:
     """Silence litert-torch's progress lines and TensorFlow's C++ logging for the block."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    sink = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(sink), \
-                contextlib.redirect_stdout(sink):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.getLogger().setLevel(level)
+    return quiet_backend()

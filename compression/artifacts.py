@@ -8,14 +8,17 @@ its zeros are the pruning mask. So they need nothing from the ``.dcz`` container
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import math
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -171,3 +174,21 @@ def unsupported_op_error(exc: BaseException, model: nn.Module, example: torch.Te
     where = f"layer {layer}" if layer else f"{type(model).__name__} (layer not found)"
     return ExportError(f"{where}: op '{_normalise_op(op)}' is not supported by {converter} "
                        f"({first}); replace it with supported ops or export without this target")
+
+
+@contextlib.contextmanager
+def quiet_backend(*logger_names: str) -> Iterator[None]:
+    """Silence a converter's progress lines, warnings and the named loggers for the block."""
+    loggers = [logging.getLogger(n) for n in ("root", *logger_names)]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(sink), \
+                contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

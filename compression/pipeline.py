@@ -32,7 +32,7 @@ from ._train import ProgressFn, TrainSpec, evaluate, no_progress, predict, train
 from .data import Split, load_split
 from .errors import CheckpointError, RecipeError
 from .models import build_model, check_finite, load_state_dict_file, load_weights
-from .recipe import EncodeConfig, Recipe, StageConfig
+from .recipe import EncodeConfig, Recipe
 
 StageFn = Callable[[nn.Module, Any, StageContext], None]
 # kind -> handler. A new technique registers its config (recipe.register_stage_config) and here.

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import fcntl
 import hashlib
 import os
 import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
+from compression._io import file_lock
 from compression.errors import DeviceError
 
 MODULUS_BYTES = 2048 // 8
@@ -44,16 +43,6 @@ def default_key_path() -> Path:
     return android_user_dir() / "adbkey"
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_adb_key(key_path: str | os.PathLike[str] | None = None) -> Path:
     """Return the private key path, generating the pair (``adbkey`` + ``adbkey.pub``) if missing.
 
@@ -67,7 +56,7 @@ def ensure_adb_key(key_path: str | os.PathLike[str] | None = None) -> Path:
     if path.is_file() and pub.is_file():
         return path
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _locked(path.parent / ".adbkey.lock"):
+    with file_lock(path.parent / ".adbkey.lock"):
         if not path.is_file():
             with tempfile.TemporaryDirectory(dir=path.parent, prefix=".adbkey.") as tmp:
                 os.chmod(tmp, 0o700)  # keygen writes with the umask; nobody else may read it

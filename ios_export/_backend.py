@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
-import warnings
-from typing import Any, Iterator
+from typing import Any
 
+from compression.artifacts import quiet_backend
 from compression.errors import ExportError
 
 
@@ -20,20 +18,7 @@ def coremltools() -> Any:
     return ct
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
+def quiet() -> contextlib.AbstractContextManager[None]:
     """Silence coremltools' progress bars, version warnings and 'Failed to load' lines on Linux
     (all harmless: prediction needs macOS, the rest of the converter works)."""
-    loggers = [logging.getLogger(n) for n in ("coremltools", "root")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    sink = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(sink), \
-                contextlib.redirect_stdout(sink):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    return quiet_backend("coremltools")

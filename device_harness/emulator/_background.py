@@ -10,8 +10,6 @@ so pushed files survive a restart, as on a phone. It runs until ``deepcompress e
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import signal
 import socket
@@ -19,8 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
+from compression._io import file_lock
 from compression.errors import DeviceError
 
 from . import _wire as w
@@ -60,24 +58,13 @@ def answers_adb(port: int, host: str = "127.0.0.1", timeout_s: float = 1.0) -> b
     return magic == cmd ^ 0xFFFFFFFF and cmd in (w.A_CNXN, w.A_AUTH)
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_emulator(port: int = DEFAULT_PORT, *, timeout_s: float = 20.0) -> str:
     """Start or reuse the built-in emulated device on 127.0.0.1:port; return its serial."""
     serial = f"127.0.0.1:{port}"
     if answers_adb(port):
         return serial
     log_path = cache_dir() / f"emulator-{port}.log"
-    with _lock(cache_dir() / f"emulator-{port}.lock"):
+    with file_lock(cache_dir() / f"emulator-{port}.lock"):
         if answers_adb(port):  # another process started it while we waited for the lock
             return serial
         env = dict(os.environ)
