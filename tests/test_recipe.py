@@ -98,3 +98,19 @@ def test_example_user_recipe_validates_against_its_model(monkeypatch):
     recipe = load_recipe(examples / "user_model.toml")
     model = build_model(recipe.model.name, recipe.model.kwargs)
     recipe.check_against_model({n: type(m).__name__ for n, m in compressible_layers(model).items()})
+
+
+def test_set_overrides_reach_nested_tables_and_stages():
+    from compression._cmd_run import apply_override
+    data = {"baseline": {"epochs": 20}, "stages": [{"kind": "prune", "sparsity": 0.9}]}
+    apply_override(data, "baseline.epochs=2")
+    apply_override(data, "stages.0.sparsity=0.5")
+    apply_override(data, "stages.0.by_name.fc1.sparsity=0.7")
+    apply_override(data, "model.name=lenet5")        # bare strings are accepted
+    assert data["baseline"]["epochs"] == 2 and data["model"]["name"] == "lenet5"
+    assert data["stages"][0] == {"kind": "prune", "sparsity": 0.5,
+                                 "by_name": {"fc1": {"sparsity": 0.7}}}
+    with pytest.raises(RecipeError, match="no item 3"):
+        apply_override(data, "stages.3.bits=4")
+    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+        apply_override(data, "baseline.epochs")
