@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 import json
 import math
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,10 @@ from typing import Any, ClassVar, Mapping
 
 from .errors import RecipeError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# The checkout's recipes/ (editable installs), else where a wheel puts them (pyproject data-files).
+RECIPES_DIR = next((d for d in (Path(__file__).resolve().parent.parent / "recipes",
+                                Path(sys.prefix) / "share" / "deepcompress" / "recipes")
+                    if d.is_dir()), Path(__file__).resolve().parent.parent / "recipes")
 LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
 
