@@ -116,7 +116,21 @@ def _decode_table(r: Reader, alphabet: int, what: str) -> tuple[np.ndarray, np.n
 
 def encode(symbols: np.ndarray, alphabet: int, coder: str, name: str,
            counts: np.ndarray | None = None) -> tuple[bytes, StreamInfo]:
-    """Encode ``symbols`` (ints in [0, alphabet)) with ``coder``; return (bytes, StreamInfo)."""
+    """Encode ``symbols`` (ints in [0, alphabet)) with ``coder``; return (bytes, StreamInfo).
+
+    Each stream records its own coder, so where an entropy coder's table and flush cost more
+    than they save (short, nearly uniform streams) the stream is stored fixed-width instead.
+    """
+    data, info = _encode_as(symbols, alphabet, coder, name, counts)
+    if coder != "none" and info.coder != "constant":
+        fixed_bytes = 14 + (int(symbols.size) * width_for(alphabet) + 7) // 8
+        if fixed_bytes < len(data):
+            return _encode_as(symbols, alphabet, "none", name, counts)
+    return data, info
+
+
+def _encode_as(symbols: np.ndarray, alphabet: int, coder: str, name: str,
+               counts: np.ndarray | None = None) -> tuple[bytes, StreamInfo]:
     if not 1 <= alphabet <= MAX_ALPHABET:
         raise ValueError(f"alphabet of {alphabet} symbols is outside 1..{MAX_ALPHABET}")
     n = int(symbols.size)
