@@ -65,24 +65,18 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .recipe import Recipe, resolve_recipe_path
+    from .recipe import load_recipe, resolve_recipe_path
     from . import pipeline
     from ._ui import Ui
 
-    path = resolve_recipe_path(args.recipe)
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
-    for assignment in args.overrides:
-        apply_override(data, assignment)
-    if args.seed is not None:
-        data["seed"] = args.seed
-    try:
-        recipe = Recipe.from_dict(data, name=path.stem)
-    except RecipeError as exc:
-        raise RecipeError(f"{path}: {exc}") from None
+    def edit(data: dict[str, Any]) -> None:
+        for assignment in args.overrides:
+            apply_override(data, assignment)
+        if args.seed is not None:
+            data["seed"] = args.seed
+
+    recipe = load_recipe(args.recipe, edit)
+    text = resolve_recipe_path(args.recipe).read_text()
 
     ui = Ui(enabled=not (args.quiet or args.json))
     with ui:

@@ -20,7 +20,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from .errors import RecipeError
 
@@ -499,7 +499,10 @@ def resolve_recipe_path(spec: str | Path) -> Path:
     raise RecipeError(f"recipe {spec!r} is neither a file nor a shipped recipe; shipped: {names}")
 
 
-def load_recipe(spec: str | Path) -> Recipe:
+def load_recipe(spec: str | Path,
+                edit: Callable[[dict[str, Any]], None] | None = None) -> Recipe:
+    """Read a recipe file (or shipped name); ``edit`` may change the parsed dict first
+    (the CLI's ``--set`` overrides)."""
     path = resolve_recipe_path(spec)
     try:
         data = tomllib.loads(path.read_text())
@@ -507,6 +510,8 @@ def load_recipe(spec: str | Path) -> Recipe:
         raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
     except UnicodeDecodeError as exc:
         raise RecipeError(f"{path}: not a text file ({exc})") from exc
+    if edit is not None:
+        edit(data)
     try:
         return Recipe.from_dict(data, name=path.stem)
     except RecipeError as exc:
