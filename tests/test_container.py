@@ -548,3 +548,18 @@ def test_short_uniform_streams_fall_back_to_fixed_width_long_skewed_ones_do_not(
     skewed = np.minimum(rng.geometric(0.5, 20000) - 1, 15)
     data, info = _streams.encode(skewed, 16, coder, "indices")
     assert info.coder == coder and len(data) < 14 + 10000
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 4000), density=st.floats(0.01, 1), k=st.integers(1, 64),
+       coder=st.sampled_from(["huffman", "ans"]), seed=st.integers(0, 2**16))
+def test_entropy_coding_never_makes_a_tensor_larger(n, density, k, coder, seed):
+    """Short, near-uniform streams (a small depthwise filter) cost more coded than fixed-width,
+    table included: the writer must then store them fixed-width, at the best fixed width."""
+    rng = np.random.default_rng(seed)
+    codebook = rng.standard_normal(k).astype(np.float32)
+    w = torch.from_numpy(np.where(rng.random(n) < density, codebook[rng.integers(0, k, n)], 0)
+                         .astype(np.float32))
+    coded, _ = _tensor.encode_sparse("w", w, coder, None, None)
+    fixed, _ = _tensor.encode_sparse("w", w, "none", None, None)
+    assert len(coded) <= len(fixed)

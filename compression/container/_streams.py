@@ -122,11 +122,14 @@ def encode(symbols: np.ndarray, alphabet: int, coder: str, name: str,
     than they save (short, nearly uniform streams) the stream is stored fixed-width instead.
     """
     data, info = _encode_as(symbols, alphabet, coder, name, counts)
-    if coder != "none" and info.coder != "constant":
-        fixed_bytes = 14 + (int(symbols.size) * width_for(alphabet) + 7) // 8
-        if fixed_bytes < len(data):
-            return _encode_as(symbols, alphabet, "none", name, counts)
+    if coder != "none" and fixed_bytes(int(symbols.size), alphabet) < len(data):
+        return _encode_as(symbols, alphabet, "none", name, counts)
     return data, info
+
+
+def fixed_bytes(count: int, alphabet: int) -> int:
+    """Stored size of a fixed-width ("none") stream: 14-byte header, then the packed symbols."""
+    return 14 + (count * width_for(alphabet) + 7) // 8
 
 
 def _encode_as(symbols: np.ndarray, alphabet: int, coder: str, name: str,
@@ -180,15 +183,18 @@ def estimate_bits(counts: np.ndarray, alphabet: int, coder: str, exact: bool = F
     if coder == "none":
         return n * width_for(alphabet)
     if present.size <= 1:
-        return 0.0
-    table = min(alphabet, present.size * width_for(alphabet))
+        return 32.0  # a "constant" stream: its one symbol
+    # The table as _encode_table writes it: 6 bytes, then a symbol list or bitmap, then values.
+    table = 48 + min(alphabet, present.size * width_for(alphabet))
     if coder == "huffman":
+        # + lane size, offset width, one offset per lane (~24 bits), total bits: 13 + 3/lane bytes
+        table += present.size * _LEN_WIDTH + 104 + 24 * -(-n // _huffman.LANE)
         if exact:
             lengths = _huffman.code_lengths(counts)
-            return float((lengths[present].astype(np.float64) * counts[present]).sum()) + \
-                table + present.size * _LEN_WIDTH
-        return entropy_bits(counts[present]) + 0.03 * n + table + present.size * _LEN_WIDTH
-    return entropy_bits(counts[present]) + table + present.size * 12 + 64
+            return float((lengths[present].astype(np.float64) * counts[present]).sum()) + table
+        return entropy_bits(counts[present]) + 0.03 * n + table
+    # + format byte, ~12-bit frequencies, payload length; the coder's flush costs ~3 bytes
+    return entropy_bits(counts[present]) + table + present.size * 12 + 72 + 24
 
 
 # ------------------------------------------------------------------------------------------- ANS

@@ -178,9 +178,17 @@ def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
     del positions
     b = index_bits if index_bits is not None else choose_gap_width(skips, coder)
     gaps, fillers = gap_symbols(skips, b)
-    del skips
     gap_data, gap_info = _streams.encode(gaps, 1 << b, coder, "gaps")
-    del gaps
+    if index_bits is None and coder != "none":
+        # Where the best fixed-width gap stream is smaller (short streams, whose table outweighs
+        # the gain), store that one instead: coding never makes the file larger.
+        b_fixed = choose_gap_width(skips, "none")
+        n_fixed = skips.size + int((skips // ((1 << b_fixed) - 1)).sum())
+        if _streams.fixed_bytes(n_fixed, 1 << b_fixed) < len(gap_data):
+            gaps, fillers = gap_symbols(skips, b_fixed)
+            gap_data, gap_info = _streams.encode(gaps, 1 << b_fixed, "none", "gaps")
+            b = b_fixed
+    del skips, gaps
     le = np.dtype(spec.bits).newbyteorder("<")
     body = struct.pack("<QB", values.size, b) + gap_data
     streams = [gap_info]
@@ -258,6 +266,12 @@ def choose_gap_width(skips: np.ndarray, coder: str) -> int:
         for b in sorted(estimates, key=lambda b: estimates[b][1])[:3]:
             counts = estimates[b][0]
             estimates[b] = (counts, _streams.estimate_bits(counts, 1 << b, coder, exact=True))
+    if coder != "none":
+        # The writer stores a stream fixed-width where coding it costs more (short, near-uniform
+        # streams, where the table outweighs the gain): a width is worth what its cheaper form is.
+        for b, (counts, cost) in estimates.items():
+            fixed = _streams.estimate_bits(counts, 1 << b, "none") + 8  # + its width byte
+            estimates[b] = (counts, min(cost, fixed))
     best = min(cost for _, cost in estimates.values())
     # Near-ties (within 0.2%) go to the width with the fewest symbols: same size, faster decode.
     # (For rANS a 1-bit "gap" stream is a bitmap of every position: as small, but 10x the work.)
