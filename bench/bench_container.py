@@ -161,38 +161,50 @@ def stage_table(label: str, stages: dict, folder: str, results: dict,
 
 
 def stream_table(label: str, sd: dict, folder: str, results: dict) -> str:
-    """The same streams (gap widths fixed to Huffman's choice) under each coder."""
+    """The same streams (gap widths as the Huffman writer chose them) forced through each coder,
+    and the form the writer stores (fixed width where coding costs more, table included)."""
+    from compression.container import _streams, _tensor
+
     comp = {n: {"bits": None, "index_bits": None} for n in weight_names(sd)}
     auto = pack(sd, Path(folder) / "auto.dcz", compressed=comp, coder="huffman")
+    stored = {"huffman": inspect(Path(folder) / "auto.dcz")}
     comp = {r.name: {"bits": None, "index_bits": r.index_bits} for r in auto.tensors
             if r.storage != "plain"}
-    infos = {}
-    for coder in ("none", "huffman", "ans"):
-        pack(sd, Path(folder) / f"s-{coder}.dcz", compressed=comp, coder=coder)
-        infos[coder] = inspect(Path(folder) / f"s-{coder}.dcz")
+    pack(sd, Path(folder) / "s-ans.dcz", compressed=comp, coder="ans")
+    stored["ans"] = inspect(Path(folder) / "s-ans.dcz")
     rows, out = [], []
-    for i, t in enumerate(infos["ans"]["tensors"]):
-        for sname, ans in t["streams"].items():
-            huf = infos["huffman"]["tensors"][i]["streams"][sname]
-            fixed = infos["none"]["tensors"][i]["streams"][sname]
-            ent = ans["entropy_bits"]
-            rows.append([t["name"], sname, f"{ans['count']:,}", f"{ent / 8:,.0f}",
-                         f"{ans['payload_bytes']:,} ({ans['payload_overhead']:+.2%})",
-                         f"{huf['payload_bytes']:,} ({huf['payload_overhead']:+.2%})",
-                         f"{fixed['payload_bytes']:,}",
-                         f"{ans['table_bytes']} / {huf['table_bytes']}"])
-            out.append({"tensor": t["name"], "stream": sname, "symbols": ans["count"],
-                        "entropy_bits": ent, "ans_payload_bytes": ans["payload_bytes"],
-                        "ans_overhead": ans["payload_overhead"],
-                        "huffman_payload_bytes": huf["payload_bytes"],
-                        "huffman_overhead": huf["payload_overhead"],
-                        "fixed_payload_bytes": fixed["payload_bytes"],
-                        "ans_table_bytes": ans["table_bytes"],
-                        "huffman_table_bytes": huf["table_bytes"]})
+    by_name = {c: {t["name"]: t for t in info["tensors"]} for c, info in stored.items()}
+    for r in (t for t in auto.tensors if t.storage != "plain"):
+        streams = _tensor.sparse_streams(sd[r.name], r.index_bits)
+        for sname, (symbols, alphabet) in streams.items():
+            if sname not in {x.name for x in r.streams}:
+                continue
+            forced = {c: _streams._encode_as(symbols, alphabet, c, sname)[1]
+                      for c in ("none", "huffman", "ans")}
+            ans, huf, fixed = forced["ans"], forced["huffman"], forced["none"]
+            ent = ans.entropy_bits
+            forms = [by_name[c][r.name]["streams"][sname]["coder"] for c in ("ans", "huffman")]
+            over = [f"{x.payload_bytes:,} ({x.payload_overhead:+.2%})"
+                    if x.payload_overhead is not None else f"{x.payload_bytes:,}" for x in (ans, huf)]
+            rows.append([r.name, sname, f"{ans.count:,}", f"{ent / 8:,.0f}", *over,
+                         f"{fixed.payload_bytes:,}", f"{ans.table_bytes} / {huf.table_bytes}",
+                         " / ".join("fixed" if f == "none" else f for f in forms)])
+            out.append({"tensor": r.name, "stream": sname, "symbols": ans.count,
+                        "entropy_bits": ent, "ans_payload_bytes": ans.payload_bytes,
+                        "ans_overhead": ans.payload_overhead,
+                        "huffman_payload_bytes": huf.payload_bytes,
+                        "huffman_overhead": huf.payload_overhead,
+                        "fixed_payload_bytes": fixed.payload_bytes,
+                        "ans_table_bytes": ans.table_bytes,
+                        "huffman_table_bytes": huf.table_bytes,
+                        "stored_as": {"ans": forms[0], "huffman": forms[1]}})
     results[label] = out
-    return f"**{label}**: payload bytes against the order-0 entropy bound\n\n" + md_table(
+    return (f"**{label}**: payload bytes of each stream forced through each coder, against its "
+            "order-0 entropy bound; \"stored as\" is what the rANS / Huffman writer keeps "
+            "(\"fixed\" where coding costs more, table included)\n\n") + md_table(
         ["tensor", "stream", "symbols", "entropy B", "rANS B (over bound)",
-         "Huffman B (over bound)", "fixed-width B", "tables B (rANS / Huffman)"], rows)
+         "Huffman B (over bound)", "fixed-width B", "tables B (rANS / Huffman)",
+         "stored as (rANS / Huffman)"], rows)
 
 
 def general_table(label: str, stages: dict, folder: str, results: dict) -> str:

@@ -196,13 +196,8 @@ def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
     width = None
     if storage == CODEBOOK:
         width = _streams.width_for(distinct.size) if bits is None else bits
-        # Codebook in ascending value order (readable); indices refer to that order.
-        order = np.argsort(_as_float(distinct, spec), kind="stable")
-        rank = np.empty(distinct.size, dtype=np.int32)
-        rank[order] = np.arange(distinct.size, dtype=np.int32)
-        indices = rank[np.searchsorted(distinct, values)] if values.size else \
-            np.zeros(0, np.int32)
-        codebook = distinct[order].astype(le).tobytes()
+        codebook, indices = codebook_indices(values, distinct, spec)
+        codebook = codebook.astype(le).tobytes()
         idx_data, idx_info = _streams.encode(indices, 1 << width, coder, "indices")
         body += struct.pack("<BI", width, distinct.size) + codebook + idx_data
         streams.append(idx_info)
@@ -219,6 +214,30 @@ def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
                     codebook_bytes=codebook_bytes, values_bytes=values_bytes,
                     streams=tuple(streams))
     return payload, row
+
+
+def codebook_indices(values: np.ndarray, distinct: np.ndarray,
+                     spec: _DType) -> tuple[np.ndarray, np.ndarray]:
+    """The codebook in ascending value order (readable) and each value's index into it."""
+    order = np.argsort(_as_float(distinct, spec), kind="stable")
+    rank = np.empty(distinct.size, dtype=np.int32)
+    rank[order] = np.arange(distinct.size, dtype=np.int32)
+    indices = rank[np.searchsorted(distinct, values)] if values.size else np.zeros(0, np.int32)
+    return distinct[order], indices
+
+
+def sparse_streams(tensor: torch.Tensor, b: int) -> dict[str, tuple[np.ndarray, int]]:
+    """The symbol streams of a tensor stored with ``b``-bit gaps, as (symbols, alphabet): "gaps",
+    and "indices" into its codebook (for measuring coders on exactly what the writer codes)."""
+    spec = BY_TORCH[tensor.dtype]
+    flat = bit_pattern(tensor)
+    positions = _nonzero(flat, spec)
+    values = flat[positions]
+    distinct = np.unique(values)
+    gaps, _ = gap_symbols(np.diff(positions, prepend=-1) - 1, b)
+    _, indices = codebook_indices(values, distinct, spec)
+    return {"gaps": (gaps, 1 << b),
+            "indices": (indices, 1 << _streams.width_for(distinct.size))}
 
 
 def _shared(k: int, nnz: int, itemsize: int, bits: int | None) -> bool:
