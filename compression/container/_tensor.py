@@ -180,14 +180,15 @@ def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
     gaps, fillers = gap_symbols(skips, b)
     gap_data, gap_info = _streams.encode(gaps, 1 << b, coder, "gaps")
     if index_bits is None and coder != "none":
-        # Where the best fixed-width gap stream is smaller (short streams, whose table outweighs
-        # the gain), store that one instead: coding never makes the file larger.
+        # Coding never makes the file larger: where the best fixed-width gap stream is smaller
+        # (short streams, whose table outweighs the gain), store that one instead. This exact
+        # check, not the chooser's estimates, is what decides.
         b_fixed = choose_gap_width(skips, "none")
-        n_fixed = skips.size + int((skips // ((1 << b_fixed) - 1)).sum())
-        if _streams.fixed_bytes(n_fixed, 1 << b_fixed) < len(gap_data):
-            gaps, fillers = gap_symbols(skips, b_fixed)
-            gap_data, gap_info = _streams.encode(gaps, 1 << b_fixed, "none", "gaps")
-            b = b_fixed
+        fixed_gaps, fixed_fillers = gap_symbols(skips, b_fixed)
+        if _streams.fixed_bytes(fixed_gaps.size, 1 << b_fixed) < len(gap_data):
+            b, gaps, fillers = b_fixed, fixed_gaps, fixed_fillers
+            gap_data, gap_info = _streams.encode(gaps, 1 << b, "none", "gaps")
+        del fixed_gaps
     del skips, gaps
     le = np.dtype(spec.bits).newbyteorder("<")
     body = struct.pack("<QB", values.size, b) + gap_data
@@ -285,12 +286,6 @@ def choose_gap_width(skips: np.ndarray, coder: str) -> int:
         for b in sorted(estimates, key=lambda b: estimates[b][1])[:3]:
             counts = estimates[b][0]
             estimates[b] = (counts, _streams.estimate_bits(counts, 1 << b, coder, exact=True))
-    if coder != "none":
-        # The writer stores a stream fixed-width where coding it costs more (short, near-uniform
-        # streams, where the table outweighs the gain): a width is worth what its cheaper form is.
-        for b, (counts, cost) in estimates.items():
-            fixed = _streams.estimate_bits(counts, 1 << b, "none") + 8  # + its width byte
-            estimates[b] = (counts, min(cost, fixed))
     best = min(cost for _, cost in estimates.values())
     # Near-ties (within 0.2%) go to the width with the fewest symbols: same size, faster decode.
     # (For rANS a 1-bit "gap" stream is a bitmap of every position: as small, but 10x the work.)
