@@ -184,8 +184,9 @@ def stream_table(label: str, sd: dict, folder: str, results: dict) -> str:
             ans, huf, fixed = forced["ans"], forced["huffman"], forced["none"]
             ent = ans.entropy_bits
             forms = [by_name[c][r.name]["streams"][sname]["coder"] for c in ("ans", "huffman")]
-            over = [f"{x.payload_bytes:,} ({x.payload_overhead:+.2%})"
-                    if x.payload_overhead is not None else f"{x.payload_bytes:,}" for x in (ans, huf)]
+            over = [f"{x.payload_bytes:,}" + (f" ({x.payload_overhead:+.2%})"
+                                              if x.payload_overhead is not None else "")
+                    for x in (ans, huf)]
             rows.append([r.name, sname, f"{ans.count:,}", f"{ent / 8:,.0f}", *over,
                          f"{fixed.payload_bytes:,}", f"{ans.table_bytes} / {huf.table_bytes}",
                          " / ".join("fixed" if f == "none" else f for f in forms)])

@@ -125,7 +125,8 @@ def test_bounded_cooldown_when_it_stays_hot(device, emu, hostile_model):
     emu.set_thermal_status(2)
     r = bench_artifact(device, hostile_model, BenchOptions(runs=3, warmup=0, cooldown_poll_s=0.2,
                                                            cooldown_max_s=0.5))
-    assert r["ok"] and r["thermal"]["status_after"] == 2 and 0.5 <= r["thermal"]["cooldown_s"] < 5  # bounded: max + one poll
+    # Bounded: the 0.5 s maximum plus at most one (possibly slow, under load) thermal poll.
+    assert r["ok"] and r["thermal"]["status_after"] == 2 and 0.5 <= r["thermal"]["cooldown_s"] < 5
 
 
 def _closed_port() -> int:
