@@ -30,13 +30,20 @@ class StageContext:
         torch.manual_seed(self.seed * 1000 + salt)
         return torch.Generator().manual_seed(self.seed * 1000 + salt)
 
+    def train_spec(self, epochs: int, lr: float, weight_decay: float = 0.0,
+                   distill: float = 0.0, temperature: float = 4.0) -> TrainSpec:
+        """The baseline's optimiser, momentum and schedule at the run's batch size: every
+        training in a run (the baseline's own and each retraining) differs only in these args."""
+        return TrainSpec(epochs=epochs, lr=lr, optimizer=self.baseline.optimizer,
+                         momentum=self.baseline.momentum, weight_decay=weight_decay,
+                         schedule=self.baseline.schedule, batch_size=self.batch_size,
+                         distill=distill, temperature=temperature)
+
     def retrain_spec(self, epochs: int, lr: float | None, weight_decay: float = 0.0,
                      distill: float = 0.0, temperature: float = 4.0) -> TrainSpec:
         """Retraining: the baseline optimiser at lr/10 unless the stage says otherwise (paper)."""
-        return TrainSpec(epochs=epochs, lr=lr if lr is not None else self.baseline.lr / 10,
-                         optimizer=self.baseline.optimizer, momentum=self.baseline.momentum,
-                         weight_decay=weight_decay, schedule=self.baseline.schedule,
-                         batch_size=self.batch_size, distill=distill, temperature=temperature)
+        return self.train_spec(epochs, lr if lr is not None else self.baseline.lr / 10,
+                               weight_decay, distill, temperature)
 
     def teacher_logits(self, spec: TrainSpec) -> torch.Tensor | None:
         """The dense baseline's logits on the training set, when the stage distils from it."""

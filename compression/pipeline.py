@@ -28,7 +28,7 @@ from . import finetune, prune, share
 from ._context import StageContext
 from ._io import atomic_path, write_json_atomic
 from ._state import CompressionState
-from ._train import ProgressFn, TrainSpec, evaluate, no_progress, predict, train
+from ._train import ProgressFn, evaluate, no_progress, predict, train
 from .data import Split, load_split
 from .errors import CheckpointError, RecipeError
 from .models import build_model, check_finite, load_state_dict_file, load_weights
@@ -207,10 +207,8 @@ def _baseline(model: nn.Module, recipe: Recipe, ctx: StageContext) -> None:
         load_weights(model, load_state_dict_file(recipe.model.weights), source=recipe.model.weights)
         ctx.log(f"baseline weights loaded from {recipe.model.weights}")
         return
-    b = recipe.baseline
-    spec = TrainSpec(epochs=b.epochs, lr=b.lr, optimizer=b.optimizer, momentum=b.momentum,
-                     weight_decay=b.weight_decay, schedule=b.schedule,
-                     batch_size=recipe.data.batch_size)
+    b = ctx.baseline
+    spec = ctx.train_spec(b.epochs, b.lr, b.weight_decay)
     train(model, ctx.train, spec, generator=ctx.generator(0), progress=ctx.progress,
           description="baseline")
 
