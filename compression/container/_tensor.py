@@ -105,6 +105,19 @@ class TensorRow:
         return d
 
 
+def _row(name: str, spec: _DType, shape: tuple[int, ...], storage: str, payload_len: int,
+         **fields) -> TensorRow:
+    """A TensorRow with the fields every storage kind derives alike (``nnz`` defaults to all)."""
+    numel = math.prod(shape)
+    fields.setdefault("nnz", numel)
+    fields.setdefault("bits", None)
+    fields.setdefault("index_bits", None)
+    fields.setdefault("fillers", 0)
+    return TensorRow(name=name, shape=shape, dtype=dtype_name(spec.torch_dtype), storage=storage,
+                     numel=numel, bytes=payload_len + SECTION_FRAMING,
+                     dense_bytes=4 * numel if spec.floating else 0, **fields)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -154,42 +167,40 @@ def encode_plain(name: str, tensor: torch.Tensor, plain_dtype: str) -> tuple[byt
     shape = tuple(tensor.shape)
     data = bit_pattern(tensor).astype(np.dtype(stored.bits).newbyteorder("<"), copy=False).tobytes()
     payload = _head(name, spec, shape, PLAIN) + bytes([stored.code]) + data
-    numel = math.prod(shape)
-    return payload, TensorRow(name=name, shape=shape, dtype=dtype_name(spec.torch_dtype),
-                              storage="plain", numel=numel, nnz=numel, bits=None, index_bits=None,
-                              fillers=0, bytes=len(payload) + SECTION_FRAMING,
-                              dense_bytes=4 * numel if spec.floating else 0,
-                              values_bytes=len(data))
+    return payload, _row(name, spec, shape, "plain", len(payload), values_bytes=len(data))
+
+
+def _sparse_parts(tensor: torch.Tensor) -> tuple[_DType, np.ndarray, np.ndarray, np.ndarray]:
+    """(dtype spec, non-zero values as bit patterns, their distinct values, zeros skipped before
+    each non-zero): what both storage kinds and the gap stream are built from."""
+    spec = BY_TORCH[tensor.dtype]
+    flat = bit_pattern(tensor)
+    positions = _nonzero(flat, spec)
+    values = flat[positions]
+    return spec, values, np.unique(values), np.diff(positions, prepend=-1) - 1
 
 
 def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
                   index_bits: int | None) -> tuple[bytes, TensorRow]:
-    spec = BY_TORCH[tensor.dtype]
     shape = tuple(tensor.shape)
-    numel = math.prod(shape)
-    flat = bit_pattern(tensor)
-    positions = _nonzero(flat, spec)
-    values = flat[positions]
-    distinct = np.unique(values)
+    spec, values, distinct, skips = _sparse_parts(tensor)
     storage = CODEBOOK if _shared(distinct.size, values.size, spec.itemsize, bits) else RAW
 
-    # Positions -> zeros skipped before each non-zero -> gap stream with fillers.
-    skips = np.diff(positions, prepend=-1) - 1
-    del positions
-    b = index_bits if index_bits is not None else choose_gap_width(skips, coder)
+    # Zeros skipped before each non-zero -> gap stream with fillers.
+    counts = gap_counts(skips) if index_bits is None else {}
+    b = index_bits if index_bits is not None else choose_gap_width(skips, coder, counts)
     gaps, fillers = gap_symbols(skips, b)
-    gap_data, gap_info = _streams.encode(gaps, 1 << b, coder, "gaps")
-    if index_bits is None and coder != "none":
+    gap_data, gap_info = _streams.encode(gaps, 1 << b, coder, "gaps", counts.get(b))
+    if counts and coder != "none":
         # Coding never makes the file larger: where the best fixed-width gap stream is smaller
         # (short streams, whose table outweighs the gain), store that one instead. This exact
         # check, not the chooser's estimates, is what decides.
-        b_fixed = choose_gap_width(skips, "none")
-        fixed_gaps, fixed_fillers = gap_symbols(skips, b_fixed)
-        if _streams.fixed_bytes(fixed_gaps.size, 1 << b_fixed) < len(gap_data):
-            b, gaps, fillers = b_fixed, fixed_gaps, fixed_fillers
-            gap_data, gap_info = _streams.encode(gaps, 1 << b, "none", "gaps")
-        del fixed_gaps
-    del skips, gaps
+        b_fixed = choose_gap_width(skips, "none", counts)
+        if _streams.fixed_bytes(int(counts[b_fixed].sum()), 1 << b_fixed) < len(gap_data):
+            b = b_fixed
+            gaps, fillers = gap_symbols(skips, b)
+            gap_data, gap_info = _streams.encode(gaps, 1 << b, "none", "gaps", counts[b])
+    del skips, gaps, counts
     le = np.dtype(spec.bits).newbyteorder("<")
     body = struct.pack("<QB", values.size, b) + gap_data
     streams = [gap_info]
@@ -208,13 +219,10 @@ def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
         body += raw
         values_bytes = len(raw)
     payload = _head(name, spec, shape, storage) + body
-    row = TensorRow(name=name, shape=shape, dtype=dtype_name(spec.torch_dtype),
-                    storage=STORAGE_NAMES[storage], numel=numel, nnz=int(values.size),
-                    bits=width, index_bits=b, fillers=fillers,
-                    bytes=len(payload) + SECTION_FRAMING, dense_bytes=4 * numel,
-                    codebook_bytes=codebook_bytes, values_bytes=values_bytes,
-                    streams=tuple(streams))
-    return payload, row
+    return payload, _row(name, spec, shape, STORAGE_NAMES[storage], len(payload),
+                         nnz=int(values.size), bits=width, index_bits=b, fillers=fillers,
+                         codebook_bytes=codebook_bytes, values_bytes=values_bytes,
+                         streams=tuple(streams))
 
 
 def codebook_indices(values: np.ndarray, distinct: np.ndarray,
@@ -230,12 +238,8 @@ def codebook_indices(values: np.ndarray, distinct: np.ndarray,
 def sparse_streams(tensor: torch.Tensor, b: int) -> dict[str, tuple[np.ndarray, int]]:
     """The symbol streams of a tensor stored with ``b``-bit gaps, as (symbols, alphabet): "gaps",
     and "indices" into its codebook (for measuring coders on exactly what the writer codes)."""
-    spec = BY_TORCH[tensor.dtype]
-    flat = bit_pattern(tensor)
-    positions = _nonzero(flat, spec)
-    values = flat[positions]
-    distinct = np.unique(values)
-    gaps, _ = gap_symbols(np.diff(positions, prepend=-1) - 1, b)
+    spec, values, distinct, skips = _sparse_parts(tensor)
+    gaps, _ = gap_symbols(skips, b)
     _, indices = codebook_indices(values, distinct, spec)
     return {"gaps": (gaps, 1 << b),
             "indices": (indices, 1 << _streams.width_for(distinct.size))}
@@ -263,10 +267,11 @@ def gap_symbols(skips: np.ndarray, b: int) -> tuple[np.ndarray, int]:
     return out, total_fill
 
 
-def choose_gap_width(skips: np.ndarray, coder: str) -> int:
-    """The gap width b in 1..16 whose stream codes smallest (histograms, no trial encodes)."""
+def gap_counts(skips: np.ndarray) -> dict[int, np.ndarray]:
+    """For each gap width b in 1..16, the symbol histogram of the gap stream gap_symbols(skips, b)
+    would give (fillers included), from one histogram of the skips; empty when there are none."""
     if skips.size == 0:
-        return 1
+        return {}
     cap = 1 << 16
     small = skips[skips < cap]
     hist = np.bincount(small, minlength=cap).astype(np.int64)
@@ -274,13 +279,25 @@ def choose_gap_width(skips: np.ndarray, coder: str) -> int:
     values = np.arange(cap, dtype=np.int64)
     used = np.flatnonzero(hist)
     hv, hc = values[used], hist[used]
-    estimates = {}
+    by_width = {}
     for b in range(1, MAX_INDEX_BITS + 1):
         m = (1 << b) - 1
         counts = np.bincount(hv % m, weights=hc, minlength=m + 1).astype(np.int64)
         counts[m] += int((hv // m * hc).sum()) + int((tail // m).sum())
         counts += np.bincount(tail % m, minlength=m + 1)
-        estimates[b] = (counts, _streams.estimate_bits(counts, 1 << b, coder))
+        by_width[b] = counts
+    return by_width
+
+
+def choose_gap_width(skips: np.ndarray, coder: str,
+                     counts: dict[int, np.ndarray] | None = None) -> int:
+    """The gap width b in 1..16 whose stream codes smallest (histograms, no trial encodes);
+    ``counts`` is gap_counts(skips), when the caller has it already."""
+    if skips.size == 0:
+        return 1
+    if counts is None:
+        counts = gap_counts(skips)
+    estimates = {b: (c, _streams.estimate_bits(c, 1 << b, coder)) for b, c in counts.items()}
     if coder == "huffman":
         # Huffman pays up to a bit per symbol over the entropy: settle the best few exactly.
         for b in sorted(estimates, key=lambda b: estimates[b][1])[:3]:
@@ -338,11 +355,8 @@ def decode(payload: memoryview, where: str, budget: list[int]) -> Decoded:
         tensor = from_bit_pattern(bits, stored, shape)
         if stored is not spec:
             tensor = tensor.to(spec.torch_dtype)
-        row = TensorRow(name=name, shape=shape, dtype=dtype_name(spec.torch_dtype),
-                        storage="plain", numel=numel, nnz=numel, bits=None, index_bits=None,
-                        fillers=0, bytes=len(payload) + SECTION_FRAMING,
-                        dense_bytes=4 * numel if spec.floating else 0, values_bytes=len(raw))
-        return Decoded(name, tensor, row, None)
+        return Decoded(name, tensor, _row(name, spec, shape, "plain", len(payload),
+                                          values_bytes=len(raw)), None)
     if storage not in (CODEBOOK, RAW) or not spec.floating:
         r.fail(f"invalid storage kind {storage} for a {dtype_name(spec.torch_dtype)} tensor")
     nnz = r.u64("non-zero count")
@@ -381,11 +395,9 @@ def decode(payload: memoryview, where: str, budget: list[int]) -> Decoded:
     r.done()
     dense = np.zeros(numel, dtype=spec.bits)
     dense[positions] = values
-    row = TensorRow(name=name, shape=shape, dtype=dtype_name(spec.torch_dtype),
-                    storage=STORAGE_NAMES[storage], numel=numel, nnz=int(nnz), bits=width,
-                    index_bits=b, fillers=fillers, bytes=len(payload) + SECTION_FRAMING,
-                    dense_bytes=4 * numel, codebook_bytes=codebook_bytes,
-                    values_bytes=values_bytes, streams=tuple(streams))
+    row = _row(name, spec, shape, STORAGE_NAMES[storage], len(payload), nnz=int(nnz), bits=width,
+               index_bits=b, fillers=fillers, codebook_bytes=codebook_bytes,
+               values_bytes=values_bytes, streams=tuple(streams))
     return Decoded(name, from_bit_pattern(dense, spec, shape), row, codebook_f32)
 
 
