@@ -110,16 +110,28 @@ def build_model(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     return model
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state_dict safely (``weights_only=True``: nothing is unpickled)."""
+def load_torch_file(path: str | Path, hint: str | None = None) -> Any:
+    """Load a torch file onto the CPU safely (``weights_only=True``: no code is unpickled).
+
+    The one place that opens checkpoints, so a missing or unreadable file reads the same whoever
+    loads it; ``hint`` (what the user can do about it) ends both messages.
+    """
     p = Path(path)
+    tail = f"; {hint}" if hint else ""
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist")
+        raise CheckpointError(f"checkpoint {p} does not exist{tail}")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {p} is corrupt or not a plain state_dict: {first}") from exc
+        first = str(exc).strip().splitlines()[0].rstrip(" .") if str(exc).strip() else ""
+        raise CheckpointError(f"checkpoint {p} is corrupt or unsafe to load "
+                              f"({first or type(exc).__name__}){tail}") from exc
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain state_dict, or the one inside a pipeline checkpoint, loaded by load_torch_file."""
+    p = Path(path)
+    obj = load_torch_file(p)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -31,7 +31,8 @@ from ._state import CompressionState
 from ._train import ProgressFn, evaluate, no_progress, predict, train
 from .data import Split, load_split
 from .errors import CheckpointError, RecipeError
-from .models import build_model, check_finite, load_state_dict_file, load_weights
+from .models import (build_model, check_finite, load_state_dict_file, load_torch_file,
+                     load_weights)
 from .recipe import EncodeConfig, Recipe
 
 StageFn = Callable[[nn.Module, Any, StageContext], None]
@@ -63,14 +64,8 @@ def save_checkpoint(path: Path, model: nn.Module, state: CompressionState, info:
 
 
 def load_checkpoint(path: Path, model: nn.Module, state: CompressionState) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; run without --resume-from, or "
-                              "resume from a stage whose previous checkpoint exists")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt ({type(exc).__name__}); "
-                              "resume from an earlier stage") from exc
+    blob = load_torch_file(path, hint="run without --resume-from, or resume from an earlier "
+                                      "stage whose checkpoint is intact")
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise CheckpointError(f"checkpoint {path} is not a deepcompress checkpoint")
     load_weights(model, blob["state_dict"], source=str(path))
