@@ -45,11 +45,17 @@ class BudgetError(DeepCompressError):
 
 
 class DeviceError(DeepCompressError):
-    """A device command failed or timed out."""
+    """A device command failed or timed out.
+
+    ``transient``: the call never completed (its deadline passed, or the connection to the device
+    was lost), so running it again may succeed. Set where that is known, so that a caller deciding
+    whether to retry reads a flag instead of parsing a message that may quote the device's output.
+    """
 
     def __init__(self, message: str, *, command: list[str] | str | None = None,
-                 returncode: int | None = None, output: str = "") -> None:
+                 returncode: int | None = None, output: str = "", transient: bool = False) -> None:
         super().__init__(message)
         self.command = command
         self.returncode = returncode
         self.output = output
+        self.transient = transient

@@ -276,13 +276,13 @@ class AdbDevice(Device):
                 if not retry_timeouts:
                     raise DeviceError(f"{self.serial}: {what} timed out after {timeout_s:g} s "
                                       f"({exc}); raise the timeout if the device is just slow",
-                                      command=command) from exc
+                                      command=command, transient=True) from exc
             except drops as exc:
                 self._drop()
                 last = exc
         raise DeviceError(f"{self.serial}: {what} failed after {self.retries + 1} attempt(s): "
                           f"{type(last).__name__}: {last}; is the device still reachable?",
-                          command=command) from last
+                          command=command, transient=True) from last
 
     # -- Device interface ---------------------------------------------------------------------
     def shell(self, argv: list[str], *, timeout_s: float = 60.0, check: bool = True) -> ShellResult:

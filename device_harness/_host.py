@@ -46,7 +46,7 @@ def run_local(argv: list[str], *, timeout_s: float, check: bool = True, env: dic
     except subprocess.TimeoutExpired as exc:
         _kill_group(proc)
         raise DeviceError(f"{argv[0]} timed out after {timeout_s:g} s; raise --timeout if the "
-                          "device is just slow", command=argv) from exc
+                          "device is just slow", command=argv, transient=True) from exc
     except BaseException:  # Ctrl-C included: leave nothing running behind us
         _kill_group(proc)
         raise

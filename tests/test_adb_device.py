@@ -129,6 +129,7 @@ def test_lost_device_is_reported_after_retries(key):
     with pytest.raises(DeviceError, match=r"failed after 3 attempt\(s\)") as err:
         dev.shell(["echo", "hi"])
     assert err.value.command == ["echo", "hi"] and time.monotonic() - start < 5
+    assert err.value.transient  # a lost connection: the caller may reconnect later
     with pytest.raises(DeviceError, match="connect failed after 2 attempt"):
         AdbDevice.connect(handle.serial, key_path=key, timeout_s=1, retries=1, backoff_s=0.01)
 
@@ -139,6 +140,7 @@ def test_shell_timeout_fires_and_device_recovers(device, emu):
         device.shell(["sh", "-c", "echo $$; exec sleep 20"], timeout_s=0.5)
     assert time.monotonic() - start < 3
     pid = int(err.value.output)  # what it printed before the deadline is kept
+    assert err.value.transient
     deadline = time.monotonic() + 3  # the dropped connection ends the command on the device
     while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
         time.sleep(0.05)

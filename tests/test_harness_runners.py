@@ -188,6 +188,29 @@ def test_non_transient_errors_are_not_retried(hostile_model):
     assert not results[0]["ok"] and results[0]["attempts"] == 1 and sleeps == []
 
 
+def test_transient_is_read_from_the_flag_not_the_message():
+    from device_harness.runners._bench import _transient
+
+    argv = ["python3", "runner.py"]
+    quoted = ('DEEPCOMPRESS_RESULT {"schema": "deepcompress.runner/1", '
+              '"error": "TimeoutError: read timed out"}\n')
+    with pytest.raises(DeviceError, match="timed out") as said:
+        parse_runner_output(quoted, argv)
+    assert not _transient(said.value)  # the runner ran and reported an error: not a dropped call
+    assert _transient(DeviceError("shell took too long", command=argv, transient=True))
+    assert _transient(_chained(ConnectionResetError(104, "reset")))  # a backend's own error
+    assert not _transient(DeviceError("timed out, says the device", command=argv))
+    assert _transient(TimeoutError()) and _transient(EOFError()) and not _transient(ValueError())
+    assert not _transient(FileNotFoundError(2, "gone"))
+
+
+def _chained(cause: BaseException) -> DeviceError:
+    try:
+        raise DeviceError("connection lost") from cause
+    except DeviceError as exc:
+        return exc
+
+
 @pytest.mark.parametrize("output, message", [
     ("some noise\n", "no result line"),
     ('DEEPCOMPRESS_RESULT {"schema": "other/9"}\n', "schema"),

@@ -23,7 +23,8 @@ from ._stats import cool_down, latency_stats, thermal_status
 
 # Not retried: the command ran and said no (bad model, missing file). Retried: the call never
 # completed (dropped connection, timeout), which is what a flaky USB cable or Wi-Fi looks like.
-_TRANSIENT = (ConnectionError, EOFError, TimeoutError, OSError, subprocess.TimeoutExpired)
+# OSError covers ConnectionError and TimeoutError (socket.timeout) too.
+_TRANSIENT = (OSError, EOFError, subprocess.TimeoutExpired)
 
 
 @dataclass(frozen=True)
@@ -182,11 +183,14 @@ def failure(artifact: Path | str, device: str | dict, exc: BaseException, attemp
 
 
 def _transient(exc: BaseException) -> bool:
-    """Worth a reconnection: the call never completed (dropped connection, timeout)."""
+    """Worth a reconnection: the call never completed (dropped connection, timeout).
+
+    A DeviceError says so with its ``transient`` flag (or through its cause); its message is not
+    read, since it may quote the device's own output ("TimeoutError: read timed out")."""
     if isinstance(exc, DeviceError):
         cause = exc.__cause__
         return exc.returncode is None and (
-            "timed out" in str(exc) or (cause is not None and _transient(cause)))
+            exc.transient or (cause is not None and _transient(cause)))
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False  # a local file problem: retrying changes nothing
     return isinstance(exc, _TRANSIENT)
