@@ -26,11 +26,16 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+# Both exporters import their converters (coremltools, LiteRT) only when they run: importing them
+# here costs ~20 ms, and the options below come from them rather than from copies.
+import android_export
+import ios_export
+from android_export import (build_variant, convert_float32, evaluate_tflite, export_tflite,
+                            torch_logits)
+from ios_export import coreml_logits, export_coreml, verify_coreml
+
 from .artifacts import CompressedLayer, artifact_size, compressed_layers, example_input
 from .errors import ExportError, RecipeError
-
-IOS_TARGETS = ("iOS16", "iOS17", "iOS18")   # mirrored from ios_export (not imported: it is heavy)
-TFLITE_VARIANTS = ("float32", "float16", "int8", "sparse-float32", "sparse-float16", "sparse-int8")
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
@@ -40,16 +45,21 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("model", metavar="MODEL.dcz", help="a model written by 'deepcompress run' or 'pack'")
     p.add_argument("--tflite", metavar="OUT.tflite", help="write a LiteRT/TFLite flatbuffer")
     p.add_argument("--coreml", metavar="OUT.mlpackage", help="write a Core ML ML Program package")
-    p.add_argument("--tflite-variant", default="sparse-float16", choices=TFLITE_VARIANTS,
-                   help="what the .tflite stores (default: sparse-float16, the smallest that keeps "
-                        "the weights exact in fp16)")
-    p.add_argument("--coreml-target", default="iOS18", choices=IOS_TARGETS,
-                   help="minimum deployment target (default iOS18: sparse+palettized in one op; "
-                        "iOS16/17 store each layer sparse or palettized, whichever is smaller)")
-    p.add_argument("--coreml-precision", default="fp16", choices=("fp16", "fp32"),
-                   help="weight and compute precision (default fp16: what the Neural Engine runs)")
-    p.add_argument("--coreml-compression", default="auto",
-                   choices=("auto", "joint", "sparse", "palettize"),
+    p.add_argument("--tflite-variant", default=android_export.DEFAULT_VARIANT,
+                   choices=tuple(android_export.VARIANTS),
+                   help=f"what the .tflite stores (default: {android_export.DEFAULT_VARIANT}, the "
+                        "smallest that keeps the weights exact in fp16)")
+    p.add_argument("--coreml-target", default=ios_export.DEFAULT_TARGET, choices=ios_export.TARGETS,
+                   help=f"minimum deployment target (default {ios_export.DEFAULT_TARGET}: "
+                        "sparse+palettized in one op; iOS16/17 store each layer sparse or "
+                        "palettized, whichever is smaller)")
+    p.add_argument("--coreml-precision", default=ios_export.DEFAULT_PRECISION,
+                   choices=ios_export.PRECISIONS,
+                   help=f"weight and compute precision (default {ios_export.DEFAULT_PRECISION}: "
+                        "what the Neural Engine runs)")
+    # "none" (the dense baseline) is what the report's dense_bytes measure, not a user choice
+    p.add_argument("--coreml-compression", default=ios_export.DEFAULT_METHOD,
+                   choices=tuple(m for m in ios_export.METHODS if m != "none"),
                    help="force one storage for every layer (default: the smallest per layer)")
     p.add_argument("--input-shape", metavar="C,H,W",
                    help="shape of one example without the batch axis (default: from the recipe)")
@@ -87,8 +97,6 @@ def _layers(model: nn.Module, dcz: Any) -> dict[str, CompressedLayer]:
 
 def tflite_report(model: nn.Module, input_shape: list[int], out: Path, variant: str,
                   layers: dict[str, CompressedLayer], split: Any, reference: np.ndarray) -> dict:
-    from android_export import build_variant, convert_float32, evaluate_tflite, export_tflite  # noqa: PLC0415
-
     float32 = convert_float32(model, example_input(input_shape))
     result = export_tflite(model, input_shape, out, variant=variant, layers=layers, float32=float32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,8 +113,6 @@ def tflite_report(model: nn.Module, input_shape: list[int], out: Path, variant: 
 def coreml_report(model: nn.Module, input_shape: list[int], out: Path, target: str, precision: str,
                   method: str, layers: dict[str, CompressedLayer], split: Any,
                   reference: np.ndarray) -> dict:
-    from ios_export import coreml_logits, export_coreml, verify_coreml  # noqa: PLC0415
-
     result = export_coreml(model, input_shape, out, layers=layers, target=target,
                            precision=precision, method=method)
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +152,6 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from .container import load_model  # noqa: PLC0415
     from .data import load_split  # noqa: PLC0415
-    from android_export import torch_logits  # noqa: PLC0415 - cheap: backends load lazily
 
     console = None
     if not args.json:

@@ -7,8 +7,10 @@ our codebooks as Core ML lookup tables), and a check that decodes them back on a
 
 coremltools is imported only when one of these runs.
 """
-from ._convert import TARGETS, CoreMLExport, LayerPlan, export_coreml, plan_layer
+from ._convert import (DEFAULT_METHOD, DEFAULT_PRECISION, DEFAULT_TARGET, METHODS, PRECISIONS,
+                       TARGETS, CoreMLExport, LayerPlan, export_coreml, plan_layer)
 from ._verify import CoreMLCheck, LayerCheck, coreml_logits, verify_coreml
 
-__all__ = ["TARGETS", "CoreMLCheck", "CoreMLExport", "LayerCheck", "LayerPlan", "coreml_logits",
+__all__ = ["DEFAULT_METHOD", "DEFAULT_PRECISION", "DEFAULT_TARGET", "METHODS", "PRECISIONS",
+           "TARGETS", "CoreMLCheck", "CoreMLExport", "LayerCheck", "LayerPlan", "coreml_logits",
            "export_coreml", "plan_layer", "verify_coreml"]

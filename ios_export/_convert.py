@@ -50,6 +50,7 @@ from ._backend import coremltools, quiet
 TARGETS = ("iOS16", "iOS17", "iOS18")
 PRECISIONS = ("fp16", "fp32")
 METHODS = ("auto", "joint", "sparse", "palettize", "none")
+DEFAULT_TARGET, DEFAULT_PRECISION, DEFAULT_METHOD = "iOS18", "fp16", "auto"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 METADATA_KEY = "com.deepcompress.layers"
 # Index widths Core ML's LUT ops accept: iOS16's constexpr_lut_to_dense has no 3-bit LUT.
@@ -281,8 +282,8 @@ def _save(mlmodel: Any, out: Path) -> None:
 
 
 def export_coreml(model: nn.Module, input_shape: Sequence[int], out: str | os.PathLike[str], *,
-                  layers: Mapping[str, CompressedLayer] | None = None, target: str = "iOS18",
-                  precision: str = "fp16", method: str = "auto") -> CoreMLExport:
+                  layers: Mapping[str, CompressedLayer] | None = None, target: str = DEFAULT_TARGET,
+                  precision: str = DEFAULT_PRECISION, method: str = DEFAULT_METHOD) -> CoreMLExport:
     """Convert ``model`` to ``out`` (a ``.mlpackage``) with every compressed layer stored natively
     compressed. ``method="none"`` exports it uncompressed (the dense baseline).
 
