@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compression._train import predict
 from compression.data import Split
 from compression.errors import ExportError
 
@@ -70,10 +71,9 @@ def tflite_logits(path: str | os.PathLike[str], images: torch.Tensor) -> np.ndar
     return logits
 
 
-@torch.no_grad()
 def torch_logits(model: nn.Module, images: torch.Tensor, batch: int = 1000) -> np.ndarray:
-    model = model.eval()
-    return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)]).numpy()
+    """The PyTorch model's logits, as the pipeline's own evaluation computes them."""
+    return predict(model, images, batch).numpy()
 
 
 def evaluate_tflite(path: str | os.PathLike[str], model: nn.Module, split: Split,
