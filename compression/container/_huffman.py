@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._bits import pack_codes, windows
+from ._bits import pack_codes, read_bits, windows
 
 MAX_LEN = 20  # lookup table of at most 2**20 entries; alphabets are at most 2**16 symbols
 LANE = 4096   # symbols per lane: ~2,400 lanes for 10M symbols; one start offset per lane
@@ -107,25 +107,25 @@ def kraft_ok(lengths: np.ndarray) -> bool:
 
 def encode(symbols: np.ndarray, lengths: np.ndarray,
            lane: int = LANE) -> tuple[bytes, int, np.ndarray]:
-    """Encode; return (payload, payload bits, bit offset where each lane after the first starts)."""
+    """Encode; return (payload, payload bits, bits in each lane but the last): the lane sizes let
+    the decoder start every lane at once."""
     order, lens, codes, _ = canonical(lengths)
     code_of = np.zeros(lengths.size, dtype=np.uint64)
     code_of[order] = codes
     sym_len = lengths.astype(np.uint64)[symbols]
     data, total = pack_codes(code_of[symbols], sym_len)
-    # Offset of symbol i = sum of lengths before it; keep one per lane start.
     lane_bits = np.add.reduceat(sym_len, np.arange(0, symbols.size, lane)) if symbols.size else \
         np.zeros(0, dtype=np.uint64)
-    starts = np.cumsum(lane_bits)[:-1]
-    return data, total, starts
+    return data, total, lane_bits[:-1]
 
 
 def decode(data: bytes | memoryview, total_bits: int, count: int, lengths: np.ndarray,
-           starts: np.ndarray, lane: int = LANE) -> np.ndarray:
-    """Decode ``count`` symbols. Raises ValueError if the payload does not decode exactly."""
+           lane_bits: np.ndarray, lane: int = LANE) -> np.ndarray:
+    """Decode ``count`` symbols, given the bits in each lane but the last (as encode returns
+    them). Raises ValueError if the payload does not decode exactly."""
     n_lanes = -(-count // lane) if count else 0
-    if starts.size != max(n_lanes - 1, 0):
-        raise ValueError(f"expected {max(n_lanes - 1, 0)} lane offsets, found {starts.size}")
+    if lane_bits.size != max(n_lanes - 1, 0):
+        raise ValueError(f"expected {max(n_lanes - 1, 0)} lane offsets, found {lane_bits.size}")
     if count == 0:
         if total_bits:
             raise ValueError("empty stream with a non-empty payload")
@@ -139,8 +139,9 @@ def decode(data: bytes | memoryview, total_bits: int, count: int, lengths: np.nd
     table_sym[:filled] = np.repeat(order, span)
     table_len[:filled] = np.repeat(lens, span).astype(np.uint64)
 
-    lane_start = np.concatenate(([0], np.asarray(starts, dtype=np.uint64))).astype(np.uint64)
-    lane_end = np.concatenate((lane_start[1:], [np.uint64(total_bits)])).astype(np.uint64)
+    lane_start = np.zeros(n_lanes, dtype=np.uint64)
+    lane_start[1:] = np.cumsum(np.asarray(lane_bits, dtype=np.uint64), dtype=np.uint64)
+    lane_end = np.append(lane_start[1:], np.uint64(total_bits))
     if np.any(lane_end < lane_start):
         raise ValueError("lane offsets are not increasing")
     steps = min(lane, count)
@@ -149,12 +150,11 @@ def decode(data: bytes | memoryview, total_bits: int, count: int, lengths: np.nd
     W = windows(data, pad_bytes=(steps * width) // 8 + 8)
     pos = lane_start.copy()
     out = np.empty((steps, n_lanes), dtype=np.int32)
-    shift = np.uint64(64 - width)
     last_end = None
     for i in range(steps):
         if i == last_count:
             last_end = int(pos[-1])
-        win = (W[pos >> np.uint64(3)] << (pos & np.uint64(7))) >> shift
+        win = read_bits(W, pos, width)
         np.take(table_sym, win, out=out[i])
         pos += table_len[win]
     if last_end is None:

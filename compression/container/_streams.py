@@ -154,8 +154,7 @@ def _encode_as(symbols: np.ndarray, alphabet: int, coder: str, name: str,
         payload = b""
     elif kind == "huffman":
         lengths = _huffman.code_lengths(counts)
-        payload, total_bits, starts = _huffman.encode(symbols, lengths)
-        lane_bits = np.diff(np.concatenate(([0], starts))).astype(np.uint64)
+        payload, total_bits, lane_bits = _huffman.encode(symbols, lengths)
         off_width = int(lane_bits.max()).bit_length() if lane_bits.size else 0
         table = (_encode_table(alphabet, present, lengths[present], _LEN_WIDTH)
                  + _huffman.LANE.to_bytes(4, "little") + bytes([off_width])
@@ -340,8 +339,7 @@ def _decode_huffman(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.nda
         r.fail(f"{name} stream: {total_bits} payload bits cannot hold {n:,} symbols")
     data = r.take((total_bits + 7) // 8, f"{name} stream payload")
     try:
-        out = _huffman.decode(data, total_bits, n, full, np.cumsum(lane_bits, dtype=np.uint64),
-                              lane=lane)
+        out = _huffman.decode(data, total_bits, n, full, lane_bits, lane=lane)
     except ValueError as exc:
         r.fail(f"{name} stream: {exc}")
     return out.astype(np.int64), table_end
