@@ -15,10 +15,10 @@ from typing import Any
 from ._device import Device, DeviceInfo, ShellResult
 
 
-def open_device(spec: str, *, timeout_s: float = 30.0) -> Device:
+def open_device(spec: str, *, timeout_s: float = 30.0, retries: int = 3) -> Device:
     from ._discover import open_device as _open
 
-    return _open(spec, timeout_s=timeout_s)
+    return _open(spec, timeout_s=timeout_s, retries=retries)
 
 
 def discover(adb_addresses=(), *, probe: bool = True) -> list:
@@ -28,11 +28,15 @@ def discover(adb_addresses=(), *, probe: bool = True) -> list:
 
 
 def bench(artifact: str | Path, spec: str = "host", **options: Any) -> dict:
-    """Benchmark one artifact on one device; options are BenchOptions fields (runs, warmup, ...)."""
+    """Benchmark one artifact on one device; options are BenchOptions fields (runs, warmup, ...).
+
+    One benchmark has no retry loop of its own, so ``retries`` goes to the device: it reconnects
+    that often after a dropped connection (a timeout is raised, not retried)."""
     from .runners import BenchOptions, bench_artifact
 
-    with open_device(spec) as device:
-        return bench_artifact(device, Path(artifact), BenchOptions(**options))
+    opts = BenchOptions(**options)
+    with open_device(spec, retries=opts.retries) as device:
+        return bench_artifact(device, Path(artifact), opts)
 
 
 __all__ = ["Device", "DeviceInfo", "ShellResult", "open_device", "discover", "bench"]

@@ -17,7 +17,9 @@ What this adds to adb-shell:
   ``; echo __DC_RC=$?`` and the marker is parsed off the output;
 * timeouts -- every call has an overall deadline, enforced by the transport on each read/write;
 * retries -- a dropped connection is reconnected with exponential backoff and the call re-run
-  (push/pull and the harness's commands are idempotent); a timeout is reported, not retried;
+  (push/pull and the harness's commands are idempotent); a timeout is reported, not retried
+  here. Both errors carry ``DeviceError.transient``: a caller with its own retry loop
+  (``bench_many``, which re-runs a whole benchmark) connects with ``retries=0`` and decides;
 * quoting -- ``shell`` takes an argument list and quotes every element with ``shlex.quote``.
 """
 from __future__ import annotations

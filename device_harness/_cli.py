@@ -116,8 +116,11 @@ def _bench(args: argparse.Namespace) -> int:
             state = "ok" if result["ok"] else f"FAILED: {result['error']}"
             print(f"{Path(result['artifact']).name} on {where}: {state}", file=sys.stderr, flush=True)
 
+    # retries=0: bench_many reconnects (--retries times, with backoff) and counts the attempts;
+    # a device reconnecting on its own too would multiply the attempts made behind that count.
     results = bench_many(args.artifacts, specs, opts,
-                         open_device=lambda s: open_device(s, timeout_s=min(args.timeout, 60.0)),
+                         open_device=lambda s: open_device(s, timeout_s=min(args.timeout, 60.0),
+                                                           retries=0),
                          on_result=on_result)
     if not args.json:
         _print_table(results)

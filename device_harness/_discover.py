@@ -36,8 +36,12 @@ def _emulator_address() -> str:
     return f"127.0.0.1:{port}"
 
 
-def open_device(spec: str, *, timeout_s: float = 30.0) -> Device:
-    """Open the device a SPEC names. The caller closes it (Device is a context manager)."""
+def open_device(spec: str, *, timeout_s: float = 30.0, retries: int = 3) -> Device:
+    """Open the device a SPEC names. The caller closes it (Device is a context manager).
+
+    ``retries``: how often an ADB device reconnects after a dropped connection, on opening and on
+    each later call. A caller with a retry loop of its own (``bench_many``) passes 0, so that one
+    loop owns reconnection and the attempts it reports are the ones made."""
     spec = spec.strip()
     if spec == "host":
         from ._host import HostDevice
@@ -55,7 +59,7 @@ def open_device(spec: str, *, timeout_s: float = 30.0) -> Device:
     if not spec or any(c.isspace() for c in spec):
         raise DeviceError(f"--device {spec!r}: expected host, emulator, simctl:UDID|booted, "
                           "HOST:PORT or a USB serial")
-    return _adb_class().connect(spec, timeout_s=timeout_s)
+    return _adb_class().connect(spec, timeout_s=timeout_s, retries=retries)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from compression.cli import main as cli
+from compression.errors import DeviceError
 from device_harness.runners import BenchOptions, bench_artifact, bench_many
 from device_harness.runners._benchmark_model import big_core_mask
 
@@ -146,6 +147,52 @@ def test_dead_device_reported_live_one_kept(emu, hostile_model, tmp_path, capsys
     assert printed == written and [r["ok"] for r in written] == [False, True]
     assert written[0]["device"] == {"spec": dead} and "reachable" in written[0]["error"]
     assert written[1]["device"]["serial"] == emu.serial
+
+
+class _DroppingPort:
+    """A TCP port whose every connection is closed as soon as it is accepted (a device that keeps
+    dropping); counts the connections made to it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.spec = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed by the test
+                return
+            self.connections += 1
+            conn.close()
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_attempts_reported_are_the_connections_made(hostile_model, retries, capsys):
+    port = _DroppingPort()
+    try:
+        code = cli(["bench", str(hostile_model), "--device", port.spec, "--runs", "3",
+                    "--retries", str(retries), "--json"])
+    finally:
+        port.sock.close()
+    assert code == 1
+    (result,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not result["ok"] and result["attempts"] == retries + 1
+    assert port.connections == retries + 1  # no retry loop hidden inside each attempt
+
+
+def test_bench_api_passes_its_retries_to_the_device(hostile_model):
+    import device_harness
+
+    port = _DroppingPort()
+    try:
+        with pytest.raises(DeviceError, match=r"failed after 2 attempt\(s\)"):
+            device_harness.bench(hostile_model, port.spec, runs=3, retries=1)
+    finally:
+        port.sock.close()
+    assert port.connections == 2
 
 
 def test_connection_dropped_between_models_is_recovered(emu, hostile_model):

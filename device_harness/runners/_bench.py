@@ -199,7 +199,10 @@ def _transient(exc: BaseException) -> bool:
 def bench_many(artifacts: Iterable[Path], specs: Iterable[str], opts: BenchOptions,
                open_device: Callable[[str], Device], on_result: Callable[[dict], None],
                sleep: Callable[[float], None] = time.sleep) -> list[dict]:
-    """Every artifact on every device; failures are results too. Returns all results in order."""
+    """Every artifact on every device; failures are results too. Returns all results in order.
+
+    This loop owns reconnection: ``open_device`` should not retry on its own (an AdbDevice opened
+    with ``retries=0``), or each attempt counted in a failure's ``attempts`` hides several."""
     artifacts, results = list(artifacts), []
 
     def emit(result: dict) -> None:
