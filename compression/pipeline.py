@@ -26,7 +26,7 @@ from torch import nn
 
 from . import finetune, prune, share
 from ._context import StageContext
-from ._io import atomic_path, write_json_atomic
+from ._io import atomic_path, write_bytes_atomic, write_json_atomic
 from ._state import CompressionState
 from ._train import ProgressFn, evaluate, no_progress, predict, train
 from .data import Split, load_split
@@ -63,7 +63,11 @@ def save_checkpoint(path: Path, model: nn.Module, state: CompressionState, info:
     write_json_atomic(path.with_suffix(".json"), info)
 
 
-def load_checkpoint(path: Path, model: nn.Module, state: CompressionState) -> dict:
+def load_checkpoint(path: Path, model: nn.Module, state: CompressionState) -> None:
+    """Load a checkpoint's weights into ``model`` and its masks and codebooks into ``state``.
+
+    The stage's figures beside it (NAME.json) are not read here: only run_recipe wants them.
+    """
     blob = load_torch_file(path, hint="run without --resume-from, or resume from an earlier "
                                       "stage whose checkpoint is intact")
     if not isinstance(blob, dict) or "state_dict" not in blob:
@@ -71,8 +75,6 @@ def load_checkpoint(path: Path, model: nn.Module, state: CompressionState) -> di
     load_weights(model, blob["state_dict"], source=str(path))
     state.load_tensors(blob, str(path))
     state.check()
-    info_path = path.with_suffix(".json")
-    return json.loads(info_path.read_text()) if info_path.is_file() else {}
 
 
 def load_data(recipe: Recipe, data_root: str | None) -> tuple[Split, Split]:
@@ -104,7 +106,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
     layer_types = {name: layer.type_name for name, layer in state.layers.items()}
     recipe.check_against_model(layer_types)       # before any training starts
     start = 0 if resume_from is None else _resume_index(recipe, resume_from)
-    if start > 0 or resume_from is not None:
+    if resume_from is not None:                   # start > 0 only when resuming
         saved_path = out / "recipe.json"
         if saved_path.is_file():
             why = _same_prefix(json.loads(saved_path.read_text()).get("recipe", {}), recipe, start)
@@ -114,8 +116,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
     train_set, test_set = load_data(recipe, data_root)
     out.mkdir(parents=True, exist_ok=True)
     if recipe_text is not None:
-        with atomic_path(out / "recipe.toml") as tmp:
-            tmp.write_text(recipe_text)
+        write_bytes_atomic(out / "recipe.toml", recipe_text.encode())
     write_json_atomic(out / "recipe.json", {"recipe": recipe.to_dict(), "sha256": recipe.sha256()})
 
     ctx = StageContext(state=state, train=train_set, test=test_set, baseline=recipe.baseline,
@@ -126,7 +127,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
     stage_metrics: dict[str, dict] = {}
 
     # -- baseline ---------------------------------------------------------------------------
-    if start == 0 and resume_from is None:
+    if resume_from is None:
         t0 = time.perf_counter()
         _baseline(model, recipe, ctx)
         seconds[BASELINE] = time.perf_counter() - t0
