@@ -13,7 +13,7 @@ import torch
 
 from .._io import write_bytes_atomic
 from ..errors import ContainerError
-from . import _format, _tensor
+from . import _format, _streams, _tensor
 from ._format import FORMAT_VERSION, TAG_END, TAG_META, TAG_TENSOR, Reader
 from ._streams import CODERS
 from ._tensor import TensorRow
@@ -109,8 +109,7 @@ def pack(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *
         parts.append(_format.section(TAG_TENSOR, payload))
         rows.append(row)
     size = sum(map(len, parts))
-    parts.append(_format.section(TAG_END, len(rows).to_bytes(4, "little")
-                                 + size.to_bytes(8, "little")))
+    parts.append(_format.section(TAG_END, _format.END.pack(len(rows), size)))
     write_bytes_atomic(path, b"".join(parts))
     on_disk = os.path.getsize(path)
     dense = sum(r.dense_bytes for r in rows)
@@ -197,7 +196,7 @@ def _read(path: str | os.PathLike[str], max_decoded_bytes: int | None):
             decoded.append(item)
         else:  # END
             end = Reader(payload, sec_where)
-            count, size = end.u32("tensor count"), end.u64("file size")
+            count, size = end.unpack(_format.END, "end marker")
             end.done()
             if count != len(decoded) or size != start:
                 raise ContainerError(f"{sec_where}: end marker expects {count} tensors in "
@@ -274,8 +273,7 @@ def inspect(path: str | os.PathLike[str]) -> dict:
             agg["table_bytes"] += s.table_bytes
             agg["entropy_bits"] += s.entropy_bits
     for agg in streams.values():
-        agg["payload_overhead"] = (agg["payload_bytes"] * 8 / agg["entropy_bits"] - 1
-                                   if agg["entropy_bits"] else None)
+        agg["payload_overhead"] = _streams.overhead(agg["payload_bytes"], agg["entropy_bits"])
     section_bytes = sum(t.bytes for t in dcz.tensors)
     weights = sum(t.numel for t in dcz.tensors if t.dense_bytes)
     return {

@@ -31,6 +31,7 @@ FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sII")
 SECTION_HEAD = struct.Struct("<4sQ")
 CRC = struct.Struct("<I")
+END = struct.Struct("<IQ")    # END section payload: tensor count, bytes before the END section
 TAG_META, TAG_TENSOR, TAG_END = b"META", b"TENS", b"END "
 TAG_NAMES = {TAG_META: "metadata", TAG_TENSOR: "tensor", TAG_END: "end marker"}
 
@@ -152,7 +153,3 @@ def _peek_name(tag: bytes, body: memoryview) -> str:
     except UnicodeDecodeError:
         return ""
     return f", probably tensor {name!r}" if name.isprintable() and len(raw) == n else ""
-
-
-def fail(where: str, message: str) -> NoReturn:
-    raise ContainerError(f"{where}: {message}")

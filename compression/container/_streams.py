@@ -47,9 +47,7 @@ class StreamInfo:
     @property
     def payload_overhead(self) -> float | None:
         """Payload bits over the entropy bound, as a fraction (0.01 = 1% above)."""
-        if self.entropy_bits <= 0:
-            return None
-        return self.payload_bytes * 8 / self.entropy_bits - 1
+        return overhead(self.payload_bytes, self.entropy_bits)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -58,6 +56,11 @@ class StreamInfo:
         d["entropy_bits_per_symbol"] = self.entropy_bits / self.count if self.count else 0.0
         d["payload_overhead"] = self.payload_overhead
         return d
+
+
+def overhead(payload_bytes: int, entropy_bits: float) -> float | None:
+    """Payload bits over the order-0 entropy bound, as a fraction; None where the bound is 0."""
+    return payload_bytes * 8 / entropy_bits - 1 if entropy_bits > 0 else None
 
 
 def entropy_bits(counts: np.ndarray) -> float:
