@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +12,11 @@ import torch
 from torch import nn
 
 from compression._train import predict
+from compression.artifacts import Evaluation, score_logits
 from compression.data import Split
 from compression.errors import ExportError
 
 from ._backend import quiet, require
-
-# The issue's bar: the artifact's test accuracy within 0.1 points of the PyTorch model's.
-TOLERANCE_PTS = 0.1
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    examples: int
-    accuracy: float          # % correct through the .tflite
-    torch_accuracy: float    # % correct through the PyTorch model, same examples
-    max_abs_diff: float      # largest |logit(tflite) - logit(torch)| over all examples and classes
-    agreement: float         # % of examples where both predict the same class
-    tolerance_pts: float = TOLERANCE_PTS
-
-    @property
-    def ok(self) -> bool:
-        return abs(self.accuracy - self.torch_accuracy) <= self.tolerance_pts
-
-    def to_dict(self) -> dict[str, Any]:
-        rounded = {k: round(v, 4) if k in ("accuracy", "torch_accuracy", "agreement") else v
-                   for k, v in asdict(self).items()}
-        return {**rounded, "ok": self.ok}
 
 
 def interpreter(path: str | os.PathLike[str], threads: int = 1, xnnpack: bool = True) -> Any:
@@ -81,16 +59,7 @@ def evaluate_tflite(path: str | os.PathLike[str], model: nn.Module, split: Split
     """Accuracy of the .tflite on ``split`` next to the PyTorch model's, and the largest logit
     difference. ``reference`` reuses PyTorch logits computed earlier for the same split."""
     ref = torch_logits(model, split.images) if reference is None else reference
-    got = tflite_logits(path, split.images)
-    labels = split.labels.numpy()
-    n = len(labels)
-    return Evaluation(
-        examples=n,
-        accuracy=100.0 * float(np.mean(got.argmax(1) == labels)),
-        torch_accuracy=100.0 * float(np.mean(ref.argmax(1) == labels)),
-        max_abs_diff=float(np.max(np.abs(got - ref))),
-        agreement=100.0 * float(np.mean(got.argmax(1) == ref.argmax(1))),
-    )
+    return score_logits(tflite_logits(path, split.images), ref, split.labels.numpy())
 
 
 def latency_us(path: str | os.PathLike[str], runs: int = 200, warmup: int = 20,

@@ -34,7 +34,8 @@ from android_export import (build_variant, convert_float32, evaluate_tflite, exp
                             torch_logits)
 from ios_export import coreml_logits, export_coreml, verify_coreml
 
-from .artifacts import CompressedLayer, artifact_size, compressed_layers, example_input
+from .artifacts import (CompressedLayer, artifact_size, compressed_layers, example_input,
+                        score_logits)
 from .errors import ExportError, RecipeError
 
 
@@ -129,13 +130,11 @@ def coreml_report(model: nn.Module, input_shape: list[int], out: Path, target: s
               "dense_zipped_bytes": dense.zipped_bytes, "ratio": dense.bytes / size.bytes,
               **checked, "layers": layers_, "ok": check.ok}
     if sys.platform == "darwin":
-        got = coreml_logits(out, split.images.numpy())
-        labels = split.labels.numpy()
-        report["predictions"] = {
-            "examples": len(labels),
-            "accuracy": 100.0 * float(np.mean(got.argmax(1) == labels)),
-            "torch_accuracy": 100.0 * float(np.mean(reference.argmax(1) == labels)),
-            "max_abs_diff": float(np.max(np.abs(got - reference)))}
+        score = score_logits(coreml_logits(out, split.images.numpy()), reference,
+                             split.labels.numpy())
+        # unrounded, and no pass/fail: the package's verdict is the decoded-weights check above
+        keys = ("examples", "accuracy", "torch_accuracy", "max_abs_diff")
+        report["predictions"] = {k: getattr(score, k) for k in keys}
     else:
         report["predictions"] = {"skipped": "Core ML predictions need macOS"}
     return report

@@ -1,5 +1,5 @@
-"""What the two exporters share: which layers are compressed, how big an artifact is, and which
-layer an unsupported op came from.
+"""What the two exporters share: which layers are compressed, how big an artifact is, how its
+logits score against PyTorch's, and which layer an unsupported op came from.
 
 The exporters (``ios_export``, ``android_export``) take a plain ``nn.Module`` and learn the
 compression from the weights themselves: the distinct non-zero values of a layer are its codebook,
@@ -16,9 +16,9 @@ import os
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ from .models import compressible_layers
 MAX_CODEBOOK = 256
 # APKs and IPAs are zip files; aapt2 and ditto deflate at zlib's strongest level.
 ZIP_LEVEL = 9
+# The issue's bar: the artifact's test accuracy within 0.1 points of the PyTorch model's.
+TOLERANCE_PTS = 0.1
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,37 @@ def artifact_size(path: str | os.PathLike[str]) -> ArtifactSize:
             arcname = root.name if f == root else f"{root.name}/{f.relative_to(root).as_posix()}"
             zf.write(f, arcname)
     return ArtifactSize(sum(f.stat().st_size for f in files), buf.getbuffer().nbytes)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    examples: int
+    accuracy: float          # % correct through the exported artifact
+    torch_accuracy: float    # % correct through the PyTorch model, same examples
+    max_abs_diff: float      # largest |logit(artifact) - logit(torch)|, all examples and classes
+    agreement: float         # % of examples where both predict the same class
+    tolerance_pts: float = TOLERANCE_PTS
+
+    @property
+    def ok(self) -> bool:
+        return abs(self.accuracy - self.torch_accuracy) <= self.tolerance_pts
+
+    def to_dict(self) -> dict[str, Any]:
+        rounded = {k: round(v, 4) if k in ("accuracy", "torch_accuracy", "agreement") else v
+                   for k, v in asdict(self).items()}
+        return {**rounded, "ok": self.ok}
+
+
+def score_logits(got: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> Evaluation:
+    """Score an artifact's logits against the PyTorch model's on the same examples: both
+    exporters' validations (LiteRT everywhere, Core ML on macOS) compare the same way."""
+    return Evaluation(
+        examples=len(labels),
+        accuracy=100.0 * float(np.mean(got.argmax(1) == labels)),
+        torch_accuracy=100.0 * float(np.mean(reference.argmax(1) == labels)),
+        max_abs_diff=float(np.max(np.abs(got - reference))),
+        agreement=100.0 * float(np.mean(got.argmax(1) == reference.argmax(1))),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
