@@ -17,25 +17,6 @@ from ._device import Device, DeviceInfo
 EMULATOR_ADB_PORTS = tuple(range(5555, 5586, 2))
 
 
-def _adb_class():
-    try:
-        from ._adb import AdbDevice
-    except ImportError as exc:
-        raise DeviceError(f"the ADB backend is not available ({exc})") from exc
-    return AdbDevice
-
-
-def _emulator_address() -> str:
-    """Start the built-in emulated device, or reuse the running one; return its HOST:PORT."""
-    from . import emulator
-
-    handle = emulator.ensure_emulator()
-    if isinstance(handle, str):
-        return handle
-    port = handle if isinstance(handle, int) else getattr(handle, "port")
-    return f"127.0.0.1:{port}"
-
-
 def open_device(spec: str, *, timeout_s: float = 30.0, retries: int = 3) -> Device:
     """Open the device a SPEC names. The caller closes it (Device is a context manager).
 
@@ -54,12 +35,16 @@ def open_device(spec: str, *, timeout_s: float = 30.0, retries: int = 3) -> Devi
         if not target:
             raise DeviceError("--device simctl: needs a UDID or 'booted' (simctl:booted)")
         return SimctlDevice.open(target, timeout_s=timeout_s)
-    if spec == "emulator":
-        spec = _emulator_address()
+    if spec == "emulator":  # the built-in emulated device, started or reused: its HOST:PORT
+        from . import emulator
+
+        spec = emulator.ensure_emulator()
     if not spec or any(c.isspace() for c in spec):
         raise DeviceError(f"--device {spec!r}: expected host, emulator, simctl:UDID|booted, "
                           "HOST:PORT or a USB serial")
-    return _adb_class().connect(spec, timeout_s=timeout_s, retries=retries)
+    from ._adb import AdbDevice  # imports adb-shell only when a connection is made
+
+    return AdbDevice.connect(spec, timeout_s=timeout_s, retries=retries)
 
 
 @dataclass(frozen=True)
@@ -90,6 +75,7 @@ def _port_open(host: str, port: int, timeout_s: float) -> bool:
 def discover(adb_addresses: Iterable[str] = (), *, probe: bool = True, probe_timeout_s: float = 0.2,
              timeout_s: float = 5.0) -> list[Listing]:
     """The host, ADB devices (given ones plus loopback emulator ports), and iOS simulators."""
+    from ._adb import AdbDevice
     from ._host import host_info
 
     listings = [Listing("host", host_info())]
@@ -99,7 +85,7 @@ def discover(adb_addresses: Iterable[str] = (), *, probe: bool = True, probe_tim
                       if f"127.0.0.1:{p}" not in addresses and _port_open("127.0.0.1", p, probe_timeout_s)]
     for address in addresses:
         try:
-            with _adb_class().connect(address, timeout_s=timeout_s, retries=0) as device:
+            with AdbDevice.connect(address, timeout_s=timeout_s, retries=0) as device:
                 listings.append(Listing(address, device.info))
         except Exception as exc:  # any failure of one device is that device's row, not the command's
             listings.append(Listing(address, note=f"unreachable: {exc}"))
