@@ -65,7 +65,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe, resolve_recipe_path
+    from .recipe import read_recipe
     from . import pipeline
     from ._ui import Ui
 
@@ -75,8 +75,7 @@ def main(args: argparse.Namespace) -> int:
         if args.seed is not None:
             data["seed"] = args.seed
 
-    recipe = load_recipe(args.recipe, edit)
-    text = resolve_recipe_path(args.recipe).read_text()
+    recipe, text = read_recipe(args.recipe, edit)
 
     ui = Ui(enabled=not (args.quiet or args.json))
     with ui:

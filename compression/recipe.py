@@ -503,9 +503,17 @@ def load_recipe(spec: str | Path,
                 edit: Callable[[dict[str, Any]], None] | None = None) -> Recipe:
     """Read a recipe file (or shipped name); ``edit`` may change the parsed dict first
     (the CLI's ``--set`` overrides)."""
+    return read_recipe(spec, edit)[0]
+
+
+def read_recipe(spec: str | Path, edit: Callable[[dict[str, Any]], None] | None = None
+                ) -> tuple[Recipe, str]:
+    """load_recipe, also returning the file's text: the file is read once, so the text a run
+    saves as recipe.toml is the text it parsed even if the file changes meanwhile."""
     path = resolve_recipe_path(spec)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
     except UnicodeDecodeError as exc:
@@ -513,6 +521,6 @@ def load_recipe(spec: str | Path,
     if edit is not None:
         edit(data)
     try:
-        return Recipe.from_dict(data, name=path.stem)
+        return Recipe.from_dict(data, name=path.stem), text
     except RecipeError as exc:
         raise RecipeError(f"{path}: {exc}") from None
