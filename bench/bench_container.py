@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compression.container import inspect, load, load_model, pack  # noqa: E402
+from compression.container import load, load_model, pack  # noqa: E402
 
 PAPER_STAGES = {  # Han et al. 2016 (REFERENCE.md section 1): pruning; + sharing; + Huffman
     "lenet300": ("12x", "32-33x", "40x"),
@@ -167,13 +167,14 @@ def stream_table(label: str, sd: dict, folder: str, results: dict) -> str:
 
     comp = {n: {"bits": None, "index_bits": None} for n in weight_names(sd)}
     auto = pack(sd, Path(folder) / "auto.dcz", compressed=comp, coder="huffman")
-    stored = {"huffman": inspect(Path(folder) / "auto.dcz")}
     comp = {r.name: {"bits": None, "index_bits": r.index_bits} for r in auto.tensors
             if r.storage != "plain"}
-    pack(sd, Path(folder) / "s-ans.dcz", compressed=comp, coder="ans")
-    stored["ans"] = inspect(Path(folder) / "s-ans.dcz")
+    reports = {"huffman": auto,
+               "ans": pack(sd, Path(folder) / "s-ans.dcz", compressed=comp, coder="ans")}
+    # The coder each stream was stored with, as the writer reports it.
+    stored = {c: {(t.name, s.name): s.coder for t in rep.tensors for s in t.streams}
+              for c, rep in reports.items()}
     rows, out = [], []
-    by_name = {c: {t["name"]: t for t in info["tensors"]} for c, info in stored.items()}
     for r in (t for t in auto.tensors if t.storage != "plain"):
         streams = _tensor.sparse_streams(sd[r.name], r.index_bits)
         for sname, (symbols, alphabet) in streams.items():
@@ -183,7 +184,7 @@ def stream_table(label: str, sd: dict, folder: str, results: dict) -> str:
                       for c in ("none", "huffman", "ans")}
             ans, huf, fixed = forced["ans"], forced["huffman"], forced["none"]
             ent = ans.entropy_bits
-            forms = [by_name[c][r.name]["streams"][sname]["coder"] for c in ("ans", "huffman")]
+            forms = [stored[c][r.name, sname] for c in ("ans", "huffman")]
             over = [f"{x.payload_bytes:,}" + (f" ({x.payload_overhead:+.2%})"
                                               if x.payload_overhead is not None else "")
                     for x in (ans, huf)]
@@ -329,42 +330,24 @@ def stream_speed(results: dict, n: int = 10_000_000) -> str:
             + md_table(["coder", "encode", "decode"], rows))
 
 
-def _find_stage_checkpoints(run: Path) -> dict[str, Path]:
-    """Dense baseline, last pruning stage and last sharing/fine-tuning stage of a run folder."""
+def _find_stage_checkpoints(run: Path, report: dict) -> dict[str, Path]:
+    """Dense baseline, last pruning stage and last sharing stage of a run folder: the stages
+    the pipeline itself chose for report.json's stage_ratios (each file is named after its
+    checkpoint)."""
+    from compression.pipeline import BASELINE
+
     ckpts = run / "checkpoints"
-    kinds = {}
-    recipe = run / "recipe.json"
-    if recipe.is_file():
-        data = json.loads(recipe.read_text())
-        data = data.get("recipe", data)
-        kinds = {s.get("name"): s.get("kind") for s in data.get("stages", [])}
-    found = {}
-    for path in sorted(ckpts.glob("*.pt")):
-        stem = path.stem
-        kind = kinds.get(stem) or next((k for k in ("prune", "share", "finetune") if k in stem),
-                                       None)
-        if "baseline" in stem:
-            found["dense"] = path
-        elif kind == "prune":
-            found["pruned"] = path
-        elif kind in ("share", "finetune_centroids", "finetune"):
-            found["shared"] = path
-    return found
-
-
-def _evaluate(model: torch.nn.Module, data_root: str | None) -> float:
-    from compression.data import load_split
-
-    test = load_split("test", data_root)
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(test), 1000):
-            pred = model(test.images[i:i + 1000]).argmax(1)
-            correct += int((pred == test.labels[i:i + 1000]).sum())
-    return correct / len(test)
+    found = {"dense": ckpts / f"{BASELINE}.pt"}
+    keys = {"pruning": "pruned", "pruning + sharing": "shared"}
+    for entry in report.get("stage_ratios", []):
+        if entry["stage"] in keys:
+            found[keys[entry["stage"]]] = ckpts / f"{Path(entry['file']).stem}.pt"
+    return {k: p for k, p in found.items() if p.is_file()}
 
 
 def cmd_run(args, results: dict) -> list[str]:
+    from compression._train import evaluate
+    from compression.data import load_split
     from compression.models import build_model, load_state_dict_file
 
     parts = []
@@ -373,10 +356,10 @@ def cmd_run(args, results: dict) -> list[str]:
         dcz_path = run / "model.dcz"
         model, dcz = load_model(dcz_path)
         name = dcz.meta["model"]["name"]
-        acc_file = _evaluate(model, (dcz.meta.get("data") or {}).get("root"))
+        acc_file = evaluate(model, load_split("test", (dcz.meta.get("data") or {}).get("root")))
         acc = report.get("accuracy", {})
         base = acc.get("baseline")
-        on_disk = os.path.getsize(dcz_path)
+        on_disk = dcz.bytes
         dense = sum(4 * p.numel() for p in build_model(name, dcz.meta["model"].get("kwargs"))
                     .parameters())
         summary = [["model.dcz bytes on disk", f"{on_disk:,}"],
@@ -394,7 +377,7 @@ def cmd_run(args, results: dict) -> list[str]:
                  "report": {k: report.get(k) for k in ("compressed_bytes", "compression_ratio",
                                                        "stage_ratios")}}
         parts.append(f"**{run} ({name})**\n\n" + md_table(["figure", "value"], summary))
-        ckpts = _find_stage_checkpoints(run)
+        ckpts = _find_stage_checkpoints(run, report)
         if {"dense", "pruned", "shared"} <= set(ckpts):
             stages = {k: load_state_dict_file(p) for k, p in ckpts.items()}
             with tempfile.TemporaryDirectory() as folder:
