@@ -92,10 +92,9 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
         settings = config.for_layer(name, layer.type_name)
         if settings is None:
             continue
-        centroids, assign, mask = share_layer(layer.weight, layer.mask, settings["bits"],
-                                              settings["init"], config.iterations, generator)
+        centroids, assign, _ = share_layer(layer.weight, layer.mask, settings["bits"],
+                                           settings["init"], config.iterations, generator)
         layer.centroids, layer.assignments, layer.bits = centroids, assign, settings["bits"]
-        layer.mask = mask if layer.mask is not None else None
         ctx.log(f"{name}: {centroids.numel()} centroids ({settings['bits']} bits)")
     ctx.state.enforce()
     ctx.state.check()
