@@ -30,8 +30,7 @@ from torch import nn
 # here costs ~20 ms, and the options below come from them rather than from copies.
 import android_export
 import ios_export
-from android_export import (build_variant, convert_float32, evaluate_tflite, export_tflite,
-                            torch_logits)
+from android_export import convert_float32, evaluate_tflite, export_tflite, torch_logits
 from ios_export import coreml_logits, export_coreml, verify_coreml
 
 from .artifacts import (CompressedLayer, artifact_size, compressed_layers, example_input,
@@ -102,7 +101,7 @@ def tflite_report(model: nn.Module, input_shape: list[int], out: Path, variant: 
     result = export_tflite(model, input_shape, out, variant=variant, layers=layers, float32=float32)
     with tempfile.TemporaryDirectory() as tmp:
         dense_path = Path(tmp) / out.name
-        dense_path.write_bytes(build_variant(float32, "float32"))
+        dense_path.write_bytes(float32)   # the float32 variant is litert-torch's output as is
         dense = artifact_size(dense_path)
     evaluation = evaluate_tflite(out, model, split, reference)
     size = artifact_size(out)
@@ -142,13 +141,9 @@ def coreml_report(model: nn.Module, input_shape: list[int], out: Path, target: s
 
 def main(args: argparse.Namespace) -> int:
     if not args.tflite and not args.coreml:
-        print("deepcompress export: error: give --tflite OUT.tflite and/or --coreml OUT.mlpackage",
-              file=sys.stderr)
-        return 2
+        raise RecipeError("give --tflite OUT.tflite and/or --coreml OUT.mlpackage")
     if args.limit is not None and args.limit <= 0:
-        print("deepcompress export: error: --limit must be a positive number of examples",
-              file=sys.stderr)
-        return 2
+        raise RecipeError("--limit must be a positive number of examples")
     from .container import load_model  # noqa: PLC0415
     from .data import load_split  # noqa: PLC0415
 
