@@ -52,4 +52,3 @@ def run(model: torch.nn.Module, config: FinetuneCentroidsConfig, ctx: StageConte
     for name, centroids in shared.items():
         state.layers[name].centroids = centroids.detach().clone()
     state.enforce()
-    state.check()

@@ -157,7 +157,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
         t0 = time.perf_counter()
         ctx.metrics = {}
         STAGE_HANDLERS[stage.KIND](model, stage, ctx)
-        state.check()
+        state.check()       # every stage's invariants, here once rather than in each handler
         seconds[stage.name] = time.perf_counter() - t0
         accuracies[stage.name] = evaluate(model, test_set)
         stage_metrics[stage.name] = dict(ctx.metrics, sparsity=state.sparsity())

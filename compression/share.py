@@ -97,4 +97,3 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
         layer.centroids, layer.assignments, layer.bits = centroids, assign, settings["bits"]
         ctx.log(f"{name}: {centroids.numel()} centroids ({settings['bits']} bits)")
     ctx.state.enforce()
-    ctx.state.check()
