@@ -28,7 +28,6 @@ import re
 import shlex
 import socket
 import stat
-import struct
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -45,7 +44,6 @@ WORKDIR = "/data/local/tmp/deepcompress"
 _RC_MARKER = "__DC_RC="
 _RC_RE = re.compile(r"__DC_RC=(\d+)(\r?\n)?\Z")
 _PROP_RE = re.compile(r"^\[(.+?)\]: \[(.*)\]\s*$", re.M)
-_HEADER = struct.Struct("<6I")
 # cpuinfo_max_freq per core, in core order, from sysfs (the same files on phones and the emulator)
 _CPU_SCRIPT = ("for d in /sys/devices/system/cpu/cpu[0-9]*; do "
                "f=$(cat \"$d/cpufreq/cpuinfo_max_freq\" 2>/dev/null); echo \"cpu ${d##*/cpu} ${f:-0}\"; "
@@ -67,6 +65,10 @@ class _TcpTransport:
 def _define_transport() -> type:
     from adb_shell.exceptions import TcpTimeoutException
     from adb_shell.transport.tcp_transport import TcpTransport
+
+    # Here, not at the top: the emulator package (stdlib only) loads with the transport, when a
+    # device is first reached, not whenever this module is imported.
+    from .emulator._wire import HEADER, magic_ok, tune_socket
 
     class FastTcpTransport(TcpTransport):
         """adb-shell's TcpTransport with TCP_NODELAY, coalesced header+payload writes, sendall,
@@ -92,10 +94,7 @@ def _define_transport() -> type:
             self._header = None
             sock = socket.create_connection((self._host, self._port),
                                             timeout=self._timeout(transport_timeout_s))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            tune_socket(sock)
             self._connection = sock
 
         def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
@@ -116,9 +115,9 @@ def _define_transport() -> type:
 
         def bulk_write(self, data: bytes, transport_timeout_s: float | None) -> int:
             data = bytes(data)
-            if self._header is None and len(data) == _HEADER.size:
-                cmd, _a0, _a1, length, _check, magic = _HEADER.unpack(data)
-                if length and magic == cmd ^ 0xFFFFFFFF:  # its payload is the next write
+            if self._header is None and len(data) == HEADER.size:
+                cmd, _a0, _a1, length, _check, magic = HEADER.unpack(data)
+                if length and magic_ok(cmd, magic):  # its payload is the next write
                     self._header = data
                     return len(data)
             if self._header is not None:

@@ -55,7 +55,7 @@ def answers_adb(port: int, host: str = "127.0.0.1", timeout_s: float = 1.0) -> b
     except OSError:
         return False
     cmd, *_rest, magic = w.HEADER.unpack(header)
-    return magic == cmd ^ 0xFFFFFFFF and cmd in (w.A_CNXN, w.A_AUTH)
+    return w.magic_ok(cmd, magic) and cmd in (w.A_CNXN, w.A_AUTH)
 
 
 def ensure_emulator(port: int = DEFAULT_PORT, *, timeout_s: float = 20.0) -> str:

@@ -45,7 +45,7 @@ class DaemonConfig:
     idle_timeout_s: float | None = 3600.0  # no traffic and no open stream: the connection is dropped
     message_timeout_s: float = 30.0     # a message, once started, must arrive within this
     write_timeout_s: float = 120.0      # a peer must OKAY our WRTE within this
-    socket_buffer_bytes: int = 4 * 1024 * 1024
+    socket_buffer_bytes: int = w.SOCKET_BUFFER_BYTES
     max_payload: int = w.MAX_PAYLOAD      # advertised in CNXN: 1 MiB today, 256 KiB on Android 7-8
 
 
@@ -338,10 +338,7 @@ class AdbDaemon:
                 if self.stopping:
                     break
                 raise
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, opt, self.config.socket_buffer_bytes)
+            w.tune_socket(sock, self.config.socket_buffer_bytes)
             conn = Connection(self, sock, peer)
             with self._lock:
                 self._connections.add(conn)

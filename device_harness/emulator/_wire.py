@@ -27,6 +27,7 @@ MAX_PAYLOAD_V1 = 4096               # what a 0x01000000 peer may assume, and the
 MAX_PAYLOAD = 1024 * 1024           # today's adbd
 
 HEADER = struct.Struct("<6I")
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # several 1 MiB payloads in flight without a stall
 
 
 class ProtocolError(Exception):
@@ -35,6 +36,21 @@ class ProtocolError(Exception):
 
 class IdleTimeout(TimeoutError):
     """No message started within the idle timeout (as opposed to a message left half-sent)."""
+
+
+def magic_ok(cmd: int, magic: int) -> bool:
+    """The header's own consistency check: magic is the command XOR 0xffffffff."""
+    return magic == cmd ^ 0xFFFFFFFF
+
+
+def tune_socket(sock: socket.socket, buffer_bytes: int = SOCKET_BUFFER_BYTES) -> None:
+    """Socket options for either end of an ADB connection: TCP_NODELAY (a small message must not
+    wait for the peer's delayed ACK of the last one), keepalive (notice a peer that vanished
+    without closing), and large buffers (a 1 MiB WRTE is not cut into many small reads)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        sock.setsockopt(socket.SOL_SOCKET, opt, buffer_bytes)
 
 
 def command_name(cmd: int) -> str:
@@ -108,7 +124,7 @@ class MessageReader:
         else:
             self._fill(HEADER.size, self.idle_timeout_s, idle=True)
         cmd, arg0, arg1, length, check, magic = HEADER.unpack(self._take(HEADER.size))
-        if magic != cmd ^ 0xFFFFFFFF or cmd not in KNOWN_COMMANDS:
+        if not magic_ok(cmd, magic) or cmd not in KNOWN_COMMANDS:
             raise ProtocolError(f"bad message header (command 0x{cmd:08x}, magic 0x{magic:08x})")
         if length > max_payload:
             raise ProtocolError(f"{command_name(cmd)} payload of {length} bytes exceeds {max_payload}")
