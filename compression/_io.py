@@ -12,14 +12,16 @@ from typing import Any, Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Works for files and for directories (a `.mlpackage` is a directory).
+    Works for files and for directories (a `.mlpackage` is a directory). The temporary name is
+    hidden (it starts with ".") and ends with ``suffix``, for writers that insist on an extension
+    (coremltools saves an ML Program only to a path ending in ".mlpackage").
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # let the writer create a file or a directory

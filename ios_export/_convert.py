@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -270,15 +269,8 @@ def _check_chains(program: Any, plans: Mapping[str, LayerPlan],
 
 
 def _save(mlmodel: Any, out: Path) -> None:
-    with atomic_path(out) as tmp:
-        staged = tmp.with_name(tmp.name + ".mlpackage")   # coremltools insists on the suffix
-        try:
-            with quiet():
-                mlmodel.save(str(staged))
-            os.replace(staged, tmp)
-        finally:
-            if staged.exists():
-                shutil.rmtree(staged, ignore_errors=True)
+    with atomic_path(out, suffix=".tmp.mlpackage") as tmp, quiet():   # coremltools needs the suffix
+        mlmodel.save(str(tmp))
 
 
 def export_coreml(model: nn.Module, input_shape: Sequence[int], out: str | os.PathLike[str], *,
