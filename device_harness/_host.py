@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from compression._io import atomic_path
 from compression.errors import DeviceError
 
 from ._device import Device, DeviceInfo, ShellResult
@@ -96,6 +97,29 @@ def host_info() -> DeviceInfo:
                       extra={"python": platform.python_version()})
 
 
+def copy_in(local: str | os.PathLike[str], remote: str) -> float:
+    """``push`` for a device whose files are this machine's (the host, an iOS simulator): copy a
+    file or a folder (a .mlpackage), replacing what was there; return the seconds it took."""
+    start = time.perf_counter()
+    target = Path(remote)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if Path(local).is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(local, target)
+    else:
+        shutil.copyfile(local, target)
+    return time.perf_counter() - start
+
+
+def copy_out(remote: str, local: str | os.PathLike[str], *, who: str) -> None:
+    """``pull`` for the same devices, written through a temporary file as AdbDevice.pull is, so
+    a failed copy leaves no partial file behind. ``who`` names the device in the error."""
+    if not Path(remote).is_file():
+        raise DeviceError(f"{who}: {remote} does not exist", command=["pull", remote, str(local)])
+    with atomic_path(local) as tmp:
+        shutil.copyfile(remote, tmp)
+
+
 class HostDevice(Device):
     """Runs the same measurements on this machine: artifacts are copied into a private workdir and
     the runner is a child process, so its peak memory is its own, not the harness's."""
@@ -111,15 +135,10 @@ class HostDevice(Device):
         return run_local(argv, timeout_s=timeout_s, check=check, cwd=self.workdir)
 
     def push(self, local: Path, remote: str, *, timeout_s: float = 120.0) -> float:
-        start = time.perf_counter()
-        Path(remote).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local, remote)
-        return time.perf_counter() - start
+        return copy_in(local, remote)
 
     def pull(self, remote: str, local: Path, *, timeout_s: float = 120.0) -> None:
-        if not Path(remote).is_file():
-            raise DeviceError(f"host: {remote} does not exist", command=["pull", remote])
-        shutil.copyfile(remote, local)
+        copy_out(remote, local, who="host")
 
     def close(self) -> None:
         if self._own_workdir:

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import posixpath
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from compression.errors import DeviceError
 
 from ._device import Device, DeviceInfo, ShellResult
-from ._host import run_local
+from ._host import copy_in, copy_out, host_info, run_local
 
 XCRUN_ENV = "DEEPCOMPRESS_XCRUN"
 _RUNTIME_RE = re.compile(r"SimRuntime\.([A-Za-z]+)-(\d+(?:-\d+)*)$")
@@ -136,8 +134,9 @@ class Simctl:
 
 def simulator_info(sim: Simulator) -> DeviceInfo:
     """A simulator runs on the Mac's CPU: ABI and cores are the host's."""
+    host = host_info()
     return DeviceInfo(kind="simctl", serial=sim.udid, model=sim.name, os_version=sim.os_version,
-                      abi=platform.machine(), cores=os.cpu_count() or 1,
+                      abi=host.abi, cores=host.cores,
                       extra={"state": sim.state, "runtime": sim.runtime, "device_type": sim.device_type})
 
 
@@ -159,17 +158,7 @@ class SimctlDevice(Device):
         return self.simctl.run(["spawn", self.sim.udid, *argv], timeout_s=timeout_s, check=check)
 
     def push(self, local: Path, remote: str, *, timeout_s: float = 120.0) -> float:
-        start = time.perf_counter()
-        target = Path(remote)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if Path(local).is_dir():  # a .mlpackage is a folder
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(local, target)
-        else:
-            shutil.copyfile(local, target)
-        return time.perf_counter() - start
+        return copy_in(local, remote)  # a .mlpackage is a folder: copy_in copies folders too
 
     def pull(self, remote: str, local: Path, *, timeout_s: float = 120.0) -> None:
-        if not Path(remote).is_file():
-            raise DeviceError(f"simulator {self.sim.udid}: {remote} does not exist")
-        shutil.copyfile(remote, local)
+        copy_out(remote, local, who=f"simulator {self.sim.udid}")

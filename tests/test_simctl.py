@@ -187,6 +187,28 @@ def test_simulator_device_open_booted(xcrun):
     dev = SimctlDevice.open("booted")
     assert dev.info.serial == IPHONE_SE and dev.info.kind == "simctl"
     assert dev.workdir.endswith("/data/tmp/deepcompress")
+    from device_harness._host import host_info
+
+    host = host_info()  # a simulator runs on the Mac's CPU
+    assert (dev.info.abi, dev.info.cores) == (host.abi, host.cores)
+
+
+def test_push_replaces_a_folder_and_pull_is_atomic(xcrun, tmp_path):
+    dev = SimctlDevice.open("booted")
+    package = tmp_path / "m.mlpackage"
+    (package / "Data").mkdir(parents=True)
+    (package / "Data" / "weights.bin").write_bytes(b"new")
+    remote = tmp_path / "sim" / "m.mlpackage"
+    (remote / "stale").mkdir(parents=True)
+    assert dev.push(package, str(remote)) >= 0
+    assert sorted(p.name for p in remote.iterdir()) == ["Data"]  # the old folder's files are gone
+    back = tmp_path / "out" / "weights.bin"  # its folder does not exist yet
+    dev.pull(str(remote / "Data" / "weights.bin"), back)
+    assert back.read_bytes() == b"new"
+    assert [p.name for p in back.parent.iterdir()] == ["weights.bin"]  # no temporary file left
+    with pytest.raises(DeviceError, match=f"simulator {IPHONE_SE}: .* does not exist"):
+        dev.pull(str(remote / "missing.bin"), tmp_path / "out" / "missing.bin")
+    assert not (tmp_path / "out" / "missing.bin").exists()
 
 
 @pytest.mark.macos
