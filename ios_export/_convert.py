@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -45,6 +44,7 @@ from compression.artifacts import (CompressedLayer, compressed_layers, example_i
 from compression.errors import ExportError
 
 from ._backend import coremltools, quiet
+from ._verify import lut_entries, sanitised_name
 
 TARGETS = ("iOS16", "iOS17", "iOS18")
 PRECISIONS = ("fp16", "fp32")
@@ -148,10 +148,6 @@ def _convert(ct: Any, model: nn.Module, example: torch.Tensor, target: str, prec
         raise unsupported_op_error(exc, model, example, f"coremltools {ct.__version__}") from exc
 
 
-def _sanitised(layer: str) -> str:
-    return re.sub(r"\W", "_", layer.removesuffix(".weight"))
-
-
 def _find_weight_consts(program: Any, expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Each layer's weight const op in the converted program, found by its exact value."""
     consts = [op for op in program.functions["main"].operations
@@ -164,7 +160,8 @@ def _find_weight_consts(program: Any, expected: Mapping[str, np.ndarray]) -> dic
             raise ExportError(f"layer {name!r}: its weight is not a constant of the converted program "
                               "(a converter pass rewrote or split it), so it cannot be stored "
                               "compressed")
-        hits.sort(key=lambda op: _sanitised(name) not in op.name)   # prefer the one named after it
+        # prefer the one named after it
+        hits.sort(key=lambda op: sanitised_name(name) not in op.name)
         found[name] = hits[0]
     return found
 
@@ -253,16 +250,15 @@ def _check_chains(program: Any, plans: Mapping[str, LayerPlan],
     """Every planned layer must sit behind the constexpr ops its method implies: coremltools logs
     and moves on when it declines to compress a tensor, so we check instead of trusting it."""
     for name, plan in plans.items():
-        got = tuple(op.op_type for op in _producer_chain(program, consumers[name]))
+        chain = _producer_chain(program, consumers[name])
+        got = tuple(op.op_type for op in chain)
         want = _EXPECTED_CHAIN[plan.method]
         if got != want:
             stored = " <- ".join(got) or "a dense const"
             raise ExportError(f"layer {name!r}: coremltools stored it as {stored} instead of "
                               f"{' <- '.join(want)}; the layer is not compressed")
         if plan.nbits is not None:
-            lut_op = _producer_chain(program, consumers[name])[-1]
-            lut = lut_op.lut.val   # iOS16: (entries,); iOS18: (groups..., entries, vector)
-            entries = lut.shape[0] if lut.ndim == 1 else lut.shape[-2]
+            entries = lut_entries(chain[-1].lut.val)
             if entries != plan.lut_entries:
                 raise ExportError(f"layer {name!r}: LUT has {entries} entries, expected "
                                   f"{plan.lut_entries}")

@@ -64,6 +64,17 @@ class CoreMLCheck:
                 **({"error": self.error} if self.error else {})}
 
 
+def sanitised_name(layer: str) -> str:
+    """The layer as the converter spells it in op and variable names ("features.0.weight" ->
+    "features_0"): how a weight is told apart from another of the same shape and values."""
+    return "".join(c if c.isalnum() else "_" for c in layer.removesuffix(".weight"))
+
+
+def lut_entries(lut: Any) -> int:
+    """Entries of a Core ML LUT: iOS16 stores (entries,), iOS18 (groups..., entries, vector)."""
+    return int(np.shape(lut)[0] if np.ndim(lut) == 1 else np.shape(lut)[-2])
+
+
 # ---- decoders, one per constexpr op -------------------------------------------------------------
 
 def _unpack(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
@@ -196,7 +207,7 @@ def decoded_weights(program: Any) -> list[_Weight]:
             for out, arr in zip(op.outputs, decoded):
                 values[out.name], chains[out.name] = arr, chain
                 if lut is not None:
-                    luts[out.name] = int(np.shape(lut)[0] if np.ndim(lut) == 1 else np.shape(lut)[-2])
+                    luts[out.name] = lut_entries(lut)
                 elif any(v.name in luts for v in op.inputs.values()):
                     luts[out.name] = next(luts[v.name] for v in op.inputs.values() if v.name in luts)
             continue
@@ -209,10 +220,6 @@ def decoded_weights(program: Any) -> list[_Weight]:
                 elif var.op is not None and var.op.op_type == "const" and np.ndim(var.val) >= 2:
                     read[var.name] = _Weight(var.name, np.asarray(var.val), [])
     return list(read.values())
-
-
-def _hint(layer: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in layer.removesuffix(".weight"))
 
 
 def verify_coreml(package: str | os.PathLike[str], expected: Mapping[str, np.ndarray]) -> CoreMLCheck:
@@ -231,7 +238,8 @@ def verify_coreml(package: str | os.PathLike[str], expected: Mapping[str, np.nda
         if not pool:
             checks[name] = LayerCheck(name, False, False, "not found", "-", None)
             continue
-        pool.sort(key=lambda w: (_hint(name) not in w.var, not w.chain))   # named after it, compressed
+        # named after it first, then compressed
+        pool.sort(key=lambda w: (sanitised_name(name) not in w.var, not w.chain))
         w = pool[0]
         diff = float(np.max(np.abs(w.value.astype(np.float32) - ours), initial=0.0))
         checks[name] = LayerCheck(
