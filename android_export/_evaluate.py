@@ -62,19 +62,37 @@ def evaluate_tflite(path: str | os.PathLike[str], model: nn.Module, split: Split
     return score_logits(tflite_logits(path, split.images), ref, split.labels.numpy())
 
 
-def latency_us(path: str | os.PathLike[str], runs: int = 200, warmup: int = 20,
-               threads: int = 1, xnnpack: bool = True) -> dict[str, float]:
-    """Median (and spread) of ``runs`` single-example invocations after ``warmup`` ones."""
+def timing_interpreter(path: str | os.PathLike[str], threads: int = 1, xnnpack: bool = True,
+                       warmup: int = 20) -> Any:
+    """An interpreter ready to time: its input (shape from the model) holds a fixed random
+    example, and it has been invoked ``warmup`` times."""
     it = interpreter(path, threads, xnnpack)
     inp = it.get_input_details()[0]
     it.set_tensor(inp["index"], np.random.default_rng(0).random(inp["shape"], dtype=np.float32))
     for _ in range(warmup):
         it.invoke()
+    return it
+
+
+def invoke_times_us(it: Any, runs: int) -> list[float]:
+    """Wall time of each of ``runs`` single invocations, in microseconds."""
     times = []
     for _ in range(runs):
         t0 = time.perf_counter_ns()
         it.invoke()
         times.append((time.perf_counter_ns() - t0) / 1000.0)
+    return times
+
+
+def latency_summary(times: list[float]) -> dict[str, float]:
+    """Median and the 10th/90th percentiles of invocation times (us)."""
     q = statistics.quantiles(times, n=10)
-    return {"median_us": statistics.median(times), "p10_us": q[0], "p90_us": q[-1],
+    return {"median_us": statistics.median(times), "p10_us": q[0], "p90_us": q[-1]}
+
+
+def latency_us(path: str | os.PathLike[str], runs: int = 200, warmup: int = 20,
+               threads: int = 1, xnnpack: bool = True) -> dict[str, float]:
+    """Median (and spread) of ``runs`` single-example invocations after ``warmup`` ones."""
+    it = timing_interpreter(path, threads, xnnpack, warmup)
+    return {**latency_summary(invoke_times_us(it, runs)),
             "runs": runs, "warmup": warmup, "threads": threads, "xnnpack": xnnpack}

@@ -29,23 +29,21 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from android_export import (VARIANTS, build_variant, convert_float32, evaluate_tflite,  # noqa: E402
                             torch_logits)
-from android_export._evaluate import interpreter  # noqa: E402
-from compression.artifacts import artifact_size, compressed_layers  # noqa: E402
+from android_export._evaluate import (invoke_times_us, latency_summary,  # noqa: E402
+                                      timing_interpreter)
+from compression.artifacts import artifact_size, compressed_layers, example_input  # noqa: E402
 from compression.data import load_split  # noqa: E402
 from compression.models import build_model  # noqa: E402
 from ios_export import export_coreml, verify_coreml  # noqa: E402
@@ -89,23 +87,14 @@ def sizes_row(label: str, path: Path, dense_bytes: int | None = None, **extra: A
 
 def latencies(paths: dict[str, Path], runs: int, warmup: int, xnnpack: bool, rounds: int = 5) -> dict:
     """Median latency (us) per variant, interleaving ``rounds`` blocks of runs across variants."""
-    its = {v: interpreter(p, threads=1, xnnpack=xnnpack) for v, p in paths.items()}
-    x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
-    for it in its.values():
-        it.set_tensor(it.get_input_details()[0]["index"], x)
-        for _ in range(warmup):
-            it.invoke()
+    its = {v: timing_interpreter(p, threads=1, xnnpack=xnnpack, warmup=warmup)
+           for v, p in paths.items()}
     times: dict[str, list[float]] = {v: [] for v in its}
     per_round = -(-runs // rounds)
     for _ in range(rounds):
         for v, it in its.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter_ns()
-                it.invoke()
-                times[v].append((time.perf_counter_ns() - t0) / 1000)
-    return {v: {"median_us": round(statistics.median(t), 2),
-                "p10_us": round(statistics.quantiles(t, n=10)[0], 2),
-                "p90_us": round(statistics.quantiles(t, n=10)[-1], 2), "runs": len(t)}
+            times[v] += invoke_times_us(it, per_round)
+    return {v: {**{k: round(x, 2) for k, x in latency_summary(t).items()}, "runs": len(t)}
             for v, t in times.items()}
 
 
@@ -139,7 +128,7 @@ def bench(label: str, model: torch.nn.Module, meta: dict, dcz_size: Any, names: 
                              "zipped_ratio": round(coreml[0]["zipped_bytes"] / ios18["zipped_bytes"], 2),
                              "met": ios18["dense_over_bytes"] >= GOAL_COREML_RATIO}
 
-    float32 = convert_float32(model, torch.zeros(1, *shape))
+    float32 = convert_float32(model, example_input(shape))
     paths, tflite = {}, []
     for variant in VARIANTS:
         path = paths[variant] = work / f"{variant}.tflite"
