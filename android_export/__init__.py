@@ -3,7 +3,7 @@ int8 weight-only, and each of them with sparse tensors), validated in the LiteRT
 
     from android_export import export_tflite, evaluate_tflite
     result = export_tflite(model, (1, 28, 28), "model.tflite", variant="sparse-float16")
-    evaluation = evaluate_tflite("model.tflite", model, load_split("test"))
+    evaluation = evaluate_tflite("model.tflite", model, images, labels)
 
 litert-torch, ai-edge-quantizer and ai-edge-litert are imported only when one of these runs.
 """

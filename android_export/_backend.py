@@ -6,8 +6,8 @@ import importlib
 import os
 from typing import Any
 
-from compression.artifacts import quiet_backend
-from compression.errors import ExportError
+from exporters import quiet_backend
+from dccore.errors import ExportError
 
 _PACKAGES = {  # module -> pip requirement
     "litert_torch": "litert-torch>=0.10",

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression._io import write_bytes_atomic
-from compression.artifacts import (CompressedLayer, compressed_layers, example_input,
+from dccore.outputs import write_bytes_atomic
+from exporters import (CompressedLayer, compressed_layers, example_input,
                                    unsupported_op_error)
-from compression.errors import ExportError
+from dccore.errors import ExportError
 
 from ._backend import quiet, require
 from ._flatbuffer import WeightSlot, sparsify, weight_slots

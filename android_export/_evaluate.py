@@ -11,10 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression._train import predict
-from compression.artifacts import Evaluation, score_logits
-from compression.data import Split
-from compression.errors import ExportError
+from dccore.errors import ExportError
+from exporters import Evaluation, score_logits
 
 from ._backend import quiet, require
 
@@ -49,17 +47,20 @@ def tflite_logits(path: str | os.PathLike[str], images: torch.Tensor) -> np.ndar
     return logits
 
 
+@torch.no_grad()
 def torch_logits(model: nn.Module, images: torch.Tensor, batch: int = 1000) -> np.ndarray:
-    """The PyTorch model's logits, as the pipeline's own evaluation computes them."""
-    return predict(model, images, batch).numpy()
+    """The PyTorch model's outputs in eval mode, in batches (the reference a .tflite must match)."""
+    model.eval()
+    outs = [model(images[i:i + batch]) for i in range(0, images.shape[0], batch)]
+    return torch.cat(outs).numpy() if outs else np.empty((0,), dtype=np.float32)
 
 
-def evaluate_tflite(path: str | os.PathLike[str], model: nn.Module, split: Split,
-                    reference: np.ndarray | None = None) -> Evaluation:
-    """Accuracy of the .tflite on ``split`` next to the PyTorch model's, and the largest logit
-    difference. ``reference`` reuses PyTorch logits computed earlier for the same split."""
-    ref = torch_logits(model, split.images) if reference is None else reference
-    return score_logits(tflite_logits(path, split.images), ref, split.labels.numpy())
+def evaluate_tflite(path: str | os.PathLike[str], model: nn.Module, images: torch.Tensor,
+                    labels: np.ndarray, reference: np.ndarray | None = None) -> Evaluation:
+    """Accuracy of the .tflite on ``images`` next to the PyTorch model's, and the largest logit
+    difference. ``reference`` reuses PyTorch logits computed earlier for the same images."""
+    ref = torch_logits(model, images) if reference is None else reference
+    return score_logits(tflite_logits(path, images), ref, np.asarray(labels))
 
 
 def timing_interpreter(path: str | os.PathLike[str], threads: int = 1, xnnpack: bool = True,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from compression.errors import ExportError
+from dccore.errors import ExportError
 
 # TFLite weight layout -> PyTorch layout, per op (FC is the same; conv is OHWI; depthwise 1HWC).
 _TO_TORCH_AXES = {"FULLY_CONNECTED": None, "CONV_2D": (0, 3, 1, 2), "DEPTHWISE_CONV_2D": (3, 0, 1, 2)}

@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compression.container import load, load_model, pack  # noqa: E402
+from dcz import load, pack  # noqa: E402
+from deepcompress.loading import model_from_dcz  # noqa: E402
 
 PAPER_STAGES = {  # Han et al. 2016 (REFERENCE.md section 1): pruning; + sharing; + Huffman
     "lenet300": ("12x", "32-33x", "40x"),
@@ -163,7 +164,7 @@ def stage_table(label: str, stages: dict, folder: str, results: dict,
 def stream_table(label: str, sd: dict, folder: str, results: dict) -> str:
     """The same streams (gap widths as the Huffman writer chose them) forced through each coder,
     and the form the writer stores (fixed width where coding costs more, table included)."""
-    from compression.container import _streams, _tensor
+    from dcz import _streams, _tensor
 
     comp = {n: {"bits": None, "index_bits": None} for n in weight_names(sd)}
     auto = pack(sd, Path(folder) / "auto.dcz", compressed=comp, coder="huffman")
@@ -309,8 +310,8 @@ def cmd_speed(args, results: dict) -> list[str]:
 
 def stream_speed(results: dict, n: int = 10_000_000) -> str:
     """Symbols per second of the stream coders alone, on a skewed 32-symbol stream."""
-    from compression.container import _streams
-    from compression.container._format import Reader
+    from dcz import _streams
+    from dcz._format import Reader
 
     p = np.exp(-np.arange(32) / 5.0)
     symbols = np.random.default_rng(0).choice(32, size=n, p=p / p.sum())
@@ -354,7 +355,7 @@ def cmd_run(args, results: dict) -> list[str]:
     for run in map(Path, args.dirs):
         report = json.loads((run / "report.json").read_text())
         dcz_path = run / "model.dcz"
-        model, dcz = load_model(dcz_path)
+        model, dcz = model_from_dcz(dcz_path)
         name = dcz.meta["model"]["name"]
         acc_file = evaluate(model, load_split("test", (dcz.meta.get("data") or {}).get("root")))
         acc = report.get("accuracy", {})

@@ -43,7 +43,8 @@ from android_export import (VARIANTS, build_variant, convert_float32, evaluate_t
                             torch_logits)
 from android_export._evaluate import (invoke_times_us, latency_summary,  # noqa: E402
                                       timing_interpreter)
-from compression.artifacts import artifact_size, compressed_layers, example_input  # noqa: E402
+from dccore.artifacts import artifact_size  # noqa: E402
+from exporters import compressed_layers, example_input  # noqa: E402
 from compression.data import load_split  # noqa: E402
 from compression.models import build_model  # noqa: E402
 from ios_export import export_coreml, verify_coreml  # noqa: E402
@@ -59,7 +60,7 @@ LATENCY_NOISE = 0.05   # a variant counts as slower only beyond 5% over float32'
 
 def synthetic(name: str) -> tuple[torch.nn.Module, dict, int]:
     """(model, meta, .dcz bytes): NAME compressed at the paper's densities, packed like a run."""
-    from compression import container
+    import dcz as container
     from compression.prune import magnitude_mask
     from compression.share import share_layer
     torch.manual_seed(0)
@@ -133,7 +134,7 @@ def bench(label: str, model: torch.nn.Module, meta: dict, dcz_size: Any, names: 
     for variant in VARIANTS:
         path = paths[variant] = work / f"{variant}.tflite"
         path.write_bytes(build_variant(float32, variant))
-        ev = evaluate_tflite(path, model, split, reference)
+        ev = evaluate_tflite(path, model, split.images, split.labels.numpy(), reference)
         tflite.append(sizes_row(f"TFLite {variant}", path, len(float32) if variant != "float32" else None,
                                 accuracy=round(ev.accuracy, 2), torch_accuracy=round(ev.torch_accuracy, 2),
                                 max_abs_diff=float(f"{ev.max_abs_diff:.3g}"), within_0_1_pt=ev.ok))
@@ -189,7 +190,7 @@ def main() -> int:
         ap.error("give run folders or --synthetic NAME")
     if args.runs < 200:
         ap.error("--runs must be at least 200")
-    from compression.container import load_model
+    from deepcompress.loading import model_from_dcz
 
     results = []
     for name in args.synthetic:
@@ -199,7 +200,7 @@ def main() -> int:
             results.append(bench(label, model, meta, dcz, list(PAPER[name]), args, Path(tmp)))
         print_result(results[-1])
     for run in args.runs_list:
-        model, dcz = load_model(run / "model.dcz")
+        model, dcz = model_from_dcz(run / "model.dcz")
         with tempfile.TemporaryDirectory() as tmp:
             results.append(bench(str(run), model, dcz.meta, artifact_size(run / "model.dcz"),
                                  list(dcz.layers), args, Path(tmp)))

@@ -6,22 +6,24 @@ Public verbs::
     result = run_recipe(load_recipe("lenet300"), "runs/lenet300")
 
 Attributes load lazily: ``import compression`` (and so every ``deepcompress`` command, and
-``compression.errors``) imports no torch, coremltools or LiteRT until a verb needs them.
+``dccore.errors``) imports no torch, coremltools or LiteRT until a verb needs them.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from .errors import DeepCompressError
 
 _LAZY = {
     "run_recipe": "compression.pipeline",
     "Recipe": "compression.recipe",
     "load_recipe": "compression.recipe",
+    "ProgressTask": "compression.progress",
+    "ProgressFn": "compression.progress",
+    "no_progress": "compression.progress",
 }
 
-__all__ = ["DeepCompressError", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ModelError
+from dccore.errors import CheckpointError, ModelError
 from .models import compressible_layers
 
 

@@ -13,24 +13,9 @@ import torch
 from torch import nn
 
 from .data import Split
-from .errors import ModelError
+from dccore.errors import ModelError
 
-ProgressFn = Callable[[str, int], "ProgressTask"]
-
-
-class ProgressTask:
-    """A progress bar's handle: ``advance()`` per batch, ``close()`` at the end."""
-
-    def advance(self, n: int = 1, **fields: object) -> None:  # noqa: D401 - no-op by default
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def no_progress(description: str, total: int) -> ProgressTask:
-    return ProgressTask()
-
+from .progress import ProgressFn, ProgressTask, no_progress  # noqa: F401 (re-exported)
 
 @dataclass
 class TrainSpec:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from dccore.errors import DataError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 ENV_VAR = "DEEPCOMPRESS_DATA"

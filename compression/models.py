@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ModelError
+from dccore.errors import CheckpointError, ModelError
 
 
 class LeNet300(nn.Module):

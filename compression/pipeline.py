@@ -26,11 +26,11 @@ from torch import nn
 
 from . import finetune, prune, share
 from ._context import StageContext
-from ._io import atomic_path, write_bytes_atomic, write_json_atomic
+from dccore.outputs import atomic_path, write_bytes_atomic, write_json_atomic
 from ._state import CompressionState
 from ._train import ProgressFn, evaluate, no_progress, predict, train
 from .data import Split, load_split
-from .errors import CheckpointError, RecipeError
+from dccore.errors import CheckpointError, RecipeError
 from .models import (build_model, check_finite, load_state_dict_file, load_torch_file,
                      load_weights)
 from .recipe import EncodeConfig, Recipe
@@ -232,7 +232,7 @@ def _report(recipe: Recipe, state: CompressionState, accuracies: dict, seconds: 
 def _write_files(out: Path, recipe: Recipe, model: nn.Module, state: CompressionState,
                  encode: EncodeConfig, report: dict) -> dict[str, Any]:
     """Pack the final model (and the per-stage files of the paper's table); real bytes on disk."""
-    from . import container   # the container imports no training code, but keep `run` lean
+    import dcz as container   # the file format: no training code; imported here to keep `run` lean
 
     meta = {
         "model": {"name": recipe.model.name, "kwargs": recipe.model.kwargs,
@@ -259,7 +259,7 @@ def _write_files(out: Path, recipe: Recipe, model: nn.Module, state: Compression
 def _stage_ratios(out: Path, recipe: Recipe, model: nn.Module, meta: dict, compressed: dict,
                   final: Any) -> list[dict[str, Any]]:
     """The paper's per-stage table: pruning alone; + sharing; + coding, each a real file."""
-    from . import container
+    import dcz as container
 
     rows = []
     last_of = {}

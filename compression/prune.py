@@ -11,7 +11,7 @@ import torch
 
 from ._context import StageContext
 from ._train import train
-from .errors import ModelError
+from dccore.errors import ModelError
 from .recipe import PruneConfig
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
-from .errors import RecipeError
+from dccore.errors import RecipeError
 
 # The checkout's recipes/ (editable installs), else where a wheel puts them (pyproject data-files).
 RECIPES_DIR = next((d for d in (Path(__file__).resolve().parent.parent / "recipes",

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from compression._io import atomic_path
-from compression.errors import DeviceError
+from dccore.outputs import atomic_path
+from dccore.errors import DeviceError
 
 from ._device import Device, DeviceInfo, ShellResult
 from ._keys import default_key_path, load_signer

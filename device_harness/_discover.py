@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 from typing import Iterable
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 from ._device import Device, DeviceInfo
 

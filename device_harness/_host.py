@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from compression._io import atomic_path
-from compression.errors import DeviceError
+from dccore.outputs import atomic_path
+from dccore.errors import DeviceError
 
 from ._device import Device, DeviceInfo, ShellResult
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from compression._io import file_lock
-from compression.errors import DeviceError
+from dccore.outputs import file_lock
+from dccore.errors import DeviceError
 
 MODULUS_BYTES = 2048 // 8
 # uint32 modulus_size_words; uint32 n0inv; u8 modulus[256]; u8 rr[256]; uint32 exponent

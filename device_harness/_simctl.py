@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 from ._device import Device, DeviceInfo, ShellResult
 from ._host import copy_in, copy_out, host_info, run_local

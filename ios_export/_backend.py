@@ -4,8 +4,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from compression.artifacts import quiet_backend
-from compression.errors import ExportError
+from exporters import quiet_backend
+from dccore.errors import ExportError
 
 
 def coremltools() -> Any:

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression._io import atomic_path
-from compression.artifacts import (CompressedLayer, compressed_layers, example_input,
+from dccore.outputs import atomic_path
+from exporters import (CompressedLayer, compressed_layers, example_input,
                                    unsupported_op_error)
-from compression.errors import ExportError
+from dccore.errors import ExportError
 
 from ._backend import coremltools, quiet
 from ._verify import lut_entries, sanitised_name
@@ -275,7 +275,7 @@ def export_coreml(model: nn.Module, input_shape: Sequence[int], out: str | os.Pa
     """Convert ``model`` to ``out`` (a ``.mlpackage``) with every compressed layer stored natively
     compressed. ``method="none"`` exports it uncompressed (the dense baseline).
 
-    ``layers`` defaults to what the weights show (see ``compression.artifacts.compressed_layers``).
+    ``layers`` defaults to what the weights show (see ``exporters.compressed_layers``).
     Raises ExportError naming the layer and op when the converter rejects an op.
     """
     if target not in TARGETS:

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from compression.errors import ExportError
+from dccore.errors import ExportError
 
 from ._backend import coremltools, quiet
 

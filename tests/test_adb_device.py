@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 from device_harness import emulator
 from device_harness._adb import AdbDevice, parse_spec
 from device_harness._keys import ensure_adb_key

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 from device_harness.runners._benchmark_model import (
     BenchmarkModelCommand, RunStats, big_core_mask, check_output, parse_output)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from compression._cmd_check import budget_for, load_budgets
-from compression.artifacts import artifact_size
-from compression.cli import main
+from deepcompress.commands.check import budget_for, load_budgets
+from dccore.artifacts import artifact_size
+from deepcompress.cli import main
 
 
 @pytest.fixture

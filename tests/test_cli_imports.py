@@ -4,13 +4,13 @@ import sys
 
 import pytest
 
-from compression.cli import COMMANDS, main
+from deepcompress.cli import COMMANDS, main
 
 HEAVY = ("coremltools", "litert_torch", "ai_edge_litert", "tensorflow", "jax", "adb_shell")
-NO_TORCH = ("compression.errors", "compression.cli", "device_harness")
+NO_TORCH = ("dccore.errors", "deepcompress.cli", "device_harness")
 
 
-@pytest.mark.parametrize("module", ["compression", "compression.container", "device_harness",
+@pytest.mark.parametrize("module", ["compression", "dcz", "device_harness",
                                     "ios_export", "android_export"])
 def test_import_does_not_pull_heavy_backends(module):
     code = (f"import sys, {module}; heavy = [m for m in {HEAVY!r} if m in sys.modules]; "

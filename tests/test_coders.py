@@ -6,10 +6,10 @@ import heapq
 import numpy as np
 import pytest
 
-from compression.container import _huffman, _streams
-from compression.container._bits import pack_codes, pack_fixed, unpack_fixed
-from compression.container._format import Reader
-from compression.errors import ContainerError
+from dcz import _huffman, _streams
+from dcz._bits import pack_codes, pack_fixed, unpack_fixed
+from dcz._format import Reader
+from dccore.errors import ContainerError
 
 
 def _reference_bits(codes, lengths) -> bytes:

@@ -14,10 +14,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compression.cli import main as cli_main
-from compression.container import FORMAT_VERSION, inspect, load, load_model, pack
-from compression.container import _format, _tensor
-from compression.errors import ContainerError
+from deepcompress.cli import main as cli_main
+from dcz import FORMAT_VERSION, inspect, load, pack
+from deepcompress.loading import model_from_dcz
+from dcz import _format, _tensor
+from dccore.errors import ContainerError
 from compression.models import LeNet300
 
 CODERS = ["none", "huffman", "ans"]
@@ -200,7 +201,7 @@ def test_load_model_reproduces_outputs(tmp_path):
     meta = {"model": {"name": "lenet300", "kwargs": {}, "input_shape": [1, 1, 28, 28]}}
     pack(sd, tmp_path / "l.dcz", compressed={n: {"bits": 5} for n in sd if "weight" in n},
          meta=meta)
-    loaded, dcz = load_model(tmp_path / "l.dcz")
+    loaded, dcz = model_from_dcz(tmp_path / "l.dcz")
     x = torch.rand(16, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
@@ -540,7 +541,7 @@ def test_golden_files_still_load_and_encode_identically(tmp_path, coder):
 
 @pytest.mark.parametrize("coder", ["huffman", "ans"])
 def test_short_uniform_streams_fall_back_to_fixed_width_long_skewed_ones_do_not(coder):
-    from compression.container import _streams
+    from dcz import _streams
     rng = np.random.default_rng(0)
     uniform = rng.integers(0, 16, 200)
     data, info = _streams.encode(uniform, 16, coder, "indices")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from compression.data import DEFAULT_ROOT, ENV_VAR, load_split, resolve_root
-from compression.errors import DataError
+from dccore.errors import DataError
 from conftest import FASHION, write_idx
 
 

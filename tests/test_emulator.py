@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 from device_harness import emulator
 from device_harness._keys import AndroidPublicKey, ensure_adb_key, load_signer
 from device_harness.emulator import _wire as w

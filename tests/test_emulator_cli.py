@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 from device_harness import emulator
 from device_harness._adb import AdbDevice
 from device_harness._keys import ensure_adb_key
@@ -45,7 +45,7 @@ def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
 def test_cli_json_line_serves_then_stops_cleanly_on_sigterm(tmp_path):
     home, sandbox = tmp_path / "home", tmp_path / "my sandbox"
     key = ensure_adb_key(home / ".android" / "adbkey")  # the default authorized key
-    proc = subprocess.Popen([sys.executable, "-m", "compression.cli", "emulator", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "deepcompress.cli", "emulator", "--port", "0",
                              "--json", "--sandbox", str(sandbox)], env=_env(home), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
@@ -87,7 +87,7 @@ def test_ensure_emulator_starts_once_reuses_then_stops(tmp_path, monkeypatch):
 
 
 def test_cli_stop_without_emulator_and_busy_port(tmp_path, monkeypatch, capsys):
-    from compression.cli import main
+    from deepcompress.cli import main
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     port = _free_port()

@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from compression.artifacts import artifact_size, compressed_layers
+from dccore.artifacts import artifact_size
+from exporters import compressed_layers
 from compression.data import load_split
-from compression.errors import ExportError
+from dccore.errors import ExportError
 from compression.prune import magnitude_mask
 from compression.share import share_layer
 
@@ -368,7 +369,7 @@ def test_tflite_evaluation_reports_accuracy_and_largest_difference(model, float3
     path = tmp_path / "m.tflite"
     path.write_bytes(build_variant(float32, "sparse-float16"))
     split = load_split("test", root=tiny_idx, limit=100)
-    result = evaluate_tflite(path, model, split)
+    result = evaluate_tflite(path, model, split.images, split.labels.numpy())
     assert result.examples == 100 and result.ok
     assert abs(result.accuracy - result.torch_accuracy) <= 0.1 and 0 < result.max_abs_diff < 1e-2
     assert math.isclose(result.tolerance_pts, 0.1)

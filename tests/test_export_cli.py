@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compression import container
-from compression.cli import main
+import dcz as container
+from deepcompress.cli import main
 from compression.models import build_model
 from compression.prune import magnitude_mask
 from compression.share import share_layer
@@ -94,8 +94,8 @@ def test_export_names_a_missing_model(tmp_path, capsys):
 
 
 def test_importing_the_exporters_loads_no_backend():
-    code = ("import sys, compression, compression.artifacts, compression._cmd_export, "
-            "compression._cmd_check, ios_export, android_export\n"
+    code = ("import sys, compression, exporters, deepcompress.commands.export, "
+            "deepcompress.commands.check, ios_export, android_export\n"
             "heavy = [m for m in sys.modules if m.split('.')[0] in "
             "('coremltools', 'litert_torch', 'ai_edge_litert', 'ai_edge_quantizer')]\n"
             "assert not heavy, heavy")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HOSTILE_ARGS = ["a b", "semi;colon", "$(touch PWNED)", "`id`", "it's", 'say "hi"', "back\\slash",

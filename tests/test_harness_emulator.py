@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from compression.cli import main as cli
-from compression.errors import DeviceError
+from deepcompress.cli import main as cli
+from dccore.errors import DeviceError
 from device_harness.runners import BenchOptions, bench_artifact, bench_many
 from device_harness.runners._benchmark_model import big_core_mask
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compression.cli import main as cli
+from deepcompress.cli import main as cli
 from device_harness.runners import _litert_runner
 from device_harness.runners._driver import RUNNER_SCRIPT, parse_runner_output
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from compression.errors import DeviceError
-from device_harness._cli import append_jsonl
+from dccore.errors import DeviceError
+from deepcompress.commands.devices import append_jsonl
 from device_harness._device import Device, DeviceInfo, ShellResult
-from device_harness.runners import BenchOptions, bench_artifact, bench_many
+from device_harness.runners import BenchOptions, EvalData, bench_artifact, bench_many
 from device_harness.runners._driver import parse_runner_output
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -123,10 +124,15 @@ def test_no_python_and_no_binary_is_a_clear_error(hostile_model):
         bench_artifact(FakeAndroid(), hostile_model, BenchOptions(runs=5))
 
 
+def _eval_data(n):
+    return EvalData(np.zeros((n, 1, 28, 28), np.float32), np.zeros(n, np.int64))
+
+
 def test_eval_without_python_fails_before_running(hostile_model, fake_binary):
     dev = FakeAndroid()
     with pytest.raises(DeviceError, match="--eval needs python3"):
-        bench_artifact(dev, hostile_model, BenchOptions(benchmark_model=fake_binary, eval_n=10))
+        bench_artifact(dev, hostile_model, BenchOptions(benchmark_model=fake_binary,
+                                                           eval_data=_eval_data(10)))
     assert dev.pushed == []
 
 

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from compression.cli import main as cli
-from compression.errors import CheckpointError, ModelError, RecipeError
+from deepcompress.cli import main as cli
+from dccore.errors import CheckpointError, ModelError, RecipeError
 from compression.pipeline import run_recipe
 from compression.recipe import Recipe
 

@@ -1,7 +1,7 @@
 """Recipe validation: every bad input is rejected before training, naming the field."""
 import pytest
 
-from compression.errors import RecipeError
+from dccore.errors import RecipeError
 from compression.recipe import (PruneConfig, Recipe, ShareConfig, load_recipe,
                                 resolve_recipe_path)
 
@@ -101,7 +101,7 @@ def test_example_user_recipe_validates_against_its_model(monkeypatch):
 
 
 def test_set_overrides_reach_nested_tables_and_stages():
-    from compression._cmd_run import apply_override
+    from deepcompress.commands.run import apply_override
     data = {"baseline": {"epochs": 20}, "stages": [{"kind": "prune", "sparsity": 0.9}]}
     apply_override(data, "baseline.epochs=2")
     apply_override(data, "stages.0.sparsity=0.5")

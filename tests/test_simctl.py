@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compression.cli import main as cli
-from compression.errors import DeviceError
+from deepcompress.cli import main as cli
+from dccore.errors import DeviceError
 from device_harness._simctl import Simctl, SimctlDevice, parse_device_list, runtime_version
 
 FIXTURES = Path(__file__).parent / "fixtures"

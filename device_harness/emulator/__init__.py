@@ -20,16 +20,17 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 from .._keys import ensure_adb_key, read_authorized_keys
 from ._background import DEFAULT_PORT, ensure_emulator, stop_emulator
 from ._daemon import AdbDaemon, DaemonConfig
 from ._profile import DeviceProfile, load_profile
 from ._sandbox import Sandbox
+from ._serve import add_arguments, serve
 
-__all__ = ["start", "ensure_emulator", "stop_emulator", "EmulatorHandle", "DeviceProfile",
-           "load_profile", "DEFAULT_PORT"]
+__all__ = ["start", "serve", "add_arguments", "ensure_emulator", "stop_emulator",
+           "EmulatorHandle", "DeviceProfile", "load_profile", "DEFAULT_PORT"]
 
 
 class EmulatorHandle:

@@ -2,7 +2,7 @@
 
 ``ensure_emulator()`` (what ``deepcompress bench --device emulator`` uses) reuses whatever
 answers an ADB CNXN on 127.0.0.1:5555 -- our emulator, or a real Android emulator's adbd -- and
-otherwise starts ``deepcompress emulator --port 5555`` as a detached process (its own session,
+otherwise starts ``python -m device_harness.emulator --port 5555`` as a detached process (its own session,
 stdin closed) that writes its pid to ``~/.cache/deepcompress/emulator-5555.pid`` and its log to
 ``emulator-5555.log`` beside it; its /data/local/tmp is ``~/.cache/deepcompress/emulator/5555/``
 so pushed files survive a restart, as on a phone. It runs until ``deepcompress emulator --stop``
@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from compression._io import file_lock
-from compression.errors import DeviceError
+from dccore.outputs import file_lock
+from dccore.errors import DeviceError
 
 from . import _wire as w
 
@@ -69,7 +69,7 @@ def ensure_emulator(port: int = DEFAULT_PORT, *, timeout_s: float = 20.0) -> str
             return serial
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "compression.cli", "emulator", "--port", str(port),
+        argv = [sys.executable, "-m", "device_harness.emulator", "--port", str(port),
                 "--sandbox", str(default_sandbox(port)), "--pidfile", str(pidfile_path(port))]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -93,8 +93,8 @@ def _is_our_emulator(pid: int) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"emulator" in argv and any(a.endswith(b"compression.cli") or a.endswith(b"deepcompress")
-                                       for a in argv)
+    return (b"device_harness.emulator" in argv
+            or (b"emulator" in argv and any(a.endswith(b"deepcompress") for a in argv)))
 
 
 def stop_emulator(port: int = DEFAULT_PORT, *, timeout_s: float = 10.0) -> bool:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 from . import _wire as w
 from ._profile import DeviceProfile

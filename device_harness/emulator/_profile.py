@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 DEFAULT_PROFILE = Path(__file__).with_name("default_profile.json")
 

@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 from ._profile import DeviceProfile
 

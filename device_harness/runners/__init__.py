@@ -8,9 +8,12 @@
 - ``_stats``: latency statistics, thermal status and cool-down;
 - ``_bench``: one artifact on one device, and many on many with retries.
 """
+from ._accuracy import EvalData
 from ._bench import BenchOptions, bench_artifact, bench_many
-from ._benchmark_model import BenchmarkModelCommand, BenchmarkModelOutput, parse_output
+from ._benchhost import COMPUTE_UNITS
+from ._benchmark_model import DELEGATES, BenchmarkModelCommand, BenchmarkModelOutput, parse_output
 from ._stats import latency_stats
 
-__all__ = ["BenchOptions", "bench_artifact", "bench_many", "BenchmarkModelCommand",
+__all__ = ["BenchOptions", "COMPUTE_UNITS", "DELEGATES", "EvalData", "bench_artifact",
+           "bench_many", "BenchmarkModelCommand",
            "BenchmarkModelOutput", "parse_output", "latency_stats"]

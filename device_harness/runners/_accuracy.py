@@ -3,22 +3,33 @@ compared with the labels and with the same artifact run on the host."""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 from .._device import Device
 from ._driver import push_cached, remote_path, run_litert
 
 
-def eval_batch(n: int, data_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` test examples (Fashion-MNIST by default) as float32 images and int64 labels."""
-    from compression.data import load_split
+@dataclass(frozen=True)
+class EvalData:
+    """Labelled examples to score an artifact on, from the caller (the harness reads no dataset):
+    ``inputs`` float32 with a batch axis, ``labels`` int64, one per example."""
 
-    split = load_split("test", root=data_root, limit=n)
-    return split.images.numpy().astype(np.float32), split.labels.numpy().astype(np.int64)
+    inputs: np.ndarray
+    labels: np.ndarray
+    source: str = "caller"
+
+    def __post_init__(self) -> None:
+        if self.inputs.shape[0] != self.labels.shape[0] or self.labels.ndim != 1:
+            raise DeviceError(f"eval data: {self.inputs.shape[0]} inputs for "
+                              f"{self.labels.shape[0]} labels")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
 
 
 def host_tflite_outputs(model: Path, x: np.ndarray) -> np.ndarray:
@@ -49,10 +60,10 @@ def compare(device_out: np.ndarray, labels: np.ndarray, host_out: np.ndarray | N
     return report
 
 
-def tflite_accuracy(device: Device, python: str, model_local: Path, model_remote: str, *, n: int,
-                    threads: int, timeout_s: float, data_root: str | None = None) -> dict:
-    """Run the first ``n`` test examples through the artifact on ``device`` and score them."""
-    x, labels = eval_batch(n, data_root)
+def tflite_accuracy(device: Device, python: str, model_local: Path, model_remote: str, *,
+                    data: EvalData, threads: int, timeout_s: float) -> dict:
+    """Run ``data`` through the artifact on ``device`` and score it."""
+    x, labels = data.inputs.astype(np.float32), data.labels.astype(np.int64)
     with tempfile.TemporaryDirectory(prefix="deepcompress-eval-") as tmp:
         batch = Path(tmp) / "eval_input.npy"
         np.save(batch, x, allow_pickle=False)
@@ -65,5 +76,5 @@ def tflite_accuracy(device: Device, python: str, model_local: Path, model_remote
         device.pull(remote_out, local_out, timeout_s=timeout_s)
         device_out = np.load(local_out, allow_pickle=False)
     report = compare(device_out, labels, host_tflite_outputs(model_local, x))
-    report["data"] = "test split, first examples"
+    report["data"] = data.source
     return report

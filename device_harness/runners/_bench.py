@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 from .._device import Device
 from . import _driver
 from ._benchhost import COMPUTE_UNITS
+from ._accuracy import EvalData
 from ._benchmark_model import DELEGATES
 from ._stats import cool_down, latency_stats, thermal_status
 
@@ -35,18 +36,17 @@ class BenchOptions:
     timeout_s: float = 300.0        # per device call; a model run included
     benchmark_model: Path | None = None
     delegate: str = "default"
-    eval_n: int = 0
+    eval_data: EvalData | None = None   # labelled examples from the caller, for accuracy
     cooldown_max_s: float = 60.0    # bounded: a hot phone in a hot room may never reach status 0
     cooldown_poll_s: float = 5.0
     bench_host_app: Path | None = None
     compute_units: str = "all"
-    data_root: str | None = None
     retries: int = 2                # reconnections after a dropped connection
     backoff_s: float = 1.0          # first wait; doubles each retry
 
     def __post_init__(self) -> None:
-        if self.runs < 1 or self.warmup < 0 or self.threads < 1 or self.eval_n < 0:
-            raise DeviceError("bench needs --runs >= 1, --warmup >= 0, --threads >= 1, --eval >= 0")
+        if self.runs < 1 or self.warmup < 0 or self.threads < 1:
+            raise DeviceError("bench needs --runs >= 1, --warmup >= 0, --threads >= 1")
         if self.timeout_s <= 0 or self.cooldown_max_s < 0 or self.retries < 0:
             raise DeviceError("bench needs --timeout > 0, --cooldown-max >= 0, --retries >= 0")
         if self.delegate not in DELEGATES:
@@ -107,7 +107,7 @@ def _bench_tflite(device: Device, artifact: Path, sha256: str, opts: BenchOption
         raise DeviceError(f"{artifact.name}: a .tflite does not run in the iOS simulator here; "
                           "bench the .mlpackage export instead")
     use_binary = opts.benchmark_model is not None and kind == "adb"
-    needs_python = not use_binary or opts.eval_n > 0
+    needs_python = not use_binary or opts.eval_data is not None
     python = _driver.device_python(device, timeout_s=opts.timeout_s) if needs_python else None
     if needs_python and python is None:  # say so before anything is pushed or run
         raise DeviceError(
@@ -126,12 +126,12 @@ def _bench_tflite(device: Device, artifact: Path, sha256: str, opts: BenchOption
                                     threads=opts.threads, timeout_s=opts.timeout_s)
         out = {"runner": "litert-python", **_from_runner(result)}
     out["push"] = push.to_dict()
-    if opts.eval_n:
+    if opts.eval_data is not None:
         from ._accuracy import tflite_accuracy
 
-        out["accuracy"] = tflite_accuracy(device, python, artifact, model_remote, n=opts.eval_n,
-                                          threads=opts.threads, timeout_s=opts.timeout_s,
-                                          data_root=opts.data_root)
+        out["accuracy"] = tflite_accuracy(device, python, artifact, model_remote,
+                                          data=opts.eval_data, threads=opts.threads,
+                                          timeout_s=opts.timeout_s)
     return out
 
 
@@ -142,8 +142,8 @@ def _bench_mlpackage(device: Device, artifact: Path, sha256: str, opts: BenchOpt
     from . import _accuracy, _benchhost
 
     eval_x = labels = None
-    if opts.eval_n:
-        eval_x, labels = _accuracy.eval_batch(opts.eval_n, opts.data_root)
+    if opts.eval_data is not None:
+        eval_x, labels = opts.eval_data.inputs.astype("float32"), opts.eval_data.labels
     result, push, eval_out = _benchhost.run_benchhost(
         device, artifact, sha256, app=_benchhost.find_app(opts.bench_host_app), runs=opts.runs,
         warmup=opts.warmup, compute_units=opts.compute_units, timeout_s=opts.timeout_s, eval_x=eval_x)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 from .._simctl import SimctlDevice
 from ._driver import PushStats

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RE_INIT_SESSION = re.compile(rf"Initialized session in ({_NUM})\s*ms")

@@ -13,7 +13,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from compression.errors import DeviceError
+from dccore.errors import DeviceError
 
 from .._device import Device
 from . import _benchmark_model as bm

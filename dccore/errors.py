@@ -38,6 +38,18 @@ class ExportError(DeepCompressError):
     """An export to Core ML or TFLite failed; the message names the layer and op when known."""
 
 
+class ArtifactError(DeepCompressError):
+    """An artifact (a .tflite file, an .mlpackage folder) is missing or not measurable as one."""
+
+    exit_code = 2
+
+
+class UsageError(DeepCompressError):
+    """A command line, or an output path it names, cannot be used; nothing was done."""
+
+    exit_code = 2
+
+
 class BudgetError(DeepCompressError):
     """A budgets file is malformed."""
 

@@ -11,8 +11,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .._io import write_bytes_atomic
-from ..errors import ContainerError
+from dccore.outputs import write_bytes_atomic
+from dccore.errors import ContainerError
 from . import _format, _streams, _tensor
 from ._format import FORMAT_VERSION, TAG_END, TAG_META, TAG_TENSOR, Reader
 from ._streams import CODERS
@@ -241,20 +241,6 @@ def load(path: str | os.PathLike[str], *, max_decoded_bytes: int | None = None) 
     return Dcz(path=path, state_dict={d.name: d.tensor for d in decoded}, meta=meta,
                layers=layers, bytes=size, version=version,
                tensors=tuple(d.row for d in decoded))
-
-
-def load_model(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, Dcz]:
-    """Build the model named in the file's metadata and load the decoded weights into it."""
-    from ..models import build_model, load_weights
-
-    dcz = load(path)
-    model_meta = dcz.meta.get("model")
-    if not isinstance(model_meta, dict) or not isinstance(model_meta.get("name"), str):
-        raise ContainerError(f"{path}: metadata names no model (meta['model']['name']); "
-                             "load() the state_dict and build the model yourself")
-    model = build_model(model_meta["name"], model_meta.get("kwargs"))
-    load_weights(model, dcz.state_dict, source=str(path))
-    return model.eval(), dcz
 
 
 def inspect(path: str | os.PathLike[str]) -> dict:

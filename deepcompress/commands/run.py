@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .errors import RecipeError
+from dccore.errors import RecipeError
 
 DEFAULT_RECIPE = "lenet300"
 
@@ -65,9 +65,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .recipe import read_recipe
-    from . import pipeline
-    from ._ui import Ui
+    from compression import pipeline
+    from compression.recipe import read_recipe
+
+    from ..ui import Ui
 
     def edit(data: dict[str, Any]) -> None:
         for assignment in args.overrides:

@@ -1,4 +1,6 @@
-"""``deepcompress emulator``: run the emulated Android device until Ctrl-C (or SIGTERM)."""
+"""Run an emulated device in the foreground until SIGINT/SIGTERM: what ``deepcompress emulator``
+does, and what the background device of ``ensure_emulator`` runs (``python -m
+device_harness.emulator``), so the harness never starts the application layer's command."""
 from __future__ import annotations
 
 import argparse
@@ -9,13 +11,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
-from compression._io import write_bytes_atomic
+from dccore.outputs import write_bytes_atomic
+
+from ._background import DEFAULT_PORT
 
 
-def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
-    from .emulator import DEFAULT_PORT
-
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
                         help=f"TCP port on 127.0.0.1 (default {DEFAULT_PORT}: the adb server "
                              "then also lists it as emulator-5554; 0 picks a free port)")
@@ -31,8 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON line saying where it listens; logs stay on stderr")
     parser.add_argument("--pidfile", type=Path, help=argparse.SUPPRESS)  # set by ensure_emulator
-    parser.add_argument("--stop", action="store_true",
-                        help="stop the background emulator started by 'bench --device emulator'")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
 
 
@@ -42,15 +43,11 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def main(args: argparse.Namespace) -> int:
-    from .emulator import start, stop_emulator
+def serve(args: argparse.Namespace, say: Callable[[dict, str], None] | None = None) -> int:
+    """Start the device from ``args`` (see add_arguments) and serve until a signal."""
+    from . import start
 
-    if args.stop:
-        stopped = stop_emulator(args.port)
-        _say(args, {"stopped": stopped, "port": args.port},
-             f"stopped the emulator on 127.0.0.1:{args.port}" if stopped
-             else f"no background emulator was running on 127.0.0.1:{args.port}")
-        return 0
+    say = say or (lambda info, text: _say(args.json, info, text))
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s emulator: %(message)s",
                         level=logging.INFO if args.verbose else logging.WARNING)
     stop = threading.Event()
@@ -64,11 +61,10 @@ def main(args: argparse.Namespace) -> int:
         info = {"serial": handle.serial, "host": handle.host, "port": handle.port,
                 "sandbox": str(handle.sandbox), "auth": handle.auth, "pid": os.getpid(),
                 "model": handle.profile.properties.get("ro.product.model", "")}
-        _say(args, info,
-             f"Emulated Android device listening on {handle.serial}\n"
-             f"  /data/local/tmp = {handle.sandbox}\n  auth: {handle.auth}\n"
-             f"  try: adb connect {handle.serial} && adb -s {handle.serial} shell getprop\n"
-             "  Ctrl-C stops it.")
+        say(info, f"Emulated Android device listening on {handle.serial}\n"
+                  f"  /data/local/tmp = {handle.sandbox}\n  auth: {handle.auth}\n"
+                  f"  try: adb connect {handle.serial} && adb -s {handle.serial} shell getprop\n"
+                  "  Ctrl-C stops it.")
         while not stop.wait(0.5):
             pass
     finally:
@@ -78,8 +74,20 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say(args: argparse.Namespace, info: dict, text: str) -> None:
-    if args.json:
+def _say(as_json: bool, info: dict, text: str) -> None:
+    if as_json:
         print(json.dumps(info), flush=True)
     else:
         print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m device_harness.emulator",
+                                     description="the emulated Android device, in the foreground")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return serve(args)
+    except Exception as exc:  # noqa: BLE001 - one line for the log, not a traceback
+        print(f"emulator: error: {exc}", file=sys.stderr)
+        return 1

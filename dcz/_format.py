@@ -24,7 +24,7 @@ import struct
 import zlib
 from typing import NoReturn
 
-from ..errors import ContainerError
+from dccore.errors import ContainerError
 
 MAGIC = b"\x89DCZ\r\n\x1a\n"
 FORMAT_VERSION = 1

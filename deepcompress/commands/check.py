@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ._io import write_bytes_atomic, write_json_atomic
-from .artifacts import ArtifactSize, artifact_size
-from .errors import BudgetError
+from dccore.outputs import write_bytes_atomic, write_json_atomic
+from dccore.artifacts import ArtifactSize, artifact_size
+from dccore.errors import BudgetError
 
 LIMIT_KEYS = ("max_bytes", "max_zipped_bytes", "max_growth_pct")
 TOP_KEYS = ("baseline", "defaults", "artifacts")

@@ -31,8 +31,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark-model", type=Path, metavar="PATH",
                    help="Android benchmark_model binary: pushed once, cached by content hash, run on "
                         "the big cores (ADB devices)")
-    from .runners._benchhost import COMPUTE_UNITS
-    from .runners._benchmark_model import DELEGATES
+    from device_harness.runners import COMPUTE_UNITS, DELEGATES
 
     p.add_argument("--delegate", default="default", choices=list(DELEGATES),
                    help="benchmark_model delegate (default: the build's own)")
@@ -62,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from ._discover import discover
+    from device_harness import discover
 
     listings = discover(args.adb, probe=not args.no_probe)
     if args.json:
@@ -83,6 +82,22 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_data(args: argparse.Namespace):
+    """The first --eval N test examples of the IDX dataset, for accuracy on the device."""
+    if not args.eval_n:
+        return None
+    if args.eval_n < 0:
+        from dccore.errors import UsageError
+
+        raise UsageError("--eval N needs a positive number of examples")
+    from compression.data import load_split
+    from device_harness.runners import EvalData
+
+    split = load_split("test", root=args.data, limit=args.eval_n)
+    return EvalData(split.images.numpy(), split.labels.numpy(),
+                    source=f"test split, first {len(split)} examples")
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """One ``write`` of one whole line with O_APPEND: readers never see half a result."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,14 +111,14 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ._discover import open_device
-    from .runners import BenchOptions, bench_many
+    from device_harness import open_device
+    from device_harness.runners import BenchOptions, bench_many
 
     opts = BenchOptions(runs=args.runs, warmup=args.warmup, threads=args.threads,
                         timeout_s=args.timeout, benchmark_model=args.benchmark_model,
-                        delegate=args.delegate, eval_n=args.eval_n, cooldown_max_s=args.cooldown_max,
-                        bench_host_app=args.bench_host_app, compute_units=args.compute_units,
-                        data_root=args.data, retries=args.retries)
+                        delegate=args.delegate, eval_data=_eval_data(args),
+                        cooldown_max_s=args.cooldown_max, bench_host_app=args.bench_host_app,
+                        compute_units=args.compute_units, retries=args.retries)
     specs = args.devices or ["host"]
 
     def on_result(result: dict) -> None:

@@ -5,10 +5,10 @@ Huffman / rANS coded streams, with an exact round trip.
     dcz = load("model.dcz")          # dcz.state_dict equals the input bit for bit (-0.0 -> +0.0)
     info = inspect("model.dcz")      # bytes per tensor and stream against the entropy bound
 """
-from ._api import Dcz, LayerInfo, PackReport, inspect, load, load_model, pack
+from ._api import Dcz, LayerInfo, PackReport, inspect, load, pack
 from ._format import FORMAT_VERSION
 from ._streams import CODERS, StreamInfo
 from ._tensor import TensorRow
 
-__all__ = ["pack", "load", "load_model", "inspect", "PackReport", "Dcz", "LayerInfo",
+__all__ = ["pack", "load", "inspect", "PackReport", "Dcz", "LayerInfo",
            "TensorRow", "StreamInfo", "CODERS", "FORMAT_VERSION"]

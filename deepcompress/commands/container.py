@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import ContainerError
-from ._streams import CODERS
+from dccore.errors import ContainerError
+from dcz import CODERS
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -46,8 +46,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from ..models import build_model, compressible_layers, load_state_dict_file, load_weights
-    from . import pack
+    from compression.models import (build_model, compressible_layers, load_state_dict_file,
+                                    load_weights)
+    from dcz import pack
 
     try:
         kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
@@ -82,8 +83,8 @@ def _pack(args: argparse.Namespace) -> int:
 def _unpack(args: argparse.Namespace) -> int:
     import torch
 
-    from .._io import atomic_path
-    from . import load
+    from dccore.outputs import atomic_path
+    from dcz import load
 
     dcz = load(args.file)
     with atomic_path(args.out) as tmp:
@@ -98,7 +99,7 @@ def _unpack(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from . import inspect
+    from dcz import inspect
 
     info = inspect(args.file)
     if args.json:

@@ -1,4 +1,4 @@
-"""The ``deepcompress`` command: one sub-command per verb, each in the package that owns it.
+"""The ``deepcompress`` command: one sub-command per verb, each in ``deepcompress/commands/``.
 
 Sub-command modules are imported only when chosen, so ``deepcompress --help`` stays fast and
 ``deepcompress run`` never imports coremltools or LiteRT. Each module provides
@@ -11,19 +11,19 @@ import argparse
 import importlib
 import sys
 
-from .errors import DeepCompressError
+from dccore.errors import DeepCompressError
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("compression._cmd_run", "compress a model with a recipe: prune, share, fine-tune, code"),
-    "pack": ("compression.container._cli", "write a .dcz file from a checkpoint"),
-    "unpack": ("compression.container._cli", "decode a .dcz file back to a state_dict (.pt)"),
-    "inspect": ("compression.container._cli", "show what a .dcz file holds: bytes per layer and stream"),
-    "export": ("compression._cmd_export", "export a .dcz model to TFLite and/or Core ML, validated"),
-    "check": ("compression._cmd_check", "CI size gate: compare artifacts with budgets"),
-    "devices": ("device_harness._cli", "list reachable devices (ADB, iOS simulators, host)"),
-    "emulator": ("device_harness._cli_emulator", "run the emulated Android device (ADB daemon on 127.0.0.1)"),
-    "bench": ("device_harness._cli", "measure latency, memory and accuracy of an artifact on a device"),
+    "run": ("deepcompress.commands.run", "compress a model with a recipe: prune, share, fine-tune, code"),
+    "pack": ("deepcompress.commands.container", "write a .dcz file from a checkpoint"),
+    "unpack": ("deepcompress.commands.container", "decode a .dcz file back to a state_dict (.pt)"),
+    "inspect": ("deepcompress.commands.container", "show what a .dcz file holds: bytes per layer and stream"),
+    "export": ("deepcompress.commands.export", "export a .dcz model to TFLite and/or Core ML, validated"),
+    "check": ("deepcompress.commands.check", "CI size gate: compare artifacts with budgets"),
+    "devices": ("deepcompress.commands.devices", "list reachable devices (ADB, iOS simulators, host)"),
+    "emulator": ("deepcompress.commands.emulator", "run the emulated Android device (ADB daemon on 127.0.0.1)"),
+    "bench": ("deepcompress.commands.devices", "measure latency, memory and accuracy of an artifact on a device"),
 }
 
 

@@ -1,5 +1,5 @@
-"""What the two exporters share: which layers are compressed, how big an artifact is, how its
-logits score against PyTorch's, and which layer an unsupported op came from.
+"""What the two exporters share: which layers are compressed, how an artifact's outputs score
+against PyTorch's, and which layer an unsupported op came from.
 
 The exporters (``ios_export``, ``android_export``) take a plain ``nn.Module`` and learn the
 compression from the weights themselves: the distinct non-zero values of a layer are its codebook,
@@ -12,26 +12,23 @@ import contextlib
 import io
 import logging
 import math
-import os
 import re
 import warnings
-import zipfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import ExportError
-from .models import compressible_layers
+from dccore.errors import ExportError
 
 # Core ML palettizes with at most 8-bit indices (n in {1,2,3,4,6,8}), so a layer with more than
 # 256 distinct non-zero values is not weight-shared and is exported as it is.
 MAX_CODEBOOK = 256
-# APKs and IPAs are zip files; aapt2 and ditto deflate at zlib's strongest level.
-ZIP_LEVEL = 9
+# Layers whose weight can carry pruning and a codebook into an artifact.
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                 nn.Embedding)
 # The issue's bar: the artifact's test accuracy within 0.1 points of the PyTorch model's.
 TOLERANCE_PTS = 0.1
 
@@ -75,7 +72,8 @@ def compressed_layers(model: nn.Module, names: Iterable[str] | None = None) -> d
     """
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     if names is None:
-        candidates = [f"{n}.weight" for n in compressible_layers(model)]
+        candidates = [f"{n}.weight" for n, m in model.named_modules()
+                      if isinstance(m, WEIGHT_LAYERS) and getattr(m, "weight", None) is not None]
         layers = {n: describe_weight(n, state[n]) for n in candidates}
         return {n: info for n, info in layers.items()
                 if len(info.codebook) <= MAX_CODEBOOK or info.nnz < info.size}
@@ -95,35 +93,6 @@ def example_input(input_shape: Iterable[int]) -> torch.Tensor:
         raise ExportError(f"input shape {list(shape)} is invalid; give the shape of one example "
                           "without the batch axis, e.g. [1, 28, 28]")
     return torch.zeros((1, *shape), dtype=torch.float32)
-
-
-@dataclass(frozen=True)
-class ArtifactSize:
-    bytes: int          # on disk: a file's size, or the total of a package directory's files
-    zipped_bytes: int   # after deflate, as the artifact sits inside an APK or IPA
-
-    def to_dict(self) -> dict[str, int]:
-        return {"bytes": self.bytes, "zipped_bytes": self.zipped_bytes}
-
-
-def _files(path: Path) -> list[Path]:
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
-    if path.is_file():
-        return [path]
-    raise ExportError(f"artifact {path} does not exist")
-
-
-def artifact_size(path: str | os.PathLike[str]) -> ArtifactSize:
-    """Measure an artifact: its bytes on disk, and the bytes of a real deflated zip of it."""
-    root = Path(path)
-    files = _files(root)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL) as zf:
-        for f in files:
-            arcname = root.name if f == root else f"{root.name}/{f.relative_to(root).as_posix()}"
-            zf.write(f, arcname)
-    return ArtifactSize(sum(f.stat().st_size for f in files), buf.getbuffer().nbytes)
 
 
 @dataclass(frozen=True)

@@ -33,16 +33,22 @@ import ios_export
 from android_export import convert_float32, evaluate_tflite, export_tflite, torch_logits
 from ios_export import coreml_logits, export_coreml, verify_coreml
 
-from .artifacts import (CompressedLayer, artifact_size, compressed_layers, example_input,
-                        score_logits)
-from .errors import ExportError, RecipeError
+from dccore.artifacts import artifact_size
+from dccore.errors import ExportError, RecipeError
+from exporters import CompressedLayer, compressed_layers, example_input, score_logits
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     p.description = ("Export a .dcz model to TFLite (litert-torch) and/or Core ML (coremltools) "
                      "with the compression stored in the artifact, validate each against the "
                      "PyTorch model, and report sizes.")
-    p.add_argument("model", metavar="MODEL.dcz", help="a model written by 'deepcompress run' or 'pack'")
+    p.add_argument("file", metavar="MODEL.dcz", help="a model written by 'deepcompress run' or 'pack'")
+    p.add_argument("--model", metavar="NAME",
+                   help="the model to load the weights into: a built-in name, or your own "
+                        "'package.module:factory' (default: the built-in model the file names; "
+                        "a file never chooses code to run)")
+    p.add_argument("--model-kwargs", metavar="JSON",
+                   help="keyword arguments for --model's factory, as a JSON object")
     p.add_argument("--tflite", metavar="OUT.tflite", help="write a LiteRT/TFLite flatbuffer")
     p.add_argument("--coreml", metavar="OUT.mlpackage", help="write a Core ML ML Program package")
     p.add_argument("--tflite-variant", default=android_export.DEFAULT_VARIANT,
@@ -78,7 +84,7 @@ def _input_shape(args: argparse.Namespace, meta: dict) -> list[int]:
             raise RecipeError(f"--input-shape {args.input_shape!r}: expected integers like 1,28,28") from None
     shape = (meta.get("model") or {}).get("input_shape")
     if not shape:
-        raise RecipeError(f"{args.model} records no input shape (meta['model']['input_shape']); "
+        raise RecipeError(f"{args.file} records no input shape (meta['model']['input_shape']); "
                           "pass --input-shape C,H,W")
     return [int(d) for d in shape]
 
@@ -103,7 +109,7 @@ def tflite_report(model: nn.Module, input_shape: list[int], out: Path, variant: 
         dense_path = Path(tmp) / out.name
         dense_path.write_bytes(float32)   # the float32 variant is litert-torch's output as is
         dense = artifact_size(dense_path)
-    evaluation = evaluate_tflite(out, model, split, reference)
+    evaluation = evaluate_tflite(out, model, split.images, split.labels.numpy(), reference)
     size = artifact_size(out)
     return {**result.to_dict(), **size.to_dict(), "dense_bytes": dense.bytes,
             "dense_zipped_bytes": dense.zipped_bytes, "ratio": dense.bytes / size.bytes,
@@ -144,20 +150,22 @@ def main(args: argparse.Namespace) -> int:
         raise RecipeError("give --tflite OUT.tflite and/or --coreml OUT.mlpackage")
     if args.limit is not None and args.limit <= 0:
         raise RecipeError("--limit must be a positive number of examples")
-    from .container import load_model  # noqa: PLC0415
-    from .data import load_split  # noqa: PLC0415
+    from compression.data import load_split  # noqa: PLC0415
+
+    from ..loading import model_from_dcz  # noqa: PLC0415
 
     console = None
     if not args.json:
         from rich.console import Console  # noqa: PLC0415
         console = Console(stderr=True)
-    model, dcz = load_model(args.model)
+    model, dcz = model_from_dcz(args.file, model=args.model,
+                                model_kwargs=_json_object(args.model_kwargs, "--model-kwargs"))
     shape = _input_shape(args, dcz.meta)
     layers = _layers(model, dcz)
     root = args.data or (dcz.meta.get("data") or {}).get("root")
     split = load_split("test", root=root, limit=args.limit)
     reference = torch_logits(model, split.images)
-    report: dict[str, Any] = {"model": str(args.model), "dcz_bytes": dcz.bytes,
+    report: dict[str, Any] = {"model": str(args.file), "dcz_bytes": dcz.bytes,
                               "input_shape": shape, "test_examples": len(split)}
     if args.tflite:
         with _status(console, f"TFLite {args.tflite_variant}: converting and running {len(split)} examples"):
@@ -175,6 +183,18 @@ def main(args: argparse.Namespace) -> int:
     else:
         _print(console, report)
     return 0 if ok else 1
+
+
+def _json_object(text: str | None, flag: str) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"{flag} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise RecipeError(f"{flag} must be a JSON object, e.g. '{{\"num_classes\": 10}}'")
+    return value
 
 
 def _jsonable(obj: Any) -> Any:

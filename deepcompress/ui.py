@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ._train import ProgressTask
+from compression import ProgressTask
 
 
 class _RichTask(ProgressTask):

@@ -1,0 +1,79 @@
+"""Named registries: a new stage, task, exporter, device backend or runner is one file that
+registers itself, with no edit to a central if/elif.
+
+    STAGES = Registry("stage")
+
+    @STAGES.register("prune")
+    class PruneStage: ...
+
+    STAGES.get("prune")          # or RegistryError naming what is registered
+
+Registration happens when the defining module is imported; a registry may name the modules that
+hold its built-in entries (``builtins``), imported on first lookup, so importing the registry
+itself stays cheap. Names come from code (a recipe's ``kind``, a CLI's ``--device`` prefix),
+never from a data file's choice of module: a registry only hands out what code registered.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import DeepCompressError
+
+T = TypeVar("T")
+
+
+class RegistryError(DeepCompressError, KeyError):
+    """A name that nothing registered; the message lists what is registered."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:   # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self._builtins = builtins
+        self._loaded = not builtins
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, entry: T | None = None) -> Callable[[T], T] | T:
+        """``register(name, entry)``, or ``@register(name)`` as a decorator. A name registered
+        twice is a bug (two files claiming one kind), not an override."""
+        def add(item: T) -> T:
+            if name in self._entries and self._entries[name] is not item:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = item
+            return item
+        return add if entry is None else add(entry)
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self._builtins:
+                importlib.import_module(module)
+
+    def get(self, name: str) -> T:
+        self._load()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise RegistryError(f"unknown {self.kind} {name!r}; known: "
+                                f"{', '.join(sorted(self._entries)) or 'none'}") from None
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        self._load()
+        return list(self._entries)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        self._load()
+        return iter(list(self._entries.items()))

@@ -1,0 +1,1 @@
+"""One module per ``deepcompress`` sub-command: ``add_arguments(parser, name)`` and ``main(args)``."""

@@ -1,0 +1,64 @@
+"""Rebuilding a model for a ``.dcz`` file: the one place where a file's weights meet code.
+
+A ``.dcz`` is data. It may say which built-in model it holds (``lenet300``), and with which
+keyword arguments, because that only picks among constructors this project ships; it may never
+choose code to import. A model of the user's own is rebuilt only from a factory the *user* names
+(``--model package.module:factory``), never from the file. Before anything real is allocated the
+model is built on PyTorch's ``meta`` device and its tensor shapes are checked against the file's,
+so a file cannot make a built-in constructor allocate more than the file itself decodes to.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dccore.errors import ContainerError, UsageError
+
+
+def model_spec(meta: dict[str, Any], path: str, model: str | None = None,
+               model_kwargs: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """(factory name, kwargs) to rebuild the model of a file whose metadata is ``meta``."""
+    from compression.models import BUILTIN
+
+    recorded = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    recorded_name = recorded.get("name") if isinstance(recorded.get("name"), str) else None
+    if model is not None:   # the user's own choice, on the command line or in a recipe
+        kwargs = model_kwargs if model_kwargs is not None else (
+            recorded.get("kwargs") if recorded_name == model else None) or {}
+        return model, dict(kwargs)
+    if recorded_name is None:
+        raise UsageError(f"{path} does not say which model it holds; pass --model NAME (a "
+                         f"built-in: {', '.join(sorted(BUILTIN))}) or --model package.module:factory")
+    if recorded_name not in BUILTIN:
+        raise UsageError(f"{path} names the model factory {recorded_name!r}: a file may not choose "
+                         "code to run. If you trust that factory, name it yourself: "
+                         f"--model {recorded_name}")
+    kwargs = recorded.get("kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float, str, bool)) for k, v in kwargs.items()):
+        raise ContainerError(f"{path}: meta['model']['kwargs'] must map names to plain numbers, "
+                             "strings or booleans")
+    return recorded_name, dict(kwargs)
+
+
+def model_from_dcz(path: str | os.PathLike[str], *, model: str | None = None,
+                   model_kwargs: dict[str, Any] | None = None):
+    """Load ``path`` and rebuild its model (see the module docstring). Returns (model, Dcz)."""
+    import torch
+
+    import dcz as container
+    from compression.models import build_model, load_weights
+
+    loaded = container.load(path)
+    name, kwargs = model_spec(loaded.meta, str(path), model, model_kwargs)
+    with torch.device("meta"):   # shapes only: nothing is allocated
+        skeleton = build_model(name, kwargs)
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in loaded.state_dict.items()}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))[:3]
+        raise ContainerError(f"{path}: its tensors do not fit model {name!r} with {kwargs} "
+                             f"(first differences: {diff}); pass the right --model/--model-kwargs")
+    built = build_model(name, kwargs)
+    load_weights(built, loaded.state_dict, source=str(path))
+    return built.eval(), loaded
