@@ -44,13 +44,12 @@ from exporters import (CompressedLayer, compressed_layers, example_input,
 from dccore.errors import ExportError
 
 from ._backend import coremltools, quiet
-from ._verify import lut_entries, sanitised_name
+from ._names import INPUT_NAME, OUTPUT_NAME, lut_entries, sanitised_name
 
 TARGETS = ("iOS16", "iOS17", "iOS18")
 PRECISIONS = ("fp16", "fp32")
 METHODS = ("auto", "joint", "sparse", "palettize", "none")
 DEFAULT_TARGET, DEFAULT_PRECISION, DEFAULT_METHOD = "iOS18", "fp16", "auto"
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 METADATA_KEY = "com.deepcompress.layers"
 # Index widths Core ML's LUT ops accept: iOS16's constexpr_lut_to_dense has no 3-bit LUT.
 _NBITS = {"iOS16": (1, 2, 4, 6, 8), "iOS17": (1, 2, 4, 6, 8), "iOS18": (1, 2, 3, 4, 6, 8)}

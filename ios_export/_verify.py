@@ -26,6 +26,7 @@ import numpy as np
 from dccore.errors import ExportError
 
 from ._backend import coremltools, quiet
+from ._names import INPUT_NAME, OUTPUT_NAME, lut_entries, sanitised_name
 
 
 @dataclass(frozen=True)
@@ -62,17 +63,6 @@ class CoreMLCheck:
         return {"weights_match": self.weights_match, "all_compressed": self.all_compressed,
                 "layers": {k: asdict(v) for k, v in self.layers.items()},
                 **({"error": self.error} if self.error else {})}
-
-
-def sanitised_name(layer: str) -> str:
-    """The layer as the converter spells it in op and variable names ("features.0.weight" ->
-    "features_0"): how a weight is told apart from another of the same shape and values."""
-    return "".join(c if c.isalnum() else "_" for c in layer.removesuffix(".weight"))
-
-
-def lut_entries(lut: Any) -> int:
-    """Entries of a Core ML LUT: iOS16 stores (entries,), iOS18 (groups..., entries, vector)."""
-    return int(np.shape(lut)[0] if np.ndim(lut) == 1 else np.shape(lut)[-2])
 
 
 # ---- decoders, one per constexpr op -------------------------------------------------------------
@@ -257,7 +247,6 @@ def coreml_logits(package: str | os.PathLike[str], images: np.ndarray,
         raise ExportError("Core ML predictions need macOS; on this OS the package is checked by "
                           "decoding its weights (verify_coreml)")
     ct = coremltools()
-    from ._convert import INPUT_NAME, OUTPUT_NAME  # noqa: PLC0415
     model = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit, compute_units))
     x = np.asarray(images, dtype=np.float32)
     return np.stack([np.asarray(model.predict({INPUT_NAME: x[i:i + 1]})[OUTPUT_NAME]).reshape(-1)

@@ -45,7 +45,7 @@ def _port(text: str) -> int:
 
 def serve(args: argparse.Namespace, say: Callable[[dict, str], None] | None = None) -> int:
     """Start the device from ``args`` (see add_arguments) and serve until a signal."""
-    from . import start
+    from ._handle import start
 
     say = say or (lambda info, text: _say(args.json, info, text))
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s emulator: %(message)s",
