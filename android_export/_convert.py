@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dccore.outputs import write_bytes_atomic
+from dccore.outputs import TFLITE, write_bytes_atomic
 from exporters import (CompressedLayer, compressed_layers, example_input,
                                    unsupported_op_error)
 from dccore.errors import ExportError
@@ -172,5 +172,5 @@ def export_tflite(model: nn.Module, input_shape: Sequence[int], out: str | os.Pa
     storage = describe_layers(content, model, layers)
     if variant != "float32":
         _check_compressed(variant, storage)
-    write_bytes_atomic(out, content)
+    write_bytes_atomic(out, content, kind=TFLITE)
     return TFLiteExport(out, variant, storage)

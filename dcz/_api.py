@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from dccore.outputs import write_bytes_atomic
+from dccore.outputs import DCZ, write_bytes_atomic
 from dccore.errors import ContainerError
 from . import _format, _streams, _tensor
 from ._format import FORMAT_VERSION, TAG_END, TAG_META, TAG_TENSOR, Reader
@@ -110,7 +110,7 @@ def pack(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *
         rows.append(row)
     size = sum(map(len, parts))
     parts.append(_format.section(TAG_END, _format.END.pack(len(rows), size)))
-    write_bytes_atomic(path, b"".join(parts))
+    write_bytes_atomic(path, b"".join(parts), kind=DCZ)
     on_disk = os.path.getsize(path)
     dense = sum(r.dense_bytes for r in rows)
     return PackReport(path=path, bytes=on_disk, dense_bytes=dense,

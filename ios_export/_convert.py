@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dccore.outputs import atomic_path
+from dccore.outputs import MLPACKAGE, atomic_path
 from exporters import (CompressedLayer, compressed_layers, example_input,
                                    unsupported_op_error)
 from dccore.errors import ExportError
@@ -264,7 +264,7 @@ def _check_chains(program: Any, plans: Mapping[str, LayerPlan],
 
 
 def _save(mlmodel: Any, out: Path) -> None:
-    with atomic_path(out, suffix=".tmp.mlpackage") as tmp, quiet():   # coremltools needs the suffix
+    with atomic_path(out, suffix=".tmp.mlpackage", kind=MLPACKAGE) as tmp, quiet():  # the suffix: coremltools
         mlmodel.save(str(tmp))
 
 
