@@ -76,10 +76,10 @@ def test_over_budget_exits_1_with_a_table(files, tmp_path, capsys):
 max_bytes = 9_999
 max_zipped_bytes = 5_000
 """)
-    code, _, err = run(capsys, str(files["a"]), str(files["b"]), "--budget", str(budget))
-    assert code == 1
-    assert "FAIL" in err and "a.tflite" in err and "10,000 bytes > 9,999" in err
-    assert "4 check(s), 3 failed" in err   # a: bytes and zipped; b: bytes only (zeros zip well)
+    code, out, _ = run(capsys, str(files["a"]), str(files["b"]), "--budget", str(budget))
+    assert code == 1   # the table is a result: on stdout
+    assert "FAIL" in out and "a.tflite" in out and "10,000 bytes > 9,999" in out
+    assert "4 check(s), 3 failed" in out   # a: bytes and zipped; b: bytes only (zeros zip well)
 
 
 def test_name_beats_glob_and_longer_glob_beats_shorter(files, tmp_path):
@@ -119,12 +119,56 @@ max_growth_pct = 10
 
 
 def test_growth_without_baseline_entry_is_skipped_not_passed_silently(files, tmp_path, capsys):
-    budget = write(tmp_path / "budgets.toml", '[defaults]\nmax_growth_pct = 1\n')
+    budget = write(tmp_path / "budgets.toml", '[defaults]\nmax_growth_pct = 1\n'
+                                              '[artifacts."b.tflite"]\nmax_bytes = 20_000\n')
     (tmp_path / "base.json").write_text('{"other.tflite": {"bytes": 1, "zipped_bytes": 1}}')
-    code, out, _ = run(capsys, str(files["a"]), "--budget", str(budget), "--baseline",
+    code, out, _ = run(capsys, str(files["b"]), "--budget", str(budget), "--baseline",
                        str(tmp_path / "base.json"), "--json")
-    assert code == 0
-    assert {c["skipped"] for c in json.loads(out)["checks"]} == {"no baseline"}
+    assert code == 0   # measured by its size limit; its growth is shown as skipped
+    checks = json.loads(out)["checks"]
+    assert {c["skipped"] for c in checks if c["check"].startswith("growth")} == {"no baseline"}
+    # an artifact whose only limit is growth, unknown to the baseline, is not measured at all
+    code, _, err = run(capsys, str(files["a"]), "--budget", str(budget), "--baseline",
+                       str(tmp_path / "base.json"))
+    assert code == 2 and "a.tflite is not measured by any budget" in err
+
+
+def test_a_missing_baseline_file_is_an_error_not_a_silent_skip(files, tmp_path, capsys):
+    budget = write(tmp_path / "budgets.toml", 'baseline = "nowhere.json"\n'
+                                              '[artifacts."*.tflite"]\nmax_bytes = 20_000\n'
+                                              'max_growth_pct = 5\n')
+    code, _, err = run(capsys, str(files["a"]), "--budget", str(budget))
+    assert code == 2 and "nowhere.json does not exist" in err and "--update-baseline" in err
+    assert run(capsys, str(files["a"]), "--budget", str(budget), "--update-baseline")[0] == 0
+    assert run(capsys, str(files["a"]), "--budget", str(budget))[0] == 0
+
+
+def test_junit_names_with_control_characters_stay_valid_xml(tmp_path, capsys):
+    odd = tmp_path / "bell\x07and\x1bescape.tflite"
+    odd.write_bytes(os.urandom(100))
+    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_bytes = 10\n')
+    junit = tmp_path / "junit.xml"
+    assert run(capsys, str(odd), "--budget", str(budget), "--junit", str(junit))[0] == 1
+    case = next(ET.parse(junit).getroot().iter("testcase"))   # parses: the XML is valid
+    assert case.get("classname") == "bell\\x07and\\x1bescape.tflite"
+
+
+@pytest.mark.parametrize("make", ["dir", "text"])
+def test_junit_and_baseline_never_replace_what_is_not_ours(files, tmp_path, capsys, make):
+    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_bytes = 20_000\n')
+    target = tmp_path / "precious"
+    if make == "dir":
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+    else:
+        target.write_text("my notes, not XML")
+    code, _, err = run(capsys, str(files["a"]), "--budget", str(budget), "--junit", str(target))
+    assert code == 2 and "precious" in err and "not a JUnit XML report" in err
+    code, _, err = run(capsys, str(files["a"]), "--budget", str(budget), "--baseline",
+                       str(target), "--update-baseline")
+    assert code == 2 and "not a JSON file" in err
+    assert (target / "keep.txt").read_text() == "mine" if make == "dir" else \
+        target.read_text() == "my notes, not XML"
 
 
 def test_junit_has_one_testcase_per_artifact_and_check(files, tmp_path, capsys):
@@ -167,3 +211,24 @@ def test_shipped_example_budgets_file_parses():
     example = Path(__file__).resolve().parents[1] / "examples" / "budgets.toml"
     budgets, defaults, baseline = load_budgets(example)
     assert budgets and baseline is not None
+
+
+def test_shipped_example_baseline_exists_and_covers_the_budgeted_artifacts():
+    example = Path(__file__).resolve().parents[1] / "examples" / "budgets.toml"
+    budgets, defaults, baseline = load_budgets(example)
+    sizes = json.loads(baseline.read_text())
+    for name in sizes:
+        assert budget_for(Path(name), budgets, defaults)["max_bytes"] > sizes[name]["bytes"]
+
+
+def test_links_inside_a_package_count_as_their_target_and_links_out_are_refused(files, tmp_path,
+                                                                                  capsys):
+    pkg = files["pkg"]
+    (pkg / "Data" / "alias.bin").symlink_to("weight.bin")       # inside: counted as 3,000 bytes
+    assert artifact_size(pkg).bytes == 6_200
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"x" * 50)
+    (pkg / "Data" / "leak.bin").symlink_to(outside)
+    budget = write(tmp_path / "budgets.toml", '[artifacts."*.mlpackage"]\nmax_bytes = 100_000\n')
+    code, _, err = run(capsys, str(pkg), "--budget", str(budget))
+    assert code == 2 and "leak.bin is a link to" in err and "outside the package" in err

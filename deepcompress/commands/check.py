@@ -15,9 +15,11 @@ budgets.toml (see examples/budgets.toml)::
     max_zipped_bytes = 60_000         # deflated, as inside an APK/IPA
     max_growth_pct = 2.0              # over the baseline's bytes and zipped bytes
 
-An exact name beats a glob, a longer glob beats a shorter one. An artifact no entry covers is a
-usage error: a gate must not pass what it does not measure. With ``--update-baseline`` the current
-sizes become the baseline (written atomically) and growth is not checked in that run.
+An exact name beats a glob, a longer glob beats a shorter one. An artifact that no check
+measures (no entry covers it and ``[defaults]`` sets no size limit, or its only limit is growth
+and the baseline does not know it) is a usage error: a gate must not pass what it does not
+measure. A baseline file the budgets name must exist; ``--update-baseline`` records the current
+sizes as the baseline (written atomically) and growth is not checked in that run.
 
 Exit status: 0 when every check holds, 1 when one fails (with a table of failures), 2 on a usage
 error (bad budgets file, missing artifact, artifact without a budget).
@@ -28,6 +30,7 @@ import argparse
 import fnmatch
 import json
 import math
+import re
 import sys
 import tomllib
 import xml.etree.ElementTree as ET
@@ -35,7 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dccore.outputs import write_bytes_atomic, write_json_atomic
+from dccore.outputs import (JSON_FILE, JUNIT_XML, check_output, write_bytes_atomic,
+                            write_json_atomic)
 from dccore.artifacts import ArtifactSize, artifact_size
 from dccore.errors import BudgetError
 
@@ -132,7 +136,10 @@ def _growth(name: str, what: str, now: int, base: Any, pct: float) -> Check:
 
 
 def run_checks(artifacts: list[Path], budgets: list[Budget], defaults: dict[str, Any],
-               baseline: dict[str, Any] | None) -> tuple[list[Check], dict[str, ArtifactSize]]:
+               baseline: dict[str, Any] | None, *, recording: bool = False
+               ) -> tuple[list[Check], dict[str, ArtifactSize]]:
+    """Measure each artifact against its limits. ``recording``: this run records the baseline,
+    so an artifact whose only limit is growth counts as measured (from the next run on)."""
     sizes, checks = {}, []
     for path in artifacts:
         limits = budget_for(path, budgets, defaults)
@@ -149,12 +156,23 @@ def run_checks(artifacts: list[Path], budgets: list[Budget], defaults: dict[str,
             base = baseline.get(path.name, {})
             for what, now in (("bytes", size.bytes), ("zipped_bytes", size.zipped_bytes)):
                 checks.append(_growth(path.name, what, now, base.get(what), limits["max_growth_pct"]))
+        measured = any(c.artifact == path.name and not c.skipped for c in checks)
+        if not measured and not (recording and "max_growth_pct" in limits):
+            raise BudgetError(f"artifact {path.name} is not measured by any budget (no size limit "
+                              "covers it, and the baseline does not know it for a growth check); "
+                              f"add [artifacts.\"{path.name}\"] with max_bytes to the budgets file")
     return checks, sizes
 
 
-def _read_baseline(path: Path | None) -> dict[str, Any] | None:
-    if path is None or not path.exists():
-        return None if path is None else {}
+def _read_baseline(path: Path | None, *, must_exist: bool = True) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    if not path.exists():
+        if must_exist:
+            raise BudgetError(f"baseline {path} does not exist; record the current sizes once with "
+                              "--update-baseline (and commit the file), or drop 'baseline' from "
+                              "the budgets file")
+        return {}
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -164,18 +182,26 @@ def _read_baseline(path: Path | None) -> dict[str, Any] | None:
     return data
 
 
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """``text`` with the characters XML 1.0 cannot hold shown as \\xNN (a file name may hold any)."""
+    return _XML_BAD.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def junit_xml(checks: list[Check]) -> bytes:
     """One testcase per artifact x check (classname = artifact, name = check)."""
     suite = ET.Element("testsuite", name="deepcompress.check", tests=str(len(checks)),
                        failures=str(sum(not c.ok for c in checks)),
                        skipped=str(sum(bool(c.skipped) for c in checks)))
     for c in checks:
-        case = ET.SubElement(suite, "testcase", classname=c.artifact, name=c.check)
+        case = ET.SubElement(suite, "testcase", classname=xml_text(c.artifact), name=c.check)
         if c.skipped:
             ET.SubElement(case, "skipped", message=c.skipped)
         elif not c.ok:
-            ET.SubElement(case, "failure", message=c.message, type="SizeBudgetExceeded").text = (
-                f"{c.artifact}: {c.message}")
+            ET.SubElement(case, "failure", message=xml_text(c.message),
+                          type="SizeBudgetExceeded").text = xml_text(f"{c.artifact}: {c.message}")
     return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)
 
 
@@ -202,14 +228,19 @@ def main(args: argparse.Namespace) -> int:
         raise BudgetError(f"artifact(s) not found: {', '.join(missing)}")
     if args.update_baseline and baseline_path is None:
         raise BudgetError("--update-baseline needs --baseline FILE or 'baseline' in the budgets file")
-    baseline = None if args.update_baseline else _read_baseline(baseline_path)
-    checks, sizes = run_checks(artifacts, budgets, defaults, baseline)
+    if args.junit:   # report files get their folder made, as pytest's --junitxml does
+        check_output(args.junit, JUNIT_XML, flag="--junit", make_parents=True)
     if args.update_baseline:
-        merged = _read_baseline(baseline_path) or {}
+        check_output(baseline_path, JSON_FILE, flag="baseline", make_parents=True)
+    baseline = None if args.update_baseline else _read_baseline(baseline_path)
+    checks, sizes = run_checks(artifacts, budgets, defaults, baseline,
+                               recording=args.update_baseline)
+    if args.update_baseline:
+        merged = _read_baseline(baseline_path, must_exist=False) or {}
         merged.update({name: s.to_dict() for name, s in sizes.items()})
-        write_json_atomic(baseline_path, merged)
+        write_json_atomic(baseline_path, merged, kind=JSON_FILE)
     if args.junit:
-        write_bytes_atomic(args.junit, junit_xml(checks))
+        write_bytes_atomic(args.junit, junit_xml(checks), kind=JUNIT_XML)
     ok = all(c.ok for c in checks)
     if args.json:
         print(json.dumps({"ok": ok, "artifacts": {n: s.to_dict() for n, s in sizes.items()},
@@ -223,7 +254,7 @@ def _print(checks: list[Check], sizes: dict[str, ArtifactSize], ok: bool) -> Non
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    console = Console(stderr=True)
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     table = Table(title="size budgets" + ("" if ok else " - FAILED"))
     for col in ("artifact", "check", "actual", "limit", "result"):
         table.add_column(col, justify="right" if col in ("actual", "limit") else "left")
@@ -236,4 +267,3 @@ def _print(checks: list[Check], sizes: dict[str, ArtifactSize], ok: bool) -> Non
     console.print(table)
     failed = sum(not c.ok for c in checks)
     console.print(f"{len(sizes)} artifact(s), {len(checks)} check(s), {failed} failed")
-    sys.stderr.flush()
