@@ -48,8 +48,10 @@ def main(args: argparse.Namespace) -> int:
 def _pack(args: argparse.Namespace) -> int:
     from compression.models import (build_model, compressible_layers, load_state_dict_file,
                                     load_weights)
+    from dccore.outputs import DCZ, check_output
     from dcz import pack
 
+    check_output(args.out, DCZ, flag="--out")
     try:
         kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     except json.JSONDecodeError as exc:
@@ -75,19 +77,23 @@ def _pack(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
+        meta_bytes = report.bytes - sum(t.bytes for t in report.tensors)
         print(f"wrote {report.path}: {report.bytes:,} bytes ({report.coder}); dense fp32 "
               f"{report.dense_bytes:,} bytes; ratio {report.ratio:.1f}x")
+        print(f"  of which header and metadata {meta_bytes:,} bytes (a run's model.dcz also "
+              "carries its resolved recipe and accuracies, so it differs by about that much)")
     return 0
 
 
 def _unpack(args: argparse.Namespace) -> int:
     import torch
 
-    from dccore.outputs import atomic_path
+    from dccore.outputs import TORCH_FILE, atomic_path, check_output
     from dcz import load
 
+    check_output(args.out, TORCH_FILE, flag="--out")
     dcz = load(args.file)
-    with atomic_path(args.out) as tmp:
+    with atomic_path(args.out, kind=TORCH_FILE) as tmp:
         torch.save(dcz.state_dict, tmp)
     summary = {"file": str(dcz.path), "out": str(args.out), "tensors": len(dcz.state_dict),
                "bytes": Path(args.out).stat().st_size}
