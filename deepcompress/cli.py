@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
+import traceback
+from pathlib import Path
 
-from dccore.errors import DeepCompressError
+from dccore.errors import DeepCompressError, UsageError
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,14 +31,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Quiet the converters' C++ and absl logging before anything imports them (TensorFlow Lite's
+# "Created TensorFlow Lite XNNPACK delegate", oneDNN notices, absl's pre-init warnings).
+_QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "GLOG_minloglevel": "2",
+              "ABSL_MIN_LOG_LEVEL": "3"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so --json callers get JSON."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from . import __version__
+
+    parser = _Parser(
         prog="deepcompress",
         description="Deep Compression for PyTorch models (Han, Mao & Dally 2016): prune, share "
                     "weights, entropy-code; export to Core ML and LiteRT; measure on devices.",
         epilog="Run 'deepcompress COMMAND --help' for a command's options.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"deepcompress {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:  # only the chosen command's module is imported
@@ -43,13 +63,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(command: str | None, exc: BaseException, code: int, as_json: bool) -> int:
+    """One line on stderr; with --json also one JSON object on stdout, as for a success."""
+    label = f"deepcompress {command}" if command else "deepcompress"
+    message = str(exc) or type(exc).__name__
+    print(f"{label}: error: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"ok": False, "command": command, "error": message,
+                          "error_type": type(exc).__name__, "exit_code": code}), flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
-    parser = build_parser(command)
-    args = parser.parse_args(argv)
+    as_json = "--json" in argv
+    try:
+        parser = build_parser(command)
+        args = parser.parse_args(argv)
+    except DeepCompressError as exc:
+        return _fail(command, exc, exc.exit_code, as_json)
     if args.command is None:
         parser.print_help()
         return 2
@@ -57,12 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(args) or 0)
     except DeepCompressError as exc:
-        print(f"deepcompress {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args.command, exc, exc.exit_code, as_json)
     except KeyboardInterrupt:
-        print(f"deepcompress {args.command}: interrupted; finished checkpoints are kept "
-              "(use --resume-from to continue)", file=sys.stderr)
+        print(f"deepcompress {args.command}: interrupted; finished checkpoints and outputs are "
+              "kept (run --resume-from continues a run)", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: say so in one line unless asked for more
+        if os.environ.get("DEEPCOMPRESS_DEBUG"):
+            raise
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        internal = RuntimeError(f"internal error ({type(exc).__name__} at "
+                                f"{Path(where.filename).name}:{where.lineno}: {exc}); please "
+                                "report it; DEEPCOMPRESS_DEBUG=1 shows the traceback")
+        return _fail(args.command, internal, 3, as_json)
 
 
 if __name__ == "__main__":

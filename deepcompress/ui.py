@@ -1,10 +1,31 @@
-"""Progress bars, log lines and the summary table of ``deepcompress run`` (rich, on stderr)."""
+"""Progress, log lines and tables for long commands, in a terminal and in a CI log alike.
+
+In a terminal: rich progress bars and log lines on stderr. When stderr is not a terminal (a CI
+job, ``> log 2>&1``), bars would print nothing until the end, so instead each task's start and end
+and, at least every ``HEARTBEAT_S`` seconds, a plain line saying where the work is (task, epoch,
+step, loss, elapsed) go to stderr. Results (tables, summaries) go to stdout.
+"""
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from compression import ProgressTask
+
+# At least one line this often in a non-terminal log, so a CI job never looks hung.
+HEARTBEAT_S = float(os.environ.get("DEEPCOMPRESS_HEARTBEAT_S", "30"))
+
+
+def stdout_console() -> Any:
+    """A rich console on stdout; a pipe or file gets the whole table, not an 80-column fold."""
+    from rich.console import Console
+
+    console = Console(log_path=False)
+    return console if console.is_terminal else Console(log_path=False, width=200)
 
 
 class _RichTask(ProgressTask):
@@ -20,18 +41,52 @@ class _RichTask(ProgressTask):
         self._progress.remove_task(self._id)
 
 
-class Ui:
-    """Progress bars and log lines on stderr; all of it off when ``enabled`` is False."""
+class _PlainTask(ProgressTask):
+    """A task in a non-terminal log: its state, read by the heartbeat."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, ui: "Ui", description: str, total: int) -> None:
+        self.ui, self.description, self.total = ui, description, total
+        self.done, self.fields, self.started = 0, {}, time.monotonic()
+        ui.line(f"{description}: started ({total:,} steps)")
+
+    def advance(self, n: int = 1, **fields: object) -> None:
+        self.done += n
+        self.fields = fields
+
+    def status(self) -> str:
+        parts = [f"{self.description}: step {self.done:,}/{self.total:,}"]
+        if "epoch" in self.fields:
+            parts.append(f"epoch {self.fields['epoch']}")
+        if isinstance(self.fields.get("loss"), float):
+            parts.append(f"loss {self.fields['loss']:.4f}")
+        parts.append(f"{time.monotonic() - self.started:.0f} s in this task")
+        return ", ".join(parts)
+
+    def close(self) -> None:
+        self.ui.line(f"{self.status()}: done")
+        self.ui.tasks.remove(self)
+
+
+class Ui:
+    """Progress and log lines on stderr; all of it off when ``enabled`` is False."""
+
+    def __init__(self, enabled: bool = True, heartbeat_s: float = HEARTBEAT_S) -> None:
         self.enabled = enabled
+        self.heartbeat_s = heartbeat_s
         self._progress = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self.tasks: list[_PlainTask] = []
+        self.started = time.monotonic()
         if enabled:
             from rich.console import Console
-            self.console = Console(stderr=True)
+            self.console = Console(stderr=True, log_path=False)
+            self.interactive = self.console.is_terminal
 
     def __enter__(self) -> "Ui":
-        if self.enabled:
+        if not self.enabled:
+            return self
+        if self.interactive:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
             self._progress = Progress(
@@ -39,21 +94,43 @@ class Ui:
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                 console=self.console, transient=True)
             self._progress.__enter__()
+        else:
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat")
+            self._beat.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
         if self._progress is not None:
             self._progress.__exit__(*exc)
             self._progress = None
 
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            current = self.tasks[-1].status() if self.tasks else "working"
+            self.line(f"still running: {current}")
+
+    def line(self, message: str) -> None:
+        """One plain line with the elapsed time, for logs that are read later."""
+        elapsed = time.monotonic() - self.started
+        print(f"[{elapsed:7.1f} s] {message}", file=sys.stderr, flush=True)
+
     def progress(self, description: str, total: int) -> ProgressTask:
-        if self._progress is None:
+        if not self.enabled:
             return ProgressTask()
+        if self._progress is None:
+            task = _PlainTask(self, description, total)
+            self.tasks.append(task)
+            return task
         return _RichTask(self._progress, self._progress.add_task(description, total=total, info=""))
 
     def log(self, message: str) -> None:
-        if self.enabled:
-            self.console.log(message)
+        if not self.enabled:
+            return
+        if self.interactive:
+            self.console.log(message, highlight=False)
+        else:
+            self.line(message)
 
     def summary(self, report: dict[str, Any], out: Path) -> None:
         from rich.table import Table
@@ -65,7 +142,8 @@ class Ui:
             table.add_row(row["name"], row["type"], f"{row['parameters']:,}", f"{row['nonzeros']:,}",
                           f"{row['sparsity']:.1%}", str(row["bits"] or "-"),
                           f"{row['distinct_values']:,}")
-        self.console.print(table)
+        out_console = stdout_console()
+        out_console.print(table)
         acc = report["accuracy"]
         lines = [f"accuracy: baseline {acc['baseline']:.2%} -> final {acc['final']:.2%} "
                  f"({(acc['final'] - acc['baseline']) * 100:+.2f} points) "
@@ -79,4 +157,4 @@ class Ui:
                 lines.append(f"  {row['stage']:<28} {row['bytes']:>10,} B  {row['ratio']:6.1f}x")
         lines.append(f"time: {report['seconds']['total']:.1f} s; results in {out}/report.json")
         for line in lines:
-            self.console.print(line)
+            out_console.print(line, highlight=False)
