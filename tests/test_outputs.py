@@ -141,3 +141,42 @@ def test_pack_onto_someone_elses_file_is_refused(tmp_path, capsys):
     assert main(["pack", str(sd), "--model", "lenet300", "--out",
                  str(tmp_path / "nowhere" / "m.dcz")]) == 2
     assert "does not exist; create it first" in capsys.readouterr().err
+
+
+def _fake_run(folder: Path, finished: bool) -> Path:
+    folder.mkdir()
+    (folder / "recipe.json").write_text('{"recipe": {}, "sha256": "x"}')
+    (folder / "model.dcz").write_bytes(b"old model")
+    if finished:
+        (folder / "report.json").write_text('{"model_sha256": "old"}')
+    return folder
+
+
+def test_run_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    target = _scratch_dir(tmp_path / "mine")
+    assert main(["run", "lenet300", "--out", str(target)]) == 2
+    assert "not a deepcompress run folder" in capsys.readouterr().err
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["run", "lenet300", "--out", str(afile)]) == 2
+    assert afile.read_text() == "x"
+
+
+def test_a_finished_run_is_replaced_only_with_force_and_its_report_goes_first(tmp_path, capsys,
+                                                                              monkeypatch):
+    run = _fake_run(tmp_path / "run", finished=True)
+    assert main(["run", "lenet300", "--out", str(run)]) == 2
+    assert "holds a finished run; pass --force" in capsys.readouterr().err
+    assert (run / "report.json").exists()
+
+    import compression.pipeline as pipeline
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt   # as if the re-run were stopped half-way
+
+    monkeypatch.setattr(pipeline, "run_recipe", killed)
+    assert main(["run", "lenet300", "--out", str(run), "--force", "--quiet"]) == 130
+    assert not (run / "report.json").exists()   # no report describing files it did not write
+    unfinished = _fake_run(tmp_path / "unfinished", finished=False)
+    assert main(["run", "lenet300", "--out", str(unfinished), "--quiet"]) == 130  # no --force

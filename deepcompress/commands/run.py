@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from dccore.errors import RecipeError
+from dccore.errors import RecipeError, UsageError
 
 DEFAULT_RECIPE = "lenet300"
 
@@ -32,8 +32,41 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set baseline.epochs=2 "
                         "--set data.train_limit=5000 --set stages.0.sparsity=0.9 (repeatable)")
+    p.add_argument("--force", action="store_true",
+                   help="run again into a folder that holds a finished run (its report and files "
+                        "are replaced; without --force such a folder is refused)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout, nothing else")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+
+
+def check_run_folder(out: Path, *, force: bool, resuming: bool) -> None:
+    """Refuse ``--out`` before any work unless writing there destroys nothing of the user's:
+    a new or empty folder, or a deepcompress run folder (a finished one only with --force or
+    --resume-from). A re-run starts by removing the old report, so a run killed half-way leaves
+    a folder without a report (unfinished), never a report that describes other files."""
+    from dccore.outputs import JSON_FILE, check_output
+
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UsageError(f"--out {out} exists and is not a folder; a run writes a folder of files")
+    if not out.exists():
+        check_output(out, JSON_FILE, flag="--out", make_parents=True)   # its folder is made
+        return
+    entries = [e.name for e in out.iterdir()]
+    if not entries:
+        return
+    if not JSON_FILE.owns(out / "recipe.json"):
+        raise UsageError(f"--out {out} is a folder with other files in it ({', '.join(sorted(entries)[:3])}"
+                         f"{', ...' if len(entries) > 3 else ''}), not a deepcompress run folder; "
+                         "choose a new or empty folder")
+    report = out / "report.json"
+    if report.exists() and not (force or resuming):
+        raise UsageError(f"--out {out} holds a finished run; pass --force to run again into it "
+                         "(its files are replaced), --resume-from STAGE to redo stages, or "
+                         "choose another folder")
+    if report.exists() and not resuming:
+        if not JSON_FILE.owns(report):
+            raise UsageError(f"{report} is not a deepcompress report; move it away first")
+        report.unlink()
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -77,6 +110,7 @@ def main(args: argparse.Namespace) -> int:
             data["seed"] = args.seed
 
     recipe, text = read_recipe(args.recipe, edit)
+    check_run_folder(Path(args.out), force=args.force, resuming=args.resume_from is not None)
 
     ui = Ui(enabled=not (args.quiet or args.json))
     with ui:
