@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ PLAIN_DTYPES = ("float32", "float16")
 EXPANSION_LIMIT = 4096
 MIN_DECODE_LIMIT = 2**28
 MAX_META_BYTES = 2**24  # inflated metadata; refuses deflate bombs
+# A recipe nests 5-6 levels; the limit keeps json (which recurses) far from Python's stack.
+MAX_META_DEPTH = 32
+MAX_TENSORS = 2**16     # an on-device model has hundreds; bounds the per-tensor overhead
 
 
 @dataclass(frozen=True)
@@ -93,14 +97,21 @@ def pack(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *
     if missing:
         raise ContainerError(f"{path}: compressed names tensors missing from the state_dict: "
                              f"{', '.join(missing)}")
+    if len(state_dict) > MAX_TENSORS:
+        raise ContainerError(f"{path}: {len(state_dict):,} tensors; a .dcz file holds at most "
+                             f"{MAX_TENSORS:,}")
     full_meta = dict(meta or {})
     full_meta["format"] = {"name": "dcz", "version": FORMAT_VERSION, "coder": coder,
                            "plain_dtype": plain_dtype, **_library_versions(coder)}
     try:
         meta_json = json.dumps(full_meta, sort_keys=True, allow_nan=False,
                                separators=(",", ":")).encode("utf-8")
+    except RecursionError:
+        raise ContainerError(f"{path}: metadata nests deeper than {MAX_META_DEPTH} levels") \
+            from None
     except (TypeError, ValueError) as exc:
         raise ContainerError(f"{path}: metadata is not JSON-serialisable ({exc})") from exc
+    _check_meta_text(meta_json, str(path))  # what load would refuse is never written
     # Deflated: a recipe's JSON is ~1 KB, 4% of a LeNet file; deflate takes a third of that.
     parts = [_format.file_header(), _format.section(TAG_META, zlib.compress(meta_json, 9))]
     rows = []
@@ -176,6 +187,7 @@ def _read(path: str | os.PathLike[str], max_decoded_bytes: int | None):
     reader = Reader(buf, where, offset=_format.HEADER.size)
     meta = None
     decoded: list[_tensor.Decoded] = []
+    names: set[str] = set()
     index = 0
     while True:
         start = reader.pos
@@ -187,12 +199,15 @@ def _read(path: str | os.PathLike[str], max_decoded_bytes: int | None):
         elif index == 0:
             raise ContainerError(f"{sec_where}: the first section must be the metadata")
         elif tag == TAG_TENSOR:
+            if len(decoded) == MAX_TENSORS:
+                raise ContainerError(f"{sec_where}: more than {MAX_TENSORS:,} tensors")
             try:
                 item = _tensor.decode(payload, sec_where, budget)
             except (ValueError, IndexError, OverflowError) as exc:  # safety net behind the checks
                 raise ContainerError(f"{sec_where}: corrupt tensor data ({exc})") from exc
-            if any(d.name == item.name for d in decoded):
+            if item.name in names:
                 raise ContainerError(f"{sec_where}: tensor {item.name!r} appears twice")
+            names.add(item.name)
             decoded.append(item)
         else:  # END
             end = Reader(payload, sec_where)
@@ -218,13 +233,36 @@ def _parse_meta(payload: memoryview, where: str) -> dict:
     if inflate.unconsumed_tail or not inflate.eof:
         raise ContainerError(f"{where}: metadata is truncated or larger than "
                              f"{MAX_META_BYTES:,} bytes")
+    _check_meta_text(text, where)
     try:
         meta = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer of 4,300+ digits
         raise ContainerError(f"{where}: metadata is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise ContainerError(f"{where}: metadata must be a JSON object")
     return meta
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def _check_meta_text(text: bytes, where: str) -> None:
+    """Refuse metadata JSON over MAX_META_BYTES or nested deeper than MAX_META_DEPTH, before
+    json (which recurses once per level) parses it."""
+    if len(text) > MAX_META_BYTES:
+        raise ContainerError(f"{where}: metadata of {len(text):,} bytes is larger than "
+                             f"{MAX_META_BYTES:,} bytes")
+    # Brackets outside strings are the structure. For valid JSON this is its exact depth, and
+    # json stops at the first error, so it never goes deeper than this count either.
+    brackets = np.frombuffer(_NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", text)), dtype=np.uint8)
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), np.int8(1), np.int8(-1))
+    depth = 0
+    for i in range(0, steps.size, 1 << 20):
+        run = np.cumsum(steps[i:i + (1 << 20)], dtype=np.int32) + depth
+        if int(run.max()) > MAX_META_DEPTH:
+            raise ContainerError(f"{where}: metadata nests deeper than {MAX_META_DEPTH} levels")
+        depth = int(run[-1])
 
 
 def load(path: str | os.PathLike[str], *, max_decoded_bytes: int | None = None) -> Dcz:

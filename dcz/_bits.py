@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 MAX_CODE_BITS = 32  # widest single code the packer accepts (Huffman codes are limited to 20)
+UNPACK_CHUNK = 1 << 18  # values per step of unpack_fixed: ~2 MiB of positions, whatever the count
 _U64 = np.uint64
 
 
@@ -71,7 +72,10 @@ def windows(data: bytes | memoryview, pad_bytes: int = 0) -> np.ndarray:
     buf = np.zeros(len(data) + pad_bytes + 8, dtype=np.uint8)
     buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
     view = np.lib.stride_tricks.sliding_window_view(buf, 8)[: len(data) + pad_bytes + 1]
-    return np.ascontiguousarray(view).view(">u8").reshape(-1).astype(_U64)
+    out = np.ascontiguousarray(view).view(">u8").reshape(-1)
+    if not out.dtype.isnative:  # to native order in place: one 8-bytes-per-byte array, not two
+        out = out.byteswap(inplace=True).view(out.dtype.newbyteorder())
+    return out
 
 
 def read_bits(W: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
@@ -79,13 +83,23 @@ def read_bits(W: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     return (W[pos >> _U64(3)] << (pos & _U64(7))) >> _U64(64 - width)
 
 
-def unpack_fixed(data: bytes | memoryview, count: int, width: int) -> np.ndarray:
-    """Inverse of :func:`pack_fixed`: ``count`` values of ``width`` bits; needs enough bytes."""
+def unpack_fixed(data: bytes | memoryview, count: int, width: int,
+                 dtype: type = _U64) -> np.ndarray:
+    """Inverse of :func:`pack_fixed`: ``count`` values of ``width`` bits; needs enough bytes.
+
+    Works in chunks, so beyond the result (``dtype``, which must hold ``width`` bits) it needs a
+    few MiB however long the stream: a decoder's memory stays a small multiple of its output."""
+    out = np.zeros(count, dtype=dtype)
     if width == 0 or count == 0:
-        return np.zeros(count, dtype=_U64)
+        return out
     if len(data) * 8 < count * width:
         raise ValueError(f"{count} values of {width} bits need {(count * width + 7) // 8} bytes, "
                          f"got {len(data)}")
-    W = windows(data)
-    pos = np.arange(count, dtype=_U64) * _U64(width)
-    return read_bits(W, pos, width)
+    data = memoryview(data).cast("B")
+    for i in range(0, count, UNPACK_CHUNK):
+        j = min(i + UNPACK_CHUNK, count)
+        start = i * width
+        W = windows(data[start >> 3:(j * width + 7) >> 3])
+        pos = np.arange(j - i, dtype=_U64) * _U64(width) + _U64(start & 7)
+        out[i:j] = read_bits(W, pos, width)
+    return out

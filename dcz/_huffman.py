@@ -120,24 +120,30 @@ def encode(symbols: np.ndarray, lengths: np.ndarray,
 
 
 def decode(data: bytes | memoryview, total_bits: int, count: int, lengths: np.ndarray,
-           lane_bits: np.ndarray, lane: int = LANE) -> np.ndarray:
+           lane_bits: np.ndarray, lane: int = LANE, dtype: type = np.int32) -> np.ndarray:
     """Decode ``count`` symbols, given the bits in each lane but the last (as encode returns
-    them). Raises ValueError if the payload does not decode exactly."""
+    them). Raises ValueError if the payload does not decode exactly.
+
+    Memory: twice the result (``dtype``, which must hold every symbol; decoded lane by lane, then
+    put in order), the payload's windows (8 bytes per payload byte) and a lookup table of 10
+    bytes per ``2**max_len``."""
     n_lanes = -(-count // lane) if count else 0
     if lane_bits.size != max(n_lanes - 1, 0):
         raise ValueError(f"expected {max(n_lanes - 1, 0)} lane offsets, found {lane_bits.size}")
     if count == 0:
         if total_bits:
             raise ValueError("empty stream with a non-empty payload")
-        return np.zeros(0, dtype=np.int32)
+        return np.zeros(0, dtype=dtype)
     order, lens, codes, width = canonical(lengths)
-    # Flat lookup table: every width-bit window whose prefix is a code maps to that code.
+    # Flat lookup table: every width-bit window whose prefix is a code maps to that code. Windows
+    # that start no code (an incomplete code) keep length 0, and are refused below.
     span = np.left_shift(1, width - lens)
-    table_sym = np.full(1 << width, -1, dtype=np.int32)
+    table_sym = np.zeros(1 << width, dtype=dtype)
     table_len = np.zeros(1 << width, dtype=np.uint64)
     filled = int(span.sum())
     table_sym[:filled] = np.repeat(order, span)
     table_len[:filled] = np.repeat(lens, span).astype(np.uint64)
+    complete = filled == 1 << width
 
     lane_start = np.zeros(n_lanes, dtype=np.uint64)
     lane_start[1:] = np.cumsum(np.asarray(lane_bits, dtype=np.uint64), dtype=np.uint64)
@@ -149,21 +155,21 @@ def decode(data: bytes | memoryview, total_bits: int, count: int, lengths: np.nd
     # Padding lets the last lane run past its end without reading outside the buffer.
     W = windows(data, pad_bytes=(steps * width) // 8 + 8)
     pos = lane_start.copy()
-    out = np.empty((steps, n_lanes), dtype=np.int32)
+    out = np.empty((steps, n_lanes), dtype=dtype)
     last_end = None
     for i in range(steps):
         if i == last_count:
             last_end = int(pos[-1])
         win = read_bits(W, pos, width)
         np.take(table_sym, win, out=out[i])
-        pos += table_len[win]
+        advance = table_len[win]
+        if not complete and not advance[:n_lanes if i < last_count else -1].all():
+            raise ValueError("Huffman payload holds a bit pattern that is no code")
+        pos += advance
     if last_end is None:
         last_end = int(pos[-1])
     ends = pos.copy()
     ends[-1] = last_end
     if not np.array_equal(ends, lane_end):
         raise ValueError("Huffman payload does not decode to the recorded lane boundaries")
-    result = out.T.reshape(-1)[:count]
-    if (result < 0).any():
-        raise ValueError("Huffman payload holds a bit pattern that is no code")
-    return result
+    return np.ascontiguousarray(out.T).reshape(-1)[:count]

@@ -15,7 +15,8 @@ one fixed-width value per present symbol.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -277,9 +278,69 @@ def _ans_encode(symbols: np.ndarray, alphabet: int, present: np.ndarray,
 
 
 # ---------------------------------------------------------------------------------------- decode
+#
+# Decoding is two steps. parse() reads a stream's header and table and checks every claim that is
+# free to check: lengths against the bytes present, and symbol counts against what those bytes
+# can hold (fixed width: exactly count * width bits; Huffman: at least the shortest code and at
+# most the longest per symbol). Stream.symbols() then does the work, in memory proportional to
+# the symbols (one or two bytes each) plus the payload. A tensor parses all its streams before it
+# decodes any, so a false claim fails before anything large is allocated. An rANS stream's count
+# is not bounded by its payload: symbols the coder's state already determines cost no bits (a
+# run of the first table symbol at a stream's end is free), so its tensor bounds it instead.
+
+DECODE_CHUNK = 1 << 20  # symbols per step where decoding works in pieces (ANS, histograms)
+
+
+def symbol_dtype(alphabet: int) -> type:
+    """The narrowest unsigned type that holds every symbol (alphabets are at most 2**16)."""
+    return np.uint8 if alphabet <= 256 else np.uint16
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A parsed stream: header and table read and checked, payload located but not decoded."""
+
+    name: str
+    coder: str
+    alphabet: int
+    count: int
+    bytes: int
+    table_bytes: int
+    payload_bytes: int
+    symbol: int | None       # the only symbol, when a stream has no payload (constant, width 0)
+    work_bytes: int          # memory that symbols() needs, its result included
+    _decode: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    def symbols(self) -> np.ndarray:
+        """The symbols as symbol_dtype(alphabet); a read-only broadcast when ``symbol`` is set."""
+        if self.symbol is not None:
+            return np.broadcast_to(symbol_dtype(self.alphabet)(self.symbol), (self.count,))
+        return self._decode()
+
+    def info(self, symbols: np.ndarray) -> StreamInfo:
+        counts = np.zeros(self.alphabet, dtype=np.int64)
+        if self.symbol is not None:
+            counts[self.symbol] = self.count
+        else:
+            for i in range(0, symbols.size, DECODE_CHUNK):  # bincount copies its input to int64
+                counts += np.bincount(symbols[i:i + DECODE_CHUNK], minlength=self.alphabet)
+        return StreamInfo(name=self.name, coder=self.coder, count=self.count,
+                          alphabet=self.alphabet, distinct=int(np.count_nonzero(counts)),
+                          bytes=self.bytes, table_bytes=self.table_bytes,
+                          payload_bytes=self.payload_bytes, entropy_bits=entropy_bits(counts))
+
 
 def decode(r: Reader, name: str, max_count: int) -> tuple[np.ndarray, StreamInfo]:
-    """Read one stream at the reader's position; ``max_count`` bounds the claimed symbol count."""
+    """Read and decode one stream at the reader's position; ``max_count`` bounds its symbol
+    count."""
+    stream = parse(r, name, max_count)
+    symbols = stream.symbols()
+    return symbols, stream.info(symbols)
+
+
+def parse(r: Reader, name: str, max_count: int) -> Stream:
+    """Read one stream's header, table and payload location; check what can be checked without
+    decoding. ``max_count`` bounds the claimed symbol count."""
     start = r.pos
     kind_id = r.u8(f"{name} stream coder")
     kind = _NAME.get(kind_id)
@@ -291,36 +352,45 @@ def decode(r: Reader, name: str, max_count: int) -> tuple[np.ndarray, StreamInfo
         r.fail(f"{name} stream: alphabet of {alphabet:,} symbols is outside 1..{MAX_ALPHABET:,}")
     if n > max_count:
         r.fail(f"{name} stream claims {n:,} symbols; at most {max_count:,} fit the tensor")
-    table_start = r.pos
-    if kind == "none":
-        width = r.u8(f"{name} stream width")
-        if width != width_for(alphabet):
-            r.fail(f"{name} stream: width {width} does not match alphabet {alphabet}")
-        table_start = table_end = r.pos
-        raw = r.take((n * width + 7) // 8, f"{name} stream payload")
-        symbols = unpack_fixed(raw, n, width).astype(np.int64)
+    parser = {"none": _parse_fixed, "constant": _parse_constant, "huffman": _parse_huffman,
+              "ans": _parse_ans}[kind]
+    table_start, table_end, symbol, work, run = parser(r, name, alphabet, n)
+    return Stream(name=name, coder=kind, alphabet=alphabet, count=n, bytes=r.pos - start,
+                  table_bytes=table_end - table_start, payload_bytes=r.pos - table_end,
+                  symbol=symbol, work_bytes=work, _decode=run)
+
+
+# Each _parse_* reads what follows the stream header and returns (table start, table end, the
+# only symbol or None, bytes symbols() will need, the decoding function or None).
+
+def _parse_fixed(r: Reader, name: str, alphabet: int, n: int):
+    width = r.u8(f"{name} stream width")
+    if width != width_for(alphabet):
+        r.fail(f"{name} stream: width {width} does not match alphabet {alphabet}")
+    mark = r.pos
+    raw = r.take((n * width + 7) // 8, f"{name} stream payload")
+    if width == 0:  # an alphabet of one symbol: nothing to store
+        return mark, mark, 0, 0, None
+    dtype = symbol_dtype(alphabet)
+
+    def run() -> np.ndarray:
+        symbols = unpack_fixed(raw, n, width, dtype)
         if symbols.size and int(symbols.max()) >= alphabet:
             r.fail(f"{name} stream: symbol outside its alphabet")
-    elif kind == "constant":
-        symbol = r.u32(f"{name} stream symbol")
-        if symbol >= alphabet:
-            r.fail(f"{name} stream: constant symbol {symbol} outside its alphabet")
-        table_start = table_end = r.pos
-        symbols = np.full(n, symbol, dtype=np.int64)
-    elif kind == "huffman":
-        symbols, table_end = _decode_huffman(r, name, alphabet, n)
-    else:
-        symbols, table_end = _decode_ans(r, name, alphabet, n)
-    counts = np.bincount(symbols, minlength=alphabet) if n else np.zeros(alphabet, np.int64)
-    payload = r.pos - table_end
-    info = StreamInfo(name=name, coder=kind, count=int(n), alphabet=alphabet,
-                      distinct=int(np.count_nonzero(counts)), bytes=r.pos - start,
-                      table_bytes=table_end - table_start, payload_bytes=payload,
-                      entropy_bits=entropy_bits(counts))
-    return symbols, info
+        return symbols
+
+    return mark, mark, None, n * np.dtype(dtype).itemsize, run
 
 
-def _decode_huffman(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.ndarray, int]:
+def _parse_constant(r: Reader, name: str, alphabet: int, n: int):
+    symbol = r.u32(f"{name} stream symbol")
+    if symbol >= alphabet:
+        r.fail(f"{name} stream: constant symbol {symbol} outside its alphabet")
+    return r.pos, r.pos, symbol, 0, None
+
+
+def _parse_huffman(r: Reader, name: str, alphabet: int, n: int):
+    table_start = r.pos
     symbols, lengths, _ = _decode_table(r, alphabet, f"{name} stream Huffman")
     if symbols.size < 2 or np.any(lengths < 1) or np.any(lengths > _huffman.MAX_LEN):
         r.fail(f"{name} stream: Huffman table needs at least two symbols with code lengths "
@@ -335,20 +405,32 @@ def _decode_huffman(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.nda
         r.fail(f"{name} stream: unsupported lane layout ({lane} symbols, {off_width}-bit offsets)")
     n_off = max(-(-n // lane) - 1, 0)
     raw = r.take((n_off * off_width + 7) // 8, f"{name} stream lane offsets")
-    lane_bits = unpack_fixed(raw, n_off, off_width)
     total_bits = r.u64(f"{name} stream payload bits")
     table_end = r.pos
-    if n and total_bits < n:  # every code is at least one bit
-        r.fail(f"{name} stream: {total_bits} payload bits cannot hold {n:,} symbols")
+    shortest, longest = int(lengths.min()), int(lengths.max())
+    # Every code is shortest..longest bits: the payload bounds the count from both sides.
+    if not n * shortest <= total_bits <= n * longest:
+        r.fail(f"{name} stream: {total_bits:,} payload bits cannot hold {n:,} symbols of "
+               f"{shortest}..{longest} bits")
     data = r.take((total_bits + 7) // 8, f"{name} stream payload")
-    try:
-        out = _huffman.decode(data, total_bits, n, full, lane_bits, lane=lane)
-    except ValueError as exc:
-        r.fail(f"{name} stream: {exc}")
-    return out.astype(np.int64), table_end
+    dtype = symbol_dtype(alphabet)
+    # The result twice (padded to whole lanes), the payload's 8-byte windows, the lookup table
+    # and five per-lane position arrays.
+    work = (2 * (n + lane) * np.dtype(dtype).itemsize + 8 * len(data) + (10 << longest)
+            + 40 * (n_off + 1))
+
+    def run() -> np.ndarray:
+        lane_bits = unpack_fixed(raw, n_off, off_width)
+        try:
+            return _huffman.decode(data, total_bits, n, full, lane_bits, lane=lane, dtype=dtype)
+        except ValueError as exc:
+            r.fail(f"{name} stream: {exc}")
+
+    return table_start, table_end, None, work, run
 
 
-def _decode_ans(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.ndarray, int]:
+def _parse_ans(r: Reader, name: str, alphabet: int, n: int):
+    table_start = r.pos
     fmt = r.u8(f"{name} stream ANS table format")
     if fmt > _MAX_MANTISSA:
         r.fail(f"{name} stream: unknown ANS table format {fmt}")
@@ -361,19 +443,33 @@ def _decode_ans(r: Reader, name: str, alphabet: int, n: int) -> tuple[np.ndarray
         r.fail(f"{name} stream: ANS table needs at least two symbols with non-zero frequencies")
     n_bytes = r.u64(f"{name} stream ANS payload bytes")
     table_end = r.pos
-    raw = bytes(r.take(n_bytes, f"{name} stream payload"))
-    if raw.endswith(b"\0"):
+    raw = r.take(n_bytes, f"{name} stream payload")
+    if n_bytes and raw[-1] == 0:
         r.fail(f"{name} stream: ANS payload ends in a zero byte")
-    raw += b"\0" * (-len(raw) % 4)
-    words = np.frombuffer(raw, dtype="<u4").astype(np.uint32)
-    import constriction
+    dtype = symbol_dtype(alphabet)
+    # The result, the payload as u32 words, and one chunk of int32 ranks and their symbols.
+    work = n * np.dtype(dtype).itemsize + 2 * (n_bytes + 4) + 6 * DECODE_CHUNK
 
-    try:
-        coder = constriction.stream.stack.AnsCoder(words)
-        ranks = coder.decode(_ans_model(freqs), int(n)) if n else np.zeros(0, np.int32)
-        empty = coder.is_empty()
-    except Exception as exc:  # constriction reports malformed data as ValueError / pyo3 errors
-        r.fail(f"{name} stream: ANS payload does not decode ({exc})")
-    if not empty or ranks.size != n or (n and (ranks.min() < 0 or ranks.max() >= symbols.size)):
+    def run() -> np.ndarray:
+        import constriction
+
+        words = np.frombuffer(bytes(raw) + b"\0" * (-n_bytes % 4), dtype="<u4").astype(np.uint32)
+        out = np.empty(n, dtype=dtype)
+        table = symbols.astype(dtype)
+        try:
+            coder = constriction.stream.stack.AnsCoder(words)
+            model = _ans_model(freqs)
+            for i in range(0, n, DECODE_CHUNK):
+                ranks = coder.decode(model, min(DECODE_CHUNK, n - i))
+                if ranks.size != min(DECODE_CHUNK, n - i) or (
+                        ranks.size and (ranks.min() < 0 or ranks.max() >= symbols.size)):
+                    break
+                out[i:i + ranks.size] = table[ranks]
+            else:
+                if coder.is_empty():
+                    return out
+        except Exception as exc:  # constriction reports malformed data as ValueError / pyo3 errors
+            r.fail(f"{name} stream: ANS payload does not decode ({exc})")
         r.fail(f"{name} stream: ANS payload does not decode to exactly {n:,} symbols")
-    return symbols[ranks], table_end
+
+    return table_start, table_end, None, work, run

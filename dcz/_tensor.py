@@ -34,6 +34,11 @@ STORAGE_NAMES = {PLAIN: "plain", CODEBOOK: "codebook", RAW: "raw"}
 MAX_CODEBOOK = 2**16     # more distinct values than this: the layer is pruned but not shared
 MAX_INDEX_BITS = 16
 MAX_NDIM = 8
+MAX_NAME_BYTES = 1024    # state_dict keys are dotted module paths: rarely past 200 bytes
+# Each dimension, and the product of the non-zero ones (the strides), fits torch's and numpy's
+# int64 sizes with room to spare: 2**48 float32 elements are a petabyte.
+MAX_ELEMENTS = 2**48
+SCATTER_CHUNK = 1 << 20  # non-zeros placed per step: positions cost 8 bytes each, so 8 MiB
 SECTION_FRAMING = 16     # tag + length + CRC around every section payload
 
 
@@ -148,10 +153,11 @@ def _as_float(bits: np.ndarray, spec: _DType) -> np.ndarray:
 
 def _head(name: str, spec: _DType, shape: tuple[int, ...], storage: int) -> bytes:
     raw = name.encode("utf-8")
-    if len(raw) > 0xFFFF:
-        raise ValueError(f"tensor name of {len(raw)} bytes is too long")
-    if len(shape) > MAX_NDIM:
-        raise ValueError(f"tensor {name!r} has {len(shape)} dimensions; at most {MAX_NDIM}")
+    if len(raw) > MAX_NAME_BYTES:
+        raise ValueError(f"tensor name of {len(raw):,} bytes; at most {MAX_NAME_BYTES:,}")
+    problem = _shape_problem(shape)
+    if problem:
+        raise ValueError(problem)
     return (struct.pack("<H", len(raw)) + raw + bytes([spec.code, len(shape)])
             + b"".join(struct.pack("<Q", d) for d in shape) + bytes([storage]))
 
@@ -321,21 +327,10 @@ class Decoded:
 
 
 def decode(payload: memoryview, where: str, budget: list[int]) -> Decoded:
-    """Decode one tensor section. ``budget[0]`` is the decoded bytes still allowed; it shrinks."""
+    """Decode one tensor section. ``budget[0]`` is the decoded bytes still allowed; it shrinks by
+    the tensor's size, and the memory its decoding takes on the way must fit what is left."""
     r = Reader(payload, where)
-    n = r.u16("tensor name length")
-    try:
-        name = bytes(r.take(n, "tensor name")).decode("utf-8")
-    except UnicodeDecodeError:
-        r.fail("tensor name is not UTF-8")
-    r.where = f"{where} tensor {name!r}"
-    spec = BY_CODE.get(r.u8("dtype"))
-    if spec is None:
-        r.fail("unknown dtype code")
-    ndim = r.u8("ndim")
-    if ndim > MAX_NDIM:
-        r.fail(f"{ndim} dimensions; at most {MAX_NDIM}")
-    shape = tuple(r.u64("shape") for _ in range(ndim))
+    name, spec, shape = read_head(r)
     numel = math.prod(shape)
     if numel * spec.itemsize > budget[0]:
         r.fail(f"shape {list(shape)} claims {numel:,} elements ({numel * spec.itemsize:,} bytes), "
@@ -363,14 +358,12 @@ def decode(payload: memoryview, where: str, budget: list[int]) -> Decoded:
     b = r.u8("gap width")
     if nnz > numel or not 1 <= b <= MAX_INDEX_BITS:
         r.fail(f"{nnz:,} non-zeros of {numel:,} with {b}-bit gaps is impossible")
-    gaps, gap_info = _streams.decode(r, "gaps", numel)
-    positions, fillers = positions_from_gaps(gaps, b, nnz, numel, r)
-    del gaps
+    # Everything is parsed and checked before anything is decoded: a false claim costs nothing.
+    m = (1 << b) - 1
+    gaps = _streams.parse(r, "gaps", nnz + (numel - nnz) // m)  # a filler skips m zeros
+    _check_gaps(gaps, b, nnz, numel, r)
     le = np.dtype(spec.bits).newbyteorder("<")
-    streams = [gap_info]
-    codebook_f32 = None
-    codebook_bytes = values_bytes = 0
-    width = None
+    index_stream = codebook = None
     if storage == CODEBOOK:
         width = r.u8("index bits")
         k = r.u32("codebook size")
@@ -378,43 +371,140 @@ def decode(payload: memoryview, where: str, budget: list[int]) -> Decoded:
             r.fail(f"codebook of {k:,} entries does not fit {width}-bit indices")
         raw_cb = r.take(k * spec.itemsize, "codebook")
         codebook = np.frombuffer(raw_cb, dtype=le).astype(spec.bits)
-        indices, idx_info = _streams.decode(r, "indices", nnz)
-        if idx_info.count != nnz or idx_info.alphabet != (1 << width):
-            r.fail(f"index stream holds {idx_info.count:,} symbols of alphabet "
-                   f"{idx_info.alphabet:,}; expected {nnz:,} of {1 << width:,}")
-        if indices.size and int(indices.max()) >= k:
+        index_stream = _streams.parse(r, "indices", nnz)
+        if index_stream.count != nnz or index_stream.alphabet != (1 << width):
+            r.fail(f"index stream holds {index_stream.count:,} symbols of alphabet "
+                   f"{index_stream.alphabet:,}; expected {nnz:,} of {1 << width:,}")
+        if nnz and index_stream.symbol is not None and index_stream.symbol >= k:
             r.fail("a cluster index points past the codebook")
-        values = codebook[indices]
-        streams.append(idx_info)
-        codebook_bytes = len(raw_cb)
-        codebook_f32 = _as_float(codebook, spec).astype(np.float32)
     else:
         raw_vals = r.take(nnz * spec.itemsize, "non-zero values")
-        values = np.frombuffer(raw_vals, dtype=le).astype(spec.bits)
-        values_bytes = len(raw_vals)
+        values = np.frombuffer(raw_vals, dtype=le)
     r.done()
+    work = gaps.work_bytes + (index_stream.work_bytes if index_stream else 0)
+    if work > budget[0]:
+        r.fail(f"decoding needs {work:,} bytes of working memory, more than this file may use "
+               f"({budget[0]:,} bytes left); the header is corrupt (or pass a larger "
+               "max_decoded_bytes)")
+
+    streams = [gaps]
+    if index_stream is None:
+        def values_of(lo: int, hi: int) -> np.ndarray:
+            return values[lo:hi]
+    else:
+        streams.append(index_stream)
+        indices = index_stream.symbols()
+        if index_stream.symbol is not None:
+            only = codebook[index_stream.symbol] if nnz else None
+
+            def values_of(lo: int, hi: int) -> np.ndarray:
+                return only
+        else:
+            if indices.size and int(indices.max()) >= k:
+                r.fail("a cluster index points past the codebook")
+
+            def values_of(lo: int, hi: int) -> np.ndarray:
+                return codebook[indices[lo:hi]]
     dense = np.zeros(numel, dtype=spec.bits)
-    dense[positions] = values
-    row = _row(name, spec, shape, STORAGE_NAMES[storage], len(payload), nnz=int(nnz), bits=width,
-               index_bits=b, fillers=fillers, codebook_bytes=codebook_bytes,
-               values_bytes=values_bytes, streams=tuple(streams))
+    gap_symbols = gaps.symbols()
+    fillers = _scatter(dense, gap_symbols, gaps.symbol, b, nnz, values_of, r)
+    infos = (gaps.info(gap_symbols),) + ((index_stream.info(indices),) if index_stream else ())
+    del gap_symbols
+    row = _row(name, spec, shape, STORAGE_NAMES[storage], len(payload), nnz=int(nnz),
+               bits=width if storage == CODEBOOK else None, index_bits=b, fillers=fillers,
+               codebook_bytes=len(raw_cb) if storage == CODEBOOK else 0,
+               values_bytes=len(raw_vals) if storage == RAW else 0, streams=infos)
+    codebook_f32 = None if codebook is None else _as_float(codebook, spec).astype(np.float32)
     return Decoded(name, from_bit_pattern(dense, spec, shape), row, codebook_f32)
 
 
-def positions_from_gaps(gaps: np.ndarray, b: int, nnz: int, numel: int,
-                        r: Reader) -> tuple[np.ndarray, int]:
-    if gaps.size and int(gaps.max()) >= (1 << b):
-        r.fail("gap symbol outside its alphabet")
+def read_head(r: Reader) -> tuple[str, _DType, tuple[int, ...]]:
+    """Name, dtype and shape of a tensor section, each checked against the limits."""
+    n = r.u16("tensor name length")
+    if n > MAX_NAME_BYTES:
+        r.fail(f"tensor name of {n:,} bytes; at most {MAX_NAME_BYTES:,}")
+    try:
+        name = bytes(r.take(n, "tensor name")).decode("utf-8")
+    except UnicodeDecodeError:
+        r.fail("tensor name is not UTF-8")
+    r.where = f"{r.where} tensor {name!r}"
+    spec = BY_CODE.get(r.u8("dtype"))
+    if spec is None:
+        r.fail("unknown dtype code")
+    ndim = r.u8("ndim")
+    if ndim > MAX_NDIM:
+        r.fail(f"{ndim} dimensions; at most {MAX_NDIM}")
+    shape = tuple(r.u64("shape") for _ in range(ndim))
+    problem = _shape_problem(shape)
+    if problem:
+        r.fail(problem)
+    return name, spec, shape
+
+
+def _shape_problem(shape: tuple[int, ...]) -> str | None:
+    """Why torch and numpy could not hold this shape, or None. Zero dims hide the others from
+    the element count, but not from the strides, so those must fit as well."""
+    if len(shape) > MAX_NDIM:
+        return f"{len(shape)} dimensions; at most {MAX_NDIM}"
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        return (f"shape {list(shape)} is larger than {MAX_ELEMENTS:,} elements (the product of "
+                "its non-zero dimensions)")
+    return None
+
+
+def _check_gaps(gaps: _streams.Stream, b: int, nnz: int, numel: int, r: Reader) -> None:
+    """What a parsed gap stream's header alone must satisfy; a constant one is checked whole."""
     m = (1 << b) - 1
-    filler = gaps == m
-    n_fill = int(np.count_nonzero(filler))
-    if gaps.size - n_fill != nnz:
-        r.fail(f"gap stream holds {gaps.size - n_fill:,} entries; expected {nnz:,}")
-    if gaps.size and filler[-1]:
+    if gaps.count < nnz:  # one entry per non-zero, plus fillers
+        r.fail(f"gap stream holds {gaps.count:,} entries; expected {nnz:,}")
+    s = gaps.symbol
+    if s is None or gaps.count == 0:
+        return
+    if s > m:
+        r.fail("gap symbol outside its alphabet")
+    if s == m:
         r.fail("gap stream ends with a filler entry")
-    advance = np.where(filler, m, gaps + 1)
-    pos = np.cumsum(advance) - 1
-    positions = pos[~filler] if n_fill else pos
-    if positions.size and positions[-1] >= numel:
+    if gaps.count != nnz:
+        r.fail(f"gap stream holds {gaps.count:,} entries; expected {nnz:,}")
+    if nnz * (s + 1) > numel:
         r.fail(f"gap stream runs past the tensor's {numel:,} elements")
-    return positions, n_fill
+
+
+def _scatter(dense: np.ndarray, gaps: np.ndarray, constant: int | None, b: int, nnz: int,
+             values_of, r: Reader) -> int:
+    """Write the non-zeros (``values_of(lo, hi)``: entries lo..hi-1) at the positions the gap
+    symbols give, a chunk at a time; return the number of fillers. Positions only increase, so
+    each chunk is checked against the tensor's end before it is written."""
+    if constant is not None:  # entries every (s + 1) positions, from s on; checked by _check_gaps
+        step = constant + 1
+        for lo in range(0, nnz, SCATTER_CHUNK):
+            hi = min(lo + SCATTER_CHUNK, nnz)
+            dense[constant + lo * step:constant + (hi - 1) * step + 1:step] = values_of(lo, hi)
+        return 0
+    m = (1 << b) - 1
+    end = written = fillers = 0  # positions passed, entries written, fillers seen
+    for i in range(0, gaps.size, SCATTER_CHUNK):
+        pos = gaps[i:i + SCATTER_CHUNK].astype(np.int64)  # the chunk's one 8-byte array
+        top = int(pos.max())
+        if top > m:
+            r.fail("gap symbol outside its alphabet")
+        filler = pos == m if top == m else None
+        pos += 1                       # an entry advances past the zeros it skips and itself
+        if filler is not None:
+            pos[filler] = m            # a filler advances m
+            fillers += int(np.count_nonzero(filler))
+        np.cumsum(pos, out=pos)
+        pos += end - 1
+        end = int(pos[-1]) + 1
+        if end > dense.size:  # an entry beyond the end, or fillers after the last entry
+            r.fail(f"gap stream runs past the tensor's {dense.size:,} elements")
+        entries = pos if filler is None else pos[~filler]
+        if written + entries.size > nnz:
+            r.fail(f"gap stream holds more than {nnz:,} entries")
+        dense[entries] = values_of(written, written + entries.size)
+        written += entries.size
+    if written != nnz:
+        r.fail(f"gap stream holds {written:,} entries; expected {nnz:,}")
+    if gaps.size and gaps[-1] == m:
+        r.fail("gap stream ends with a filler entry")
+    return fillers

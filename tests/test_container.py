@@ -291,8 +291,9 @@ def _sparse_head(shape, nnz=1, b=4) -> bytes:
     (_tensor._head("fc.weight", _tensor.BY_TORCH[torch.float32], (10**6, 10**6), 0) + b"\x01",
      "claims 1,000,000,000,000 elements"),
     (_sparse_head((10**6, 10**6)), "claims 1,000,000,000,000 elements"),
-    # A gap stream claiming 2**40 symbols in a 100-element tensor.
-    (_sparse_head((10, 10)) + bytes([1]) + struct.pack("<IQ", 16, 2**40), "at most 100"),
+    # A gap stream claiming 2**40 symbols in a 100-element tensor: one entry, and at most
+    # 99 // 15 fillers of 4-bit gaps.
+    (_sparse_head((10, 10)) + bytes([1]) + struct.pack("<IQ", 16, 2**40), "at most 7"),
     # A codebook of 2**32 - 1 entries (the field is 32 bits; 2**40 cannot even be written).
     (_sparse_head((10, 10), nnz=0) + bytes([3]) + struct.pack("<IQI", 16, 0, 0)
      + struct.pack("<BI", 16, 2**32 - 1), "codebook of 4,294,967,295 entries"),
