@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import select
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -126,6 +128,56 @@ def test_auth_accepts_authorized_signature_refuses_others(keys):
         stranger.send(w.A_AUTH, w.AUTH_RSAPUBLICKEY, 0, Path(f"{keys['bad']}.pub").read_bytes() + b"\0")
         assert stranger.closed()  # nobody to accept the key on an emulated device: refused at once
         stranger.close()
+
+
+def test_an_authorized_public_key_without_a_signature_is_refused(keys):
+    """AUTH(RSAPUBLICKEY) proves nothing: a public key is public. A client holding only the
+    authorized key's public half must get no CNXN; its owner, who signs, still gets in."""
+    with emulator.start(authorized_keys=[keys["authorized"]]) as handle:
+        impostor = RawClient(handle.port)
+        token = impostor.cnxn()
+        assert (token.command, token.arg0) == (w.A_AUTH, w.AUTH_TOKEN)
+        impostor.send(w.A_AUTH, w.AUTH_RSAPUBLICKEY, 0, keys["authorized"].read_bytes() + b"\0")
+        impostor.send(w.A_OPEN, 1, 0, b"shell:echo let in\0")
+        assert impostor.closed()  # no CNXN, no shell: the connection just ends
+        impostor.close()
+
+        owner = RawClient(handle.port)
+        token = owner.cnxn()
+        owner.send(w.A_AUTH, w.AUTH_SIGNATURE, 0, load_signer(keys["good"]).Sign(token.payload))
+        assert owner.recv().command == w.A_CNXN
+        assert read_stream(owner, 1, open_stream(owner, "shell:echo signed")) == b"signed\n"
+        owner.close()
+
+
+def test_messages_before_authentication_are_capped_at_4_kib(keys):
+    """A client's CNXN may announce 1 MiB messages; until it has signed, it gets 4 KiB."""
+    with emulator.start(authorized_keys=[keys["authorized"]]) as handle:
+        client = RawClient(handle.port)
+        assert client.cnxn(maxdata=w.MAX_PAYLOAD).command == w.A_AUTH
+        client.send(w.A_AUTH, w.AUTH_SIGNATURE, 0, b"\x01" * 8192)
+        assert client.closed()  # not a second token: the oversize message ends the connection
+        client.close()
+
+
+def test_handshake_deadline_covers_the_whole_handshake():
+    """Each byte restarts the per-read timeouts; one byte every 0.1 s must not hold a connection
+    past handshake_timeout_s."""
+    with emulator.start(no_auth=True, handshake_timeout_s=0.5, message_timeout_s=5) as handle:
+        client = RawClient(handle.port)
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        message = w.pack(w.A_CNXN, w.VERSION_MIN, w.MAX_PAYLOAD, b"host::" + b"x" * 40 + b"\0")
+        start = time.monotonic()
+        for byte in message:  # 70 bytes: 7 s at this pace, unless the daemon hangs up
+            try:
+                client.sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            if select.select([client.sock], [], [], 0.1)[0]:
+                break  # the daemon spoke or hung up
+        assert client.closed(timeout_s=1)
+        assert time.monotonic() - start < 2
+        client.close()
 
 
 def test_authorized_keys_file_errors_name_the_line(tmp_path, keys):
@@ -272,6 +324,28 @@ def test_closing_a_stream_ends_its_command(emu):
     client.close()
 
 
+def test_early_sync_fail_answers_before_the_data(tmp_path):
+    """Old adbd's behaviour (early_sync_fail): a SEND whose target cannot be opened gets FAIL at
+    once, while the client is still sending data; the default daemon answers after DONE."""
+    with emulator.start(no_auth=True, early_sync_fail=True) as handle:
+        (handle.sandbox / "a-file").write_bytes(b"x")
+        client = RawClient(handle.port)
+        client.cnxn()
+        remote = open_stream(client, "sync:")
+        path = b"/data/local/tmp/a-file/inside.bin,33188"
+        chunk = b"\0" * 1000
+        client.send(w.A_WRTE, 1, remote, struct.pack("<4sI", b"SEND", len(path)) + path
+                    + struct.pack("<4sI", b"DATA", len(chunk)) + chunk)  # no DONE yet
+        reply = b""
+        while len(reply) < 8 or len(reply) < 8 + struct.unpack("<I", reply[4:8])[0]:
+            msg = client.recv(timeout_s=2)
+            if msg.command == w.A_WRTE:
+                reply += msg.payload
+                client.send(w.A_OKAY, 1, remote)
+        assert reply[:4] == b"FAIL" and b"Not a directory" in reply
+        client.close()
+
+
 # -- sandbox and profile --------------------------------------------------------------------------
 @pytest.fixture
 def sandbox(tmp_path):
@@ -293,6 +367,43 @@ def test_sandbox_maps_device_paths_and_refuses_escapes(sandbox, tmp_path):
     os.symlink("/etc", folder / "link")
     with pytest.raises(SandboxError, match="symbolic link"):
         sandbox.host_path("/data/local/tmp/link/passwd")
+
+
+def test_sync_send_never_follows_a_link_swapped_in_after_the_check(keys, tmp_path, monkeypatch):
+    """The folder of a SEND target is swapped for a link leading out of the sandbox at the
+    worst moment: when the file is being opened, after the path was checked. Nothing may be
+    written outside; the file lands in the folder that was checked (now renamed aside)."""
+    from device_harness._adb import AdbDevice
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    local = tmp_path / "payload"
+    local.write_bytes(os.urandom(10_000))
+    with emulator.start(no_auth=True) as handle:
+        folder = handle.sandbox / "d"
+        folder.mkdir()
+        real_open = os.open
+
+        def open_and_swap(path, *args, **kwargs):
+            if "swapped.bin" in os.fsdecode(path) and not folder.is_symlink():
+                os.rename(folder, handle.sandbox / "d-aside")
+                os.symlink(outside, folder)
+            return real_open(path, *args, **kwargs)
+
+        with AdbDevice.connect(handle.serial, key_path=keys["good"], retries=0) as device:
+            monkeypatch.setattr(os, "open", open_and_swap)
+            try:
+                device.push(local, "/data/local/tmp/d/swapped.bin")
+            finally:
+                monkeypatch.undo()
+            assert list(outside.iterdir()) == []
+            assert (handle.sandbox / "d-aside" / "swapped.bin").read_bytes() == local.read_bytes()
+            (outside / "secret").write_text("not yours")  # and the link is not followed later
+            with pytest.raises(DeviceError, match="symbolic link"):
+                device.pull("/data/local/tmp/d/secret", tmp_path / "stolen")
+            with pytest.raises(DeviceError, match="symbolic link"):
+                device.push(local, "/data/local/tmp/d/again.bin")
+            assert sorted(p.name for p in outside.iterdir()) == ["secret"]
 
 
 def test_command_rewrite_maps_only_whole_prefixes(sandbox):

@@ -41,12 +41,26 @@ FEATURES = ("fixed_push_mkdir",)
 class DaemonConfig:
     no_auth: bool = False
     authorized_keys: tuple[AndroidPublicKey, ...] = ()
-    handshake_timeout_s: float = 30.0   # CNXN/AUTH must finish within this
+    handshake_timeout_s: float = 30.0   # the whole of CNXN/AUTH must finish within this
     idle_timeout_s: float | None = 3600.0  # no traffic and no open stream: the connection is dropped
     message_timeout_s: float = 30.0     # a message, once started, must arrive within this
     write_timeout_s: float = 120.0      # a peer must OKAY our WRTE within this
     socket_buffer_bytes: int = w.SOCKET_BUFFER_BYTES
     max_payload: int = w.MAX_PAYLOAD      # advertised in CNXN: 1 MiB today, 256 KiB on Android 7-8
+    # The newest protocol spoken: 0x01000001 lets peers skip checksums; 0x01000000 plays old adbd,
+    # which computes and checks the byte sum of every payload.
+    max_version: int = w.VERSION_SKIP_CHECKSUM
+    # Old (C) adbd answers a sync SEND it cannot open with FAIL at once, before reading the data
+    # (then drains DATA until DONE and closes the stream); off: FAIL after DONE, stream kept.
+    early_sync_fail: bool = False
+
+    @classmethod
+    def old_adbd(cls, **overrides: object) -> "DaemonConfig":
+        """An old adbd (REFERENCE.md §10): protocol 0x01000000 with checksums, 4 KiB messages,
+        sync FAIL before the data; the emulated device never offers shell v2 anyway."""
+        settings: dict = {"max_payload": w.MAX_PAYLOAD_V1, "max_version": w.VERSION_MIN,
+                          "early_sync_fail": True, **overrides}
+        return cls(**settings)
 
 
 class StreamClosed(Exception):
@@ -147,10 +161,14 @@ class Connection:
     def run(self) -> None:
         reader = w.MessageReader(self.sock, idle_timeout_s=self.config.handshake_timeout_s,
                                  message_timeout_s=self.config.message_timeout_s)
+        # One deadline for the whole handshake: per-read timeouts restart with every byte, so a
+        # client trickling a byte a second would otherwise hold the connection open for ever.
+        reader.deadline = time.monotonic() + self.config.handshake_timeout_s
         try:
             self.sock.settimeout(self.config.handshake_timeout_s)
             if not self._handshake(reader):
                 return
+            reader.deadline = None
             reader.idle_timeout_s = self.config.idle_timeout_s
             self._serve(reader)
         except (OSError, w.ProtocolError, StreamClosed) as exc:
@@ -159,12 +177,14 @@ class Connection:
         finally:
             self._teardown()
 
-    def _read(self, reader: w.MessageReader) -> w.Message:
-        return reader.read(max_payload=max(self.max_payload, w.MAX_PAYLOAD_V1),
-                           verify_checksum=self.checksums)
+    def _read(self, reader: w.MessageReader, *, authenticated: bool = True) -> w.Message:
+        # Before authentication nobody has earned more than the 4 KiB every CNXN/AUTH fits in,
+        # whatever maxdata the client's CNXN announced.
+        limit = max(self.max_payload, w.MAX_PAYLOAD_V1) if authenticated else w.MAX_PAYLOAD_V1
+        return reader.read(max_payload=limit, verify_checksum=self.checksums)
 
     def _handshake(self, reader: w.MessageReader) -> bool:
-        msg = self._read(reader)
+        msg = self._read(reader, authenticated=False)
         if msg.command != w.A_CNXN:
             raise w.ProtocolError(f"expected CNXN, got {msg.name}")
         self._accept_cnxn(msg)
@@ -174,7 +194,7 @@ class Connection:
         token = os.urandom(20)
         self.send(w.A_AUTH, w.AUTH_TOKEN, 0, token)
         for _ in range(16):  # a client signs with each of its keys, then offers one public key
-            msg = self._read(reader)
+            msg = self._read(reader, authenticated=False)
             if msg.command == w.A_CNXN:
                 self._accept_cnxn(msg)
             elif msg.command != w.A_AUTH:
@@ -192,28 +212,32 @@ class Connection:
         raise w.ProtocolError("too many failed AUTH attempts")
 
     def _offered_key(self, payload: bytes) -> bool:
+        """AUTH(RSAPUBLICKEY): the client signed no token with a key we trust. A public key is
+        public: holding one proves nothing. adbd admits it only after a person presses "Allow"
+        on the phone (REFERENCE.md §10); an emulated device has nobody to ask, so it is always
+        refused -- even a key in the authorized list, whose owner would have signed the token."""
         try:
             key = AndroidPublicKey.parse(payload)
         except ValueError as exc:
             raise w.ProtocolError(f"unreadable public key: {exc}") from None
         if any(k.modulus == key.modulus for k in self.config.authorized_keys):
-            self._send_cnxn()  # an authorized key whose signature failed: take the key as proof
-            return True
-        # A phone would ask its user; an emulated device has nobody to ask, so it says no now.
-        # (adb's server retries every few seconds: warn once per key, then keep it quiet.)
+            why = ("an authorized key, but no valid signature of our token came with it (a "
+                   "client holding only the public key cannot sign)")
+        else:
+            why = ("not in the authorized keys; start the emulator with --authorized-keys FILE "
+                   "holding it (or with the default, ~/.android/adbkey.pub of the same user)")
+        # adb's server retries every few seconds: warn once per key, then keep it quiet.
         first = key.modulus not in self.daemon.refused_keys
         self.daemon.refused_keys.add(key.modulus)
-        log.log(logging.WARNING if first else logging.DEBUG,"refused adb key %s (%s) from %s:%s: not in the authorized keys; start the "
-                    "emulator with --authorized-keys FILE holding it (or with the default, "
-                    "~/.android/adbkey.pub of the same user)", key.fingerprint,
-                    key.comment or "no comment", *self.peer[:2])
+        log.log(logging.WARNING if first else logging.DEBUG, "refused adb key %s (%s) from %s:%s: %s",
+                key.fingerprint, key.comment or "no comment", *self.peer[:2], why)
         return False
 
     def _accept_cnxn(self, msg: w.Message) -> None:
         version, max_payload = msg.arg0, msg.arg1
         if version < w.VERSION_MIN:
             raise w.ProtocolError(f"unsupported protocol version 0x{version:08x}")
-        self.version = min(version, w.VERSION_SKIP_CHECKSUM)
+        self.version = min(version, self.config.max_version)
         self.max_payload = max(min(max_payload, self.config.max_payload), w.MAX_PAYLOAD_V1)
         self.checksums = self.version < w.VERSION_SKIP_CHECKSUM
         log.debug("CNXN from %s:%s version 0x%08x maxdata %d banner %r", *self.peer[:2],

@@ -70,7 +70,8 @@ def start(port: int = 0, no_auth: bool = False, sandbox: str | os.PathLike[str] 
           profile: DeviceProfile | str | os.PathLike[str] | None = None, *,
           authorized_keys: Iterable[str | os.PathLike[str]] | None = None,
           idle_timeout_s: float | None = 3600.0, handshake_timeout_s: float = 30.0,
-          message_timeout_s: float = 30.0, max_payload: int = 1024 * 1024) -> EmulatorHandle:
+          message_timeout_s: float = 30.0, max_payload: int | None = None,
+          old_adbd: bool = False, early_sync_fail: bool | None = None) -> EmulatorHandle:
     """Start an emulated device in a background thread of this process.
 
     ``port=0`` picks a free port. ``sandbox`` is the folder that plays /data/local/tmp (default:
@@ -78,7 +79,12 @@ def start(port: int = 0, no_auth: bool = False, sandbox: str | os.PathLike[str] 
     the built-in profile). ``authorized_keys``: files of adb public keys (default: the user's
     ``~/.android/adbkey.pub``, generated if missing). ``max_payload``: the largest message the
     daemon advertises (1 MiB as today's adbd; 256 KiB plays an Android 7-8 device, 4096 a v1 one).
+    ``old_adbd``: play an old adbd (protocol 0x01000000 with checksums, 4 KiB messages unless
+    ``max_payload`` says otherwise, sync FAIL before the data). ``early_sync_fail``: answer a
+    sync SEND that cannot be opened with FAIL before reading its data, as real adbd does
+    (default: on for ``old_adbd``, else off).
     """
+    max_payload = max_payload or (4096 if old_adbd else 1024 * 1024)
     if not 4096 <= max_payload <= 1024 * 1024:
         raise ValueError(f"max_payload must be 4096..1048576, got {max_payload}")
     if not isinstance(profile, DeviceProfile):
@@ -92,9 +98,12 @@ def start(port: int = 0, no_auth: bool = False, sandbox: str | os.PathLike[str] 
             raise DeviceError(f"no adb public keys in {', '.join(map(str, files))}: nobody could "
                               "connect; add a key (the format of ~/.android/adbkey.pub)")
         auth = f"{len(keys)} key(s) from {', '.join(map(str, files))}"
-    config = DaemonConfig(no_auth=no_auth, authorized_keys=keys, idle_timeout_s=idle_timeout_s,
-                          handshake_timeout_s=handshake_timeout_s,
-                          message_timeout_s=message_timeout_s, max_payload=max_payload)
+    settings: dict = {"no_auth": no_auth, "authorized_keys": keys, "idle_timeout_s": idle_timeout_s,
+                      "handshake_timeout_s": handshake_timeout_s,
+                      "message_timeout_s": message_timeout_s, "max_payload": max_payload}
+    if early_sync_fail is not None:
+        settings["early_sync_fail"] = early_sync_fail
+    config = DaemonConfig.old_adbd(**settings) if old_adbd else DaemonConfig(**settings)
     box = Sandbox(profile, sandbox)
     try:
         from ._services import SERVICES

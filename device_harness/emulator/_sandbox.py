@@ -16,19 +16,25 @@ quoting, else the STATE link): a textual mapping, like a path alias, so
 a security boundary -- the shell runs as the user who started the emulator, which is why the
 daemon listens on 127.0.0.1 only and authenticates its clients. The sync service, which takes
 paths rather than commands, is held strictly to the sandbox: ``..`` and paths (or symlinks)
-leading elsewhere are refused.
+leading elsewhere are refused, and its files are opened folder by folder from the sandbox's own
+descriptor with O_NOFOLLOW (``open_parent``), so a link swapped in after the check is refused
+too, never followed.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from dccore.errors import DeviceError
 
@@ -158,18 +164,80 @@ class Sandbox:
                                 start_new_session=True, bufsize=0)
 
     # -- sync -----------------------------------------------------------------------------------
-    def host_path(self, device_path: str) -> Path:
-        """The host path for a sync request's device path, or SandboxError saying why not.
-
-        Relative paths are taken from /data/local/tmp; ``..`` is refused outright; a path that
-        leaves the sandbox through a symbolic link is refused too.
-        """
+    @staticmethod
+    def _parts(device_path: str) -> list[str]:
         if "\0" in device_path:
             raise SandboxError("path contains a NUL byte")
         full = device_path if device_path.startswith("/") else f"{DEVICE_TMP}/{device_path}"
         parts = [p for p in full.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise SandboxError(f"{device_path}: '..' is not allowed on the emulated device")
+        return parts
+
+    def _below_folder(self, device_path: str) -> list[str]:
+        """The names from the sandbox folder down to ``device_path`` (/sdcard is its sdcard/)."""
+        parts = self._parts(device_path)
+        if parts[:3] == ["data", "local", "tmp"]:
+            return parts[3:]
+        if parts[:1] == ["sdcard"]:
+            return parts
+        raise SandboxError(f"{device_path}: outside the emulated device's storage "
+                           f"(only {DEVICE_TMP} and /sdcard are mapped)")
+
+    @contextlib.contextmanager
+    def open_parent(self, device_path: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
+        """``(folder descriptor, final name)`` for a sync request's path (name ``""`` for the
+        sandbox folder itself), reached one name at a time from the sandbox folder's own
+        descriptor with O_NOFOLLOW. A symbolic link anywhere on the way -- even one swapped in
+        after ``host_path`` looked -- is refused, never followed; use the descriptor with
+        ``dir_fd=`` and O_NOFOLLOW for the final name. ``create`` makes missing folders (SEND's
+        fixed_push_mkdir). Missing folders otherwise raise FileNotFoundError."""
+        names = self._below_folder(device_path)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        fd = os.open(self.folder, flags)
+        try:
+            for name in names[:-1]:
+                try:
+                    child = os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, 0o777, dir_fd=fd)
+                    child = self._open_child(device_path, name, fd, flags)
+                except OSError as exc:
+                    raise self._link_error(device_path, name, fd, exc) from None
+                os.close(fd)
+                fd = child
+            yield fd, names[-1] if names else ""
+        finally:
+            os.close(fd)
+
+    def _open_child(self, device_path: str, name: str, fd: int, flags: int) -> int:
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError as exc:
+            raise self._link_error(device_path, name, fd, exc) from None
+
+    @staticmethod
+    def _link_error(device_path: str, name: str, fd: int, exc: OSError) -> Exception:
+        try:
+            is_link = stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+        except OSError:
+            is_link = False
+        if is_link or exc.errno == errno.ELOOP:
+            return SandboxError(f"{device_path}: {name!r} on the way is a symbolic link; the "
+                                "emulated device's file service follows none")
+        return exc
+
+    def host_path(self, device_path: str) -> Path:
+        """The host path for a sync request's device path, or SandboxError saying why not.
+
+        Relative paths are taken from /data/local/tmp; ``..`` is refused outright; a path that
+        leaves the sandbox through a symbolic link is refused too. This is the readable check;
+        files are then opened through ``open_parent``, which follows no link at all.
+        """
+        parts = self._parts(device_path)
         for prefix, base in ((("data", "local", "tmp"), self.folder), (("sdcard",), self.folder / "sdcard")):
             if tuple(parts[:len(prefix)]) == prefix:
                 host = base.joinpath(*parts[len(prefix):])

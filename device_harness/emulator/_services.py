@@ -7,22 +7,27 @@ and, for path requests, the path. Requests may arrive split or coalesced across 
 * ``STAT path`` -> ``STAT`` mode size mtime (all zero when missing or refused: v1 has no error)
 * ``LIST dir``  -> ``DENT`` mode size mtime namelen name ... then ``DONE`` (a zeroed dent)
 * ``SEND path,mode`` ``DATA``... ``DONE mtime`` -> ``OKAY`` or ``FAIL`` message; the file appears
-  under its name only when complete; missing parent folders are created (fixed_push_mkdir)
+  under its name only when complete; missing parent folders are created (fixed_push_mkdir).
+  With ``early_sync_fail`` (old adbd), a target that cannot be opened gets ``FAIL`` at once,
+  before its data, which is then drained until ``DONE``, and the stream is closed
+* Paths are opened folder by folder with O_NOFOLLOW (``Sandbox.open_parent``): no symbolic link
+  is followed, not even one swapped in while a request is served
 * ``RECV path`` -> ``DATA``... ``DONE``, or ``FAIL`` message
 * ``QUIT`` -> the stream is closed
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import secrets
 import signal
 import stat
 import struct
 import subprocess
-import tempfile
 import threading
 from collections import deque
-from pathlib import Path
 
 from ._daemon import Stream, StreamClosed
 from ._sandbox import Sandbox, SandboxError
@@ -185,14 +190,22 @@ def sync_service(stream: Stream, service: str, sandbox: Sandbox) -> None:
             _list(sandbox, path, replies)
         elif ident == b"RECV":
             _recv(sandbox, path, replies)
-        elif not _send(sandbox, path, requests, replies):
+        elif not _send(sandbox, path, requests, replies,
+                       early_fail=stream.conn.config.early_sync_fail):
             replies.flush()
             return
 
 
+def _os_error(path: str, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return f"{path}: is a symbolic link (the emulated device's file service follows none)"
+    return f"{path}: {exc.strerror or exc}"
+
+
 def _stat(sandbox: Sandbox, path: str) -> bytes:
     try:
-        st = os.lstat(sandbox.host_path(path))
+        with sandbox.open_parent(path) as (folder, name):
+            st = os.stat(name, dir_fd=folder, follow_symlinks=False) if name else os.fstat(folder)
     except (SandboxError, OSError):
         return _STAT.pack(b"STAT", 0, 0, 0)
     return _STAT.pack(b"STAT", st.st_mode & 0xFFFFFFFF, min(st.st_size, 0xFFFFFFFF),
@@ -200,20 +213,24 @@ def _stat(sandbox: Sandbox, path: str) -> bytes:
 
 
 def _list(sandbox: Sandbox, path: str, replies: _Replies) -> None:
+    entries: list[tuple[str, os.stat_result]] = []
     try:
-        folder = sandbox.host_path(path)
-        names = [".", ".."] + sorted(os.listdir(folder))
+        with sandbox.open_parent(path) as (folder, name):
+            fd = (os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=folder) if name else os.dup(folder))
+            try:
+                for entry in [".", ".."] + sorted(os.listdir(fd)):
+                    with contextlib.suppress(OSError):
+                        entries.append((entry, os.stat(entry, dir_fd=fd, follow_symlinks=False)))
+            finally:
+                os.close(fd)
     except SandboxError as exc:
         _fail(replies, str(exc))
         return
     except OSError:
-        names = []  # adbd lists nothing for a folder it cannot open
-    for name in names:
-        try:
-            st = os.lstat(folder / name)
-        except OSError:
-            continue
-        encoded = name.encode("utf-8", "surrogateescape")
+        entries = []  # adbd lists nothing for a folder it cannot open
+    for entry, st in entries:
+        encoded = entry.encode("utf-8", "surrogateescape")
         replies.add(_DENT.pack(b"DENT", st.st_mode & 0xFFFFFFFF, min(st.st_size, 0xFFFFFFFF),
                                int(st.st_mtime) & 0xFFFFFFFF, len(encoded)) + encoded)
     replies.add(_DENT.pack(b"DONE", 0, 0, 0, 0))
@@ -221,39 +238,91 @@ def _list(sandbox: Sandbox, path: str, replies: _Replies) -> None:
 
 def _recv(sandbox: Sandbox, path: str, replies: _Replies) -> None:
     try:
-        host = sandbox.host_path(path)
-        with open(host, "rb") as fh:
+        with sandbox.open_parent(path) as (folder, name):
+            if not name:
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            # O_NONBLOCK: a FIFO must not hang the service; reads are made blocking again below
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=folder)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            os.set_blocking(fd, True)
             while chunk := fh.read(SYNC_DATA_MAX):
                 replies.add(_REQ.pack(b"DATA", len(chunk)) + chunk)
     except SandboxError as exc:
         _fail(replies, str(exc))
         return
     except OSError as exc:
-        _fail(replies, f"{path}: {exc.strerror or exc}")
+        _fail(replies, _os_error(path, exc))
         return
     replies.add(_REQ.pack(b"DONE", 0))
 
 
-def _send(sandbox: Sandbox, spec: str, requests: _Requests, replies: _Replies) -> bool:
-    """Receive one file. False when the stream must end (a protocol error or a closed peer)."""
-    path, comma, mode_text = spec.rpartition(",")
-    error, fh, tmp, host, mode = None, None, None, None, 0o644
-    try:
-        if not comma or not mode_text.isdigit():
-            raise SandboxError(f"bad SEND request {spec!r}: expected 'path,mode'")
-        mode = int(mode_text)
-        if stat.S_ISLNK(mode):
-            raise SandboxError(f"{path}: symbolic links are not supported by the emulated device")
-        host = sandbox.host_path(path)
-        if host.is_dir():
+class _Upload:
+    """A file arriving by sync SEND: written under a hidden name in its folder, which is held by
+    descriptor (so a link swapped in for a folder on the way changes nothing), and renamed onto
+    its name within that folder when complete; removed otherwise."""
+
+    def __init__(self, folder: int, name: str, path: str) -> None:
+        if not name:
             raise SandboxError(f"{path}: is a directory")
-        host.parent.mkdir(parents=True, exist_ok=True)
-        sandbox.host_path(path)  # re-check: the parent may be a symlink that leads out
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{host.name[:50]}.", suffix=".part", dir=host.parent)
-        tmp, fh = Path(tmp_name), os.fdopen(fd, "wb")
-    except (SandboxError, OSError) as exc:
-        error = str(exc) if isinstance(exc, SandboxError) else f"{path}: {exc.strerror or exc}"
-    try:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+                raise SandboxError(f"{path}: is a directory")
+        self.folder, self.name = folder, name
+        self.tmp = f".{name[:50]}.{secrets.token_hex(4)}.part"
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=folder)
+        self.fh = os.fdopen(fd, "wb")
+        self.done = False
+
+    def write(self, data: bytes) -> None:
+        self.fh.write(data)
+
+    def commit(self, mode: int, mtime: int) -> None:
+        self.fh.flush()
+        os.fchmod(self.fh.fileno(), stat.S_IMODE(mode) or 0o644)
+        os.utime(self.fh.fileno(), (mtime, mtime))
+        self.fh.close()
+        os.rename(self.tmp, self.name, src_dir_fd=self.folder, dst_dir_fd=self.folder)
+        self.done = True
+
+    def close(self) -> None:
+        self.fh.close()
+        if not self.done:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp, dir_fd=self.folder)
+
+
+def _send(sandbox: Sandbox, spec: str, requests: _Requests, replies: _Replies, *,
+          early_fail: bool = False) -> bool:
+    """Receive one file. False when the stream must end (a protocol error, a closed peer, or a
+    refusal sent early, after which old adbd drains the data and closes the stream)."""
+    path, comma, mode_text = spec.rpartition(",")
+    error, mode = None, 0o644
+    with contextlib.ExitStack() as stack:
+        upload: _Upload | None = None
+        try:
+            if not comma or not mode_text.isdigit():
+                raise SandboxError(f"bad SEND request {spec!r}: expected 'path,mode'")
+            mode = int(mode_text)
+            if stat.S_ISLNK(mode):
+                raise SandboxError(f"{path}: symbolic links are not supported by the emulated device")
+            sandbox.host_path(path)  # the readable refusals: '..', outside the storage, a link out
+            folder, name = stack.enter_context(sandbox.open_parent(path, create=True))
+            upload = _Upload(folder, name, path)
+            stack.callback(upload.close)
+        except SandboxError as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = _os_error(path, exc)
+        if error is not None and early_fail:
+            log.info("sync SEND refused before its data: %s", error)
+            _fail(replies, error)
+            replies.flush()
+            _drain_data(requests)
+            return False
         while True:  # read DATA... DONE even after an error: the client has already sent them
             header = requests.read_exact(_REQ.size)
             if header is None:
@@ -269,32 +338,30 @@ def _send(sandbox: Sandbox, spec: str, requests: _Requests, replies: _Replies) -
             data = requests.read_exact(length)
             if data is None:
                 return False
-            if fh is not None and error is None:
+            if upload is not None and error is None:
                 try:
-                    fh.write(data)
+                    upload.write(data)
                 except OSError as exc:
-                    error = f"{path}: {exc.strerror or exc}"
-        if error is None and fh is not None:
+                    error = _os_error(path, exc)
+        if error is None and upload is not None:
             try:
-                fh.close()
-                fh = None
-                os.chmod(tmp, stat.S_IMODE(mode) or 0o644)
-                os.utime(tmp, (mtime, mtime))
-                os.replace(tmp, host)
-                tmp = None
+                upload.commit(mode, mtime)
             except OSError as exc:
-                error = f"{path}: {exc.strerror or exc}"
+                error = _os_error(path, exc)
         if error is None:
             replies.add(_REQ.pack(b"OKAY", 0))
         else:
             log.info("sync SEND refused: %s", error)
             _fail(replies, error)
         return True
-    finally:
-        if fh is not None:
-            fh.close()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+
+
+def _drain_data(requests: _Requests) -> None:
+    """What old adbd does after an early FAIL: discard DATA until DONE (or anything else)."""
+    while (header := requests.read_exact(_REQ.size)) is not None:
+        ident, length = _REQ.unpack(header)
+        if ident != b"DATA" or length > SYNC_DATA_MAX or requests.read_exact(length) is None:
+            return
 
 
 SERVICES = {"shell:": shell_service, "shell,": shell_service, "exec:": shell_service,

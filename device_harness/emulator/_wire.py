@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
 
@@ -89,7 +90,9 @@ class MessageReader:
     """Reads whole messages from a socket through one large receive buffer.
 
     ``idle_timeout_s`` bounds the wait for the first byte of a message (IdleTimeout),
-    ``message_timeout_s`` the time for the rest of it once started (TimeoutError).
+    ``message_timeout_s`` the time for the rest of it once started (TimeoutError). Both restart
+    with every byte that arrives, so a peer trickling one byte at a time is bounded only by
+    ``deadline`` (a ``time.monotonic()`` instant, or None): past it, every read fails.
     """
 
     def __init__(self, sock: socket.socket, *, idle_timeout_s: float | None,
@@ -98,10 +101,19 @@ class MessageReader:
         self._buf = bytearray()
         self.idle_timeout_s = idle_timeout_s
         self.message_timeout_s = message_timeout_s
+        self.deadline: float | None = None
+
+    def _limit(self, timeout_s: float | None) -> float | None:
+        if self.deadline is None:
+            return timeout_s
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        return left if timeout_s is None else min(timeout_s, left)
 
     def _fill(self, n: int, timeout_s: float | None, *, idle: bool = False) -> None:
         while len(self._buf) < n:
-            self._sock.settimeout(timeout_s)
+            self._sock.settimeout(self._limit(timeout_s))
             try:
                 chunk = self._sock.recv(max(n - len(self._buf), 256 * 1024))
             except TimeoutError:
