@@ -269,7 +269,8 @@ def load(path: str | os.PathLike[str], *, max_decoded_bytes: int | None = None) 
     """Read a .dcz file: bit-exact tensors (pruned weights as +0.0), metadata and layer info.
 
     ``max_decoded_bytes`` caps what the file may decode to (default: 4096x the file size, at
-    least 256 MiB), so a corrupt header cannot trigger a giant allocation.
+    least 256 MiB), so a corrupt header cannot trigger a giant allocation; the symbols a sparse
+    tensor decodes through must fit in what is left as well (FORMAT.md, "Limits").
     """
     path, size, version, meta, decoded = _read(path, max_decoded_bytes)
     layers = {d.name: LayerInfo(name=d.name, shape=d.row.shape, bits=d.row.bits,

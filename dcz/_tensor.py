@@ -395,7 +395,7 @@ def decode(payload: memoryview, where: str, budget: list[int]) -> Decoded:
         streams.append(index_stream)
         indices = index_stream.symbols()
         if index_stream.symbol is not None:
-            only = codebook[index_stream.symbol] if nnz else None
+            only = codebook[index_stream.symbol] if nnz else codebook[:0]
 
             def values_of(lo: int, hi: int) -> np.ndarray:
                 return only

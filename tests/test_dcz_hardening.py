@@ -103,6 +103,17 @@ def test_false_claims_of_huge_tensors_fail_fast_in_small_memory(tmp_path, payloa
     assert seconds < 0.5 and peak < 2**20
 
 
+def test_no_non_zeros_with_a_filler_only_gap_stream(tmp_path):
+    """nnz 0, an empty one-symbol index stream and a gap stream of one filler: refused for the
+    filler (an early version of the chunked decoder raised TypeError placing zero values)."""
+    path = tmp_path / "f.dcz"
+    gaps = bytes([0]) + struct.pack("<IQB", 2, 1, 1) + b"\x80"  # fixed width: one symbol, 1
+    write(path, tensor((4,), CODEBOOK, struct.pack("<QB", 0, 1) + gaps + struct.pack("<BI", 0, 0)
+                       + width0(0)))
+    with pytest.raises(ContainerError, match="ends with a filler"):
+        load(path)
+
+
 def test_a_dense_one_value_layer_decodes_to_its_size_and_no_more(tmp_path):
     """A valid 150-byte file: 2**22 copies of 1.0 (constant gaps, a one-entry codebook). Its
     decoding allocates the tensor and a few chunks, never an array per symbol."""
