@@ -17,6 +17,7 @@ from ._bits import pack_codes, read_bits, windows
 
 MAX_LEN = 20  # lookup table of at most 2**20 entries; alphabets are at most 2**16 symbols
 LANE = 4096   # symbols per lane: ~2,400 lanes for 10M symbols; one start offset per lane
+TABLE_MIN_BITS = 12  # a 4096-entry lookup table is always worth building (~40 us)
 
 
 def code_lengths(counts: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:
@@ -119,14 +120,21 @@ def encode(symbols: np.ndarray, lengths: np.ndarray,
     return data, total, lane_bits[:-1]
 
 
+def uses_table(max_len: int, count: int) -> bool:
+    """Decode through a flat table of ``2**max_len`` entries? Only where building it costs less
+    than the stream: a short stream with a long code would otherwise cost milliseconds per
+    byte of file."""
+    return 1 << max_len <= max(1 << TABLE_MIN_BITS, 2 * count)
+
+
 def decode(data: bytes | memoryview, total_bits: int, count: int, lengths: np.ndarray,
            lane_bits: np.ndarray, lane: int = LANE, dtype: type = np.int32) -> np.ndarray:
     """Decode ``count`` symbols, given the bits in each lane but the last (as encode returns
     them). Raises ValueError if the payload does not decode exactly.
 
     Memory: twice the result (``dtype``, which must hold every symbol; decoded lane by lane, then
-    put in order), the payload's windows (8 bytes per payload byte) and a lookup table of 10
-    bytes per ``2**max_len``."""
+    put in order), the payload's windows (8 bytes per payload byte) and, where uses_table, a
+    lookup table of 10 bytes per ``2**max_len``."""
     n_lanes = -(-count // lane) if count else 0
     if lane_bits.size != max(n_lanes - 1, 0):
         raise ValueError(f"expected {max(n_lanes - 1, 0)} lane offsets, found {lane_bits.size}")
@@ -135,15 +143,23 @@ def decode(data: bytes | memoryview, total_bits: int, count: int, lengths: np.nd
             raise ValueError("empty stream with a non-empty payload")
         return np.zeros(0, dtype=dtype)
     order, lens, codes, width = canonical(lengths)
-    # Flat lookup table: every width-bit window whose prefix is a code maps to that code. Windows
-    # that start no code (an incomplete code) keep length 0, and are refused below.
     span = np.left_shift(1, width - lens)
-    table_sym = np.zeros(1 << width, dtype=dtype)
-    table_len = np.zeros(1 << width, dtype=np.uint64)
     filled = int(span.sum())
-    table_sym[:filled] = np.repeat(order, span)
-    table_len[:filled] = np.repeat(lens, span).astype(np.uint64)
     complete = filled == 1 << width
+    if uses_table(width, count):
+        # Flat lookup table: every width-bit window whose prefix is a code maps to that code.
+        # Windows that start no code (an incomplete code) keep length 0, and are refused below.
+        search = None
+        sym_of = np.zeros(1 << width, dtype=dtype)
+        len_of = np.zeros(1 << width, dtype=np.uint64)
+        sym_of[:filled] = np.repeat(order, span)
+        len_of[:filled] = np.repeat(lens, span).astype(np.uint64)
+    else:
+        # A table would cost more than the stream: find each window's code among the codes'
+        # left-aligned starts instead (they ascend); past the last code, a length-0 "no code".
+        search = np.append(np.cumsum(span) - span, filled).astype(np.uint64)
+        sym_of = np.append(order, 0).astype(dtype)
+        len_of = np.append(lens, 0).astype(np.uint64)
 
     lane_start = np.zeros(n_lanes, dtype=np.uint64)
     lane_start[1:] = np.cumsum(np.asarray(lane_bits, dtype=np.uint64), dtype=np.uint64)
@@ -161,8 +177,9 @@ def decode(data: bytes | memoryview, total_bits: int, count: int, lengths: np.nd
         if i == last_count:
             last_end = int(pos[-1])
         win = read_bits(W, pos, width)
-        np.take(table_sym, win, out=out[i])
-        advance = table_len[win]
+        key = win if search is None else np.searchsorted(search, win, side="right") - 1
+        np.take(sym_of, key, out=out[i])
+        advance = len_of[key]
         if not complete and not advance[:n_lanes if i < last_count else -1].all():
             raise ValueError("Huffman payload holds a bit pattern that is no code")
         pos += advance

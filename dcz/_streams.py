@@ -416,8 +416,8 @@ def _parse_huffman(r: Reader, name: str, alphabet: int, n: int):
     dtype = symbol_dtype(alphabet)
     # The result twice (padded to whole lanes), the payload's 8-byte windows, the lookup table
     # and five per-lane position arrays.
-    work = (2 * (n + lane) * np.dtype(dtype).itemsize + 8 * len(data) + (10 << longest)
-            + 40 * (n_off + 1))
+    table = 10 << longest if _huffman.uses_table(longest, n) else 17 * (symbols.size + 1)
+    work = 2 * (n + lane) * np.dtype(dtype).itemsize + 8 * len(data) + table + 40 * (n_off + 1)
 
     def run() -> np.ndarray:
         lane_bits = unpack_fixed(raw, n_off, off_width)

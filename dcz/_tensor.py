@@ -414,7 +414,10 @@ def decode(payload: memoryview, where: str, budget: list[int]) -> Decoded:
                bits=width if storage == CODEBOOK else None, index_bits=b, fillers=fillers,
                codebook_bytes=len(raw_cb) if storage == CODEBOOK else 0,
                values_bytes=len(raw_vals) if storage == RAW else 0, streams=infos)
-    codebook_f32 = None if codebook is None else _as_float(codebook, spec).astype(np.float32)
+    codebook_f32 = None
+    if codebook is not None:
+        with np.errstate(over="ignore"):  # float64 centroids past float32's range: inf, quietly
+            codebook_f32 = _as_float(codebook, spec).astype(np.float32)
     return Decoded(name, from_bit_pattern(dense, spec, shape), row, codebook_f32)
 
 

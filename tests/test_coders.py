@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import heapq
+import time
 
 import numpy as np
 import pytest
@@ -95,7 +96,9 @@ def test_huffman_length_limit_on_fibonacci_counts():
     assert np.array_equal(_huffman.decode(data, total, symbols.size, lengths, starts), symbols)
 
 
-def test_huffman_multi_lane_round_trip_and_corruption():
+@pytest.mark.parametrize("table", [True, False])
+def test_huffman_multi_lane_round_trip_and_corruption(monkeypatch, table):
+    monkeypatch.setattr(_huffman, "uses_table", lambda max_len, count: table)
     rng = np.random.default_rng(2)
     n = 3 * _huffman.LANE + 17
     symbols = np.minimum(rng.geometric(0.3, size=n) - 1, 40)
@@ -107,6 +110,21 @@ def test_huffman_multi_lane_round_trip_and_corruption():
     bad[len(bad) // 2] ^= 0x10
     with pytest.raises(ValueError):
         _huffman.decode(bytes(bad), total, n, lengths, starts)
+
+
+def test_huffman_short_stream_with_a_20_bit_code_builds_no_table():
+    """Lengths 1 and 20 (an incomplete code): a flat table would be 2**20 entries for one
+    symbol, milliseconds per 40 bytes of file; the codes' starts are searched instead."""
+    lengths = np.array([1, 20, 0, 0], dtype=np.uint8)
+    assert not _huffman.uses_table(20, 1) and _huffman.uses_table(12, 1)
+    one = b"\x80\x00\x00"  # symbol 1's code: 1 then nineteen 0s
+    t = time.perf_counter()
+    for _ in range(20):
+        assert _huffman.decode(one, 20, 1, lengths, np.zeros(0, np.uint64)).tolist() == [1]
+    assert (time.perf_counter() - t) / 20 < 0.005
+    assert _huffman.decode(b"\x00", 1, 1, lengths, np.zeros(0, np.uint64)).tolist() == [0]
+    with pytest.raises(ValueError, match="no code"):  # 11...: no code starts so
+        _huffman.decode(b"\xc0\x00\x00", 20, 1, lengths, np.zeros(0, np.uint64))
 
 
 def _skewed(n: int, seed: int = 0) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import time
 import tracemalloc
+import warnings
 import zlib
 
 import numpy as np
@@ -211,6 +212,18 @@ def test_metadata_depth_counts_structure_not_brackets_in_strings(tmp_path):
     pack({"w": torch.ones(2)}, path, meta=meta)
     assert load(path).meta["a" * 3] == meta["a" * 3]
     assert load(_meta_file(tmp_path, b'{"a":' * 32 + b"0" + b"}" * 32)).meta
+
+
+def test_float64_centroids_beyond_float32_load_without_warnings(tmp_path):
+    """LayerInfo.codebook is float32: 1e300 becomes inf there, with no RuntimeWarning (an error
+    under -W error) on the way; the tensor itself stays exact."""
+    w = torch.tensor([0.0, 1e300, -1e300, 0.0, 2.0], dtype=torch.float64)
+    pack({"w": w}, tmp_path / "d.dcz", compressed={"w": {"bits": 2}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = load(tmp_path / "d.dcz")
+    assert torch.equal(out.state_dict["w"], w)
+    assert np.isinf(out.layers["w"].codebook).sum() == 2
 
 
 @pytest.mark.parametrize("shape", [
