@@ -19,7 +19,12 @@ What this adds to adb-shell:
 * retries -- a dropped connection is reconnected with exponential backoff and the call re-run
   (push/pull and the harness's commands are idempotent); a timeout is reported, not retried
   here. Both errors carry ``DeviceError.transient``: a caller with its own retry loop
-  (``bench_many``, which re-runs a whole benchmark) connects with ``retries=0`` and decides;
+  (``bench_many``, which re-runs a whole benchmark) connects with ``retries=0`` and decides.
+  A call that succeeded after a reconnection is remembered (``recovered_errors``), and hooks
+  registered with ``after_reconnect`` run before the call is made again (the runners kill
+  what they left running). A device's refusal (a push it answers with FAIL) is permanent;
+* pushes -- the sync SEND is ours (``_adb_sync``): full packets, no copies, and a FAIL the
+  device sends before the data ends the push at once;
 * quoting -- ``shell`` takes an argument list and quotes every element with ``shlex.quote``.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ import re
 import shlex
 import socket
 import stat
+import struct
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -68,17 +74,30 @@ def _define_transport() -> type:
 
     # Here, not at the top: the emulator package (stdlib only) loads with the transport, when a
     # device is first reached, not whenever this module is imported.
-    from .emulator._wire import HEADER, magic_ok, tune_socket
+    from .emulator._wire import (A_CNXN, HEADER, VERSION_MIN, VERSION_SKIP_CHECKSUM, checksum,
+                                 magic_ok, tune_socket)
 
     class FastTcpTransport(TcpTransport):
         """adb-shell's TcpTransport with TCP_NODELAY, coalesced header+payload writes, sendall,
-        buffered reads, EOF detection and an overall deadline (see the module docstring)."""
+        buffered reads, EOF detection and an overall deadline (see the module docstring).
+
+        Protocol version: adb-shell announces only 0x01000000, under which both ends compute
+        and verify the byte sum of every payload (in Python, on this side). Like Google's adb,
+        this transport announces 0x01000001 instead; a device that speaks it then skips
+        checksums both ways (``checksums_needed`` is False), and the sums adb-shell still
+        verifies on what it reads are filled in here for the packets that came without one."""
 
         def __init__(self, host: str, port: int) -> None:
             super().__init__(host, port)
             self.deadline: float | None = None
             self._rbuf = bytearray()
             self._header: bytes | None = None
+            self._left = 0  # bytes of the current incoming message not yet handed to adb-shell
+            self.device_version: int | None = None  # from the device's CNXN
+
+        @property
+        def checksums_needed(self) -> bool:
+            return self.device_version is None or self.device_version < VERSION_SKIP_CHECKSUM
 
         def _timeout(self, transport_timeout_s: float | None) -> float | None:
             if self.deadline is None:
@@ -92,31 +111,59 @@ def _define_transport() -> type:
             self.close()
             self._rbuf.clear()
             self._header = None
+            self._left = 0
+            self.device_version = None
             sock = socket.create_connection((self._host, self._port),
                                             timeout=self._timeout(transport_timeout_s))
             tune_socket(sock)
             self._connection = sock
 
-        def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
-            if not self._rbuf:
+        def _fill(self, n: int, transport_timeout_s: float | None) -> None:
+            while len(self._rbuf) < n:
                 sock = self._socket()
                 sock.settimeout(self._timeout(transport_timeout_s))
                 try:
-                    chunk = sock.recv(max(numbytes, 256 * 1024))
+                    chunk = sock.recv(max(n - len(self._rbuf), 256 * 1024))
                 except TimeoutError:
                     raise TcpTimeoutException(f"reading from {self._host}:{self._port} timed out "
                                               f"({transport_timeout_s} s)") from None
                 if not chunk:
                     raise ConnectionResetError(f"{self._host}:{self._port} closed the connection")
                 self._rbuf += chunk
-            out = bytes(self._rbuf[:numbytes])
-            del self._rbuf[:numbytes]
+
+        def bulk_read(self, numbytes: int, transport_timeout_s: float | None) -> bytes:
+            if not self._left:  # a message starts here: adb-shell reads its header first
+                self._fill(HEADER.size, transport_timeout_s)
+                self._left = HEADER.size + self._inspect(transport_timeout_s)
+            self._fill(1, transport_timeout_s)
+            n = min(numbytes, self._left, len(self._rbuf))
+            out = bytes(self._rbuf[:n])
+            del self._rbuf[:n]
+            self._left -= n
             return out
+
+        def _inspect(self, transport_timeout_s: float | None) -> int:
+            """The payload length of the message whose header is buffered; note the device's
+            version from its CNXN, and fill in a checksum the device left out."""
+            cmd, arg0, _a1, length, check, magic = HEADER.unpack_from(self._rbuf)
+            if not magic_ok(cmd, magic):
+                return 0  # not a message: adb-shell reports it
+            if cmd == A_CNXN:
+                self.device_version = arg0
+            if length and not check:  # a non-empty payload never sums to 0: it was skipped
+                self._fill(HEADER.size + length, transport_timeout_s)
+                with memoryview(self._rbuf) as buf, buf[HEADER.size:HEADER.size + length] as payload:
+                    total = checksum(payload)
+                struct.pack_into("<I", self._rbuf, 16, total)
+            return length
 
         def bulk_write(self, data: bytes, transport_timeout_s: float | None) -> int:
             data = bytes(data)
             if self._header is None and len(data) == HEADER.size:
-                cmd, _a0, _a1, length, _check, magic = HEADER.unpack(data)
+                cmd, a0, a1, length, check, magic = HEADER.unpack(data)
+                if cmd == A_CNXN and a0 == VERSION_MIN and magic_ok(cmd, magic):
+                    data = HEADER.pack(cmd, VERSION_SKIP_CHECKSUM, a1, length, check, magic)
+                    self.device_version = None
                 if length and magic_ok(cmd, magic):  # its payload is the next write
                     self._header = data
                     return len(data)
@@ -130,6 +177,19 @@ def _define_transport() -> type:
                 raise TcpTimeoutException(f"writing to {self._host}:{self._port} timed out "
                                           f"({transport_timeout_s} s)") from None
             return len(data)
+
+        def send_raw(self, packet: bytes | memoryview, transport_timeout_s: float | None) -> None:
+            """One whole message, header and payload already packed (the push's path: its
+            buffer is sent as it is, with no copy)."""
+            if self._header is not None:
+                raise RuntimeError("send_raw between a message header and its payload")
+            sock = self._socket()
+            sock.settimeout(self._timeout(transport_timeout_s))
+            try:
+                sock.sendall(packet)
+            except TimeoutError:
+                raise TcpTimeoutException(f"writing to {self._host}:{self._port} timed out "
+                                          f"({transport_timeout_s} s)") from None
 
         def _socket(self) -> socket.socket:
             if self._connection is None:
@@ -184,6 +244,10 @@ class AdbDevice(Device):
         self._transport: Any = None
         self._signer: Any = None
         self._info: DeviceInfo | None = None
+        self._hooks: list[Callable[[], None]] = []
+        self._lost = False        # a connection was lost since the last one was opened
+        self._in_hooks = False
+        self._recovered: list[str] = []
 
     @classmethod
     def connect(cls, spec: str, *, timeout_s: float = 10.0, retries: int = 3,
@@ -221,7 +285,28 @@ class AdbDevice(Device):
                 raise _AuthRefused(str(exc)) from exc
             raise
         self._adb = adb
+        if self._lost and not self._in_hooks:
+            self._lost = False
+            self._run_hooks()
         return adb
+
+    def _run_hooks(self) -> None:
+        self._in_hooks = True
+        try:
+            for hook in list(self._hooks):
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - the call that reconnected matters more
+                    pass
+        finally:
+            self._in_hooks = False
+
+    def after_reconnect(self, hook: Callable[[], None]) -> None:
+        if hook not in self._hooks:
+            self._hooks.append(hook)
+
+    def recovered_errors(self) -> list[str]:
+        return list(self._recovered)
 
     def _usb_device(self) -> Any:
         try:
@@ -241,6 +326,7 @@ class AdbDevice(Device):
 
     def _drop(self) -> None:
         if self._adb is not None:
+            self._lost = True
             try:
                 self._adb.close()
             except Exception:  # closing a broken connection may fail in any way; it is gone
@@ -251,7 +337,7 @@ class AdbDevice(Device):
               retry_timeouts: bool = False) -> T:
         """Run ``fn(adb)`` under a deadline; reconnect with backoff when the connection drops."""
         timeouts, drops = _error_kinds()
-        last: BaseException | None = None
+        errors: list[BaseException] = []
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
@@ -260,10 +346,13 @@ class AdbDevice(Device):
                 if self._transport is not None:
                     self._transport.deadline = time.monotonic() + timeout_s
                 try:
-                    return fn(adb)
+                    result = fn(adb)
                 finally:
                     if self._transport is not None:
                         self._transport.deadline = None
+                if errors:
+                    self._recovered.append(f"{what}: {_describe(errors[0])}")
+                return result
             except _AuthRefused as exc:
                 self._drop()
                 raise DeviceError(
@@ -273,17 +362,25 @@ class AdbDevice(Device):
                     command=command) from exc
             except timeouts as exc:
                 self._drop()
-                last = exc
+                errors.append(exc)
                 if not retry_timeouts:
+                    before = (f"; before it, {len(errors) - 1} dropped connection(s), the first: "
+                              f"{_describe(errors[0])}" if len(errors) > 1 else "")
                     raise DeviceError(f"{self.serial}: {what} timed out after {timeout_s:g} s "
-                                      f"({exc}); raise the timeout if the device is just slow",
-                                      command=command, transient=True) from exc
+                                      f"({exc}){before}; raise the timeout if the device is just "
+                                      "slow", command=command, transient=True) from exc
             except drops as exc:
                 self._drop()
-                last = exc
-        raise DeviceError(f"{self.serial}: {what} failed after {self.retries + 1} attempt(s): "
-                          f"{type(last).__name__}: {last}; is the device still reachable?",
-                          command=command, transient=True) from last
+                errors.append(exc)
+        first, last = _describe(errors[0]), _describe(errors[-1])
+        if len(errors) == 1:  # a caller with its own retry loop counts the attempts itself
+            detail = f"failed: {last}"
+        elif first == last:
+            detail = f"failed after {len(errors)} attempt(s), each: {last}"
+        else:
+            detail = f"failed after {len(errors)} attempt(s); first: {first}; last: {last}"
+        raise DeviceError(f"{self.serial}: {what} {detail}; is the device still reachable?",
+                          command=command, transient=True) from errors[-1]
 
     # -- Device interface ---------------------------------------------------------------------
     def shell(self, argv: list[str], *, timeout_s: float = 60.0, check: bool = True) -> ShellResult:
@@ -334,16 +431,19 @@ class AdbDevice(Device):
         command = ["push", str(local), remote]
 
         def run(adb: Any) -> float:
-            from adb_shell.exceptions import AdbCommandFailureException, PushFailedError
+            from ._adb_sync import PushRefused, sync_send
 
             start = time.perf_counter()
             try:
-                adb.push(str(local), remote, st_mode=stat.S_IFREG | stat.S_IMODE(st.st_mode),
-                         mtime=int(st.st_mtime), transport_timeout_s=timeout_s,
-                         read_timeout_s=timeout_s)
-            except (PushFailedError, AdbCommandFailureException) as exc:
-                raise DeviceError(f"{self.serial}: push to {remote} refused: {_reason(exc)}",
-                                  command=command) from exc
+                sync_send(adb, local, remote, mode=stat.S_IFREG | stat.S_IMODE(st.st_mode),
+                          mtime=int(st.st_mtime), timeout_s=timeout_s)
+            except PushRefused as exc:
+                if not exc.stream_closed:
+                    self._drop()
+                # The device answered and said no (no such folder, permission denied, ...):
+                # permanent, so no caller retries it.
+                raise DeviceError(f"{self.serial}: push to {remote} refused by the device: "
+                                  f"{exc}", command=command, transient=False) from exc
             return time.perf_counter() - start
 
         return self._call("push", command, timeout_s, run)
@@ -398,6 +498,10 @@ class AdbDevice(Device):
 
     def __repr__(self) -> str:
         return f"<AdbDevice {self.serial}>"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _reason(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,16 @@ class Device(abc.ABC):
     @abc.abstractmethod
     def pull(self, remote: str, local: Path, *, timeout_s: float = 120.0) -> None:
         """Copy a file from the device."""
+
+    def after_reconnect(self, hook: Callable[[], None]) -> None:  # noqa: B027 - see below
+        """Run ``hook`` whenever this device reconnects after losing its connection, before the
+        interrupted call is made again: what was running on the device may have outlived the
+        connection. Backends with no connection to lose ignore it."""
+
+    def recovered_errors(self) -> list[str]:
+        """Errors this device recovered from by reconnecting, oldest first, so that a result
+        obtained after a reconnection can say so. Backends that never reconnect: none."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
         pass
