@@ -121,6 +121,29 @@ def test_dropped_connection_is_reconnected_transparently(device, emu):
     assert device.shell(["echo", "after"]).output == "after\n"
 
 
+def test_a_reconnection_runs_the_hooks_first_and_is_recorded(emu, key):
+    with AdbDevice.connect(emu.serial, key_path=key, backoff_s=0.01) as dev:
+        seen: list[str] = []
+        dev.after_reconnect(lambda: seen.append(dev.shell(["echo", "hook"]).output))
+        assert dev.shell(["echo", "one"]).output == "one\n" and seen == []
+        assert emu.drop_connections() >= 1
+        assert dev.shell(["echo", "two"]).output == "two\n"
+        assert seen == ["hook\n"]  # once, before the interrupted call was made again
+        (recovered,) = dev.recovered_errors()
+        assert recovered.startswith("shell echo: ") and "Error" in recovered
+
+
+def test_without_retries_the_error_counts_no_attempts(key):
+    """A caller with its own retry loop (retries=0) counts attempts itself: the device's
+    message must not claim a count of its own."""
+    handle = emulator.start(authorized_keys=[f"{key}.pub"])
+    dev = AdbDevice.connect(handle.serial, key_path=key, timeout_s=2, retries=0)
+    handle.stop()
+    with pytest.raises(DeviceError) as err:
+        dev.shell(["echo", "hi"])
+    assert "attempt" not in str(err.value) and "shell echo failed: " in str(err.value)
+
+
 def test_lost_device_is_reported_after_retries(key):
     handle = emulator.start(authorized_keys=[f"{key}.pub"])
     dev = AdbDevice.connect(handle.serial, key_path=key, timeout_s=2, retries=2, backoff_s=0.05)

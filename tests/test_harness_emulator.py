@@ -181,6 +181,8 @@ def test_attempts_reported_are_the_connections_made(hostile_model, retries, caps
     (result,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert not result["ok"] and result["attempts"] == retries + 1
     assert port.connections == retries + 1  # no retry loop hidden inside each attempt
+    assert "attempt(s)" not in result["error"]  # the text counts what the attempts field does
+    assert result["error"].startswith("2 attempts failed") if retries else "attempts" not in result["error"]
 
 
 def test_bench_api_passes_its_retries_to_the_device(hostile_model):
@@ -206,6 +208,8 @@ def test_connection_dropped_between_models_is_recovered(emu, hostile_model):
     results = bench_many([hostile_model, second], [emu.serial], BenchOptions(runs=3, warmup=0),
                          open_device=lambda s: AdbDevice.connect(s), on_result=on_result)
     assert [r["ok"] for r in results] == [True, True] and dropped[0] >= 1
+    assert "device_reconnects" not in results[0]  # the second model's first call reconnected:
+    assert results[1]["device_reconnects"][0].startswith("shell dumpsys: ")  # and says so
 
 
 def test_devices_lists_the_emulator(emu, capsys):

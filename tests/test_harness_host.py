@@ -120,3 +120,51 @@ def test_devices_json_lists_host_and_explains_missing_xcrun(capsys, monkeypatch)
     assert {"model", "os_version", "abi", "max_freq_khz"} <= set(host["info"])
     assert rows[-1] == {"spec": "simctl", "note": "skipped: xcrun not found (iOS simulators need "
                                                   "macOS with Xcode)"}
+
+
+def test_leftover_runners_are_killed_and_nothing_else(tmp_path):
+    """A runner whose connection dropped is still running; kill_leftover_runners ends it and its
+    wrapper through the pidfile, and never a process that a stale or forged pidfile names."""
+    import posixpath
+    import time
+
+    from device_harness._host import HostDevice
+    from device_harness.runners import _driver
+
+    device = HostDevice(tmp_path / "workdir")
+    run_dir = _driver.run_dir(device)
+    pidfile = posixpath.join(run_dir, "leftover.pid")
+    wrapper = subprocess.Popen(["sh", "-c", _driver._TRACKED, "deepcompress-run", pidfile,
+                                "sleep", "30"], start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5
+        children = Path(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children")
+        while not (Path(pidfile).exists() and children.read_text().split()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (runner,) = map(int, children.read_text().split())
+        for name, text in (("stale.pid", f"{bystander.pid}\n"), ("forged.pid", "-1\n"),
+                           ("words.pid", "1; touch PWNED\n")):
+            Path(run_dir, name).write_text(text)
+        assert _driver.kill_leftover_runners(device, timeout_s=10) == [wrapper.pid]
+        assert wrapper.wait(timeout=5) in (-9, 137)  # killed, or saw its runner killed first
+        deadline = time.monotonic() + 5  # gone, or a zombie waiting for init to reap it
+        while _running(runner) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _running(runner)
+        assert bystander.poll() is None  # its pid was in a pidfile, but it is not our runner
+        assert list(Path(run_dir).iterdir()) == [] and not Path("PWNED").exists()
+        assert _driver.kill_leftover_runners(device, timeout_s=10) == []
+    finally:
+        for proc in (wrapper, bystander):
+            proc.kill()
+            proc.wait()
+        device.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -3,6 +3,7 @@ names, thermal cool-down, retries with backoff, and results kept when one device
 from __future__ import annotations
 
 import json
+import posixpath
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +23,36 @@ HOSTILE = "my model; rm -rf $HOME `id` \"q\" 'x'.tflite"
 class FakeAndroid(Device):
     """Just enough of an Android shell for the runners: files in a dict, every argv recorded."""
 
-    def __init__(self, *, thermal=(0,), python=False, fail_push: int = 0) -> None:
+    def __init__(self, *, thermal=(0,), python=False, fail_push: int = 0,
+                 push_error: str = "connection reset by peer", fail_run: int = 0) -> None:
         self.info = DeviceInfo(kind="adb", serial="fake:5555", model="Fake Phone", os_version="14",
                                abi="arm64-v8a", cores=8, max_freq_khz=(1800000,) * 4 + (2400000,) * 4)
         self.workdir = "/data/local/tmp/deepcompress"
         self.files: dict[str, bytes] = {}
         self.calls: list[list[str]] = []
         self.pushed: list[str] = []
+        self.runs: list[str] = []    # pidfiles of the runners started
+        self.kills: list[str] = []   # run folders whose leftover runners were killed
         self._thermal = list(thermal)
         self._python = python
         self._fail_push = fail_push
+        self._push_error = push_error
+        self._fail_run = fail_run
         self.closed = False
 
     def shell(self, argv, *, timeout_s=60.0, check=True) -> ShellResult:
         assert all(isinstance(a, str) for a in argv), argv
         self.calls.append(list(argv))
+        if argv[:2] == ["sh", "-c"] and argv[3] == "deepcompress-run":  # the pidfile wrapper
+            assert argv[4].startswith(f"{self.workdir}/run/") and argv[4].endswith(".pid")
+            self.runs.append(argv[4])
+            argv = argv[5:]
+            if self._fail_run > 0:  # the connection drops while the runner runs
+                self._fail_run -= 1
+                raise DeviceError("connection lost while running", command=argv, transient=True)
+        elif argv[:2] == ["sh", "-c"] and argv[3] == "deepcompress-kill":
+            self.kills.append(argv[4])
+            return ShellResult(tuple(argv), 0, "")
         prog, rc, out = argv[0], 0, ""
         if prog == "ls":
             rc = 0 if argv[1] in self.files else 1
@@ -60,7 +76,7 @@ class FakeAndroid(Device):
     def push(self, local, remote, *, timeout_s=120.0) -> float:
         if self._fail_push > 0:
             self._fail_push -= 1
-            raise DeviceError("connection reset by peer") from ConnectionResetError(104, "reset")
+            raise DeviceError(self._push_error) from ConnectionResetError(104, "reset")
         self.files[remote] = Path(local).read_bytes()
         self.pushed.append(remote)
         return 0.001
@@ -185,6 +201,39 @@ def test_one_device_failing_keeps_the_others_results(hostile_model, fake_binary,
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["ok"] for r in lines] == [False, False, True, True]
     assert lines[2]["latency_ms"]["mean"] == pytest.approx(2950.34)
+
+
+def test_a_result_after_a_reconnect_says_so_and_leftover_runners_are_killed(hostile_model,
+                                                                            fake_binary):
+    devices = [FakeAndroid(fail_run=1), FakeAndroid()]
+    opened = iter(devices)
+    (result,) = bench_many([hostile_model], ["fake:5555"], BenchOptions(benchmark_model=fake_binary),
+                           open_device=lambda spec: next(opened), on_result=lambda r: None,
+                           sleep=lambda s: None)
+    assert result["ok"] and result["attempts"] == 2
+    assert result["retried_after"] == "connection lost while running"
+    # the runner of the lost connection may still run: the new connection kills it first
+    assert devices[1].kills == [posixpath.dirname(devices[0].runs[0])]
+    assert devices[1].calls[0][3] == "deepcompress-kill" and devices[0].kills == []
+    first = bench_many([hostile_model], ["fake:5555"], BenchOptions(benchmark_model=fake_binary),
+                       open_device=lambda spec: FakeAndroid(), on_result=lambda r: None)[0]
+    assert first["attempts"] == 1 and "retried_after" not in first
+
+
+def test_a_failure_text_agrees_with_its_attempts_and_quotes_the_first_cause(hostile_model,
+                                                                           fake_binary):
+    causes = iter(["first cause", "second cause", "third cause"])
+    second = hostile_model.with_name("second.tflite")
+    second.write_bytes(hostile_model.read_bytes())
+    results = bench_many([hostile_model, second], ["flaky:5555"],
+                         BenchOptions(benchmark_model=fake_binary, retries=2),
+                         open_device=lambda spec: FakeAndroid(fail_push=1, push_error=next(causes)),
+                         on_result=lambda r: None, sleep=lambda s: None)
+    failed, skipped = results
+    assert failed["attempts"] == 3 and failed["first_error"] == "first cause"
+    assert failed["error"] == "3 attempts failed; first: first cause; last: third cause"
+    assert skipped["attempts"] == 0 and "skipped" in skipped["error"]
+    assert "third cause" in skipped["error"] and "attempt" not in skipped["error"]
 
 
 def test_non_transient_errors_are_not_retried(hostile_model):

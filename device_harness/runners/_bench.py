@@ -2,7 +2,13 @@
 
 ``bench_many`` runs every artifact on every device. A device that drops is retried with backoff,
 then reported, and the other devices' results are kept; each result goes to ``on_result`` as it
-arrives so a caller can write it out before the next one starts.
+arrives so a caller can write it out before the next one starts. Every result says how many
+attempts it took (``attempts``) and, when more than one, what went wrong first
+(``retried_after`` on a success, the first and last cause in a failure's ``error``).
+
+What runs an artifact is chosen by its kind (``RUNNERS``, keyed by suffix): ``.tflite`` goes to
+the LiteRT runner or benchmark_model, ``.mlpackage`` to BenchHost. A new kind is one function and
+one registration.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from dccore.errors import DeviceError
+from dccore.registry import Registry
 
 from .._device import Device
 from . import _driver
@@ -56,14 +63,32 @@ class BenchOptions:
                               f"{', '.join(COMPUTE_UNITS)}")
 
 
-def artifact_format(path: Path) -> str:
-    if path.suffix == ".tflite" and path.is_file():
-        return "tflite"
-    if path.suffix == ".mlpackage" and path.is_dir():
-        return "mlpackage"
+@dataclass(frozen=True)
+class ArtifactKind:
+    """How one kind of artifact is benchmarked: ``bench(device, path, sha256, opts)`` returns the
+    runner's fields of the result (``runner``, latencies, ``push``, ...)."""
+
+    format: str          # "tflite": the result's "format"
+    folder: bool         # a .mlpackage is a folder, a .tflite a file
+    description: str     # "a .tflite file", for messages
+    bench: Callable[..., dict]
+
+
+RUNNERS: Registry[ArtifactKind] = Registry("artifact kind")
+
+
+def artifact_kind(path: Path) -> ArtifactKind:
+    kind = RUNNERS.get(path.suffix) if path.suffix in RUNNERS else None
+    if kind is not None and (path.is_dir() if kind.folder else path.is_file()):
+        return kind
     if not path.exists():
         raise DeviceError(f"artifact {path} does not exist")
-    raise DeviceError(f"artifact {path}: expected a .tflite file or a .mlpackage folder")
+    expected = " or ".join(k.description for _suffix, k in RUNNERS.items())
+    raise DeviceError(f"artifact {path}: expected {expected}")
+
+
+def artifact_format(path: Path) -> str:
+    return artifact_kind(path).format
 
 
 def _now() -> str:
@@ -157,29 +182,54 @@ def _bench_mlpackage(device: Device, artifact: Path, sha256: str, opts: BenchOpt
     return out
 
 
+RUNNERS.register(".tflite", ArtifactKind("tflite", False, "a .tflite file", _bench_tflite))
+RUNNERS.register(".mlpackage", ArtifactKind("mlpackage", True, "a .mlpackage folder",
+                                            _bench_mlpackage))
+
+
 def bench_artifact(device: Device, artifact: Path, opts: BenchOptions,
                    sleep: Callable[[float], None] = time.sleep) -> dict:
     """Benchmark one artifact on one device; raise DeviceError when it cannot be done."""
     start = time.perf_counter()
     artifact = Path(artifact)
-    fmt = artifact_format(artifact)
+    kind = artifact_kind(artifact)
+    recovered = len(device.recovered_errors())
     thermal = cool_down(lambda: thermal_status(device, timeout_s=min(opts.timeout_s, 30.0)),
                         max_wait_s=opts.cooldown_max_s, poll_s=opts.cooldown_poll_s, sleep=sleep)
     sha256 = _driver.sha256_file(artifact)
-    body = (_bench_tflite if fmt == "tflite" else _bench_mlpackage)(device, artifact, sha256, opts)
-    return {"ok": True, "artifact": str(artifact), "format": fmt,
+    body = kind.bench(device, artifact, sha256, opts)
+    reconnects = device.recovered_errors()[recovered:]
+    return {"ok": True, "artifact": str(artifact), "format": kind.format,
             "artifact_bytes": body["push"]["bytes"],
             "artifact_sha256": sha256,
             "device": device.info.to_dict(), "warmup": opts.warmup, "threads": opts.threads,
             **body, "thermal": thermal.to_dict(),
+            # calls the device made again after reconnecting, each with what interrupted it
+            **({"device_reconnects": reconnects} if reconnects else {}),
             "harness_seconds": time.perf_counter() - start, "timestamp": _now()}
 
 
-def failure(artifact: Path | str, device: str | dict, exc: BaseException, attempts: int = 1) -> dict:
-    return {"ok": False, "artifact": str(artifact),
-            "device": device if isinstance(device, dict) else {"spec": device},
-            "error": str(exc) or type(exc).__name__, "error_type": type(exc).__name__,
-            "attempts": attempts, "timestamp": _now()}
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def failure(artifact: Path | str, device: str | dict, exc: BaseException, attempts: int = 1,
+            first: BaseException | None = None) -> dict:
+    """A failed benchmark as a result. ``attempts``: how often it was tried (0: skipped);
+    ``first``: the first attempt's error, quoted beside the last when they differ."""
+    error = _text(exc)
+    if attempts > 1:
+        first_text = _text(first) if first is not None else None
+        error = (f"{attempts} attempts failed; first: {first_text}; last: {error}"
+                 if first_text is not None and first_text != error
+                 else f"{attempts} attempts failed, each: {error}")
+    out = {"ok": False, "artifact": str(artifact),
+           "device": device if isinstance(device, dict) else {"spec": device},
+           "error": error, "error_type": type(exc).__name__, "attempts": attempts,
+           "timestamp": _now()}
+    if attempts > 1 and first is not None:
+        out["first_error"] = _text(first)
+    return out
 
 
 def _transient(exc: BaseException) -> bool:
@@ -214,20 +264,32 @@ def bench_many(artifacts: Iterable[Path], specs: Iterable[str], opts: BenchOptio
         dead: BaseException | None = None  # set once the device is given up on
         for artifact in artifacts:
             if dead is not None:
-                emit(failure(artifact, spec, DeviceError(f"{spec}: skipped, device unreachable ({dead})")))
+                emit(failure(artifact, spec, DeviceError(
+                    f"{spec}: skipped, device unreachable ({_text(dead)})"), attempts=0))
                 continue
+            errors: list[BaseException] = []
+            ran = False  # a runner may have started on the device, and may outlive the connection
             for attempt in range(1, opts.retries + 2):
                 opened = device is not None
                 try:
                     if device is None:
                         device = open_device(spec)
                         opened = True
-                    emit(bench_artifact(device, artifact, opts, sleep=sleep))
+                        if ran:  # reconnected: end what the lost connection left running
+                            _driver.kill_leftover_runners(device, timeout_s=min(opts.timeout_s, 30.0))
+                    ran = True
+                    result = bench_artifact(device, artifact, opts, sleep=sleep)
+                    result["attempts"] = attempt
+                    if errors:
+                        result["retried_after"] = _text(errors[0])
+                    emit(result)
                     break
                 except (DeviceError, *_TRANSIENT) as exc:
+                    errors.append(exc)
                     transient = _transient(exc)
                     if not transient or attempt > opts.retries:
-                        emit(failure(artifact, device.info.to_dict() if device else spec, exc, attempt))
+                        emit(failure(artifact, device.info.to_dict() if device else spec, exc,
+                                     attempt, first=errors[0]))
                         if transient or not opened:
                             dead = exc
                         break

@@ -3,19 +3,26 @@
 Everything a user names (artifact paths, the benchmark_model binary) is pushed under a name made
 of its content hash, so no user-chosen string is ever part of a remote path or command; argument
 lists go to ``Device.shell``, which quotes each element itself.
+
+Runners are started through ``run_tracked``: a fixed wrapper script writes its pid to a file
+under ``{workdir}/run/SESSION/`` (SESSION: random, one per harness process) and removes it when
+the runner ends. A runner can outlive a dropped connection on a phone, so after a reconnection
+``kill_leftover_runners`` kills what this process's pidfiles still name -- and only a process
+whose command line names that pidfile, so a pid reused since is never touched.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import posixpath
+import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 from dccore.errors import DeviceError
 
-from .._device import Device
+from .._device import Device, ShellResult
 from . import _benchmark_model as bm
 from ._litert_runner import RESULT_MARKER, SCHEMA
 
@@ -25,6 +32,19 @@ RUNNER_SCRIPT = Path(__file__).with_name("_litert_runner.py")
 _PROBE_SNIPPET = ("import importlib.util as u; print('deepcompress-probe-' + "
                   "('ok' if all(u.find_spec(m) for m in ('numpy', 'ai_edge_litert')) else 'missing'))")
 _python_probes: "weakref.WeakKeyDictionary[Device, str | None]" = weakref.WeakKeyDictionary()
+_watched: "weakref.WeakSet[Device]" = weakref.WeakSet()
+_SESSION = uuid.uuid4().hex[:12]  # this process's runners: the only ones a reconnection kills
+# $1: the pidfile, then the runner's argv. Not `exec`: this shell waits, then removes the file.
+_TRACKED = ('p=$1; shift; mkdir -p "${p%/*}" && echo $$ > "$p" || '
+            '{ echo "deepcompress: cannot write $p" >&2; exit 125; }; '
+            '"$@"; rc=$?; rm -f "$p"; exit $rc')
+# $1: the run folder. A pidfile's process is killed (its children first) only while its command
+# line still names that pidfile: a pid reused since belongs to someone else.
+_KILL_LEFTOVERS = ('for f in "$1"/*.pid; do [ -f "$f" ] || continue; pid=$(cat "$f"); '
+                   'case $pid in ""|*[!0-9]*) ;; *) '
+                   'if grep -qF "$f" "/proc/$pid/cmdline" 2>/dev/null; then '
+                   'pkill -KILL -P "$pid"; kill -KILL "$pid"; echo "killed $pid"; fi ;; esac; '
+                   'rm -f "$f"; done')
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,30 @@ def device_python(device: Device, *, timeout_s: float = 60.0) -> str | None:
     return found
 
 
+def run_dir(device: Device) -> str:
+    return remote_path(device, "run", _SESSION)
+
+
+def run_tracked(device: Device, argv: list[str], *, timeout_s: float) -> ShellResult:
+    """Run a runner's ``argv`` on ``device`` under a pidfile (see the module docstring)."""
+    if device not in _watched:  # once per device: after a reconnection, end what was left
+        _watched.add(device)
+        ref = weakref.ref(device)
+        device.after_reconnect(lambda: (d := ref()) is not None and kill_leftover_runners(
+            d, timeout_s=min(timeout_s, 30.0)))
+    pidfile = posixpath.join(run_dir(device), f"{uuid.uuid4().hex[:12]}.pid")
+    return device.shell(["sh", "-c", _TRACKED, "deepcompress-run", pidfile, *argv],
+                        timeout_s=timeout_s, check=False)
+
+
+def kill_leftover_runners(device: Device, *, timeout_s: float) -> list[int]:
+    """Kill runners this process started on ``device`` that are still running (their connection
+    dropped); return their pids."""
+    out = device.shell(["sh", "-c", _KILL_LEFTOVERS, "deepcompress-kill", run_dir(device)],
+                       timeout_s=timeout_s, check=False).output
+    return [int(line.split()[1]) for line in out.splitlines() if line.startswith("killed ")]
+
+
 def parse_runner_output(output: str, argv: list[str]) -> dict:
     """The runner's one ``DEEPCOMPRESS_RESULT {json}`` line, checked against the schema."""
     for line in reversed(output.splitlines()):
@@ -125,7 +169,7 @@ def run_litert(device: Device, python: str, model_remote: str, *, runs: int, war
             "--threads", str(threads)]
     if eval_remote:
         argv += ["--eval-input", eval_remote[0], "--eval-output", eval_remote[1]]
-    result = device.shell(argv, timeout_s=timeout_s, check=False)
+    result = run_tracked(device, argv, timeout_s=timeout_s)
     return parse_runner_output(result.output, argv)
 
 
@@ -140,6 +184,6 @@ def run_benchmark_model(device: Device, binary: Path, model_remote: str, *, runs
         binary=remote_binary, graph=model_remote, threads=threads, warmup_runs=warmup, num_runs=runs,
         delegate=delegate, taskset_mask=bm.big_core_mask(device.info.max_freq_khz))
     argv = command.argv()
-    result = device.shell(argv, timeout_s=timeout_s, check=False)
+    result = run_tracked(device, argv, timeout_s=timeout_s)
     parsed = bm.check_output(bm.parse_output(result.output), result.output, argv)
     return parsed, argv
