@@ -2,7 +2,8 @@
 
 Public verbs (imports are deferred so ``import device_harness`` stays cheap):
 
-- ``open_device(spec)``: ``host``, ``emulator``, ``simctl:UDID|booted``, ``HOST:PORT``, a USB serial;
+- ``open_device(spec)``: ``host``, ``emulator``, ``simctl:UDID|booted``, ``HOST:PORT``, a USB serial
+  (``check_spec(spec)`` checks one without opening it);
 - ``discover(...)``: what ``deepcompress devices`` lists;
 - ``bench(artifact, spec, **options)``: one measurement, as the dict ``deepcompress bench --json``
   prints.
@@ -19,6 +20,14 @@ def open_device(spec: str, *, timeout_s: float = 30.0, retries: int = 3) -> Devi
     from ._discover import open_device as _open
 
     return _open(spec, timeout_s=timeout_s, retries=retries)
+
+
+def check_spec(spec: str) -> str:
+    """Raise UsageError, one line listing the accepted forms, unless SPEC names a device; return
+    its backend's name. Cheap: nothing is opened."""
+    from ._discover import check_spec as _check
+
+    return _check(spec)
 
 
 def discover(adb_addresses=(), *, probe: bool = True) -> list:
@@ -39,4 +48,4 @@ def bench(artifact: str | Path, spec: str = "host", **options: Any) -> dict:
         return bench_artifact(device, Path(artifact), opts)
 
 
-__all__ = ["Device", "DeviceInfo", "ShellResult", "open_device", "discover", "bench"]
+__all__ = ["Device", "DeviceInfo", "ShellResult", "open_device", "check_spec", "discover", "bench"]

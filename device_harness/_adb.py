@@ -41,6 +41,7 @@ from typing import Any, Callable, TypeVar
 from dccore.outputs import atomic_path
 from dccore.errors import DeviceError
 
+from ._backends import BACKENDS, Backend
 from ._device import Device, DeviceInfo, ShellResult
 from ._keys import default_key_path, load_signer
 
@@ -197,6 +198,18 @@ def _define_transport() -> type:
             return self._connection
 
     return FastTcpTransport
+
+
+_USB_SERIAL = re.compile(r"[A-Za-z0-9]+")  # what `adb devices` lists for a phone on USB
+_TCP_HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
+
+
+def is_adb_spec(spec: str) -> bool:
+    """``HOST:PORT`` (a host name or address, a port 1-65535), ``emulator-N``, or a USB serial."""
+    host, colon, port = spec.rpartition(":")
+    if colon and _TCP_HOST.fullmatch(host) and port.isdigit() and 0 < int(port) < 65536:
+        return True
+    return bool(re.fullmatch(r"emulator-\d+", spec) or _USB_SERIAL.fullmatch(spec))
 
 
 def parse_spec(spec: str) -> tuple[str, int] | None:
@@ -509,3 +522,10 @@ def _reason(exc: BaseException) -> str:
     if isinstance(text, (bytes, bytearray)):
         text = text.decode("utf-8", "replace")
     return str(text).removeprefix("Command failed: ")
+
+
+BACKENDS.register("adb", Backend(
+    "HOST:PORT (adb over TCP, e.g. 127.0.0.1:5555), emulator-N or a USB serial (letters and "
+    "digits, as `adb devices` lists it)",
+    lambda spec, *, timeout_s, retries: AdbDevice.connect(spec, timeout_s=timeout_s, retries=retries),
+    matches=is_adb_spec))

@@ -11,6 +11,7 @@ from typing import Iterable
 
 from dccore.errors import DeviceError
 
+from ._backends import resolve
 from ._device import Device, DeviceInfo
 
 # Android emulators' adbd ports (REFERENCE.md §6): console on the even port, adbd on the odd one.
@@ -22,29 +23,17 @@ def open_device(spec: str, *, timeout_s: float = 30.0, retries: int = 3) -> Devi
 
     ``retries``: how often an ADB device reconnects after a dropped connection, on opening and on
     each later call. A caller with a retry loop of its own (``bench_many``) passes 0, so that one
-    loop owns reconnection and the attempts it reports are the ones made."""
-    spec = spec.strip()
-    if spec == "host":
-        from ._host import HostDevice
+    loop owns reconnection and the attempts it reports are the ones made.
 
-        return HostDevice()
-    if spec.startswith("simctl:"):
-        from ._simctl import SimctlDevice
+    The backend is chosen by the SPEC's form (``_backends``); a SPEC of no known form is a
+    UsageError that lists the forms accepted."""
+    _name, backend, argument = resolve(spec)
+    return backend.open(argument, timeout_s=timeout_s, retries=retries)
 
-        target = spec.split(":", 1)[1]
-        if not target:
-            raise DeviceError("--device simctl: needs a UDID or 'booted' (simctl:booted)")
-        return SimctlDevice.open(target, timeout_s=timeout_s)
-    if spec == "emulator":  # the built-in emulated device, started or reused: its HOST:PORT
-        from . import emulator
 
-        spec = emulator.ensure_emulator()
-    if not spec or any(c.isspace() for c in spec):
-        raise DeviceError(f"--device {spec!r}: expected host, emulator, simctl:UDID|booted, "
-                          "HOST:PORT or a USB serial")
-    from ._adb import AdbDevice  # imports adb-shell only when a connection is made
-
-    return AdbDevice.connect(spec, timeout_s=timeout_s, retries=retries)
+def check_spec(spec: str) -> str:
+    """The backend a SPEC names (``host``, ``adb``, ...), or UsageError, before any work."""
+    return resolve(spec)[0]
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dccore.outputs import atomic_path
-from dccore.errors import DeviceError
+from dccore.outputs import ANY_FILE, OutputKind, atomic_path
+from dccore.errors import DeviceError, UsageError
 
+from ._backends import BACKENDS, Backend
 from ._device import Device, DeviceInfo, ShellResult
 
 
@@ -97,18 +98,44 @@ def host_info() -> DeviceInfo:
                       extra={"python": platform.python_version()})
 
 
-def copy_in(local: str | os.PathLike[str], remote: str) -> float:
+# Inside the harness's own folder on a device, a folder where a folder is pushed is an earlier push.
+_PUSHED_FOLDER = OutputKind("folder pushed by the harness", is_dir=True)
+
+
+def copy_in(local: str | os.PathLike[str], remote: str, *, root: str | os.PathLike[str]) -> float:
     """``push`` for a device whose files are this machine's (the host, an iOS simulator): copy a
-    file or a folder (a .mlpackage), replacing what was there; return the seconds it took."""
+    file or a folder (a .mlpackage) to ``remote``; return the seconds it took.
+
+    ``remote`` must lie inside ``root``, the harness's own folder on that device (its workdir),
+    reached through no symbolic link. The copy is made beside the target and renamed into place
+    (dccore.outputs.atomic_path): what was there is replaced only if it is what a push leaves (a
+    file for a file, a folder for a folder), and nothing is written through a link. Anything
+    else is refused, and nothing is deleted."""
     start = time.perf_counter()
-    target = Path(remote)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if Path(local).is_dir():
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(local, target)
-    else:
-        shutil.copyfile(local, target)
+    target = _inside(remote, root)
+    folder = Path(local).is_dir()
+    try:
+        with atomic_path(target, kind=_PUSHED_FOLDER if folder else ANY_FILE) as tmp:
+            if folder:
+                shutil.copytree(local, tmp)
+            else:
+                shutil.copyfile(local, tmp)
+    except UsageError as exc:  # what is there is not a push of ours: a device's refusal
+        raise DeviceError(f"push to {remote} refused: {exc}", command=["push", str(local), remote]) from exc
     return time.perf_counter() - start
+
+
+def _inside(remote: str, root: str | os.PathLike[str]) -> Path:
+    """``remote`` as a path whose folder is ``root`` or below it, once links are resolved."""
+    target = Path(remote)
+    real_root = Path(os.path.realpath(root))
+    if target.is_absolute() and ".." not in target.parts and target.name:
+        parent = Path(os.path.realpath(target.parent))
+        if parent == real_root or real_root in parent.parents:
+            return parent / target.name
+    raise DeviceError(f"push to {remote} refused: not inside the harness's folder {root} on this "
+                      "device (or reached through a symbolic link); nothing was written",
+                      command=["push", remote])
 
 
 def copy_out(remote: str, local: str | os.PathLike[str], *, who: str) -> None:
@@ -135,7 +162,7 @@ class HostDevice(Device):
         return run_local(argv, timeout_s=timeout_s, check=check, cwd=self.workdir)
 
     def push(self, local: Path, remote: str, *, timeout_s: float = 120.0) -> float:
-        return copy_in(local, remote)
+        return copy_in(local, remote, root=self.workdir)
 
     def pull(self, remote: str, local: Path, *, timeout_s: float = 120.0) -> None:
         copy_out(remote, local, who="host")
@@ -143,3 +170,6 @@ class HostDevice(Device):
     def close(self) -> None:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+BACKENDS.register("host", Backend("host", lambda _argument, **_options: HostDevice()))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dccore.errors import DeviceError
 
+from ._backends import BACKENDS, Backend
 from ._device import Device, DeviceInfo, ShellResult
 from ._host import copy_in, copy_out, host_info, run_local
 
@@ -158,7 +159,25 @@ class SimctlDevice(Device):
         return self.simctl.run(["spawn", self.sim.udid, *argv], timeout_s=timeout_s, check=check)
 
     def push(self, local: Path, remote: str, *, timeout_s: float = 120.0) -> float:
-        return copy_in(local, remote)  # a .mlpackage is a folder: copy_in copies folders too
+        # a .mlpackage is a folder: copy_in copies folders too
+        return copy_in(local, remote, root=self._harness_folder(remote))
+
+    def _harness_folder(self, remote: str) -> Path:
+        """The harness's own folder holding ``remote``: the nearest one named ``deepcompress``
+        above it (the workdir, or an app's Documents/deepcompress). A push replaces only what
+        lies inside it (copy_in)."""
+        for parent in Path(remote).parents:
+            if parent.name == "deepcompress":
+                return parent
+        raise DeviceError(f"simulator {self.sim.udid}: push to {remote} refused: not inside a "
+                          "deepcompress folder of the harness; nothing was written",
+                          command=["push", remote])
 
     def pull(self, remote: str, local: Path, *, timeout_s: float = 120.0) -> None:
         copy_out(remote, local, who=f"simulator {self.sim.udid}")
+
+
+BACKENDS.register("simctl", Backend(
+    "simctl:UDID|booted",
+    lambda target, *, timeout_s, retries: SimctlDevice.open(target, timeout_s=timeout_s),
+    prefix=True))

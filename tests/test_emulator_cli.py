@@ -96,3 +96,16 @@ def test_cli_stop_without_emulator_and_busy_port(tmp_path, monkeypatch, capsys):
     with emulator.start(no_auth=True) as emu:
         with pytest.raises(DeviceError, match=f"cannot listen on 127.0.0.1:{emu.port}"):
             emulator.start(port=emu.port, no_auth=True)
+
+
+def test_the_pidfile_is_removed_only_while_it_is_ours(tmp_path):
+    from device_harness.emulator._serve import _remove_own_pidfile
+
+    pidfile = tmp_path / "emulator.pid"
+    pidfile.write_text("999999999\n")  # a newer emulator's
+    _remove_own_pidfile(pidfile)
+    assert pidfile.exists()
+    pidfile.write_text(f"{os.getpid()}\n")
+    _remove_own_pidfile(pidfile)
+    assert not pidfile.exists()
+

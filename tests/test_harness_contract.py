@@ -102,3 +102,32 @@ def test_push_pull_round_trip(device, tmp_path):
     assert back.read_bytes() == payload
     with pytest.raises(DeviceError):
         device.pull(posixpath.join(device.workdir, "missing.bin"), tmp_path / "x", timeout_s=30)
+
+
+def test_a_backend_is_one_registration(tmp_path):
+    """open_device picks a backend by the SPEC's form through BACKENDS: registering one is all
+    it takes; unknown forms are a usage error naming every form, before anything is opened."""
+    from dccore.errors import UsageError
+    from device_harness import check_spec, open_device
+    from device_harness._backends import BACKENDS, Backend
+    from device_harness._host import HostDevice
+
+    opened: list[str] = []
+
+    def open_fake(argument, *, timeout_s, retries):
+        opened.append(argument)
+        return HostDevice(tmp_path / "fake")
+
+    BACKENDS.register("fake", Backend("fake:NAME", open_fake, prefix=True))
+    try:
+        with open_device("fake:phone-1") as device:
+            assert isinstance(device, HostDevice) and opened == ["phone-1"]
+        assert check_spec("fake:x") == "fake" and check_spec("host") == "host"
+        assert check_spec("127.0.0.1:5555") == check_spec("R58M123ABC") == "adb"
+        assert check_spec("host:5555") == "adb"  # a host named "host", not the host backend
+        with pytest.raises(UsageError, match="fake:NAME") as err:
+            open_device("bogus:device")
+        assert "simctl:UDID|booted" in str(err.value) and "\n" not in str(err.value)
+    finally:
+        BACKENDS.unregister("fake")
+

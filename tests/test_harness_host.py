@@ -103,11 +103,33 @@ def test_bench_on_host_with_hostile_name_and_eval(hostile_model, tmp_path, capsy
 def test_table_output_and_failure_exit_code(hostile_model, tmp_path, capsys):
     pkg = tmp_path / "model.mlpackage"
     pkg.mkdir()
-    code = cli(["bench", str(hostile_model), str(pkg), "--runs", "3", "--warmup", "0"])
-    captured = capsys.readouterr()
-    assert code == 1  # one of two failed: reported after everything was printed
-    assert "litert-python" in captured.out and "FAILED" in captured.out
-    assert "Core ML runs only on Apple devices" in captured.out + captured.err
+    missing = tmp_path / ("m [usb] [/red] " + "long" * 40 + ".tflite")  # markup-like, >80 columns
+    code = cli(["bench", str(hostile_model), str(pkg), str(missing), "--runs", "3", "--warmup", "0"])
+    out, err = capsys.readouterr()
+    assert code == 1  # two of three failed: reported after everything was printed
+    assert "litert-python" in out  # the table: results on stdout
+    assert f"{hostile_model.name} on host: ok" in err  # progress on stderr
+    assert "model.mlpackage on host: failed" in err
+    # each failure once, whole, with the results; no empty table row for it
+    assert (out + err).count("Core ML runs only on Apple devices") == 1
+    assert f"FAILED {missing.name} on host: artifact {missing} does not exist\n" in out
+    assert not any("model.mlpackage" in line and "│" in line for line in out.splitlines())
+    assert max(map(len, out.splitlines())) > 80  # a pipe gets every line whole
+
+
+def test_bench_device_spec_errors_are_one_clear_line(hostile_model, capsys):
+    code = cli(["bench", str(hostile_model), "--device", "bogus:device"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    (line,) = err.splitlines()  # once, before anything ran
+    assert "'bogus:device' is not a device" in line and "USB support" not in line
+    for form in ("host", "emulator", "simctl:UDID|booted", "HOST:PORT", "USB serial"):
+        assert form in line
+    for argv in (["--device", "bogus:device"], ["--runs", "x"], ["--device", "simctl:"]):
+        code = cli(["bench", str(hostile_model), *argv, "--json"])
+        out = capsys.readouterr().out
+        (record,) = [json.loads(line) for line in out.splitlines()]  # JSON, never a bare line
+        assert code == 2 and record["ok"] is False and record["error_type"] == "UsageError"
 
 
 def test_devices_json_lists_host_and_explains_missing_xcrun(capsys, monkeypatch):
@@ -161,6 +183,45 @@ def test_leftover_runners_are_killed_and_nothing_else(tmp_path):
             proc.kill()
             proc.wait()
         device.close()
+
+
+def test_host_push_replaces_only_what_the_harness_pushed_in_its_workdir(tmp_path):
+    from dccore.errors import DeviceError
+    from device_harness._host import HostDevice
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    device = HostDevice(tmp_path / "workdir")
+    work = Path(device.workdir)
+    package = tmp_path / "m.mlpackage"
+    (package / "Data").mkdir(parents=True)
+    (package / "Data" / "w.bin").write_bytes(b"one")
+    os.symlink(victim, work / "link")
+    os.symlink(victim / "keep.txt", work / "file-link")
+    refused = [(package, victim / "m.mlpackage"),       # outside the workdir
+               (package, victim),                        # onto a folder that is not a push
+               (package, work / "link" / "m.mlpackage"),  # out through a link
+               (package, work / ".." / "victim"),
+               (FIXTURES / "tiny_linear.tflite", work / "file-link"),  # written through a link
+               (FIXTURES / "tiny_linear.tflite", victim / "keep.txt")]
+    for local, remote in refused:
+        with pytest.raises(DeviceError, match="refused"):
+            device.push(local, str(remote))
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    assert (victim / "keep.txt").read_text() == "mine"
+    target = work / "models" / "m.mlpackage"  # an earlier push of ours is replaced whole
+    device.push(package, str(target))
+    (package / "Data" / "w.bin").write_bytes(b"two")
+    (package / "Data" / "extra.bin").write_bytes(b"x")
+    device.push(package, str(target))
+    assert sorted(p.name for p in (target / "Data").iterdir()) == ["extra.bin", "w.bin"]
+    assert (target / "Data" / "w.bin").read_bytes() == b"two"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.mlpackage"]  # no temporaries
+    with pytest.raises(DeviceError, match="refused"):  # a file where a folder was pushed
+        device.push(FIXTURES / "tiny_linear.tflite", str(target))
+    assert (target / "Data" / "w.bin").read_bytes() == b"two"
+    device.close()
 
 
 def _running(pid: int) -> bool:

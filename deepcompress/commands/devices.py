@@ -1,4 +1,9 @@
-"""``deepcompress devices`` and ``deepcompress bench``."""
+"""``deepcompress devices`` and ``deepcompress bench``.
+
+Results go to stdout (a table, or one JSON object per result with --json, failures included);
+diagnostics -- progress lines as each result arrives -- go to stderr. A failure's reason is
+printed once, with the results.
+"""
 from __future__ import annotations
 
 import argparse
@@ -111,25 +116,26 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from device_harness import open_device
+    from device_harness import check_spec, open_device
     from device_harness.runners import BenchOptions, bench_many
 
+    specs = args.devices or ["host"]
+    for spec in specs:  # a SPEC of no known form is a usage error, before any device is touched
+        check_spec(spec)
     opts = BenchOptions(runs=args.runs, warmup=args.warmup, threads=args.threads,
                         timeout_s=args.timeout, benchmark_model=args.benchmark_model,
                         delegate=args.delegate, eval_data=_eval_data(args),
                         cooldown_max_s=args.cooldown_max, bench_host_app=args.bench_host_app,
                         compute_units=args.compute_units, retries=args.retries)
-    specs = args.devices or ["host"]
 
     def on_result(result: dict) -> None:
         if args.out:
             append_jsonl(args.out, result)
         if args.json:
             print(json.dumps(result), flush=True)
-        else:
-            where = result["device"].get("serial") or result["device"].get("spec")
-            state = "ok" if result["ok"] else f"FAILED: {result['error']}"
-            print(f"{Path(result['artifact']).name} on {where}: {state}", file=sys.stderr, flush=True)
+        else:  # progress, on stderr; the reason of a failure comes once, with the results
+            state = "ok" if result["ok"] else "failed (reason below the results)"
+            print(f"{_where(result)}: {state}", file=sys.stderr, flush=True)
 
     # retries=0: bench_many reconnects (--retries times, with backoff) and counts the attempts;
     # a device reconnecting on its own too would multiply the attempts made behind that count.
@@ -143,13 +149,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _console():
-    """Rich console on stdout; a pipe or file gets the full table instead of an 80-column fold."""
+    """Rich console on stdout. A pipe or file gets every table and line whole: no 80-column
+    fold, no cut (rich would otherwise assume 80 columns where there is no terminal)."""
     from rich.console import Console
 
     console = Console()
     if not console.is_terminal:
-        console = Console(width=200)
+        console = Console(width=100_000)
     return console
+
+
+def _where(result: dict) -> str:
+    device = result["device"].get("serial") or result["device"].get("spec", "?")
+    return f"{Path(result['artifact']).name} on {device}"
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -163,14 +175,12 @@ def _print_table(results: list[dict]) -> None:
     for col in ("ARTIFACT", "DEVICE", "RUNNER", "RUNS", "P50", "P90", "P99", "MEAN", "INIT",
                 "PEAK MB", "PUSH", "ACCURACY"):
         table.add_column(col, overflow="fold")
-    failed = []
+    failed = [r for r in results if not r["ok"]]
     for r in results:
+        if not r["ok"]:
+            continue
         device = r["device"].get("serial") or r["device"].get("spec", "?")
         name = Path(r["artifact"]).name
-        if not r["ok"]:
-            failed.append(f"{name} on {device}: {r['error']}")
-            table.add_row(name, device, "FAILED", *[""] * 9)
-            continue
         lat, acc = r["latency_ms"], r.get("accuracy")
         push = f"{r['push']['bytes'] / 1024:.0f} KiB / {r['push']['seconds'] * 1000:.0f} ms"
         table.add_row(name, device, r["runner"], str(r["runs"]), _fmt(lat["p50"]), _fmt(lat["p90"]),
@@ -178,6 +188,8 @@ def _print_table(results: list[dict]) -> None:
                       _fmt(r["peak_memory_mb"], 3), push,
                       f"{acc['accuracy']:.4f}" if acc else "-")
     console = _console()
-    console.print(table)
-    for line in failed:
-        console.print(f"[red]failed[/red] {line}", highlight=False)
+    if table.row_count:
+        console.print(table)
+    for r in failed:  # each once, whole: the text is the device's, never rich markup
+        console.print(f"FAILED {_where(r)}: {r['error']}", markup=False, highlight=False,
+                      soft_wrap=True, style="red")

@@ -21,6 +21,7 @@ from pathlib import Path
 from dccore.outputs import file_lock
 from dccore.errors import DeviceError
 
+from .._backends import BACKENDS, Backend
 from . import _wire as w
 
 DEFAULT_PORT = 5555  # where the adb server looks for emulator-5554
@@ -114,3 +115,11 @@ def stop_emulator(port: int = DEFAULT_PORT, *, timeout_s: float = 10.0) -> bool:
     if _is_our_emulator(pid):
         raise DeviceError(f"the emulator (pid {pid}) did not stop within {timeout_s:.0f} s")
     return True
+
+
+def _open(_argument: str, *, timeout_s: float, retries: int):
+    """``--device emulator``: the built-in emulated device, started or reused, reached by ADB."""
+    return BACKENDS.get("adb").open(ensure_emulator(), timeout_s=timeout_s, retries=retries)
+
+
+BACKENDS.register("emulator", Backend("emulator", _open))

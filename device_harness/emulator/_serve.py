@@ -70,8 +70,18 @@ def serve(args: argparse.Namespace, say: Callable[[dict, str], None] | None = No
     finally:
         handle.stop()
         if args.pidfile:
-            args.pidfile.unlink(missing_ok=True)
+            _remove_own_pidfile(args.pidfile)
     return 0
+
+
+def _remove_own_pidfile(path: Path) -> None:
+    """Remove the pidfile only while it still names this process: a newer emulator may have
+    written its own there since."""
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass
 
 
 def _say(as_json: bool, info: dict, text: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dccore.errors import DeviceError
+from dccore.outputs import write_bytes_atomic
 
 from .._simctl import SimctlDevice
 from ._driver import PushStats
@@ -68,7 +69,7 @@ def run_benchhost(device: SimctlDevice, artifact: Path, sha256: str, *, app: Pat
         eval_in = "deepcompress/eval_input.f32"
         eval_out_file = documents / "deepcompress/eval_output.f32"
         eval_out_file.unlink(missing_ok=True)
-        np.ascontiguousarray(eval_x, dtype="<f4").tofile(documents / eval_in)
+        write_bytes_atomic(documents / eval_in, np.ascontiguousarray(eval_x, dtype="<f4").tobytes())
         env.update(DEEPCOMPRESS_EVAL_INPUT=eval_in, DEEPCOMPRESS_EVAL_COUNT=str(len(eval_x)),
                    DEEPCOMPRESS_EVAL_OUTPUT="deepcompress/eval_output.f32")
 
