@@ -103,11 +103,17 @@ def _random_inputs(np, details, seed):
 
 
 def measure(args) -> dict:
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
+    import os
 
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # DEEPCOMPRESS_LITERT_XNNPACK=0: TFLite's builtin kernels only, without the default delegate
+    # (XNNPACK). Read from the environment, which the host device's runner inherits.
+    kernels = ({"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+               if os.environ.get("DEEPCOMPRESS_LITERT_XNNPACK") == "0" else {})
     t0 = time.perf_counter_ns()
-    interpreter = Interpreter(model_path=args.model, num_threads=args.threads)
+    interpreter = Interpreter(model_path=args.model, num_threads=args.threads, **kernels)
     interpreter.allocate_tensors()
     init_ms = (time.perf_counter_ns() - t0) / 1e6
 
