@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import os
 from typing import Any
 
@@ -25,7 +26,8 @@ def require(module: str) -> Any:
                           f"'pip install {_PACKAGES.get(module, module)}'") from exc
 
 
-def quiet() -> contextlib.AbstractContextManager[None]:
-    """Silence litert-torch's progress lines and TensorFlow's C++ logging for the block."""
+def quiet() -> contextlib.AbstractContextManager[io.StringIO]:
+    """Silence litert-torch's progress lines and TensorFlow's C++ logging for the block (yields what
+    they printed)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return quiet_backend()

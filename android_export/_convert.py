@@ -24,19 +24,20 @@ turned off, ``sparse-float16`` and ``sparse-int8`` dequantize their weights on e
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from dccore.outputs import TFLITE, write_bytes_atomic
-from exporters import (CompressedLayer, compressed_layers, example_input,
-                                   unsupported_op_error)
 from dccore.errors import ExportError
+from dccore.outputs import TFLITE, write_bytes_atomic
+from exporters import CompressedLayer, as_inputs, select_layers, unsupported_op_error
 
 from ._backend import quiet, require
 from ._flatbuffer import WeightSlot, sparsify, weight_slots
@@ -69,22 +70,62 @@ class TFLiteExport:
     path: Path
     variant: str
     layers: dict[str, LayerStorage] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)   # compressed layers not stored as such
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "variant": self.variant,
                 "stores": VARIANTS[self.variant],
-                "layers": {k: asdict(v) for k, v in self.layers.items()}}
+                "layers": {k: asdict(v) for k, v in self.layers.items()}, "skipped": self.skipped}
 
 
-def convert_float32(model: nn.Module, example: torch.Tensor) -> bytes:
-    """The dense float32 flatbuffer, straight from litert-torch."""
+def convert_float32(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> bytes:
+    """The dense float32 flatbuffer, straight from litert-torch (64-bit integer inputs become
+    32-bit: token ids and masks are fed as int32)."""
     litert_torch = require("litert_torch")
+    inputs = as_inputs(example_inputs)
+    log = None
     try:
-        with torch.no_grad(), quiet():
-            return bytes(litert_torch.convert(model.eval(), (example,)).model_content())
+        with torch.no_grad(), quiet() as log:
+            return bytes(litert_torch.convert(model.eval(), inputs).model_content())
     except Exception as exc:  # litert-torch raises RuntimeError/ValueError/...; name layer and op
         version = getattr(litert_torch, "__version__", "")
-        raise unsupported_op_error(exc, model, example, f"litert-torch {version}".strip()) from exc
+        raise unsupported_op_error(exc, model, inputs, f"litert-torch {version}".strip(),
+                                   said=log.getvalue() if log else "") from exc
+
+
+class _LastConversion:
+    """The float32 flatbuffer of the last model converted: an export and its dense baseline (or a
+    benchmark's six variants) convert a model once. Reused only for the same model object, with
+    the same forward, weights and example inputs (compared by content)."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._model: weakref.ref | None = None
+        self._content = b""
+
+    @staticmethod
+    def _key_of(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple:
+        digest = hashlib.sha256()
+        tensors = [*inputs, *model.state_dict().values()]
+        for name in model.state_dict():
+            digest.update(name.encode())
+        for t in tensors:
+            t = t.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
+            digest.update(t.view(torch.uint8).numpy())   # the tensor's bytes, not copied
+        shapes = tuple((tuple(t.shape), str(t.dtype)) for t in inputs)
+        return getattr(model.forward, "__func__", model.forward), shapes, digest.hexdigest()
+
+    def convert(self, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
+        key = self._key_of(model, inputs)
+        if self._model is not None and self._model() is model and self._key == key:
+            return self._content
+        content = convert_float32(model, inputs)
+        self._key, self._model, self._content = key, weakref.ref(model), content
+        return content
+
+
+_last = _LastConversion()
 
 
 def _quantize(content: bytes, precision: str) -> bytes:
@@ -155,22 +196,25 @@ def _check_compressed(variant: str, storage: Mapping[str, LayerStorage]) -> None
                               "quantizer skipped it")
 
 
-def export_tflite(model: nn.Module, input_shape: Sequence[int], out: str | os.PathLike[str], *,
-                  variant: str = DEFAULT_VARIANT, layers: Mapping[str, CompressedLayer] | None = None,
+def export_tflite(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
+                  out: str | os.PathLike[str], *, variant: str = DEFAULT_VARIANT,
+                  layers: Iterable[str] | Mapping[str, CompressedLayer] | None = None,
                   float32: bytes | None = None) -> TFLiteExport:
     """Convert ``model`` to ``out`` (a ``.tflite``) in ``variant`` (see VARIANTS), written
-    atomically. ``float32`` reuses an earlier ``convert_float32`` of the same model."""
+    atomically. ``example_inputs``: one example of each input (a tensor, or a tuple of them).
+    ``layers``: the compressed layers (default: what the weights show); one the converter drops
+    or folds is skipped with the reason. ``float32`` reuses an earlier ``convert_float32``."""
     if variant not in VARIANTS:
         raise ExportError(f"TFLite variant {variant!r} is unknown; choose one of {sorted(VARIANTS)}")
     out = Path(out)
     model = model.eval()
+    inputs = as_inputs(example_inputs)
     if float32 is None:
-        float32 = convert_float32(model, example_input(input_shape))
+        float32 = _last.convert(model, inputs)
     content = build_variant(float32, variant)
-    if layers is None:
-        layers = compressed_layers(model)
-    storage = describe_layers(content, model, layers)
+    selection = select_layers(model, inputs, layers)
+    storage = describe_layers(content, model, selection.layers)
     if variant != "float32":
         _check_compressed(variant, storage)
     write_bytes_atomic(out, content, kind=TFLITE)
-    return TFLiteExport(out, variant, storage)
+    return TFLiteExport(out, variant, storage, selection.skipped)

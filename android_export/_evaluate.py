@@ -1,18 +1,20 @@
-"""Run a ``.tflite`` in the LiteRT interpreter: accuracy against PyTorch, and latency."""
+"""Run a ``.tflite`` in the LiteRT interpreter on a caller's examples (any number of inputs).
+
+Timing lives in ``device_harness`` (its host runner times a .tflite as a phone would): this module
+only computes outputs, for validation.
+"""
 from __future__ import annotations
 
 import os
-import statistics
-import time
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from dccore.errors import ExportError
-from exporters import Evaluation, score_logits
+from exporters import as_inputs
 
 from ._backend import quiet, require
 
@@ -32,68 +34,55 @@ def interpreter(path: str | os.PathLike[str], threads: int = 1, xnnpack: bool = 
     return it
 
 
-def tflite_logits(path: str | os.PathLike[str], images: torch.Tensor) -> np.ndarray:
-    it = interpreter(path)
-    (inp,), (out,) = it.get_input_details(), it.get_output_details()
-    x = images.numpy().astype(np.float32)
-    if tuple(inp["shape"][1:]) != x.shape[1:]:
-        raise ExportError(f"{path}: input shape {list(inp['shape'])} does not fit examples of "
-                          f"shape {list(x.shape[1:])}")
-    logits = np.empty((x.shape[0], int(out["shape"][-1])), dtype=np.float32)
-    for i in range(x.shape[0]):   # exported with batch 1, as an app calls it
-        it.set_tensor(inp["index"], x[i:i + 1])
+def _input_details(it: Any) -> list[dict]:
+    """The model's inputs in ``forward``'s order. litert-torch names them args_0, args_1, ... in
+    its signature; the tensor order of the flatbuffer is not promised to follow."""
+    signatures = it.get_signature_list()
+    if len(signatures) == 1:
+        key = next(iter(signatures))
+        named = it.get_signature_runner(key).get_input_details()
+        numbered = {int(m.group(1)): d for n, d in named.items() if (m := re.fullmatch(r"args_(\d+)", n))}
+        if len(numbered) == len(named):
+            by_index = {d["index"]: d for d in it.get_input_details()}
+            return [by_index[numbered[i]["index"]] for i in sorted(numbered)]
+    return list(it.get_input_details())
+
+
+def _feed(path: str | os.PathLike[str], name: str, tensor: torch.Tensor, detail: dict) -> np.ndarray:
+    """``tensor`` as the input wants it: its dtype (int64 token ids go in as int32, exactly), and
+    examples of its shape."""
+    x = tensor.detach().cpu().numpy()
+    want = np.dtype(detail["dtype"])
+    cast = x.astype(want)
+    if want.kind in "iub" and not np.array_equal(cast, x):
+        raise ExportError(f"{path}: input {name} holds values that do not fit its {want.name} "
+                          "tensor")
+    if tuple(detail["shape"][1:]) != x.shape[1:]:
+        raise ExportError(f"{path}: input {name} of shape {list(detail['shape'])} does not fit "
+                          f"examples of shape {list(x.shape[1:])}")
+    return cast
+
+
+def tflite_outputs(path: str | os.PathLike[str], inputs: torch.Tensor | Sequence[torch.Tensor],
+                   threads: int = 1) -> np.ndarray:
+    """The .tflite's output for each example of ``inputs`` (one tensor per model input, examples
+    on the first axis), run one example at a time: exported with batch 1, as an app calls it."""
+    inputs = as_inputs(inputs)
+    it = interpreter(path, threads)
+    details, outputs = _input_details(it), it.get_output_details()
+    if len(details) != len(inputs):
+        raise ExportError(f"{path} takes {len(details)} inputs; {len(inputs)} were given")
+    if len(outputs) != 1:
+        raise ExportError(f"{path} has {len(outputs)} outputs; validation compares one")
+    feeds = [_feed(path, f"#{i}", t, d) for i, (t, d) in enumerate(zip(inputs, details))]
+    if len({x.shape[0] for x in feeds}) != 1:
+        raise ExportError(f"inputs of shapes {[list(x.shape) for x in feeds]}: each needs the same "
+                          "number of examples on its first axis")
+    n, out = feeds[0].shape[0], outputs[0]
+    result = np.empty((n, *(int(d) for d in out["shape"][1:])), dtype=np.float32)
+    for i in range(n):
+        for x, d in zip(feeds, details):
+            it.set_tensor(d["index"], x[i:i + 1])
         it.invoke()
-        logits[i] = it.get_tensor(out["index"])[0]
-    return logits
-
-
-@torch.no_grad()
-def torch_logits(model: nn.Module, images: torch.Tensor, batch: int = 1000) -> np.ndarray:
-    """The PyTorch model's outputs in eval mode, in batches (the reference a .tflite must match)."""
-    model.eval()
-    outs = [model(images[i:i + batch]) for i in range(0, images.shape[0], batch)]
-    return torch.cat(outs).numpy() if outs else np.empty((0,), dtype=np.float32)
-
-
-def evaluate_tflite(path: str | os.PathLike[str], model: nn.Module, images: torch.Tensor,
-                    labels: np.ndarray, reference: np.ndarray | None = None) -> Evaluation:
-    """Accuracy of the .tflite on ``images`` next to the PyTorch model's, and the largest logit
-    difference. ``reference`` reuses PyTorch logits computed earlier for the same images."""
-    ref = torch_logits(model, images) if reference is None else reference
-    return score_logits(tflite_logits(path, images), ref, np.asarray(labels))
-
-
-def timing_interpreter(path: str | os.PathLike[str], threads: int = 1, xnnpack: bool = True,
-                       warmup: int = 20) -> Any:
-    """An interpreter ready to time: its input (shape from the model) holds a fixed random
-    example, and it has been invoked ``warmup`` times."""
-    it = interpreter(path, threads, xnnpack)
-    inp = it.get_input_details()[0]
-    it.set_tensor(inp["index"], np.random.default_rng(0).random(inp["shape"], dtype=np.float32))
-    for _ in range(warmup):
-        it.invoke()
-    return it
-
-
-def invoke_times_us(it: Any, runs: int) -> list[float]:
-    """Wall time of each of ``runs`` single invocations, in microseconds."""
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        it.invoke()
-        times.append((time.perf_counter_ns() - t0) / 1000.0)
-    return times
-
-
-def latency_summary(times: list[float]) -> dict[str, float]:
-    """Median and the 10th/90th percentiles of invocation times (us)."""
-    q = statistics.quantiles(times, n=10)
-    return {"median_us": statistics.median(times), "p10_us": q[0], "p90_us": q[-1]}
-
-
-def latency_us(path: str | os.PathLike[str], runs: int = 200, warmup: int = 20,
-               threads: int = 1, xnnpack: bool = True) -> dict[str, float]:
-    """Median (and spread) of ``runs`` single-example invocations after ``warmup`` ones."""
-    it = timing_interpreter(path, threads, xnnpack, warmup)
-    return {**latency_summary(invoke_times_us(it, runs)),
-            "runs": runs, "warmup": warmup, "threads": threads, "xnnpack": xnnpack}
+        result[i] = it.get_tensor(out["index"])[0]
+    return result

@@ -7,12 +7,17 @@ segment and index arrays), but litert-torch 0.10 cannot emit them: the converter
 ``sparsify`` rewrites the flatbuffer the way that pass does for ops without a sparse kernel:
 
     const (sparse, CSR on the last axis) -> DENSIFY -> [DEQUANTIZE ->] FULLY_CONNECTED / CONV_2D
+    const (sparse, CSR on the last axis) -> DENSIFY -> EMBEDDING_LOOKUP (float32 tables only)
 
 DENSIFY runs once, when the interpreter prepares the graph, and XNNPACK (LiteRT's default CPU
 path) folds DENSIFY and DEQUANTIZE into its packed weights: inference then runs the same dense
 kernels as the unpruned model. With TFLite's builtin kernels only (XNNPACK off), DEQUANTIZE after
 DENSIFY is re-run on every inference, because its input is not a constant tensor to TFLite:
-sparse-float16 and sparse-int8 are then much slower than dense (BENCHMARKS.md). We deliberately do not
+sparse-float16 and sparse-int8 are then much slower than dense (BENCHMARKS.md). An embedding table
+is made sparse only where it is stored float32 (no DEQUANTIZE): with the XNNPACK delegate,
+sparse const -> DENSIFY -> DEQUANTIZE -> EMBEDDING_LOOKUP returned wrong rows here (largest output
+difference ~1 on a test encoder; ai-edge-litert 2.3), so in ``sparse-float16`` / ``sparse-int8`` a
+table stays dense, in fp16 / int8. We deliberately do not
 hand a sparse tensor straight to FULLY_CONNECTED, although TFLite's builtin kernel accepts that:
 with the default XNNPACK delegate the same file returned NaN logits here (ai-edge-litert 2.3).
 
@@ -29,8 +34,12 @@ import numpy as np
 
 from dccore.errors import ExportError
 
-# TFLite weight layout -> PyTorch layout, per op (FC is the same; conv is OHWI; depthwise 1HWC).
-_TO_TORCH_AXES = {"FULLY_CONNECTED": None, "CONV_2D": (0, 3, 1, 2), "DEPTHWISE_CONV_2D": (3, 0, 1, 2)}
+# Ops that read a weight: (which input is the weight, TFLite layout -> PyTorch layout). FC and an
+# embedding table are laid out as in PyTorch; conv is OHWI; depthwise 1HWC.
+_WEIGHT_OPS = {"FULLY_CONNECTED": (1, None), "CONV_2D": (1, (0, 3, 1, 2)),
+               "DEPTHWISE_CONV_2D": (1, (3, 0, 1, 2)), "EMBEDDING_LOOKUP": (1, None)}
+# Ops whose weight stays dense when it is dequantized at load (see the module docstring).
+_DENSE_WHEN_DEQUANTIZED = ("EMBEDDING_LOOKUP",)
 _PASS_THROUGH = ("DEQUANTIZE", "DENSIFY")
 
 
@@ -124,7 +133,8 @@ def _dequantize(tensor: Any, q: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class WeightSlot:
-    """The weight input of one FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D op, as stored."""
+    """The weight input of one FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D op (the table of an
+    EMBEDDING_LOOKUP), as stored."""
 
     op: str
     tensor: str
@@ -146,9 +156,10 @@ def weight_slots(content: bytes) -> list[WeightSlot]:
     slots = []
     for op in sg.operators:
         kind = names[op.opcodeIndex]
-        if kind not in _TO_TORCH_AXES or len(op.inputs) < 2:
+        if kind not in _WEIGHT_OPS or len(op.inputs) <= _WEIGHT_OPS[kind][0]:
             continue
-        index = op.inputs[1]
+        weight_input, axes = _WEIGHT_OPS[kind]
+        index = op.inputs[weight_input]
         quantized = None   # the tensor that carries the scales: DEQUANTIZE's input
         while index in producer and names[producer[index].opcodeIndex] in _PASS_THROUGH:
             index = producer[index].inputs[0]
@@ -170,7 +181,6 @@ def weight_slots(content: bytes) -> list[WeightSlot]:
         else:
             values = values.reshape(tuple(int(d) for d in tensor.shape))
         weight = _dequantize(quantized or tensor, values)
-        axes = _TO_TORCH_AXES[kind]
         weight = weight if axes is None else weight.transpose(axes)
         name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
         slots.append(WeightSlot(kind, name, dtype.name, tensor.sparsity is not None, int(stored),
@@ -212,7 +222,7 @@ def _sparse_bytes(sparsity: Any, values: np.ndarray) -> int:
 
 
 def sparsify(content: bytes) -> tuple[bytes, list[str]]:
-    """Store every constant weight of FC/conv ops sparse where that is smaller than dense.
+    """Store every constant weight of FC/conv/embedding ops sparse where that is smaller than dense.
 
     Returns the new flatbuffer and the names of the tensors made sparse.
     """
@@ -222,15 +232,21 @@ def sparsify(content: bytes) -> tuple[bytes, list[str]]:
     sg = model.subgraphs[0]
     producer = {out: op for op in sg.operators for out in op.outputs}
     targets: dict[int, None] = {}
+    keep_dense = set()
     for op in sg.operators:
-        if names[op.opcodeIndex] in _TO_TORCH_AXES and len(op.inputs) >= 2:
-            index = op.inputs[1]
+        kind = names[op.opcodeIndex]
+        if kind in _WEIGHT_OPS and len(op.inputs) > _WEIGHT_OPS[kind][0]:
+            index = op.inputs[_WEIGHT_OPS[kind][0]]
             if index in producer and names[producer[index].opcodeIndex] == "DEQUANTIZE":
                 index = producer[index].inputs[0]
+                if kind in _DENSE_WHEN_DEQUANTIZED:
+                    keep_dense.add(index)
             targets[index] = None
     densify_code = None
     made_sparse = []
     for index in targets:
+        if index in keep_dense:
+            continue
         tensor = sg.tensors[index]
         buf = model.buffers[tensor.buffer]
         if tensor.sparsity is not None or buf.data is None or len(buf.data) == 0 or len(tensor.shape) < 2:

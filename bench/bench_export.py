@@ -1,65 +1,70 @@
 #!/usr/bin/env python3
-"""Exports of a compressed model: bytes of every artifact next to the .dcz, and LiteRT latency.
+"""Exports of a compressed model through every registered exporter: the bytes of each variant next
+to the .dcz, its validation, and its latency on this machine.
 
     python bench/bench_export.py runs/lenet300 runs/lenet5            # DIR/model.dcz from 'deepcompress run'
     python bench/bench_export.py --synthetic lenet300 --synthetic lenet5   # no run yet: see below
 
-For each model:
-- sizes (bytes on disk, and zipped: deflate at level 9, a real zip) of the .dcz; the Core ML
-  package compressed for iOS 18 (sparse + our LUTs in one op) and for iOS 16 (per layer sparse or
-  palettized); the dense Core ML packages (fp32 and fp16 weights); every TFLite variant, the dense
-  float32 one first. Core ML's goal: compressed package >= 20x smaller than the dense fp32 one.
-- validation: Core ML weights decoded from each saved package == ours in fp16; each TFLite
-  variant's accuracy on the test set (whole by default) against PyTorch's, largest logit difference.
-- LiteRT latency of each TFLite variant on this machine: single-example invocations, 1 thread,
-  default delegates (XNNPACK, as an app gets them) and builtin kernels only; ``--runs`` timed runs
-  per variant after ``--warmup``, measured in interleaved rounds so that load on the machine hits
-  every variant alike. The median is reported; goal: no compressed variant slower than float32.
+For each model and each exporter (``exporters.EXPORTERS``: TFLite, Core ML, ...), every variant the
+exporter names for benchmarks (``Exporter.variants()``, its dense baseline first):
+- sizes: bytes on disk and zipped (deflate at level 9, a real zip), and dense baseline / bytes.
+  Goals per format (``SIZE_GOALS``): Core ML's default export >= 20x smaller than its dense fp32.
+- validation on the test set (whole by default), through the exporter's own ``validate`` with the
+  accuracy scorer: accuracy as a fraction, against PyTorch's, the largest output difference; Core
+  ML's verdict is the weights decoded from the package.
+- latency through ``device_harness``'s host device (the runner ``deepcompress bench --device host``
+  uses): single-example invocations, 1 thread, with the default delegates (XNNPACK, as an app gets
+  them) and with TFLite's builtin kernels only (``DEEPCOMPRESS_LITERT_XNNPACK=0``); ``--runs``
+  timed runs per variant, measured in interleaved rounds so that load on the machine hits every
+  variant alike. What the host cannot run (a .mlpackage off a Mac) is listed as not timed, with the
+  harness's reason. Goal: no compressed variant's median beyond 5% over its dense baseline's.
 
 ``--synthetic NAME`` builds NAME untrained (seed 0) and compresses it with the pipeline's own prune
 and share functions at the paper's per-layer densities and bit widths (LeNet-300-100: 8/9/26% kept,
 6 bits; LeNet-5: 66/12/8/19% kept, 8 bits conv / 5 bits FC). Its sizes are representative; its
-accuracy is chance (~10%), which is what the validation then compares. Results are labelled.
+accuracy is chance (~0.1), which is what the validation then compares. Results are labelled.
 
 Prints a table; ``--json FILE`` also writes every figure.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from android_export import (VARIANTS, build_variant, convert_float32, evaluate_tflite,  # noqa: E402
-                            torch_logits)
-from android_export._evaluate import (invoke_times_us, latency_summary,  # noqa: E402
-                                      timing_interpreter)
-from dccore.artifacts import artifact_size  # noqa: E402
-from exporters import compressed_layers, example_input  # noqa: E402
+import device_harness  # noqa: E402
 from compression.data import load_split  # noqa: E402
 from compression.models import build_model  # noqa: E402
-from ios_export import export_coreml, verify_coreml  # noqa: E402
+from dccore.artifacts import artifact_size  # noqa: E402
+from dccore.errors import DeviceError  # noqa: E402
+from device_harness.runners import latency_stats  # noqa: E402
+from exporters import (EXPORTERS, accuracy_scorer, compressed_layers, first_example,  # noqa: E402
+                       torch_outputs)
 
 PAPER = {   # layer -> (fraction kept, bits): Han et al. 2016, Tables 2 and 3
     "lenet300": {"fc1.weight": (0.08, 6), "fc2.weight": (0.09, 6), "fc3.weight": (0.26, 6)},
     "lenet5": {"conv1.weight": (0.66, 8), "conv2.weight": (0.12, 8), "fc1.weight": (0.08, 5),
                "fc2.weight": (0.19, 5)},
 }
-GOAL_COREML_RATIO = 20.0
-LATENCY_NOISE = 0.05   # a variant counts as slower only beyond 5% over float32's median
+SIZE_GOALS = {"coreml": 20.0}   # format -> its default export at least this much under its dense one
+LATENCY_NOISE = 0.05   # a variant counts as slower only beyond 5% over its dense baseline's median
+XNNPACK_ENV = "DEEPCOMPRESS_LITERT_XNNPACK"   # read by device_harness's LiteRT runner
 
 
-def synthetic(name: str) -> tuple[torch.nn.Module, dict, int]:
-    """(model, meta, .dcz bytes): NAME compressed at the paper's densities, packed like a run."""
+def synthetic(name: str) -> tuple[torch.nn.Module, dict, Any]:
+    """(model, meta, .dcz size): NAME compressed at the paper's densities, packed like a run."""
     import dcz as container
     from compression.prune import magnitude_mask
     from compression.share import share_layer
@@ -78,99 +83,126 @@ def synthetic(name: str) -> tuple[torch.nn.Module, dict, int]:
     return model, meta, dcz
 
 
-def sizes_row(label: str, path: Path, dense_bytes: int | None = None, **extra: Any) -> dict:
-    size = artifact_size(path)
-    row = {"artifact": label, "bytes": size.bytes, "zipped_bytes": size.zipped_bytes, **extra}
-    if dense_bytes:
-        row["dense_over_bytes"] = round(dense_bytes / size.bytes, 2)
-    return row
+@contextlib.contextmanager
+def litert_kernels(xnnpack: bool) -> Iterator[None]:
+    """Default delegates (XNNPACK) or TFLite's builtin kernels, for the runners started inside."""
+    before = os.environ.get(XNNPACK_ENV)
+    os.environ[XNNPACK_ENV] = "1" if xnnpack else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(XNNPACK_ENV, None)
+        else:
+            os.environ[XNNPACK_ENV] = before
 
 
-def latencies(paths: dict[str, Path], runs: int, warmup: int, xnnpack: bool, rounds: int = 5) -> dict:
-    """Median latency (us) per variant, interleaving ``rounds`` blocks of runs across variants."""
-    its = {v: timing_interpreter(p, threads=1, xnnpack=xnnpack, warmup=warmup)
-           for v, p in paths.items()}
-    times: dict[str, list[float]] = {v: [] for v in its}
+def host_latencies(paths: dict[str, Path], runs: int, warmup: int, xnnpack: bool,
+                   rounds: int = 5) -> dict[str, dict]:
+    """Median (and spread) latency in microseconds per artifact on the host device, interleaving
+    ``rounds`` blocks of runs across artifacts; an artifact the host cannot run is reported with
+    the harness's reason instead."""
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    untimed: dict[str, str] = {}
     per_round = -(-runs // rounds)
-    for _ in range(rounds):
-        for v, it in its.items():
-            times[v] += invoke_times_us(it, per_round)
-    return {v: {**{k: round(x, 2) for k, x in latency_summary(t).items()}, "runs": len(t)}
-            for v, t in times.items()}
+    with litert_kernels(xnnpack):
+        for _ in range(rounds):
+            for key, path in paths.items():
+                if key in untimed:
+                    continue
+                try:
+                    result = device_harness.bench(path, "host", runs=per_round, warmup=warmup,
+                                                  threads=1, cooldown_max_s=0)
+                except DeviceError as exc:
+                    untimed[key] = str(exc)
+                    continue
+                times[key] += [1000.0 * ms for ms in result["latencies_ms"]]
+    out: dict[str, dict] = {k: {"not_timed": why} for k, why in untimed.items()}
+    for key, t in times.items():
+        if key not in untimed:
+            stats = latency_stats(t)
+            out[key] = {"median_us": round(stats["p50"], 2), "p90_us": round(stats["p90"], 2),
+                        "spread": round(stats["spread"], 3), "runs": len(t)}
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
 
 
 def bench(label: str, model: torch.nn.Module, meta: dict, dcz_size: Any, names: list[str],
           args: argparse.Namespace, work: Path) -> dict:
-    shape = meta["model"]["input_shape"]
     layers = compressed_layers(model, names)
     split = load_split("test", root=args.data or (meta.get("data") or {}).get("root"), limit=args.limit)
-    reference = torch_logits(model, split.images)
-    state = model.state_dict()
-    ours = {n: state[n].numpy() for n in layers}
-    result: dict[str, Any] = {"model": label, "dcz": dcz_size.to_dict(), "test_examples": len(split)}
-
-    coreml = []
-    dense32 = export_coreml(model, shape, work / "dense_fp32.mlpackage", precision="fp32", method="none").path
-    dense_bytes = artifact_size(dense32).bytes
-    coreml.append(sizes_row("Core ML dense fp32", dense32))
-    dense16 = export_coreml(model, shape, work / "dense_fp16.mlpackage", precision="fp16", method="none").path
-    coreml.append(sizes_row("Core ML dense fp16", dense16, dense_bytes))
-    for target in ("iOS18", "iOS16"):
-        res = export_coreml(model, shape, work / f"{target}.mlpackage", layers=layers, target=target)
-        check = verify_coreml(res.path, ours)
-        coreml.append(sizes_row(f"Core ML {target} compressed", res.path, dense_bytes,
-                                weights_match=check.weights_match, all_compressed=check.all_compressed,
-                                storage={n: p.method + (f", {p.lut_entries}-entry LUT" * bool(p.lut_entries))
-                                         for n, p in res.layers.items()}))
-    result["coreml"] = coreml
-    ios18 = next(r for r in coreml if r["artifact"] == "Core ML iOS18 compressed")
-    result["coreml_goal"] = {"goal": f">= {GOAL_COREML_RATIO:g}x smaller than dense fp32",
-                             "ratio": ios18["dense_over_bytes"],
-                             "zipped_ratio": round(coreml[0]["zipped_bytes"] / ios18["zipped_bytes"], 2),
-                             "met": ios18["dense_over_bytes"] >= GOAL_COREML_RATIO}
-
-    float32 = convert_float32(model, example_input(shape))
-    paths, tflite = {}, []
-    for variant in VARIANTS:
-        path = paths[variant] = work / f"{variant}.tflite"
-        path.write_bytes(build_variant(float32, variant))
-        ev = evaluate_tflite(path, model, split.images, split.labels.numpy(), reference)
-        tflite.append(sizes_row(f"TFLite {variant}", path, len(float32) if variant != "float32" else None,
-                                accuracy=round(ev.accuracy, 2), torch_accuracy=round(ev.torch_accuracy, 2),
-                                max_abs_diff=float(f"{ev.max_abs_diff:.3g}"), within_0_1_pt=ev.ok))
-    result["tflite"] = tflite
-    result["latency_xnnpack"] = latencies(paths, args.runs, args.warmup, xnnpack=True)
-    result["latency_builtin"] = latencies(paths, args.runs, args.warmup, xnnpack=False)
+    inputs = (split.images,)
+    score = accuracy_scorer(split.labels.numpy())
+    reference = torch_outputs(model, inputs)
+    result: dict[str, Any] = {"model": label, "dcz": dcz_size.to_dict(), "test_examples": len(split),
+                              "formats": {}, "size_goals": {}}
+    paths: dict[str, Path] = {}
+    for name, exporter in EXPORTERS.items():
+        rows = []
+        for variant, options in exporter.variants().items():
+            path = paths[f"{name}/{variant}"] = work / f"{name}-{_slug(variant)}{exporter.suffix}"
+            artifact = exporter.export(model, first_example(inputs), path, options, layers=layers)
+            stored = [n for n in layers if n not in artifact.skipped]   # dense ones too
+            check = exporter.validate(artifact, model, inputs, score, reference=reference,
+                                      layers=stored).to_dict()
+            row = {"variant": variant, "artifact": f"{exporter.label} {variant}",
+                   "stores": artifact.stores, **artifact.size.to_dict(), "ok": check["ok"],
+                   **{k: check[k] for k in ("accuracy", "torch_accuracy", "max_abs_diff",
+                                            "weights_match", "all_compressed") if k in check}}
+            if rows:   # the first is the dense baseline
+                row["dense_over_bytes"] = round(rows[0]["bytes"] / row["bytes"], 2)
+            if options == exporter.options():
+                row["default"] = True
+            rows.append(row)
+        result["formats"][name] = rows
+        if name in SIZE_GOALS:
+            default = next(r for r in rows if r.get("default"))
+            result["size_goals"][name] = {
+                "goal": f"default export >= {SIZE_GOALS[name]:g}x smaller than dense",
+                "ratio": default["dense_over_bytes"],
+                "zipped_ratio": round(rows[0]["zipped_bytes"] / default["zipped_bytes"], 2),
+                "met": default["dense_over_bytes"] >= SIZE_GOALS[name]}
+    result["latency_xnnpack"] = host_latencies(paths, args.runs, args.warmup, xnnpack=True)
+    result["latency_builtin"] = host_latencies(paths, args.runs, args.warmup, xnnpack=False)
     result["latency_goal"] = {}
     for kernels in ("xnnpack", "builtin"):
         lat = result[f"latency_{kernels}"]
-        base = lat["float32"]["median_us"]
-        ratios = {v: round(r["median_us"] / base, 3) for v, r in lat.items() if v != "float32"}
-        result["latency_goal"][kernels] = {
-            "median_over_float32": ratios,
-            # medians of interleaved runs still move a few % with the machine's load
-            "slower_beyond_noise": sorted(v for v, x in ratios.items() if x > 1 + LATENCY_NOISE)}
+        for name, rows in result["formats"].items():
+            timed = [r["variant"] for r in rows if "median_us" in lat[f"{name}/{r['variant']}"]]
+            if len(timed) < 2 or timed[0] != rows[0]["variant"]:
+                continue
+            base = lat[f"{name}/{timed[0]}"]["median_us"]
+            ratios = {v: round(lat[f"{name}/{v}"]["median_us"] / base, 3) for v in timed[1:]}
+            result["latency_goal"].setdefault(kernels, {})[name] = {
+                "median_over_dense": ratios,
+                # medians of interleaved runs still move a few % with the machine's load
+                "slower_beyond_noise": sorted(v for v, x in ratios.items() if x > 1 + LATENCY_NOISE)}
     return result
 
 
 def print_result(r: dict) -> None:
     print(f"\n== {r['model']}  (.dcz {r['dcz']['bytes']:,} B, zipped {r['dcz']['zipped_bytes']:,} B; "
           f"{r['test_examples']:,} test examples)")
-    print(f"{'artifact':30s} {'bytes':>10s} {'zipped':>10s} {'dense/x':>8s}  validation")
-    for row in r["coreml"]:
-        val = "" if "weights_match" not in row else \
-            f"weights match {row['weights_match']}, all compressed {row['all_compressed']}"
-        print(f"{row['artifact']:30s} {row['bytes']:>10,} {row['zipped_bytes']:>10,} "
-              f"{row.get('dense_over_bytes', ''):>8}  {val}")
-    for row in r["tflite"]:
-        print(f"{row['artifact']:30s} {row['bytes']:>10,} {row['zipped_bytes']:>10,} "
-              f"{row.get('dense_over_bytes', ''):>8}  acc {row['accuracy']:.2f} vs torch "
-              f"{row['torch_accuracy']:.2f}, max|diff| {row['max_abs_diff']:.2e}")
-    print(f"Core ML goal {r['coreml_goal']}")
-    print(f"{'LiteRT latency (us, median)':30s} {'XNNPACK':>10s} {'builtin':>10s}")
-    for v in r["latency_xnnpack"]:
-        xnn, builtin = r["latency_xnnpack"][v]["median_us"], r["latency_builtin"][v]["median_us"]
-        print(f"{v:30s} {xnn:>10.1f} {builtin:>10.1f}")
+    print(f"{'artifact':28s} {'bytes':>10s} {'zipped':>10s} {'dense/x':>8s} {'XNNPACK us':>11s} "
+          f"{'builtin us':>11s}  validation")
+    for name, rows in r["formats"].items():
+        for row in rows:
+            key = f"{name}/{row['variant']}"
+            lat = [r[f"latency_{k}"][key].get("median_us") for k in ("xnnpack", "builtin")]
+            val = (f"acc {100 * row['accuracy']:.2f}% vs torch {100 * row['torch_accuracy']:.2f}%, "
+                   f"max|diff| {row['max_abs_diff']:.2e}" if "accuracy" in row else
+                   f"weights match {row.get('weights_match')}, all compressed {row.get('all_compressed')}")
+            print(f"{row['artifact']:28s} {row['bytes']:>10,} {row['zipped_bytes']:>10,} "
+                  f"{row.get('dense_over_bytes', ''):>8} "
+                  + " ".join(f"{x:>11.1f}" if x is not None else f"{'-':>11s}" for x in lat)
+                  + f"  {val}")
+    untimed = sorted({v["not_timed"] for v in r["latency_xnnpack"].values() if "not_timed" in v})
+    for why in untimed:
+        print(f"not timed on this host: {why}")
+    print(f"size goals {r['size_goals']}")
     print(f"latency goal {r['latency_goal']}")
 
 
@@ -180,7 +212,7 @@ def main() -> int:
     ap.add_argument("--synthetic", action="append", default=[], choices=sorted(PAPER),
                     help="bench an untrained model compressed at the paper's densities instead")
     ap.add_argument("--runs", dest="n_runs", type=int, default=500, help="timed runs per variant (>= 200)")
-    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=50, help="warm-up runs before each round's timed runs")
     ap.add_argument("--limit", type=int, help="test examples for validation (default: all 10,000)")
     ap.add_argument("--data", help="IDX dataset folder (default: the run's, then Fashion-MNIST)")
     ap.add_argument("--json", type=Path, help="write every figure here")

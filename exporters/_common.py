@@ -1,5 +1,6 @@
-"""What the two exporters share: which layers are compressed, how an artifact's outputs score
-against PyTorch's, and which layer an unsupported op came from.
+"""What the two exporters share about the model: its inputs, which layers are compressed (and which
+of them a converter will drop or fold), the PyTorch reference outputs, and which layer an
+unsupported op came from.
 
 The exporters (``ios_export``, ``android_export``) take a plain ``nn.Module`` and learn the
 compression from the weights themselves: the distinct non-zero values of a layer are its codebook,
@@ -9,13 +10,14 @@ its zeros are the pruning mask. So they need nothing from the ``.dcz`` container
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import math
 import re
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +31,79 @@ MAX_CODEBOOK = 256
 # Layers whose weight can carry pruning and a codebook into an artifact.
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                  nn.Embedding)
-# The issue's bar: the artifact's test accuracy within 0.1 points of the PyTorch model's.
-TOLERANCE_PTS = 0.1
 
+Inputs = tuple[torch.Tensor, ...]
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs: any number, any dtype and shape; the first axis is the batch.
+
+def as_inputs(inputs: torch.Tensor | Sequence[torch.Tensor]) -> Inputs:
+    """The model's positional inputs as a tuple of tensors (one tensor is a tuple of one)."""
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,)
+    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
+        return tuple(inputs)
+    raise ExportError("example inputs must be a tensor or a tuple of tensors (the model's "
+                      f"positional inputs, each with a batch axis), not {type(inputs).__name__}")
+
+
+def example_input(input_shape: Iterable[int]) -> torch.Tensor:
+    """A batch of one zero example of ``input_shape`` (the recipe's shape, without batch axis)."""
+    shape = tuple(int(d) for d in input_shape)
+    if not shape or any(d <= 0 for d in shape):
+        raise ExportError(f"input shape {list(shape)} is invalid; give the shape of one example "
+                          "without the batch axis, e.g. [1, 28, 28]")
+    return torch.zeros((1, *shape), dtype=torch.float32)
+
+
+def first_example(inputs: Inputs) -> Inputs:
+    """The first example of each input, batch axis kept: what a model is exported with."""
+    return tuple(t[:1] for t in inputs)
+
+
+def input_names(model: nn.Module, count: int) -> list[str]:
+    """Names for the model's ``count`` positional inputs: its ``forward`` parameter names where
+    they can be read ("input_ids", "attention_mask"), else ``input_0``, ``input_1``, ..."""
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [re.sub(r"\W", "_", p.name) for p in params[:count]]
+    if len(names) < count or len(set(names)) < count:
+        names = [f"input_{i}" for i in range(count)]
+    return names
+
+
+def _count(inputs: Inputs) -> int:
+    sizes = {int(t.shape[0]) if t.dim() else -1 for t in inputs}
+    if len(sizes) != 1 or -1 in sizes:
+        raise ExportError(f"inputs of shapes {[list(t.shape) for t in inputs]}: each needs the same "
+                          "number of examples on its first axis")
+    return sizes.pop()
+
+
+@torch.no_grad()
+def torch_outputs(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor],
+                  batch: int = 1000) -> np.ndarray:
+    """The PyTorch model's outputs in eval mode, ``batch`` examples at a time: the reference an
+    artifact must match. One output tensor; its first axis holds the examples."""
+    inputs = as_inputs(inputs)
+    n = _count(inputs)
+    model.eval()
+    outs = []
+    for i in range(0, n, batch):
+        out = model(*(t[i:i + batch] for t in inputs))
+        if not isinstance(out, torch.Tensor):
+            raise ExportError(f"{type(model).__name__} returns {type(out).__name__}; the exporters "
+                              "need a model with one tensor output")
+        outs.append(out.float().numpy())
+    return np.concatenate(outs) if outs else np.empty((0,), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compressed layers: which weights carry a codebook / mask, and which a converter keeps.
 
 @dataclass(frozen=True)
 class CompressedLayer:
@@ -66,9 +138,9 @@ def compressed_layers(model: nn.Module, names: Iterable[str] | None = None) -> d
     """The model's compressed weights, keyed by state_dict name.
 
     With ``names`` (e.g. the layers a ``.dcz`` file lists), each must exist. Without, every
-    Linear/Conv weight that is weight shared (at most ``MAX_CODEBOOK`` distinct non-zero values)
-    or pruned (holds a zero) counts. A pruned layer with more distinct values than a LUT holds is
-    still listed: the exporters then store only its sparsity.
+    Linear/Conv/Embedding weight that is weight shared (at most ``MAX_CODEBOOK`` distinct non-zero
+    values) or pruned (holds a zero) counts. A pruned layer with more distinct values than a LUT
+    holds is still listed: the exporters then store only its sparsity.
     """
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     if names is None:
@@ -86,44 +158,79 @@ def compressed_layers(model: nn.Module, names: Iterable[str] | None = None) -> d
     return out
 
 
-def example_input(input_shape: Iterable[int]) -> torch.Tensor:
-    """A batch of one zero example of ``input_shape`` (the recipe's shape, without batch axis)."""
-    shape = tuple(int(d) for d in input_shape)
-    if not shape or any(d <= 0 for d in shape):
-        raise ExportError(f"input shape {list(shape)} is invalid; give the shape of one example "
-                          "without the batch axis, e.g. [1, 28, 28]")
-    return torch.zeros((1, *shape), dtype=torch.float32)
+# What a converter does with a weight, by how forward() uses it (see weight_usage).
+UNUSED, CONSTANT, COMPUTED = "unused", "constant", "computed"
+_SKIP_REASONS = {
+    UNUSED: "not used by forward() on the example inputs: the converter drops it, so it is not "
+            "in the artifact",
+    CONSTANT: "forward() uses it only with constants (e.g. an embedding looked up at fixed "
+              "positions): the converter folds it into a dense constant, so it cannot be stored "
+              "compressed",
+}
+
+
+def weight_usage(model: nn.Module, example_inputs: Inputs) -> dict[str, str]:
+    """How forward() uses each parameter and buffer (state_dict names), read from torch.export's
+    graph: ``unused`` (no op reads it: a pooler the forward skips), ``constant`` (only ops that
+    depend on no input read it, which converters fold), or ``computed``. Empty when the model
+    cannot be exported; the converter will then say what is wrong."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, example_inputs, strict=False)
+    except Exception:  # not exportable as a graph: nothing can be told, nothing is skipped
+        return {}
+    sig = program.graph_signature
+    owner = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+    user_inputs = set(sig.user_inputs)
+    depends: set[torch.fx.Node] = set()
+    usage: dict[str, str] = {}
+    for node in program.graph.nodes:   # topological order
+        if node.op == "placeholder":
+            if node.name in user_inputs:
+                depends.add(node)
+        elif any(n in depends for n in node.all_input_nodes):
+            depends.add(node)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in owner:
+            users = list(node.users)
+            usage[owner[node.name]] = (UNUSED if not users else
+                                       COMPUTED if any(u in depends for u in users) else CONSTANT)
+    # a tied weight has one placeholder; its other state_dict names share the verdict
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name not in usage and canonical.get(id(p)) in usage:
+            usage[name] = usage[canonical[id(p)]]
+    return usage
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    examples: int
-    accuracy: float          # % correct through the exported artifact
-    torch_accuracy: float    # % correct through the PyTorch model, same examples
-    max_abs_diff: float      # largest |logit(artifact) - logit(torch)|, all examples and classes
-    agreement: float         # % of examples where both predict the same class
-    tolerance_pts: float = TOLERANCE_PTS
+class LayerSelection:
+    """The compressed layers an artifact can store compressed, and the others with the reason."""
 
-    @property
-    def ok(self) -> bool:
-        return abs(self.accuracy - self.torch_accuracy) <= self.tolerance_pts
-
-    def to_dict(self) -> dict[str, Any]:
-        rounded = {k: round(v, 4) if k in ("accuracy", "torch_accuracy", "agreement") else v
-                   for k, v in asdict(self).items()}
-        return {**rounded, "ok": self.ok}
+    layers: dict[str, CompressedLayer]
+    skipped: dict[str, str] = field(default_factory=dict)   # layer -> why it is not stored compressed
 
 
-def score_logits(got: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> Evaluation:
-    """Score an artifact's logits against the PyTorch model's on the same examples: both
-    exporters' validations (LiteRT everywhere, Core ML on macOS) compare the same way."""
-    return Evaluation(
-        examples=len(labels),
-        accuracy=100.0 * float(np.mean(got.argmax(1) == labels)),
-        torch_accuracy=100.0 * float(np.mean(reference.argmax(1) == labels)),
-        max_abs_diff=float(np.max(np.abs(got - reference))),
-        agreement=100.0 * float(np.mean(got.argmax(1) == reference.argmax(1))),
-    )
+def select_layers(model: nn.Module, example_inputs: Inputs,
+                  layers: Iterable[str] | dict[str, CompressedLayer] | None = None) -> LayerSelection:
+    """``layers`` (default: what the weights show), less those a converter drops or folds.
+
+    A layer forward() never reads (an unused pooler) or reads only with constants (a position
+    embedding) does not fail the export: it is skipped, with the reason, for the report."""
+    if layers is None:
+        layers = compressed_layers(model)
+    elif not isinstance(layers, dict):
+        layers = compressed_layers(model, list(layers))
+    usage = weight_usage(model, example_inputs)
+    kept, skipped = {}, {}
+    for name, info in layers.items():
+        how = usage.get(name, COMPUTED)
+        if how == COMPUTED:
+            kept[name] = info
+        else:
+            skipped[name] = _SKIP_REASONS[how]
+    return LayerSelection(kept, skipped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,15 +240,24 @@ def _normalise_op(name: str) -> str:
     """'aten._linalg_det.default', 'linalg_det', 'dctest::mystery' -> 'linalg_det', 'mystery'."""
     name = name.replace("::", ".").strip("%'\" ")
     parts = [p for p in name.split(".") if p and p not in {"default", "aten", "Tensor", "int"}]
-    return (parts[-1] if parts else name).lstrip("_")
+    return (parts[-1] if parts else name).lstrip("_").lower()
 
 
-def locate_op(model: nn.Module, example: torch.Tensor, op_name: str) -> str | None:
+def describe_module(model: nn.Module, qualname: str) -> str:
+    """'blocks.0.att (Attention)': a module's qualified name and type."""
+    try:
+        kind = type(model.get_submodule(qualname)).__name__
+    except AttributeError:
+        return qualname or "<root>"
+    return f"{qualname or '<root>'} ({kind})"
+
+
+def locate_op(model: nn.Module, example_inputs: Inputs, op_name: str) -> str | None:
     """The qualified name and type of the module that calls ``op_name`` ("layer 2 (Det)"), found
     through torch.export's module stack; None if it cannot be told."""
     wanted = _normalise_op(op_name)
     try:
-        program = torch.export.export(model, (example,), strict=False)
+        program = torch.export.export(model, as_inputs(example_inputs), strict=False)
     except Exception:  # the model may not be exportable at all; the op name alone must do
         return None
     for node in program.graph.nodes:
@@ -157,30 +273,50 @@ def locate_op(model: nn.Module, example: torch.Tensor, op_name: str) -> str | No
     return None
 
 
+def locate_in_trace(model: nn.Module, traced: torch.jit.ScriptModule, op_name: str) -> str | None:
+    """Like ``locate_op``, in a TorchScript trace (what coremltools converts: an op such as the
+    fused ``_transformer_encoder_layer_fwd`` of an eval-mode TransformerEncoderLayer appears only
+    there, not in torch.export's graph)."""
+    wanted = _normalise_op(op_name)
+    for node in traced.inlined_graph.nodes():
+        if _normalise_op(node.kind()) == wanted:
+            scope = node.scopeName().rsplit("/", 1)[-1]   # "__module.enc/__module.enc.0" -> "enc.0"
+            return describe_module(model, scope.removeprefix("__module").removeprefix("."))
+    return None
+
+
 _OP_PATTERNS = (
     re.compile(r"convert function for op '([^']+)' not implemented"),   # coremltools
+    re.compile(r"converting '([^']+)' op \(located at"),                # coremltools' log line
     re.compile(r"Lowering not found: (\S+)"),                           # litert-torch
     re.compile(r"(?:unsupported|not supported)[^']*'([^']+)'", re.I),
 )
 
 
-def unsupported_op_error(exc: BaseException, model: nn.Module, example: torch.Tensor,
-                         converter: str) -> ExportError:
-    """Turn a converter's exception into an ExportError that names the layer and the op."""
+def unsupported_op_error(exc: BaseException, model: nn.Module, example_inputs: Inputs,
+                         converter: str, *, said: str = "",
+                         locate: Callable[[str], str | None] | None = None) -> ExportError:
+    """Turn a converter's exception into one ExportError that names the layer and the op.
+
+    ``said``: what the converter logged before failing (coremltools names the op there when its
+    exception does not). ``locate``: op name -> layer, for a converter that converts a graph of its
+    own (coremltools: the TorchScript trace); default: torch.export's module stack."""
     text = str(exc)
-    op = next((m.group(1) for p in _OP_PATTERNS if (m := p.search(text))), None)
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    op = next((m.group(1) for p in _OP_PATTERNS for t in (text, said) if (m := p.search(t))), None)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
     if op is None:
         return ExportError(f"{converter} could not convert {type(model).__name__}: {first}")
-    layer = locate_op(model, example, op)
+    layer = (locate or (lambda o: locate_op(model, example_inputs, o)))(op)
     where = f"layer {layer}" if layer else f"{type(model).__name__} (layer not found)"
     return ExportError(f"{where}: op '{_normalise_op(op)}' is not supported by {converter} "
                        f"({first}); replace it with supported ops or export without this target")
 
 
 @contextlib.contextmanager
-def quiet_backend(*logger_names: str) -> Iterator[None]:
-    """Silence a converter's progress lines, warnings and the named loggers for the block."""
+def quiet_backend(*logger_names: str) -> Iterator[io.StringIO]:
+    """Silence a converter's progress lines, warnings and the named loggers for the block; yields
+    what they printed (an error message may need it)."""
     loggers = [logging.getLogger(n) for n in ("root", *logger_names)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -190,7 +326,7 @@ def quiet_backend(*logger_names: str) -> Iterator[None]:
         with warnings.catch_warnings(), contextlib.redirect_stderr(sink), \
                 contextlib.redirect_stdout(sink):
             warnings.simplefilter("ignore")
-            yield
+            yield sink
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

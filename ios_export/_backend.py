@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from typing import Any
 
 from exporters import quiet_backend
@@ -18,7 +19,8 @@ def coremltools() -> Any:
     return ct
 
 
-def quiet() -> contextlib.AbstractContextManager[None]:
+def quiet() -> contextlib.AbstractContextManager[io.StringIO]:
     """Silence coremltools' progress bars, version warnings and 'Failed to load' lines on Linux
-    (all harmless: prediction needs macOS, the rest of the converter works)."""
+    (all harmless: prediction needs macOS, the rest of the converter works); yields what it
+    printed and logged (an error names the op there)."""
     return quiet_backend("coremltools")

@@ -30,21 +30,21 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from dccore.outputs import MLPACKAGE, atomic_path
-from exporters import (CompressedLayer, compressed_layers, example_input,
-                                   unsupported_op_error)
 from dccore.errors import ExportError
+from dccore.outputs import MLPACKAGE, atomic_path
+from exporters import (CompressedLayer, as_inputs, locate_in_trace, locate_op, select_layers,
+                       unsupported_op_error)
 
 from ._backend import coremltools, quiet
-from ._names import INPUT_NAME, OUTPUT_NAME, lut_entries, sanitised_name
+from ._names import OUTPUT_NAME, coreml_input_names, lut_entries, sanitised_name
 
 TARGETS = ("iOS16", "iOS17", "iOS18")
 PRECISIONS = ("fp16", "fp32")
@@ -82,10 +82,11 @@ class CoreMLExport:
     target: str
     precision: str
     layers: dict[str, LayerPlan]
+    skipped: dict[str, str] = field(default_factory=dict)   # compressed layers not stored as such
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "target": self.target, "precision": self.precision,
-                "layers": {k: asdict(v) for k, v in self.layers.items()}}
+                "layers": {k: asdict(v) for k, v in self.layers.items()}, "skipped": self.skipped}
 
 
 def _lut_bits(n_values: int, target: str) -> int | None:
@@ -121,19 +122,36 @@ def plan_layer(info: CompressedLayer, target: str, precision: str, method: str =
     return options[method]
 
 
-def _convert(ct: Any, model: nn.Module, example: torch.Tensor, target: str, precision: str) -> Any:
+def _input_dtype(dtype: torch.dtype) -> type:
+    """Core ML's type for an input: float32, or int32 for integer inputs (token ids, masks: Core
+    ML has no int64 inputs), bool as bool."""
+    if dtype.is_floating_point:
+        return np.float32
+    return np.bool_ if dtype == torch.bool else np.int32
+
+
+def _convert(ct: Any, model: nn.Module, inputs: tuple[torch.Tensor, ...], target: str,
+             precision: str) -> Any:
+    traced, log = None, None
+
+    def locate(op: str) -> str | None:
+        return (locate_in_trace(model, traced, op) if traced is not None else None) \
+            or locate_op(model, inputs, op)
+
     try:
-        with torch.no_grad(), quiet():
-            traced = torch.jit.trace(model, example)
-            out = traced(example)
+        with torch.no_grad(), quiet() as log:
+            traced = torch.jit.trace(model, inputs)
+            out = traced(*inputs)
             if not isinstance(out, torch.Tensor):
                 raise ExportError(f"{type(model).__name__} returns {type(out).__name__}; the "
-                                  "exporters need a model with one tensor output (the logits)")
+                                  "exporters need a model with one tensor output")
             pipeline = ct.PassPipeline.DEFAULT
             pipeline.remove_passes(list(_WEIGHT_REWRITING_PASSES))
+            names = coreml_input_names(model, len(inputs))
             return ct.convert(
                 traced,
-                inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape), dtype=np.float32)],
+                inputs=[ct.TensorType(name=n, shape=tuple(t.shape), dtype=_input_dtype(t.dtype))
+                        for n, t in zip(names, inputs)],
                 outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
                 convert_to="mlprogram",
                 minimum_deployment_target=getattr(ct.target, target),
@@ -144,7 +162,8 @@ def _convert(ct: Any, model: nn.Module, example: torch.Tensor, target: str, prec
     except ExportError:
         raise
     except Exception as exc:  # the converters raise many types; map them to the layer and op
-        raise unsupported_op_error(exc, model, example, f"coremltools {ct.__version__}") from exc
+        raise unsupported_op_error(exc, model, inputs, f"coremltools {ct.__version__}",
+                                   said=log.getvalue() if log else "", locate=locate) from exc
 
 
 def _find_weight_consts(program: Any, expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -268,13 +287,17 @@ def _save(mlmodel: Any, out: Path) -> None:
         mlmodel.save(str(tmp))
 
 
-def export_coreml(model: nn.Module, input_shape: Sequence[int], out: str | os.PathLike[str], *,
-                  layers: Mapping[str, CompressedLayer] | None = None, target: str = DEFAULT_TARGET,
-                  precision: str = DEFAULT_PRECISION, method: str = DEFAULT_METHOD) -> CoreMLExport:
+def export_coreml(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
+                  out: str | os.PathLike[str], *,
+                  layers: Iterable[str] | Mapping[str, CompressedLayer] | None = None,
+                  target: str = DEFAULT_TARGET, precision: str = DEFAULT_PRECISION,
+                  method: str = DEFAULT_METHOD) -> CoreMLExport:
     """Convert ``model`` to ``out`` (a ``.mlpackage``) with every compressed layer stored natively
     compressed. ``method="none"`` exports it uncompressed (the dense baseline).
 
-    ``layers`` defaults to what the weights show (see ``exporters.compressed_layers``).
+    ``example_inputs``: one example of each input (a tensor, or a tuple of them; integer inputs
+    become int32). ``layers`` defaults to what the weights show (see
+    ``exporters.compressed_layers``); one the converter drops or folds is skipped with the reason.
     Raises ExportError naming the layer and op when the converter rejects an op.
     """
     if target not in TARGETS:
@@ -288,13 +311,12 @@ def export_coreml(model: nn.Module, input_shape: Sequence[int], out: str | os.Pa
         raise ExportError(f"Core ML output {out} must end with .mlpackage (an ML Program package)")
     ct = coremltools()
     model = model.eval()
-    example = example_input(input_shape)
-    mlmodel = _convert(ct, model, example, target, precision)
+    inputs = as_inputs(example_inputs)
+    mlmodel = _convert(ct, model, inputs, target, precision)
 
-    if layers is None:
-        layers = compressed_layers(model) if method != "none" else {}
-    plans = {} if method == "none" else {
-        n: plan_layer(info, target, precision, method) for n, info in layers.items()}
+    selection = select_layers(model, inputs, layers) if method != "none" else None
+    plans = {} if selection is None else {
+        n: plan_layer(info, target, precision, method) for n, info in selection.layers.items()}
     if plans:
         dtype = np.float16 if precision == "fp16" else np.float32
         state = model.state_dict()
@@ -308,4 +330,4 @@ def export_coreml(model: nn.Module, input_shape: Sequence[int], out: str | os.Pa
     mlmodel.user_defined_metadata[METADATA_KEY] = json.dumps(
         {n: p.method for n, p in plans.items()}, sort_keys=True)
     _save(mlmodel, out)
-    return CoreMLExport(out, target, precision, plans)
+    return CoreMLExport(out, target, precision, plans, selection.skipped if selection else {})

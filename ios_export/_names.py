@@ -4,8 +4,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from torch import nn
+
+from exporters import input_names
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def coreml_input_names(model: nn.Module, count: int) -> list[str]:
+    """The package's input names: "input" for a one-input model (as every package had before, and
+    as BenchHost feeds it), else ``forward``'s parameter names ("input_ids", "attention_mask")."""
+    return [INPUT_NAME] if count == 1 else input_names(model, count)
 
 
 def sanitised_name(layer: str) -> str:

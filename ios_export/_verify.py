@@ -19,14 +19,16 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from dccore.errors import ExportError
+from exporters import as_inputs
 
 from ._backend import coremltools, quiet
-from ._names import INPUT_NAME, OUTPUT_NAME, lut_entries, sanitised_name
+from ._names import OUTPUT_NAME, lut_entries, sanitised_name
 
 
 @dataclass(frozen=True)
@@ -238,16 +240,26 @@ def verify_coreml(package: str | os.PathLike[str], expected: Mapping[str, np.nda
     return CoreMLCheck(str(package), checks)
 
 
-def coreml_logits(package: str | os.PathLike[str], images: np.ndarray,
-                  compute_units: str = "ALL") -> np.ndarray:
-    """Run the package with Core ML, one example at a time (macOS only: Core ML compiles and runs
-    models through the OS; coremltools cannot predict on Linux)."""
+def coreml_outputs(package: str | os.PathLike[str], inputs: torch.Tensor | Sequence[torch.Tensor],
+                   compute_units: str = "ALL") -> np.ndarray:
+    """Run the package with Core ML on each example of ``inputs`` (one tensor per model input, in
+    the package's input order), one at a time (macOS only: Core ML compiles and runs models
+    through the OS; coremltools cannot predict on Linux)."""
     import sys  # noqa: PLC0415
     if sys.platform != "darwin":
         raise ExportError("Core ML predictions need macOS; on this OS the package is checked by "
                           "decoding its weights (verify_coreml)")
     ct = coremltools()
     model = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit, compute_units))
-    x = np.asarray(images, dtype=np.float32)
-    return np.stack([np.asarray(model.predict({INPUT_NAME: x[i:i + 1]})[OUTPUT_NAME]).reshape(-1)
-                     for i in range(x.shape[0])])
+    names = [i.name for i in model.get_spec().description.input]
+    arrays = [t.detach().cpu().numpy() for t in as_inputs(inputs)]
+    if len(names) != len(arrays):
+        raise ExportError(f"{package} takes {len(names)} inputs ({', '.join(names)}); "
+                          f"{len(arrays)} were given")
+    arrays = [a.astype(np.float32 if a.dtype.kind == "f" else np.int32 if a.dtype.kind in "iu"
+                       else a.dtype) for a in arrays]
+    outs = []
+    for i in range(arrays[0].shape[0]):
+        y = np.asarray(model.predict({n: a[i:i + 1] for n, a in zip(names, arrays)})[OUTPUT_NAME])
+        outs.append(y.reshape(y.shape[1:]) if y.ndim > 1 and y.shape[0] == 1 else y)
+    return np.stack(outs)

@@ -3,7 +3,6 @@ to each format. A tiny model compressed with the pipeline's own prune and share 
 conversion runs once per module."""
 from __future__ import annotations
 
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -13,16 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-from dccore.artifacts import artifact_size
-from exporters import compressed_layers
 from compression.data import load_split
-from dccore.errors import ExportError
 from compression.prune import magnitude_mask
 from compression.share import share_layer
+from dccore.artifacts import artifact_size
+from dccore.errors import ExportError
+from exporters import EXPORTERS, accuracy_scorer, compressed_layers, torch_outputs
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 SHAPE = (1, 28, 28)
+EXAMPLE = torch.zeros(1, *SHAPE)   # what the models are exported with: one example, batch axis first
 
 
 class TinyNet(nn.Module):
@@ -87,14 +87,24 @@ def weights(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The contract: one template, one subclass per exporter.
+# The contract: one template, one subclass per exporter. Exports go through the registry, as the
+# command's do; only what an artifact stores needs the format's own reader.
 
-class Exporter:
+class Backend:
     name = ""
-    suffix = ""
+
+    @property
+    def exporter(self):
+        return EXPORTERS.get(self.name)
+
+    @property
+    def suffix(self) -> str:
+        return self.exporter.suffix
 
     def export(self, model: nn.Module, out: Path, *, dense: bool = False) -> Path:
-        raise NotImplementedError
+        exporter = self.exporter
+        options = exporter.baseline(exporter.options()) if dense else exporter.options()
+        return exporter.export(model, EXAMPLE, out, options).path
 
     def stored_compressed(self, path: Path, model: nn.Module) -> dict[str, bool]:
         """Per layer, read back from the artifact: is it stored in compressed form?"""
@@ -104,14 +114,8 @@ class Exporter:
         raise NotImplementedError
 
 
-class CoreML(Exporter):
-    name, suffix = "coreml", ".mlpackage"
-
-    def export(self, model, out, *, dense=False):
-        from ios_export import export_coreml
-        if dense:
-            return export_coreml(model, SHAPE, out, precision="fp32", method="none").path
-        return export_coreml(model, SHAPE, out, target="iOS18").path
+class CoreML(Backend):
+    name = "coreml"
 
     def stored_compressed(self, path, model):
         from ios_export import verify_coreml
@@ -122,22 +126,13 @@ class CoreML(Exporter):
         check = verify_coreml(path, weights(model))
         assert check.weights_match, {n: c.max_abs_diff for n, c in check.layers.items()}
         if sys.platform == "darwin":   # the whole model, where Core ML can run it
-            from android_export import torch_logits
-            from ios_export import coreml_logits
-            got, ref = coreml_logits(path, images.numpy()), torch_logits(model, images)
+            from ios_export import coreml_outputs
+            got, ref = coreml_outputs(path, images), torch_outputs(model, images)
             assert np.max(np.abs(got - ref)) < 5e-2
 
 
-class TFLite(Exporter):
-    name, suffix = "tflite", ".tflite"
-    _float32: dict[int, bytes] = {}
-
-    def export(self, model, out, *, dense=False):
-        from android_export import DEFAULT_VARIANT, convert_float32, export_tflite
-        if id(model) not in self._float32:
-            self._float32[id(model)] = convert_float32(model, torch.zeros(1, *SHAPE))
-        variant = "float32" if dense else DEFAULT_VARIANT
-        return export_tflite(model, SHAPE, out, variant=variant, float32=self._float32[id(model)]).path
+class TFLite(Backend):
+    name = "tflite"
 
     def stored_compressed(self, path, model):
         from android_export import weight_slots
@@ -149,8 +144,8 @@ class TFLite(Exporter):
         return out
 
     def check_numbers(self, path, model, images):
-        from android_export import tflite_logits, torch_logits
-        got, ref = tflite_logits(path, images), torch_logits(model, images)
+        from android_export import tflite_outputs
+        got, ref = tflite_outputs(path, images), torch_outputs(model, images)
         assert np.max(np.abs(got - ref)) < 1e-2 * max(1.0, float(np.abs(ref).max()))
         assert np.array_equal(got.argmax(1), ref.argmax(1))
 
@@ -160,7 +155,7 @@ coreml_only = pytest.mark.parametrize("exporter", [COREML], indirect=True, ids=[
 
 
 @pytest.fixture(scope="module", params=[COREML, TFLITE], ids=lambda e: e.name)
-def exporter(request) -> Exporter:
+def exporter(request) -> Backend:
     return request.param
 
 
@@ -201,6 +196,22 @@ def test_every_compressed_layer_is_stored_compressed(exporter, artifacts, model)
 
 def test_artifact_computes_what_pytorch_computes(exporter, artifacts, model, images):
     exporter.check_numbers(artifacts["compressed"], model, images)
+
+
+def test_validation_scores_fractions_through_the_interface(exporter, artifacts, model, tiny_idx):
+    split = load_split("test", root=tiny_idx, limit=100)
+    labels = split.labels.numpy()
+    check = exporter.exporter.validate(artifacts["compressed"], model, split.images,
+                                       accuracy_scorer(labels))
+    assert check.ok and check.examples == 100
+    report = check.to_dict()
+    scored = report if check.decides else report["predictions"]
+    if check.score is None:   # Core ML off macOS: the verdict is the decoded weights
+        assert scored == {"skipped": "Core ML predictions need macOS"} and report["weights_match"]
+        return
+    torch_acc = float(np.mean(torch_outputs(model, split.images).argmax(1) == labels))
+    assert scored["torch_accuracy"] == pytest.approx(torch_acc) and 0 <= scored["accuracy"] <= 1
+    assert abs(scored["accuracy"] - scored["torch_accuracy"]) <= 0.001 == scored["tolerance"]
 
 
 def test_unsupported_op_names_layer_and_op(exporter, tmp_path):
@@ -247,7 +258,7 @@ def test_coreml_ios16_picks_sparse_or_palettized_per_layer(tmp_path):
     torch.manual_seed(1)
     model = compress(TinyNet(), {"conv.weight": (0.0, 2), "fc1.weight": (0.9, 5), "fc2.weight": (0.0, 3)})
     out = tmp_path / "m16.mlpackage"
-    result = export_coreml(model, SHAPE, out, target="iOS16")
+    result = export_coreml(model, EXAMPLE, out, target="iOS16")
     check = verify_coreml(out, {n: p.numpy() for n, p in model.state_dict().items()
                                 if n in ("conv.weight", "fc1.weight", "fc2.weight")})
     assert check.ok
@@ -261,7 +272,7 @@ def test_coreml_ios16_picks_sparse_or_palettized_per_layer(tmp_path):
 def test_coreml_fp32_ios17_keeps_codebooks_bit_exact(model, tmp_path):
     from ios_export import export_coreml, verify_coreml
     out = tmp_path / "m17.mlpackage"
-    export_coreml(model, SHAPE, out, target="iOS17", precision="fp32")
+    export_coreml(model, EXAMPLE, out, target="iOS17", precision="fp32")
     check = verify_coreml(out, weights(model))
     assert check.ok
     assert all(c.dtype == "float32" and c.max_abs_diff == 0.0 for c in check.layers.values())
@@ -273,7 +284,7 @@ def test_coreml_fp16_merges_centroids_that_fp16_cannot_tell_apart(tmp_path):
     values = torch.tensor([0.5, 0.5 + 2 ** -14, -0.25, 0.0])   # 0.5 + 2**-14 is 0.5 in fp16
     model[1].weight.data = values[torch.arange(8 * 784) % 4].reshape(8, 784)
     out = tmp_path / "m.mlpackage"
-    export_coreml(model, SHAPE, out)
+    export_coreml(model, EXAMPLE, out)
     check = verify_coreml(out, {"1.weight": model[1].weight.detach().numpy()})
     assert check.ok and check.layers["1.weight"].lut_entries == 2   # {0.5, -0.25}: 1-bit indices
     assert check.layers["1.weight"].max_abs_diff == pytest.approx(2 ** -14)
@@ -310,9 +321,8 @@ def test_coreml_dense_package_is_reported_uncompressed(exporter, artifacts, mode
                     "compiles and runs models through the OS); elsewhere the weights are decoded")
 @coreml_only
 def test_coreml_predictions_match_pytorch(exporter, artifacts, model, images):
-    from android_export import torch_logits
-    from ios_export import coreml_logits
-    got, ref = coreml_logits(artifacts["compressed"], images.numpy()), torch_logits(model, images)
+    from ios_export import coreml_outputs
+    got, ref = coreml_outputs(artifacts["compressed"], images), torch_outputs(model, images)
     assert np.array_equal(got.argmax(1), ref.argmax(1))
     assert np.max(np.abs(got - ref)) < 5e-2
 
@@ -323,13 +333,13 @@ def test_coreml_predictions_match_pytorch(exporter, artifacts, model, images):
 @pytest.fixture(scope="module")
 def float32(model) -> bytes:
     from android_export import convert_float32
-    return TFLite._float32.get(id(model)) or convert_float32(model, torch.zeros(1, *SHAPE))
+    return convert_float32(model, EXAMPLE)
 
 
 @pytest.mark.parametrize("variant", ["float32", "float16", "int8", "sparse-float32",
                                      "sparse-float16", "sparse-int8"])
 def test_tflite_variant_stores_what_it_says(variant, model, float32, images, tmp_path):
-    from android_export import build_variant, tflite_logits, torch_logits, weight_slots
+    from android_export import build_variant, tflite_outputs, weight_slots
     path = tmp_path / f"{variant}.tflite"
     path.write_bytes(build_variant(float32, variant))
     dtype = variant.removeprefix("sparse-")
@@ -344,7 +354,7 @@ def test_tflite_variant_stores_what_it_says(variant, model, float32, images, tmp
         assert np.all(slot.weight[ours == 0] == 0)   # pruned weights stay exactly zero
         if dtype != "int8":   # float variants hold our weights exactly in their dtype
             assert np.array_equal(slot.weight, ours.astype(dtype).astype(np.float32)), name
-    got, ref = tflite_logits(path, images), torch_logits(model, images)
+    got, ref = tflite_outputs(path, images), torch_outputs(model, images)
     tolerance = {"float32": 1e-5, "float16": 1e-2, "int8": 5e-2}[dtype] * max(1.0, float(np.abs(ref).max()))
     assert np.max(np.abs(got - ref)) < tolerance
 
@@ -364,15 +374,17 @@ def test_tflite_leaves_a_weight_dense_when_sparse_would_be_larger(float32):
     assert len(made_sparse) == 2 and not any("conv" in name for name in made_sparse)
 
 
-def test_tflite_evaluation_reports_accuracy_and_largest_difference(model, float32, tiny_idx, tmp_path):
-    from android_export import build_variant, evaluate_tflite
+def test_tflite_validation_reports_accuracy_as_a_fraction(model, float32, tiny_idx, tmp_path):
+    from android_export import TFLiteExporter, build_variant
     path = tmp_path / "m.tflite"
     path.write_bytes(build_variant(float32, "sparse-float16"))
     split = load_split("test", root=tiny_idx, limit=100)
-    result = evaluate_tflite(path, model, split.images, split.labels.numpy())
-    assert result.examples == 100 and result.ok
-    assert abs(result.accuracy - result.torch_accuracy) <= 0.1 and 0 < result.max_abs_diff < 1e-2
-    assert math.isclose(result.tolerance_pts, 0.1)
+    result = TFLiteExporter().validate(path, model, split.images, accuracy_scorer(split.labels.numpy()))
+    figures = result.score.figures
+    assert result.examples == 100 and result.ok and result.score.limits == {"tolerance": 0.001}
+    assert abs(figures["accuracy"] - figures["torch_accuracy"]) <= 0.001
+    assert 0 <= figures["accuracy"] <= 1 and 0.99 <= figures["agreement"] <= 1
+    assert 0 < figures["max_abs_diff"] < 1e-2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +403,7 @@ class BatchNormNet(TinyNet):
 def test_batchnorm_does_not_undo_a_conv_codebook(tmp_path, images):
     """Core ML keeps BatchNorm as its own op (folding it would rescale the conv's codebook per
     channel); litert-torch folds it, which keeps the zeros but not the values."""
-    from android_export import export_tflite, tflite_logits, torch_logits
+    from android_export import export_tflite, tflite_outputs
     from ios_export import export_coreml, verify_coreml
     torch.manual_seed(2)
     model = BatchNormNet()
@@ -399,17 +411,17 @@ def test_batchnorm_does_not_undo_a_conv_codebook(tmp_path, images):
     model.bn.running_var.uniform_(0.5, 2.0)
     model.bn.weight.data.uniform_(0.5, 1.5)
     compress(model, PLAN)
-    check = verify_coreml(export_coreml(model, SHAPE, tmp_path / "bn.mlpackage").path, weights(model))
+    check = verify_coreml(export_coreml(model, EXAMPLE, tmp_path / "bn.mlpackage").path, weights(model))
     assert check.ok, check.layers
-    tfl = export_tflite(model, SHAPE, tmp_path / "bn.tflite")
+    tfl = export_tflite(model, EXAMPLE, tmp_path / "bn.tflite")
     assert tfl.layers["conv.weight"].zeros_kept and tfl.layers["conv.weight"].max_abs_diff > 1e-3
-    got, ref = tflite_logits(tfl.path, images), torch_logits(model, images)
+    got, ref = tflite_outputs(tfl.path, images), torch_outputs(model, images)
     assert np.max(np.abs(got - ref)) < 1e-2 * max(1.0, float(np.abs(ref).max()))
 
 
 @pytest.mark.parametrize("module, package, export", [
-    ("coremltools", "coremltools", lambda m, p: __import__("ios_export").export_coreml(m, SHAPE, p / "m.mlpackage")),
-    ("litert_torch", "litert-torch", lambda m, p: __import__("android_export").export_tflite(m, SHAPE, p / "m.tflite")),
+    ("coremltools", "coremltools", lambda m, p: __import__("ios_export").export_coreml(m, EXAMPLE, p / "m.mlpackage")),
+    ("litert_torch", "litert-torch", lambda m, p: __import__("android_export").export_tflite(m, EXAMPLE, p / "m.tflite")),
 ])
 def test_missing_backend_names_the_package_to_install(monkeypatch, tmp_path, model, module, package, export):
     monkeypatch.setitem(sys.modules, module, None)   # makes `import module` raise ImportError

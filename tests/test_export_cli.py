@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,10 +70,29 @@ def test_export_json_reports_measured_sizes(report):
     assert rep["dcz_bytes"] == Path(rep["model"]).stat().st_size
 
 
+# The bytes this .dcz exported to before the exporters moved behind one interface, with these
+# converters (another version may lay the files out differently: then re-measure, don't guess).
+PINNED_SIZES = {"tflite": 92_924, "coreml": 57_516}
+PINNED_VERSIONS = {"coremltools": "9.0", "litert-torch": "0.10.0", "ai-edge-quantizer": "0.10.0",
+                   "ai-edge-litert": "2.3.0"}
+
+
+def test_export_sizes_are_what_they_were(report):
+    from importlib.metadata import version
+    have = {p: version(p) for p in PINNED_VERSIONS}
+    if have != PINNED_VERSIONS:
+        pytest.skip(f"sizes were pinned with {PINNED_VERSIONS}; installed {have}")
+    _, rep, _ = report
+    assert {fmt: rep[fmt]["bytes"] for fmt in PINNED_SIZES} == PINNED_SIZES
+
+
 def test_export_json_reports_validation(report):
     _, rep, _ = report
     t, c = rep["tflite"], rep["coreml"]
-    assert t["examples"] == 120 and abs(t["accuracy"] - t["torch_accuracy"]) <= 0.1
+    assert rep["examples"] == t["examples"] == 120
+    # accuracies are fractions of the examples; the tolerance is 0.001 (0.1 point)
+    assert 0 <= t["accuracy"] <= 1 and 0 <= t["torch_accuracy"] <= 1 and t["tolerance"] == 0.001
+    assert abs(t["accuracy"] - t["torch_accuracy"]) <= 0.001 and t["agreement"] >= 0.99
     assert 0 < t["max_abs_diff"] < 1e-2 and t["variant"] == "sparse-float16"
     assert all(layer["stored_as"] == "sparse float16" for layer in t["layers"].values())
     assert c["weights_match"] is True and c["all_compressed"] is True
@@ -84,7 +104,83 @@ def test_export_json_reports_validation(report):
 
 def test_export_needs_an_output(dcz, capsys):
     assert main(["export", str(dcz)]) == 2
-    assert "--tflite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--tflite" in err and "--coreml" in err
+
+
+def test_export_prints_accuracy_in_percent(dcz, tmp_path, capsys):
+    assert main(["export", str(dcz), "--tflite", str(tmp_path / "m.tflite"), "--limit", "40"]) == 0
+    err = capsys.readouterr().err
+    assert "TFLite ok" in err and "% vs PyTorch" in err and "limit 0.1 pt" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Output paths: checked before any work; nothing that is not ours is ever replaced or created.
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>"
+            for p in sorted(folder.rglob("*"))}
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err   # one line, no traceback
+    return err
+
+
+def test_a_directory_named_as_tflite_output_survives(dcz, tmp_path, capsys):
+    scratch = tmp_path / "scratch"
+    (scratch / "sub").mkdir(parents=True)
+    (scratch / "notes.txt").write_text("mine")
+    (scratch / "sub" / "data.bin").write_bytes(b"\x00" * 10)
+    before = _tree(scratch)
+    err = _refused(capsys, ["export", str(dcz), "--tflite", str(scratch)])
+    assert "--tflite" in err and "folder" in err
+    assert _tree(scratch) == before
+
+
+@pytest.mark.parametrize("what", ["folder", "file"])
+def test_coreml_output_that_is_not_a_package_survives(dcz, tmp_path, capsys, what):
+    target = tmp_path / "x.mlpackage"
+    if what == "folder":
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+    else:
+        target.write_text("mine")
+    before = _tree(tmp_path)
+    tflite = tmp_path / "ok.tflite"
+    err = _refused(capsys, ["export", str(dcz), "--tflite", str(tflite), "--coreml", str(target)])
+    assert "--coreml" in err and "not a Core ML package" in err
+    assert _tree(tmp_path) == before and not tflite.exists()   # refused before any conversion
+
+
+def test_a_plain_file_as_coreml_output_survives(dcz, tmp_path, capsys):
+    plain = tmp_path / "report.txt"
+    plain.write_text("mine")
+    _refused(capsys, ["export", str(dcz), "--coreml", str(plain)])
+    assert plain.read_text() == "mine"
+
+
+def test_a_missing_output_folder_is_not_created(dcz, tmp_path, capsys):
+    err = _refused(capsys, ["export", str(dcz), "--tflite", str(tmp_path / "no" / "such" / "x.tflite")])
+    assert "does not exist" in err and not (tmp_path / "no").exists()
+
+
+def test_our_own_artifacts_are_replaced(dcz, report, tmp_path, capsys):
+    _, _, first = report
+    out = tmp_path / "again"
+    shutil.copytree(first, out)
+    old_tflite = (out / "m.tflite").read_bytes()
+    (out / "m.mlpackage" / "stale.txt").write_text("from the last export")
+    code = main(["export", str(dcz), "--tflite", str(out / "m.tflite"), "--coreml",
+                 str(out / "m.mlpackage"), "--limit", "20", "--json"])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "m.tflite").read_bytes() == old_tflite   # same model: same bytes, rewritten
+    assert not (out / "m.mlpackage" / "stale.txt").exists()   # the package was swapped whole
+    assert (out / "m.mlpackage" / "Manifest.json").is_file()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
 def test_export_names_a_missing_model(tmp_path, capsys):

@@ -1,14 +1,21 @@
-"""``deepcompress export``: a .dcz model to TFLite and/or Core ML, each validated and measured.
+"""``deepcompress export``: a .dcz model to each format asked for, each validated and measured.
 
-For each format the report gives the artifact's bytes on disk (a package's total), its zipped
-bytes (deflate, as inside an APK/IPA), the bytes of the same model exported uncompressed (same
-converter, float32, actually exported and measured), and the validation:
+The formats are the registered exporters (``exporters.EXPORTERS``: "tflite" from android_export,
+"coreml" from ios_export); each brings its flags, ``--NAME OUT`` and one ``--NAME-OPTION`` per
+field of its options. For each format the report gives the artifact's bytes on disk (a package's
+total), its zipped bytes (deflate, as inside an APK/IPA), the bytes of the same model exported
+uncompressed (same converter, actually exported and measured), the layers a converter dropped or
+folded (skipped, with the reason), and the validation on the caller's examples:
 
-- TFLite: the file runs in the LiteRT interpreter on the test set; its accuracy must be within
-  0.1 points of the PyTorch model's, and the largest logit difference is reported.
-- Core ML: the saved package is read back, every compressed weight decoded from its constexpr
-  ops and compared with ours cast to the weight dtype: they must match exactly, and each must be
-  stored compressed. On macOS the package also runs on the test set.
+- the examples: ``--inputs FILE`` (named tensors, one per ``forward`` input, plus optional
+  ``labels``), or by default the IDX test set of an image model (``--data``, the recipe's).
+- the scorer: with labels, the artifact's accuracy within 0.001 (0.1 point) of PyTorch's; without,
+  every output at cosine >= 0.999 to PyTorch's. Accuracies are fractions of the examples.
+- TFLite runs in the LiteRT interpreter; Core ML is read back and every compressed weight decoded
+  and compared with ours (on macOS the package also runs on the examples).
+
+Every output path is checked before any work: an existing path that is not an artifact of that
+format, or a missing folder, is refused (exit 2) and nothing is touched.
 
 Exit status: 0 when every validation holds, 1 when one fails (the report says which), 2 on a
 usage error.
@@ -17,31 +24,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import inspect
 import json
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
-# Both exporters import their converters (coremltools, LiteRT) only when they run: importing them
-# here costs ~20 ms, and the options below come from them rather than from copies.
-import android_export
-import ios_export
-from android_export import convert_float32, evaluate_tflite, export_tflite, torch_logits
-from ios_export import coreml_logits, export_coreml, verify_coreml
-
-from dccore.artifacts import artifact_size
-from dccore.errors import ExportError, RecipeError
-from exporters import CompressedLayer, compressed_layers, example_input, score_logits
+from dccore.errors import DataError, ExportError, RecipeError, UsageError
+from exporters import (EXPORTERS, CompressedLayer, accuracy_scorer, compressed_layers,
+                       cosine_scorer, export_and_validate, first_example, torch_outputs)
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
-    p.description = ("Export a .dcz model to TFLite (litert-torch) and/or Core ML (coremltools) "
-                     "with the compression stored in the artifact, validate each against the "
-                     "PyTorch model, and report sizes.")
+    formats = ", ".join(f"{e.label} (--{n})" for n, e in EXPORTERS.items())
+    p.description = (f"Export a .dcz model to any of {formats} with the compression stored in "
+                     "the artifact, validate each against the PyTorch model, and report sizes.")
     p.add_argument("file", metavar="MODEL.dcz", help="a model written by 'deepcompress run' or 'pack'")
     p.add_argument("--model", metavar="NAME",
                    help="the model to load the weights into: a built-in name, or your own "
@@ -49,31 +50,36 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
                         "a file never chooses code to run)")
     p.add_argument("--model-kwargs", metavar="JSON",
                    help="keyword arguments for --model's factory, as a JSON object")
-    p.add_argument("--tflite", metavar="OUT.tflite", help="write a LiteRT/TFLite flatbuffer")
-    p.add_argument("--coreml", metavar="OUT.mlpackage", help="write a Core ML ML Program package")
-    p.add_argument("--tflite-variant", default=android_export.DEFAULT_VARIANT,
-                   choices=tuple(android_export.VARIANTS),
-                   help=f"what the .tflite stores (default: {android_export.DEFAULT_VARIANT}, the "
-                        "smallest that keeps the weights exact in fp16)")
-    p.add_argument("--coreml-target", default=ios_export.DEFAULT_TARGET, choices=ios_export.TARGETS,
-                   help=f"minimum deployment target (default {ios_export.DEFAULT_TARGET}: "
-                        "sparse+palettized in one op; iOS16/17 store each layer sparse or "
-                        "palettized, whichever is smaller)")
-    p.add_argument("--coreml-precision", default=ios_export.DEFAULT_PRECISION,
-                   choices=ios_export.PRECISIONS,
-                   help=f"weight and compute precision (default {ios_export.DEFAULT_PRECISION}: "
-                        "what the Neural Engine runs)")
-    # "none" (the dense baseline) is what the report's dense_bytes measure, not a user choice
-    p.add_argument("--coreml-compression", default=ios_export.DEFAULT_METHOD,
-                   choices=tuple(m for m in ios_export.METHODS if m != "none"),
-                   help="force one storage for every layer (default: the smallest per layer)")
+    for name, exporter in EXPORTERS.items():
+        p.add_argument(f"--{name}", metavar=f"OUT{exporter.suffix}", help=exporter.help)
+    for name, exporter in EXPORTERS.items():
+        for f in dataclasses.fields(exporter.Options):
+            p.add_argument(f"--{name}-{f.name.replace('_', '-')}", dest=f"{name}_{f.name}",
+                           default=f.default, choices=f.metadata.get("choices"),
+                           help=f.metadata.get("help"))
+    p.add_argument("--inputs", metavar="FILE.pt|FILE.npz",
+                   help="the examples to export with (the first) and validate on (all): named "
+                        "tensors, one per forward() input (named after its parameters, or in "
+                        "order), and optionally 'labels'; .pt read with torch.load(weights_only="
+                        "True), .npz with numpy (no pickles). Default: the IDX test set")
     p.add_argument("--input-shape", metavar="C,H,W",
-                   help="shape of one example without the batch axis (default: from the recipe)")
-    p.add_argument("--data", metavar="DIR", help="IDX dataset folder for the TFLite accuracy check "
-                   "(default: the recipe's, then $DEEPCOMPRESS_DATA, then Fashion-MNIST)")
+                   help="without --inputs: shape of one image without the batch axis (default: "
+                        "from the recipe)")
+    p.add_argument("--data", metavar="DIR", help="without --inputs: IDX dataset folder (default: "
+                   "the recipe's, then $DEEPCOMPRESS_DATA, then Fashion-MNIST)")
     p.add_argument("--limit", type=int, metavar="N",
-                   help="validate on the first N test examples (default: the whole test set)")
+                   help="validate on the first N examples (default: all of them)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation examples
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    inputs: tuple[torch.Tensor, ...]
+    labels: np.ndarray | None
+    describe: dict[str, Any]          # for the report: where they come from, names and shapes
 
 
 def _input_shape(args: argparse.Namespace, meta: dict) -> list[int]:
@@ -85,9 +91,97 @@ def _input_shape(args: argparse.Namespace, meta: dict) -> list[int]:
     shape = (meta.get("model") or {}).get("input_shape")
     if not shape:
         raise RecipeError(f"{args.file} records no input shape (meta['model']['input_shape']); "
-                          "pass --input-shape C,H,W")
+                          "pass --input-shape C,H,W, or give the examples with --inputs FILE")
     return [int(d) for d in shape]
 
+
+def _idx_examples(args: argparse.Namespace, meta: dict) -> Examples:
+    """The default for the built-in image models: the IDX test set, labelled."""
+    from compression.data import load_split  # noqa: PLC0415
+
+    shape = _input_shape(args, meta)
+    root = args.data or (meta.get("data") or {}).get("root")
+    split = load_split("test", root=root, limit=args.limit)
+    images = split.images
+    if list(images.shape[1:]) != shape:
+        if int(np.prod(shape)) != int(np.prod(images.shape[1:])):
+            raise UsageError(f"the model takes examples of shape {shape}; the test set's are "
+                             f"{list(images.shape[1:])}")
+        images = images.reshape(len(images), *shape)
+    return Examples((images,), split.labels.numpy(),
+                    {"source": f"IDX test set ({root or 'default'})", "names": ["images"],
+                     "shapes": [shape], "input_shape": shape})
+
+
+def _read_named(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UsageError(f"--inputs {path}: no such file")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"--inputs {path}: not a readable .npz of arrays ({exc})") from None
+    if path.suffix in (".pt", ".pth"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle/zip errors of many kinds: the file is not plain tensors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"--inputs {path}: not a file of plain tensors ({first})") from None
+        if isinstance(obj, torch.Tensor):
+            return {"input": obj}
+        if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+            return dict(obj)
+        raise DataError(f"--inputs {path} holds a {type(obj).__name__}; save a dict of named "
+                        "tensors, e.g. torch.save({'input_ids': ids, 'attention_mask': mask}, f)")
+    raise UsageError(f"--inputs {path}: expected a .pt or .npz file")
+
+
+def _forward_order(model: nn.Module, names: list[str]) -> list[str]:
+    """The inputs' names in the order forward() takes them: by parameter name where the file
+    names forward()'s first parameters, else as the file lists them."""
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    known = [n for n in names if n in params]
+    if not known:
+        return names
+    if len(known) != len(names) or set(names) != set(params[:len(names)]):
+        raise UsageError(f"--inputs names {names}; {type(model).__name__}.forward takes "
+                         f"{params}: name the first {len(names)} of them, or none (file order)")
+    return sorted(names, key=params.index)
+
+
+def _file_examples(args: argparse.Namespace, model: nn.Module) -> Examples:
+    path = Path(args.inputs)
+    named = _read_named(path)
+    labels = named.pop("labels", None)
+    tensors = {}
+    for name, value in named.items():
+        t = torch.as_tensor(np.asarray(value)) if not isinstance(value, torch.Tensor) else value
+        if t.dim() == 0:
+            raise DataError(f"--inputs {path}: {name!r} is a scalar; each input needs a batch axis")
+        # float inputs as the weights are (a float64 array from numpy would not run)
+        tensors[name] = t.float() if t.is_floating_point() else t
+    if not tensors:
+        raise DataError(f"--inputs {path} holds no inputs (only labels)")
+    order = _forward_order(model, list(tensors))
+    inputs = tuple(tensors[n][:args.limit] for n in order)
+    counts = {n: int(tensors[n].shape[0]) for n in order}
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        counts["labels"] = int(labels.shape[0])
+        labels = labels[:args.limit]
+    if len(set(counts.values())) != 1:
+        raise DataError(f"--inputs {path}: each entry needs the same number of examples; got {counts}")
+    return Examples(inputs, labels, {"source": str(path), "names": order,
+                                     "shapes": [list(t.shape[1:]) for t in inputs],
+                                     "dtypes": [str(t.dtype).removeprefix("torch.") for t in inputs]})
+
+
+# ----------------------------------------------------------------------------------------------
 
 def _layers(model: nn.Module, dcz: Any) -> dict[str, CompressedLayer]:
     """The layers the .dcz stores compressed, read back from the weights and checked against the
@@ -101,56 +195,25 @@ def _layers(model: nn.Module, dcz: Any) -> dict[str, CompressedLayer]:
     return layers
 
 
-def tflite_report(model: nn.Module, input_shape: list[int], out: Path, variant: str,
-                  layers: dict[str, CompressedLayer], split: Any, reference: np.ndarray) -> dict:
-    float32 = convert_float32(model, example_input(input_shape))
-    result = export_tflite(model, input_shape, out, variant=variant, layers=layers, float32=float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        dense_path = Path(tmp) / out.name
-        dense_path.write_bytes(float32)   # the float32 variant is litert-torch's output as is
-        dense = artifact_size(dense_path)
-    evaluation = evaluate_tflite(out, model, split.images, split.labels.numpy(), reference)
-    size = artifact_size(out)
-    return {**result.to_dict(), **size.to_dict(), "dense_bytes": dense.bytes,
-            "dense_zipped_bytes": dense.zipped_bytes, "ratio": dense.bytes / size.bytes,
-            **evaluation.to_dict()}
-
-
-def coreml_report(model: nn.Module, input_shape: list[int], out: Path, target: str, precision: str,
-                  method: str, layers: dict[str, CompressedLayer], split: Any,
-                  reference: np.ndarray) -> dict:
-    result = export_coreml(model, input_shape, out, layers=layers, target=target,
-                           precision=precision, method=method)
-    with tempfile.TemporaryDirectory() as tmp:
-        dense_path = Path(tmp) / out.name
-        export_coreml(model, input_shape, dense_path, target=target, precision="fp32", method="none")
-        dense = artifact_size(dense_path)
-    state = model.state_dict()
-    check = verify_coreml(out, {n: state[n].detach().cpu().numpy() for n in layers})
-    size = artifact_size(out)
-    checked = check.to_dict()
-    planned = result.to_dict()
-    layers_ = {n: {**planned["layers"].get(n, {}), **checked["layers"][n]} for n in checked["layers"]}
-    report = {**planned, **size.to_dict(), "dense_bytes": dense.bytes,
-              "dense_zipped_bytes": dense.zipped_bytes, "ratio": dense.bytes / size.bytes,
-              **checked, "layers": layers_, "ok": check.ok}
-    if sys.platform == "darwin":
-        score = score_logits(coreml_logits(out, split.images.numpy()), reference,
-                             split.labels.numpy())
-        # unrounded, and no pass/fail: the package's verdict is the decoded-weights check above
-        keys = ("examples", "accuracy", "torch_accuracy", "max_abs_diff")
-        report["predictions"] = {k: getattr(score, k) for k in keys}
-    else:
-        report["predictions"] = {"skipped": "Core ML predictions need macOS"}
-    return report
+def _options(args: argparse.Namespace, name: str) -> Any:
+    exporter = EXPORTERS.get(name)
+    return exporter.Options(**{f.name: getattr(args, f"{name}_{f.name}", f.default)
+                               for f in dataclasses.fields(exporter.Options)})
 
 
 def main(args: argparse.Namespace) -> int:
-    if not args.tflite and not args.coreml:
-        raise RecipeError("give --tflite OUT.tflite and/or --coreml OUT.mlpackage")
+    outputs = {n: getattr(args, n) for n in EXPORTERS.names() if getattr(args, n, None)}
+    if not outputs:
+        raise RecipeError("give " + " and/or ".join(f"--{n} OUT{e.suffix}"
+                                                    for n, e in EXPORTERS.items()))
     if args.limit is not None and args.limit <= 0:
         raise RecipeError("--limit must be a positive number of examples")
-    from compression.data import load_split  # noqa: PLC0415
+    if args.inputs and (args.data or args.input_shape):
+        raise UsageError("--inputs gives the examples; --data and --input-shape are for the "
+                         "default IDX test set")
+    # Before any work: an output that would replace something not ours stops the command here.
+    paths = {n: EXPORTERS.get(n).check_output(out, flag=f"--{n}") for n, out in outputs.items()}
+    options = {n: _options(args, n) for n in paths}
 
     from ..loading import model_from_dcz  # noqa: PLC0415
 
@@ -160,28 +223,26 @@ def main(args: argparse.Namespace) -> int:
         console = Console(stderr=True)
     model, dcz = model_from_dcz(args.file, model=args.model,
                                 model_kwargs=_json_object(args.model_kwargs, "--model-kwargs"))
-    shape = _input_shape(args, dcz.meta)
     layers = _layers(model, dcz)
-    root = args.data or (dcz.meta.get("data") or {}).get("root")
-    split = load_split("test", root=root, limit=args.limit)
-    reference = torch_logits(model, split.images)
+    examples = _file_examples(args, model) if args.inputs else _idx_examples(args, dcz.meta)
+    score = accuracy_scorer(examples.labels) if examples.labels is not None else cosine_scorer()
+    n = int(examples.inputs[0].shape[0])
+    reference = torch_outputs(model, examples.inputs)
     report: dict[str, Any] = {"model": str(args.file), "dcz_bytes": dcz.bytes,
-                              "input_shape": shape, "test_examples": len(split)}
-    if args.tflite:
-        with _status(console, f"TFLite {args.tflite_variant}: converting and running {len(split)} examples"):
-            report["tflite"] = tflite_report(model, shape, Path(args.tflite), args.tflite_variant,
-                                             layers, split, reference)
-    if args.coreml:
-        with _status(console, f"Core ML {args.coreml_target}: converting and decoding the weights"):
-            report["coreml"] = coreml_report(model, shape, Path(args.coreml), args.coreml_target,
-                                             args.coreml_precision, args.coreml_compression,
-                                             layers, split, reference)
-    ok = all(report[k]["ok"] for k in ("tflite", "coreml") if k in report)
+                              "inputs": examples.describe, "examples": n}
+    for name, path in paths.items():
+        exporter = EXPORTERS.get(name)
+        with _status(console, f"{exporter.label}: converting, measuring, validating on {n:,} examples"):
+            result = export_and_validate(exporter, model, first_example(examples.inputs), path,
+                                         options[name], examples.inputs, score, layers=layers,
+                                         reference=reference)
+        report[name] = result.to_dict()
+    ok = all(report[n]["ok"] for n in paths)
     report["ok"] = ok
     if args.json:
         print(json.dumps(report, indent=2, default=_jsonable))
     else:
-        _print(console, report)
+        _print(console, report, list(paths))
     return 0 if ok else 1
 
 
@@ -202,6 +263,8 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, np.generic):
         return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
@@ -209,35 +272,41 @@ def _status(console: Any, text: str) -> Any:
     return console.status(text) if console is not None else contextlib.nullcontext()
 
 
-def _print(console: Any, report: dict) -> None:
+def _score_line(s: dict) -> str:
+    """One scorer's figures for people (accuracies printed in percent)."""
+    if "accuracy" in s:
+        return (f"accuracy {100 * s['accuracy']:.2f}% vs PyTorch {100 * s['torch_accuracy']:.2f}% on "
+                f"{s['examples']:,} examples (limit {100 * s['tolerance']:g} pt); largest output "
+                f"difference {s['max_abs_diff']:.2e}")
+    return (f"cosine to PyTorch min {s['min_cosine']:.6f} (limit {s['min_cosine_required']:g}), "
+            f"mean {s['mean_cosine']:.6f} on {s['examples']:,} examples; largest output "
+            f"difference {s['max_abs_diff']:.2e}")
+
+
+def _print(console: Any, report: dict, formats: list[str]) -> None:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title=f"{report['model']}: {report['dcz_bytes']:,} bytes as .dcz")
     for col in ("format", "stores", "bytes", "zipped", "dense", "dense/bytes"):
         table.add_column(col, justify="left" if col in ("format", "stores") else "right")
     lines = []
-    if "tflite" in report:
-        t = report["tflite"]
-        table.add_row("TFLite", t["variant"], f"{t['bytes']:,}", f"{t['zipped_bytes']:,}",
-                      f"{t['dense_bytes']:,}", f"{t['ratio']:.1f}x")
-        lines.append(f"TFLite  {'ok  ' if t['ok'] else 'FAIL'} accuracy {t['accuracy']:.2f}% vs PyTorch "
-                     f"{t['torch_accuracy']:.2f}% on {t['examples']:,} test examples (limit "
-                     f"{t['tolerance_pts']} pt); largest logit difference {t['max_abs_diff']:.2e}")
-    if "coreml" in report:
-        c = report["coreml"]
-        stores = "+".join(sorted({p.get("method", "?") for p in c["layers"].values()}))
-        table.add_row("Core ML", f"{c['target']} {c['precision']} {stores}", f"{c['bytes']:,}",
-                      f"{c['zipped_bytes']:,}", f"{c['dense_bytes']:,}", f"{c['ratio']:.1f}x")
-        bad = [n for n, chk in c["layers"].items() if not (chk["match"] and chk["compressed"])]
-        lines.append(f"Core ML {'ok  ' if c['ok'] else 'FAIL'} {len(c['layers']) - len(bad)}/"
-                     f"{len(c['layers'])} layers decode from the package to exactly our "
-                     f"{c['precision']} weights, stored compressed"
-                     + (f"; failing: {', '.join(bad)}" if bad else ""))
-        pred = c["predictions"]
-        lines.append(f"Core ML predictions: {pred['skipped']}" if "skipped" in pred else
-                     f"Core ML predictions: {pred['accuracy']:.2f}% vs PyTorch "
-                     f"{pred['torch_accuracy']:.2f}%, "
-                     f"largest logit difference {pred['max_abs_diff']:.2e}")
+    for name in formats:
+        r, label = report[name], EXPORTERS.get(name).label
+        table.add_row(label, r["stores"], f"{r['bytes']:,}", f"{r['zipped_bytes']:,}", f"{r['dense_bytes']:,}",
+                      f"{r['ratio']:.1f}x")
+        verdict = "ok  " if r["ok"] else "FAIL"
+        if "weights_match" in r:
+            bad = [n for n, chk in r["layers"].items() if not (chk.get("match") and chk.get("compressed"))]
+            lines.append(f"{label} {verdict} {len(r['layers']) - len(bad)}/{len(r['layers'])} layers "
+                         "decode from the artifact to exactly our weights, stored compressed"
+                         + (f"; failing: {', '.join(bad)}" if bad else ""))
+        if "examples" in r:
+            lines.append(f"{label} {verdict} {_score_line(r)}")
+        pred = r.get("predictions")
+        if pred is not None:
+            lines.append(f"{label} predictions: {pred['skipped']}" if "skipped" in pred
+                         else f"{label} predictions: {_score_line(pred)}")
+        lines += [f"{label} note: layer {n} skipped: {why}" for n, why in r["skipped"].items()]
     console.print(table)
     for line in lines:
         console.print(line, highlight=False)

@@ -1,0 +1,70 @@
+"""The TFLite exporter behind the common interface, registered as "tflite"."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from dccore.artifacts import artifact_size
+from dccore.errors import ExportError
+from dccore.outputs import TFLITE
+from exporters import (EXPORTERS, ArtifactReport, CompressedLayer, Exporter, Scorer, Validation,
+                       as_inputs, option, torch_outputs)
+
+from ._convert import DEFAULT_VARIANT, VARIANTS, export_tflite
+from ._evaluate import tflite_outputs
+
+
+@dataclass(frozen=True)
+class TFLiteOptions:
+    variant: str = option(DEFAULT_VARIANT, choices=tuple(VARIANTS),
+                          help=f"what the .tflite stores (default: {DEFAULT_VARIANT}, the smallest "
+                               "that keeps the weights exact in fp16)")
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ExportError(f"TFLite variant {self.variant!r} is unknown; choose one of "
+                              f"{sorted(VARIANTS)}")
+
+
+class TFLiteExporter(Exporter):
+    """litert-torch, in the variants TFLite can hold; validated in the LiteRT interpreter (with its
+    default delegates, as an app runs it) on the caller's examples, held to the caller's scorer."""
+
+    name, label, suffix, kind = "tflite", "TFLite", ".tflite", TFLITE
+    Options = TFLiteOptions
+    help = "write a LiteRT/TFLite flatbuffer"
+
+    def write(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], out: Path,
+              options: TFLiteOptions,
+              layers: Iterable[str] | Mapping[str, CompressedLayer] | None) -> ArtifactReport:
+        result = export_tflite(model, example_inputs, out, variant=options.variant, layers=layers)
+        return ArtifactReport(self.name, result.path, dataclasses.asdict(options),
+                              options.variant, artifact_size(result.path),
+                              {n: dataclasses.asdict(s) for n, s in result.layers.items()},
+                              result.skipped)
+
+    def validate(self, artifact: ArtifactReport | str | os.PathLike[str], model: nn.Module,
+                 inputs: torch.Tensor | Sequence[torch.Tensor], score: Scorer, *,
+                 reference: np.ndarray | None = None,
+                 layers: Iterable[str] | None = None) -> Validation:
+        path = artifact.path if isinstance(artifact, ArtifactReport) else Path(artifact)
+        inputs = as_inputs(inputs)
+        ref = torch_outputs(model, inputs) if reference is None else reference
+        result = score(tflite_outputs(path, inputs), ref)
+        return Validation(result.ok, len(ref), result)
+
+    def baseline(self, options: TFLiteOptions) -> TFLiteOptions:
+        return dataclasses.replace(options, variant="float32")
+
+    def variants(self) -> dict[str, Any]:
+        return {v: TFLiteOptions(v) for v in VARIANTS}   # float32 (the dense baseline) first
+
+
+EXPORTERS.register(TFLiteExporter.name, TFLiteExporter())
