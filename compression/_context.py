@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -10,6 +11,15 @@ from ._state import CompressionState
 from ._train import ProgressFn, TrainSpec, no_progress
 from .data import Split
 from .recipe import TrainConfig
+
+
+@dataclass
+class Output:
+    """What an output-phase stage (``encode``) needs to write the run's files."""
+
+    folder: Path                      # the run folder: model.dcz goes here, row files in stages/
+    meta: dict[str, Any]              # what the file records (model, resolved recipe, accuracy)
+    rows: list[tuple[str, str, Path]]  # the paper's size table: (row, stage name, its checkpoint)
 
 
 @dataclass
@@ -24,10 +34,11 @@ class StageContext:
     log: Callable[[str], None] = lambda msg: None
     metrics: dict = field(default_factory=dict)   # a stage's own figures, saved in the report
     teacher: Callable[[], torch.Tensor] | None = None  # the baseline's logits on the train set
+    output: Output | None = None      # set by the pipeline for the output phase only
 
     def generator(self, salt: int) -> torch.Generator:
-        """A generator seeded from the run's seed and the stage, so a resumed run repeats it."""
-        torch.manual_seed(self.seed * 1000 + salt)
+        """A generator seeded from the run's seed and the stage, so a resumed run repeats it.
+        Torch's global generator is left alone: a stage draws only from its own."""
         return torch.Generator().manual_seed(self.seed * 1000 + salt)
 
     def train_spec(self, epochs: int, lr: float, weight_decay: float = 0.0,

@@ -12,6 +12,12 @@ Run folder layout::
 
 Each file is written under a temporary name and renamed, so an interrupted stage leaves the
 previous checkpoint intact for ``--resume-from``.
+
+Stages are found by kind in the registry (``compression/stages/``): each training-phase stage runs,
+is checked (the state's invariants, then the stage's own ``ensures``), scored and checkpointed;
+the output-phase stage (``encode``, or its defaults when the recipe has none) then writes the
+files. With ``data.val_fraction`` > 0 a seeded share of the training set is held out, never
+trained on, and scored after every stage (``accuracy.validation`` in the report).
 """
 from __future__ import annotations
 
@@ -24,25 +30,20 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import finetune, prune, share
-from ._context import StageContext
+from dccore.errors import CheckpointError, RecipeError
 from dccore.outputs import atomic_path, write_bytes_atomic, write_json_atomic
+
+from ._context import Output, StageContext
 from ._state import CompressionState
 from ._train import ProgressFn, evaluate, no_progress, predict, train
-from .data import Split, load_split
-from dccore.errors import CheckpointError, RecipeError
-from .models import (build_model, check_finite, load_state_dict_file, load_torch_file,
-                     load_weights)
-from .recipe import EncodeConfig, Recipe
+from .data import Split, hold_out, load_split
+from .models import build_model, check_finite, load_state_dict_file, load_torch_file, load_weights
+from .recipe import Recipe
+from .stages import STAGES, Stage, StageConfig
+from .stages.encode import EncodeConfig
 
-StageFn = Callable[[nn.Module, Any, StageContext], None]
-# kind -> handler. A new technique registers its config (recipe.register_stage_config) and here.
-STAGE_HANDLERS: dict[str, StageFn] = {
-    "prune": prune.run,
-    "share": share.run,
-    "finetune_centroids": finetune.run,
-}
 BASELINE = "0_baseline"
+DEFAULT_OUTPUT = EncodeConfig()   # a recipe without an output stage still gets its model.dcz
 
 
 @dataclass
@@ -77,10 +78,15 @@ def load_checkpoint(path: Path, model: nn.Module, state: CompressionState) -> No
     state.check()
 
 
-def load_data(recipe: Recipe, data_root: str | None) -> tuple[Split, Split]:
+def load_data(recipe: Recipe, data_root: str | None) -> tuple[Split, Split | None, Split]:
+    """(train, validation or None, test). The validation split is ``data.val_fraction`` of the
+    training examples, drawn with the recipe's seed and removed from the training split."""
     root = data_root or recipe.data.root
-    return (load_split("train", root, recipe.data.train_limit),
-            load_split("test", root, recipe.data.test_limit))
+    train_set = load_split("train", root, recipe.data.train_limit)
+    val_set = None
+    if recipe.data.val_fraction > 0:
+        train_set, val_set = hold_out(train_set, recipe.data.val_fraction, recipe.seed)
+    return train_set, val_set, load_split("test", root, recipe.data.test_limit)
 
 
 def _same_prefix(saved: dict, recipe: Recipe, upto: int) -> str | None:
@@ -113,7 +119,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
             if why:
                 raise RecipeError(f"--resume-from {resume_from}: the recipe's {why} changed since "
                                   f"{out} was written; start a fresh run (another --out)")
-    train_set, test_set = load_data(recipe, data_root)
+    train_set, val_set, test_set = load_data(recipe, data_root)
     out.mkdir(parents=True, exist_ok=True)
     if recipe_text is not None:
         write_bytes_atomic(out / "recipe.toml", recipe_text.encode())
@@ -123,19 +129,27 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
                        batch_size=recipe.data.batch_size, seed=recipe.seed, progress=progress,
                        log=log, teacher=_teacher(recipe, out, train_set))
     accuracies: dict[str, float] = {}
+    val_accuracies: dict[str, float] = {}
     seconds: dict[str, float] = {}
     stage_metrics: dict[str, dict] = {}
+
+    def scored(name: str, info: dict) -> dict:
+        """Score the model after ``name``; the checkpoint's figures, with those scores."""
+        accuracies[name] = evaluate(model, test_set)
+        info = {"stage": name, **info, "accuracy": accuracies[name]}
+        if val_set is not None:
+            val_accuracies[name] = info["validation_accuracy"] = evaluate(model, val_set)
+        return info
 
     # -- baseline ---------------------------------------------------------------------------
     if resume_from is None:
         t0 = time.perf_counter()
         _baseline(model, recipe, ctx)
         seconds[BASELINE] = time.perf_counter() - t0
-        accuracies[BASELINE] = evaluate(model, test_set)
+        info = scored(BASELINE, {})
         log(f"baseline accuracy {accuracies[BASELINE]:.2%}")
         save_checkpoint(_checkpoint_path(out, BASELINE), model, state,
-                        {"stage": BASELINE, "accuracy": accuracies[BASELINE],
-                         "seconds": seconds[BASELINE], "recipe_sha256": recipe.sha256()})
+                        {**info, "seconds": seconds[BASELINE], "recipe_sha256": recipe.sha256()})
     else:
         previous = [BASELINE] + [s.name for s in recipe.stages[:start]]
         for name in previous:   # figures of the stages that are not re-run
@@ -143,39 +157,54 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
             if info_path.is_file():
                 info = json.loads(info_path.read_text())
                 accuracies[name] = info.get("accuracy")
+                if val_set is not None:
+                    val_accuracies[name] = info.get("validation_accuracy")
                 seconds[name] = info.get("seconds", 0.0)
                 stage_metrics[name] = info.get("metrics", {})
         load_checkpoint(_checkpoint_path(out, previous[-1]), model, state)
         log(f"resumed from checkpoint {previous[-1]}")
 
-    # -- stages -----------------------------------------------------------------------------
-    encode_cfg = EncodeConfig()
-    for stage in recipe.stages[start:]:
-        if isinstance(stage, EncodeConfig):
-            encode_cfg = stage
+    # -- training-phase stages ----------------------------------------------------------------
+    output: tuple[Stage, StageConfig] = (STAGES.get(DEFAULT_OUTPUT.KIND), DEFAULT_OUTPUT)
+    for config in recipe.stages[start:]:
+        stage = STAGES.get(config.KIND)
+        if stage.phase == "output":     # its order rule makes it the last stage
+            output = (stage, config)
             continue
         t0 = time.perf_counter()
-        ctx.metrics = {}
-        STAGE_HANDLERS[stage.KIND](model, stage, ctx)
-        state.check()       # every stage's invariants, here once rather than in each handler
-        seconds[stage.name] = time.perf_counter() - t0
-        accuracies[stage.name] = evaluate(model, test_set)
-        stage_metrics[stage.name] = dict(ctx.metrics, sparsity=state.sparsity())
-        log(f"{stage.name}: accuracy {accuracies[stage.name]:.2%}, "
-            f"sparsity {state.sparsity():.1%}, {seconds[stage.name]:.1f} s")
-        save_checkpoint(_checkpoint_path(out, stage.name), model, state,
-                        {"stage": stage.name, "kind": stage.KIND, "accuracy": accuracies[stage.name],
-                         "seconds": seconds[stage.name], "metrics": stage_metrics[stage.name],
-                         "recipe_sha256": recipe.sha256()})
+        _run_stage(model, stage, config, ctx)
+        seconds[config.name] = time.perf_counter() - t0
+        stage_metrics[config.name] = dict(ctx.metrics, sparsity=state.sparsity())
+        info = scored(config.name, {"kind": config.KIND})
+        log(f"{config.name}: accuracy {accuracies[config.name]:.2%}, "
+            f"sparsity {state.sparsity():.1%}, {seconds[config.name]:.1f} s")
+        save_checkpoint(_checkpoint_path(out, config.name), model, state,
+                        {**info, "seconds": seconds[config.name],
+                         "metrics": stage_metrics[config.name], "recipe_sha256": recipe.sha256()})
 
+    # -- output: the files ----------------------------------------------------------------------
     check_finite(model, "final model")
-    report = _report(recipe, state, accuracies, seconds, stage_metrics, test_set)
+    report = _report(recipe, state, accuracies, val_accuracies if val_set is not None else None,
+                     seconds, stage_metrics, test_set)
+    stage, config = output
     t0 = time.perf_counter()
-    report.update(_write_files(out, recipe, model, state, encode_cfg, report))
-    report["seconds"]["encode"] = time.perf_counter() - t0
+    ctx.output = Output(out, _meta(recipe, report), _size_rows(out, recipe))
+    _run_stage(model, stage, config, ctx)
+    report.update(ctx.metrics)
+    report["seconds"][config.KIND] = time.perf_counter() - t0
     report["seconds"]["total"] = sum(v for k, v in report["seconds"].items() if k != "total")
     write_json_atomic(out / "report.json", report)
     return RunResult(out, report, model, state)
+
+
+def _run_stage(model: nn.Module, stage: Stage, config: StageConfig, ctx: StageContext) -> None:
+    """The handler, then the invariants: the state's (every stage's, checked here once rather
+    than in each handler) and the stage's own promise."""
+    ctx.metrics = {}
+    stage.run(model, config, ctx)
+    ctx.state.check()
+    if stage.ensures is not None:
+        stage.ensures(model, config, ctx)
 
 
 def _teacher(recipe: Recipe, out: Path, train_set: Split) -> Callable[[], torch.Tensor]:
@@ -209,19 +238,25 @@ def _baseline(model: nn.Module, recipe: Recipe, ctx: StageContext) -> None:
           description="baseline")
 
 
-def _report(recipe: Recipe, state: CompressionState, accuracies: dict, seconds: dict,
-            stage_metrics: dict, test_set: Split) -> dict[str, Any]:
-    final_name = ([BASELINE] + [s.name for s in recipe.stages if s.KIND != "encode"])[-1]
+def _report(recipe: Recipe, state: CompressionState, accuracies: dict,
+            val_accuracies: dict | None, seconds: dict, stage_metrics: dict,
+            test_set: Split) -> dict[str, Any]:
+    final_name = ([BASELINE] + [s.name for s in recipe.stages
+                                if STAGES.get(s.KIND).phase != "output"])[-1]
+
+    def table(scores: dict) -> dict[str, Any]:
+        return {"baseline": scores.get(BASELINE), "final": scores.get(final_name),
+                "stages": {k: v for k, v in scores.items() if k != BASELINE}}
+
+    accuracy = table(accuracies)
+    if val_accuracies is not None:      # only when asked for: the default report is unchanged
+        accuracy["validation"] = table(val_accuracies)
     return {
         "recipe": recipe.name,
         "recipe_sha256": recipe.sha256(),
         "model": recipe.model.name,
         "test_examples": len(test_set),
-        "accuracy": {
-            "baseline": accuracies.get(BASELINE),
-            "final": accuracies.get(final_name),
-            "stages": {k: v for k, v in accuracies.items() if k != BASELINE},
-        },
+        "accuracy": accuracy,
         "sparsity": state.sparsity(),
         "layers": state.layer_rows(),
         "stages": stage_metrics,
@@ -229,12 +264,9 @@ def _report(recipe: Recipe, state: CompressionState, accuracies: dict, seconds: 
     }
 
 
-def _write_files(out: Path, recipe: Recipe, model: nn.Module, state: CompressionState,
-                 encode: EncodeConfig, report: dict) -> dict[str, Any]:
-    """Pack the final model (and the per-stage files of the paper's table); real bytes on disk."""
-    import dcz as container   # the file format: no training code; imported here to keep `run` lean
-
-    meta = {
+def _meta(recipe: Recipe, report: dict) -> dict[str, Any]:
+    """What model.dcz records besides the weights: enough to trace it to what produced it."""
+    return {
         "model": {"name": recipe.model.name, "kwargs": recipe.model.kwargs,
                   "input_shape": list(recipe.model.input_shape)},
         "recipe": recipe.to_dict(),
@@ -242,43 +274,15 @@ def _write_files(out: Path, recipe: Recipe, model: nn.Module, state: Compression
         "accuracy": report["accuracy"],
         "data": {"root": recipe.data.root},
     }
-    compressed = {}
-    for name, layer in state.layers.items():
-        settings = encode.for_layer(name, layer.type_name)
-        if settings is None or (layer.mask is None and layer.centroids is None):
-            continue
-        compressed[f"{name}.weight"] = {"bits": layer.bits, "index_bits": settings.get("index_bits")}
-    final = container.pack(model.state_dict(), out / "model.dcz", compressed=compressed, meta=meta,
-                           coder=encode.coder, plain_dtype=encode.plain_dtype)
-    sizes = {"dense_bytes": final.dense_bytes, "compressed_bytes": final.bytes,
-             "compression_ratio": final.dense_bytes / final.bytes}
-    sizes["stage_ratios"] = _stage_ratios(out, recipe, model, meta, compressed, final)
-    return sizes
 
 
-def _stage_ratios(out: Path, recipe: Recipe, model: nn.Module, meta: dict, compressed: dict,
-                  final: Any) -> list[dict[str, Any]]:
-    """The paper's per-stage table: pruning alone; + sharing; + coding, each a real file."""
-    import dcz as container
-
-    rows = []
-    last_of = {}
-    for stage in recipe.stages:
-        if stage.KIND in ("prune",):
-            last_of["prune"] = stage.name
-        if stage.KIND in ("share", "finetune_centroids"):
-            last_of["share"] = stage.name
-    stage_dir = out / "stages"
-    for label, key in (("pruning", "prune"), ("pruning + sharing", "share")):
-        name = last_of.get(key)
-        path = _checkpoint_path(out, name) if name else None
-        if path is None or not path.is_file():
-            continue
-        sd = load_state_dict_file(path)
-        rep = container.pack(sd, stage_dir / f"{name}.dcz", compressed=compressed, meta=meta,
-                             coder="none")
-        rows.append({"stage": label, "file": str(rep.path), "bytes": rep.bytes,
-                     "ratio": rep.dense_bytes / rep.bytes})
-    rows.append({"stage": "pruning + sharing + coding", "file": str(final.path),
-                 "bytes": final.bytes, "ratio": final.dense_bytes / final.bytes})
-    return rows
+def _size_rows(out: Path, recipe: Recipe) -> list[tuple[str, str, Path]]:
+    """The paper's per-stage size table (pruning alone; + sharing): each row's file is made from
+    the checkpoint of the last stage that declares it ends that row."""
+    last: dict[str, str] = {}
+    for config in recipe.stages:
+        row = STAGES.get(config.KIND).size_row
+        if row is not None and STAGES.get(config.KIND).phase == "train":
+            last[row] = config.name
+    rows = [(row, name, _checkpoint_path(out, name)) for row, name in last.items()]
+    return [r for r in rows if r[2].is_file()]

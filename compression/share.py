@@ -3,13 +3,11 @@
 Each layer gets ``2**bits`` centroids; every surviving weight is replaced by its nearest centroid.
 Linear initialisation (evenly spaced between the smallest and largest weight) is the default: the
 paper found it beats density and random initialisation because it keeps the rare large weights.
+The ``share`` stage is ``compression/stages/share.py``.
 """
 from __future__ import annotations
 
 import torch
-
-from ._context import StageContext
-from .recipe import ShareConfig
 
 
 def _linear_init(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -83,17 +81,3 @@ def share_layer(weight: torch.Tensor, mask: torch.Tensor | None, bits: int, init
     if centroids.numel() == 0:          # a fully pruned layer: one unused centroid
         centroids = torch.zeros(1)
     return centroids, full, mask
-
-
-def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
-    """The ``share`` stage: cluster each chosen layer; weights become their centroids."""
-    generator = ctx.generator(202)
-    for name, layer in ctx.state.layers.items():
-        settings = config.for_layer(name, layer.type_name)
-        if settings is None:
-            continue
-        centroids, assign, _ = share_layer(layer.weight, layer.mask, settings["bits"],
-                                           settings["init"], config.iterations, generator)
-        layer.centroids, layer.assignments, layer.bits = centroids, assign, settings["bits"]
-        ctx.log(f"{name}: {centroids.numel()} centroids ({settings['bits']} bits)")
-    ctx.state.enforce()

@@ -1,7 +1,7 @@
 """Pruning: exact masks on hand-computable weights; masks only shrink; zeros stay zero."""
 import torch
 
-from compression.prune import _round_targets, magnitude_mask
+from compression.prune import magnitude_mask, round_targets
 
 
 def test_threshold_mask_is_exact():
@@ -30,7 +30,7 @@ def test_previous_cut_stays_cut_even_if_weight_grew():
 
 
 def test_iterative_schedule_reaches_target_geometrically():
-    steps = [_round_targets({"sparsity": 0.96}, 1.0, r, 2)["sparsity"] for r in range(2)]
+    steps = [round_targets({"sparsity": 0.96}, 1.0, r, 2)["sparsity"] for r in range(2)]
     assert abs(steps[0] - 0.8) < 1e-9 and abs(steps[1] - 0.96) < 1e-9
-    q = [_round_targets({"quality": 1.5}, 2.0, r, 3)["threshold"] for r in range(3)]
+    q = [round_targets({"quality": 1.5}, 2.0, r, 3)["threshold"] for r in range(3)]
     assert q == [1.0, 2.0, 3.0]

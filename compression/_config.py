@@ -1,0 +1,280 @@
+"""Configs to and from dicts: one generic builder and one serialiser for every config dataclass.
+
+A config is a frozen dataclass deriving :class:`Config`. Each field declares how a value given for
+it is checked (and normalised) with :func:`setting`::
+
+    batch_size: int = setting(128, Int(1, 65536))   # the paper's Caffe LeNet solvers use 64-128
+
+:func:`build` turns a dict into a config: unknown keys are refused naming the field path and the
+allowed keys; a bad value names the field, what is allowed and what was given (``stages[1].bits:
+expected an integer in [1, 16], got 0``). ``None`` for a field whose default is ``None`` means "not
+given". :func:`dump` is the inverse; every config survives ``build(type(c), dump(c)) == c``.
+Cross-field rules (prune: quality or sparsity, not both) live in a config's ``_check`` method,
+which :func:`build` calls on the finished object.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+from dccore.errors import RecipeError
+
+UNBOUNDED = "∞"
+
+
+def fail(path: str, allowed: str, got: Any) -> RecipeError:
+    return RecipeError(f"{path}: expected {allowed}, got {got!r}")
+
+
+def table(path: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise fail(path, "a table", value)
+    return value
+
+
+def check_keys(path: str, data: Mapping[str, Any], allowed: set[str] | tuple[str, ...]) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise RecipeError(f"{where}{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Checks: each is called as check(path, value, owner) -> the normalised value, where owner is
+# the config class being built. ``child`` tells the key-path walker (``--set a.b.c``) what lies
+# below a key: another Check, a Config class, or FREE (anything goes, e.g. a model's kwargs).
+
+FREE = object()
+
+
+class Check:
+    has_children = False    # a table or array whose entries the walker may step into
+
+    def __call__(self, path: str, value: Any, owner: type) -> Any:
+        return value
+
+    def child(self, key: str, data: Any, owner: type) -> Any:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Int(Check):
+    lo: int | None = None
+    hi: int | None = None
+
+    def __call__(self, path: str, value: Any, owner: type) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(path, "an integer", value)
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            hi = self.hi if self.hi is not None else UNBOUNDED
+            raise fail(path, f"an integer in [{self.lo}, {hi}]", value)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Num(Check):
+    """A finite number, stored as float; the bounds closed unless ``*_open``."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __call__(self, path: str, value: Any, owner: type) -> float:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value)):
+            raise fail(path, "a finite number", value)
+        value = float(value)
+        lo, hi = self.lo, self.hi
+        if ((lo is not None and (value <= lo if self.lo_open else value < lo))
+                or (hi is not None and (value >= hi if self.hi_open else value > hi))):
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            top = hi if hi is not None else UNBOUNDED
+            raise fail(path, f"a number in {left}{lo}, {top}{right}", value)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf(Check):
+    choices: tuple[str, ...]
+
+    def __call__(self, path: str, value: Any, owner: type) -> str:
+        if value not in self.choices:
+            raise fail(path, f"one of {list(self.choices)}", value)
+        return value
+
+
+class Text(Check):
+    def __call__(self, path: str, value: Any, owner: type) -> str:
+        if not isinstance(value, str) or not value:
+            raise fail(path, "a non-empty string", value)
+        return value
+
+
+class Shape(Check):
+    """A non-empty list of positive integers, stored as a tuple."""
+
+    def __call__(self, path: str, value: Any, owner: type) -> tuple[int, ...]:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise fail(path, "a list of positive integers", value)
+        return tuple(Int(1)(f"{path}[{i}]", v, owner) for i, v in enumerate(value))
+
+
+class FreeTable(Check):
+    """A table whose contents the recipe does not know (a model factory's keyword arguments)."""
+
+    has_children = True
+
+    def __call__(self, path: str, value: Any, owner: type) -> dict[str, Any]:
+        return dict(table(path, value))
+
+    def child(self, key: str, data: Any, owner: type) -> Any:
+        return FREE
+
+
+@dataclasses.dataclass(frozen=True)
+class Section(Check):
+    """A nested config."""
+
+    cls: type
+    has_children = True
+
+    def __call__(self, path: str, value: Any, owner: type) -> Any:
+        return build(self.cls, value, path)
+
+
+# --------------------------------------------------------------------------------------------
+
+def setting(default: Any = dataclasses.MISSING, check: Check | None = None, *,
+            factory: Any = dataclasses.MISSING, omit: Any = None) -> Any:
+    """A config field: its default (or ``factory``), its check, and ``omit(value) -> bool``
+    saying when :func:`dump` leaves it out (None values are always left out)."""
+    metadata = {"check": check or Check(), "omit": omit}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _check_of(f: dataclasses.Field) -> Check:
+    return f.metadata.get("check") or Check()
+
+
+def allowed_keys(cls: type) -> set[str]:
+    """The keys a dict for ``cls`` may hold (a tagged config also takes its ``kind``)."""
+    return set(_fields(cls)) | ({"kind"} if getattr(cls, "KIND", "") else set())
+
+
+def check_values(cls: type, data: Mapping[str, Any], path: str,
+                 names: set[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Check the values ``data`` gives for ``cls``'s fields (all, or only ``names``)."""
+    fields = _fields(cls)
+    allowed = allowed_keys(cls) if names is None else set(names)
+    check_keys(path, data, allowed)
+    kw: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "kind" and name not in fields:
+            continue
+        f = fields[name]
+        if value is None and f.default is None:
+            continue              # "not given": the default is None
+        kw[name] = _check_of(f)(f"{path}.{name}" if path else name, value, cls)
+    return kw
+
+
+def build(cls: type, data: Any, path: str = "") -> Any:
+    """The config ``cls`` described by ``data``, checked; RecipeError names the bad field."""
+    data = table(path or "recipe", data)
+    obj = cls(**check_values(cls, data, path))
+    obj._check(path)
+    return obj
+
+
+def dump(obj: Any) -> Any:
+    """A config as plain data (dicts, lists, str, numbers, bool): what :func:`build` takes."""
+    if isinstance(obj, Config):
+        out: dict[str, Any] = {"kind": obj.KIND} if getattr(obj, "KIND", "") else {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            omit = f.metadata.get("omit")
+            if value is None or (omit is not None and omit(value)):
+                continue
+            out[f.name] = dump(value)
+        return out
+    if isinstance(obj, Mapping):
+        return {k: dump(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [dump(v) for v in obj]
+    return obj
+
+
+class UnknownKey(RecipeError):
+    """A key path names a key that cannot be there; the walker adds where."""
+
+    def __init__(self, key: str, allowed: Any) -> None:
+        super().__init__(f"unknown key {key!r}; allowed: {sorted(allowed)}")
+        self.key, self.allowed = key, sorted(allowed)
+
+
+def _below(node: Any, key: str, data: Any, owner: type) -> Any:
+    """What lies below ``key`` in ``node``: a Config class, a Check, FREE, or None (nothing
+    checks it)."""
+    if isinstance(node, type):
+        if key not in allowed_keys(node):
+            raise UnknownKey(key, allowed_keys(node))
+        f = _fields(node).get(key)
+        below = _check_of(f) if f is not None else None
+    else:
+        below = node.child(key, data, owner)
+    return below.cls if isinstance(below, Section) else below
+
+
+def _item(data: Any, key: str) -> Any:
+    """``data[key]`` for a table or (by position) an array, else None."""
+    if isinstance(data, Mapping):
+        return data.get(key)
+    if isinstance(data, list) and key.isdigit() and int(key) < len(data):
+        return data[int(key)]
+    return None
+
+
+def lookup(cls: type, parts: list[str], data: Any) -> Check | None:
+    """Walk the key path ``parts`` (``--set a.b.c=...``) through ``cls``'s schema. ``data`` is the
+    dict being edited, for what the schema reads from it (a stage's kind). Returns the check of
+    the value at the end of the path, or None when nothing checks it there. RecipeError names the
+    first key that cannot be there, where it is, and what is allowed."""
+    node: Any = cls
+    owner = cls
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i]) or "the recipe"
+        if node is FREE:
+            return None
+        if node is None or (isinstance(node, Check) and not node.has_children):
+            raise RecipeError(f"{where} is a single value, not a table")
+        if isinstance(node, type):
+            owner = node
+        try:
+            node = _below(node, part, data, owner)
+        except UnknownKey as exc:
+            raise RecipeError(f"unknown key {exc.key!r} in {where}; allowed: "
+                              f"{exc.allowed}") from None
+        data = _item(data, part)
+    return node if isinstance(node, Check) else None
+
+
+class Config:
+    """Base of every config dataclass: ``from_dict`` is :func:`build`, ``to_dict`` :func:`dump`."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str = "") -> Any:
+        return build(cls, data, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dump(self)
+
+    def _check(self, path: str) -> None:
+        """Rules across fields; raise RecipeError naming ``path``."""

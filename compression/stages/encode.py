@@ -1,0 +1,98 @@
+"""The ``encode`` stage: entropy coding into the ``.dcz`` container (Han et al. 2016, §4).
+
+An output-phase stage: it runs once the model is final and the report's figures are known, and
+writes ``model.dcz`` plus one uncoded file per row of the paper's per-stage size table (pruning
+alone; + sharing), so every ratio in the report is a real file's size. The container checks its
+own round trip (``decode(encode(w)) == w``) in its tests; :func:`ensures` reads the written file
+back and compares it with the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from dccore.errors import ModelError
+
+from .._config import Int, OneOf, setting
+from .._context import StageContext
+from .._state import CompressionState
+from ..models import load_state_dict_file
+from ._base import Stage, StageConfig, register_stage
+
+MODEL_FILE = "model.dcz"
+
+
+@dataclass(frozen=True)
+class EncodeConfig(StageConfig):
+    """Entropy coding into the `.dcz` container (the last stage)."""
+
+    KIND: ClassVar[str] = "encode"
+    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("index_bits",)
+    CODERS: ClassVar[tuple[str, ...]] = ("huffman", "ans", "none")
+    # the paper's method; "ans" gets closer to the entropy bound
+    coder: str = setting("huffman", OneOf(CODERS))
+    # gap width; None: the width that minimises the file
+    index_bits: int | None = setting(None, Int(1, 16))
+    # biases and other uncompressed tensors: float32 keeps the model bit-exact
+    plain_dtype: str = setting("float32", OneOf(("float32", "float16")))
+
+
+def compressed_weights(config: EncodeConfig, state: CompressionState) -> dict[str, dict]:
+    """The weights stored sparse (pruned or shared, and not left alone by the config)."""
+    out = {}
+    for name, layer in state.layers.items():
+        settings = config.for_layer(name, layer.type_name)
+        if settings is None or (layer.mask is None and layer.centroids is None):
+            continue
+        out[f"{name}.weight"] = {"bits": layer.bits, "index_bits": settings.get("index_bits")}
+    return out
+
+
+def run(model: torch.nn.Module, config: EncodeConfig, ctx: StageContext) -> None:
+    """Write model.dcz and the size table's files; their sizes go into ``ctx.metrics``."""
+    import dcz as container   # the file format: no training code; imported here to keep `run` lean
+
+    out = ctx.output
+    if out is None:
+        raise RuntimeError("encode: the pipeline gave no output folder")
+    compressed = compressed_weights(config, ctx.state)
+    final = container.pack(model.state_dict(), out.folder / MODEL_FILE, compressed=compressed,
+                           meta=out.meta, coder=config.coder, plain_dtype=config.plain_dtype)
+    rows = []
+    for label, name, checkpoint in out.rows:
+        rep = container.pack(load_state_dict_file(checkpoint),
+                             out.folder / "stages" / f"{name}.dcz",
+                             compressed=compressed, meta=out.meta, coder="none")
+        rows.append({"stage": label, "file": str(rep.path), "bytes": rep.bytes,
+                     "ratio": rep.dense_bytes / rep.bytes})
+    rows.append({"stage": STAGE.size_row, "file": str(final.path), "bytes": final.bytes,
+                 "ratio": final.dense_bytes / final.bytes})
+    ctx.metrics.update(dense_bytes=final.dense_bytes, compressed_bytes=final.bytes,
+                       compression_ratio=final.dense_bytes / final.bytes, stage_ratios=rows)
+
+
+def ensures(model: torch.nn.Module, config: EncodeConfig, ctx: StageContext) -> None:
+    """The file decodes to the model: every weight bit-exact (plain tensors too when stored as
+    float32)."""
+    import dcz as container
+
+    decoded = container.load(ctx.output.folder / MODEL_FILE).state_dict
+    exact = config.plain_dtype == "float32"
+    for name, tensor in model.state_dict().items():
+        if name not in decoded:
+            raise ModelError(f"encode: {MODEL_FILE} lacks tensor {name!r}")
+        got = decoded[name]
+        same = torch.equal(got, tensor) if exact or not tensor.is_floating_point() else \
+            torch.allclose(got.float(), tensor.float(), rtol=1e-3, atol=1e-4)
+        if not same:
+            raise ModelError(f"encode: {MODEL_FILE} does not decode to the model's {name!r}")
+
+
+STAGE = register_stage(Stage(
+    EncodeConfig, run, ensures,
+    last=True,
+    size_row="pruning + sharing + coding",
+    phase="output",
+))

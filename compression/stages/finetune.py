@@ -1,0 +1,72 @@
+"""The ``finetune_centroids`` stage: trained quantization (Han et al. 2016, §3.3).
+
+Centroids move by the summed gradients of their weights (:func:`compression.finetune.
+centroid_gradients`); assignments and masks stay fixed. Uncompressed parameters (biases, norms)
+train as usual. Needs a ``share`` stage before it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .._config import Int, Num, setting
+from .._context import StageContext
+from .._train import train
+from ..finetune import centroid_gradients
+from ._base import Stage, StageConfig, register_stage
+from .share import ensures_tied
+
+
+@dataclass(frozen=True)
+class FinetuneCentroidsConfig(StageConfig):
+    """Trained quantization: centroids move by the summed gradients of their weights."""
+
+    KIND: ClassVar[str] = "finetune_centroids"
+    epochs: int = setting(3, Int(0, 1000))   # a few: the codebooks are small and start close
+    # None: baseline lr / 10 (the paper's retraining rate)
+    lr: float | None = setting(None, Num(0.0, 10.0, lo_open=True))
+    # weight of the dense baseline's soft targets; 0: labels only (the paper)
+    distill: float = setting(0.0, Num(0.0, 1.0))
+    temperature: float = setting(4.0, Num(0.0, 100.0, lo_open=True))  # Hinton et al.'s range
+
+
+def run(model: torch.nn.Module, config: FinetuneCentroidsConfig, ctx: StageContext) -> None:
+    state = ctx.state
+    shared = {name: torch.nn.Parameter(layer.centroids.clone())
+              for name, layer in state.layers.items() if layer.centroids is not None}
+    shared_weights = {id(state.layers[name].weight) for name in shared}
+    params = [p for p in model.parameters() if id(p) not in shared_weights] + list(shared.values())
+
+    def after_step() -> None:
+        for name, centroids in shared.items():
+            state.layers[name].centroids = centroids.detach()
+        state.enforce()
+
+    def after_backward() -> None:
+        state.mask_gradients()
+        centroid_gradients(state, shared)
+
+    spec = ctx.retrain_spec(config.epochs, config.lr, distill=config.distill,
+                            temperature=config.temperature)
+    train(model, ctx.train, spec, params=params, after_backward=after_backward,
+          after_step=after_step, generator=ctx.generator(303),
+          teacher_logits=ctx.teacher_logits(spec), progress=ctx.progress,
+          description="fine-tune centroids")
+    for name, centroids in shared.items():
+        state.layers[name].centroids = centroids.detach().clone()
+    state.enforce()
+
+
+def ensures(model: torch.nn.Module, config: FinetuneCentroidsConfig, ctx: StageContext) -> None:
+    """Every shared layer is still its codebook read through its (unchanged) assignments."""
+    ensures_tied([n for n, layer in ctx.state.layers.items() if layer.centroids is not None],
+                 ctx, "finetune_centroids")
+
+
+register_stage(Stage(
+    FinetuneCentroidsConfig, run, ensures,
+    requires={"centroids": "there are no centroids to fine-tune yet"},
+    size_row="pruning + sharing",
+))
