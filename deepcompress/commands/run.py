@@ -70,31 +70,48 @@ def check_run_folder(out: Path, *, force: bool, resuming: bool) -> None:
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply ``a.b.0.c=VALUE`` to a recipe dict; VALUE is parsed as TOML (strings may be bare)."""
+    """Apply ``a.b.0.c=VALUE`` to a recipe dict; VALUE is parsed as TOML (strings may be bare).
+
+    The key path and the value are checked against the recipe's schema first, so a typo is
+    blamed on the flag (``--set baseline.epoch=1: unknown key 'epoch' in baseline; allowed:
+    [...]``), not on the recipe file."""
+    from compression.recipe import check_override
+
     key, sep, raw = assignment.partition("=")
+    flag = f"--set {assignment if len(assignment) <= 100 else key + '=...'}"
     if not sep or not key:
-        raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE, e.g. baseline.epochs=2")
+        raise RecipeError(f"{flag}: expected KEY=VALUE, e.g. baseline.epochs=2")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    node: Any = data
+    except RecursionError:
+        raise RecipeError(f"{flag}: the value is nested too deeply") from None
     parts = key.split(".")
+    try:
+        check_override(data, key, value)
+    except RecipeError as exc:
+        raise RecipeError(f"{flag}: {exc}") from None
+    node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt_is_index = parts[i + 1].isdigit()
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise RecipeError(f"--set {key}: no item {part} in {'.'.join(parts[:i]) or 'recipe'}")
+                raise RecipeError(f"{flag}: no item {part} in {'.'.join(parts[:i]) or 'recipe'}")
             node = node[int(part)]
-        else:
+        elif isinstance(node, dict):
             node = node.setdefault(part, [] if nxt_is_index else {})
+        else:
+            raise RecipeError(f"{flag}: {'.'.join(parts[:i])} is a single value, not a table")
     last = parts[-1]
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
-            raise RecipeError(f"--set {key}: no item {last}")
+            raise RecipeError(f"{flag}: no item {last}")
         node[int(last)] = value
-    else:
+    elif isinstance(node, dict):
         node[last] = value
+    else:
+        raise RecipeError(f"{flag}: {'.'.join(parts[:-1])} is a single value, not a table")
 
 
 def main(args: argparse.Namespace) -> int:
