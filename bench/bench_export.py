@@ -199,9 +199,12 @@ def print_result(r: dict) -> None:
                   f"{row.get('dense_over_bytes', ''):>8} "
                   + " ".join(f"{x:>11.1f}" if x is not None else f"{'-':>11s}" for x in lat)
                   + f"  {val}")
-    untimed = sorted({v["not_timed"] for v in r["latency_xnnpack"].values() if "not_timed" in v})
-    for why in untimed:
-        print(f"not timed on this host: {why}")
+    untimed: dict[str, list[str]] = {}
+    for key, v in r["latency_xnnpack"].items():
+        if "not_timed" in v:   # the harness names the file first: group by the reason after it
+            untimed.setdefault(v["not_timed"].split(": ", 1)[-1], []).append(key)
+    for why, keys in untimed.items():
+        print(f"not timed on this host ({', '.join(keys)}): {why}")
     print(f"size goals {r['size_goals']}")
     print(f"latency goal {r['latency_goal']}")
 
