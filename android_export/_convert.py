@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from dccore.errors import ExportError
-from dccore.outputs import TFLITE, write_bytes_atomic
+from dccore.outputs import TFLITE, check_output, write_bytes_atomic
 from exporters import CompressedLayer, as_inputs, select_layers, unsupported_op_error
 
 from ._backend import quiet, require
@@ -206,7 +206,7 @@ def export_tflite(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     or folds is skipped with the reason. ``float32`` reuses an earlier ``convert_float32``."""
     if variant not in VARIANTS:
         raise ExportError(f"TFLite variant {variant!r} is unknown; choose one of {sorted(VARIANTS)}")
-    out = Path(out)
+    out = check_output(out, TFLITE, flag="TFLite output")   # before any work
     model = model.eval()
     inputs = as_inputs(example_inputs)
     if float32 is None:

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from dccore.errors import ExportError
-from dccore.outputs import MLPACKAGE, atomic_path
+from dccore.outputs import MLPACKAGE, atomic_path, check_output
 from exporters import (CompressedLayer, as_inputs, locate_in_trace, locate_op, select_layers,
                        unsupported_op_error)
 
@@ -306,7 +306,7 @@ def export_coreml(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
         raise ExportError(f"Core ML precision {precision!r}: choose one of {PRECISIONS}")
     if method not in METHODS:
         raise ExportError(f"Core ML compression {method!r}: choose one of {METHODS}")
-    out = Path(out)
+    out = check_output(out, MLPACKAGE, flag="Core ML output")   # before any work
     if out.suffix != ".mlpackage":
         raise ExportError(f"Core ML output {out} must end with .mlpackage (an ML Program package)")
     ct = coremltools()

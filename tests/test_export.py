@@ -16,7 +16,7 @@ from compression.data import load_split
 from compression.prune import magnitude_mask
 from compression.share import share_layer
 from dccore.artifacts import artifact_size
-from dccore.errors import ExportError
+from dccore.errors import ExportError, UsageError
 from exporters import EXPORTERS, accuracy_scorer, compressed_layers, torch_outputs
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -220,6 +220,27 @@ def test_unsupported_op_names_layer_and_op(exporter, tmp_path):
         exporter.export(model_with_unsupported_op(), out)
     assert "head.1" in str(err.value) and "mystery" in str(err.value)
     assert list(tmp_path.iterdir()) == []   # nothing half-written
+
+
+def test_an_output_that_is_not_ours_is_refused_before_converting(exporter, model, tmp_path, monkeypatch):
+    import android_export
+    import android_export._convert
+    import ios_export
+    import ios_export._convert
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted before checking the output")
+    monkeypatch.setattr(android_export._convert._last, "convert", no_conversion)
+    monkeypatch.setattr(ios_export._convert, "_convert", no_conversion)
+    folder = tmp_path / f"mine{exporter.suffix}"
+    folder.mkdir() if exporter.name == "tflite" else folder.write_text("mine")
+    direct = {"tflite": android_export.export_tflite, "coreml": ios_export.export_coreml}[exporter.name]
+    for export in (exporter.exporter.export, direct):   # through the interface, and the package's verb
+        with pytest.raises(UsageError, match="not a"):
+            export(model, EXAMPLE, folder)
+        with pytest.raises(UsageError, match="does not exist"):
+            export(model, EXAMPLE, tmp_path / "no" / f"m{exporter.suffix}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
 
 
 def test_compressed_layers_come_from_the_weights(model):
