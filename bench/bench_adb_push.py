@@ -1,17 +1,22 @@
-"""Upload (and download) speed to the emulated Android device over loopback, three clients:
+"""Push speed to the emulated Android device over loopback: our AdbDevice against Google's adb.
 
-* ``adb-shell stock``  -- adb_shell.AdbDeviceTcp as it comes (header and payload written
-  separately, Nagle on);
-* ``AdbDevice``        -- our backend (TCP_NODELAY, one write per message, buffered reads);
-* both adb-shell clients again against the daemon advertising 256 KiB and 64 KiB messages
-  (older adbd) instead of 1 MiB: more messages, more stalls for the stock client;
-* ``adb (Debian)``     -- Google's client through its own isolated adb server; wall time of the
-  ``adb push`` process, and the rate adb itself prints.
+The goal (Hardening item 10): our push is at least as fast as Debian's ``adb`` client against the
+same daemon, for devices that advertise 4 KiB, 64 KiB, 256 KiB and 1 MiB messages (old adbd ...
+today's). For each size an emulated device is started (``emulator.start(max_payload=...)``, in
+this process), both clients connect to it, and pushes of the same random file alternate between
+them, ``--rounds`` times (the order flips every round, so neither always goes first). Each
+figure is the median; MB/s are 10^6 bytes per second; every push is checked byte for byte.
 
-Each figure is the median of ``--repeats`` transfers of the same random file (default 3 MB =
-3,000,000 bytes; MB/s here are 10^6 bytes per second). Every transfer is checked byte for byte.
+* ``ours``      -- ``AdbDevice.push``, wall time of the call;
+* ``adb wall``  -- the ``adb push`` process (its own adb server, started once), wall time;
+* ``adb own``   -- the time adb itself prints, without its process start: the stricter bar;
+* ``ratio``     -- ours/adb speed (> 1: ours is faster), against each of the two.
 
-    nice -n 5 python bench/bench_adb_push.py [--size-mb 3] [--repeats 7] [--json]
+An extra row plays an old adbd (``old_adbd=True``: protocol 0x01000000, so both clients compute
+and the daemon verifies a checksum on every message; 4 KiB messages). ``--stock`` adds adb-shell's
+own push. The load average is printed: figures from a busy machine are noisy.
+
+    nice -n 5 python bench/bench_adb_push.py [--size-mb 16] [--rounds 7] [--json] [--stock]
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,117 +55,149 @@ def _check(emu, payload: bytes) -> None:
     emu.host_path(REMOTE).unlink()
 
 
-def bench_stock(emu, key: Path, local: Path, payload: bytes, repeats: int) -> list[float]:
+def _time_stock(emu, key: Path, local: Path) -> Callable[[], float]:
+    """adb-shell's own push (header and payload written apart, half-size DATA chunks)."""
     from adb_shell.adb_device import AdbDeviceTcp
 
-    dev = AdbDeviceTcp("127.0.0.1", emu.port, default_transport_timeout_s=10)
+    dev = AdbDeviceTcp("127.0.0.1", emu.port, default_transport_timeout_s=30)
     dev.connect(rsa_keys=[load_signer(key)], auth_timeout_s=10)
-    dev.shell("mkdir -p /data/local/tmp/bench")
-    times = []
-    for _ in range(repeats):
+
+    def push() -> float:
         start = time.perf_counter()
         dev.push(str(local), REMOTE, read_timeout_s=60)
-        times.append(time.perf_counter() - start)
-        _check(emu, payload)
-    dev.close()
-    return times
+        return time.perf_counter() - start
+
+    push.close = dev.close  # type: ignore[attr-defined]
+    return push
 
 
-def bench_ours(emu, key: Path, local: Path, payload: bytes, repeats: int) -> tuple[list[float], list[float]]:
-    push, pull = [], []
-    with AdbDevice.connect(emu.serial, key_path=key) as dev:
-        back = local.with_name("back.bin")
-        for _ in range(repeats):
-            push.append(dev.push(local, REMOTE))
-            start = time.perf_counter()
-            dev.pull(REMOTE, back)
-            pull.append(time.perf_counter() - start)
-            if back.read_bytes() != payload:
-                raise SystemExit("pulled file differs from the source")
-            _check(emu, payload)
-    return push, pull
+class GoogleAdb:
+    """Debian's adb client with a server of its own (own port, HOME and keys): the user's adb
+    server is never touched."""
 
+    def __init__(self, home: Path) -> None:
+        self.path = shutil.which("adb")
+        self.env = dict(os.environ, HOME=str(home), TMPDIR=str(home),
+                        ANDROID_ADB_SERVER_PORT=str(_free_port()))
+        for var in ("ANDROID_USER_HOME", "ANDROID_SDK_HOME", "ADB_VENDOR_KEYS", "ANDROID_SERIAL"):
+            self.env.pop(var, None)
+        if self.path:
+            subprocess.run([self.path, "start-server"], env=self.env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+                           check=True)
 
-def bench_adb(emu, home: Path, local: Path, payload: bytes, repeats: int) -> dict[str, list[float]] | None:
-    adb = shutil.which("adb")
-    if adb is None:
-        return None
-    env = dict(os.environ, HOME=str(home), TMPDIR=str(home), ANDROID_ADB_SERVER_PORT=str(_free_port()))
-    run = lambda *a: subprocess.run([adb, *a], env=env, capture_output=True, text=True,  # noqa: E731
-                                    timeout=60, stdin=subprocess.DEVNULL)
-    subprocess.run([adb, "start-server"], env=env, stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True)
-    try:
-        run("connect", emu.serial)
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.path, *args], env=self.env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    def connect(self, serial: str) -> None:
+        self.run("connect", serial)
         deadline = time.monotonic() + 10
-        while run("-s", emu.serial, "get-state").stdout.strip() != "device":
+        while self.run("-s", serial, "get-state").stdout.strip() != "device":
             if time.monotonic() > deadline:
-                raise SystemExit("adb never saw the emulated device as 'device'")
+                raise SystemExit(f"adb never saw {serial} as 'device'")
             time.sleep(0.1)
-        out: dict[str, list[float]] = {"push_wall": [], "push_own": [], "pull_wall": []}
-        back = local.with_name("adb-back.bin")
-        for _ in range(repeats):
+
+    def push(self, serial: str, local: Path) -> tuple[float, float]:
+        """(wall seconds of the adb process, the seconds adb reports itself)."""
+        start = time.perf_counter()
+        res = self.run("-s", serial, "push", str(local), REMOTE)
+        wall = time.perf_counter() - start
+        m = re.search(r"\(\d+ bytes in ([\d.]+)s\)", res.stdout)
+        if res.returncode != 0 or not m:
+            raise SystemExit(f"adb push failed: {res.stdout} {res.stderr}")
+        return wall, float(m.group(1))
+
+    def close(self) -> None:
+        if self.path:
+            subprocess.run([self.path, "kill-server"], env=self.env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+
+def compare(label: str, emu, key: Path, adb: GoogleAdb, local: Path, payload: bytes,
+            rounds: int, stock: bool) -> dict:
+    """Interleaved pushes by both clients (and adb-shell's own with ``stock``) to one device."""
+    times: dict[str, list[float]] = {"ours": [], "adb_wall": [], "adb_own": [], "stock": []}
+    adb.connect(emu.serial)
+    stock_push = _time_stock(emu, key, local) if stock else None
+    with AdbDevice.connect(emu.serial, key_path=key) as dev:
+        def ours() -> None:
             start = time.perf_counter()
-            res = run("-s", emu.serial, "push", str(local), REMOTE)
-            out["push_wall"].append(time.perf_counter() - start)
-            m = re.search(r"\(\d+ bytes in ([\d.]+)s\)", res.stdout)
-            if res.returncode != 0 or not m:
-                raise SystemExit(f"adb push failed: {res.stdout} {res.stderr}")
-            out["push_own"].append(float(m.group(1)))
-            start = time.perf_counter()
-            res = run("-s", emu.serial, "pull", REMOTE, str(back))
-            out["pull_wall"].append(time.perf_counter() - start)
-            if res.returncode != 0 or back.read_bytes() != payload:
-                raise SystemExit(f"adb pull failed: {res.stdout} {res.stderr}")
+            dev.push(local, REMOTE)
+            times["ours"].append(time.perf_counter() - start)
             _check(emu, payload)
-        return out
-    finally:
-        subprocess.run([adb, "kill-server"], env=env, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+        def google() -> None:
+            wall, own = adb.push(emu.serial, local)
+            times["adb_wall"].append(wall)
+            times["adb_own"].append(own)
+            _check(emu, payload)
+
+        ours(), google()  # warm-up: connections, caches
+        for key_ in times:
+            times[key_].clear()
+        for r in range(rounds):
+            for run in ((ours, google) if r % 2 == 0 else (google, ours)):
+                run()
+            if stock_push is not None:
+                times["stock"].append(stock_push())
+                _check(emu, payload)
+    if stock_push is not None:
+        stock_push.close()  # type: ignore[attr-defined]
+    adb.run("disconnect", emu.serial)
+    size = len(payload)
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    row = {"device": label, "max_payload": emu.max_payload,
+           **{f"{k}_mb_per_s": size / 1e6 / t for k, t in med.items()},
+           **{f"{k}_runs_s": [round(x, 5) for x in v] for k, v in times.items() if v}}
+    row["ratio_vs_adb_wall"] = med["adb_wall"] / med["ours"]
+    row["ratio_vs_adb_own"] = med["adb_own"] / med["ours"]
+    return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=float, default=3.0)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--size-mb", type=float, default=16.0)  # adb prints ms: big enough to read
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--stock", action="store_true", help="also time adb-shell's own push")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if shutil.which("adb") is None:
+        raise SystemExit("Debian's adb client is not installed (apt install adb): nothing to compare")
     size = int(args.size_mb * 1_000_000)
+    load_before = os.getloadavg()
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-adb-") as tmp:
         home = Path(tmp)
         key = ensure_adb_key(home / ".android" / "adbkey")
         local = home / "push.bin"
         payload = os.urandom(size)
         local.write_bytes(payload)
-        with emulator.start(authorized_keys=[f"{key}.pub"]) as emu:
-            stock = bench_stock(emu, key, local, payload, args.repeats)
-            ours_push, ours_pull = bench_ours(emu, key, local, payload, args.repeats)
-            adb = bench_adb(emu, home, local, payload, args.repeats)
-        rows = [("adb-shell stock", "push", stock), ("AdbDevice", "push", ours_push),
-                ("AdbDevice", "pull", ours_pull)]
-        # older devices advertise smaller messages (Android 7-8 adbd: 256 KiB): more messages,
-        # so more Nagle/delayed-ACK stalls for a client that writes header and payload apart
-        for kib in (256, 64):
-            with emulator.start(authorized_keys=[f"{key}.pub"], max_payload=kib * 1024) as emu:
-                rows.append((f"adb-shell stock, {kib} KiB device", "push",
-                             bench_stock(emu, key, local, payload, args.repeats)))
-                rows.append((f"AdbDevice, {kib} KiB device", "push",
-                             bench_ours(emu, key, local, payload, args.repeats)[0]))
-    if adb:
-        rows += [("adb (Debian), process wall time", "push", adb["push_wall"]),
-                 ("adb (Debian), its own figure", "push", adb["push_own"]),
-                 ("adb (Debian), process wall time", "pull", adb["pull_wall"])]
-    results = [{"client": c, "op": op, "median_s": statistics.median(t),
-                "mb_per_s": size / 1e6 / statistics.median(t), "runs_s": [round(x, 5) for x in t]}
-               for c, op, t in rows]
+        adb = GoogleAdb(home)
+        try:
+            devices = [(f"{kib} KiB", {"max_payload": kib * 1024}) for kib in (4, 64, 256, 1024)]
+            devices.append(("4 KiB old adbd", {"old_adbd": True}))
+            for label, options in devices:
+                with emulator.start(authorized_keys=[f"{key}.pub"], **options) as emu:
+                    rows.append(compare(label, emu, key, adb, local, payload, args.rounds,
+                                        args.stock))
+        finally:
+            adb.close()
+    load = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
     if args.json:
-        print(json.dumps({"bytes": size, "repeats": args.repeats, "results": results}, indent=2))
-    else:
-        print(f"{size:,} bytes, median of {args.repeats}, loopback to the emulated device")
-        for r in results:
-            print(f"  {r['client']:<34} {r['op']:<5} {r['median_s'] * 1000:8.1f} ms  {r['mb_per_s']:8.1f} MB/s")
-    if adb is None:
-        print("  adb (Debian): not installed, skipped", file=sys.stderr)
+        print(json.dumps({"bytes": size, "rounds": args.rounds, "load_average": load,
+                          "results": rows}, indent=2))
+        return 0
+    print(f"{size:,} bytes, median of {args.rounds} interleaved rounds, loopback to the emulated "
+          f"device (daemon in this process); load average {load_before[0]:.2f} -> "
+          f"{load['after'][0]:.2f} on {load['cpus']} CPUs")
+    print(f"  {'device':<16} {'ours':>9} {'adb wall':>9} {'adb own':>9}  {'ratio wall':>10} "
+          f"{'ratio own':>9}" + (f" {'adb-shell':>10}" if args.stock else "") + "   (MB/s)")
+    for r in rows:
+        print(f"  {r['device']:<16} {r['ours_mb_per_s']:9.1f} {r['adb_wall_mb_per_s']:9.1f} "
+              f"{r['adb_own_mb_per_s']:9.1f}  {r['ratio_vs_adb_wall']:10.2f} "
+              f"{r['ratio_vs_adb_own']:9.2f}"
+              + (f" {r['stock_mb_per_s']:10.1f}" if args.stock else ""))
     return 0
 
 

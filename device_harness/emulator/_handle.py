@@ -30,6 +30,11 @@ class EmulatorHandle:
         self._thread.start()
 
     @property
+    def max_payload(self) -> int:
+        """The largest message the daemon advertises in its CNXN."""
+        return self._daemon.config.max_payload
+
+    @property
     def address(self) -> tuple[str, int]:
         """The listening socket's own address, as the kernel reports it."""
         return self._daemon.listener.getsockname()[:2]
