@@ -31,15 +31,21 @@ def make_lenet300_tflite(path: Path) -> Path:
 
 
 def bench_cli(artifact: Path, device: str, runs: int, warmup: int = 5, timeout_s: float = 600) -> tuple[float, dict]:
-    """Run `deepcompress bench --json` as a user would (a fresh process); return (wall s, result)."""
-    argv = [sys.executable, "-m", "compression", "bench", str(artifact), "--device", device,
+    """Run `deepcompress bench --json` as a user would (a fresh process); return (wall s, result).
+
+    With --json every outcome is one JSON object on stdout, a failure included: its ``error``
+    is what is reported, with whatever the process said on stderr."""
+    argv = [sys.executable, "-m", "deepcompress.cli", "bench", str(artifact), "--device", device,
             "--runs", str(runs), "--warmup", str(warmup), "--json"]
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"bench failed ({proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-1000:]}")
-    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {"ok": False, "error": "no output"}
+    if proc.returncode != 0 or not result.get("ok"):
+        raise SystemExit(f"bench on {device} failed ({proc.returncode}): {result.get('error')}"
+                         f"{' | ' + proc.stderr.strip()[-1000:] if proc.stderr.strip() else ''}")
+    return wall, result
 
 
 @contextlib.contextmanager
