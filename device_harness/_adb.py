@@ -12,7 +12,8 @@ What this adds to adb-shell:
   header (~40 ms per message on loopback). Our transport sets TCP_NODELAY and sends header and
   payload in one write; it also uses ``sendall`` (the stock one ignores short writes on its
   non-blocking socket, which corrupts the stream once a 1 MiB packet exceeds the socket buffer)
-  and buffers reads;
+  and buffers reads. It announces protocol 0x01000001, as Google's adb does, so that a device
+  speaking it skips checksums (adb-shell speaks only 0x01000000, summing every byte in Python);
 * exit status -- the plain ``shell:`` service returns none, so each command is followed by
   ``; echo __DC_RC=$?`` and the marker is parsed off the output;
 * timeouts -- every call has an overall deadline, enforced by the transport on each read/write;

@@ -146,3 +146,27 @@ def test_unauthorized_key_fails_to_authenticate(tmp_path):
             assert adb("-s", emu.serial, "shell", "echo", "hi").returncode != 0
         finally:
             adb.kill()
+
+
+def test_old_adbd_profile_with_googles_client(tmp_path):
+    """Google's adb against the emulated old adbd (0x01000000 with checksums, 4 KiB messages,
+    FAIL before the data): a push arrives byte for byte, a refused one fails at once with the
+    device's reason, and the device is still usable."""
+    home = tmp_path / "home"
+    key = ensure_adb_key(home / ".android" / "adbkey")
+    adb = AdbClient(home)
+    with emulator.start(authorized_keys=[f"{key}.pub"], old_adbd=True) as emu:
+        adb.start()
+        try:
+            assert f"connected to {emu.serial}" in adb("connect", emu.serial).stdout
+            local = tmp_path / "f"
+            local.write_bytes(os.urandom(300_001))
+            assert adb("-s", emu.serial, "push", str(local), "/data/local/tmp/f").returncode == 0
+            assert emu.host_path("/data/local/tmp/f").read_bytes() == local.read_bytes()
+            (emu.sandbox / "a-file").write_bytes(b"x")
+            out = adb("-s", emu.serial, "push", str(local), "/data/local/tmp/a-file/f")
+            assert out.returncode != 0 and "Not a directory" in out.stdout + out.stderr
+            assert adb("-s", emu.serial, "shell", "echo", "hi").stdout == "hi\n"
+        finally:
+            adb.kill()
+

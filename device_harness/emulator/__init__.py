@@ -10,8 +10,12 @@ Authentication: the daemon trusts the public keys in its authorized-keys files (
 ``BASE64 user@host`` per line, the format of ``~/.android/adbkey.pub``); by default that is the
 current user's own ``~/.android/adbkey.pub``, generated with its private half if missing, so the
 same user's ``adb`` and :class:`~device_harness._adb.AdbDevice` are let in and nobody else's key
-is. A client offering an unknown key is refused at once (a phone would ask its user; here there
-is nobody to ask). ``no_auth=True`` skips authentication: for tests only.
+is. Only a token signed with a trusted key admits a client: one that offers a public key instead
+is refused at once, even a trusted one (a phone would ask its user; here there is nobody to ask,
+and a public key proves nothing). ``no_auth=True`` skips authentication: for tests only.
+
+``start(old_adbd=True)`` (``--old-adbd``) plays an old adbd: protocol 0x01000000 with checksums,
+4 KiB messages, and a sync SEND it cannot open answered with FAIL before the data.
 """
 from __future__ import annotations
 

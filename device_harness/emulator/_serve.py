@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "~/.android/adbkey.pub, generated if missing)")
     parser.add_argument("--no-auth", action="store_true",
                         help="accept any client without a key (for tests only)")
+    parser.add_argument("--old-adbd", action="store_true",
+                        help="play an old adbd: protocol 0x01000000 with checksums, 4 KiB "
+                             "messages, a refused push answered before its data")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON line saying where it listens; logs stay on stderr")
     parser.add_argument("--pidfile", type=Path, help=argparse.SUPPRESS)  # set by ensure_emulator
@@ -54,7 +57,8 @@ def serve(args: argparse.Namespace, say: Callable[[dict, str], None] | None = No
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     handle = start(port=args.port, no_auth=args.no_auth, sandbox=args.sandbox,
-                   profile=args.profile, authorized_keys=args.authorized_keys)
+                   profile=args.profile, authorized_keys=args.authorized_keys,
+                   old_adbd=getattr(args, "old_adbd", False))
     try:
         if args.pidfile:
             write_bytes_atomic(args.pidfile, f"{os.getpid()}\n".encode())
