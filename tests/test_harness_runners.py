@@ -236,6 +236,25 @@ def test_a_failure_text_agrees_with_its_attempts_and_quotes_the_first_cause(host
     assert "third cause" in skipped["error"] and "attempt" not in skipped["error"]
 
 
+def test_an_artifact_kind_is_one_registration(tmp_path):
+    from device_harness.runners._bench import RUNNERS, ArtifactKind
+
+    def bench_fake(device, path, sha256, opts):
+        return {"runner": "fake", "push": {"bytes": path.stat().st_size, "seconds": 0.0}}
+
+    model = tmp_path / "m.fake"
+    model.write_bytes(b"12345")
+    RUNNERS.register(".fake", ArtifactKind("fake", False, "a .fake file", bench_fake))
+    try:
+        r = bench_artifact(FakeAndroid(), model, BenchOptions())
+        assert (r["format"], r["runner"], r["artifact_bytes"]) == ("fake", "fake", 5)
+        with pytest.raises(DeviceError, match="expected a .tflite file or a .mlpackage folder or "
+                                              "a .fake file"):
+            bench_artifact(FakeAndroid(), tmp_path, BenchOptions())
+    finally:
+        RUNNERS.unregister(".fake")
+
+
 def test_non_transient_errors_are_not_retried(hostile_model):
     sleeps: list[float] = []
     results = bench_many([hostile_model], ["fake"], BenchOptions(), open_device=lambda s: FakeAndroid(),

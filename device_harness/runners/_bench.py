@@ -78,17 +78,14 @@ RUNNERS: Registry[ArtifactKind] = Registry("artifact kind")
 
 
 def artifact_kind(path: Path) -> ArtifactKind:
-    kind = RUNNERS.get(path.suffix) if path.suffix in RUNNERS else None
-    if kind is not None and (path.is_dir() if kind.folder else path.is_file()):
-        return kind
+    if path.suffix in RUNNERS:
+        kind = RUNNERS.get(path.suffix)
+        if path.is_dir() if kind.folder else path.is_file():
+            return kind
     if not path.exists():
         raise DeviceError(f"artifact {path} does not exist")
     expected = " or ".join(k.description for _suffix, k in RUNNERS.items())
     raise DeviceError(f"artifact {path}: expected {expected}")
-
-
-def artifact_format(path: Path) -> str:
-    return artifact_kind(path).format
 
 
 def _now() -> str:
