@@ -18,6 +18,7 @@ read as it comes, so a FAIL ends the push at once with the device's own message.
 """
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -92,6 +93,11 @@ class _Sender:
         self.pos = w.HEADER.size
         self._wait(for_okay=True)
 
+    def finish(self) -> None:
+        """Send what is buffered (DONE included) and wait for the device's verdict."""
+        self.flush()
+        self._wait(for_okay=False)
+
     # -- what comes back ----------------------------------------------------------------------------
     def _wait(self, *, for_okay: bool) -> None:
         """Read this stream's packets until the device OKAYs our WRTE (``for_okay``) or, after
@@ -138,16 +144,15 @@ def sync_send(adb: Any, local: Path, remote: str, *, mode: int, mtime: int, time
     info = adb._open(b"sync:", timeout_s, timeout_s, None)
     try:
         sender = _Sender(adb, info)
-        with open(local, "rb", buffering=0) as fh:
-            size = local.stat().st_size
+        with open(local, "rb", buffering=0) as fh:  # unbuffered: read straight into packets
+            size = os.fstat(fh.fileno()).st_size
             sender.put(_SYNC.pack(b"SEND", len(path)) + path)
             for offset in range(0, size, SYNC_DATA_MAX):
                 chunk = min(SYNC_DATA_MAX, size - offset)
                 sender.put(_SYNC.pack(b"DATA", chunk))
                 sender.put_file(fh, chunk, str(local))
         sender.put(_SYNC.pack(b"DONE", mtime & 0xFFFFFFFF))
-        sender.flush()
-        sender._wait(for_okay=False)
+        sender.finish()
     except PushRefused as refused:
         try:
             adb._clse(info)  # the device may still be waiting for our data: end the stream
