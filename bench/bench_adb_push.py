@@ -16,7 +16,7 @@ An extra row plays an old adbd (``old_adbd=True``: protocol 0x01000000, so both 
 and the daemon verifies a checksum on every message; 4 KiB messages). ``--stock`` adds adb-shell's
 own push. The load average is printed: figures from a busy machine are noisy.
 
-    nice -n 5 python bench/bench_adb_push.py [--size-mb 16] [--rounds 7] [--json] [--stock]
+    nice -n 5 python bench/bench_adb_push.py [--size-mb 16] [--rounds 15] [--json] [--stock]
 """
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def compare(label: str, emu, key: Path, adb: GoogleAdb, local: Path, payload: by
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=16.0)  # adb prints ms: big enough to read
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=15)  # a busy machine needs many
     parser.add_argument("--stock", action="store_true", help="also time adb-shell's own push")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
