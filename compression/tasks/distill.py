@@ -1,0 +1,222 @@
+"""``distill``: label-free. The dense model is the teacher; the compressed model learns (and is
+judged) by how close its outputs stay to the teacher's on inputs the user provides.
+
+This is the task for any model when the only promise is "same outputs, smaller file": a sentence
+encoder, a detector's head, a keyword spotter without its labels. Inputs come from
+
+- ``inputs = "samples.pt"``: a tensor, a list of tensors, or a dict of named tensors (one row per
+  example), read with ``torch.load(weights_only=True)``; or ``.npz`` (``allow_pickle=False``);
+- ``inputs = "folder/"`` of images (PNG/JPEG, resized to ``image_shape``), or a ``.txt`` file /
+  folder of ``.txt`` files (one example per line) turned into tensors by the ``tokenizer`` the
+  recipe names (``package.module:function``, called with a list of strings);
+- ``factory = "package.module:function"``: your own code returning the inputs.
+
+Loss: ``mse`` on the outputs, ``cosine`` (1 - cosine), or ``kl`` (softmax at ``temperature``,
+scaled by T²). Metrics against the teacher on the held-out examples: mean and minimum output
+cosine (``cosine_mean`` leads), relative error, top-1 and top-5 agreement.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from dccore import metrics
+from dccore.errors import DataError, RecipeError
+
+from .._config import Check, Int, Num, OneOf, Shape, Text, fail, setting
+from ._base import Examples, Task, TaskConfig, TaskData, register_task
+
+LOSSES = ("mse", "cosine", "kl")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+MAX_TEXT_BYTES = 64 << 20    # a text sample file larger than this is refused, not read
+
+
+class Names(Check):
+    """A non-empty list of distinct names, stored as a tuple."""
+
+    def __call__(self, path: str, value: Any, owner: type) -> tuple[str, ...]:
+        if (not isinstance(value, (list, tuple)) or not value or len(set(value)) != len(value)
+                or not all(isinstance(v, str) and v for v in value)):
+            raise fail(path, "a list of distinct names", value)
+        return tuple(value)
+
+
+@dataclass(frozen=True)
+class DistillConfig(TaskConfig):
+    KIND: ClassVar[str] = "distill"
+    inputs: str | None = setting(None, Text())      # .pt / .npz / image folder / text lines
+    factory: str | None = setting(None, Text())     # or "package.module:function" -> inputs
+    tokenizer: str | None = setting(None, Text())   # text inputs: "package.module:function"
+    input_names: tuple[str, ...] | None = setting(None, Names())  # order of named inputs
+    image_shape: tuple[int, ...] | None = setting(None, Shape())  # image folders: C, H, W
+    loss: str = setting("mse", OneOf(LOSSES))       # mse: any output; cosine suits embeddings
+    temperature: float = setting(1.0, Num(0.0, 100.0, lo_open=True))  # kl only
+    test_fraction: float = setting(0.2, Num(0.0, 0.9, lo_open=True))  # held out for the figures
+    limit: int | None = setting(None, Int(2))       # use at most this many examples
+
+    def _check(self, path: str) -> None:
+        if (self.inputs is None) == (self.factory is None):
+            raise RecipeError(f"{path or 'task'}: the distill task needs exactly one of inputs "
+                              "(a file or folder of samples) or factory (package.module:function)")
+        if self.input_names is not None and (not isinstance(self.input_names, (list, tuple))
+                                             or not all(isinstance(n, str) for n in self.input_names)):
+            raise RecipeError(f"{path or 'task'}.input_names: expected a list of names")
+
+
+def _named_callable(spec: str, what: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise RecipeError(f"task.{what} {spec!r}: expected 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RecipeError(f"task.{what} {spec!r}: cannot import {module_name!r} ({exc}); is it "
+                          "on PYTHONPATH?") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise RecipeError(f"task.{what} {spec!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+def as_inputs(obj: Any, names: tuple[str, ...] | None, where: str) -> tuple[torch.Tensor, ...]:
+    """A tensor, a sequence of tensors or a mapping of named tensors -> a tuple of tensors."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        obj = (obj,)
+    if isinstance(obj, Mapping):
+        keys = list(names) if names else list(obj)
+        missing = [k for k in keys if k not in obj]
+        if missing:
+            raise DataError(f"{where}: no input named {missing[0]!r}; it holds {sorted(obj)}")
+        obj = tuple(obj[k] for k in keys)
+    if not isinstance(obj, (tuple, list)) or not obj:
+        raise DataError(f"{where}: expected tensors (one row per example), got "
+                        f"{type(obj).__name__}")
+    out = []
+    for t in obj:
+        if isinstance(t, np.ndarray):
+            if t.dtype == object:
+                raise DataError(f"{where}: arrays of Python objects are not data")
+            t = torch.from_numpy(np.ascontiguousarray(t))
+        if not isinstance(t, torch.Tensor):
+            raise DataError(f"{where}: expected tensors, got {type(t).__name__}")
+        out.append(t.float() if t.dtype == torch.float64 else t)
+    return tuple(out)
+
+
+def _read_text(path: Path) -> list[str]:
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    lines: list[str] = []
+    for f in files:
+        if f.stat().st_size > MAX_TEXT_BYTES:
+            raise DataError(f"{f}: larger than {MAX_TEXT_BYTES >> 20} MiB; split it or set limit")
+        lines += [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return lines
+
+
+def _read_images(folder: Path, shape: tuple[int, ...] | None) -> torch.Tensor:
+    from PIL import Image   # matplotlib's dependency, so always present
+
+    if shape is None or len(shape) != 3:
+        raise RecipeError("task.image_shape: an image folder needs [channels, height, width]")
+    c, h, w = shape
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no {', '.join(_IMAGE_SUFFIXES)} images")
+    mode = {1: "L", 3: "RGB"}.get(c)
+    if mode is None:
+        raise RecipeError("task.image_shape: 1 or 3 channels")
+    out = np.empty((len(files), c, h, w), dtype=np.float32)
+    for i, f in enumerate(files):
+        with Image.open(f) as img:
+            arr = np.asarray(img.convert(mode).resize((w, h)), dtype=np.float32) / 255.0
+        out[i] = arr.reshape(h, w, c).transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+class Distill(Task):
+    KIND = "distill"
+    primary = "cosine_mean"
+    needs_labels = False
+    trains_baseline = False
+
+    def _samples(self) -> tuple[torch.Tensor, ...]:
+        cfg = self.config
+        names = tuple(cfg.input_names) if cfg.input_names else None
+        if cfg.factory is not None:
+            return as_inputs(_named_callable(cfg.factory, "factory")(), names, cfg.factory)
+        path = Path(cfg.inputs).expanduser()
+        if not path.exists():
+            raise DataError(f"task.inputs {path}: no such file or folder")
+        if path.suffix == ".pt":
+            from ..models import load_torch_file
+
+            return as_inputs(load_torch_file(path), names, str(path))
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                return as_inputs({k: npz[k] for k in npz.files}, names, str(path))
+        if path.suffix == ".txt" or (path.is_dir() and any(path.glob("*.txt"))):
+            if cfg.tokenizer is None:
+                raise RecipeError("task.tokenizer: text inputs need the function that turns a "
+                                  "list of strings into tensors (package.module:function)")
+            lines = _read_text(path)
+            if cfg.limit is not None:
+                lines = lines[:cfg.limit]
+            return as_inputs(_named_callable(cfg.tokenizer, "tokenizer")(lines), names, str(path))
+        if path.is_dir():
+            return (_read_images(path, cfg.image_shape),)
+        raise DataError(f"task.inputs {path}: expected a .pt, .npz or .txt file, or a folder of "
+                        "images or .txt files")
+
+    def load(self) -> TaskData:
+        samples = Examples(self._samples())
+        samples = samples.subset(self.config.limit)
+        if len(samples) < 2:
+            raise DataError("the distill task needs at least 2 examples")
+        train, test = samples.split_off(self.config.test_fraction, self.seed)
+        val = None
+        d = self.data_config
+        if d is not None and d.val_fraction > 0:
+            train, val = train.split_off(d.val_fraction, self.seed + 1)
+        if d is not None and d.train_limit is not None:
+            train = train.subset(d.train_limit)
+        if d is not None and d.test_limit is not None:
+            test = test.subset(d.test_limit)
+        return TaskData(train, val, test)
+
+    def loss(self, outputs, targets, teacher, weight, temperature):
+        if teacher is None:
+            raise ValueError("the distill task's loss needs the teacher's outputs")
+        kind = self.config.loss
+        s, t = outputs.reshape(outputs.shape[0], -1), teacher.reshape(teacher.shape[0], -1)
+        if kind == "mse":
+            return nn.functional.mse_loss(s, t)
+        if kind == "cosine":
+            return (1.0 - nn.functional.cosine_similarity(s, t, dim=1)).mean()
+        temp = self.config.temperature
+        return nn.functional.kl_div(nn.functional.log_softmax(s / temp, dim=1),
+                                    nn.functional.log_softmax(t / temp, dim=1),
+                                    reduction="batchmean", log_target=True) * temp * temp
+
+    def metrics(self, outputs, targets, reference):
+        if reference is None:       # the teacher itself: identical by definition
+            reference = outputs
+        got = outputs.reshape(outputs.shape[0], -1).double().numpy()
+        ref = reference.reshape(reference.shape[0], -1).double().numpy()
+        if len(got) == 0:
+            return {"cosine_mean": float("nan")}
+        rel = np.linalg.norm(got - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+        out = {"cosine_mean": metrics.mean_cosine(got, ref), "cosine_min": metrics.min_cosine(got, ref),
+               "relative_error": float(rel.mean()),
+               "top1_agreement": metrics.argmax_agreement(got, ref)}
+        if got.shape[1] >= 5:
+            out["top5_agreement"] = metrics.top_k_agreement(got, ref, 5)
+        return out
+
+
+register_task(DistillConfig, Distill)
