@@ -56,12 +56,19 @@ def serve(args: argparse.Namespace, say: Callable[[dict, str], None] | None = No
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    handle = start(port=args.port, no_auth=args.no_auth, sandbox=args.sandbox,
-                   profile=args.profile, authorized_keys=args.authorized_keys,
-                   old_adbd=getattr(args, "old_adbd", False))
+    # The pidfile first: ensure_emulator returns as soon as the port answers, and whoever then
+    # stops the device (stop_emulator) finds it by this file.
+    if args.pidfile:
+        write_bytes_atomic(args.pidfile, f"{os.getpid()}\n".encode())
     try:
+        handle = start(port=args.port, no_auth=args.no_auth, sandbox=args.sandbox,
+                       profile=args.profile, authorized_keys=args.authorized_keys,
+                       old_adbd=getattr(args, "old_adbd", False))
+    except BaseException:
         if args.pidfile:
-            write_bytes_atomic(args.pidfile, f"{os.getpid()}\n".encode())
+            _remove_own_pidfile(args.pidfile)
+        raise
+    try:
         info = {"serial": handle.serial, "host": handle.host, "port": handle.port,
                 "sandbox": str(handle.sandbox), "auth": handle.auth, "pid": os.getpid(),
                 "model": handle.profile.properties.get("ro.product.model", "")}
