@@ -47,7 +47,7 @@ def test_a_push_the_device_refuses_fails_at_once_with_its_message(old_adbd, key,
         start = time.monotonic()
         with pytest.raises(DeviceError, match="Not a directory") as err:
             device.push(big_file, "/data/local/tmp/a-file/model.bin", timeout_s=5)
-        assert time.monotonic() - start < 0.5  # not the deadline: the device said no
+        assert time.monotonic() - start < 1  # not the 5 s deadline: the device said no at once
         assert not err.value.transient and "refused by the device" in str(err.value)
         assert not device.recovered_errors()  # refused once, not retried
         assert device.shell(["echo", "still usable"]).output == "still usable\n"
