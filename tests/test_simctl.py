@@ -198,10 +198,15 @@ def test_push_replaces_a_folder_and_pull_is_atomic(xcrun, tmp_path):
     package = tmp_path / "m.mlpackage"
     (package / "Data").mkdir(parents=True)
     (package / "Data" / "weights.bin").write_bytes(b"new")
-    remote = tmp_path / "sim" / "m.mlpackage"
+    remote = Path(dev.workdir) / "sim" / "m.mlpackage"   # an earlier push, in the harness's folder
     (remote / "stale").mkdir(parents=True)
     assert dev.push(package, str(remote)) >= 0
     assert sorted(p.name for p in remote.iterdir()) == ["Data"]  # the old folder's files are gone
+    elsewhere = tmp_path / "sim" / "m.mlpackage"                 # never replaced: not ours
+    (elsewhere / "stale").mkdir(parents=True)
+    with pytest.raises(DeviceError):
+        dev.push(package, str(elsewhere))
+    assert (elsewhere / "stale").is_dir()
     back = tmp_path / "out" / "weights.bin"  # its folder does not exist yet
     dev.pull(str(remote / "Data" / "weights.bin"), back)
     assert back.read_bytes() == b"new"
