@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devices": ("deepcompress.commands.devices", "list reachable devices (ADB, iOS simulators, host)"),
     "emulator": ("deepcompress.commands.emulator", "run the emulated Android device (ADB daemon on 127.0.0.1)"),
     "bench": ("deepcompress.commands.devices", "measure latency, memory and accuracy of an artifact on a device"),
+    "qualify": ("deepcompress.commands.qualify", "does a model ship? compress, export, bench, gate, report"),
+    "nightly": ("deepcompress.commands.nightly", "run a matrix of models x devices against rolling baselines"),
+    "history": ("deepcompress.commands.history", "list past qualification and nightly runs"),
+    "compare": ("deepcompress.commands.compare", "two runs from the history side by side"),
 }
 
 

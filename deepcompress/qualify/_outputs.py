@@ -1,0 +1,113 @@
+"""The folder a qualification or a nightly writes, checked before any work (dccore.outputs'
+rules: replace only our own files, atomically), and the JUnit file of its gates."""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from dccore.errors import UsageError
+from dccore.outputs import JSON_FILE, JUNIT_XML, OutputKind, check_output, write_bytes_atomic
+
+from ._gates import Gate
+
+GENERATOR = b'<meta name="generator" content="deepcompress'
+
+
+def _is_our_html(p: Path) -> bool:
+    if p.stat().st_size == 0:
+        return True
+    with open(p, "rb") as fh:
+        return GENERATOR in fh.read(4096)
+
+
+HTML_REPORT = OutputKind("deepcompress HTML report", recognise=_is_our_html)
+
+
+@dataclass(frozen=True)
+class Folder:
+    """``root`` holds: report.html, junit.xml, results.json, the history (by default), and the
+    work (``run/`` or ``models/``, ``artifacts/``). ``marker`` says which command's folder it is."""
+
+    root: Path
+    marker: str                          # ".deepcompress-qualify" | ".deepcompress-nightly"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def junit(self) -> Path:
+        return self.root / "junit.xml"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.sqlite"
+
+    def check(self, work: tuple[str, ...] = ()) -> None:
+        """Refuse (UsageError, exit 2) unless writing here destroys nothing of the user's: a new
+        or empty folder, or one this command wrote before (it holds the marker file)."""
+        root = self.root
+        if root.is_symlink() or (root.exists() and not root.is_dir()):
+            raise UsageError(f"--out {root} exists and is not a folder; name a folder")
+        if root.exists():
+            entries = sorted(e.name for e in root.iterdir())
+            if entries and self.marker not in entries:
+                raise UsageError(
+                    f"--out {root} is a folder with other files in it ({', '.join(entries[:3])}"
+                    f"{', ...' if len(entries) > 3 else ''}) and not one that deepcompress "
+                    f"{self.marker.split('-')[-1]} wrote; choose a new or empty folder")
+        check_output(self.report, HTML_REPORT, flag="report", make_parents=True)
+        check_output(self.junit, JUNIT_XML, flag="junit")
+        check_output(self.results, JSON_FILE, flag="results")
+        for name in work:
+            sub = root / name
+            if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
+                raise UsageError(f"{sub} exists and is not a folder; move it away first")
+
+    def claim(self) -> None:
+        """Mark the folder as this command's (after ``check``)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / self.marker
+        if not marker.exists():
+            marker.write_text(json.dumps({"written_by": "deepcompress", "what": self.marker}) + "\n")
+
+
+def gate_name(g: Gate) -> str:
+    """A gate's name for JUnit and tables: the budget key, or the comparison and its figure."""
+    if g.gate in ("regression", "rolling"):
+        return f"{g.gate} {g.figure}"
+    return g.gate
+
+
+def junit_xml(suite: str, gates: list[Gate], seconds: float) -> bytes:
+    """One testcase per gate (classname: what it judges, name: the gate); a failure's message
+    and text carry the numbers."""
+    from ..commands.check import xml_text
+
+    root = ET.Element("testsuite", name=suite, tests=str(len(gates)),
+                      failures=str(sum(not g.ok for g in gates)),
+                      skipped=str(sum(bool(g.skipped) for g in gates)), time=f"{seconds:.3f}")
+    for g in gates:
+        case = ET.SubElement(root, "testcase", classname=xml_text(g.subject), name=gate_name(g))
+        numbers = ", ".join(f"{k} {v:.6g}" for k, v in (("actual", g.actual), ("limit", g.limit),
+                                                         ("baseline", g.baseline)) if v is not None)
+        if g.skipped:
+            ET.SubElement(case, "skipped", message=xml_text(g.skipped))
+        elif not g.ok:
+            kind = {"regression": "Regression", "rolling": "Regression", "reachable": "Unreachable",
+                    "export_valid": "ExportInvalid"}.get(g.gate, "BudgetExceeded")
+            failure = ET.SubElement(case, "failure", message=xml_text(g.message or numbers), type=kind)
+            failure.text = xml_text(f"{g.message}\n{numbers}".strip())
+        elif numbers:
+            ET.SubElement(case, "system-out").text = xml_text(numbers)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def write_junit(path: Path, suite: str, gates: list[Gate], seconds: float) -> None:
+    write_bytes_atomic(path, junit_xml(suite, gates, seconds), kind=JUNIT_XML)

@@ -1,0 +1,169 @@
+"""``qualify``: compress, export, bench every device, gate, record, report.
+
+Everything that can be refused is refused before any work: the config (unknown keys, bad values,
+devices of no known form, a device that runs none of the exported formats), the output folder and
+every file in it, and the history database (corrupt, newer, unreachable). Then the phases run
+(each reusing what is cached), every figure is judged, the run is recorded in the history, and
+``report.html``, ``junit.xml`` and ``results.json`` are written.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from dccore.errors import UsageError
+from dccore.outputs import JSON_FILE, write_json_atomic
+
+from . import _work
+from ._config import QualifyConfig
+from ._figures import (artifact_figures, device_figures, device_gates, device_info, export_gates,
+                       metric_figures, metric_gate_if_missing)
+from ._gates import Gate, budget_gates, regression_gates, verdict
+from ._outputs import Folder, write_junit
+from ._provenance import git_revision, host_name
+from .history import ArtifactRow, History, RunRecord, open_history
+from .history._store import now
+
+MARKER = ".deepcompress-qualify"
+
+
+@dataclass
+class QualifyResult:
+    ok: bool
+    verdict: str
+    run_id: int
+    results: dict[str, Any]
+    gates: list[Gate] = field(default_factory=list)
+
+
+def check_devices(devices: tuple[str, ...], formats: tuple[str, ...]) -> None:
+    """Each device must run at least one artifact of the config (before any work)."""
+    from device_harness import check_spec
+
+    for spec in devices:
+        backend = check_spec(spec)
+        if not any(backend in _work.RUNS_ON.get(f, ()) for f in formats):
+            runs = sorted(f for f, on in _work.RUNS_ON.items() if backend in on)
+            raise UsageError(f"device {spec!r} runs {' or '.join(runs) or 'no'} artifacts; the "
+                             f"config exports only {', '.join(formats)}: add a format or drop "
+                             "the device")
+
+
+def history_location(out: Path, cli_db: str | None, config_db: str | None) -> str:
+    return cli_db or config_db or str(Folder(out, MARKER).history)
+
+
+def qualify(config: QualifyConfig, out: Path, *, db: str | None = None, ui: Any = None,
+            log: Callable[[str], None] = lambda m: None) -> QualifyResult:
+    started, t0 = now(), time.perf_counter()
+    folder = Folder(out, MARKER)
+    # -- before any work -------------------------------------------------------------------------
+    check_devices(config.bench.devices, config.export.formats)
+    folder.check(work=("run", "artifacts"))
+    run_dir = out / "run"
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not JSON_FILE.owns(run_dir / "recipe.json") \
+            and config.model.recipe is not None:
+        raise UsageError(f"{run_dir} holds files that are not a deepcompress run; move it away")
+    plan = _work.plan(config.model)
+    folder.claim()
+    history = open_history(history_location(out, db, config.db))
+    try:
+        return _qualify(config, folder, plan, history, started, t0, ui, log)
+    finally:
+        history.close()
+
+
+def _qualify(config: QualifyConfig, folder: Folder, plan: _work.Plan, history: History,
+             started: Any, t0: float, ui: Any, log: Callable[[str], None]) -> QualifyResult:
+    out = folder.root
+    phases: dict[str, float] = {}
+    # -- compress, export, bench ------------------------------------------------------------------
+    progress = ui.progress if ui is not None and getattr(ui, "enabled", False) else None
+    compressed = _work.compress(plan, out / "run", progress=progress, log=log)
+    phases["compress"] = compressed.seconds
+    (out / "artifacts").mkdir(exist_ok=True)
+    exports = _work.export_all(config.export, compressed, out / "artifacts", log=log)
+    phases["export"] = exports.seconds
+    metric = exports.metric
+
+    t_bench = time.perf_counter()
+    data = _work.eval_data(config.bench, compressed, exports)
+    bench: dict[str, list[dict]] = {}
+    for spec in config.bench.devices:
+        artifacts = _work.artifacts_for(spec, exports)
+        log(f"bench: {', '.join(a.path.name for a in artifacts)} on {spec} "
+            f"({config.bench.runs} runs)")
+        bench[spec] = _work.bench_device(
+            spec, artifacts, config.bench, data=data,
+            on_result=lambda r, s=spec: log(f"bench: {Path(r['artifact']).name} on {s}: " + (
+                f"p50 {r['latency_ms']['p50']:.4g} ms" if r.get("ok") else f"failed: {r.get('error')}")))
+    phases["bench"] = time.perf_counter() - t_bench
+
+    # -- figures and gates ------------------------------------------------------------------------
+    figures = artifact_figures(exports) + metric_figures(metric)
+    devices_seen = {}
+    for spec, results in bench.items():
+        for r in results:
+            fmt = _format_of(r)
+            figures += device_figures(r, spec, fmt)
+            info = device_info(r)
+            if info is not None:
+                devices_seen[info["fingerprint"]] = info
+    previous = history.last_passing("qualify", config.name)
+    gates = export_gates(exports) + metric_gate_if_missing(metric, config.budgets)
+    gates += budget_gates(figures, config.budgets)
+    for spec, results in bench.items():
+        gates += device_gates(spec, results, config.budgets, evaluates=data is not None)
+    gates += regression_gates(figures, previous[1] if previous else None,
+                              config.budgets.regression, previous[0] if previous else None)
+    ok, line = verdict(gates)
+
+    # -- record, then write the files -------------------------------------------------------------
+    results: dict[str, Any] = {
+        "kind": "deepcompress-qualify", "ok": ok, "verdict": line, "name": config.name,
+        "config": config.to_dict(), "history": history.where,
+        "git_revision": git_revision(), "recipe_sha256": compressed.recipe_sha256,
+        "host": host_name(), "started_at": started.isoformat(timespec="seconds"),
+        "compress": {"how": compressed.how, "dcz": str(compressed.dcz),
+                     "run_dir": str(compressed.run_dir) if compressed.run_dir else None},
+        "metric": metric.to_dict() if metric else None,
+        "artifacts": {n: {"path": str(e.path), "sha256": e.sha256, "bytes": e.bytes,
+                          "zipped_bytes": e.zipped_bytes, "ok": e.ok, "cached": e.cached,
+                          **({"validation": e.result} if n != "dcz" else {})}
+                      for n, e in exports.artifacts.items()},
+        "examples": exports.examples,
+        "bench": {spec: results for spec, results in bench.items()},
+        "figures": [f.to_dict() for f in figures],
+        "gates": [g.to_dict() for g in gates],
+        "previous_passing_run": previous[0] if previous else None,
+        "phases": phases,
+    }
+    run = RunRecord(kind="qualify", name=config.name, model=config.name, started_at=started,
+                    ok=ok, verdict=line, git_revision=results["git_revision"],
+                    recipe_sha256=compressed.recipe_sha256, config_sha256=config.sha256,
+                    host=results["host"], out_dir=str(out.resolve()),
+                    summary={"phases": phases, "compress": results["compress"]},
+                    devices=list(devices_seen.values()),
+                    artifacts=[ArtifactRow(n, str(e.path), e.sha256, e.bytes, e.zipped_bytes)
+                               for n, e in exports.artifacts.items()],
+                    figures=figures, gates=gates)
+    run_id = history.record(run)
+    results["run_id"] = run_id
+
+    t_report = time.perf_counter()
+    from ._report import qualify_report
+
+    qualify_report(folder.report, results, compressed, history, config.name)
+    phases["report"] = time.perf_counter() - t_report
+    phases["total"] = time.perf_counter() - t0
+    write_junit(folder.junit, f"deepcompress.qualify.{config.name}", gates, phases["total"])
+    write_json_atomic(folder.results, json.loads(json.dumps(results, default=str)), kind=JSON_FILE)
+    return QualifyResult(ok, line, run_id, results, gates)
+
+
+def _format_of(result: dict) -> str:
+    name = str(result.get("artifact", ""))
+    return "coreml" if name.endswith(".mlpackage") else "tflite" if name.endswith(".tflite") else "?"

@@ -1,0 +1,373 @@
+"""The three phases a qualification (and each nightly model) goes through: compress, export,
+bench. Each reuses what an earlier run left when nothing it depends on changed.
+
+- **compress**: a recipe runs into ``RUN_DIR`` (compression.pipeline: checkpoints after every
+  stage, ``recipe.json`` with the resolved recipe's sha256, ``report.json`` last). A finished
+  run of the same recipe (same sha256) is reused as it is; a run of a recipe that differs only
+  in later stages, or that was interrupted, resumes from the first stage that changed (or has no
+  checkpoint). A ready ``.dcz`` is used as given.
+- **export**: each format through the exporters' registry (``export_and_validate``). An
+  artifact is reused when its inputs (the .dcz's sha256, the format, its options, the examples)
+  are those recorded beside it in ``exports.json`` and its own sha256 is the one recorded.
+- **bench**: every artifact that runs on a device (a .tflite on the host and ADB devices, a
+  .mlpackage on simulators) through ``device_harness``; a device that fails is a failed result,
+  not an exception.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from dccore.artifacts import artifact_size
+from dccore.errors import UsageError
+from dccore.outputs import JSON_FILE, write_json_atomic
+
+from ._config import BenchSpec, ExportSpec, ModelSpec
+from ._metric import Metric, primary_metric
+from ._provenance import UNKNOWN, artifact_sha256
+
+Log = Callable[[str], None]
+
+# Which device backends run which artifact format (the harness's runners: LiteRT on the host and
+# on ADB devices; Core ML through BenchHost on iOS simulators).
+RUNS_ON = {"tflite": ("host", "adb", "emulator"), "coreml": ("simctl",)}
+
+
+# ----------------------------------------------------------------------------------------------
+# compress
+
+@dataclass
+class Plan:
+    """What to compress, checked before any work: the recipe is read and validated."""
+
+    spec: ModelSpec
+    recipe: Any = None            # compression.recipe.Recipe
+    recipe_text: str | None = None
+
+    @property
+    def recipe_sha256(self) -> str:
+        return self.recipe.sha256() if self.recipe is not None else UNKNOWN
+
+
+def plan(spec: ModelSpec) -> Plan:
+    if spec.dcz is not None:
+        if not spec.dcz.is_file():
+            raise UsageError(f"model.dcz = {spec.dcz}: no such file")
+        return Plan(spec)
+    from compression.recipe import read_recipe
+
+    from ..commands.run import apply_override
+
+    def edit(data: dict[str, Any]) -> None:
+        for assignment in spec.overrides:
+            apply_override(data, assignment)
+        if spec.data is not None:
+            data.setdefault("data", {})["root"] = spec.data
+
+    recipe, text = read_recipe(spec.recipe, edit)
+    return Plan(spec, recipe, text)
+
+
+@dataclass
+class Compressed:
+    dcz: Path
+    recipe_sha256: str
+    metric: Metric | None
+    model: str | None                # the factory to rebuild it with (None: the file's own)
+    model_kwargs: dict[str, Any] | None
+    report: dict[str, Any] | None = None
+    run_dir: Path | None = None
+    how: str = "given"               # "given" | "reused" | "resumed from STAGE" | "compressed"
+    seconds: float = 0.0
+    data_root: str | None = None     # the IDX folder its examples come from (None: the default)
+
+
+def compress(p: Plan, run_dir: Path, *, progress: Any = None, log: Log = lambda m: None) -> Compressed:
+    start = time.perf_counter()
+    if p.recipe is None:
+        return _given(p, start)
+    from compression import pipeline
+
+    from ..commands.run import check_run_folder
+
+    recipe = p.recipe
+    resume = _resume_point(run_dir, recipe)
+    if resume == "reuse":
+        log(f"compress: reusing the finished run in {run_dir} (recipe sha256 {recipe.sha256()[:12]})")
+        report = json.loads((run_dir / "report.json").read_text())
+        how = "reused"
+    else:
+        check_run_folder(run_dir, force=True, resuming=resume is not None)
+        log(f"compress: recipe {recipe.name} " +
+            (f"resuming from {resume}" if resume else "from the start") + f" into {run_dir}")
+        kwargs = {"progress": progress} if progress is not None else {}
+        result = pipeline.run_recipe(recipe, run_dir, recipe_text=p.recipe_text, resume_from=resume,
+                                     log=log, **kwargs)
+        report = result.report
+        how = f"resumed from {resume}" if resume else "compressed"
+    return Compressed(dcz=run_dir / "model.dcz", recipe_sha256=recipe.sha256(),
+                      metric=primary_metric(report, str(run_dir / "report.json")),
+                      model=recipe.model.name, model_kwargs=dict(recipe.model.kwargs),
+                      report=report, run_dir=run_dir, how=how,
+                      seconds=time.perf_counter() - start, data_root=recipe.data.root)
+
+
+def _given(p: Plan, start: float) -> Compressed:
+    import dcz as container
+
+    meta = container.load(p.spec.dcz).meta
+    try:
+        metric = primary_metric(meta, str(p.spec.dcz))
+    except UsageError:
+        metric = None      # measured on the export's examples instead (see export_all)
+    sha = meta.get("recipe_sha256") if isinstance(meta.get("recipe_sha256"), str) else UNKNOWN
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    root = p.spec.data or (data.get("root") if isinstance(data.get("root"), str) else None)
+    return Compressed(dcz=p.spec.dcz, recipe_sha256=sha, metric=metric, model=p.spec.factory,
+                      model_kwargs=dict(p.spec.kwargs) if p.spec.factory else None,
+                      seconds=time.perf_counter() - start, data_root=root)
+
+
+def _resume_point(run_dir: Path, recipe: Any) -> str | None:
+    """``"reuse"`` for a finished run of this very recipe, a stage name to resume from, or None
+    to start afresh. Only what the run folder proves is reused: the saved resolved recipe must
+    match in everything the kept stages depended on, and their checkpoints must exist."""
+    saved_path = run_dir / "recipe.json"
+    if not JSON_FILE.owns(saved_path):
+        return None
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError):
+        return None
+    report = run_dir / "report.json"
+    if saved.get("sha256") == recipe.sha256() and JSON_FILE.owns(report) \
+            and (run_dir / "model.dcz").is_file():
+        try:
+            if json.loads(report.read_text()).get("recipe_sha256") == recipe.sha256():
+                return "reuse"
+        except (OSError, ValueError):
+            pass
+    old, new = saved.get("recipe") or {}, recipe.to_dict()
+    if any(old.get(k) != new.get(k) for k in ("seed", "data", "model", "baseline")):
+        return None
+    if not (run_dir / "checkpoints" / "0_baseline.pt").is_file():
+        return None
+    old_stages, stages = old.get("stages") or [], new.get("stages") or []
+    for i, stage in enumerate(stages):
+        checkpoint = run_dir / "checkpoints" / f"{recipe.stages[i].name}.pt"
+        same = i < len(old_stages) and old_stages[i] == stage
+        if not same or (not checkpoint.is_file() and recipe.stages[i].KIND != "encode"):
+            return recipe.stages[i].name
+    return recipe.stages[-1].name if recipe.stages else None
+
+
+# ----------------------------------------------------------------------------------------------
+# export
+
+@dataclass
+class Exported:
+    format: str
+    path: Path
+    sha256: str
+    bytes: int
+    zipped_bytes: int
+    ok: bool
+    result: dict[str, Any]           # what `deepcompress export --json` reports for the format
+    cached: bool = False
+
+
+@dataclass
+class Exports:
+    artifacts: dict[str, Exported] = field(default_factory=dict)   # "dcz", then each format
+    examples: dict[str, Any] = field(default_factory=dict)         # where the examples came from
+    metric: Metric | None = None     # measured here when the .dcz records none
+    seconds: float = 0.0
+
+
+def _sha256_file(path: Path) -> str:
+    return artifact_sha256(path)
+
+
+def export_all(spec: ExportSpec, compressed: Compressed, out_dir: Path, *,
+               log: Log = lambda m: None) -> Exports:
+    """The .dcz as an artifact, and each format exported, validated and measured (or reused)."""
+    from exporters import EXPORTERS
+
+    start = time.perf_counter()
+    dcz_sha = _sha256_file(compressed.dcz)
+    size = artifact_size(compressed.dcz)
+    out = Exports()
+    out.artifacts["dcz"] = Exported("dcz", compressed.dcz, dcz_sha, size.bytes, size.zipped_bytes,
+                                    True, {"bytes": size.bytes, "zipped_bytes": size.zipped_bytes})
+    cache_path = out_dir / "exports.json"
+    cache = _read_cache(cache_path)
+    paths = {}
+    for name in spec.formats:
+        exporter = EXPORTERS.get(name)
+        paths[name] = exporter.check_output(out_dir / f"model{exporter.suffix}",
+                                            flag=f"{exporter.label} artifact")
+    keys = {name: _export_key(spec, name, dcz_sha) for name in spec.formats}
+    todo = [n for n in spec.formats if not _cached(cache.get(n), keys[n], paths[n])]
+    loaded = None
+    for name in spec.formats:
+        if name not in todo:
+            entry = cache[name]
+            log(f"export: {name} reused ({paths[name].name}, sha256 {entry['sha256'][:12]})")
+            out.artifacts[name] = _exported(name, paths[name], entry["sha256"], entry["result"], True)
+            out.examples = entry.get("examples", {})
+            continue
+        if loaded is None:
+            loaded = _load_for_export(spec, compressed)
+        model, layers, examples, score, reference = loaded
+        exporter = EXPORTERS.get(name)
+        options = exporter.Options(**spec.options.get(name, {}))
+        n = int(examples.inputs[0].shape[0])
+        log(f"export: {exporter.label}: converting, measuring, validating on {n:,} examples")
+        from exporters import export_and_validate, first_example
+
+        result = export_and_validate(exporter, model, first_example(examples.inputs), paths[name],
+                                     options, examples.inputs, score, layers=layers,
+                                     reference=reference, baseline=spec.dense).to_dict()
+        result = json.loads(json.dumps(result, default=_jsonable))
+        sha = _sha256_file(paths[name])
+        cache[name] = {"key": keys[name], "sha256": sha, "result": result,
+                       "examples": examples.describe}
+        write_json_atomic(cache_path, cache, kind=JSON_FILE)
+        out.artifacts[name] = _exported(name, paths[name], sha, result, False)
+        out.examples = json.loads(json.dumps(examples.describe, default=_jsonable))
+    out.metric = compressed.metric or _metric_from_exports(compressed, out, loaded)
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def _exported(name: str, path: Path, sha: str, result: dict, cached: bool) -> Exported:
+    return Exported(name, path, sha, int(result["bytes"]), int(result["zipped_bytes"]),
+                    bool(result.get("ok")), result, cached)
+
+
+def _export_key(spec: ExportSpec, name: str, dcz_sha: str) -> str:
+    inputs = _sha256_file(spec.inputs) if spec.inputs is not None and spec.inputs.is_file() else None
+    blob = json.dumps({"dcz": dcz_sha, "format": name, "options": spec.options.get(name, {}),
+                       "examples": spec.examples, "inputs": inputs, "dense": spec.dense},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    if not JSON_FILE.owns(path):
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _cached(entry: Any, key: str, path: Path) -> bool:
+    if not isinstance(entry, dict) or entry.get("key") != key or not path.exists():
+        return False
+    try:
+        return entry.get("sha256") == _sha256_file(path)
+    except OSError:
+        return False
+
+
+def _load_for_export(spec: ExportSpec, compressed: Compressed):
+    """The model rebuilt from the .dcz, its compressed layers, the examples and their scorer --
+    the same as ``deepcompress export`` uses (its helpers, so the two never disagree)."""
+    from exporters import accuracy_scorer, cosine_scorer, torch_outputs
+
+    from ..commands import export as export_command
+    from ..loading import model_from_dcz
+
+    model, dcz = model_from_dcz(compressed.dcz, model=compressed.model,
+                                model_kwargs=compressed.model_kwargs)
+    layers = export_command._layers(model, dcz)
+    args = argparse.Namespace(file=str(compressed.dcz), inputs=str(spec.inputs) if spec.inputs else None,
+                              limit=spec.examples, data=compressed.data_root, input_shape=None)
+    examples = (export_command._file_examples(args, model) if spec.inputs
+                else export_command._idx_examples(args, dcz.meta))
+    score = accuracy_scorer(examples.labels) if examples.labels is not None else cosine_scorer()
+    return model, layers, examples, score, torch_outputs(model, examples.inputs)
+
+
+def _metric_from_exports(compressed: Compressed, out: Exports, loaded: Any) -> Metric | None:
+    """A .dcz that records no metric: PyTorch's accuracy on the examples, when they have labels."""
+    if loaded is None:
+        for e in out.artifacts.values():
+            if "torch_accuracy" in e.result:
+                return Metric("accuracy", float(e.result["torch_accuracy"]))
+        return None
+    from dccore.metrics import accuracy
+
+    _model, _layers, examples, _score, reference = loaded
+    if examples.labels is None:
+        return None
+    return Metric("accuracy", accuracy(reference, examples.labels))
+
+
+def _jsonable(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+# ----------------------------------------------------------------------------------------------
+# bench
+
+def bench_options(spec: BenchSpec, *, eval_data: Any = None):
+    from device_harness.runners import BenchOptions
+
+    return BenchOptions(runs=spec.runs, warmup=spec.warmup, threads=spec.threads,
+                        timeout_s=spec.timeout_s, benchmark_model=spec.benchmark_model,
+                        delegate=spec.delegate, eval_data=eval_data,
+                        cooldown_max_s=spec.cooldown_max_s, retries=spec.retries)
+
+
+def eval_data(spec: BenchSpec, compressed: Compressed, exports: Exports):
+    """The first ``bench.eval`` labelled test examples, for accuracy on the device (IDX data
+    only: a label-free model is scored against PyTorch at export, not on the device)."""
+    if not spec.eval or not str(exports.examples.get("source", "")).startswith("IDX"):
+        return None
+    from compression.data import load_split
+    from device_harness.runners import EvalData
+
+    split = load_split("test", root=compressed.data_root, limit=spec.eval)
+    shape = exports.examples.get("input_shape")
+    images = split.images.numpy()
+    if shape:
+        images = images.reshape(len(images), *shape)
+    return EvalData(images, split.labels.numpy(), source=f"test split, first {len(split)} examples")
+
+
+def artifacts_for(spec: str, exports: Exports) -> list[Exported]:
+    """The artifacts a device runs (by its backend: see RUNS_ON)."""
+    from device_harness import check_spec
+
+    backend = check_spec(spec)
+    return [e for name, e in exports.artifacts.items() if backend in RUNS_ON.get(name, ())]
+
+
+def bench_device(spec: str, artifacts: list[Exported], bench: BenchSpec, *, data: Any = None,
+                 on_result: Callable[[dict], None] = lambda r: None) -> list[dict]:
+    """Every artifact on one device, one at a time; failures come back as results."""
+    from device_harness import open_device
+    from device_harness.runners import bench_many
+
+    opts = bench_options(bench, eval_data=data)
+    # retries=0 on the device: bench_many owns reconnection and counts the attempts it makes
+    return bench_many([a.path for a in artifacts], [spec], opts,
+                      open_device=lambda s: open_device(s, timeout_s=min(bench.timeout_s, 60.0),
+                                                        retries=0),
+                      on_result=on_result)
