@@ -15,11 +15,12 @@ import torch
 from dccore.outputs import DCZ, write_bytes_atomic
 from dccore.errors import ContainerError
 from . import _format, _streams, _tensor
-from ._format import FORMAT_VERSION, TAG_END, TAG_META, TAG_TENSOR, Reader
+from ._format import TAG_END, TAG_META, TAG_TENSOR, Reader
 from ._streams import CODERS
 from ._tensor import TensorRow
 
-PLAIN_DTYPES = ("float32", "float16")
+PLAIN_DTYPES = ("float32", "float16")   # "float32": a tensor's own dtype (exact)
+SPARSE_OPTIONS = ("bits", "index_bits", "group_size", "codebook_dtype")
 # A .dcz file shrinks fp32 weights 10-100x; allowing 4096x (and at least 256 MiB) leaves room
 # for heavily pruned layers while refusing headers that claim terabytes.
 EXPANSION_LIMIT = 4096
@@ -49,15 +50,31 @@ class PackReport:
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A tensor stored sparse: its codebook (None when non-zeros are stored raw) and sizes."""
+    """A tensor stored sparse: its codebook (None when non-zeros are stored raw) and sizes.
+
+    Grouped storage ("grouped": a codebook per ``group_size`` rows) keeps ``codebook`` 1-D: the
+    groups' codebooks one after another, each ascending, group g's ``codebook_sizes[g]`` entries
+    (:meth:`group_codebooks` splits them; a group without non-zeros has none). Every value of
+    the tensor is in ``codebook``, grouped or not."""
 
     name: str
     shape: tuple[int, ...]
     bits: int | None
-    codebook: np.ndarray | None  # float32, ascending
+    codebook: np.ndarray | None  # float32, ascending (grouped: ascending within each group)
     nnz: int
     index_bits: int | None = None
-    storage: str = "codebook"
+    storage: str = "codebook"    # "codebook", "grouped" or "raw"
+    group_size: int | None = None            # rows per codebook (grouped)
+    codebook_sizes: np.ndarray | None = None  # int64, one per group (grouped)
+    value_dtype: str | None = None           # the dtype the codebook or raw values are stored as
+
+    def group_codebooks(self) -> list[np.ndarray]:
+        """Each group's codebook (one for a single codebook; none for raw storage)."""
+        if self.codebook is None:
+            return []
+        if self.codebook_sizes is None:
+            return [self.codebook]
+        return np.split(self.codebook, np.cumsum(self.codebook_sizes)[:-1])
 
 
 @dataclass(frozen=True)
@@ -78,20 +95,30 @@ class Dcz:
 def pack(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *,
          compressed: Mapping[str, Mapping[str, Any] | None] | None = None,
          meta: Mapping[str, Any] | None = None, coder: str = "huffman",
-         plain_dtype: str = "float32") -> PackReport:
+         plain_dtype: str = "float32", codebook_dtype: str = "float32",
+         code_values: bool = True) -> PackReport:
     """Write ``state_dict`` to ``path`` as a .dcz file (atomically) and report its real size.
 
-    ``compressed`` maps tensor names to {"bits": int|None, "index_bits": int|None}; those tensors
-    are stored sparse (a codebook of their distinct non-zero values and cluster indices, or raw
-    values if they hold more than 2**16 distinct values). Every other tensor is stored plainly.
+    ``compressed`` maps tensor names to {"bits": int|None, "index_bits": int|None,
+    "group_size": int|None, "codebook_dtype": str}; those tensors are stored sparse (a codebook
+    of their distinct non-zero values and cluster indices, or raw values if they hold more than
+    ``bits`` allow). ``group_size`` gives every run of that many rows (axis 0) its own codebook
+    of at most 2**bits values. Every other tensor is stored plainly.
     ``coder`` codes the gap and index streams: "huffman", "ans" or "none" (fixed width).
+    ``code_values``: with an entropy coder, store plain tensors, raw non-zeros and grouped
+    codebooks as coded byte planes where that is smaller (lossless).
+    ``plain_dtype`` / ``codebook_dtype`` (the default for each ``compressed`` entry) "float16"
+    stores plain tensors / a sparse tensor's values (codebook or raw non-zeros) of float32 and
+    float64 tensors as float16: lossy, so only on request.
+    A file that uses none of the storage kinds format version 2 added (grouped codebooks,
+    coded or float16 values) is written as version 1, byte for byte as before them.
     """
     path = Path(path)
     if coder not in CODERS:
         raise ContainerError(f"{path}: unknown coder {coder!r}; choose one of {', '.join(CODERS)}")
-    if plain_dtype not in PLAIN_DTYPES:
-        raise ContainerError(f"{path}: plain_dtype must be one of {PLAIN_DTYPES}, "
-                             f"got {plain_dtype!r}")
+    for what, value in (("plain_dtype", plain_dtype), ("codebook_dtype", codebook_dtype)):
+        if value not in PLAIN_DTYPES:
+            raise ContainerError(f"{path}: {what} must be one of {PLAIN_DTYPES}, got {value!r}")
     compressed = dict(compressed or {})
     missing = sorted(set(compressed) - set(state_dict))
     if missing:
@@ -100,25 +127,24 @@ def pack(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *
     if len(state_dict) > MAX_TENSORS:
         raise ContainerError(f"{path}: {len(state_dict):,} tensors; a .dcz file holds at most "
                              f"{MAX_TENSORS:,}")
-    full_meta = dict(meta or {})
-    full_meta["format"] = {"name": "dcz", "version": FORMAT_VERSION, "coder": coder,
-                           "plain_dtype": plain_dtype, **_library_versions(coder)}
-    try:
-        meta_json = json.dumps(full_meta, sort_keys=True, allow_nan=False,
-                               separators=(",", ":")).encode("utf-8")
-    except RecursionError:
-        raise ContainerError(f"{path}: metadata nests deeper than {MAX_META_DEPTH} levels") \
-            from None
-    except (TypeError, ValueError) as exc:
-        raise ContainerError(f"{path}: metadata is not JSON-serialisable ({exc})") from exc
-    _check_meta_text(meta_json, str(path))  # what load would refuse is never written
-    # Deflated: a recipe's JSON is ~1 KB, 4% of a LeNet file; deflate takes a third of that.
-    parts = [_format.file_header(), _format.section(TAG_META, zlib.compress(meta_json, 9))]
-    rows = []
+    fmt = {"name": "dcz", "version": 1, "coder": coder, "plain_dtype": plain_dtype,
+           **_library_versions(coder)}
+    meta_json = _meta_json(meta, fmt, path)  # checked before the tensors: bad metadata fails fast
+    rows, sections = [], []
     for name, tensor in state_dict.items():
-        payload, row = _encode_tensor(path, name, tensor, compressed, coder, plain_dtype)
-        parts.append(_format.section(TAG_TENSOR, payload))
+        payload, row = _encode_tensor(path, name, tensor, compressed, coder, plain_dtype,
+                                      codebook_dtype, code_values)
+        sections.append(_format.section(TAG_TENSOR, payload))
         rows.append(row)
+    # The oldest version that holds every tensor: old readers keep reading what they can.
+    version = max((r.min_version for r in rows), default=1)
+    if version > 1:
+        meta_json = _meta_json(meta, {**fmt, "version": version,
+                                      "codebook_dtype": codebook_dtype}, path)
+    # Deflated: a recipe's JSON is ~1 KB, 4% of a LeNet file; deflate takes a third of that.
+    parts = [_format.file_header(version),
+             _format.section(TAG_META, zlib.compress(meta_json, 9)), *sections]
+    del sections
     size = sum(map(len, parts))
     parts.append(_format.section(TAG_END, _format.END.pack(len(rows), size)))
     write_bytes_atomic(path, b"".join(parts), kind=DCZ)
@@ -128,8 +154,24 @@ def pack(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *
                       ratio=dense / on_disk if on_disk else 0.0, coder=coder, tensors=tuple(rows))
 
 
+def _meta_json(meta: Mapping[str, Any] | None, fmt: dict, path: Path) -> bytes:
+    full_meta = dict(meta or {})
+    full_meta["format"] = fmt
+    try:
+        meta_json = json.dumps(full_meta, sort_keys=True, allow_nan=False,
+                               separators=(",", ":")).encode("utf-8")
+    except RecursionError:
+        raise ContainerError(f"{path}: metadata nests deeper than {MAX_META_DEPTH} levels") \
+            from None
+    except (TypeError, ValueError) as exc:
+        raise ContainerError(f"{path}: metadata is not JSON-serialisable ({exc})") from exc
+    _check_meta_text(meta_json, str(path))  # what load would refuse is never written
+    return meta_json
+
+
 def _encode_tensor(path: Path, name: str, tensor: Any, compressed: dict, coder: str,
-                   plain_dtype: str) -> tuple[bytes, TensorRow]:
+                   plain_dtype: str, codebook_dtype: str,
+                   code_values: bool) -> tuple[bytes, TensorRow]:
     where = f"{path}: tensor {name!r}"
     if not isinstance(name, str):
         raise ContainerError(f"{path}: state_dict key {name!r} is not a string")
@@ -140,11 +182,12 @@ def _encode_tensor(path: Path, name: str, tensor: Any, compressed: dict, coder: 
                              f"supported dtypes: {', '.join(map(str, _tensor.BY_TORCH))}")
     try:
         if name not in compressed:
-            return _tensor.encode_plain(name, tensor, plain_dtype)
+            return _tensor.encode_plain(name, tensor, plain_dtype, coder, code_values)
         opts = dict(compressed[name] or {})
-        unknown = set(opts) - {"bits", "index_bits"}
+        unknown = set(opts) - set(SPARSE_OPTIONS)
         if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: bits, index_bits")
+            raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: "
+                             f"{', '.join(SPARSE_OPTIONS)}")
         if not tensor.is_floating_point():
             raise ValueError(f"is {tensor.dtype}; only floating tensors can be stored sparse")
         bits, index_bits = opts.get("bits"), opts.get("index_bits")
@@ -154,7 +197,17 @@ def _encode_tensor(path: Path, name: str, tensor: Any, compressed: dict, coder: 
                                        or not 1 <= index_bits <= _tensor.MAX_INDEX_BITS):
             raise ValueError(f"index_bits must be an integer in 1..{_tensor.MAX_INDEX_BITS} or "
                              f"None, got {index_bits!r}")
-        return _tensor.encode_sparse(name, tensor, coder, bits, index_bits)
+        group_size = opts.get("group_size")
+        if group_size is not None and (not isinstance(group_size, int) or isinstance(
+                group_size, bool) or not 1 <= group_size <= _tensor.MAX_GROUP_SIZE):
+            raise ValueError(f"group_size must be an integer in 1..{_tensor.MAX_GROUP_SIZE} or "
+                             f"None, got {group_size!r}")
+        dtype = opts.get("codebook_dtype", codebook_dtype)
+        if dtype not in PLAIN_DTYPES:
+            raise ValueError(f"codebook_dtype must be one of {PLAIN_DTYPES}, got {dtype!r}")
+        return _tensor.encode_sparse(name, tensor, coder, bits, index_bits,
+                                     group_size=group_size, half=dtype == "float16",
+                                     code_values=code_values)
     except ValueError as exc:
         raise ContainerError(f"{where}: {exc}") from exc
 
@@ -202,7 +255,7 @@ def _read(path: str | os.PathLike[str], max_decoded_bytes: int | None):
             if len(decoded) == MAX_TENSORS:
                 raise ContainerError(f"{sec_where}: more than {MAX_TENSORS:,} tensors")
             try:
-                item = _tensor.decode(payload, sec_where, budget)
+                item = _tensor.decode(payload, sec_where, budget, version)
             except (ValueError, IndexError, OverflowError) as exc:  # safety net behind the checks
                 raise ContainerError(f"{sec_where}: corrupt tensor data ({exc})") from exc
             if item.name in names:
@@ -275,7 +328,8 @@ def load(path: str | os.PathLike[str], *, max_decoded_bytes: int | None = None) 
     path, size, version, meta, decoded = _read(path, max_decoded_bytes)
     layers = {d.name: LayerInfo(name=d.name, shape=d.row.shape, bits=d.row.bits,
                                 codebook=d.codebook, nnz=d.row.nnz, index_bits=d.row.index_bits,
-                                storage=d.row.storage)
+                                storage=d.row.storage, group_size=d.row.group_size,
+                                codebook_sizes=d.codebook_sizes, value_dtype=d.row.value_dtype)
               for d in decoded if d.row.storage != "plain"}
     return Dcz(path=path, state_dict={d.name: d.tensor for d in decoded}, meta=meta,
                layers=layers, bytes=size, version=version,

@@ -3,7 +3,7 @@
 File::
 
     magic   8 bytes  b"\\x89DCZ\\r\\n\\x1a\\n"  (PNG-style: catches text-mode and 7-bit mangling)
-    version u32 LE   FORMAT_VERSION
+    version u32 LE   1, or 2 where a tensor uses a storage kind version 2 added
     crc     u32 LE   CRC32 of the 12 bytes above
     sections...      META (deflated JSON), one TENS per tensor, END
 
@@ -27,7 +27,7 @@ from typing import NoReturn
 from dccore.errors import ContainerError
 
 MAGIC = b"\x89DCZ\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # the newest this reader understands; a writer writes the oldest it can
 HEADER = struct.Struct("<8sII")
 SECTION_HEAD = struct.Struct("<4sQ")
 CRC = struct.Struct("<I")
@@ -36,8 +36,8 @@ TAG_META, TAG_TENSOR, TAG_END = b"META", b"TENS", b"END "
 TAG_NAMES = {TAG_META: "metadata", TAG_TENSOR: "tensor", TAG_END: "end marker"}
 
 
-def file_header() -> bytes:
-    head = MAGIC + struct.pack("<I", FORMAT_VERSION)
+def file_header(version: int = 1) -> bytes:
+    head = MAGIC + struct.pack("<I", version)
     return head + CRC.pack(zlib.crc32(head))
 
 

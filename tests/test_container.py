@@ -149,8 +149,8 @@ def test_integer_and_bool_buffers_kept_exact(tmp_path):
 
 def test_plain_float16_option_halves_plain_tensors(tmp_path):
     sd = {"bias": torch.randn(1000)}
-    full = pack(sd, tmp_path / "a.dcz")
-    half = pack(sd, tmp_path / "b.dcz", plain_dtype="float16")
+    full = pack(sd, tmp_path / "a.dcz", code_values=False)  # as is: coded, both are smaller
+    half = pack(sd, tmp_path / "b.dcz", plain_dtype="float16", code_values=False)
     assert full.tensors[0].values_bytes == 4000 and half.tensors[0].values_bytes == 2000
     out = load(tmp_path / "b.dcz").state_dict["bias"]
     assert out.dtype == torch.float32 and torch.equal(out, sd["bias"].half().float())
@@ -178,7 +178,8 @@ def test_inspect_accounts_for_every_byte(tmp_path):
     info = inspect(path)
     assert info["bytes"] == report.bytes == os.path.getsize(path)
     assert info["overhead_bytes"] + sum(t["bytes"] for t in info["tensors"]) == info["bytes"]
-    assert info["coder"] == "ans" and info["format_version"] == FORMAT_VERSION
+    # 64 biases code no smaller than they are: nothing of version 2 is used, so version 1.
+    assert info["coder"] == "ans" and info["format_version"] == 1 < FORMAT_VERSION
     assert info["meta"]["accuracy"] == 0.9
     layer = info["tensors"][0]
     assert layer["nnz"] == int((sd["fc.weight"] != 0).sum())
