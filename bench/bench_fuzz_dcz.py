@@ -3,7 +3,8 @@
     python bench/bench_fuzz_dcz.py --inputs 1000000 --workers 2 --out runs/fuzz-dcz
 
 Inputs are mutations of valid seed files (every coder, codebook / raw / plain storage, gap
-widths 1..16, several dtypes, empty and one-value layers, multi-lane Huffman). Most mutate one
+widths 1..16, several dtypes, empty and one-value layers, multi-lane Huffman; and format
+version 2's grouped codebooks, coded byte planes and float16 codebooks). Most mutate one
 section's payload (bit flips, interesting integers written over fields, inserts, deletes,
 splices from other seeds, truncation; metadata is mutated as JSON text and deflated again) and
 then *re-seal* the file, recomputing lengths, CRCs and the end marker, so the input gets past the
@@ -79,34 +80,80 @@ def make_seeds(folder: Path) -> list[bytes]:
     for coder in ("none", "huffman", "ans"):
         specs += [
             (coder, {"w": layer((40, 30), 0.3, 6, skew=0.7), "b": torch.arange(6.0),
-                     "n": torch.tensor(7)}, {"w": {"bits": 3}}, "float32"),
-            (coder, {"w": layer((60, 50), 0.1, 16, skew=0.5)}, {"w": {"index_bits": 2}},
-             "float32"),
+                     "n": torch.tensor(7)}, {"w": {"bits": 3}}, V1),
+            (coder, {"w": layer((60, 50), 0.1, 16, skew=0.5)}, {"w": {"index_bits": 2}}, V1),
             (coder, {"w": layer((30, 20), 0.5, 400)}, {"w": {"bits": 16, "index_bits": 12}},
-             "float16"),
+             {**V1, "plain_dtype": "float16"}),
             (coder, {"raw": torch.randn(50, 7, generator=g) * (torch.rand(50, 7, generator=g)
                                                                < 0.4)},
-             {"raw": {"index_bits": 16}}, "float32"),
+             {"raw": {"index_bits": 16}}, V1),
         ]
     specs += [
         ("huffman", {"big": layer((120, 100), 0.4, 8, skew=1.0)}, {"big": {"index_bits": 3}},
-         "float32"),                                                  # several Huffman lanes
+         V1),                                                         # several Huffman lanes
         ("ans", {"h": layer((20, 20), 0.3, 4, dtype=torch.float16),
                  "bf": layer((10, 12), 0.6, 3, dtype=torch.bfloat16),
                  "d": layer((9, 9), 0.2, 5, dtype=torch.float64)},
-         {"h": {"index_bits": 1}, "bf": {}, "d": {"bits": 4}}, "float32"),
+         {"h": {"index_bits": 1}, "bf": {}, "d": {"bits": 4}}, V1),
         ("huffman", {"one": torch.full((64,), 0.5), "zero": torch.zeros(8, 8),
                      "empty": torch.zeros(0, 3), "flag": torch.tensor([True, False]),
                      "i8": torch.arange(-4, 4, dtype=torch.int8)},
-         {"one": {"bits": 0}, "zero": {}, "empty": {}}, "float32"),  # constant streams, nnz 0
-        ("none", {"w": layer((8, 8), 0.5, 4)}, {"w": {"bits": 2, "index_bits": 1}}, "float16"),
+         {"one": {"bits": 0}, "zero": {}, "empty": {}}, V1),  # constant streams, nnz 0
+        ("none", {"w": layer((8, 8), 0.5, 4)}, {"w": {"bits": 2, "index_bits": 1}},
+         {**V1, "plain_dtype": "float16"}),
     ]
+    specs += version2_specs(layer, g)
     seeds = []
-    for i, (coder, sd, compressed, plain) in enumerate(specs):
+    for i, (coder, sd, compressed, options) in enumerate(specs):
         path = folder / f"seed{i}.dcz"
-        pack(sd, path, compressed=compressed, coder=coder, plain_dtype=plain, meta=meta)
+        pack(sd, path, compressed=compressed, coder=coder, meta=meta, **options)
         seeds.append(path.read_bytes())
     return seeds
+
+
+V1 = {"code_values": False}   # the seeds of format version 1 (grouped storage is asked for)
+
+
+def version2_specs(layer, g) -> list[tuple]:
+    """Seeds with format version 2's storage: grouped codebooks (some groups empty, one bit,
+    coded codebooks), float16 codebooks and raw values, coded byte planes of every dtype."""
+    import torch
+
+    def grouped(rows, cols, group_size, k, density, dtype=torch.float32, skew=0.0):
+        return torch.cat([layer((min(group_size, rows - r), cols), density, k, skew, dtype)
+                          * (1 + r) for r in range(0, rows, group_size)])
+
+    randn = torch.randn(40, 12, generator=g)
+    specs = []
+    for coder in ("none", "huffman", "ans"):
+        specs += [
+            (coder, {"w": grouped(30, 16, 8, 6, 0.5), "b": torch.randn(300, generator=g)},
+             {"w": {"bits": 3, "group_size": 8}}, {}),
+            (coder, {"w": grouped(24, 10, 4, 3, 0.3), "r": randn * (randn.abs() > 0.5),
+                     "c": layer((20, 20), 0.5, 8)},
+             {"w": {"group_size": 4, "codebook_dtype": "float16"}, "r": {}, "c": {}},
+             {"codebook_dtype": "float16"}),
+            (coder, {"w": grouped(96, 64, 32, 8, 0.3, skew=1.0),
+                     "d": grouped(40, 30, 10, 4, 1.0)},        # entropy-coded and constant gaps
+             {"w": {"group_size": 32}, "d": {"bits": 2, "group_size": 10}}, {}),
+        ]
+    specs += [
+        ("huffman", {"w": grouped(200, 16, 1, 16, 0.9)}, {"w": {"group_size": 1}}, {}),
+        ("ans", {"w": grouped(16, 8, 4, 1, 0.5), "z": torch.zeros(6, 4),
+                 "e": torch.zeros(0, 4), "s": torch.tensor(0.75)},
+         {"w": {"bits": 0, "group_size": 4}, "z": {"group_size": 2}, "e": {"group_size": 3},
+          "s": {"group_size": 1, "codebook_dtype": "float16"}}, {}),
+        ("ans", {"w": grouped(12, 6, 4, 4, 0.4, torch.bfloat16),
+                 "d": grouped(9, 5, 3, 4, 0.6, torch.float64),
+                 "pos": torch.arange(512).unsqueeze(0), "h": torch.randn(500, generator=g).half()},
+         {"w": {"group_size": 4}, "d": {"group_size": 3, "codebook_dtype": "float16"}}, {}),
+        ("huffman", {"b": torch.randn(2000, generator=g), "big": randn.repeat(400, 1)},
+         {}, {"plain_dtype": "float16"}),
+        ("ans", {"raw": torch.randn(200, 30, generator=g) * (torch.rand(200, 30, generator=g)
+                                                             < 0.5)},
+         {"raw": {}}, {}),
+    ]
+    return specs
 
 
 def split(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -122,11 +169,17 @@ def split(data: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def seal(sections: list[tuple[bytes, bytes]], end_count: int | None = None) -> bytes:
+def version_of(data: bytes) -> int:
+    """The format version a (possibly damaged) file's header claims; 2 if it cannot be read."""
+    return struct.unpack("<I", data[8:12])[0] if len(data) >= 12 else 2
+
+
+def seal(sections: list[tuple[bytes, bytes]], end_count: int | None = None,
+         version: int = 2) -> bytes:
     """A file with correct header, lengths, CRCs and end marker around the given sections."""
     from dcz import _format
 
-    parts = [_format.file_header()] + [_format.section(t, p) for t, p in sections]
+    parts = [_format.file_header(version)] + [_format.section(t, p) for t, p in sections]
     size = sum(map(len, parts))
     count = sum(t == b"TENS" for t, _ in sections) if end_count is None else end_count
     return b"".join(parts) + _format.section(b"END ", struct.pack("<IQ", count, size))
@@ -273,7 +326,9 @@ class Mutator:
                     self.bytes_op(buf)
                 sections[i] = (sections[i][0], bytes(buf))
         end_count = None if rng.random() < 0.97 else rng.choice((0, 1, 2**32 - 1))
-        return seal(sections, end_count)
+        # Now and then another version: version 2's storage in a version 1 file, or a newer one.
+        version = version_of(base) if rng.random() < 0.97 else rng.choice((0, 1, 2, 3))
+        return seal(sections, end_count, version)
 
 
 # ------------------------------------------------------------------------------------- coverage
