@@ -124,8 +124,8 @@ def run_nightly(matrix: Matrix, out: Path, *, db: str | None = None, night: str 
 
         raise UsageError(f"--slot {', '.join(unknown)}: not a device slot of the matrix "
                          f"({', '.join(matrix.devices)})")
-    folder.check(work=("models",))
     plans = {m.name: _work.plan(m.model) for m in matrix.models}
+    folder.check(work=("models",))
     folder.claim()
     history = open_history(db or matrix.db or str(folder.history))
     worker = None

@@ -62,7 +62,9 @@ class Folder:
                     f"--out {root} is a folder with other files in it ({', '.join(entries[:3])}"
                     f"{', ...' if len(entries) > 3 else ''}) and not one that deepcompress "
                     f"{self.marker.split('-')[-1]} wrote; choose a new or empty folder")
-        check_output(self.report, HTML_REPORT, flag="report", make_parents=True)
+        if not root.exists():
+            return   # made by claim(), after every other check
+        check_output(self.report, HTML_REPORT, flag="report")
         check_output(self.junit, JUNIT_XML, flag="junit")
         check_output(self.results, JSON_FILE, flag="results")
         for name in work:

@@ -62,12 +62,12 @@ def qualify(config: QualifyConfig, out: Path, *, db: str | None = None, ui: Any 
     folder = Folder(out, MARKER)
     # -- before any work -------------------------------------------------------------------------
     check_devices(config.bench.devices, config.export.formats)
+    plan = _work.plan(config.model)
     folder.check(work=("run", "artifacts"))
     run_dir = out / "run"
     if run_dir.is_dir() and any(run_dir.iterdir()) and not JSON_FILE.owns(run_dir / "recipe.json") \
             and config.model.recipe is not None:
         raise UsageError(f"{run_dir} holds files that are not a deepcompress run; move it away")
-    plan = _work.plan(config.model)
     folder.claim()
     history = open_history(history_location(out, db, config.db))
     try:

@@ -9,6 +9,7 @@ so that two processes opening it at once migrate it once).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -16,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -32,6 +33,16 @@ DEFAULT_FILE = "history.sqlite"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 60.0   # a second nightly process waits this long for the write lock
 _LOCK_KEY = 0x6463_7168   # "dcqh": the advisory lock PostgreSQL migrations hold
+_WRITE = "deepcompress_write"   # execution option: this transaction writes
+
+
+@contextlib.contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A transaction that writes: committed at the end of the block, rolled back on error."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_WRITE: True})
+        with conn.begin():
+            yield conn
 
 
 class HistoryError(DeepCompressError):
@@ -152,9 +163,11 @@ def _sqlite_engine(url: sa.engine.URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        # IMMEDIATE: take the write lock when the transaction starts, so two processes never
-        # both read a cell as free and then both write it (SQLite has no row locks)
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writing transaction takes the write lock when it starts (IMMEDIATE), so two processes
+        # never both read a cell as free and then both claim it (SQLite has no row locks);
+        # reading ones do not, so readers never wait for writers (WAL).
+        immediate = conn.get_execution_options().get(_WRITE)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -174,7 +187,7 @@ def _migrate(engine: Engine, where: str) -> str:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
         cfg = _alembic_config(conn)
@@ -262,7 +275,7 @@ class History:
         with a ``cell_key`` replaces an earlier run of the same cell (a retried cell), so a cell
         has one run however often it ran."""
         if conn is None:
-            with self.engine.begin() as c:
+            with writing(self.engine) as c:
                 return self.record(run, conn=c)
         if run.cell_key is not None:
             conn.execute(sa.delete(s.runs).where(s.runs.c.cell_key == run.cell_key))
@@ -418,7 +431,7 @@ class History:
         """Create the night's cells that do not exist yet (every host may call it)."""
         rows = [{"matrix": matrix, "night": night, "model": m, "device": d, "state": "pending",
                  "attempts": 0, "updated_at": time.time()} for m in models for d in slots]
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             insert = _dialect_insert(conn)(s.cells)
             conn.execute(insert.on_conflict_do_nothing(
                 index_elements=["matrix", "night", "model", "device"]), rows)
@@ -429,12 +442,12 @@ class History:
 
         A cell is free when pending, when its lease has expired (its host died), when its owner
         is a process of this host that is gone (``alive(owner)`` is False), or, with
-        ``retry_failed``, when it failed. PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``, so
+        ``retry_failed``, when it failed (and not in this owner's hands: once per run). PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``, so
         hosts claiming at once each get a different cell. SQLite: the transaction holds the
         database's write lock from its first statement (BEGIN IMMEDIATE)."""
         c = s.cells
         states = ["pending", "running"] + (["failed"] if retry_failed else [])
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             q = (sa.select(c).where(c.c.matrix == matrix, c.c.night == night, c.c.device == slot,
                                     c.c.state.in_(states))
                  .order_by(c.c.model).limit(50))
@@ -445,6 +458,8 @@ class History:
                 if row["state"] == "running" and (row["lease_expires"] or 0) > stamp and \
                         (alive is None or alive(row["owner"])):
                     continue
+                if row["state"] == "failed" and row["owner"] == owner:
+                    continue   # retried by this very process already: once per run is enough
                 conn.execute(sa.update(c).where(*_cell_pk(row)).values(
                     state="running", owner=owner, lease_expires=stamp + lease_s,
                     attempts=row["attempts"] + 1, updated_at=stamp))
@@ -455,7 +470,7 @@ class History:
               lease_s: float) -> bool:
         """Extend this owner's lease; False when the cell is no longer its own."""
         c = s.cells
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             done = conn.execute(sa.update(c).where(
                 c.c.matrix == matrix, c.c.night == night, c.c.model == model, c.c.device == slot,
                 c.c.owner == owner, c.c.state == "running").values(
@@ -467,7 +482,7 @@ class History:
         """Record a cell's run and close the cell, in one transaction, only if the cell is
         still this owner's; None when another host has it now (its result is the one kept)."""
         c = s.cells
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             q = sa.select(c).where(c.c.matrix == matrix, c.c.night == night, c.c.model == model,
                                    c.c.device == slot)
             if conn.dialect.name == "postgresql":
@@ -484,7 +499,7 @@ class History:
     def release(self, matrix: str, night: str, model: str, slot: str, owner: str) -> None:
         """Give a claimed cell back (interrupted before it finished)."""
         c = s.cells
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(sa.update(c).where(
                 c.c.matrix == matrix, c.c.night == night, c.c.model == model, c.c.device == slot,
                 c.c.owner == owner, c.c.state == "running").values(
