@@ -9,8 +9,8 @@ import torch
 
 from ._state import CompressionState
 from ._train import ProgressFn, TrainSpec, no_progress
-from .data import Split
 from .recipe import TrainConfig
+from .tasks import Examples, Task
 
 
 @dataclass
@@ -25,15 +25,16 @@ class Output:
 @dataclass
 class StageContext:
     state: CompressionState
-    train: Split
-    test: Split
+    train: Examples
+    test: Examples
     baseline: TrainConfig
+    task: Task
     batch_size: int = 128
     seed: int = 0
     progress: ProgressFn = no_progress
     log: Callable[[str], None] = lambda msg: None
     metrics: dict = field(default_factory=dict)   # a stage's own figures, saved in the report
-    teacher: Callable[[], torch.Tensor] | None = None  # the baseline's logits on the train set
+    teacher: Callable[[], torch.Tensor] | None = None  # the baseline's outputs on the train set
     output: Output | None = None      # set by the pipeline for the output phase only
 
     def generator(self, salt: int) -> torch.Generator:
@@ -57,8 +58,9 @@ class StageContext:
                                weight_decay, distill, temperature)
 
     def teacher_logits(self, spec: TrainSpec) -> torch.Tensor | None:
-        """The dense baseline's logits on the training set, when the stage distils from it."""
-        if spec.distill <= 0:
+        """The dense baseline's outputs on the training set, when the stage distils from it (or
+        the task has no labels: then they are its only targets)."""
+        if spec.distill <= 0 and self.task.needs_labels:
             return None
         if self.teacher is None:
             raise RuntimeError("no teacher: the pipeline did not provide the baseline")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dccore.errors import CheckpointError, ModelError
-from .models import compressible_layers
+from .models import compressible_layers, weight_param
 
 
 @dataclass
@@ -27,7 +27,7 @@ class LayerState:
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.module.weight
+        return getattr(self.module, weight_param(self.module) or "weight")
 
     def enforce(self) -> None:
         """Write the constraints into the weight (after every optimiser step)."""

@@ -157,13 +157,38 @@ def check_finite(model: nn.Module, source: str = "model") -> None:
                              "retrain or restore a good checkpoint")
 
 
+# Layers whose weight the pipeline prunes and shares, and the parameter that is that weight:
+# Linear (also inside attention: nn.MultiheadAttention's out_proj is one), convolutions of every
+# kind (depthwise ones are Conv with groups), transposed convolutions, embeddings, and
+# nn.MultiheadAttention's packed query/key/value projection.
+WEIGHT_PARAM = {
+    nn.Linear: "weight", nn.Conv1d: "weight", nn.Conv2d: "weight", nn.Conv3d: "weight",
+    nn.ConvTranspose1d: "weight", nn.ConvTranspose2d: "weight", nn.ConvTranspose3d: "weight",
+    nn.Embedding: "weight", nn.MultiheadAttention: "in_proj_weight",
+}
+LAYER_TYPES = tuple(t.__name__ for t in WEIGHT_PARAM)
+
+
+def weight_param(module: nn.Module) -> str | None:
+    """The name of ``module``'s compressible weight, or None (not a layer we compress)."""
+    for cls, param in WEIGHT_PARAM.items():
+        if isinstance(module, cls):
+            return param if getattr(module, param, None) is not None else None
+    return None
+
+
+def weight_name(layer: str, module: nn.Module) -> str:
+    """The state_dict key of a layer's weight: "fc1.weight", "attn.in_proj_weight"."""
+    param = weight_param(module) or "weight"
+    return f"{layer}.{param}" if layer else param
+
+
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Layers whose ``weight`` the pipeline prunes and shares: Linear and Conv (by qualified name)."""
-    layers = {name: m for name, m in model.named_modules()
-              if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.weight is not None}
+    """Layers whose weight the pipeline prunes and shares, by qualified name (see WEIGHT_PARAM)."""
+    layers = {name: m for name, m in model.named_modules() if weight_param(m) is not None}
     if not layers:
-        raise ModelError(f"model {type(model).__name__} has no prunable layers "
-                         "(no nn.Linear or nn.Conv*d weights)")
+        raise ModelError(f"model {type(model).__name__} has no prunable layers (no Linear, "
+                         "convolution, embedding or attention weights)")
     return layers
 
 

@@ -35,12 +35,12 @@ from dccore.outputs import atomic_path, write_bytes_atomic, write_json_atomic
 
 from ._context import Output, StageContext
 from ._state import CompressionState
-from ._train import ProgressFn, evaluate, no_progress, predict, train
-from .data import Split, hold_out, load_split
+from ._train import ProgressFn, no_progress, train
 from .models import build_model, check_finite, load_state_dict_file, load_torch_file, load_weights
 from .recipe import Recipe
 from .stages import STAGES, Stage, StageConfig
 from .stages.encode import EncodeConfig
+from .tasks import DEFAULT_TASK, Examples, Task, TaskData, make_task, predict
 
 BASELINE = "0_baseline"
 DEFAULT_OUTPUT = EncodeConfig()   # a recipe without an output stage still gets its model.dcz
@@ -78,15 +78,12 @@ def load_checkpoint(path: Path, model: nn.Module, state: CompressionState) -> No
     state.check()
 
 
-def load_data(recipe: Recipe, data_root: str | None) -> tuple[Split, Split | None, Split]:
-    """(train, validation or None, test). The validation split is ``data.val_fraction`` of the
-    training examples, drawn with the recipe's seed and removed from the training split."""
-    root = data_root or recipe.data.root
-    train_set = load_split("train", root, recipe.data.train_limit)
-    val_set = None
-    if recipe.data.val_fraction > 0:
-        train_set, val_set = hold_out(train_set, recipe.data.val_fraction, recipe.seed)
-    return train_set, val_set, load_split("test", root, recipe.data.test_limit)
+def load_task(recipe: Recipe, data_root: str | None) -> tuple[Task, TaskData]:
+    """The recipe's task and its splits (train, validation or None, test). The validation split
+    is ``data.val_fraction`` of the training examples, drawn with the recipe's seed and removed
+    from the training split."""
+    task = make_task(recipe.task, seed=recipe.seed, data_root=data_root, data=recipe.data)
+    return task, task.data()
 
 
 def _same_prefix(saved: dict, recipe: Recipe, upto: int) -> str | None:
@@ -119,26 +116,34 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
             if why:
                 raise RecipeError(f"--resume-from {resume_from}: the recipe's {why} changed since "
                                   f"{out} was written; start a fresh run (another --out)")
-    train_set, val_set, test_set = load_data(recipe, data_root)
+    task, data = load_task(recipe, data_root)
+    train_set, val_set, test_set = data.train, data.val, data.test
     out.mkdir(parents=True, exist_ok=True)
     if recipe_text is not None:
         write_bytes_atomic(out / "recipe.toml", recipe_text.encode())
     write_json_atomic(out / "recipe.json", {"recipe": recipe.to_dict(), "sha256": recipe.sha256()})
 
+    teacher = _teacher(recipe, out)
     ctx = StageContext(state=state, train=train_set, test=test_set, baseline=recipe.baseline,
-                       batch_size=recipe.data.batch_size, seed=recipe.seed, progress=progress,
-                       log=log, teacher=_teacher(recipe, out, train_set))
-    accuracies: dict[str, float] = {}
-    val_accuracies: dict[str, float] = {}
+                       task=task, batch_size=recipe.data.batch_size, seed=recipe.seed,
+                       progress=progress, log=log, teacher=lambda: teacher(train_set))
+    scores: dict[str, dict[str, float]] = {}        # stage -> the task's figures on the test set
+    val_scores: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     stage_metrics: dict[str, dict] = {}
+    primary = task.primary
 
     def scored(name: str, info: dict) -> dict:
-        """Score the model after ``name``; the checkpoint's figures, with those scores."""
-        accuracies[name] = evaluate(model, test_set)
-        info = {"stage": name, **info, "accuracy": accuracies[name]}
+        """Score the model after ``name``; the checkpoint's figures, with those scores. A
+        label-free task is scored against the dense model's outputs (itself, at the baseline)."""
+        against = (lambda split: None if name == BASELINE else teacher(split)) \
+            if not task.needs_labels else (lambda split: None)
+        scores[name] = task.evaluate(model, test_set, against(test_set))
+        info = {"stage": name, **info, primary: scores[name][primary], "scores": scores[name]}
         if val_set is not None:
-            val_accuracies[name] = info["validation_accuracy"] = evaluate(model, val_set)
+            val_scores[name] = task.evaluate(model, val_set, against(val_set))
+            info[f"validation_{primary}"] = val_scores[name][primary]
+            info["validation_scores"] = val_scores[name]
         return info
 
     # -- baseline ---------------------------------------------------------------------------
@@ -147,7 +152,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
         _baseline(model, recipe, ctx)
         seconds[BASELINE] = time.perf_counter() - t0
         info = scored(BASELINE, {})
-        log(f"baseline accuracy {accuracies[BASELINE]:.2%}")
+        if not task.needs_labels:   # the reference its later scores compare with
+            teacher.remember(model, [test_set] + ([val_set] if val_set is not None else []))
+        log(f"baseline {primary} {_fmt(primary, scores[BASELINE][primary])}")
         save_checkpoint(_checkpoint_path(out, BASELINE), model, state,
                         {**info, "seconds": seconds[BASELINE], "recipe_sha256": recipe.sha256()})
     else:
@@ -156,9 +163,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
             info_path = _checkpoint_path(out, name).with_suffix(".json")
             if info_path.is_file():
                 info = json.loads(info_path.read_text())
-                accuracies[name] = info.get("accuracy")
+                scores[name] = info.get("scores") or {primary: info.get(primary)}
                 if val_set is not None:
-                    val_accuracies[name] = info.get("validation_accuracy")
+                    val_scores[name] = info.get("validation_scores") or {
+                        primary: info.get(f"validation_{primary}")}
                 seconds[name] = info.get("seconds", 0.0)
                 stage_metrics[name] = info.get("metrics", {})
         load_checkpoint(_checkpoint_path(out, previous[-1]), model, state)
@@ -176,7 +184,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
         seconds[config.name] = time.perf_counter() - t0
         stage_metrics[config.name] = dict(ctx.metrics, sparsity=state.sparsity())
         info = scored(config.name, {"kind": config.KIND})
-        log(f"{config.name}: accuracy {accuracies[config.name]:.2%}, "
+        log(f"{config.name}: {primary} {_fmt(primary, scores[config.name][primary])}, "
             f"sparsity {state.sparsity():.1%}, {seconds[config.name]:.1f} s")
         save_checkpoint(_checkpoint_path(out, config.name), model, state,
                         {**info, "seconds": seconds[config.name],
@@ -184,11 +192,11 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
 
     # -- output: the files ----------------------------------------------------------------------
     check_finite(model, "final model")
-    report = _report(recipe, state, accuracies, val_accuracies if val_set is not None else None,
+    report = _report(recipe, task, state, scores, val_scores if val_set is not None else None,
                      seconds, stage_metrics, test_set)
     stage, config = output
     t0 = time.perf_counter()
-    ctx.output = Output(out, _meta(recipe, report), _size_rows(out, recipe))
+    ctx.output = Output(out, _meta(recipe, task, report), _size_rows(out, recipe))
     _run_stage(model, stage, config, ctx)
     report.update(ctx.metrics)
     report["seconds"][config.KIND] = time.perf_counter() - t0
@@ -207,18 +215,39 @@ def _run_stage(model: nn.Module, stage: Stage, config: StageConfig, ctx: StageCo
         stage.ensures(model, config, ctx)
 
 
-def _teacher(recipe: Recipe, out: Path, train_set: Split) -> Callable[[], torch.Tensor]:
-    """The dense baseline's logits on the training set, computed once on first use."""
-    cache: list[torch.Tensor] = []
+class _Teacher:
+    """The dense baseline's outputs on a split, computed once per split: the soft targets of
+    distillation (train) and the reference a label-free task is scored against (test, val).
+    Right after the baseline they are taken from the model itself; a resumed run rebuilds the
+    baseline from its checkpoint when first asked."""
 
-    def logits() -> torch.Tensor:
-        if not cache:
-            teacher = build_model(recipe.model.name, recipe.model.kwargs)
-            load_checkpoint(_checkpoint_path(out, BASELINE), teacher,
-                            CompressionState.for_model(teacher))
-            cache.append(predict(teacher, train_set.images))
-        return cache[0]
-    return logits
+    def __init__(self, recipe: Recipe, out: Path) -> None:
+        self.recipe, self.out = recipe, out
+        self._cache: dict[int, torch.Tensor] = {}
+        self._model: nn.Module | None = None
+
+    def remember(self, model: nn.Module, splits: list[Examples]) -> None:
+        for split in splits:
+            self._cache[id(split)] = predict(model, split.inputs)
+
+    def __call__(self, split: Examples) -> torch.Tensor:
+        if id(split) not in self._cache:
+            if self._model is None:
+                self._model = build_model(self.recipe.model.name, self.recipe.model.kwargs)
+                load_checkpoint(_checkpoint_path(self.out, BASELINE), self._model,
+                                CompressionState.for_model(self._model))
+            self._cache[id(split)] = predict(self._model, split.inputs)
+        return self._cache[id(split)]
+
+
+def _teacher(recipe: Recipe, out: Path) -> _Teacher:
+    return _Teacher(recipe, out)
+
+
+def _fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if metric == "accuracy" else f"{value:.5f}"
 
 
 def _resume_index(recipe: Recipe, resume_from: str) -> int:
@@ -232,48 +261,68 @@ def _baseline(model: nn.Module, recipe: Recipe, ctx: StageContext) -> None:
         load_weights(model, load_state_dict_file(recipe.model.weights), source=recipe.model.weights)
         ctx.log(f"baseline weights loaded from {recipe.model.weights}")
         return
+    if not ctx.task.trains_baseline:
+        ctx.log(f"the {ctx.task.describe()} task's baseline is the model as given (the teacher)")
+        return
     b = ctx.baseline
     spec = ctx.train_spec(b.epochs, b.lr, b.weight_decay)
-    train(model, ctx.train, spec, generator=ctx.generator(0), progress=ctx.progress,
+    train(model, ctx.train, spec, ctx.task, generator=ctx.generator(0), progress=ctx.progress,
           description="baseline")
 
 
-def _report(recipe: Recipe, state: CompressionState, accuracies: dict,
-            val_accuracies: dict | None, seconds: dict, stage_metrics: dict,
-            test_set: Split) -> dict[str, Any]:
+def _report(recipe: Recipe, task: Task, state: CompressionState, scores: dict,
+            val_scores: dict | None, seconds: dict, stage_metrics: dict,
+            test_set: Examples) -> dict[str, Any]:
     final_name = ([BASELINE] + [s.name for s in recipe.stages
                                 if STAGES.get(s.KIND).phase != "output"])[-1]
+    primary = task.primary
 
-    def table(scores: dict) -> dict[str, Any]:
-        return {"baseline": scores.get(BASELINE), "final": scores.get(final_name),
-                "stages": {k: v for k, v in scores.items() if k != BASELINE}}
+    def table(by_stage: dict) -> dict[str, Any]:
+        figures = {k: (v or {}).get(primary) for k, v in by_stage.items()}
+        return {"baseline": figures.get(BASELINE), "final": figures.get(final_name),
+                "stages": {k: v for k, v in figures.items() if k != BASELINE}}
 
-    accuracy = table(accuracies)
-    if val_accuracies is not None:      # only when asked for: the default report is unchanged
-        accuracy["validation"] = table(val_accuracies)
-    return {
+    headline = table(scores)
+    if val_scores is not None:      # only when asked for: the default report is unchanged
+        headline["validation"] = table(val_scores)
+    report: dict[str, Any] = {
         "recipe": recipe.name,
         "recipe_sha256": recipe.sha256(),
         "model": recipe.model.name,
+        "task": task.KIND,
         "test_examples": len(test_set),
-        "accuracy": accuracy,
+    }
+    if primary == "accuracy":   # the image classifier's report, as it always was
+        report["accuracy"] = headline
+    report["primary_metric"] = {"name": primary, "higher_is_better": task.higher_is_better,
+                                **headline}
+    report["scores"] = scores
+    report.update({
         "sparsity": state.sparsity(),
         "layers": state.layer_rows(),
         "stages": stage_metrics,
         "seconds": dict(seconds),
-    }
+    })
+    return report
 
 
-def _meta(recipe: Recipe, report: dict) -> dict[str, Any]:
+def _meta(recipe: Recipe, task: Task, report: dict) -> dict[str, Any]:
     """What model.dcz records besides the weights: enough to trace it to what produced it."""
-    return {
-        "model": {"name": recipe.model.name, "kwargs": recipe.model.kwargs,
-                  "input_shape": list(recipe.model.input_shape)},
+    model: dict[str, Any] = {"name": recipe.model.name, "kwargs": recipe.model.kwargs,
+                             "input_shape": list(recipe.model.input_shape)}
+    if recipe.task.KIND != DEFAULT_TASK:   # any inputs: each one's shape (no batch axis), dtype
+        model["inputs"] = [{"shape": list(t.shape[1:]), "dtype": str(t.dtype).removeprefix("torch.")}
+                           for t in task.example_inputs()]
+        del model["input_shape"]
+    meta = {
+        "model": model,
         "recipe": recipe.to_dict(),
         "recipe_sha256": recipe.sha256(),
-        "accuracy": report["accuracy"],
+        "accuracy" if "accuracy" in report else "primary_metric":
+            report.get("accuracy") or report["primary_metric"],
         "data": {"root": recipe.data.root},
     }
+    return meta
 
 
 def _size_rows(out: Path, recipe: Recipe) -> list[tuple[str, str, Path]]:

@@ -27,6 +27,7 @@ from dccore.errors import RecipeError
 
 from ._config import (Check, Config, FreeTable, Int, Num, OneOf, Section, Shape, Text, lookup,
                       setting)
+from .tasks import TaskConfig, TaskSection, default_task_config
 from .stages import StageConfig, StageList, check_order
 
 # The checkout's recipes/ (editable installs), else where a wheel puts them (pyproject data-files).
@@ -129,6 +130,10 @@ class Recipe(Config):
     model: ModelConfig = setting(check=Section(ModelConfig), factory=ModelConfig)
     baseline: TrainConfig = setting(check=Section(TrainConfig), factory=TrainConfig)
     stages: tuple[StageConfig, ...] = setting(check=StageList(), factory=tuple)
+    # what the model is for: its data, loss and metric (compression/tasks/); the default, IDX
+    # image classification, is not written out, so older recipes keep their hash
+    task: TaskConfig = setting(check=TaskSection(), factory=default_task_config,
+                               omit=lambda t: t == default_task_config())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "", name: str | None = None) -> "Recipe":

@@ -144,10 +144,13 @@ class Ui:
                           f"{row['distinct_values']:,}")
         out_console = stdout_console()
         out_console.print(table)
-        acc = report["accuracy"]
-        lines = [f"accuracy: baseline {acc['baseline']:.2%} -> final {acc['final']:.2%} "
-                 f"({(acc['final'] - acc['baseline']) * 100:+.2f} points) "
-                 f"on {report['test_examples']:,} test examples",
+        metric = report.get("primary_metric") or {"name": "accuracy", **report["accuracy"]}
+        name, base, final = metric["name"], metric["baseline"], metric["final"]
+        if name == "accuracy":
+            change = f"{base:.2%} -> final {final:.2%} ({(final - base) * 100:+.2f} points)"
+        else:
+            change = f"{base:.5f} -> final {final:.5f} ({final - base:+.5f})"
+        lines = [f"{name}: baseline {change} on {report['test_examples']:,} test examples",
                  f"sparsity: {report['sparsity']:.2%} of compressible weights are zero"]
         if "compressed_bytes" in report:
             lines.append(f"size: {report['dense_bytes']:,} B dense fp32 -> "

@@ -44,7 +44,7 @@ def test_finetune_stage_keeps_zeros_and_assignments(make_recipe, tmp_path):
 
 
 def test_distillation_loss_hand_computed():
-    from compression._train import distillation_loss
+    from compression.tasks.classification import distillation_loss
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     labels = torch.tensor([0])
     ce = torch.nn.functional.cross_entropy(logits, labels)
@@ -56,7 +56,7 @@ def test_distillation_loss_hand_computed():
 
 
 def test_soft_term_is_t_squared_kl_of_the_softened_distributions():
-    from compression._train import distillation_loss
+    from compression.tasks.classification import distillation_loss
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     teacher = torch.tensor([[0.0, 2.0, -1.0], [1.0, 0.0, 1.0]])
     labels = torch.tensor([0, 2])
@@ -73,8 +73,8 @@ def test_soft_term_is_t_squared_kl_of_the_softened_distributions():
 def test_distillation_pulls_the_retrained_model_towards_the_baseline(make_recipe, tmp_path):
     """Same seed, same baseline; retraining on the baseline's soft targets alone (distill=1)
     ends closer to the baseline's distribution than retraining on the labels alone."""
-    from compression._train import predict
     from compression.data import load_split
+    from compression.tasks import predict
     from compression.pipeline import run_recipe
     from compression.recipe import Recipe
 
@@ -92,10 +92,10 @@ def test_distillation_pulls_the_retrained_model_towards_the_baseline(make_recipe
     images = load_split("train", make_recipe()["data"]["root"]).images
     teacher_model = type(plain.model)()
     teacher_model.load_state_dict(baseline["plain"])
-    p_t = torch.softmax(predict(teacher_model, images) / 2.0, dim=1)
+    p_t = torch.softmax(predict(teacher_model, (images,)) / 2.0, dim=1)
 
     def kl_to_teacher(model):
-        log_p_s = torch.log_softmax(predict(model, images) / 2.0, dim=1)
+        log_p_s = torch.log_softmax(predict(model, (images,)) / 2.0, dim=1)
         return float((p_t * (p_t.log() - log_p_s)).sum(1).mean())
 
     assert kl_to_teacher(distilled.model) < kl_to_teacher(plain.model)

@@ -125,7 +125,7 @@ def test_a_kind_registered_twice_is_refused(toy_stage):
 
 def _ctx(model: nn.Module) -> StageContext:
     return StageContext(state=CompressionState.for_model(model), train=None, test=None,
-                        baseline=TrainConfig())
+                        baseline=TrainConfig(), task=None)
 
 
 def test_prune_promise_target_sparsity_and_zeros():

@@ -18,11 +18,12 @@ from typing import Any, Callable, ClassVar, Mapping
 from dccore.errors import RecipeError
 from dccore.registry import Registry
 
+from ..models import LAYER_TYPES  # noqa: F401 (re-exported: the types by_type may name)
 from .._config import (FREE, Check, Config, Text, UnknownKey, check_values, fail, setting,
                        table)
 
-LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
-CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
+CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+              "ConvTranspose3d")
 BUILTIN_STAGES = tuple(f"compression.stages.{m}" for m in ("prune", "share", "finetune", "encode"))
 
 

@@ -18,7 +18,7 @@ from dccore.errors import ModelError
 from .._config import Int, OneOf, setting
 from .._context import StageContext
 from .._state import CompressionState
-from ..models import load_state_dict_file
+from ..models import load_state_dict_file, weight_name
 from ._base import Stage, StageConfig, register_stage
 
 MODEL_FILE = "model.dcz"
@@ -46,7 +46,8 @@ def compressed_weights(config: EncodeConfig, state: CompressionState) -> dict[st
         settings = config.for_layer(name, layer.type_name)
         if settings is None or (layer.mask is None and layer.centroids is None):
             continue
-        out[f"{name}.weight"] = {"bits": layer.bits, "index_bits": settings.get("index_bits")}
+        out[weight_name(name, layer.module)] = {"bits": layer.bits,
+                                                "index_bits": settings.get("index_bits")}
     return out
 
 

@@ -50,7 +50,7 @@ def run(model: torch.nn.Module, config: FinetuneCentroidsConfig, ctx: StageConte
 
     spec = ctx.retrain_spec(config.epochs, config.lr, distill=config.distill,
                             temperature=config.temperature)
-    train(model, ctx.train, spec, params=params, after_backward=after_backward,
+    train(model, ctx.train, spec, ctx.task, params=params, after_backward=after_backward,
           after_step=after_step, generator=ctx.generator(303),
           teacher_logits=ctx.teacher_logits(spec), progress=ctx.progress,
           description="fine-tune centroids")

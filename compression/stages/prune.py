@@ -79,7 +79,7 @@ def run(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> None:
         ctx.state.enforce()
         ctx.state.check()       # mid-stage, before retraining builds on the cut
         ctx.log(f"round {r + 1}/{config.rounds}: sparsity {ctx.state.sparsity():.1%}")
-        train(model, ctx.train, spec, after_backward=ctx.state.mask_gradients,
+        train(model, ctx.train, spec, ctx.task, after_backward=ctx.state.mask_gradients,
               after_step=ctx.state.enforce, generator=generator, teacher_logits=teacher,
               progress=ctx.progress,
               description=f"prune round {r + 1}/{config.rounds}")

@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _pack(args: argparse.Namespace) -> int:
     from compression.models import (build_model, compressible_layers, load_state_dict_file,
-                                    load_weights)
+                                    load_weights, weight_name)
     from dccore.outputs import DCZ, check_output
     from dcz import pack
 
@@ -61,7 +61,8 @@ def _pack(args: argparse.Namespace) -> int:
     state = load_state_dict_file(args.checkpoint)
     model = build_model(args.model, kwargs)
     load_weights(model, state, source=args.checkpoint)  # fail early if it is the wrong model
-    layers = {f"{name}.weight": name for name in compressible_layers(model)}
+    layers = {weight_name(name, module): name
+              for name, module in compressible_layers(model).items()}
     compressed = {tensor: {"bits": None, "index_bits": args.index_bits} for tensor in layers}
     for item in args.bits_for:
         layer, sep, value = item.partition("=")
