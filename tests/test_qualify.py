@@ -9,7 +9,6 @@ import contextlib
 import io
 import json
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 import torch

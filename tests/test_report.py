@@ -3,7 +3,6 @@ the whole page opened in a real headless browser (Debian's chromium), where ever
 render."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import shutil

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 ENV = "DEEPCOMPRESS_HISTORY_DB"
 DEFAULT_DB = "qualify-out/history.sqlite"

@@ -77,7 +77,6 @@ def _print(results: dict, out: Path) -> None:
 
     from deepcompress.qualify._gates import FIGURES, fmt_value
     from deepcompress.qualify._outputs import gate_name
-    from deepcompress.qualify._report import _Gate
 
     from ..ui import stdout_console
 
@@ -90,7 +89,7 @@ def _print(results: dict, out: Path) -> None:
         unit = FIGURES.get(g["figure"], ("",))[0]
         result = (f"skipped ({g['skipped']})" if g.get("skipped") else "ok" if g["ok"]
                   else f"FAIL {g.get('message') or ''}")
-        table.add_row(*(Text(str(c)) for c in (gate_name(_Gate(g)), g["subject"],
+        table.add_row(*(Text(str(c)) for c in (gate_name(g["gate"], g["figure"]), g["subject"],
                                                fmt_value(g.get("actual"), unit),
                                                fmt_value(g.get("limit"), unit), result)))
     console.print(table)

@@ -10,6 +10,12 @@ from ._provenance import device_fingerprint
 from ._work import Exports
 
 
+def artifact_format(result: dict[str, Any]) -> str | None:
+    """The export format of a bench result's artifact, from its suffix."""
+    name = str(result.get("artifact", ""))
+    return "coreml" if name.endswith(".mlpackage") else "tflite" if name.endswith(".tflite") else None
+
+
 def artifact_figures(exports: Exports) -> list[Figure]:
     out = []
     for name, e in exports.artifacts.items():
@@ -33,12 +39,12 @@ def device_info(result: dict[str, Any]) -> dict[str, Any] | None:
     return {**info, "fingerprint": device_fingerprint(info)}
 
 
-def device_figures(result: dict[str, Any], device: str, fmt: str) -> list[Figure]:
+def device_figures(result: dict[str, Any], device: str) -> list[Figure]:
     """p50, p90, peak memory and (with bench eval) the accuracy measured on the device."""
     info = device_info(result)
     if info is None:
         return []
-    common = {"format": fmt, "device": device, "fingerprint": info["fingerprint"],
+    common = {"format": artifact_format(result), "device": device, "fingerprint": info["fingerprint"],
               "artifact_sha256": result.get("artifact_sha256")}
     lat = result.get("latency_ms") or {}
     out = [Figure(name, float(value), **common) for name, value in
@@ -91,8 +97,7 @@ def device_gates(device: str, results: Iterable[dict[str, Any]], budgets: Budget
     gates (not measured), never the others'. ``evaluates``: the bench measures accuracy."""
     gates = []
     for r in results:
-        fmt = "tflite" if str(r.get("artifact", "")).endswith(".tflite") else \
-            "coreml" if str(r.get("artifact", "")).endswith(".mlpackage") else None
+        fmt = artifact_format(r)
         subject = f"{fmt} on {device}"
         if r.get("ok"):
             info = device_info(r)

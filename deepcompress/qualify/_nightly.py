@@ -228,7 +228,7 @@ class _Worker:
         results = _work.bench_device(spec, artifacts, self.matrix.bench, data=data)
         figures = artifact_figures(exports) + metric_figures(exports.metric)
         for r in results:
-            figures += device_figures(r, slot, exports_format(r))
+            figures += device_figures(r, slot)
         gates = export_gates(exports) + metric_gate_if_missing(exports.metric, model.budgets)
         gates += budget_gates(figures, model.budgets)
         gates += device_gates(slot, results, model.budgets, evaluates=data is not None)
@@ -268,11 +268,6 @@ class _Worker:
 
     def cell_key(self, model: str, slot: str) -> str:
         return f"{self.matrix.name}/{self.night}/{model}/{slot}"
-
-
-def exports_format(result: dict) -> str:
-    name = str(result.get("artifact", ""))
-    return "coreml" if name.endswith(".mlpackage") else "tflite"
 
 
 def _finish(matrix: Matrix, night: str, folder: Folder, history: History, worker: _Worker,

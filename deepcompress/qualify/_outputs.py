@@ -80,11 +80,9 @@ class Folder:
             marker.write_text(json.dumps({"written_by": "deepcompress", "what": self.marker}) + "\n")
 
 
-def gate_name(g: Gate) -> str:
+def gate_name(gate: str, figure: str) -> str:
     """A gate's name for JUnit and tables: the budget key, or the comparison and its figure."""
-    if g.gate in ("regression", "rolling"):
-        return f"{g.gate} {g.figure}"
-    return g.gate
+    return f"{gate} {figure}" if gate in ("regression", "rolling") else gate
 
 
 def junit_xml(suite: str, gates: list[Gate], seconds: float) -> bytes:
@@ -96,7 +94,8 @@ def junit_xml(suite: str, gates: list[Gate], seconds: float) -> bytes:
                       failures=str(sum(not g.ok for g in gates)),
                       skipped=str(sum(bool(g.skipped) for g in gates)), time=f"{seconds:.3f}")
     for g in gates:
-        case = ET.SubElement(root, "testcase", classname=xml_text(g.subject), name=gate_name(g))
+        case = ET.SubElement(root, "testcase", classname=xml_text(g.subject),
+                             name=gate_name(g.gate, g.figure))
         numbers = ", ".join(f"{k} {v:.6g}" for k, v in (("actual", g.actual), ("limit", g.limit),
                                                          ("baseline", g.baseline)) if v is not None)
         if g.skipped:

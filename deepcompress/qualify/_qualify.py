@@ -107,8 +107,7 @@ def _qualify(config: QualifyConfig, folder: Folder, plan: _work.Plan, history: H
     devices_seen = {}
     for spec, results in bench.items():
         for r in results:
-            fmt = _format_of(r)
-            figures += device_figures(r, spec, fmt)
+            figures += device_figures(r, spec)
             info = device_info(r)
             if info is not None:
                 devices_seen[info["fingerprint"]] = info
@@ -163,7 +162,3 @@ def _qualify(config: QualifyConfig, folder: Folder, plan: _work.Plan, history: H
     write_json_atomic(folder.results, json.loads(json.dumps(results, default=str)), kind=JSON_FILE)
     return QualifyResult(ok, line, run_id, results, gates)
 
-
-def _format_of(result: dict) -> str:
-    name = str(result.get("artifact", ""))
-    return "coreml" if name.endswith(".mlpackage") else "tflite" if name.endswith(".tflite") else "?"

@@ -75,15 +75,10 @@ def gates_table(gates: Sequence[Mapping[str, Any]]) -> str:
         unit = FIGURES.get(g["figure"], ("",))[0]
         result = "skipped: " + g["skipped"] if g.get("skipped") else "ok" if g["ok"] else \
             "FAIL " + (g.get("message") or "")
-        rows.append(((gate_name(_Gate(g)), g["subject"], fmt_value(g.get("actual"), unit),
+        rows.append(((gate_name(g["gate"], g["figure"]), g["subject"], fmt_value(g.get("actual"), unit),
                       fmt_value(g.get("limit"), unit), fmt_value(g.get("baseline"), unit), result),
                      "skip" if g.get("skipped") else "" if g["ok"] else "bad"))
     return _table(("gate", "subject", "actual", "limit", "baseline", "result"), rows, (2, 3, 4))
-
-
-class _Gate:   # gate_name wants attributes
-    def __init__(self, d: Mapping[str, Any]) -> None:
-        self.gate, self.figure = d["gate"], d["figure"]
 
 
 def bench_table(results: Sequence[Mapping[str, Any]]) -> str:

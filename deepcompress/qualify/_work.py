@@ -189,17 +189,13 @@ class Exports:
     seconds: float = 0.0
 
 
-def _sha256_file(path: Path) -> str:
-    return artifact_sha256(path)
-
-
 def export_all(spec: ExportSpec, compressed: Compressed, out_dir: Path, *,
                log: Log = lambda m: None) -> Exports:
     """The .dcz as an artifact, and each format exported, validated and measured (or reused)."""
     from exporters import EXPORTERS
 
     start = time.perf_counter()
-    dcz_sha = _sha256_file(compressed.dcz)
+    dcz_sha = artifact_sha256(compressed.dcz)
     size = artifact_size(compressed.dcz)
     out = Exports()
     out.artifacts["dcz"] = Exported("dcz", compressed.dcz, dcz_sha, size.bytes, size.zipped_bytes,
@@ -234,7 +230,7 @@ def export_all(spec: ExportSpec, compressed: Compressed, out_dir: Path, *,
                                      options, examples.inputs, score, layers=layers,
                                      reference=reference, baseline=spec.dense).to_dict()
         result = json.loads(json.dumps(result, default=_jsonable))
-        sha = _sha256_file(paths[name])
+        sha = artifact_sha256(paths[name])
         cache[name] = {"key": keys[name], "sha256": sha, "result": result,
                        "examples": examples.describe}
         write_json_atomic(cache_path, cache, kind=JSON_FILE)
@@ -251,7 +247,7 @@ def _exported(name: str, path: Path, sha: str, result: dict, cached: bool) -> Ex
 
 
 def _export_key(spec: ExportSpec, name: str, dcz_sha: str) -> str:
-    inputs = _sha256_file(spec.inputs) if spec.inputs is not None and spec.inputs.is_file() else None
+    inputs = artifact_sha256(spec.inputs) if spec.inputs is not None and spec.inputs.is_file() else None
     blob = json.dumps({"dcz": dcz_sha, "format": name, "options": spec.options.get(name, {}),
                        "examples": spec.examples, "inputs": inputs, "dense": spec.dense},
                       sort_keys=True)
@@ -272,7 +268,7 @@ def _cached(entry: Any, key: str, path: Path) -> bool:
     if not isinstance(entry, dict) or entry.get("key") != key or not path.exists():
         return False
     try:
-        return entry.get("sha256") == _sha256_file(path)
+        return entry.get("sha256") == artifact_sha256(path)
     except OSError:
         return False
 
