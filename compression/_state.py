@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dccore.errors import CheckpointError, ModelError
-from .models import compressible_layers, weight_param
+from .models import compressible_layers, layer_type, weight_param
 
 
 @dataclass
@@ -24,10 +24,24 @@ class LayerState:
     centroids: torch.Tensor | None = None     # float32 (k,); None = not shared
     assignments: torch.Tensor | None = None   # int64, weight's shape (0 where pruned)
     bits: int | None = None
+    # rows (axis 0) per codebook; None: one codebook. Grouped codebooks sit flat in
+    # ``centroids``, 2**bits per group, and assignments index that flat table
+    group_size: int | None = None
 
     @property
     def weight(self) -> torch.Tensor:
         return getattr(self.module, weight_param(self.module) or "weight")
+
+    def grouped_ok(self) -> bool:
+        """Every kept weight of a grouped layer reads a centroid of its own rows' codebook."""
+        k = 2 ** self.bits
+        rows = torch.arange(self.weight.shape[0]).reshape(-1, *([1] * (self.weight.dim() - 1)))
+        group = (rows // self.group_size).expand_as(self.assignments)
+        ok = (self.assignments // k) == group
+        if self.mask is not None:
+            ok |= ~self.mask
+        return bool(ok.all()) and self.centroids.numel() == k * -(-self.weight.shape[0]
+                                                                  // self.group_size)
 
     def enforce(self) -> None:
         """Write the constraints into the weight (after every optimiser step)."""
@@ -47,7 +61,7 @@ class CompressionState:
 
     @classmethod
     def for_model(cls, model: nn.Module) -> "CompressionState":
-        return cls({name: LayerState(m, type(m).__name__)
+        return cls({name: LayerState(m, layer_type(m))
                     for name, m in compressible_layers(model).items()})
 
     def enforce(self) -> None:
@@ -68,16 +82,22 @@ class CompressionState:
                 raise ModelError(f"layer {name}: weights hold NaN or infinite values")
             if layer.mask is not None and bool((w[~layer.mask] != 0).any()):
                 raise ModelError(f"layer {name}: a pruned weight is non-zero")
-            if layer.centroids is not None:
+            if layer.centroids is not None and layer.group_size is None:
                 distinct = torch.unique(w[w != 0]).numel()
                 if distinct > 2 ** (layer.bits or 32):
                     raise ModelError(f"layer {name}: {distinct} distinct values exceed "
                                      f"2**{layer.bits}")
+            elif layer.centroids is not None and not layer.grouped_ok():
+                raise ModelError(f"layer {name}: a weight points outside its group's codebook")
 
     # -- checkpoints: plain tensors only, so torch.load(weights_only=True) reads them ---------
     def to_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         out: dict[str, dict[str, torch.Tensor]] = {"masks": {}, "centroids": {}, "assignments": {},
                                                    "bits": {}}
+        groups = {n: torch.tensor(layer.group_size) for n, layer in self.layers.items()
+                  if layer.centroids is not None and layer.group_size is not None}
+        if groups:   # only then: checkpoints of one-codebook layers stay as they were
+            out["group_size"] = groups
         for name, layer in self.layers.items():
             if layer.mask is not None:
                 out["masks"][name] = layer.mask.clone()
@@ -88,7 +108,7 @@ class CompressionState:
         return out
 
     def load_tensors(self, data: dict[str, dict[str, torch.Tensor]], source: str) -> None:
-        for section in ("masks", "centroids", "assignments", "bits"):
+        for section in ("masks", "centroids", "assignments", "bits", "group_size"):
             for name in data.get(section, {}):
                 if name not in self.layers:
                     raise CheckpointError(f"{source}: {section} for unknown layer {name!r}")
@@ -102,6 +122,11 @@ class CompressionState:
                 layer.centroids = data["centroids"][name].float()
                 layer.assignments = data["assignments"][name].long()
                 layer.bits = int(data["bits"][name])
+                gs = data.get("group_size", {}).get(name)
+                layer.group_size = int(gs) if gs is not None else None
+                if layer.group_size is not None and (layer.group_size < 1
+                                                     or not layer.grouped_ok()):
+                    raise CheckpointError(f"{source}: grouped codebooks of {name} do not fit")
                 if layer.assignments.shape != layer.weight.shape or (
                         layer.assignments.numel() and int(layer.assignments.max()) >= layer.centroids.numel()):
                     raise CheckpointError(f"{source}: assignments of {name} do not fit its codebook")

@@ -23,7 +23,7 @@ def _features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as rows of input features: (tokens, in_features) for Linear, (positions,
     in_channels x kernel) for Conv (each kernel tap is a feature, as in Wanda's conv variant),
     (tokens,) of ids for Embedding (each row of the table is a 'feature')."""
-    if isinstance(module, nn.Linear):
+    if isinstance(module, (nn.Linear, nn.MultiheadAttention)):   # attention: its query input
         return x.reshape(-1, x.shape[-1])
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         conv2d = isinstance(module, nn.Conv2d)
@@ -135,3 +135,26 @@ def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float,
     if previous is not None:
         keep &= previous.reshape(rows.shape)
     return keep.reshape(weight.shape)
+
+
+def task_sensitivity(model: nn.Module, task, examples, params: Mapping[str, torch.Tensor], *,
+                     batch_size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The Fisher diagonal of ``params`` on ``examples`` (compression.tasks.Examples) for the
+    task's own loss, or, for a label-free task, of the outputs themselves: the squared gradient
+    of a random projection ``v . f(x)`` (v ~ N(0, 1) per batch) estimates diag(JᵀJ), how far the
+    outputs move per unit of each weight's error (Hutchinson; Gauss-Newton)."""
+    from .tasks import model_outputs
+
+    generator = torch.Generator().manual_seed(seed)
+    n = len(examples)
+    batches = [examples.take(slice(i, i + batch_size)) for i in range(0, n, batch_size)]
+
+    def loss(m: nn.Module, batch) -> torch.Tensor:
+        inputs, targets = batch
+        out = model_outputs(m(*inputs))
+        if task.needs_labels and targets is not None:
+            return task.loss(out, targets, None, 0.0, 1.0)
+        probe = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        return (out * probe).sum()
+
+    return fisher_diagonal(model, params, batches, loss)

@@ -177,6 +177,15 @@ def weight_param(module: nn.Module) -> str | None:
     return None
 
 
+def layer_type(module: nn.Module) -> str:
+    """The type recipes scope settings by (``by_type``): the built-in class the layer is an
+    instance of, so attention's NonDynamicallyQuantizableLinear out_proj is a "Linear"."""
+    for cls in WEIGHT_PARAM:
+        if isinstance(module, cls):
+            return cls.__name__
+    return type(module).__name__
+
+
 def weight_name(layer: str, module: nn.Module) -> str:
     """The state_dict key of a layer's weight: "fc1.weight", "attn.in_proj_weight"."""
     param = weight_param(module) or "weight"

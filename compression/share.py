@@ -67,12 +67,125 @@ def kmeans_1d(values: torch.Tensor, k: int, *, init: str = "linear", iterations:
     return centroids, inverse[assign]
 
 
+# ---- weighted and grouped k-means (post-training: SqueezeLLM-style sensitivity, per-group LUTs)
+
+# k-means++ seeds from at most this many values per group (sampled): on an embedding table of
+# 11M weights a full D^2 pass per centroid would cost minutes and change nothing measurable
+_PLUSPLUS_SAMPLE = 1 << 16
+
+
+def _plusplus(values: torch.Tensor, weights: torch.Tensor, k: int,
+              generator: torch.Generator | None) -> torch.Tensor:
+    """k-means++ seeds per row of ``values`` (G, m): each next seed drawn with probability
+    proportional to weight x squared distance to the nearest seed so far (Arthur & Vassilvitskii),
+    so rare large weights get a centroid when they matter and empty ranges get none."""
+    g, m = values.shape
+    if m > _PLUSPLUS_SAMPLE:
+        pick = torch.randint(0, m, (g, _PLUSPLUS_SAMPLE), generator=generator)
+        values, weights = values.gather(1, pick), weights.gather(1, pick)
+    w = weights.double().clamp(min=0)
+    alive = w.sum(1) > 0
+    w = torch.where(alive[:, None], w, torch.ones_like(w))
+    seeds = torch.empty(g, k, dtype=values.dtype)
+    seeds[:, 0] = values.gather(1, torch.multinomial(w, 1, generator=generator)).squeeze(1)
+    d2 = (values - seeds[:, :1]).double().pow(2)
+    for j in range(1, k):
+        p = w * d2
+        empty = p.sum(1) <= 0          # every value already a seed: repeat one (merged later)
+        p = torch.where(empty[:, None], w, p)
+        seeds[:, j] = values.gather(1, torch.multinomial(p, 1, generator=generator)).squeeze(1)
+        d2 = torch.minimum(d2, (values - seeds[:, j:j + 1]).double().pow(2))
+    return seeds
+
+
+def kmeans_groups(values: torch.Tensor, weights: torch.Tensor, k: int, *, init: str = "kmeans++",
+                  iterations: int = 30, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted 1-D k-means in every row of ``values`` (G groups x m values) at once.
+
+    ``weights`` (same shape, >= 0) weigh each value's squared error: a sensitivity (Fisher
+    information) or 1, and 0 for padding and pruned weights, which then pull no centroid.
+    Returns (centroids (G, k) sorted per group, assignment (G, m) into its group's centroids)."""
+    values = values.detach().float()
+    weights = weights.detach().float()
+    if init == "kmeans++":
+        centroids = _plusplus(values, weights, k, generator)
+    elif init == "linear":
+        big = torch.finfo(torch.float32).max
+        lo = torch.where(weights > 0, values, torch.full_like(values, big)).amin(1)
+        hi = torch.where(weights > 0, values, torch.full_like(values, -big)).amax(1)
+        lo, hi = torch.where(lo > hi, 0.0, lo), torch.where(lo > hi, 0.0, hi)
+        steps = torch.linspace(0, 1, k)
+        centroids = lo[:, None] + (hi - lo)[:, None] * steps[None, :]
+    else:
+        raise ValueError(f"grouped or weighted k-means starts from 'kmeans++' or 'linear', "
+                         f"not {init!r}")
+    centroids = centroids.sort(dim=1).values.contiguous()
+    w64, wx = weights.double(), (weights.double() * values.double())
+    for _ in range(iterations):
+        assign = torch.searchsorted((centroids[:, 1:] + centroids[:, :-1]).contiguous() / 2,
+                                    values.contiguous())
+        sums = torch.zeros(centroids.shape, dtype=torch.float64).scatter_add_(1, assign, wx)
+        mass = torch.zeros(centroids.shape, dtype=torch.float64).scatter_add_(1, assign, w64)
+        updated = torch.where(mass > 0, (sums / mass.clamp(min=1e-300)).float(), centroids)
+        updated = updated.sort(dim=1).values.contiguous()
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    assign = torch.searchsorted((centroids[:, 1:] + centroids[:, :-1]).contiguous() / 2,
+                                values.contiguous())
+    return centroids, assign
+
+
+def share_grouped(weight: torch.Tensor, mask: torch.Tensor | None, bits: int, *, init: str,
+                  iterations: int, group_size: int | None = None,
+                  sensitivity: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like :func:`share_layer`, with a codebook per group of ``group_size`` rows (axis 0; None:
+    one for the tensor) and each weight's error weighed by ``sensitivity`` (None: equally).
+
+    The codebooks come back flat, group after group (G x 2**bits centroids), and each weight's
+    assignment indexes that flat table, so ``centroids[assignments]`` is the weight as for one
+    codebook, and training a centroid sums its own group's gradients."""
+    k = 2 ** bits
+    if mask is None:
+        mask = torch.ones_like(weight, dtype=torch.bool)
+    rows = weight.shape[0]
+    gs = rows if group_size is None else min(group_size, rows)
+    groups = -(-rows // gs)
+    flat_w = weight.detach().float().reshape(rows, -1)
+    per_row = flat_w.shape[1]
+    pad = groups * gs - rows
+    sens = (torch.ones_like(flat_w) if sensitivity is None
+            else sensitivity.detach().float().reshape(rows, -1).clamp(min=0))
+    keep = mask.reshape(rows, -1)
+    weights = torch.where(keep, sens, torch.zeros_like(sens))
+    if sensitivity is not None:
+        # a survivor the calibration data never exercised still deserves a centroid near it
+        floor = weights[keep].mean() * 1e-3 if bool(keep.any()) else 1.0
+        weights = torch.where(keep, weights.clamp(min=float(floor)), weights)
+    if pad:
+        flat_w = torch.cat([flat_w, torch.zeros(pad, per_row)])
+        weights = torch.cat([weights, torch.zeros(pad, per_row)])
+    centroids, assign = kmeans_groups(flat_w.reshape(groups, gs * per_row),
+                                      weights.reshape(groups, gs * per_row), k, init=init,
+                                      iterations=iterations, generator=generator)
+    offset = (torch.arange(groups) * k)[:, None]
+    full = (assign + offset).reshape(groups * gs, per_row)[:rows].reshape(weight.shape)
+    full = torch.where(mask, full, torch.zeros_like(full))
+    return centroids.reshape(-1), full, mask
+
+
 def share_layer(weight: torch.Tensor, mask: torch.Tensor | None, bits: int, init: str,
                 iterations: int, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(centroids, assignments shaped like the weight, mask) for one layer."""
     if mask is None:
         mask = torch.ones_like(weight, dtype=torch.bool)
+    if init == "kmeans++":
+        return share_grouped(weight, mask, bits, init=init, iterations=iterations,
+                             generator=generator)
     survivors = weight.detach()[mask]
     centroids, assign = kmeans_1d(survivors, 2 ** bits, init=init, iterations=iterations,
                                   generator=generator)

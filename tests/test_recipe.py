@@ -36,11 +36,14 @@ def _base(**stage):
     ({"stages": [{"kind": "prune"}]}, "stages[0]: a prune stage needs quality"),
     ({"stages": [{"kind": "quantise"}]}, "stages[0].kind: expected one of"),
     ({"stages": [{"kind": "share", "bits": 0}]}, "stages[0].bits: expected an integer in [1, 16], got 0"),
-    ({"stages": [{"kind": "share", "init": "kmeans++"}]}, "stages[0].init: expected one of"),
+    ({"stages": [{"kind": "share", "init": "kmeans"}]}, "stages[0].init: expected one of"),
+    ({"stages": [{"kind": "share", "init": "random", "group_size": 8}]},
+     "stages[0]: group_size and weighting work with init 'kmeans++' or 'linear'"),
     ({"stages": [{"kind": "share", "by_type": {"Conv2D": {"bits": 4}}}]}, "expected a layer type in"),
     ({"stages": [{"kind": "share", "by_name": {"fc1": {"bits": 99}}}]}, "stages[0].by_name.fc1.bits"),
     ({"stages": [{"kind": "share", "by_name": {"fc1": {"sparsity": 0.5}}}]},
-     "stages[0].by_name.fc1.sparsity: unknown key; allowed keys are ['bits', 'init']"),
+     "stages[0].by_name.fc1.sparsity: unknown key; allowed keys are ['bits', 'group_size', "
+     "'init', 'weighting']"),
     ({"stages": [{"kind": "share"}, {"kind": "prune", "sparsity": 0.5}]}, "'prune' after 'share' is not allowed"),
     ({"stages": [{"kind": "finetune_centroids"}]}, "needs a 'share' stage before it"),
     ({"stages": [{"kind": "encode"}, {"kind": "share"}]}, "'encode' must be the last stage"),
@@ -74,7 +77,8 @@ def test_paper_defaults_8_bits_conv_5_bits_fc():
     cfg = ShareConfig.from_dict({}, "s")
     assert cfg.for_layer("c", "Conv2d")["bits"] == 8
     assert cfg.for_layer("f", "Linear")["bits"] == 5
-    assert cfg.for_layer("f", "Linear")["init"] == "linear"
+    assert cfg.for_layer("f", "Linear")["init"] == "kmeans++"   # fills the codebook (issue 10)
+    assert cfg.for_layer("e", "Embedding")["bits"] == 5
 
 
 def test_prune_false_override_leaves_layer_alone():

@@ -40,3 +40,55 @@ def test_density_and_random_init_run():
     for method in ("density", "random"):
         c, a = kmeans_1d(values, 8, init=method, generator=torch.Generator().manual_seed(0))
         assert 1 <= c.numel() <= 8 and a.max() < c.numel()
+
+
+def test_kmeans_plusplus_fills_an_8_bit_codebook_where_linear_leaves_it_empty():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(256, 256, generator=g) * 0.05     # a pretrained layer's bell shape
+    w[0, 0] = 1.0                                        # ... with one outlier
+    linear, _, _ = share_layer(w, None, 8, "linear", 30)
+    plusplus, assign, _ = share_layer(w, None, 8, "kmeans++", 30, torch.Generator().manual_seed(1))
+    used = torch.unique(plusplus[assign]).numel()
+    assert linear.numel() < 200 and used > 240        # linear merges empty clusters away
+    err = lambda c, a: float(((c[a] - w) ** 2).mean())  # noqa: E731
+    _, lin_assign = kmeans_1d(w.flatten(), 256, init="linear")
+    assert err(plusplus, assign) < err(linear, lin_assign.view_as(w))
+
+
+def test_sensitivity_pulls_centroids_to_the_weights_that_matter():
+    from compression.share import share_grouped
+
+    w = torch.tensor([[0.0, 0.1, 0.2, 1.0]])
+    heavy = torch.tensor([[1.0, 1.0, 1.0, 1000.0]])
+    c, a, _ = share_grouped(w, None, 1, init="linear", iterations=30, sensitivity=heavy)
+    assert torch.isclose(c[a][0, 3], torch.tensor(1.0))      # the sensitive weight is exact
+    c, a, _ = share_grouped(w, None, 1, init="linear", iterations=30)
+    assert not torch.isclose(c[a][0, 3], torch.tensor(1.0)) or torch.isclose(c[a][0, 0], torch.tensor(0.1))
+
+
+def test_grouped_codebooks_stay_in_their_rows_and_beat_one_codebook():
+    from compression._state import LayerState
+    from compression.share import share_grouped
+
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([0.01, 0.01, 1.0, 1.0]).repeat_interleave(4)[:, None]
+    w = torch.randn(16, 32, generator=g) * scale          # rows of very different scales
+    mask = torch.rand(16, 32, generator=g) > 0.3
+    c, a, _ = share_grouped(w, mask, 2, init="kmeans++", iterations=30, group_size=4,
+                            generator=torch.Generator().manual_seed(0))
+    assert c.numel() == 4 * 4
+    layer = LayerState(torch.nn.Linear(32, 16), "Linear", mask=mask, centroids=c,
+                       assignments=a, bits=2, group_size=4)
+    layer.module.weight.data.copy_(w)
+    layer.enforce()
+    assert layer.grouped_ok()
+    shared = layer.weight.detach()
+    for rows in range(0, 16, 4):
+        assert torch.unique(shared[rows:rows + 4][mask[rows:rows + 4]]).numel() <= 4
+    one, a1, _ = share_grouped(w, mask, 2, init="kmeans++", iterations=30,
+                               generator=torch.Generator().manual_seed(0))
+    per_tensor = torch.where(mask, one[a1], torch.zeros_like(w))
+    err = lambda x, rows: float(((x - w)[rows][mask[rows]] ** 2).sum())  # noqa: E731
+    small = slice(0, 8)     # the small rows: one codebook spends nothing on them
+    assert err(shared, small) < 0.05 * err(per_tensor, small)
+    assert err(shared, slice(0, 16)) <= err(per_tensor, slice(0, 16))

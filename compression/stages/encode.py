@@ -46,8 +46,10 @@ def compressed_weights(config: EncodeConfig, state: CompressionState) -> dict[st
         settings = config.for_layer(name, layer.type_name)
         if settings is None or (layer.mask is None and layer.centroids is None):
             continue
-        out[weight_name(name, layer.module)] = {"bits": layer.bits,
-                                                "index_bits": settings.get("index_bits")}
+        entry = {"bits": layer.bits, "index_bits": settings.get("index_bits")}
+        if layer.group_size is not None:
+            entry["group_size"] = layer.group_size
+        out[weight_name(name, layer.module)] = entry
     return out
 
 

@@ -13,9 +13,10 @@ import torch
 
 from dccore.errors import ModelError, RecipeError
 
-from .._config import Int, Num, setting
+from .._config import Int, Num, OneOf, setting
 from .._context import StageContext
 from .._train import train
+from ..calibration import input_norms, wanda_mask
 from ..prune import magnitude_mask, round_targets
 from ._base import Stage, StageConfig, register_stage
 
@@ -29,7 +30,8 @@ class PruneConfig(StageConfig):
     """
 
     KIND: ClassVar[str] = "prune"
-    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("quality", "sparsity")
+    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("quality", "sparsity", "method")
+    METHODS: ClassVar[tuple[str, ...]] = ("magnitude", "wanda")
     # the paper's quality parameter (x std of the layer)
     quality: float | None = setting(None, Num(0.0, 10.0, lo_open=True))
     # or: the fraction of the layer's weights to zero
@@ -42,11 +44,18 @@ class PruneConfig(StageConfig):
     # weight of the dense baseline's soft targets in retraining; 0: labels only (the paper)
     distill: float = setting(0.0, Num(0.0, 1.0))
     temperature: float = setting(4.0, Num(0.0, 100.0, lo_open=True))  # Hinton et al.'s range
+    # None: "magnitude" (|w|, the paper's); "wanda": |w| x the norm of its input on calibration
+    # data, per output row (Sun et al. 2023): with retrain_epochs = 0, pruning without retraining
+    method: str | None = setting(None, OneOf(METHODS))
+    calibration: int = setting(256, Int(1, 1 << 20))   # examples Wanda measures its inputs on
 
     @classmethod
     def _check_layer(cls, settings: Mapping[str, Any], path: str) -> None:
         if settings.get("quality") is not None and settings.get("sparsity") is not None:
             raise RecipeError(f"{path}: give either quality or sparsity, not both")
+        if settings.get("method") == "wanda" and settings.get("quality") is not None:
+            raise RecipeError(f"{path}: method 'wanda' cuts a sparsity per output row; give "
+                              "sparsity, not quality")
 
     def _check(self, path: str) -> None:
         super()._check(path)
@@ -72,10 +81,15 @@ def run(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> None:
     generator = ctx.generator(101)
     history = []
     for r in range(config.rounds):
+        norms = _input_norms(model, config, ctx, chosen)
         for name, settings in chosen.items():
             layer = ctx.state.layers[name]
             target = round_targets(settings, stds[name], r, config.rounds)
-            layer.mask = magnitude_mask(layer.weight, previous=layer.mask, **target)
+            if name in norms:
+                layer.mask = wanda_mask(layer.weight, norms[name], target["sparsity"],
+                                        previous=layer.mask)
+            else:
+                layer.mask = magnitude_mask(layer.weight, previous=layer.mask, **target)
         ctx.state.enforce()
         ctx.state.check()       # mid-stage, before retraining builds on the cut
         ctx.log(f"round {r + 1}/{config.rounds}: sparsity {ctx.state.sparsity():.1%}")
@@ -85,6 +99,18 @@ def run(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> None:
               description=f"prune round {r + 1}/{config.rounds}")
         history.append({"round": r + 1, "sparsity": ctx.state.sparsity()})
     ctx.metrics["rounds"] = history
+
+
+def _input_norms(model: torch.nn.Module, config: PruneConfig, ctx: StageContext,
+                 chosen: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Wanda's input-feature norms for the layers cut that way, on the calibration examples."""
+    wanda = {n: ctx.state.layers[n].module for n, s in chosen.items()
+             if s.get("method") == "wanda"}
+    if not wanda:
+        return {}
+    calib = ctx.train.subset(config.calibration)
+    batches = [calib.take(slice(i, i + 64))[0] for i in range(0, len(calib), 64)]
+    return input_norms(model, wanda, batches)
 
 
 def ensures(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> None:
@@ -98,7 +124,9 @@ def ensures(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> N
         if settings.get("sparsity") is None:
             continue
         reached = float((w == 0).sum()) / w.numel()
-        if reached + 1.0 / w.numel() < settings["sparsity"]:
+        # the cut is rounded per layer, or per output row for Wanda (and per round)
+        slack = (config.rounds * w.shape[0] if settings.get("method") == "wanda" else 1.0) / w.numel()
+        if reached + slack < settings["sparsity"]:
             raise ModelError(f"prune: layer {name} reached sparsity {reached:.4f}, below its "
                              f"target {settings['sparsity']}")
 

@@ -7,11 +7,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from dccore.errors import ModelError
+from dccore.errors import ModelError, RecipeError
 
 from .._config import Int, OneOf, setting
 from .._context import StageContext
-from ..share import share_layer
+from ..share import share_grouped, share_layer
 from ._base import CONV_TYPES, Stage, StageConfig, register_stage
 
 
@@ -20,29 +20,66 @@ class ShareConfig(StageConfig):
     """Per-layer 1-D k-means weight sharing of the surviving weights."""
 
     KIND: ClassVar[str] = "share"
-    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("bits", "init")
-    INITS: ClassVar[tuple[str, ...]] = ("linear", "density", "random")
+    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("bits", "init", "group_size", "weighting")
+    INITS: ClassVar[tuple[str, ...]] = ("kmeans++", "linear", "density", "random")
+    WEIGHTINGS: ClassVar[tuple[str, ...]] = ("none", "fisher")
     # None: 8 for conv, 5 for fully connected (the paper's finding)
     bits: int | None = setting(None, Int(1, 16))
-    # None: "linear" (keeps the rare large weights; the paper's best)
+    # None: "kmeans++": seeds where weights are (linear init, the paper's, leaves most of an 8-bit
+    # codebook empty on a pretrained transformer's bell-shaped weights)
     init: str | None = setting(None, OneOf(INITS))
+    # rows per codebook (Core ML iOS 18's per-grouped-channel LUTs); None: one per tensor
+    group_size: int | None = setting(None, Int(1, 1 << 20))
+    # "fisher": each weight's error weighed by its sensitivity on calibration data (SqueezeLLM,
+    # coremltools' SKM): centroids go where output error is costly; "none": all alike
+    weighting: str | None = setting(None, OneOf(WEIGHTINGS))
     iterations: int = setting(30, Int(1, 10000))   # Lloyd's; stops early once centroids settle
+    # calibration examples for weighting = "fisher" (the first of the training split)
+    calibration: int = setting(256, Int(1, 1 << 20))
 
     def defaults_for(self, type_name: str) -> dict[str, Any]:
-        return {"bits": 8 if type_name in CONV_TYPES else 5, "init": "linear"}
+        return {"bits": 8 if type_name in CONV_TYPES else 5, "init": "kmeans++",
+                "group_size": None, "weighting": "none"}
+
+    @classmethod
+    def _check_layer(cls, settings, path: str) -> None:
+        plain = settings.get("init") in ("density", "random")
+        if plain and (settings.get("group_size") is not None
+                      or settings.get("weighting") == "fisher"):
+            raise RecipeError(f"{path}: group_size and weighting work with init 'kmeans++' or "
+                              "'linear'")
 
 
 def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
     """Cluster each chosen layer; its weights become their centroids."""
     generator = ctx.generator(202)
-    for name, layer in ctx.state.layers.items():
-        settings = config.for_layer(name, layer.type_name)
-        if settings is None:
-            continue
-        centroids, assign, _ = share_layer(layer.weight, layer.mask, settings["bits"],
-                                           settings["init"], config.iterations, generator)
+    chosen = {name: s for name, layer in ctx.state.layers.items()
+              if (s := config.for_layer(name, layer.type_name)) is not None}
+    weighted = [n for n, s in chosen.items() if s["weighting"] == "fisher"]
+    sensitivity = {}
+    if weighted:
+        from ..calibration import task_sensitivity
+
+        sensitivity = task_sensitivity(
+            model, ctx.task, ctx.train.subset(config.calibration),
+            {n: ctx.state.layers[n].weight for n in weighted}, seed=ctx.seed)
+        ctx.metrics["calibration_examples"] = min(config.calibration, len(ctx.train))
+    for name, settings in chosen.items():
+        layer = ctx.state.layers[name]
+        if (settings["group_size"] is None and name not in sensitivity
+                and settings["init"] != "kmeans++"):
+            centroids, assign, _ = share_layer(layer.weight, layer.mask, settings["bits"],
+                                               settings["init"], config.iterations, generator)
+        else:
+            centroids, assign, _ = share_grouped(
+                layer.weight, layer.mask, settings["bits"], init=settings["init"],
+                iterations=config.iterations, group_size=settings["group_size"],
+                sensitivity=sensitivity.get(name), generator=generator)
         layer.centroids, layer.assignments, layer.bits = centroids, assign, settings["bits"]
-        ctx.log(f"{name}: {centroids.numel()} centroids ({settings['bits']} bits)")
+        layer.group_size = settings["group_size"]
+        ctx.log(f"{name}: {centroids.numel()} centroids ({settings['bits']} bits"
+                + (f", {settings['group_size']} rows per codebook" if layer.group_size else "")
+                + (", Fisher-weighted" if name in sensitivity else "") + ")")
     ctx.state.enforce()
 
 
@@ -59,6 +96,8 @@ def ensures_tied(names: list[str], ctx: StageContext, stage: str) -> None:
             expected = torch.where(layer.mask, expected, torch.zeros_like(expected))
         if not torch.equal(w, expected):
             raise ModelError(f"{stage}: layer {name} is not tied to its centroids")
+        if layer.group_size is not None:   # the state's check covers the groups
+            continue
         distinct = torch.unique(w[w != 0]).numel()
         if distinct > 2 ** layer.bits:
             raise ModelError(f"{stage}: layer {name} holds {distinct} distinct non-zero values, "
