@@ -183,14 +183,26 @@ def test_metric_falls_back_to_accuracy():
     assert list(m.stages) == ["0_baseline", "1_prune", "2_share"]
 
 
-def test_metric_prefers_primary_metric():
+@pytest.mark.parametrize("per_stage", ["scores", "metrics"])
+def test_metric_prefers_primary_metric(per_stage):
     report = {"accuracy": {"baseline": 0.1, "final": 0.1, "stages": {}},
               "primary_metric": {"name": "cosine_mean", "baseline": 1.0, "final": 0.993,
                                  "higher_is_better": True},
-              "metrics": {"1_prune": {"cosine_mean": 0.996, "mse": 0.1}, "2_share": {"cosine_mean": 0.994}}}
+              per_stage: {"0_baseline": {"cosine_mean": 1.0}, "1_prune": {"cosine_mean": 0.996, "mse": 0.1},
+                          "2_share": {"cosine_mean": 0.994}}}
     m = primary_metric(report)
     assert (m.name, m.final, m.baseline) == ("cosine_mean", 0.993, 1.0)
     assert m.stages == {"0_baseline": 1.0, "1_prune": 0.996, "2_share": 0.994}
+    assert list(m.stages)[0] == "0_baseline"
+
+
+def test_metric_reads_the_stages_of_primary_metric():
+    """The pipeline's report: primary_metric with its own stages, and every figure in scores."""
+    report = {"primary_metric": {"name": "accuracy", "higher_is_better": True, "baseline": 0.9,
+                                 "final": 0.89, "stages": {"1_prune": 0.895, "3_finetune": 0.89}},
+              "scores": {"0_baseline": {"accuracy": 0.9}, "1_prune": {"accuracy": 0.5}}}
+    m = primary_metric(report)
+    assert m.stages == {"0_baseline": 0.9, "1_prune": 0.895, "3_finetune": 0.89}
 
 
 def test_a_report_without_a_metric_is_refused():

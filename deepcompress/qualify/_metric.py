@@ -2,8 +2,8 @@
 
 Two report shapes exist: today's image classifier writes ``accuracy: {baseline, final, stages}``
 (fractions); the task abstraction adds ``primary_metric: {name, baseline, final,
-higher_is_better}`` and per-stage ``metrics: {stage: {name: value}}`` (the label-free task's
-primary metric is ``cosine_mean``). :func:`primary_metric` prefers the latter and falls back to
+higher_is_better, stages}`` and every figure per stage (``scores``, or ``metrics``, as
+``{stage: {name: value}}``; the label-free task's primary metric is ``cosine_mean``). :func:`primary_metric` prefers the latter and falls back to
 the former, so qualification reads both.
 """
 from __future__ import annotations
@@ -45,13 +45,15 @@ def primary_metric(report: Mapping[str, Any], source: str = "report.json") -> Me
     pm = report.get("primary_metric")
     if isinstance(pm, Mapping) and isinstance(pm.get("name"), str):
         name = pm["name"]
-        stages = {}
-        per_stage = report.get("metrics")
-        if isinstance(per_stage, Mapping):
-            for stage, figures in per_stage.items():
-                value = _number(figures.get(name)) if isinstance(figures, Mapping) else None
-                if value is not None:
-                    stages[str(stage)] = value
+        stages = {str(k): float(v) for k, v in (pm.get("stages") or {}).items()
+                  if _number(v) is not None} if isinstance(pm.get("stages"), Mapping) else {}
+        for key in ("scores", "metrics"):   # per stage, every figure: {stage: {name: value}}
+            per_stage = report.get(key)
+            if isinstance(per_stage, Mapping):
+                for stage, figures in per_stage.items():
+                    value = _number(figures.get(name)) if isinstance(figures, Mapping) else None
+                    if value is not None:
+                        stages.setdefault(str(stage), value)
         baseline = _number(pm.get("baseline"))
         if baseline is not None:
             stages.setdefault(BASELINE_STAGE, baseline)

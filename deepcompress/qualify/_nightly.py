@@ -87,15 +87,18 @@ class NightlyResult:
 
 
 class _Models:
-    """Each model compressed and exported once per process, when a device first needs it."""
+    """Each model compressed and exported once per process, when a device first needs it.
+
+    One at a time: training seeds PyTorch's global generator, so two models trained at once in
+    two threads would draw from each other's stream and neither would be reproducible."""
 
     def __init__(self, matrix: Matrix, out: Path, plans: dict[str, _work.Plan], log: Log) -> None:
         self.matrix, self.out, self.plans, self.log = matrix, out, plans, log
-        self._locks = {m.name: threading.Lock() for m in matrix.models}
+        self._lock = threading.Lock()
         self._done: dict[str, tuple[_work.Compressed, _work.Exports]] = {}
 
     def get(self, model: MatrixModel) -> tuple[_work.Compressed, _work.Exports]:
-        with self._locks[model.name]:
+        with self._lock:
             if model.name not in self._done:
                 folder = self.out / "models" / model.name
                 (folder / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -204,6 +207,9 @@ class _Worker:
             record, results = self._measure(model, slot, spec, started)
         except DeepCompressError as exc:   # the model could not be built or exported
             record, results = self._failed(model, slot, started, f"{type(exc).__name__}: {exc}"), []
+        except Exception as exc:  # a bug: this cell fails and says so; the night goes on
+            where = f"{type(exc).__name__}: {exc}"
+            record, results = self._failed(model, slot, started, f"internal error ({where})"), []
         finally:
             beat_stop.set()
             beat.join()

@@ -145,9 +145,12 @@ def metric_size_plot(report: Mapping[str, Any] | None, metric: Metric | None) ->
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.plot([p[1] for p in points], [p[2] for p in points], "o-", color="#4c72b0")
+    top = max(p[2] for p in points)
     for i, (label, x, y) in enumerate(points):   # alternate sides: neighbours may sit close
+        below = i % 2 == 1 or y == top            # the highest point's label would hit the title
         ax.annotate(f"{label}\n{x:,} B", (x, y), textcoords="offset points",
-                    xytext=(4, 8 if i % 2 == 0 else -22), fontsize=7)
+                    xytext=(6, -22 if below else 8), fontsize=7)
+    ax.margins(x=0.12, y=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("bytes stored (log scale)")
     ax.set_ylabel(metric.name)
@@ -163,6 +166,8 @@ def latency_plot(results: Sequence[Mapping[str, Any]]) -> bytes | None:
               if r.get("ok") and r.get("latencies_ms")]
     if not series:
         return None
+    import numpy as np
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.9 * len(series)))
     ax.boxplot([s[1] for s in series], vert=False, showfliers=False)
@@ -170,7 +175,13 @@ def latency_plot(results: Sequence[Mapping[str, Any]]) -> bytes | None:
         jitter = [i + 0.12 * ((k * 7919) % 13 - 6) / 6 for k in range(len(values))]
         ax.plot(values, jitter, ".", color="#4c72b0", alpha=0.35, markersize=3)
     ax.set_yticks(range(1, len(series) + 1), [s[0] for s in series], fontsize=8)
-    ax.set_xlabel("latency per run (ms)")
+    # one preempted run must not squash every box: the axis ends past the 98th percentile
+    every = np.concatenate([np.asarray(s[1], dtype=float) for s in series])
+    right = float(np.percentile(every, 98)) * 1.15
+    beyond = int((every > right).sum())
+    if beyond:
+        ax.set_xlim(left=float(every.min()) * 0.9, right=right)
+    ax.set_xlabel("latency per run (ms)" + (f"; {beyond} slower run(s) beyond the axis" if beyond else ""))
     ax.set_title("latency distribution per device")
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
