@@ -2,8 +2,13 @@
 
 Public verbs::
 
-    from compression import load_recipe, run_recipe
-    result = run_recipe(load_recipe("lenet300"), "runs/lenet300")
+    from compression import Compressor, compress, run
+    result = run("lenet300", "runs/lenet300")          # what `deepcompress run` does
+    comp = Compressor(model, "recipe.toml")             # in your own training loop:
+    comp.prepare(steps_per_epoch=n); ...; comp.step(); ...; comp.finalize(); comp.save("m.dcz")
+    comp = compress(model, recipe, calibration=inputs)  # post-training, one call
+
+Tasks (data, loss, metric of your model) are in :mod:`compression.tasks`.
 
 Attributes load lazily: ``import compression`` (and so every ``deepcompress`` command, and
 ``dccore.errors``) imports no torch, coremltools or LiteRT until a verb needs them.
@@ -15,6 +20,9 @@ from typing import Any
 
 
 _LAZY = {
+    "Compressor": "compression.api",
+    "compress": "compression.api",
+    "run": "compression.api",
     "run_recipe": "compression.pipeline",
     "Recipe": "compression.recipe",
     "load_recipe": "compression.recipe",

@@ -15,6 +15,7 @@ from torch import nn
 
 from dccore.errors import ModelError
 
+from . import distributed
 from .tasks import Examples, Task, model_outputs
 
 from .progress import ProgressFn, ProgressTask, no_progress  # noqa: F401 (re-exported)
@@ -52,12 +53,15 @@ def train(model: nn.Module, data: Examples, spec: TrainSpec, task: Task, *,
     targets used when ``spec.distill`` > 0, and the only targets of a label-free task: with no
     data augmentation they are computed once, not per batch.
     """
+    if spec.epochs <= 0:
+        return math.nan
     uses_teacher = spec.distill > 0 or not task.needs_labels
     if uses_teacher and teacher_logits is None:
         raise ValueError("distillation asked for but no teacher outputs were given")
-    if spec.epochs <= 0:
-        return math.nan
     optimizer = make_optimizer(model.parameters() if params is None else params, spec)
+    net = model
+    if distributed.world() > 1:   # under torchrun: each rank its share of every batch
+        net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     steps_per_epoch = math.ceil(len(data) / spec.batch_size)
     total_steps = spec.epochs * steps_per_epoch
     scheduler = None
@@ -70,11 +74,14 @@ def train(model: nn.Module, data: Examples, spec: TrainSpec, task: Task, *,
         for epoch in range(spec.epochs):
             running, seen = 0.0, 0
             for idx, inputs, targets in task.batches(data, spec.batch_size, generator):
+                if distributed.world() > 1:
+                    idx = distributed.shard(idx)
+                    inputs, targets = data.take(idx)
                 # the model's, not only the optimiser's: weights tied to centroids are not in the
                 # optimiser, and a gradient left over from an earlier stage must not leak in
                 model.zero_grad(set_to_none=True)
                 soft = teacher_logits[idx] if uses_teacher else None
-                loss = task.loss(model_outputs(model(*inputs)), targets, soft, spec.distill,
+                loss = task.loss(model_outputs(net(*inputs)), targets, soft, spec.distill,
                                  spec.temperature)
                 if not torch.isfinite(loss):
                     raise ModelError(f"{description}: the loss became {loss.item()} in epoch "

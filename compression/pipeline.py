@@ -33,6 +33,7 @@ from torch import nn
 from dccore.errors import CheckpointError, RecipeError
 from dccore.outputs import atomic_path, write_bytes_atomic, write_json_atomic
 
+from . import distributed
 from ._context import Output, StageContext
 from ._state import CompressionState
 from ._train import ProgressFn, no_progress, train
@@ -59,9 +60,12 @@ def _checkpoint_path(out_dir: Path, name: str) -> Path:
 
 
 def save_checkpoint(path: Path, model: nn.Module, state: CompressionState, info: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), **state.to_tensors()}, tmp)
-    write_json_atomic(path.with_suffix(".json"), info)
+    """Write the checkpoint (rank 0 under torchrun; the others wait until it is there)."""
+    with distributed.main_first() as main:
+        if main:
+            with atomic_path(path) as tmp:
+                torch.save({"state_dict": model.state_dict(), **state.to_tensors()}, tmp)
+            write_json_atomic(path.with_suffix(".json"), info)
 
 
 def load_checkpoint(path: Path, model: nn.Module, state: CompressionState) -> None:
@@ -118,10 +122,13 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
                                   f"{out} was written; start a fresh run (another --out)")
     task, data = load_task(recipe, data_root)
     train_set, val_set, test_set = data.train, data.val, data.test
-    out.mkdir(parents=True, exist_ok=True)
-    if recipe_text is not None:
-        write_bytes_atomic(out / "recipe.toml", recipe_text.encode())
-    write_json_atomic(out / "recipe.json", {"recipe": recipe.to_dict(), "sha256": recipe.sha256()})
+    with distributed.main_first() as main:
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            if recipe_text is not None:
+                write_bytes_atomic(out / "recipe.toml", recipe_text.encode())
+            write_json_atomic(out / "recipe.json", {"recipe": recipe.to_dict(),
+                                                    "sha256": recipe.sha256()})
 
     teacher = _teacher(recipe, out)
     ctx = StageContext(state=state, train=train_set, test=test_set, baseline=recipe.baseline,
@@ -181,6 +188,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
             continue
         t0 = time.perf_counter()
         _run_stage(model, stage, config, ctx)
+        distributed.broadcast_state(state)     # one state on every rank (a no-op alone)
         seconds[config.name] = time.perf_counter() - t0
         stage_metrics[config.name] = dict(ctx.metrics, sparsity=state.sparsity())
         info = scored(config.name, {"kind": config.KIND})
@@ -197,11 +205,14 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
     stage, config = output
     t0 = time.perf_counter()
     ctx.output = Output(out, _meta(recipe, task, report), _size_rows(out, recipe))
-    _run_stage(model, stage, config, ctx)
+    with distributed.main_first() as main:    # only rank 0 writes the files
+        if main:
+            _run_stage(model, stage, config, ctx)
     report.update(ctx.metrics)
     report["seconds"][config.KIND] = time.perf_counter() - t0
     report["seconds"]["total"] = sum(v for k, v in report["seconds"].items() if k != "total")
-    write_json_atomic(out / "report.json", report)
+    if distributed.is_main():
+        write_json_atomic(out / "report.json", report)
     return RunResult(out, report, model, state)
 
 

@@ -71,28 +71,40 @@ def _chosen(config: PruneConfig, ctx: StageContext) -> dict[str, dict]:
             and (s.get("quality") is not None or s.get("sparsity") is not None)}
 
 
+def layer_stds(config: PruneConfig, ctx: StageContext) -> dict[str, float]:
+    """Each chosen layer's weight std as the stage starts (the paper's quality x std rule)."""
+    return {name: float(ctx.state.layers[name].weight.detach().std())
+            for name in _chosen(config, ctx)}
+
+
+def cut_round(model: torch.nn.Module, config: PruneConfig, ctx: StageContext, round_index: int,
+              stds: dict[str, float]) -> None:
+    """Round ``round_index`` of the cut (masks only ever shrink); no retraining."""
+    chosen = _chosen(config, ctx)
+    norms = _input_norms(model, config, ctx, chosen)
+    for name, settings in chosen.items():
+        layer = ctx.state.layers[name]
+        target = round_targets(settings, stds[name], round_index, config.rounds)
+        if name in norms:
+            layer.mask = wanda_mask(layer.weight, norms[name], target["sparsity"],
+                                    previous=layer.mask)
+        else:
+            layer.mask = magnitude_mask(layer.weight, previous=layer.mask, **target)
+    ctx.state.enforce()
+    ctx.state.check()       # mid-stage, before retraining builds on the cut
+    ctx.log(f"round {round_index + 1}/{config.rounds}: sparsity {ctx.state.sparsity():.1%}")
+
+
 def run(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> None:
     """``rounds`` x (cut, retrain ``retrain_epochs``); masks only ever shrink."""
-    chosen = _chosen(config, ctx)
-    stds = {name: float(ctx.state.layers[name].weight.detach().std()) for name in chosen}
+    stds = layer_stds(config, ctx)
     spec = ctx.retrain_spec(config.retrain_epochs, config.lr, config.weight_decay,
                             config.distill, config.temperature)
-    teacher = ctx.teacher_logits(spec)
+    teacher = ctx.teacher_logits(spec) if config.retrain_epochs > 0 else None
     generator = ctx.generator(101)
     history = []
     for r in range(config.rounds):
-        norms = _input_norms(model, config, ctx, chosen)
-        for name, settings in chosen.items():
-            layer = ctx.state.layers[name]
-            target = round_targets(settings, stds[name], r, config.rounds)
-            if name in norms:
-                layer.mask = wanda_mask(layer.weight, norms[name], target["sparsity"],
-                                        previous=layer.mask)
-            else:
-                layer.mask = magnitude_mask(layer.weight, previous=layer.mask, **target)
-        ctx.state.enforce()
-        ctx.state.check()       # mid-stage, before retraining builds on the cut
-        ctx.log(f"round {r + 1}/{config.rounds}: sparsity {ctx.state.sparsity():.1%}")
+        cut_round(model, config, ctx, r, stds)
         train(model, ctx.train, spec, ctx.task, after_backward=ctx.state.mask_gradients,
               after_step=ctx.state.enforce, generator=generator, teacher_logits=teacher,
               progress=ctx.progress,
