@@ -566,3 +566,26 @@ def test_entropy_coding_never_makes_a_tensor_larger(n, density, k, coder, seed):
     coded, _ = _tensor.encode_sparse("w", w, coder, None, None)
     fixed, _ = _tensor.encode_sparse("w", w, "none", None, None)
     assert len(coded) <= len(fixed)
+
+
+def test_cli_pack_compresses_a_plain_state_dict_post_training_and_says_what_changed_nothing(
+        tmp_path, capsys):
+    torch.manual_seed(0)
+    sd = LeNet300().state_dict()
+    sd["fc3.weight"] = shared((10, 100), density=0.5, k=8)      # already sparse and shared
+    torch.save(sd, tmp_path / "ckpt.pt")
+    out = tmp_path / "m.dcz"
+    assert cli_main(["pack", str(tmp_path / "ckpt.pt"), "--model", "lenet300", "--out", str(out),
+                     "--sparsity", "0.3", "--bits", "4", "--layer", "fc1:sparsity=0.9,bits=3",
+                     "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert "fc3: already 49.4% zeros" in captured.err and "fc3: already 8 distinct" in captured.err
+    back = load(out).state_dict
+    fc1, fc2 = back["fc1.weight"], back["fc2.weight"]
+    assert float((fc1 == 0).float().mean()) == pytest.approx(0.9, abs=1e-3)
+    assert torch.unique(fc1[fc1 != 0]).numel() <= 8
+    assert float((fc2 == 0).float().mean()) == pytest.approx(0.3, abs=1e-3)
+    assert torch.unique(fc2[fc2 != 0]).numel() <= 16
+    assert torch.equal(back["fc3.weight"], sd["fc3.weight"])      # kept exactly
+    assert report["notes"] and report["ratio"] > 8

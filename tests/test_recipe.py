@@ -267,7 +267,7 @@ def test_set_typo_blames_the_flag_not_the_file():
     assert str(err.value) == ("--set baseline.epoch=1: unknown key 'epoch' in baseline; allowed: "
                               "['epochs', 'lr', 'momentum', 'optimizer', 'schedule', 'weight_decay']")
     with pytest.raises(RecipeError, match=r"--set stages.0.by_name.fc1.bits=3: unknown key 'bits' "
-                                          r"in stages.0.by_name.fc1; allowed: \['quality', 'sparsity'\]"):
+                                          r"in stages.0.by_name.fc1; allowed: \['method', 'quality', 'sparsity'\]"):
         apply_override(data, "stages.0.by_name.fc1.bits=3")
     with pytest.raises(RecipeError, match=r"--set baseline.epochs=-1: baseline.epochs: expected an "
                                           r"integer in \[0, 10000\], got -1"):
@@ -291,3 +291,12 @@ def test_cli_names_the_flag_and_the_folder(tmp_path, capsys):
     assert cli(["run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "is a folder, not a recipe file" in err and "does not exist" not in err
+
+
+def test_a_named_layer_is_chosen_even_when_its_type_is_off():
+    cfg = ShareConfig.from_dict({"bits": 4, "by_type": {"Linear": False},
+                                 "by_name": {"fc1": {"bits": 6}}}, "s")
+    assert cfg.for_layer("fc1", "Linear")["bits"] == 6      # name beats type
+    assert cfg.for_layer("fc2", "Linear") is None           # the type is off
+    off = ShareConfig.from_dict({"by_name": {"fc1": False}}, "s")
+    assert off.for_layer("fc1", "Linear") is None

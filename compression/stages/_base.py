@@ -103,12 +103,10 @@ class StageConfig(Config):
         settings.update({f: getattr(self, f) for f in self.LAYER_FIELDS
                          if getattr(self, f) is not None})
         type_over = self.by_type.get(type_name)
-        if type_over is False:
-            return None
-        settings.update(type_over or {})
         name_over = self._name_override(name)
-        if name_over is False:
-            return None
+        if name_over is False or (type_over is False and not name_over):
+            return None     # name beats type: a named layer is chosen even if its type is off
+        settings.update(type_over or {})
         settings.update(name_over or {})
         return settings
 

@@ -21,9 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--coder", choices=CODERS, default="huffman",
                             help="entropy coder for the gap and index streams (default: huffman, "
                                  "the paper's; 'none' = fixed-width bit packing)")
+        parser.add_argument("--sparsity", type=float, metavar="S",
+                            help="post-training: cut every compressible layer to this fraction "
+                                 "of zeros by magnitude (layers already that sparse are kept)")
+        parser.add_argument("--bits", type=int, metavar="B",
+                            help="post-training: share every compressible layer's weights with "
+                                 "k-means into 2**B values (layers already holding that few "
+                                 "distinct values keep them exactly, stored with B-bit indices)")
+        parser.add_argument("--group-size", type=int, metavar="ROWS",
+                            help="with --bits: one codebook per this many rows (default: one "
+                                 "per layer)")
+        parser.add_argument("--layer", action="append", default=[], metavar="NAME:KEY=V[,KEY=V]",
+                            help="per-layer settings, beating the global flags: sparsity, bits, "
+                                 "group_size, e.g. --layer fc3:sparsity=0.5,bits=6 (repeatable)")
         parser.add_argument("--bits-for", action="append", default=[], metavar="LAYER=B",
-                            help="cluster-index width for a layer (default: just enough for its "
-                                 "distinct values); repeatable")
+                            help="the same as --layer LAYER:bits=B (repeatable)")
         parser.add_argument("--index-bits", type=int, default=None, metavar="B",
                             help="gap width for every layer (default: the width that codes "
                                  "smallest, per layer)")
@@ -45,9 +57,42 @@ def main(args: argparse.Namespace) -> int:
     return {"pack": _pack, "unpack": _unpack, "inspect": _inspect}[args.command](args)
 
 
+def _layer_settings(args: argparse.Namespace, names: list[str]) -> dict[str, dict]:
+    """Each layer's sparsity / bits / group_size from the global flags and --layer/--bits-for."""
+    settings = {n: {"sparsity": args.sparsity, "bits": args.bits, "group_size": args.group_size}
+                for n in names}
+    items = [f"{spec.partition('=')[0]}:bits={spec.partition('=')[2]}" for spec in args.bits_for]
+    for item in args.layer + items:
+        name, _, pairs = item.partition(":")
+        layer = name[:-len(".weight")] if name.endswith(".weight") else name
+        if layer not in settings or not pairs:
+            raise ContainerError(f"--layer/--bits-for {item!r}: expected LAYER:KEY=VALUE with LAYER "
+                                 f"one of {', '.join(names)}")
+        for pair in pairs.split(","):
+            key, _, value = pair.partition("=")
+            try:
+                settings[layer][key] = float(value) if key == "sparsity" else int(value)
+            except ValueError:
+                raise ContainerError(f"--layer {item!r}: {key} needs a number, got {value!r}") \
+                    from None
+            if key not in ("sparsity", "bits", "group_size"):
+                raise ContainerError(f"--layer {item!r}: unknown key {key!r}; allowed: sparsity, "
+                                     "bits, group_size")
+    for layer, s in settings.items():
+        if s["sparsity"] is not None and not 0 <= s["sparsity"] < 1:
+            raise ContainerError(f"{layer}: sparsity must be in [0, 1), got {s['sparsity']}")
+        if s["bits"] is not None and not 1 <= s["bits"] <= 16:
+            raise ContainerError(f"{layer}: bits must be in 1..16, got {s['bits']}")
+    return settings
+
+
 def _pack(args: argparse.Namespace) -> int:
+    import torch
+
+    from compression.api import compress
     from compression.models import (build_model, compressible_layers, load_state_dict_file,
                                     load_weights, weight_name)
+    from compression.stages import LAYER_TYPES
     from dccore.outputs import DCZ, check_output
     from dcz import pack
 
@@ -61,22 +106,53 @@ def _pack(args: argparse.Namespace) -> int:
     state = load_state_dict_file(args.checkpoint)
     model = build_model(args.model, kwargs)
     load_weights(model, state, source=args.checkpoint)  # fail early if it is the wrong model
-    layers = {weight_name(name, module): name
-              for name, module in compressible_layers(model).items()}
-    compressed = {tensor: {"bits": None, "index_bits": args.index_bits} for tensor in layers}
-    for item in args.bits_for:
-        layer, sep, value = item.partition("=")
-        tensor = layer if layer in compressed else f"{layer}.weight"
-        if not sep or tensor not in compressed or not value.strip().isdigit():
-            raise ContainerError(f"--bits-for {item!r}: expected LAYER=B with LAYER one of "
-                                 f"{', '.join(layers.values())}")
-        compressed[tensor]["bits"] = int(value)
+    layers = compressible_layers(model)
+    settings = _layer_settings(args, list(layers))
+    notes, cut, share = [], {}, {}
+    for name, module in layers.items():
+        s, w = settings[name], module.state_dict()[weight_name("", module)]
+        zeros = float((w == 0).float().mean())
+        if s["sparsity"] is not None:
+            if zeros >= s["sparsity"]:
+                notes.append(f"{name}: already {zeros:.1%} zeros; --sparsity {s['sparsity']} "
+                             "changes nothing there")
+            else:
+                cut[name] = {"sparsity": s["sparsity"]}
+        if s["bits"] is not None:
+            distinct = torch.unique(w[w != 0]).numel()
+            if distinct <= 2 ** s["bits"]:
+                notes.append(f"{name}: already {distinct} distinct values (<= 2**{s['bits']}): "
+                             "kept exactly, stored with "
+                             f"{s['bits']}-bit indices")
+            else:
+                share[name] = {"bits": s["bits"], "group_size": s["group_size"]}
+        elif s["group_size"] is not None:
+            notes.append(f"{name}: --group-size without --bits changes nothing")
+    off = {t: False for t in LAYER_TYPES}
+    stages = []
+    if cut:
+        stages.append({"kind": "prune", "sparsity": 0.5, "rounds": 1, "retrain_epochs": 0,
+                       "by_type": off, "by_name": cut})
+    if share:
+        stages.append({"kind": "share", "by_type": off, "by_name": share})
+    comp = compress(model, {"stages": stages})
+    compressed = {}
+    for name, module in layers.items():
+        layer = comp.state.layers[name]
+        entry = {"bits": layer.bits if layer.bits is not None else settings[name]["bits"],
+                 "index_bits": args.index_bits}
+        if layer.group_size is not None:
+            entry["group_size"] = layer.group_size
+        compressed[weight_name(name, module)] = entry
+    for note in notes:
+        print(f"deepcompress pack: note: {note}", file=sys.stderr)
     meta = {"model": {"name": args.model, "kwargs": kwargs},
-            "source": {"checkpoint": str(args.checkpoint)}}
-    report = pack(state, args.out, compressed=compressed, meta=meta, coder=args.coder,
-                  plain_dtype=args.plain_dtype)
+            "source": {"checkpoint": str(args.checkpoint)},
+            **({"post_training": {"stages": stages}} if stages else {})}
+    report = pack(model.state_dict(), args.out, compressed=compressed, meta=meta,
+                  coder=args.coder, plain_dtype=args.plain_dtype)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps({**report.as_dict(), "notes": notes}, indent=2))
     else:
         meta_bytes = report.bytes - sum(t.bytes for t in report.tensors)
         print(f"wrote {report.path}: {report.bytes:,} bytes ({report.coder}); dense fp32 "
