@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
@@ -157,15 +158,29 @@ def _writer(path: str, name: str, n: int) -> None:
             h.record(record(name=name, p50=float(i)))
 
 
-def _claimer(path: str, owner: str, out: str) -> None:
+def _claimer(db: str, owner: str, out: str, pause_s: float = 0.0) -> None:
+    """A host working the cells of slot "host": claim, (work), record, until none is left."""
     claimed = []
-    with open_history(path) as h:
+    with open_history(db) as h:
         while (model := h.claim("m", "2026-01-01", "host", owner, 60)) is not None:
             claimed.append(model)
-            h.finish("m", "2026-01-01", model, "host", owner,
-                     record(kind="nightly", model=model, night="2026-01-01", device_slot="host",
-                            cell_key=f"m/2026-01-01/{model}/host"))
+            time.sleep(pause_s)   # a cell takes a while: the other hosts claim meanwhile
+            assert h.finish("m", "2026-01-01", model, "host", owner,
+                            record(kind="nightly", model=model, night="2026-01-01", device_slot="host",
+                                   cell_key=f"m/2026-01-01/{model}/host")) is not None
     Path(out).write_text(json.dumps(claimed))
+
+
+def run_processes(*targets: tuple) -> None:
+    """Run each (function, args) in its own fresh process (spawned: this test process may hold
+    threads, which a fork would copy in whatever state they were), and wait for all of them."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=fn, args=args) for fn, args in targets]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
 
 
 def test_two_processes_share_one_sqlite_file(tmp_path):
@@ -175,15 +190,8 @@ def test_two_processes_share_one_sqlite_file(tmp_path):
     models = [f"m{i:02d}" for i in range(16)]
     with open_history(path) as h:
         h.ensure_cells("m", "2026-01-01", models, ["host"])
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(path, f"w{i}", 15)) for i in range(2)]
-    procs += [ctx.Process(target=_claimer, args=(path, f"host:{i}:x", str(tmp_path / f"c{i}.json")))
-              for i in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    run_processes(*[(_writer, (path, f"w{i}", 15)) for i in range(2)],
+                  *[(_claimer, (path, f"host:{i}:x", str(tmp_path / f"c{i}.json"))) for i in range(2)])
     claimed = [json.loads((tmp_path / f"c{i}.json").read_text()) for i in range(2)]
     assert sorted(claimed[0] + claimed[1]) == models
     with open_history(path) as h:

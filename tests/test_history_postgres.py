@@ -5,11 +5,9 @@ of two hosts (two processes) on one matrix."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -17,7 +15,7 @@ import sqlalchemy as sa
 from deepcompress.qualify.history import open_history
 from deepcompress.qualify.testing import find_bin, new_database, throwaway_postgres
 
-from test_history import alembic_upgrade, record
+from test_history import _claimer, alembic_upgrade, record, run_processes
 from test_nightly import tiny_dcz  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(find_bin() is None, reason="no PostgreSQL server binaries "
@@ -72,30 +70,12 @@ def test_skip_locked_hands_a_locked_cell_to_nobody_else(db):
         assert h.claim("m", NIGHT, "host", "me:1:x", 60) == "a"
 
 
-def _claimer(url: str, owner: str, out: str) -> None:
-    mine = []
-    with open_history(url) as h:
-        while (model := h.claim("m", NIGHT, "host", owner, 60)) is not None:
-            mine.append(model)
-            time.sleep(0.01)   # a cell takes a while: the other host claims meanwhile
-            assert h.finish("m", NIGHT, model, "host", owner,
-                            record(kind="nightly", model=model, night=NIGHT, device_slot="host",
-                                   cell_key=f"m/{NIGHT}/{model}/host")) is not None
-    Path(out).write_text(json.dumps(mine))
-
-
 def test_racing_hosts_claim_each_cell_once(db, tmp_path):
     models = [f"m{i:02d}" for i in range(20)]
     with open_history(db) as h:
         h.ensure_cells("m", NIGHT, models, ["host"])
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_claimer, args=(db, f"host{i}:{i}:x", str(tmp_path / f"{i}.json")))
-             for i in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    run_processes(*[(_claimer, (db, f"host{i}:{i}:x", str(tmp_path / f"{i}.json"), 0.01))
+                    for i in range(3)])
     claimed = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(3)]
     assert sorted(sum(claimed, [])) == models
     assert sum(1 for c in claimed if c) >= 2, "one host took every cell: no race was tested"

@@ -224,7 +224,7 @@ class _Worker:
         with self._lock:
             self.ran.append({"model": model.name, "device": slot, "run_id": run_id,
                              "ok": record.ok, "verdict": record.verdict})
-            self.bench += [{**r, "slot": slot} for r in results]
+            self.bench += [{**r, "slot": slot, "model": model.name} for r in results]
 
     def _measure(self, model: MatrixModel, slot: str, spec: str, started: Any
                  ) -> tuple[RunRecord, list[dict]]:
