@@ -223,3 +223,10 @@ def test_history_and_compare_commands(tmp_path, capsys):
     assert "+20.0% worse" in table and "-10.0% better" in table
     assert main(["history", "--db", str(tmp_path / "none.sqlite")]) == 2
     assert not (tmp_path / "none.sqlite").exists()
+
+
+@pytest.mark.parametrize("db, words", [("mysql://u@h/db", "SQLite (a file) or PostgreSQL"),
+                                       ("postgresql://u@127.0.0.1:1/db", "cannot be reached")])
+def test_a_database_that_cannot_hold_the_history_is_a_usage_error(db, words, capsys):
+    assert main(["history", "--db", db, "--json"]) == 2
+    assert words in json.loads(capsys.readouterr().out)["error"]

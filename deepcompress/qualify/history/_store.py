@@ -212,8 +212,15 @@ def _migrate(engine: Engine, where: str) -> str:
 
 def open_history(db: str | os.PathLike[str]) -> "History":
     """Open (creating or migrating) the history at ``db``: a path, a folder, or a SQLAlchemy URL."""
-    url = sa.engine.make_url(resolve_url(db))
+    try:
+        url = sa.engine.make_url(resolve_url(db))
+    except sa.exc.ArgumentError as exc:
+        raise HistoryError(f"--db {db}: not a database URL or path ({exc})") from None
     where = display_url(str(url))
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise HistoryError(f"history DB {where}: the history lives in SQLite (a file) or "
+                           "PostgreSQL (postgresql://...); not in "
+                           f"{url.get_backend_name()}")
     if url.get_backend_name() == "sqlite":
         path = _sqlite_path(url)
         if path is not None:
@@ -236,14 +243,12 @@ def open_history(db: str | os.PathLike[str]) -> "History":
         try:
             engine = sa.create_engine(url, pool_pre_ping=True)
             head = _migrate(engine, where)
-        except sa.exc.NoSuchModuleError as exc:
+        except (sa.exc.NoSuchModuleError, ImportError) as exc:
             raise HistoryError(f"history DB {where}: no driver for it ({exc}); PostgreSQL URLs "
                                "need psycopg (pip install 'psycopg[binary]')") from None
         except sa.exc.OperationalError as exc:
             raise HistoryError(f"history DB {where} cannot be reached: "
                                f"{str(exc.orig).strip().splitlines()[0]}") from None
-        except sa.exc.ArgumentError as exc:
-            raise HistoryError(f"--db {where}: not a database URL ({exc})") from None
     return History(engine, where, head)
 
 
