@@ -425,7 +425,7 @@ def load_qualify_config(path: str | Path, *, budgets_file: str | Path | None = N
                           "[budgets] with e.g. max_size_bytes and min_metric)")
     history = table(t.get("history", {}), f"{where}: history", {"db": text})
     return QualifyConfig(name=t.get("name", p.stem), path=p, model=model, export=export,
-                         bench=bench, budgets=budgets, db=history.get("db"),
+                         bench=bench, budgets=budgets, db=_db(history.get("db"), base),
                          sha256=hashlib.sha256(p.read_bytes()).hexdigest())
 
 
@@ -556,8 +556,13 @@ def load_matrix(path: str | Path, *, device_overrides: Mapping[str, str] | None 
     return Matrix(name=t.get("name", p.stem), path=p, devices=devices, models=tuple(models),
                   bench=parse_bench(t.get("bench", {}), f"{where}: bench", base, with_devices=False),
                   rolling=parse_rolling(t.get("regression", {}), f"{where}: regression"),
-                  lease_s=t.get("lease_s", 600.0), db=history.get("db"),
+                  lease_s=t.get("lease_s", 600.0), db=_db(history.get("db"), base),
                   sha256=hashlib.sha256(p.read_bytes()).hexdigest())
+
+
+def _db(db: str | None, base: Path) -> str | None:
+    """A history path is relative to the file that names it; a URL is left as it is."""
+    return db if db is None or "://" in db else str(_relative(base, db))
 
 
 def _model_list(value: Any, where: str) -> list:
