@@ -158,3 +158,36 @@ def task_sensitivity(model: nn.Module, task, examples, params: Mapping[str, torc
         return (out * probe).sum()
 
     return fisher_diagonal(model, params, batches, loss)
+
+
+@torch.no_grad()
+def input_hessians(model: nn.Module, layers: Mapping[str, nn.Module],
+                   batches: Iterable[tuple[torch.Tensor, ...]],
+                   forward: Callable[[nn.Module, tuple[torch.Tensor, ...]], object] | None = None,
+                   ) -> dict[str, torch.Tensor]:
+    """H = XᵀX / n over the calibration rows of each layer's input features (float64 sums): the
+    curvature of the layer's output error, what GPTQ-style compensation steers by."""
+    forward = forward or (lambda m, inputs: m(*inputs))
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def hook(name: str, module: nn.Module):
+        def fn(_module, args, _output):
+            x = _features(module, args[0].detach().double())
+            sums[name] = sums.get(name, 0) + x.T @ x
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return fn
+
+    for name, module in layers.items():
+        hooks.append(module.register_forward_hook(hook(name, module)))
+    was_training = model.training
+    model.eval()
+    try:
+        for inputs in batches:
+            forward(model, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {name: (s / max(counts[name], 1)).float() for name, s in sums.items()}

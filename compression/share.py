@@ -194,3 +194,52 @@ def share_layer(weight: torch.Tensor, mask: torch.Tensor | None, bits: int, init
     if centroids.numel() == 0:          # a fully pruned layer: one unused centroid
         centroids = torch.zeros(1)
     return centroids, full, mask
+
+
+def compensated_assignments(weight: torch.Tensor, mask: torch.Tensor | None,
+                            centroids: torch.Tensor, bits: int, group_size: int | None,
+                            hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Assign each weight of a 2-D layer (rows = outputs, columns = input features) to a centroid
+    of its rows' codebook column by column, pushing each column's rounding error onto the columns
+    not yet assigned through the inverse of the input curvature H = XᵀX (GPTQ, Frantar et al.
+    2022; with a mask, pruned weights round to exactly 0 the same way, as SparseGPT does).
+
+    Returns flat-table assignments like :func:`share_grouped`'s. The codebooks stay as given;
+    what changes is which entry each weight takes, so the layer's *outputs* on data like the
+    calibration data stay close, not each weight on its own."""
+    rows, cols = weight.shape[0], weight[0].numel()
+    k = 2 ** bits
+    groups = centroids.numel() // k
+    gs = rows if group_size is None else group_size
+    book = centroids.reshape(groups, k).double()
+    row_group = torch.arange(rows) // gs
+    mids = ((book[:, 1:] + book[:, :-1]) / 2)[row_group].contiguous()      # (rows, k-1)
+    w = weight.detach().double().reshape(rows, cols).clone()
+    keep = (mask.reshape(rows, cols) if mask is not None
+            else torch.ones(rows, cols, dtype=torch.bool))
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0          # an input never seen: nothing to compensate with
+    h[dead, dead] = 1.0
+    w[:, dead] = torch.where(keep[:, dead], w[:, dead], torch.zeros_like(w[:, dead]))
+    h += torch.eye(cols, dtype=torch.float64) * damp * float(torch.diag(h).mean())
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    assign = torch.zeros(rows, cols, dtype=torch.long)
+    offset = row_group * k
+    block = 128       # GPTQ's lazy batch updates: exact, and a matmul per block instead of a
+    for b0 in range(0, cols, block):   # rank-1 update of every later column per column
+        b1 = min(b0 + block, cols)
+        wb = w[:, b0:b1].clone()
+        errors = torch.zeros_like(wb)
+        for j in range(b1 - b0):
+            col = wb[:, j]
+            idx = torch.searchsorted(mids, col[:, None].contiguous()).squeeze(1)
+            q = book[row_group, idx]
+            q = torch.where(keep[:, b0 + j], q, torch.zeros_like(q))
+            assign[:, b0 + j] = idx + offset
+            err = (col - q) / u[b0 + j, b0 + j]
+            wb[:, j + 1:] -= err[:, None] * u[b0 + j, b0 + j + 1:b1][None, :]
+            errors[:, j] = err
+        if b1 < cols:
+            w[:, b1:] -= errors @ u[b0:b1, b1:]
+    assign = torch.where(keep, assign, torch.zeros_like(assign))
+    return assign.reshape(weight.shape)

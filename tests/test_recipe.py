@@ -38,12 +38,12 @@ def _base(**stage):
     ({"stages": [{"kind": "share", "bits": 0}]}, "stages[0].bits: expected an integer in [1, 16], got 0"),
     ({"stages": [{"kind": "share", "init": "kmeans"}]}, "stages[0].init: expected one of"),
     ({"stages": [{"kind": "share", "init": "random", "group_size": 8}]},
-     "stages[0]: group_size and weighting work with init 'kmeans++' or 'linear'"),
+     "stages[0]: group_size, weighting and compensate work with init 'kmeans++' or 'linear'"),
     ({"stages": [{"kind": "share", "by_type": {"Conv2D": {"bits": 4}}}]}, "expected a layer type in"),
     ({"stages": [{"kind": "share", "by_name": {"fc1": {"bits": 99}}}]}, "stages[0].by_name.fc1.bits"),
     ({"stages": [{"kind": "share", "by_name": {"fc1": {"sparsity": 0.5}}}]},
-     "stages[0].by_name.fc1.sparsity: unknown key; allowed keys are ['bits', 'group_size', "
-     "'init', 'weighting']"),
+     "stages[0].by_name.fc1.sparsity: unknown key; allowed keys are ['bits', 'compensate', "
+     "'group_size', 'init', 'weighting']"),
     ({"stages": [{"kind": "share"}, {"kind": "prune", "sparsity": 0.5}]}, "'prune' after 'share' is not allowed"),
     ({"stages": [{"kind": "finetune_centroids"}]}, "needs a 'share' stage before it"),
     ({"stages": [{"kind": "encode"}, {"kind": "share"}]}, "'encode' must be the last stage"),

@@ -11,7 +11,7 @@ from dccore.errors import ModelError, RecipeError
 
 from .._config import Int, OneOf, setting
 from .._context import StageContext
-from ..share import share_grouped, share_layer
+from ..share import compensated_assignments, share_grouped, share_layer
 from ._base import CONV_TYPES, Stage, StageConfig, register_stage
 
 
@@ -20,9 +20,11 @@ class ShareConfig(StageConfig):
     """Per-layer 1-D k-means weight sharing of the surviving weights."""
 
     KIND: ClassVar[str] = "share"
-    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("bits", "init", "group_size", "weighting")
+    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("bits", "init", "group_size", "weighting",
+                                                "compensate")
     INITS: ClassVar[tuple[str, ...]] = ("kmeans++", "linear", "density", "random")
-    WEIGHTINGS: ClassVar[tuple[str, ...]] = ("none", "fisher")
+    WEIGHTINGS: ClassVar[tuple[str, ...]] = ("none", "fisher", "activation")
+    COMPENSATIONS: ClassVar[tuple[str, ...]] = ("none", "gptq")
     # None: 8 for conv, 5 for fully connected (the paper's finding)
     bits: int | None = setting(None, Int(1, 16))
     # None: "kmeans++": seeds where weights are (linear init, the paper's, leaves most of an 8-bit
@@ -31,23 +33,34 @@ class ShareConfig(StageConfig):
     # rows per codebook (Core ML iOS 18's per-grouped-channel LUTs); None: one per tensor
     group_size: int | None = setting(None, Int(1, 1 << 20))
     # "fisher": each weight's error weighed by its sensitivity on calibration data (SqueezeLLM,
-    # coremltools' SKM): centroids go where output error is costly; "none": all alike
+    # coremltools' SKM): centroids go where output error is costly; "activation": by the
+    # squared norm of its input (the layer's own output error); "none": all alike
     weighting: str | None = setting(None, OneOf(WEIGHTINGS))
+    # "gptq": assign weights to centroids column by column, pushing each column's error onto the
+    # later columns through the inverse input curvature (GPTQ/SparseGPT; Linear and attention
+    # layers), so the layer's outputs stay close without retraining; "none": nearest centroid
+    compensate: str | None = setting(None, OneOf(COMPENSATIONS))
     iterations: int = setting(30, Int(1, 10000))   # Lloyd's; stops early once centroids settle
     # calibration examples for weighting = "fisher" (the first of the training split)
     calibration: int = setting(256, Int(1, 1 << 20))
 
     def defaults_for(self, type_name: str) -> dict[str, Any]:
         return {"bits": 8 if type_name in CONV_TYPES else 5, "init": "kmeans++",
-                "group_size": None, "weighting": "none"}
+                "group_size": None, "weighting": "none", "compensate": "none"}
 
     @classmethod
     def _check_layer(cls, settings, path: str) -> None:
         plain = settings.get("init") in ("density", "random")
         if plain and (settings.get("group_size") is not None
-                      or settings.get("weighting") == "fisher"):
-            raise RecipeError(f"{path}: group_size and weighting work with init 'kmeans++' or "
-                              "'linear'")
+                      or settings.get("weighting") in ("fisher", "activation")
+                      or settings.get("compensate") == "gptq"):
+            raise RecipeError(f"{path}: group_size, weighting and compensate work with init "
+                              "'kmeans++' or 'linear'")
+
+
+def _calibration(ctx: StageContext, n: int) -> list[tuple[torch.Tensor, ...]]:
+    calib = ctx.train.subset(n)
+    return [calib.take(slice(i, i + 64))[0] for i in range(0, len(calib), 64)]
 
 
 def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
@@ -64,8 +77,20 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
             model, ctx.task, ctx.train.subset(config.calibration),
             {n: ctx.state.layers[n].weight for n in weighted}, seed=ctx.seed)
         ctx.metrics["calibration_examples"] = min(config.calibration, len(ctx.train))
+    curved = {n: ctx.state.layers[n].module for n, s in chosen.items()
+              if (s["weighting"] == "activation" or s["compensate"] == "gptq")
+              and ctx.state.layers[n].weight.dim() == 2
+              and ctx.state.layers[n].type_name in ("Linear", "MultiheadAttention")}
+    hessians = {}
+    if curved:
+        from ..calibration import input_hessians
+
+        hessians = input_hessians(model, curved, _calibration(ctx, config.calibration))
+        ctx.metrics["calibration_examples"] = min(config.calibration, len(ctx.train))
     for name, settings in chosen.items():
         layer = ctx.state.layers[name]
+        if settings["weighting"] == "activation" and name in hessians:
+            sensitivity[name] = torch.diag(hessians[name])[None, :].expand_as(layer.weight)
         if (settings["group_size"] is None and name not in sensitivity
                 and settings["init"] != "kmeans++"):
             centroids, assign, _ = share_layer(layer.weight, layer.mask, settings["bits"],
@@ -75,11 +100,20 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
                 layer.weight, layer.mask, settings["bits"], init=settings["init"],
                 iterations=config.iterations, group_size=settings["group_size"],
                 sensitivity=sensitivity.get(name), generator=generator)
+            if settings["compensate"] == "gptq" and name in hessians:
+                assign = compensated_assignments(layer.weight, layer.mask, centroids,
+                                                 settings["bits"], settings["group_size"],
+                                                 hessians[name])
         layer.centroids, layer.assignments, layer.bits = centroids, assign, settings["bits"]
         layer.group_size = settings["group_size"]
-        ctx.log(f"{name}: {centroids.numel()} centroids ({settings['bits']} bits"
-                + (f", {settings['group_size']} rows per codebook" if layer.group_size else "")
-                + (", Fisher-weighted" if name in sensitivity else "") + ")")
+        notes = [f"{settings['bits']} bits"]
+        if layer.group_size:
+            notes.append(f"{layer.group_size} rows per codebook")
+        if name in sensitivity:
+            notes.append(f"{settings['weighting']}-weighted")
+        if settings["compensate"] == "gptq" and name in hessians:
+            notes.append("GPTQ-compensated")
+        ctx.log(f"{name}: {centroids.numel()} centroids ({', '.join(notes)})")
     ctx.state.enforce()
 
 
