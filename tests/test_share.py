@@ -92,3 +92,22 @@ def test_grouped_codebooks_stay_in_their_rows_and_beat_one_codebook():
     small = slice(0, 8)     # the small rows: one codebook spends nothing on them
     assert err(shared, small) < 0.05 * err(per_tensor, small)
     assert err(shared, slice(0, 16)) <= err(per_tensor, slice(0, 16))
+
+
+def test_compensated_assignments_keep_the_layers_outputs_closer():
+    from compression.share import compensated_assignments, share_grouped
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 120, generator=g)
+    x = torch.randn(800, 120, generator=g) @ torch.randn(120, 120, generator=g) * 0.1
+    h = x.T @ x / 800
+    mask = torch.rand(32, 120, generator=g) > 0.25
+    c, a, _ = share_grouped(w, mask, 3, init="kmeans++", iterations=20, group_size=8,
+                            generator=torch.Generator().manual_seed(0))
+    a2 = compensated_assignments(w, mask, c, 3, 8, h)
+    plain = torch.where(mask, c[a], torch.zeros_like(w))
+    comp = torch.where(mask, c[a2], torch.zeros_like(w))
+    out_err = lambda q: float(((x @ (q - w).T) ** 2).mean())  # noqa: E731
+    assert out_err(comp) < 0.7 * out_err(plain)
+    rows = torch.arange(32)[:, None] // 8
+    assert bool(((a2 // 8) == rows)[mask].all())      # still its own rows' codebook
