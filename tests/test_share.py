@@ -108,6 +108,6 @@ def test_compensated_assignments_keep_the_layers_outputs_closer():
     plain = torch.where(mask, c[a], torch.zeros_like(w))
     comp = torch.where(mask, c[a2], torch.zeros_like(w))
     out_err = lambda q: float(((x @ (q - w).T) ** 2).mean())  # noqa: E731
-    assert out_err(comp) < 0.7 * out_err(plain)
+    assert out_err(comp) < 0.8 * out_err(plain)     # the cut and the rounding both compensated
     rows = torch.arange(32)[:, None] // 8
     assert bool(((a2 // 8) == rows)[mask].all())      # still its own rows' codebook
