@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dccore.errors import CheckpointError, RecipeError
+from dccore.errors import CheckpointError, ModelError, RecipeError
 from dccore.outputs import atomic_path, write_bytes_atomic, write_json_atomic
 
 from . import distributed
@@ -133,7 +133,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
     teacher = _teacher(recipe, out)
     ctx = StageContext(state=state, train=train_set, test=test_set, baseline=recipe.baseline,
                        task=task, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                       progress=progress, log=log, teacher=lambda: teacher(train_set))
+                       progress=progress, log=log, teacher=_StageTeacher(teacher, train_set))
+    # a stage that changes layer widths (shrink) says so in its metrics: the files record the
+    # widths the model has, so it is rebuilt from the zoo without the recipe's defaults
+    model_kwargs = dict(recipe.model.kwargs)
     scores: dict[str, dict[str, float]] = {}        # stage -> the task's figures on the test set
     val_scores: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
@@ -176,6 +179,15 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
                         primary: info.get(f"validation_{primary}")}
                 seconds[name] = info.get("seconds", 0.0)
                 stage_metrics[name] = info.get("metrics", {})
+        brought = [n for n in previous if "teacher" in stage_metrics.get(n, {})]
+        if brought:
+            raise RecipeError(f"--resume-from {resume_from}: stage {brought[-1]!r} trained with a "
+                              "teacher of its own, which later stages distil from and a checkpoint "
+                              f"does not hold; resume from {brought[-1]!r} or an earlier stage")
+        model_kwargs = _latest_kwargs(model_kwargs, [stage_metrics.get(n, {}) for n in previous])
+        if model_kwargs != dict(recipe.model.kwargs):   # a shrunk model: its own widths
+            model = build_model(recipe.model.name, model_kwargs)
+            state = ctx.state = CompressionState.for_model(model)
         load_checkpoint(_checkpoint_path(out, previous[-1]), model, state)
         log(f"resumed from checkpoint {previous[-1]}")
 
@@ -188,8 +200,12 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
             continue
         t0 = time.perf_counter()
         _run_stage(model, stage, config, ctx)
+        state = ctx.state       # a stage that rebuilds layers (shrink) rebuilds the state too
         distributed.broadcast_state(state)     # one state on every rank (a no-op alone)
         seconds[config.name] = time.perf_counter() - t0
+        if "model_kwargs" in ctx.metrics:
+            model_kwargs = _latest_kwargs(model_kwargs, [ctx.metrics])
+            _check_rebuilds(recipe.model.name, model_kwargs, model, config.name)
         stage_metrics[config.name] = dict(ctx.metrics, sparsity=state.sparsity())
         info = scored(config.name, {"kind": config.KIND})
         log(f"{config.name}: {primary} {_fmt(primary, scores[config.name][primary])}, "
@@ -204,16 +220,43 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
                      seconds, stage_metrics, test_set)
     stage, config = output
     t0 = time.perf_counter()
-    ctx.output = Output(out, _meta(recipe, task, report), _size_rows(out, recipe))
+    ctx.output = Output(out, _meta(recipe, task, report, model_kwargs), _size_rows(out, recipe))
     with distributed.main_first() as main:    # only rank 0 writes the files
         if main:
             _run_stage(model, stage, config, ctx)
     report.update(ctx.metrics)
+    for done in recipe.stages:      # sections of report.json a stage adds (projection: bits)
+        summary = STAGES.get(done.KIND).report
+        if summary is not None:
+            report.update(summary(done, stage_metrics.get(done.name, {}), report))
     report["seconds"][config.KIND] = time.perf_counter() - t0
     report["seconds"]["total"] = sum(v for k, v in report["seconds"].items() if k != "total")
     if distributed.is_main():
         write_json_atomic(out / "report.json", report)
     return RunResult(out, report, model, state)
+
+
+def read_report(out_dir: str | Path) -> dict[str, Any]:
+    """A finished run's report, checked against the folder: the report is written last and names
+    the sha256 of the model.dcz it describes, so a run killed half-way through a re-run (a new
+    model.dcz beside an old report) is caught here instead of being read as finished."""
+    from .stages.encode import MODEL_FILE, file_sha256
+
+    out = Path(out_dir)
+    path = out / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{out} holds no finished run (no report.json); run it again or "
+                              "resume it with --resume-from") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is unreadable ({exc}); run again with --force") from None
+    want = report.get("model_sha256") if isinstance(report, dict) else None
+    model = out / MODEL_FILE
+    if not isinstance(want, str) or not model.is_file() or file_sha256(model) != want:
+        raise CheckpointError(f"{out}: report.json does not describe the {MODEL_FILE} beside it "
+                              "(a re-run was interrupted?); run again with --force")
+    return report
 
 
 def _run_stage(model: nn.Module, stage: Stage, config: StageConfig, ctx: StageContext) -> None:
@@ -237,6 +280,11 @@ class _Teacher:
         self._cache: dict[int, torch.Tensor] = {}
         self._model: nn.Module | None = None
 
+    def use(self, model: nn.Module) -> None:
+        """From now on the teacher is ``model`` (a stage's own: transfer, projection)."""
+        self._model = model.eval()
+        self._cache.clear()
+
     def remember(self, model: nn.Module, splits: list[Examples]) -> None:
         for split in splits:
             self._cache[id(split)] = predict(model, split.inputs)
@@ -253,6 +301,42 @@ class _Teacher:
 
 def _teacher(recipe: Recipe, out: Path) -> _Teacher:
     return _Teacher(recipe, out)
+
+
+class _StageTeacher:
+    """``ctx.teacher``: called, the teacher's outputs on the training set; ``use(model)`` makes
+    ``model`` the teacher of the later stages (their distillation, a label-free task's scores)."""
+
+    def __init__(self, teacher: _Teacher, train: Examples) -> None:
+        self._teacher, self._train = teacher, train
+
+    def __call__(self) -> torch.Tensor:
+        return self._teacher(self._train)
+
+    def use(self, model: nn.Module) -> None:
+        self._teacher.use(model)
+
+
+def _latest_kwargs(kwargs: dict[str, Any], metrics: list[dict]) -> dict[str, Any]:
+    """The model's constructor kwargs after the stages whose figures are ``metrics`` (a shrink
+    stage records the widths it left in ``model_kwargs``, over the recipe's)."""
+    for m in metrics:
+        if isinstance(m.get("model_kwargs"), dict):
+            kwargs = {**kwargs, **m["model_kwargs"]}
+    return kwargs
+
+
+def _check_rebuilds(name: str, kwargs: dict[str, Any], model: nn.Module, stage: str) -> None:
+    """The zoo constructor with ``kwargs`` builds ``model``'s shapes (on the meta device: nothing
+    is allocated), so the file the run writes can be loaded."""
+    with torch.device("meta"):
+        skeleton = build_model(name, kwargs)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))[:3]
+        raise ModelError(f"{stage}: {name} with {kwargs} does not rebuild the model the stage "
+                         f"left (first differences: {diff})")
 
 
 def _fmt(metric: str, value: float | None) -> str:
@@ -317,9 +401,12 @@ def _report(recipe: Recipe, task: Task, state: CompressionState, scores: dict,
     return report
 
 
-def _meta(recipe: Recipe, task: Task, report: dict) -> dict[str, Any]:
-    """What model.dcz records besides the weights: enough to trace it to what produced it."""
-    model: dict[str, Any] = {"name": recipe.model.name, "kwargs": recipe.model.kwargs,
+def _meta(recipe: Recipe, task: Task, report: dict,
+          model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What model.dcz records besides the weights: enough to trace it to what produced it, and
+    the kwargs that rebuild the model it holds (a shrunk model's widths, not the recipe's)."""
+    kwargs = recipe.model.kwargs if model_kwargs is None else model_kwargs
+    model: dict[str, Any] = {"name": recipe.model.name, "kwargs": kwargs,
                              "input_shape": list(recipe.model.input_shape)}
     if recipe.task.KIND != DEFAULT_TASK:   # any inputs: each one's shape (no batch axis), dtype
         model["inputs"] = [{"shape": list(t.shape[1:]), "dtype": str(t.dtype).removeprefix("torch.")}

@@ -180,3 +180,19 @@ def test_a_finished_run_is_replaced_only_with_force_and_its_report_goes_first(tm
     assert not (run / "report.json").exists()   # no report describing files it did not write
     unfinished = _fake_run(tmp_path / "unfinished", finished=False)
     assert main(["run", "lenet300", "--out", str(unfinished), "--quiet"]) == 130  # no --force
+
+
+def test_a_report_describes_the_model_file_beside_it(tmp_path):
+    from compression.api import run
+    from compression.pipeline import read_report
+    from dccore.errors import CheckpointError
+
+    recipe = {"name": "t", "data": {"train_limit": 200, "test_limit": 50},
+              "baseline": {"epochs": 1},
+              "stages": [{"kind": "prune", "sparsity": 0.5, "rounds": 1, "retrain_epochs": 0}]}
+    run(recipe, tmp_path / "run")
+    report = read_report(tmp_path / "run")
+    assert len(report["model_sha256"]) == 64
+    (tmp_path / "run" / "model.dcz").write_bytes(b"\x89DCZ\r\n\x1a\n a newer, half-written run")
+    with pytest.raises(CheckpointError, match="does not describe the model.dcz beside it"):
+        read_report(tmp_path / "run")

@@ -9,6 +9,7 @@ back and compares it with the model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -30,8 +31,9 @@ class EncodeConfig(StageConfig):
 
     KIND: ClassVar[str] = "encode"
     LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("index_bits",)
-    CODERS: ClassVar[tuple[str, ...]] = ("huffman", "ans", "none")
-    # the paper's method; "ans" gets closer to the entropy bound
+    CODERS: ClassVar[tuple[str, ...]] = ("huffman", "ans", "none", "smallest")
+    # the paper's method; "ans" gets closer to the entropy bound; "smallest": both are tried and
+    # the smaller file kept (rANS wins on long streams, Huffman's smaller tables on short ones)
     coder: str = setting("huffman", OneOf(CODERS))
     # gap width; None: the width that minimises the file
     index_bits: int | None = setting(None, Int(1, 16))
@@ -53,6 +55,34 @@ def compressed_weights(config: EncodeConfig, state: CompressionState) -> dict[st
     return out
 
 
+def pack(state_dict: dict, path: Path, *, coder: str, **options: Any):
+    """``dcz.pack``; coder "smallest" packs with Huffman and with rANS and keeps the smaller
+    file (ties: Huffman, the paper's). Returns the kept file's PackReport."""
+    import dataclasses
+
+    import dcz as container
+    from dccore.outputs import DCZ, temporary_folder, write_bytes_atomic
+
+    if coder != "smallest":
+        return container.pack(state_dict, path, coder=coder, **options)
+    with temporary_folder() as tmp:
+        trials = [container.pack(state_dict, Path(tmp) / f"{c}.dcz", coder=c, **options)
+                  for c in ("huffman", "ans")]
+        best = min(trials, key=lambda r: r.bytes)
+        write_bytes_atomic(path, best.path.read_bytes(), kind=DCZ)
+    return dataclasses.replace(best, path=Path(path))
+
+
+def file_sha256(path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def run(model: torch.nn.Module, config: EncodeConfig, ctx: StageContext) -> None:
     """Write model.dcz and the size table's files; their sizes go into ``ctx.metrics``."""
     import dcz as container   # the file format: no training code; imported here to keep `run` lean
@@ -61,8 +91,8 @@ def run(model: torch.nn.Module, config: EncodeConfig, ctx: StageContext) -> None
     if out is None:
         raise RuntimeError("encode: the pipeline gave no output folder")
     compressed = compressed_weights(config, ctx.state)
-    final = container.pack(model.state_dict(), out.folder / MODEL_FILE, compressed=compressed,
-                           meta=out.meta, coder=config.coder, plain_dtype=config.plain_dtype)
+    final = pack(model.state_dict(), out.folder / MODEL_FILE, compressed=compressed,
+                 meta=out.meta, coder=config.coder, plain_dtype=config.plain_dtype)
     rows = []
     for label, name, checkpoint in out.rows:
         rep = container.pack(load_state_dict_file(checkpoint),
@@ -73,7 +103,8 @@ def run(model: torch.nn.Module, config: EncodeConfig, ctx: StageContext) -> None
     rows.append({"stage": STAGE.size_row, "file": str(final.path), "bytes": final.bytes,
                  "ratio": final.dense_bytes / final.bytes})
     ctx.metrics.update(dense_bytes=final.dense_bytes, compressed_bytes=final.bytes,
-                       compression_ratio=final.dense_bytes / final.bytes, stage_ratios=rows)
+                       compression_ratio=final.dense_bytes / final.bytes, stage_ratios=rows,
+                       model_sha256=file_sha256(final.path))
 
 
 def ensures(model: torch.nn.Module, config: EncodeConfig, ctx: StageContext) -> None:

@@ -99,7 +99,7 @@ def compress(p: Plan, run_dir: Path, *, progress: Any = None, log: Log = lambda 
     resume = _resume_point(run_dir, recipe)
     if resume == "reuse":
         log(f"compress: reusing the finished run in {run_dir} (recipe sha256 {recipe.sha256()[:12]})")
-        report = json.loads((run_dir / "report.json").read_text())
+        report = pipeline.read_report(run_dir)     # its model.dcz is the one it describes
         how = "reused"
     else:
         check_run_folder(run_dir, force=True, resuming=resume is not None)
@@ -147,11 +147,14 @@ def _resume_point(run_dir: Path, recipe: Any) -> str | None:
     report = run_dir / "report.json"
     if saved.get("sha256") == recipe.sha256() and JSON_FILE.owns(report) \
             and (run_dir / "model.dcz").is_file():
+        from compression.pipeline import read_report
+        from dccore.errors import CheckpointError
+
         try:
-            if json.loads(report.read_text()).get("recipe_sha256") == recipe.sha256():
+            if read_report(run_dir).get("recipe_sha256") == recipe.sha256():
                 return "reuse"
-        except (OSError, ValueError):
-            pass
+        except CheckpointError:
+            pass      # the folder disagrees with itself: compress again
     old, new = saved.get("recipe") or {}, recipe.to_dict()
     if any(old.get(k) != new.get(k) for k in ("seed", "data", "model", "baseline")):
         return None
