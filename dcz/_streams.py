@@ -70,7 +70,7 @@ def entropy_bits(counts: np.ndarray) -> float:
     n = counts.sum()
     if n == 0:
         return 0.0
-    return float(-(counts * np.log2(counts / n)).sum())
+    return max(0.0, float(-(counts * np.log2(counts / n)).sum()))  # one symbol: 0, not -0
 
 
 def width_for(alphabet: int) -> int:

@@ -7,7 +7,7 @@ as coded byte planes.
               alphabet 256, coded like any stream (fixed width where coding would not pay)
 
 Why byte planes: a float's bytes differ in kind. The top byte (sign and exponent) of trained
-weights holds ~3-4 bits of information, the mantissa bytes nearly 8; coding each byte on its own
+weights holds ~2.7 bits of information, the mantissa bytes nearly 8; coding each byte on its own
 histogram (order 0) finds that, where a general-purpose compressor sees the four mixed together.
 The block knows nothing of floats: the caller says which dtype the values are.
 """
