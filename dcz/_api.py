@@ -74,6 +74,8 @@ class LayerInfo:
             return []
         if self.codebook_sizes is None:
             return [self.codebook]
+        if self.codebook_sizes.size == 0:   # no rows, no groups
+            return []
         return np.split(self.codebook, np.cumsum(self.codebook_sizes)[:-1])
 
 

@@ -143,8 +143,14 @@ def test_grouped_codebooks_cost_what_they_hold():
 def test_grouped_edge_shapes(tmp_path, shape):
     g = torch.Generator().manual_seed(1)
     w = torch.randint(-2, 3, shape, generator=g).float() / 2  # values -1, -0.5, 0.5, 1
-    pack({"w": w}, tmp_path / "e.dcz", compressed={"w": {"group_size": 2}}, coder="ans")
-    assert_exact(load(tmp_path / "e.dcz").state_dict, {"w": w}, {"w"})
+    pack({"w": w}, tmp_path / "e.dcz", compressed={"w": {"bits": 2, "group_size": 2}},
+         coder="ans")
+    dcz = load(tmp_path / "e.dcz")
+    assert_exact(dcz.state_dict, {"w": w}, {"w"})
+    info = dcz.layers["w"]
+    rows = shape[0] if shape else 1
+    assert info.storage == "grouped" and len(info.group_codebooks()) == -(-rows // 2)
+    assert sum(map(len, info.group_codebooks())) == len(info.codebook)
 
 
 # ----------------------------------------------------------------------------- compatibility
