@@ -39,7 +39,28 @@ def _features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"no input features for {type(module).__name__}")
 
 
-@torch.no_grad()
+def _each_input(model: nn.Module, layers: Mapping[str, nn.Module],
+                batches: Iterable[tuple[torch.Tensor, ...]],
+                forward: Callable[[nn.Module, tuple[torch.Tensor, ...]], object] | None,
+                take: Callable[[str, nn.Module, torch.Tensor], None]) -> None:
+    """Run the calibration batches in eval mode; ``take(name, layer, input)`` sees each layer's
+    input as it goes by. Hooks and the model's mode are restored whatever happens."""
+    forward = forward or (lambda m, inputs: m(*inputs))
+    hooks = [module.register_forward_hook(
+        lambda _m, args, _out, name=name, module=module: take(name, module, args[0].detach()))
+        for name, module in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for inputs in batches:
+                forward(model, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 def input_norms(model: nn.Module, layers: Mapping[str, nn.Module],
                 batches: Iterable[tuple[torch.Tensor, ...]],
                 forward: Callable[[nn.Module, tuple[torch.Tensor, ...]], object] | None = None,
@@ -48,32 +69,16 @@ def input_norms(model: nn.Module, layers: Mapping[str, nn.Module],
 
     For an Embedding, the 'input feature' of row r is how often token r occurs: its norm is the
     square root of its count, so rows the data never uses score 0."""
-    forward = forward or (lambda m, inputs: m(*inputs))
     sums: dict[str, torch.Tensor] = {}
-    hooks = []
 
-    def hook(name: str, module: nn.Module):
-        def fn(_module, args, _output):
-            x = args[0]
-            if isinstance(module, nn.Embedding):
-                counts = torch.bincount(x.reshape(-1).long(), minlength=module.num_embeddings)
-                add = counts.double()
-            else:
-                add = _features(module, x.detach().double()).pow(2).sum(0)
-            sums[name] = sums[name] + add if name in sums else add
-        return fn
+    def take(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        if isinstance(module, nn.Embedding):
+            add = torch.bincount(x.reshape(-1).long(), minlength=module.num_embeddings).double()
+        else:
+            add = _features(module, x.double()).pow(2).sum(0)
+        sums[name] = sums[name] + add if name in sums else add
 
-    for name, module in layers.items():
-        hooks.append(module.register_forward_hook(hook(name, module)))
-    was_training = model.training
-    model.eval()
-    try:
-        for inputs in batches:
-            forward(model, inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _each_input(model, layers, batches, forward, take)
     return {name: s.sqrt().float() for name, s in sums.items()}
 
 
@@ -160,34 +165,19 @@ def task_sensitivity(model: nn.Module, task, examples, params: Mapping[str, torc
     return fisher_diagonal(model, params, batches, loss)
 
 
-@torch.no_grad()
 def input_hessians(model: nn.Module, layers: Mapping[str, nn.Module],
                    batches: Iterable[tuple[torch.Tensor, ...]],
                    forward: Callable[[nn.Module, tuple[torch.Tensor, ...]], object] | None = None,
                    ) -> dict[str, torch.Tensor]:
     """H = XᵀX / n over the calibration rows of each layer's input features (float64 sums): the
     curvature of the layer's output error, what GPTQ-style compensation steers by."""
-    forward = forward or (lambda m, inputs: m(*inputs))
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    hooks = []
 
-    def hook(name: str, module: nn.Module):
-        def fn(_module, args, _output):
-            x = _features(module, args[0].detach().double())
-            sums[name] = sums.get(name, 0) + x.T @ x
-            counts[name] = counts.get(name, 0) + x.shape[0]
-        return fn
+    def take(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        x = _features(module, x.double())
+        sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+        counts[name] = counts.get(name, 0) + x.shape[0]
 
-    for name, module in layers.items():
-        hooks.append(module.register_forward_hook(hook(name, module)))
-    was_training = model.training
-    model.eval()
-    try:
-        for inputs in batches:
-            forward(model, inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _each_input(model, layers, batches, forward, take)
     return {name: (s / max(counts[name], 1)).float() for name, s in sums.items()}
