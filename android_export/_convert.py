@@ -39,6 +39,7 @@ from dccore.errors import ExportError
 from dccore.outputs import TFLITE, check_output, write_bytes_atomic
 from exporters import CompressedLayer, as_inputs, select_layers, unsupported_op_error
 
+from . import _lsh
 from ._backend import quiet, require
 from ._flatbuffer import WeightSlot, sparsify, weight_slots
 
@@ -51,6 +52,8 @@ VARIANTS: dict[str, str] = {
     "sparse-int8": "sparse (CSR) int8 weight-only weights, densified and dequantized at load",
 }
 DEFAULT_VARIANT = "sparse-float16"
+# how a ProjectionNet's hashing is stored (_lsh.py): the LSH_PROJECTION op, or its matrix
+PROJECTIONS = ("lsh", "matmul")
 
 
 @dataclass(frozen=True)
@@ -199,11 +202,13 @@ def _check_compressed(variant: str, storage: Mapping[str, LayerStorage]) -> None
 def export_tflite(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
                   out: str | os.PathLike[str], *, variant: str = DEFAULT_VARIANT,
                   layers: Iterable[str] | Mapping[str, CompressedLayer] | None = None,
-                  float32: bytes | None = None) -> TFLiteExport:
+                  float32: bytes | None = None, lsh: bool = True) -> TFLiteExport:
     """Convert ``model`` to ``out`` (a ``.tflite``) in ``variant`` (see VARIANTS), written
     atomically. ``example_inputs``: one example of each input (a tensor, or a tuple of them).
     ``layers``: the compressed layers (default: what the weights show); one the converter drops
-    or folds is skipped with the reason. ``float32`` reuses an earlier ``convert_float32``."""
+    or folds is skipped with the reason. ``float32`` reuses an earlier ``convert_float32``.
+    ``lsh``: a projection module's hashing as LSH_PROJECTION (see ``_lsh``), else as its
+    hyperplane matrix."""
     if variant not in VARIANTS:
         raise ExportError(f"TFLite variant {variant!r} is unknown; choose one of {sorted(VARIANTS)}")
     out = check_output(out, TFLITE, flag="TFLite output")   # before any work
@@ -211,6 +216,9 @@ def export_tflite(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     inputs = as_inputs(example_inputs)
     if float32 is None:
         float32 = _last.convert(model, inputs)
+    # a ProjectionNet's hashing as LSH_PROJECTION and its seeds, not a matrix (_lsh.py)
+    if lsh:
+        float32 = _lsh.rewrite(float32, model)
     content = build_variant(float32, variant)
     selection = select_layers(model, inputs, layers)
     storage = describe_layers(content, model, selection.layers)

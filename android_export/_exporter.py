@@ -17,7 +17,7 @@ from dccore.outputs import TFLITE
 from exporters import (EXPORTERS, ArtifactReport, CompressedLayer, Exporter, Scorer, Validation,
                        as_inputs, option, torch_outputs)
 
-from ._convert import DEFAULT_VARIANT, VARIANTS, export_tflite
+from ._convert import DEFAULT_VARIANT, PROJECTIONS, VARIANTS, export_tflite
 from ._evaluate import tflite_outputs
 
 
@@ -27,10 +27,19 @@ class TFLiteOptions:
                           help=f"what the .tflite stores (default: {DEFAULT_VARIANT}, the smallest "
                                "that keeps the weights exact in fp16)")
 
+    projection: str = option("lsh", choices=PROJECTIONS,
+                             help="a ProjectionNet's hashing: 'lsh' (default) as the LSH_PROJECTION "
+                                  "op and its seeds (a few KB, slower: it hashes every input per "
+                                  "bit), or 'matmul' by its hyperplane matrix (hundreds of KB, "
+                                  "fast)")
+
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ExportError(f"TFLite variant {self.variant!r} is unknown; choose one of "
                               f"{sorted(VARIANTS)}")
+        if self.projection not in PROJECTIONS:
+            raise ExportError(f"TFLite projection {self.projection!r} is unknown; choose one of "
+                              f"{list(PROJECTIONS)}")
 
 
 class TFLiteExporter(Exporter):
@@ -44,7 +53,8 @@ class TFLiteExporter(Exporter):
     def write(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], out: Path,
               options: TFLiteOptions,
               layers: Iterable[str] | Mapping[str, CompressedLayer] | None) -> ArtifactReport:
-        result = export_tflite(model, example_inputs, out, variant=options.variant, layers=layers)
+        result = export_tflite(model, example_inputs, out, variant=options.variant, layers=layers,
+                               lsh=options.projection == "lsh")
         return ArtifactReport(self.name, result.path, dataclasses.asdict(options),
                               options.variant, artifact_size(result.path),
                               {n: dataclasses.asdict(s) for n, s in result.layers.items()},

@@ -15,11 +15,15 @@ from dccore.errors import CheckpointError, ModelError
 class LeNet300(nn.Module):
     """LeNet-300-100 (Han et al. 2016, Table 2): 784-300-100-10, 266K weights."""
 
-    def __init__(self, num_classes: int = 10, in_features: int = 784) -> None:
+    # the widths are arguments so that a shrunk model (compression/stages/shrink.py) is rebuilt
+    # from the zoo with the widths its .dcz records
+    def __init__(self, num_classes: int = 10, in_features: int = 784,
+                 hidden: tuple[int, int] | list[int] = (300, 100)) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_features, 300)
-        self.fc2 = nn.Linear(300, 100)
-        self.fc3 = nn.Linear(100, num_classes)
+        h1, h2 = _widths("lenet300 hidden", hidden, 2)
+        self.fc1 = nn.Linear(in_features, h1)
+        self.fc2 = nn.Linear(h1, h2)
+        self.fc3 = nn.Linear(h2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(x, 1)
@@ -27,16 +31,23 @@ class LeNet300(nn.Module):
         x = torch.relu(self.fc2(x))
         return self.fc3(x)
 
+    def width_kwargs(self) -> dict[str, tuple[str, int | None]]:
+        """Layer -> (constructor argument, index) that sets its width (see shrink)."""
+        return {"fc1": ("hidden", 0), "fc2": ("hidden", 1)}
+
 
 class LeNet5(nn.Module):
     """LeNet-5, Caffe variant (Han et al. 2016, Table 3): conv 20/50 5x5, FC 500, 431K weights."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1,
+                 channels: tuple[int, int] | list[int] = (20, 50), hidden: int = 500) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 20, 5)
-        self.conv2 = nn.Conv2d(20, 50, 5)
-        self.fc1 = nn.Linear(50 * 4 * 4, 500)
-        self.fc2 = nn.Linear(500, num_classes)
+        c1, c2 = _widths("lenet5 channels", channels, 2)
+        (hidden,) = _widths("lenet5 hidden", [hidden], 1)
+        self.conv1 = nn.Conv2d(in_channels, c1, 5)
+        self.conv2 = nn.Conv2d(c1, c2, 5)
+        self.fc1 = nn.Linear(c2 * 4 * 4, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.max_pool2d(self.conv1(x), 2)
@@ -44,6 +55,23 @@ class LeNet5(nn.Module):
         x = torch.flatten(x, 1)
         x = torch.relu(self.fc1(x))
         return self.fc2(x)
+
+    def width_kwargs(self) -> dict[str, tuple[str, int | None]]:
+        return {"conv1": ("channels", 0), "conv2": ("channels", 1), "fc1": ("hidden", None)}
+
+
+# A .dcz's model kwargs choose these widths; the shapes are checked against the file's tensors
+# on the meta device before anything is allocated (deepcompress/loading.py).
+MAX_WIDTH = 1 << 16
+
+
+def _widths(what: str, values: Any, n: int) -> list[int]:
+    values = list(values) if isinstance(values, (list, tuple)) else values
+    if (not isinstance(values, list) or len(values) != n
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WIDTH
+                       for v in values)):
+        raise ModelError(f"{what}={values!r}: expected {n} integer width(s) in [1, {MAX_WIDTH}]")
+    return values
 
 
 def _separable(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -76,10 +104,18 @@ class MobileNetTiny(nn.Module):
         return self.classifier(x)
 
 
+def _projectionnet(**kwargs: Any) -> nn.Module:
+    """ProjectionNet (Ravi 2017; compression/projection.py): T x d LSH bits, small FC layers."""
+    from .projection import ProjectionNet
+
+    return ProjectionNet(**kwargs)
+
+
 BUILTIN: dict[str, Callable[..., nn.Module]] = {
     "lenet300": LeNet300,
     "lenet5": LeNet5,
     "mobilenet_tiny": MobileNetTiny,
+    "projectionnet": _projectionnet,
 }
 
 

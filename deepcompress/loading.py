@@ -35,10 +35,23 @@ def model_spec(meta: dict[str, Any], path: str, model: str | None = None,
                          f"--model {recorded_name}")
     kwargs = recorded.get("kwargs") or {}
     if not isinstance(kwargs, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float, str, bool)) for k, v in kwargs.items()):
+            isinstance(k, str) and _plain(v) for k, v in kwargs.items()):
         raise ContainerError(f"{path}: meta['model']['kwargs'] must map names to plain numbers, "
-                             "strings or booleans")
+                             "strings or booleans, or short lists of numbers (layer widths)")
     return recorded_name, dict(kwargs)
+
+
+MAX_LIST_KWARG = 64     # a list kwarg is a few layer widths (a shrunk LeNet, a ProjectionNet)
+
+
+def _plain(value: Any) -> bool:
+    """A value a file may pass to a built-in constructor: a number, string or boolean, or a short
+    list of numbers (a shrunk model's widths; their tensors' shapes are checked on the meta
+    device before anything is allocated)."""
+    if isinstance(value, list):
+        return len(value) <= MAX_LIST_KWARG and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return isinstance(value, (int, float, str, bool))
 
 
 def model_from_dcz(path: str | os.PathLike[str], *, model: str | None = None,

@@ -143,6 +143,8 @@ def _sample(check, default):
         return (3, 4)
     if isinstance(check, c.FreeTable):
         return {"width": 8, "nested": {"a": [1, 2]}}
+    if isinstance(default, bool):       # a true/false switch (projection's)
+        return not default
     return None
 
 
@@ -169,9 +171,13 @@ def _every_field_set(cls, skip=()):
 
 # prune takes quality or sparsity, not both
 SKIP = {"prune": ("quality",)}
+# what a stage needs at least
+MINIMAL = {"prune": {"sparsity": 0.5}, "shrink": {"fraction": 0.5},
+           "transfer": {"teacher": "lenet5", "weights": "teacher.pt"}}
 
 
-@pytest.mark.parametrize("kind", ["prune", "share", "finetune_centroids", "encode"])
+@pytest.mark.parametrize("kind", ["prune", "share", "finetune_centroids", "encode", "shrink",
+                                  "transfer", "projection"])
 def test_every_stage_config_round_trips_with_every_field_set(kind):
     from compression.stages import STAGES
     cls = STAGES.get(kind).config
@@ -179,13 +185,15 @@ def test_every_stage_config_round_trips_with_every_field_set(kind):
     cfg = cls.from_dict(d, "s")
     assert cfg.to_dict() == d                       # every value set survived, nothing added
     assert cls.from_dict(cfg.to_dict(), "s") == cfg
-    minimal = cls.from_dict({"kind": kind, **({"sparsity": 0.5} if kind == "prune" else {})}, "s")
+    minimal = cls.from_dict({"kind": kind, **MINIMAL.get(kind, {})}, "s")
     assert cls.from_dict(minimal.to_dict(), "s") == minimal
 
 
 def test_every_registered_stage_round_trips_in_a_recipe():
     from compression.stages import STAGES
-    stages = [{"kind": "prune", "sparsity": 0.5}, {"kind": "share"}, {"kind": "finetune_centroids"},
+    stages = [{"kind": "projection"}, {"kind": "transfer", **MINIMAL["transfer"]},
+              {"kind": "shrink", "fraction": 0.5},
+              {"kind": "prune", "sparsity": 0.5}, {"kind": "share"}, {"kind": "finetune_centroids"},
               {"kind": "encode"}]
     assert {s["kind"] for s in stages} == set(STAGES.names()), "a new stage belongs here"
     recipe = Recipe.from_dict({"stages": stages})

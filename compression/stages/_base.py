@@ -24,7 +24,8 @@ from .._config import (FREE, Check, Config, Text, UnknownKey, check_values, fail
 
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
               "ConvTranspose3d")
-BUILTIN_STAGES = tuple(f"compression.stages.{m}" for m in ("prune", "share", "finetune", "encode"))
+BUILTIN_STAGES = tuple(f"compression.stages.{m}" for m in ("prune", "share", "finetune", "encode",
+                                                           "shrink", "transfer", "projection"))
 
 
 def _empty(value: Any) -> bool:
@@ -147,6 +148,9 @@ class Stage:
     # "train": changes the model, evaluated and checkpointed after it; "output": writes the
     # final file from the finished model (after the report's figures are known)
     phase: str = "train"
+    # report(config, its metrics, the finished report) -> sections to add to report.json, once
+    # the file's size is known (projection: the shipped model's bits next to the trainer's)
+    report: Callable[[Any, dict, dict], dict] | None = None
 
     PHASES: ClassVar[tuple[str, ...]] = ("train", "output")
 
