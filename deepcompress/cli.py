@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nightly": ("deepcompress.commands.nightly", "run a matrix of models x devices against rolling baselines"),
     "history": ("deepcompress.commands.history", "list past qualification and nightly runs"),
     "compare": ("deepcompress.commands.compare", "two runs from the history side by side"),
+    "sweep": ("deepcompress.commands.sweep", "ProjectionNet over (T, d, FC sizes): metric against model bits, plotted"),
 }
 
 

@@ -266,3 +266,31 @@ def test_coreml_export_keeps_the_projection_as_ordinary_ops(projection_model, tm
     check = coreml.validate(report, projection_model, torch.rand(8, 1, 28, 28),
                             cosine_scorer())
     assert check.checks["weights_match"] is True
+
+
+def test_sweep_plots_metric_against_bits_and_reuses_finished_points(projection_run, tiny_idx,
+                                                                    tmp_path):
+    from deepcompress.cli import main as cli
+
+    _, marked = projection_run
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out", str(out), "--T", "4,6", "--d", "4", "--hidden", "", "--hidden", "8",
+            "--mark", str(marked), "-q", "--set", f"data.root={tiny_idx}",
+            "--set", "stages.0.epochs=1", "--set", "stages.1.rounds=1",
+            "--set", "stages.1.retrain_epochs=0", "--set", "stages.3.epochs=0"]
+    assert cli(args) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    points = {(p["T"], p["d"], tuple(p["hidden"])): p for p in result["points"]}
+    assert set(points) == {(4, 4, ()), (4, 4, (8,)), (6, 4, ()), (6, 4, (8,))}
+    for (T, d, hidden), p in points.items():
+        report = json.loads((out / f"T{T}_d{d}_h{'-'.join(map(str, hidden)) or 0}"
+                             / "report.json").read_text())
+        assert p["bits"] == T * d and p["model_bits"] == 8 * report["compressed_bytes"]
+        assert p["value"] == report["accuracy"]["final"]
+        assert p["trainer_bits"] == 32 * 266610 and p["trainer"] == "lenet300"
+    assert result["marks"][0]["model_bits"] == 8 * (marked / "model.dcz").stat().st_size
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stamp = (out / "T4_d4_h0" / "report.json").stat().st_mtime_ns
+    assert cli(args) == 0                               # finished points are reused, not re-run
+    assert (out / "T4_d4_h0" / "report.json").stat().st_mtime_ns == stamp
+    assert cli(["sweep", "lenet300", "--out", str(tmp_path / "x"), "-q"]) == 2   # not a ProjectionNet
