@@ -81,16 +81,18 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
               if (s["weighting"] == "activation" or s["compensate"] == "gptq")
               and ctx.state.layers[n].weight.dim() == 2
               and ctx.state.layers[n].type_name in ("Linear", "MultiheadAttention")}
-    hessians = {}
+    batches = _calibration(ctx, config.calibration) if curved else []
     if curved:
-        from ..calibration import input_hessians
-
-        hessians = input_hessians(model, curved, _calibration(ctx, config.calibration))
         ctx.metrics["calibration_examples"] = min(config.calibration, len(ctx.train))
-    for name, settings in chosen.items():
+    for name, settings in chosen.items():     # in the model's order: GPTQ goes layer by layer
         layer = ctx.state.layers[name]
-        if settings["weighting"] == "activation" and name in hessians:
-            sensitivity[name] = torch.diag(hessians[name])[None, :].expand_as(layer.weight)
+        hessian = None
+        if name in curved:   # measured on the model as compressed so far (sequential GPTQ)
+            from ..calibration import input_hessians
+
+            hessian = input_hessians(model, {name: curved[name]}, batches)[name]
+        if settings["weighting"] == "activation" and hessian is not None:
+            sensitivity[name] = torch.diag(hessian)[None, :].expand_as(layer.weight)
         if (settings["group_size"] is None and name not in sensitivity
                 and settings["init"] != "kmeans++"):
             centroids, assign, _ = share_layer(layer.weight, layer.mask, settings["bits"],
@@ -100,10 +102,10 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
                 layer.weight, layer.mask, settings["bits"], init=settings["init"],
                 iterations=config.iterations, group_size=settings["group_size"],
                 sensitivity=sensitivity.get(name), generator=generator)
-            if settings["compensate"] == "gptq" and name in hessians:
+            if settings["compensate"] == "gptq" and hessian is not None:
                 assign = compensated_assignments(layer.weight, layer.mask, centroids,
                                                  settings["bits"], settings["group_size"],
-                                                 hessians[name])
+                                                 hessian)
         layer.centroids, layer.assignments, layer.bits = centroids, assign, settings["bits"]
         layer.group_size = settings["group_size"]
         notes = [f"{settings['bits']} bits"]
@@ -111,8 +113,9 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
             notes.append(f"{layer.group_size} rows per codebook")
         if name in sensitivity:
             notes.append(f"{settings['weighting']}-weighted")
-        if settings["compensate"] == "gptq" and name in hessians:
+        if settings["compensate"] == "gptq" and hessian is not None:
             notes.append("GPTQ-compensated")
+        layer.enforce()     # later layers' calibration inputs see this layer compressed
         ctx.log(f"{name}: {centroids.numel()} centroids ({', '.join(notes)})")
     ctx.state.enforce()
 
