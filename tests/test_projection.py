@@ -227,12 +227,20 @@ def projection_model():
     return model
 
 
-def test_tflite_stores_the_hashing_as_lsh_projection(projection_model, tmp_path):
+@pytest.fixture(scope="module")
+def lsh_tflite(projection_model, tmp_path_factory):
+    from android_export import export_tflite
+
+    return export_tflite(projection_model, torch.rand(1, 1, 28, 28),
+                         tmp_path_factory.mktemp("lsh") / "lsh.tflite", variant="float32")
+
+
+def test_tflite_stores_the_hashing_as_lsh_projection(projection_model, lsh_tflite, tmp_path):
     from android_export import export_tflite, tflite_outputs
     from android_export._flatbuffer import _op_names, read_model
 
     x = torch.rand(64, 1, 28, 28)
-    lsh = export_tflite(projection_model, x[:1], tmp_path / "lsh.tflite", variant="float32")
+    lsh = lsh_tflite
     mat = export_tflite(projection_model, x[:1], tmp_path / "mat.tflite", variant="float32",
                         lsh=False)
     fm = read_model(lsh.path.read_bytes())
@@ -294,3 +302,21 @@ def test_sweep_plots_metric_against_bits_and_reuses_finished_points(projection_r
     assert cli(args) == 0                               # finished points are reused, not re-run
     assert (out / "T4_d4_h0" / "report.json").stat().st_mtime_ns == stamp
     assert cli(["sweep", "lenet300", "--out", str(tmp_path / "x"), "-q"]) == 2   # not a ProjectionNet
+
+
+@pytest.mark.emulator
+def test_lsh_tflite_runs_on_the_host_and_the_emulated_device(lsh_tflite, tmp_path, capsys,
+                                                            monkeypatch):
+    from deepcompress.cli import main as cli
+
+    emulator = pytest.importorskip("device_harness.emulator", reason="emulated device not available")
+    path = lsh_tflite.path
+    monkeypatch.chdir(tmp_path)
+    with emulator.start(port=0) as emu:
+        assert cli(["bench", str(path), "--device", "host", "--device", emu.serial, "--runs", "5",
+                    "--warmup", "1", "--eval", "16", "--json"]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert [r["device"]["kind"] for r in results] == ["host", "adb"]
+    for r in results:
+        assert r["ok"] and r["runs"] == 5 and r["accuracy"]["examples"] == 16
+    assert results[1]["accuracy"]["argmax_agreement"] == 1.0     # the device computes the host's bits
