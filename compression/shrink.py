@@ -28,6 +28,8 @@ from torch import nn
 
 from dccore.errors import ModelError
 
+from .tasks import model_outputs
+
 _PASS_FUNCTIONS = {torch.relu, nn.functional.relu, torch.max_pool2d, nn.functional.max_pool2d,
                    nn.functional.avg_pool2d, nn.functional.dropout, torch.tanh,
                    torch.sigmoid, nn.functional.gelu, nn.functional.silu, nn.functional.relu6,
@@ -172,8 +174,6 @@ def norm_scores(model: nn.Module, link: Link) -> torch.Tensor:
 def effect_scores(model: nn.Module, link: Link, loss: Callable[[torch.Tensor], torch.Tensor],
                   inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The task loss's increase, on ``inputs``, with each unit's output held at zero."""
-    from .tasks import model_outputs
-
     layer = dict(model.named_modules())[link.layer]
     model.eval()
     base = float(loss(model_outputs(model(*inputs))))
@@ -249,7 +249,8 @@ def _columns(module: nn.Module, keep: torch.Tensor) -> nn.Module:
 def _norm(module: nn.Module, keep: torch.Tensor) -> nn.Module:
     new = type(module)(len(keep), module.eps, module.momentum, module.affine,
                        module.track_running_stats)
-    new = new.to(device=keep.device)
+    like = next(iter(module.buffers()), None)
+    new = new.to(device=like.device if like is not None else keep.device)
     with torch.no_grad():
         for key in ("weight", "bias", "running_mean", "running_var"):
             value = getattr(module, key, None)

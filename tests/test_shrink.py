@@ -172,3 +172,30 @@ def test_refusals_name_the_layer_and_the_reason(make_recipe, tmp_path):
     recipe["model"] = {"name": "test_shrink:NoWidths"}
     with pytest.raises(ModelError, match="width_kwargs"):
         run_recipe(Recipe.from_dict(recipe), tmp_path / "b")
+
+
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.bn(self.conv1(x))))
+
+
+def test_a_batchnorm_between_is_cut_with_its_channels():
+    torch.manual_seed(0)
+    model = ConvBN()
+    with torch.no_grad():
+        model.bn.running_mean.copy_(torch.tensor([0.1, 0.2, 0.3]))
+        model.bn.running_var.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        model.conv2.weight[:, 1] = 0.0
+    model.eval()
+    x = torch.rand(2, 1, 8, 8)
+    before = model(x)
+    link = trace_links(model)["conv1"]
+    assert link.norms == ["bn"] and link.consumers == [("conv2", 1)]
+    shrink_layer(model, link, torch.tensor([0, 2]))
+    assert model.bn.num_features == 2 and model.bn.running_var.tolist() == [1.0, 3.0]
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
