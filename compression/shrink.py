@@ -281,6 +281,7 @@ def shrink_layer(model: nn.Module, link: Link, keep: torch.Tensor,
         if masks is not None and masks.get(name) is not None:
             masks[name] = masks[name][:, cols]
     for name, module in new.items():
+        module.train(modules[name].training)      # a BatchNorm in eval mode stays in it
         _replace(model, name, module)
     return new
 
