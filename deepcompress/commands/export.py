@@ -95,7 +95,7 @@ def _input_shape(args: argparse.Namespace, meta: dict) -> list[int]:
     return [int(d) for d in shape]
 
 
-def _idx_examples(args: argparse.Namespace, meta: dict) -> Examples:
+def idx_examples(args: argparse.Namespace, meta: dict) -> Examples:
     """The default for the built-in image models: the IDX test set, labelled."""
     from compression.data import load_split  # noqa: PLC0415
 
@@ -154,7 +154,7 @@ def _forward_order(model: nn.Module, names: list[str]) -> list[str]:
     return sorted(names, key=params.index)
 
 
-def _file_examples(args: argparse.Namespace, model: nn.Module) -> Examples:
+def file_examples(args: argparse.Namespace, model: nn.Module) -> Examples:
     path = Path(args.inputs)
     named = _read_named(path)
     labels = named.pop("labels", None)
@@ -183,7 +183,7 @@ def _file_examples(args: argparse.Namespace, model: nn.Module) -> Examples:
 
 # ----------------------------------------------------------------------------------------------
 
-def _layers(model: nn.Module, dcz: Any) -> dict[str, CompressedLayer]:
+def dcz_layers(model: nn.Module, dcz: Any) -> dict[str, CompressedLayer]:
     """The layers the .dcz stores compressed, read back from the weights and checked against the
     file's codebooks: the exporters see exactly what the container holds."""
     layers = compressed_layers(model, list(dcz.layers))
@@ -223,8 +223,8 @@ def main(args: argparse.Namespace) -> int:
         console = Console(stderr=True)
     model, dcz = model_from_dcz(args.file, model=args.model,
                                 model_kwargs=_json_object(args.model_kwargs, "--model-kwargs"))
-    layers = _layers(model, dcz)
-    examples = _file_examples(args, model) if args.inputs else _idx_examples(args, dcz.meta)
+    layers = dcz_layers(model, dcz)
+    examples = file_examples(args, model) if args.inputs else idx_examples(args, dcz.meta)
     score = accuracy_scorer(examples.labels) if examples.labels is not None else cosine_scorer()
     n = int(examples.inputs[0].shape[0])
     reference = torch_outputs(model, examples.inputs)
@@ -240,7 +240,7 @@ def main(args: argparse.Namespace) -> int:
     ok = all(report[n]["ok"] for n in paths)
     report["ok"] = ok
     if args.json:
-        print(json.dumps(report, indent=2, default=_jsonable))
+        print(json.dumps(report, indent=2, default=jsonable))
     else:
         _print(console, report, list(paths))
     return 0 if ok else 1
@@ -258,14 +258,14 @@ def _json_object(text: str | None, flag: str) -> dict | None:
     return value
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return str(obj)     # anything else a report may carry, as text rather than a crash
 
 
 def _status(console: Any, text: str) -> Any:

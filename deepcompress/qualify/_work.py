@@ -27,6 +27,7 @@ from dccore.artifacts import artifact_size
 from dccore.errors import UsageError
 from dccore.outputs import JSON_FILE, write_json_atomic
 
+from ..commands.export import jsonable
 from ._config import BenchSpec, ExportSpec, ModelSpec
 from ._metric import Metric, primary_metric
 from ._provenance import UNKNOWN, artifact_sha256
@@ -232,13 +233,13 @@ def export_all(spec: ExportSpec, compressed: Compressed, out_dir: Path, *,
         result = export_and_validate(exporter, model, first_example(examples.inputs), paths[name],
                                      options, examples.inputs, score, layers=layers,
                                      reference=reference, baseline=spec.dense).to_dict()
-        result = json.loads(json.dumps(result, default=_jsonable))
+        result = json.loads(json.dumps(result, default=jsonable))
         sha = artifact_sha256(paths[name])
         cache[name] = {"key": keys[name], "sha256": sha, "result": result,
                        "examples": examples.describe}
         write_json_atomic(cache_path, cache, kind=JSON_FILE)
         out.artifacts[name] = _exported(name, paths[name], sha, result, False)
-        out.examples = json.loads(json.dumps(examples.describe, default=_jsonable))
+        out.examples = json.loads(json.dumps(examples.describe, default=jsonable))
     out.metric = compressed.metric or _metric_from_exports(compressed, out, loaded)
     out.seconds = time.perf_counter() - start
     return out
@@ -286,11 +287,11 @@ def _load_for_export(spec: ExportSpec, compressed: Compressed):
 
     model, dcz = model_from_dcz(compressed.dcz, model=compressed.model,
                                 model_kwargs=compressed.model_kwargs)
-    layers = export_command._layers(model, dcz)
+    layers = export_command.dcz_layers(model, dcz)
     args = argparse.Namespace(file=str(compressed.dcz), inputs=str(spec.inputs) if spec.inputs else None,
                               limit=spec.examples, data=compressed.data_root, input_shape=None)
-    examples = (export_command._file_examples(args, model) if spec.inputs
-                else export_command._idx_examples(args, dcz.meta))
+    examples = (export_command.file_examples(args, model) if spec.inputs
+                else export_command.idx_examples(args, dcz.meta))
     score = accuracy_scorer(examples.labels) if examples.labels is not None else cosine_scorer()
     return model, layers, examples, score, torch_outputs(model, examples.inputs)
 
@@ -308,18 +309,6 @@ def _metric_from_exports(compressed: Compressed, out: Exports, loaded: Any) -> M
     if examples.labels is None:
         return None
     return Metric("accuracy", accuracy(reference, examples.labels))
-
-
-def _jsonable(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 # ----------------------------------------------------------------------------------------------
