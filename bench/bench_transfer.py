@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Knowledge transfer on Fashion-MNIST (issue 13): a student's accuracy with and without its
+teacher, the same epochs.
+
+    python bench/bench_transfer.py [--seeds 0,1,2]      # reuses finished run folders under runs/
+
+The student is LeNet-300-100 with 32 and 16 neurons (26K weights); the teacher is the full
+LeNet-300-100 trained by the shipped lenet300 recipe (runs/lenet300, 267K weights). Both
+variants run ``recipes/lenet300_student.toml``: 20 epochs of the transfer stage (soft 0.9,
+T = 4), then prune, share, fine-tune and code with distillation from the teacher; "labels only"
+sets ``soft = 0`` and the later stages' ``distill = 0`` (the same epochs, learning rates and
+schedule, no teacher anywhere); "soft 0.5, T 2" weights the labels as much as the teacher at a
+lower temperature. Prints JSON (also runs/bench_transfer.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_projection_common import ROOT, dcz_bytes, machine, run, save  # noqa: E402
+
+VARIANTS = {  # label -> (run folder stem, --set overrides)
+    "with teacher": ("with_teacher", []),
+    "with teacher, soft 0.5, T 2": ("with_teacher_soft05_T2",
+                                    ["stages.0.soft=0.5", "stages.0.temperature=2"]),
+    "labels only": ("labels_only",
+                    ["stages.0.soft=0", "stages.1.distill=0", "stages.3.distill=0"])}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0,1,2")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    start = machine()
+    teacher = run("lenet300", ROOT / "runs/lenet300")
+    rows: dict[str, list[dict]] = {}
+    commands = []
+    for label, (stem, sets) in VARIANTS.items():
+        for seed in seeds:
+            out = f"runs/student_{stem}_s{seed}"
+            all_sets = [*sets, f"seed={seed}"]
+            commands.append(f"deepcompress run lenet300_student --out {out} "
+                            + " ".join(f"--set {s}" for s in all_sets))
+            r = run("lenet300_student", ROOT / out, all_sets)
+            rows.setdefault(label, []).append({
+                "seed": seed, "after_transfer_stage": r["accuracy"]["stages"]["1_transfer"],
+                "final": r["accuracy"]["final"], "dcz_bytes": dcz_bytes(ROOT / out),
+                "seconds_transfer_stage": r["seconds"]["1_transfer"]})
+    summary = {label: {"after_transfer_stage_mean": statistics.mean(
+                           x["after_transfer_stage"] for x in xs),
+                       "final_mean": statistics.mean(x["final"] for x in xs)}
+               for label, xs in rows.items()}
+    result = {**start, "load_average_end": machine()["load_average"], "commands": commands,
+              "teacher": {"accuracy": teacher["accuracy"]["baseline"], "parameters": 266610,
+                          "dense_bytes": teacher["dense_bytes"]},
+              "student_parameters": 784 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10,
+              "runs": rows, "summary": summary,
+              "gain_points": {label: {k: 100 * (summary[label][k] - summary["labels only"][k])
+                                      for k in ("after_transfer_stage_mean", "final_mean")}
+                              for label in VARIANTS if label != "labels only"}}
+    save("bench_transfer", result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
