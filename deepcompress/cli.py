@@ -20,6 +20,8 @@ from dccore.errors import DeepCompressError, UsageError
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("deepcompress.commands.run", "compress a model with a recipe: prune, share, fine-tune, code"),
+    "sensitivity": ("deepcompress.commands.sensitivity", "each layer's metric against sparsity and bits: saturation points, plots"),
+    "autotune": ("deepcompress.commands.autotune", "choose per-layer sparsity and bits within a metric budget; write the recipe"),
     "pack": ("deepcompress.commands.container", "write a .dcz file from a checkpoint"),
     "unpack": ("deepcompress.commands.container", "decode a .dcz file back to a state_dict (.pt)"),
     "inspect": ("deepcompress.commands.container", "show what a .dcz file holds: bytes per layer and stream"),

@@ -1,0 +1,346 @@
+"""Autotune: per-layer sparsity and bits that minimise the objective within a metric budget.
+
+1. The greedy (``_plan.py``) chooses a plan on the measured curves with a predicted loss of at
+   most ``budget x scale`` (scale 1 to start).
+2. The plan becomes a recipe (the user's, with a ``by_name`` entry per layer and a comment saying
+   why) and the whole pipeline runs it, starting from the dense baseline's checkpoint.
+3. The run's ``model.dcz`` is decoded and scored on the validation split. The curves were
+   measured one layer at a time with short retraining, so the combined loss of the full pipeline
+   can be larger (layers interact) or smaller (longer retraining, distillation) than predicted:
+   over the budget, the scale is lowered; under it, raised (by how far the measured drop is
+   from the budget until both sides are known, then bisected geometrically), for at most
+   ``max_runs`` runs.
+4. The passing run with the smallest objective is the result: its recipe, its model.dcz. The
+   test split is scored once, for that run alone; every decision before was the validation
+   split's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from dccore.errors import RecipeError
+from dccore.outputs import write_bytes_atomic
+
+from .._train import ProgressFn, no_progress
+from ..models import build_model, load_weights
+from ..recipe import Recipe
+from ._plan import OBJECTIVES, LayerModel, Plan, greedy, models_from_curves, next_step
+from ._toml import dumps
+from ._workbench import Workbench, seed_run_folder
+
+_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(pt|pts|points?)?\s*$")
+MAX_ITERATIONS = 12     # greedy calls (a plan already run is not run again)
+
+
+def parse_budget(text: str | float) -> float:
+    """A metric budget: ``"0.5pt"`` (points: hundredths of the metric, as accuracy points) or a
+    plain number in the metric's own units (``0.005``)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, points = float(text), False
+    else:
+        m = _BUDGET.match(str(text))
+        if not m:
+            raise RecipeError(f"--budget {text!r}: expected points such as 0.5pt, or a number in "
+                              "the metric's units such as 0.005")
+        value, points = float(m.group(1)), bool(m.group(2))
+    value = value / 100 if points else value
+    if not 0.0 <= value < 1.0 or not math.isfinite(value):
+        raise RecipeError(f"--budget {text!r}: expected a drop in [0, 100) points")
+    return value
+
+
+@dataclass(frozen=True)
+class AutotuneSettings:
+    budget: float                     # metric units (0.005: half a point of accuracy)
+    objective: str = "file-bytes"
+    max_runs: int = 3                 # full pipeline runs to verify and correct the plan
+    margin: float = 0.0               # metric units kept in hand on the validation split
+    coder: str | None = None          # the generated recipe's encode coder (None: the recipe's)
+    # biases and other plain tensors: "float16" halves them (lossy: the verification scores the
+    # decoded file, so the loss is counted); None: the recipe's
+    plain_dtype: str | None = None
+
+    def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise RecipeError(f"--objective {self.objective!r}: expected one of {list(OBJECTIVES)}")
+        if self.max_runs < 1:
+            raise RecipeError(f"--max-runs {self.max_runs}: at least one run verifies the plan")
+        if not 0.0 <= self.margin <= self.budget:
+            raise RecipeError(f"--margin: expected 0 to the budget ({self.budget}), got "
+                              f"{self.margin}")
+
+
+# --------------------------------------------------------------------------------------------
+# The plan as a recipe
+
+def _carry(config: Any, name: str, type_name: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """A layer's own settings of ``fields`` (set for it by name or type) that differ from the
+    stage's global ones: kept when its override is rewritten."""
+    resolved = config.for_layer(name, type_name) or {}
+    plain = dataclasses.replace(config, by_type={}, by_name={}).for_layer(name, type_name) or {}
+    return {k: resolved[k] for k in fields if resolved.get(k) is not None
+            and resolved.get(k) != plain.get(k)}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.4g}%"
+
+
+def _pt(drop: float) -> str:
+    return f"{-100 * drop:+.2f} pt"
+
+
+def plan_recipe(base: Mapping[str, Any], recipe: Recipe, plan: Plan,
+                models: Mapping[str, LayerModel], curves: Mapping[str, Any],
+                settings: AutotuneSettings) -> tuple[dict[str, Any], dict[tuple, str]]:
+    """The user's recipe (``base``, as parsed) with the plan's per-layer sparsity and bits, and
+    the comments saying why each layer got them."""
+    out = {**base, "data": {**(base.get("data") or {}),
+                            "val_fraction": recipe.data.val_fraction}}
+    stages = [dict(s) for s in base.get("stages") or []]
+    comments: dict[tuple, str] = {
+        ("data", "val_fraction"): "held out (seeded) to judge every choice; never the test set"}
+    prune_i = next((i for i, s in enumerate(recipe.stages) if s.KIND == "prune"), None)
+    share_i = next((i for i, s in enumerate(recipe.stages) if s.KIND == "share"), None)
+    retrain = curves["settings"]["retrain_epochs"]
+    how = f"alone, {retrain} retraining epoch{'s' if retrain != 1 else ''}" if retrain else \
+        "alone, no retraining"
+    largest = max(models.values(), key=lambda m: m.parameters).name
+    probe_types = {n: e["type"] for n, e in curves["layers"].items()}
+    if prune_i is not None:
+        config, stage = recipe.stages[prune_i], stages[prune_i]
+        stage.pop("quality", None)
+        stage.pop("by_type", None)
+        stage["sparsity"] = plan.choices[largest].sparsity if largest in plan.choices else \
+            stage.get("sparsity", 0.0)
+        by_name: dict[str, Any] = {}
+        for name, m in models.items():
+            c = plan.choices[name]
+            if curves["layers"][name].get("sparsity") is None or c.sparsity == 0.0:
+                by_name[name] = False
+                comments[("stages", prune_i, "by_name", name)] = (
+                    f"{name}: not pruned (" + ("the recipe leaves it alone" if
+                    curves["layers"][name].get("sparsity") is None else
+                    "every measured cut cost more than the budget allowed") + ")")
+                continue
+            i, j = plan.index[name]
+            by_name[name] = {**_carry(config, name, probe_types[name], ("method",)),
+                             "sparsity": c.sparsity}
+            nxt = next_step(m, i, j).get("sparsity")
+            why = (f"{name}: {_pct(c.sparsity)} ({how}: {_pt(m.sparsity_drop[i])} on validation;"
+                   f" saturation {_pct(m.saturation_sparsity)}); {m.bytes(i, j):,} B predicted")
+            if nxt:
+                why += (f"\n{_pct(nxt[0])} would save ~{nxt[1]:,} B for {_pt(nxt[2])} more")
+            comments[("stages", prune_i, "by_name", name)] = why
+        stage["by_name"] = by_name
+        comments[("stages", prune_i, "sparsity")] = "the largest layer's; every layer is named below"
+        stages[prune_i] = stage
+    if share_i is not None:
+        config, stage = recipe.stages[share_i], stages[share_i]
+        stage.pop("by_type", None)
+        by_name = {}
+        for name, m in models.items():
+            c = plan.choices[name]
+            if c.bits is None:
+                by_name[name] = False
+                continue
+            i, j = plan.index[name]
+            by_name[name] = {**_carry(config, name, probe_types[name],
+                                      ("init", "group_size", "weighting")), "bits": c.bits}
+            at = curves["layers"][name]["bits"]["at_sparsity"]
+            nxt = next_step(m, i, j).get("bits")
+            why = (f"{name}: {c.bits} bits ({how} at {_pct(at)}: {_pt(m.bits_drop[j])} beyond "
+                   f"the cut; saturation {m.saturation_bits} bits)")
+            if nxt:
+                why += f"\n{nxt[0]} bits would save ~{nxt[1]:,} B for {_pt(nxt[2])} more"
+            comments[("stages", share_i, "by_name", name)] = why
+        if largest in plan.choices and plan.choices[largest].bits is not None:
+            stage["bits"] = plan.choices[largest].bits
+            comments[("stages", share_i, "bits")] = "the largest layer's; every layer is named below"
+        stage["by_name"] = by_name
+        stages[share_i] = stage
+    encode = {k: v for k, v in (("coder", settings.coder),
+                                ("plain_dtype", settings.plain_dtype)) if v is not None}
+    if encode:
+        at = next((i for i, s in enumerate(recipe.stages) if s.KIND == "encode"), None)
+        if at is None:
+            stages.append({"kind": "encode", "name": f"{len(stages) + 1}_encode"})
+            at = len(stages) - 1
+        stages[at] = {**stages[at], **encode}
+        if settings.plain_dtype == "float16":
+            comments[("stages", at, "plain_dtype")] = (
+                "biases in float16: lossy, counted (the decoded file is what was verified)")
+    out["stages"] = stages
+    return out, comments
+
+
+def header(recipe_name: str, settings: AutotuneSettings, metric: str, scale: float,
+           plan: Plan, measured: Mapping[str, Any] | None) -> str:
+    lines = [
+        f"Generated by `deepcompress autotune` from {recipe_name} on {date.today().isoformat()}.",
+        f"Objective: {settings.objective}; budget: {100 * settings.budget:.3g} points of "
+        f"validation {metric}"
+        + (f" (margin {100 * settings.margin:.3g})" if settings.margin else "") + ".",
+        f"Greedy on the measured curves at {scale:.3g} x the budget: predicted "
+        f"{_pt(plan.predicted_drop)}, {plan.predicted_bytes:,} B of compressed layers.",
+    ]
+    if measured:
+        lines.append(f"Verified by the full pipeline: {_pt(measured['drop'])} on validation "
+                     f"(through the decoded model.dcz), {measured['bytes']:,} B on disk "
+                     f"({measured['ratio']:.1f}x).")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Verification
+
+def decoded_model(path: Path, recipe: Recipe) -> torch.nn.Module:
+    """The model as ``path`` decodes (the figure that ships)."""
+    import dcz as container
+
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model.name, recipe.model.kwargs)
+    load_weights(model, container.load(path).state_dict, source=str(path))
+    return model.eval()
+
+
+def verify(recipe_dict: Mapping[str, Any], text: str, folder: Path, baseline: Path,
+           bench: Workbench, *, data_root: str | None = None, progress: ProgressFn = no_progress,
+           log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Run the recipe through the pipeline from the dense baseline's checkpoint; score its
+    decoded model.dcz on the validation split."""
+    from ..pipeline import run_recipe
+
+    recipe = Recipe.from_dict(dict(recipe_dict), name=bench.recipe.name)
+    if not recipe.stages:
+        raise RecipeError("the recipe has no stages: nothing to verify")
+    if folder.exists():
+        shutil.rmtree(folder)      # ours: a try folder this tuner made under its own output
+    seed_run_folder(folder, baseline)
+    t0 = time.perf_counter()
+    result = run_recipe(recipe, folder, recipe_text=text, resume_from=recipe.stages[0].name,
+                        data_root=data_root, progress=progress, log=log)
+    seconds = time.perf_counter() - t0
+    value = bench.evaluate(decoded_model(folder / "model.dcz", recipe))
+    report = result.report
+    return {"folder": str(folder), "validation": value, "drop": bench.drop(value),
+            "bytes": report["compressed_bytes"], "dense_bytes": report["dense_bytes"],
+            "ratio": report["compression_ratio"], "sparsity": report["sparsity"],
+            "seconds": seconds}
+
+
+def next_scale(scale: float, drop: float, limit: float, lo: float | None, hi: float | None
+               ) -> float | None:
+    """The next multiple of the budget to give the greedy. Until a passing and a failing scale
+    are both known, step by how far the measured drop is from the limit (a secant on "drop is
+    proportional to scale", clamped to x1.25-4 up or x0.25-0.8 down); then bisect the bracket
+    geometrically. None: the bracket is narrower than 10%, nothing left to learn."""
+    if lo is not None and hi is not None:
+        return None if hi / lo < 1.1 else math.sqrt(lo * hi)
+    ratio = limit / drop if drop > 0 else math.inf
+    if hi is None:
+        return scale * min(max(ratio, 1.25), 4.0)
+    return scale * min(max(ratio, 0.25), 0.8)
+
+
+def autotune(base: Mapping[str, Any], bench: Workbench, curves: Mapping[str, Any],
+             baseline: Path, out: Path, settings: AutotuneSettings, *,
+             data_root: str | None = None, progress: ProgressFn = no_progress,
+             log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """See the module docstring. Writes ``out/recipe.toml``, ``out/model.dcz`` and the tries
+    (``out/tries/N``); returns what autotune.json records."""
+    settings.check()
+    recipe = bench.recipe
+    models = models_from_curves(curves)
+    limit = settings.budget - settings.margin
+    tries: list[dict[str, Any]] = []
+    ran: dict[tuple, dict[str, Any]] = {}
+    scale, lo, hi = 1.0, None, None
+    t_start = time.perf_counter()
+    for _ in range(MAX_ITERATIONS):
+        if len(ran) >= settings.max_runs:
+            break
+        plan = greedy(models, settings.budget * scale, settings.objective)
+        key = tuple(sorted((n, c.sparsity, c.bits) for n, c in plan.choices.items()))
+        if key in ran:
+            measured = ran[key]
+            log(f"scale {scale:.3g}: the same plan as try {measured['try']}")
+        else:
+            number = len(ran) + 1
+            data, comments = plan_recipe(base, recipe, plan, models, curves, settings)
+            text = dumps(data, comments, header(recipe.name, settings, bench.metric, scale, plan,
+                                                None))
+            log(f"try {number}: scale {scale:.3g}, predicted {_pt(plan.predicted_drop)}, "
+                f"{plan.predicted_bytes:,} B: " + ", ".join(
+                    f"{n} {_pct(c.sparsity)}/{c.bits}b" for n, c in plan.choices.items()))
+            measured = verify(data, text, out / "tries" / str(number), baseline, bench,
+                              data_root=data_root, progress=progress, log=log)
+            measured.update(
+                {"try": number, "scale": scale, "predicted_drop": plan.predicted_drop,
+                 "predicted_bytes": plan.predicted_bytes, "predicted_macs": plan.predicted_macs,
+                 "within_budget": measured["drop"] <= limit + 1e-12,
+                 "choices": {n: dataclasses.asdict(c) for n, c in plan.choices.items()},
+                 "steps": plan.steps,
+                 "recipe_text": dumps(data, comments, header(recipe.name, settings,
+                                                             bench.metric, scale, plan,
+                                                             measured))})
+            ran[key] = measured
+            tries.append(measured)
+            log(f"try {number}: {_pt(measured['drop'])} on validation, {measured['bytes']:,} B "
+                f"({measured['ratio']:.1f}x), "
+                + ("within" if measured["within_budget"] else "over") + " the budget")
+        if measured["within_budget"]:
+            lo = scale if lo is None else max(lo, scale)
+        else:
+            hi = scale if hi is None else min(hi, scale)
+        scale = next_scale(scale, measured["drop"], limit, lo, hi)
+        if scale is None:
+            break
+    passing = [t for t in tries if t["within_budget"]]
+    metric_of = (lambda t: t["bytes"]) if settings.objective == "file-bytes" else \
+        (lambda t: (t["predicted_macs"], t["bytes"]))
+    final = min(passing, key=metric_of) if passing else min(tries, key=lambda t: t["drop"])
+    result = _finish(final, bench, recipe, out)
+    return {
+        "recipe": recipe.name,
+        "objective": settings.objective,
+        "budget": {"metric_units": settings.budget, "points": 100 * settings.budget,
+                   "margin": settings.margin},
+        "metric": bench.metric,
+        "baseline": {"validation": bench.baseline_metric, "test": result.pop("baseline_test")},
+        "within_budget": bool(passing),
+        "tries": [{k: v for k, v in t.items() if k != "recipe_text"} for t in tries],
+        "final": result,
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def _finish(final: Mapping[str, Any], bench: Workbench, recipe: Recipe, out: Path
+            ) -> dict[str, Any]:
+    """Write the chosen recipe and model; score the test split, once, for that model alone."""
+    write_bytes_atomic(out / "recipe.toml", final["recipe_text"].encode())
+    src = Path(final["folder"]) / "model.dcz"
+    from dccore.outputs import DCZ
+
+    write_bytes_atomic(out / "model.dcz", src.read_bytes(), kind=DCZ)
+    test = bench.task.data().test
+    value = float(bench.task.evaluate(decoded_model(out / "model.dcz", recipe),
+                                      test)[bench.task.primary])
+    base = float(bench.task.evaluate(bench.fresh_model(), test)[bench.task.primary])
+    drop = base - value if bench.task.higher_is_better else value - base
+    return {"try": final["try"], "recipe": str(out / "recipe.toml"),
+            "model": str(out / "model.dcz"), "bytes": final["bytes"],
+            "dense_bytes": final["dense_bytes"], "ratio": final["ratio"],
+            "validation": final["validation"], "validation_drop": final["drop"],
+            "within_budget": final["within_budget"], "choices": final["choices"],
+            "test": value, "test_drop": drop, "baseline_test": base}
