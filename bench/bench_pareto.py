@@ -7,7 +7,7 @@ Reads the finished runs the other issue-13 benchmarks leave under runs/ (run ben
 bench_shrink and bench_transfer first; missing ones are skipped and listed): the dense
 LeNet-300-100, Deep Compression, neuron shrinking (alone and followed by Deep Compression),
 knowledge transfer to a small student, and ProjectionNet (every sweep point and the shipped
-recipe). Shipped bytes are model.dcz's size (the dense model: its float32 weights). Draws each
+recipe). Shipped bytes are model.dcz's size (dense models: their float32 weights). Draws each
 method's points and the Pareto frontier (the best accuracy at each size or below) into
 docs/pareto.png; prints JSON (also runs/bench_pareto.json).
 """
@@ -23,13 +23,16 @@ from bench_projection_common import ROOT, machine, save  # noqa: E402
 
 RUNS = {  # method -> {label: run folder}
     "Deep Compression": {"LeNet-300-100, 93%": "runs/lenet300",
+                         "LeNet-300-100, 95%": "runs/lenet300_s95",
                          "LeNet-300-100, 96%": "runs/lenet300_s96",
                          "LeNet-5": "runs/lenet5"},
     "shrink + Deep Compression": {"50%, norm": "runs/lenet300_shrink",
                                   "75%, norm": "runs/lenet300_shrink75",
-                                  "50%, effect": "runs/lenet300_shrink_effect"},
-    "transfer (student 32-16) + Deep Compression": {"with teacher": "runs/student_with_teacher_s0",
-                                                    "labels only": "runs/student_labels_only_s0"},
+                                  "50%, effect": "runs/lenet300_shrink_effect",
+                                  "50%, norm, 85% sparse": "runs/lenet300_shrink_p85"},
+    "transfer (student 32-16) + Deep Compression": {
+        **{f"with teacher, seed {i}": f"runs/student_with_teacher_s{i}" for i in range(3)},
+        **{f"labels only, seed {i}": f"runs/student_labels_only_s{i}" for i in range(3)}},
     "ProjectionNet + Deep Compression": {"shipped 60x10": "runs/projectionnet",
                                          "60x10, no trainer": "runs/projectionnet_alone"},
 }
@@ -38,6 +41,12 @@ RUNS = {  # method -> {label: run folder}
 def _report(folder: str) -> dict | None:
     path = ROOT / folder / "report.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _float32_bytes(widths: list[int]) -> int:
+    """A LeNet-300-100-shaped MLP's weights and biases in float32 (784 inputs, 10 classes)."""
+    sizes = [784, *widths, 10]
+    return 4 * sum(a * b + b for a, b in zip(sizes, sizes[1:]))
 
 
 def collect(extra: dict[str, str]) -> tuple[list[dict], list[str]]:
@@ -58,9 +67,9 @@ def collect(extra: dict[str, str]) -> tuple[list[dict], list[str]]:
     shrink = ROOT / "runs/bench_shrink.json"
     if shrink.is_file():
         for label, row in json.loads(shrink.read_text())["shrink_alone"].items():
-            if "300-100" not in label:
+            if "300-100" not in label:     # float32 weights, as the dense point
                 points.append({"method": "shrink alone (dense)", "label": label,
-                               "run": "runs/shrink_bench", "bytes": row["dcz_bytes"],
+                               "run": "runs/shrink_bench", "bytes": _float32_bytes(row["widths"]),
                                "accuracy": row["accuracy"]})
     else:
         missing.append("runs/bench_shrink.json")
