@@ -7,7 +7,8 @@ torch or a converter (numpy, only in ``metrics``), so any layer may use it cheap
 - :mod:`dccore.outputs`   atomic writes, and the rule that an output never replaces what is not ours;
 - :mod:`dccore.registry`  named registries (stages, tasks, exporters, device backends, runners);
 - :mod:`dccore.artifacts` an artifact's bytes on disk and zipped, as an app store sees it;
-- :mod:`dccore.metrics`   comparisons of outputs (accuracy as a fraction, agreement, cosine).
+- :mod:`dccore.metrics`   comparisons of outputs (accuracy as a fraction, agreement, cosine);
+- :mod:`dccore.plots`     matplotlib on the Agg backend and figures as PNG bytes (imported on use).
 """
 from .errors import DeepCompressError
 

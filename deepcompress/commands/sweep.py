@@ -181,14 +181,9 @@ def main(args: argparse.Namespace) -> int:
 def plot(rows: list[dict], marks: list[dict]) -> bytes:
     """The metric against shipped bits (log axis): projection points by FC layers, trainers,
     Deep Compression runs (compressed, and their dense baseline)."""
-    import io
+    from dccore.plots import png, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = pyplot().subplots(figsize=(8, 5))
     by_hidden: dict[str, list[dict]] = {}
     for r in rows:
         by_hidden.setdefault("-".join(map(str, r["hidden"])) or "none", []).append(r)
@@ -218,9 +213,5 @@ def plot(rows: list[dict], marks: list[dict]) -> bytes:
     ax.set_title("How many neural bits?")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=96)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)
 

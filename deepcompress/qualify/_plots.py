@@ -10,33 +10,15 @@ Every function returns None when it has nothing to draw, so a report shows what 
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from dccore.plots import png as _png, pyplot as _pyplot
+
 from ._metric import BASELINE_STAGE, Metric
 
 MAX_HISTOGRAM_LAYERS = 6     # the largest layers; a deep net's every layer would bury the page
-DPI = 96
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> bytes:
-    plt = _pyplot()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=DPI)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def layers_plot(layers: Sequence[Mapping[str, Any]]) -> bytes | None:
