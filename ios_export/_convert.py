@@ -131,7 +131,9 @@ def _input_dtype(dtype: torch.dtype) -> type:
 
 
 def _convert(ct: Any, model: nn.Module, inputs: tuple[torch.Tensor, ...], target: str,
-             precision: str) -> Any:
+             precision: str, accept: Callable[[Any], object] = lambda ml: None) -> Any:
+    """The converted program. ``accept`` vets a program that came from the fallback route (it
+    raises when the program cannot be used, e.g. a weight was rewritten)."""
     traced, log = None, None
 
     def locate(op: str) -> str | None:
@@ -162,8 +164,31 @@ def _convert(ct: Any, model: nn.Module, inputs: tuple[torch.Tensor, ...], target
     except ExportError:
         raise
     except Exception as exc:  # the converters raise many types; map them to the layer and op
+        # TorchScript's trace cannot carry some models (a Hugging Face BERT's mask arithmetic
+        # meets coremltools' `int` op as a tensor): torch.export with the core-ATen
+        # decompositions often can. Only if that fails too, or gives a program whose weights
+        # cannot be stored compressed, is the first error the answer.
+        try:
+            converted = _convert_exported(ct, model, inputs, target, precision)
+            accept(converted)
+            return converted
+        except Exception:  # noqa: BLE001 - the trace's error names the op and layer better
+            pass
         raise unsupported_op_error(exc, model, inputs, f"coremltools {ct.__version__}",
                                    said=log.getvalue() if log else "", locate=locate) from exc
+
+
+def _convert_exported(ct: Any, model: nn.Module, inputs: tuple[torch.Tensor, ...], target: str,
+                      precision: str) -> Any:
+    """The same conversion from torch.export's program (core-ATen decompositions)."""
+    with torch.no_grad(), quiet():
+        program = torch.export.export(model.eval(), inputs, strict=False).run_decompositions()
+        pipeline = ct.PassPipeline.DEFAULT
+        pipeline.remove_passes(list(_WEIGHT_REWRITING_PASSES))
+        return ct.convert(
+            program, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
+            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+            pass_pipeline=pipeline, skip_model_load=True)
 
 
 def _find_weight_consts(program: Any, expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -312,15 +337,15 @@ def export_coreml(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     ct = coremltools()
     model = model.eval()
     inputs = as_inputs(example_inputs)
-    mlmodel = _convert(ct, model, inputs, target, precision)
-
     selection = select_layers(model, inputs, layers) if method != "none" else None
     plans = {} if selection is None else {
         n: plan_layer(info, target, precision, method) for n, info in selection.layers.items()}
+    dtype = np.float16 if precision == "fp16" else np.float32
+    state = model.state_dict()
+    expected = {n: state[n].detach().cpu().numpy().astype(dtype) for n in plans}
+    mlmodel = _convert(ct, model, inputs, target, precision,
+                       accept=lambda ml: _find_weight_consts(ml._mil_program, expected))
     if plans:
-        dtype = np.float16 if precision == "fp16" else np.float32
-        state = model.state_dict()
-        expected = {n: state[n].detach().cpu().numpy().astype(dtype) for n in plans}
         consts = _find_weight_consts(mlmodel._mil_program, expected)
         consumers = {n: _consumer(op) for n, op in consts.items()}
         mlmodel = _compress(mlmodel, target, plans, consumers, consts)

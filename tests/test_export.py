@@ -449,3 +449,22 @@ def test_missing_backend_names_the_package_to_install(monkeypatch, tmp_path, mod
     with pytest.raises(ExportError, match=f"pip install {package}"):
         export(model, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_coreml_falls_back_to_torch_export_when_the_trace_fails(tmp_path, monkeypatch):
+    """A model TorchScript cannot trace (a Hugging Face BERT) converts through torch.export; its
+    weights are still found and stored compressed."""
+    from ios_export import export_coreml, verify_coreml
+    torch.manual_seed(0)
+    model = compress(nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)),
+                     {"1.weight": (0.8, 4), "3.weight": (0.0, 5)})
+
+    def no_trace(*args, **kwargs):
+        raise RuntimeError("this model cannot be traced")
+    monkeypatch.setattr(torch.jit, "trace", no_trace)
+    out = tmp_path / "exported.mlpackage"
+    export_coreml(model, EXAMPLE, out, target="iOS17", precision="fp32")
+    state = model.state_dict()
+    check = verify_coreml(out, {n: state[n].numpy() for n in ("1.weight", "3.weight")})
+    assert check.ok and set(check.layers) == {"1.weight", "3.weight"}
+    assert all(c.max_abs_diff == 0.0 for c in check.layers.values())
