@@ -158,20 +158,48 @@ BASELINES = {"fp16": m_fp16, "int8": m_int8, "dynamic-int8": m_dynamic_int8,
              "coreml-p4": m_coreml_p4, "coreml-p6": m_coreml_p6, "zstd": m_zstd}
 
 
-def m_ours(recipe: Path, work: Path):
-    """A deepcompress recipe on this model, measured through the .dcz it writes."""
+EXPORTS: dict[str, dict] = {}     # method -> what `deepcompress export` reported
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "bench"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+
+
+def m_ours(recipe: Path, work: Path, export: bool):
+    """A deepcompress recipe on this model, measured through the .dcz it writes (and, with
+    ``export``, its TFLite and Core ML artifacts, validated on 100 test sentences)."""
     def method(model, _work):
         from deepcompress.loading import model_from_dcz
 
         run_dir = work / f"ours-{recipe.stem}"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "bench"),
-                                                           os.environ.get("PYTHONPATH", "")]))
+        t = time.time()
         subprocess.run([sys.executable, "-m", "deepcompress", "run", str(recipe), "--out",
-                        str(run_dir), "--force", "--quiet"], check=True, env=env, cwd=ROOT)
+                        str(run_dir), "--force", "--quiet"], check=True, env=_env(), cwd=ROOT)
+        run_seconds = time.time() - t
         dcz_path = run_dir / "model.dcz"
         back, _ = model_from_dcz(dcz_path, model="minilm:pretrained")
+        if export:
+            EXPORTS[f"ours-{recipe.stem}"] = _export(dcz_path, work / f"ours-{recipe.stem}-export")
+        EXPORTS.setdefault("run_seconds", {})[f"ours-{recipe.stem}"] = round(run_seconds, 1)
         return dcz_path.stat().st_size, back
     return method
+
+
+def _export(dcz_path: Path, folder: Path) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    ids, mask = minilm.tokenize(minilm.sentences("test", 100))
+    inputs = folder / "test_inputs.pt"
+    torch.save({"input_ids": ids, "attention_mask": mask}, inputs)
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepcompress", "export", str(dcz_path), "--model",
+         "minilm:pretrained", "--inputs", str(inputs), "--tflite", str(folder / "minilm.tflite"),
+         "--coreml", str(folder / "minilm.mlpackage"), "--json"],
+        capture_output=True, text=True, env=_env(), cwd=ROOT)
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
 
 
 def main() -> int:
@@ -180,6 +208,8 @@ def main() -> int:
                         help="comma-separated: " + ", ".join(BASELINES) + ", ours-RECIPE")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_minilm")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--export", default="", metavar="METHOD[,METHOD]",
+                        help="also export these ours-* models to TFLite and Core ML and validate")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -192,7 +222,8 @@ def main() -> int:
     rows = [{"method": "fp32 state_dict", "bytes": dense_bytes, "ratio": 1.0,
              **compare(ref, ref, ref_q, ref_q), "seconds": 0.0}]
     for name in args.methods.split(","):
-        fn = BASELINES.get(name) or (m_ours(ROOT / "bench" / "recipes" / f"{name[5:]}.toml", args.out)
+        fn = BASELINES.get(name) or (m_ours(ROOT / "bench" / "recipes" / f"{name[5:]}.toml",
+                                            args.out, name in args.export.split(","))
                                      if name.startswith("ours-") else None)
         if fn is None:
             parser.error(f"unknown method {name!r}")
@@ -205,8 +236,18 @@ def main() -> int:
     meta = {"test_sentences": len(test), "queries": len(queries), "python": platform.python_version(),
             "seconds": round(time.time() - t0, 1), "load": os.getloadavg()}
     if args.json:
-        print(json.dumps({"rows": rows, **meta}, indent=2))
+        print(json.dumps({"rows": rows, "exports": EXPORTS, **meta}, indent=2, default=str))
         return 0
+    for name, rep in EXPORTS.items():
+        if name == "run_seconds":
+            print(f"# recipe run seconds: {rep}")
+            continue
+        for fmt in ("tflite", "coreml"):
+            r = rep.get(fmt) or {}
+            figures = {k: r.get(k) for k in ("bytes", "zipped_bytes", "dense_bytes", "ok")}
+            checks = {k: v for k, v in (r.get("validation") or r).items()
+                      if k in ("cosine_mean", "cosine_min", "weights_match", "max_abs_diff")}
+            print(f"# export {name} {fmt}: {figures} {checks} {rep.get('error', '')}")
     print(f"{'method':<22} {'bytes':>12} {'ratio':>7} {'cos mean':>9} {'cos min':>8} {'top-10':>7} {'s':>6}")
     for r in rows:
         print(f"{r['method']:<22} {r['bytes']:>12,} {r['ratio']:>6.2f}x {r['cosine_mean']:>9.5f} "
