@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """ProjectionNet on Fashion-MNIST (issue 13): accuracy against bits, next to its trainer.
 
-    python bench/bench_projection.py            # reuses finished run folders under runs/
+    python bench/bench_projection.py [--seeds 0,1]    # reuses finished run folders under runs/
 
 1. ``deepcompress sweep`` over T in {8, 20, 60, 100} x d = 10, without and with an FC layer of
    256, the shipped recipe's stages at every point; LeNet-300-100's Deep Compression run marked.
 2. The shipped recipe (``recipes/projectionnet.toml``) and two variants of its joint loss: the
    projection network on the labels alone (λ1 = λ2 = 0: no trainer), and the distillation term
-   also training the trainer (``distill_trains_trainer = true``).
+   also training the trainer (``distill_trains_trainer = true``); the shipped recipe and the
+   no-trainer variant again for every further ``--seeds`` (recipe seed: initialisation and data
+   order; the hyperplanes' seed is the model's and stays 0).
 3. The shipped model exported: TFLite with the hashing as LSH_PROJECTION (default) and as its
    matrix, Core ML; both TFLite files measured on the host and the emulated Android device.
 
@@ -16,6 +18,7 @@ second setting >= 85%. Prints JSON (also runs/bench_projection.json); exit 1 if 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -29,15 +32,27 @@ SWEEP = ["sweep", "projectionnet", "--out", "runs/sweep_fmnist", "--T", "8,20,60
          "10", "--hidden", "", "--hidden", "256", "--mark", "runs/lenet300", "--json", "-q"]
 
 
+NO_TRAINER = ["stages.0.trainer_loss=0", "stages.0.distill=0",   # no teacher anywhere: its
+              "stages.1.distill=0", "stages.3.distill=0"]       # trainer stays untrained
+
+
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0", help="recipe seeds for shipped vs no trainer")
+    seeds = [int(x) for x in ap.parse_args().seeds.split(",")]
     start = machine()
     run("lenet300", ROOT / "runs/lenet300")                 # the Deep Compression mark
     sweep = json.loads(cli(SWEEP, timeout=6 * 3600))
     shutil.copy(ROOT / "runs/sweep_fmnist/sweep.png", ROOT / "docs/projection_sweep.png")
     shipped = run("projectionnet", ROOT / "runs/projectionnet")
-    alone = run("projectionnet", ROOT / "runs/projectionnet_alone",
-                ["stages.0.trainer_loss=0", "stages.0.distill=0",   # no teacher anywhere:
-                 "stages.1.distill=0", "stages.3.distill=0"])       # its trainer is untrained
+    alone = run("projectionnet", ROOT / "runs/projectionnet_alone", NO_TRAINER)
+    by_seed = {0: (shipped, alone)}
+    for seed in (x for x in seeds if x != 0):
+        by_seed[seed] = (run("projectionnet", ROOT / f"runs/projectionnet_s{seed}",
+                             [f"seed={seed}"]),
+                         run("projectionnet", ROOT / f"runs/projectionnet_alone_s{seed}",
+                             [*NO_TRAINER, f"seed={seed}"]))
     both = run("projectionnet", ROOT / "runs/projectionnet_distill_trains_trainer",
                ["stages.0.distill_trains_trainer=true"])
     dcz = ROOT / "runs/projectionnet/model.dcz"
@@ -72,7 +87,10 @@ def main() -> int:
                            "... --set stages.0.distill_trains_trainer=true"],
               "sweep": sweep["points"], "marks": sweep["marks"],
               "shipped": row(shipped), "no_trainer": row(alone),
-              "distill_trains_trainer": row(both), "exports": exports, "latency": latency,
+              "distill_trains_trainer": row(both),
+              "trainer_effect": [{"seed": seed, "shipped": row(a), "no_trainer": row(b)}
+                                 for seed, (a, b) in sorted(by_seed.items())],
+              "exports": exports, "latency": latency,
               "best_other_setting": best_other, "checks": checks, "ok": all(checks.values())}
     save("bench_projection", result)
     print(json.dumps(result, indent=2))

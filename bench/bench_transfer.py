@@ -2,7 +2,7 @@
 """Knowledge transfer on Fashion-MNIST (issue 13): a student's accuracy with and without its
 teacher, the same epochs.
 
-    python bench/bench_transfer.py [--seeds 0,1,2]      # reuses finished run folders under runs/
+    python bench/bench_transfer.py [--seeds 0,1,2] [--hidden 32,16]   # reuses finished runs/ folders
 
 The student is LeNet-300-100 with 32 and 16 neurons (26K weights); the teacher is the full
 LeNet-300-100 trained by the shipped lenet300 recipe (runs/lenet300, 267K weights). Both
@@ -10,7 +10,8 @@ variants run ``recipes/lenet300_student.toml``: 20 epochs of the transfer stage 
 T = 4), then prune, share, fine-tune and code with distillation from the teacher; "labels only"
 sets ``soft = 0`` and the later stages' ``distill = 0`` (the same epochs, learning rates and
 schedule, no teacher anywhere); "soft 0.5, T 2" weights the labels as much as the teacher at a
-lower temperature. Prints JSON (also runs/bench_transfer.json).
+lower temperature. ``--hidden 128,64`` runs a wider student (the teacher and epochs unchanged).
+Prints JSON (also runs/bench_transfer.json, or runs/bench_transfer_h128-64.json).
 """
 from __future__ import annotations
 
@@ -35,16 +36,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--hidden", default="32,16", help="the student's fc1,fc2 widths")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    hidden = [int(h) for h in args.hidden.split(",")]
+    wide = hidden != [32, 16]                # the recipe's own student
+    tag = f"_h{'-'.join(map(str, hidden))}" if wide else ""
+    width = [f"model.kwargs.hidden=[{','.join(map(str, hidden))}]"] if wide else []
     start = machine()
     teacher = run("lenet300", ROOT / "runs/lenet300")
     rows: dict[str, list[dict]] = {}
     commands = []
     for label, (stem, sets) in VARIANTS.items():
         for seed in seeds:
-            out = f"runs/student_{stem}_s{seed}"
-            all_sets = [*sets, f"seed={seed}"]
+            out = f"runs/student{tag}_{stem}_s{seed}"
+            all_sets = [*width, *sets, f"seed={seed}"]
             commands.append(f"deepcompress run lenet300_student --out {out} "
                             + " ".join(f"--set {s}" for s in all_sets))
             r = run("lenet300_student", ROOT / out, all_sets)
@@ -59,12 +65,14 @@ def main() -> int:
     result = {**start, "load_average_end": machine()["load_average"], "commands": commands,
               "teacher": {"accuracy": teacher["accuracy"]["baseline"], "parameters": 266610,
                           "dense_bytes": teacher["dense_bytes"]},
-              "student_parameters": 784 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10,
+              "student_hidden": hidden,
+              "student_parameters": sum(a * b + b for a, b in zip([784, *hidden],
+                                                                  [*hidden, 10])),
               "runs": rows, "summary": summary,
               "gain_points": {label: {k: 100 * (summary[label][k] - summary["labels only"][k])
                                       for k in ("after_transfer_stage_mean", "final_mean")}
                               for label in VARIANTS if label != "labels only"}}
-    save("bench_transfer", result)
+    save(f"bench_transfer{tag}", result)
     print(json.dumps(result, indent=2))
     return 0
 
