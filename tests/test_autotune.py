@@ -171,3 +171,19 @@ def test_next_scale_steps_by_the_measured_drop_then_bisects():
     assert next_scale(2.0, 0.1, 0.005, None, 2.0) == pytest.approx(0.5)     # at most /4
     assert next_scale(2.0, 0.01, 0.005, 1.0, 4.0) == pytest.approx(2.0)     # bracket: bisect
     assert next_scale(2.0, 0.01, 0.005, 1.0, 1.05) is None                  # nothing to learn
+
+
+def test_an_interrupted_autotune_folder_is_taken_back_and_a_foreign_one_refused(tmp_path):
+    from dccore.errors import UsageError
+    from deepcompress.commands.sensitivity import _check_out
+
+    out = tmp_path / "auto"
+    (out / "sensitivity").mkdir(parents=True)
+    (out / "sensitivity" / "sensitivity.json").write_text("{}")   # curves done, tries not
+    (out / "tries").mkdir()
+    _check_out(out, "autotune")
+    foreign = tmp_path / "mine"
+    (foreign / "sensitivity").mkdir(parents=True)
+    (foreign / "sensitivity" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not one 'deepcompress autotune' wrote"):
+        _check_out(foreign, "autotune")

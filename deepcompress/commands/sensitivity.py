@@ -82,8 +82,9 @@ def _check_out(out: Path, command: str) -> None:
     """A new or empty folder, or one this command wrote before (its result file inside)."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise UsageError(f"--out {out} exists and is not a folder")
-    ours = (out / MARKERS[command], out / "baseline" / "recipe.json",
-            out / "sensitivity" / "baseline" / "recipe.json")   # finished, or interrupted
+    ours = (out / MARKERS[command], out / "baseline" / "recipe.json",   # finished, or interrupted
+            out / "sensitivity" / "baseline" / "recipe.json",
+            out / "sensitivity" / MARKERS["sensitivity"])   # autotune --from-run: no baseline/
     if out.exists() and any(out.iterdir()) and not any(p.is_file() for p in ours):
         raise UsageError(f"--out {out} is a folder with other files in it, not one 'deepcompress "
                          f"{command}' wrote; choose a new or empty folder")
