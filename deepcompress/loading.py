@@ -60,18 +60,30 @@ def model_from_dcz(path: str | os.PathLike[str], *, model: str | None = None,
     import torch
 
     import dcz as container
-    from compression.models import build_model, load_weights
+    from compression.models import BUILTIN, build_model, load_weights
+    from dccore.errors import DeepCompressError
 
     loaded = container.load(path)
     name, kwargs = model_spec(loaded.meta, str(path), model, model_kwargs)
-    with torch.device("meta"):   # shapes only: nothing is allocated
-        skeleton = build_model(name, kwargs)
+    built = None
+    try:
+        with torch.device("meta"):   # shapes only: nothing is allocated
+            skeleton = build_model(name, kwargs)
+    except DeepCompressError:
+        raise
+    except Exception:
+        # a factory of the user's own that loads its weights (a Hugging Face from_pretrained)
+        # cannot run on the meta device; the user chose that code, so build it for real
+        if name in BUILTIN:
+            raise
+        skeleton = built = build_model(name, kwargs)
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in loaded.state_dict.items()}
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()))[:3]
         raise ContainerError(f"{path}: its tensors do not fit model {name!r} with {kwargs} "
                              f"(first differences: {diff}); pass the right --model/--model-kwargs")
-    built = build_model(name, kwargs)
+    if built is None:
+        built = build_model(name, kwargs)
     load_weights(built, loaded.state_dict, source=str(path))
     return built.eval(), loaded

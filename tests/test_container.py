@@ -589,3 +589,22 @@ def test_cli_pack_compresses_a_plain_state_dict_post_training_and_says_what_chan
     assert torch.unique(fc2[fc2 != 0]).numel() <= 16
     assert torch.equal(back["fc3.weight"], sd["fc3.weight"])      # kept exactly
     assert report["notes"] and report["ratio"] > 8
+
+
+def weights_loading_factory() -> torch.nn.Module:
+    """A user's factory that loads its own weights, as Hugging Face's from_pretrained does: it
+    cannot run on the meta device."""
+    model = torch.nn.Linear(4, 3)
+    if model.weight.is_meta:
+        raise RuntimeError("from_pretrained wants to load existing weights")
+    return model
+
+
+def test_a_user_factory_that_loads_weights_is_built_for_real(tmp_path):
+    sd = {"weight": torch.arange(12.0).reshape(3, 4), "bias": torch.zeros(3)}
+    pack(sd, tmp_path / "u.dcz", meta={"model": {"name": "whatever"}})
+    loaded, _ = model_from_dcz(tmp_path / "u.dcz", model=f"{__name__}:weights_loading_factory")
+    assert torch.equal(loaded.weight, sd["weight"])
+    pack({"weight": torch.zeros(5, 4), "bias": torch.zeros(5)}, tmp_path / "w.dcz")
+    with pytest.raises(ContainerError, match="do not fit model"):
+        model_from_dcz(tmp_path / "w.dcz", model=f"{__name__}:weights_loading_factory")
