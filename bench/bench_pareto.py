@@ -33,6 +33,10 @@ RUNS = {  # method -> {label: run folder}
     "transfer (student 32-16) + Deep Compression": {
         **{f"with teacher, seed {i}": f"runs/student_with_teacher_s{i}" for i in range(3)},
         **{f"labels only, seed {i}": f"runs/student_labels_only_s{i}" for i in range(3)}},
+    "transfer (student 128-64) + Deep Compression": {
+        **{f"with teacher, seed {i}": f"runs/student_h128-64_with_teacher_s{i}" for i in range(3)},
+        **{f"labels only, seed {i}": f"runs/student_h128-64_labels_only_s{i}"
+           for i in range(3)}},
     "ProjectionNet + Deep Compression": {"shipped 60x10": "runs/projectionnet",
                                          "60x10, no trainer": "runs/projectionnet_alone"},
 }

@@ -24,12 +24,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_projection_common import ROOT, dcz_bytes, machine, run, save  # noqa: E402
 
+TEACHER = "runs/lenet300/checkpoints/0_baseline.pt"     # the recipe's transfer.weights
 VARIANTS = {  # label -> (run folder stem, --set overrides)
     "with teacher": ("with_teacher", []),
     "with teacher, soft 0.5, T 2": ("with_teacher_soft05_T2",
                                     ["stages.0.soft=0.5", "stages.0.temperature=2"]),
     "labels only": ("labels_only",
                     ["stages.0.soft=0", "stages.1.distill=0", "stages.3.distill=0"])}
+
+
+def teacher_targets(weights: str) -> dict[str, dict]:
+    """The teacher's accuracy and mean top probability on the training and test images at the
+    temperatures used: how far its soft targets are from the labels, and how often wrong."""
+    import torch
+
+    from compression.data import load_split
+    from compression.stages.transfer import load_model
+
+    teacher = load_model("lenet300", {}, weights, "teacher")
+    out = {}
+    for split in ("train", "test"):
+        data = load_split(split)
+        with torch.no_grad():
+            logits = teacher(data.images)
+        out[split] = {"accuracy": float((logits.argmax(1) == data.labels).float().mean()),
+                      **{f"top_probability_T{t}": float(torch.softmax(logits / t, 1).max(1)
+                                                         .values.mean()) for t in (1, 2, 4)}}
+    return out
 
 
 def main() -> int:
@@ -64,7 +85,8 @@ def main() -> int:
                for label, xs in rows.items()}
     result = {**start, "load_average_end": machine()["load_average"], "commands": commands,
               "teacher": {"accuracy": teacher["accuracy"]["baseline"], "parameters": 266610,
-                          "dense_bytes": teacher["dense_bytes"]},
+                          "dense_bytes": teacher["dense_bytes"],
+                          "targets": teacher_targets(str(ROOT / TEACHER))},
               "student_hidden": hidden,
               "student_parameters": sum(a * b + b for a, b in zip([784, *hidden],
                                                                   [*hidden, 10])),
