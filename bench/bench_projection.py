@@ -7,9 +7,10 @@
    256, the shipped recipe's stages at every point; LeNet-300-100's Deep Compression run marked.
 2. The shipped recipe (``recipes/projectionnet.toml``) and two variants of its joint loss: the
    projection network on the labels alone (λ1 = λ2 = 0: no trainer), and the distillation term
-   also training the trainer (``distill_trains_trainer = true``); the shipped recipe and the
-   no-trainer variant again for every further ``--seeds`` (recipe seed: initialisation and data
-   order; the hyperplanes' seed is the model's and stays 0).
+   also training the trainer (``distill_trains_trainer = true``); for every ``--seeds`` (recipe
+   seed: initialisation and data order; the hyperplanes' seed is the model's and stays 0) the
+   shipped recipe, the no-trainer variant and the trainer in the joint training only (the later
+   stages on the labels alone).
 3. The shipped model exported: TFLite with the hashing as LSH_PROJECTION (default) and as its
    matrix, Core ML; both TFLite files measured on the host and the emulated Android device.
 
@@ -34,6 +35,7 @@ SWEEP = ["sweep", "projectionnet", "--out", "runs/sweep_fmnist", "--T", "8,20,60
 
 NO_TRAINER = ["stages.0.trainer_loss=0", "stages.0.distill=0",   # no teacher anywhere: its
               "stages.1.distill=0", "stages.3.distill=0"]       # trainer stays untrained
+JOINT_ONLY = ["stages.1.distill=0", "stages.3.distill=0"]       # prune, fine-tune on labels
 
 
 def main() -> int:
@@ -53,6 +55,8 @@ def main() -> int:
                              [f"seed={seed}"]),
                          run("projectionnet", ROOT / f"runs/projectionnet_alone_s{seed}",
                              [*NO_TRAINER, f"seed={seed}"]))
+    joint_only = {seed: run("projectionnet", ROOT / f"runs/projectionnet_joint_only_s{seed}",
+                            [*JOINT_ONLY, f"seed={seed}"]) for seed in by_seed}
     both = run("projectionnet", ROOT / "runs/projectionnet_distill_trains_trainer",
                ["stages.0.distill_trains_trainer=true"])
     dcz = ROOT / "runs/projectionnet/model.dcz"
@@ -88,7 +92,8 @@ def main() -> int:
               "sweep": sweep["points"], "marks": sweep["marks"],
               "shipped": row(shipped), "no_trainer": row(alone),
               "distill_trains_trainer": row(both),
-              "trainer_effect": [{"seed": seed, "shipped": row(a), "no_trainer": row(b)}
+              "trainer_effect": [{"seed": seed, "shipped": row(a), "no_trainer": row(b),
+                                  "trainer_in_joint_training_only": row(joint_only[seed])}
                                  for seed, (a, b) in sorted(by_seed.items())],
               "exports": exports, "latency": latency,
               "best_other_setting": best_other, "checks": checks, "ok": all(checks.values())}
