@@ -159,6 +159,7 @@ BASELINES = {"fp16": m_fp16, "int8": m_int8, "dynamic-int8": m_dynamic_int8,
 
 
 EXPORTS: dict[str, dict] = {}     # method -> what `deepcompress export` reported
+REUSE = False                     # --reuse
 
 
 def _env() -> dict:
@@ -172,11 +173,20 @@ def m_ours(recipe: Path, work: Path, export: bool):
     def method(model, _work):
         from deepcompress.loading import model_from_dcz
 
+        from compression.pipeline import read_report
+        from dccore.errors import DeepCompressError
+
         run_dir = work / f"ours-{recipe.stem}"
         t = time.time()
-        subprocess.run([sys.executable, "-m", "deepcompress", "run", str(recipe), "--out",
-                        str(run_dir), "--force", "--quiet"], check=True, env=_env(), cwd=ROOT)
-        run_seconds = time.time() - t
+        try:      # --reuse: a finished run of the same recipe (report.json names its model.dcz)
+            report = read_report(run_dir) if REUSE else None
+            reused = report is not None and (run_dir / "recipe.toml").read_text() == recipe.read_text()
+        except DeepCompressError:
+            reused = False
+        if not reused:
+            subprocess.run([sys.executable, "-m", "deepcompress", "run", str(recipe), "--out",
+                            str(run_dir), "--force", "--quiet"], check=True, env=_env(), cwd=ROOT)
+        run_seconds = time.time() - t if not reused else read_report(run_dir)["seconds"]["total"]
         dcz_path = run_dir / "model.dcz"
         back, _ = model_from_dcz(dcz_path, model="minilm:pretrained")
         if export:
@@ -210,7 +220,11 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--export", default="", metavar="METHOD[,METHOD]",
                         help="also export these ours-* models to TFLite and Core ML and validate")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse a finished ours-* run folder of the same recipe in --out")
     args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
 
