@@ -1,7 +1,6 @@
 """Built-in models and the loader for user models given as ``package.module:factory``."""
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from dccore.errors import CheckpointError, ModelError
+from dccore.registry import user_callable
 
 
 class LeNet300(nn.Module):
@@ -125,15 +125,7 @@ def build_model(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     if name in BUILTIN:
         factory = BUILTIN[name]
     elif ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ModelError(f"model {name!r}: cannot import module {module_name!r} ({exc}); "
-                             "make sure it is on PYTHONPATH") from exc
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise ModelError(f"model {name!r}: {module_name} has no callable {attr!r}")
+        factory = user_callable(name, f"model {name!r}", ModelError)
     else:
         raise ModelError(f"unknown model {name!r}; built-in models are {sorted(BUILTIN)}, "
                          "or give a user model as 'package.module:factory'")

@@ -77,3 +77,21 @@ class Registry(Generic[T]):
     def items(self) -> Iterator[tuple[str, T]]:
         self._load()
         return iter(list(self._entries.items()))
+
+
+def user_callable(spec: str, label: str, error: type[DeepCompressError]) -> Callable:
+    """The callable a *user* names as ``package.module:function`` on the command line or in their
+    recipe (never one a data file names). ``label`` starts each message (``model 'x:y'``,
+    ``task.factory 'x:y'``); ``error`` is the kind raised when it cannot be found."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise error(f"{label}: expected 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(f"{label}: cannot import module {module_name!r} ({exc}); make sure it is on "
+                    "PYTHONPATH") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise error(f"{label}: {module_name} has no callable {attr!r}")
+    return fn

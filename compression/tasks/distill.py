@@ -17,7 +17,6 @@ cosine (``cosine_mean`` leads), relative error, top-1 and top-5 agreement.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -28,6 +27,7 @@ from torch import nn
 
 from dccore import metrics
 from dccore.errors import DataError, RecipeError
+from dccore.registry import user_callable
 
 from .._config import Check, Int, Num, OneOf, Shape, Text, fail, setting
 from ._base import Examples, Task, TaskConfig, TaskData, register_task
@@ -70,18 +70,7 @@ class DistillConfig(TaskConfig):
 
 
 def _named_callable(spec: str, what: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise RecipeError(f"task.{what} {spec!r}: expected 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RecipeError(f"task.{what} {spec!r}: cannot import {module_name!r} ({exc}); is it "
-                          "on PYTHONPATH?") from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise RecipeError(f"task.{what} {spec!r}: {module_name} has no callable {attr!r}")
-    return fn
+    return user_callable(spec, f"task.{what} {spec!r}", RecipeError)
 
 
 def as_inputs(obj: Any, names: tuple[str, ...] | None, where: str) -> tuple[torch.Tensor, ...]:

@@ -1,35 +1,15 @@
 """The sensitivity report: one PNG per layer (metric against sparsity and against bits, the
 saturation points marked), one summary PNG, and an HTML page holding them all (images embedded,
-nothing linked out). matplotlib with the Agg backend: no display needed, imported only here."""
+nothing linked out), drawn through dccore.plots (matplotlib on Agg, imported on first use)."""
 from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 from typing import Any, Mapping
 
 from dccore.outputs import write_bytes_atomic
-
-DPI = 96
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> bytes:
-    plt = _pyplot()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=DPI)
-    plt.close(fig)
-    return buf.getvalue()
+from dccore.plots import png as _png, pyplot as _pyplot
 
 
 def _scale(curves: Mapping[str, Any]) -> tuple[float, str]:
