@@ -191,6 +191,32 @@ def _convert_exported(ct: Any, model: nn.Module, inputs: tuple[torch.Tensor, ...
             pass_pipeline=pipeline, skip_model_load=True)
 
 
+def _has_const(program: Any, weight: np.ndarray) -> bool:
+    return any(op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)
+               and op.outputs[0].val.shape == weight.shape
+               and np.array_equal(op.outputs[0].val, weight)
+               for op in program.functions["main"].operations)
+
+
+@torch.no_grad()
+def _output_ignores(model: nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> bool:
+    """Whether the model's output on ``inputs`` stays bit-identical with weight ``name`` zeroed
+    and then doubled (restored after)."""
+    weight = model.get_parameter(name) if name in dict(model.named_parameters()) else None
+    if weight is None:
+        return False
+    saved = weight.detach().clone()
+    try:
+        reference = model(*inputs)
+        for trial in (torch.zeros_like(saved), saved * 2 + 1):
+            weight.copy_(trial)
+            if not torch.equal(model(*inputs), reference):
+                return False
+        return True
+    finally:
+        weight.copy_(saved)
+
+
 def _find_weight_consts(program: Any, expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Each layer's weight const op in the converted program, found by its exact value."""
     consts = [op for op in program.functions["main"].operations
@@ -343,8 +369,19 @@ def export_coreml(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     dtype = np.float16 if precision == "fp16" else np.float32
     state = model.state_dict()
     expected = {n: state[n].detach().cpu().numpy().astype(dtype) for n in plans}
-    mlmodel = _convert(ct, model, inputs, target, precision,
-                       accept=lambda ml: _find_weight_consts(ml._mil_program, expected))
+    skipped = dict(selection.skipped) if selection else {}
+
+    def accept(ml: Any) -> None:
+        # a weight whose values the output never depends on (a BERT's pooler under a mean-pooling
+        # wrapper) is dropped by torch.export's dead-code elimination: skipped, with the reason
+        for name in [n for n in expected if not _has_const(ml._mil_program, expected[n])]:
+            if not _output_ignores(model, inputs, name):
+                break          # _find_weight_consts names it
+            del expected[name], plans[name]
+            skipped[name] = "the output does not depend on it: the converter removed it"
+        _find_weight_consts(ml._mil_program, expected)
+
+    mlmodel = _convert(ct, model, inputs, target, precision, accept=accept)
     if plans:
         consts = _find_weight_consts(mlmodel._mil_program, expected)
         consumers = {n: _consumer(op) for n, op in consts.items()}
@@ -355,4 +392,4 @@ def export_coreml(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     mlmodel.user_defined_metadata[METADATA_KEY] = json.dumps(
         {n: p.method for n, p in plans.items()}, sort_keys=True)
     _save(mlmodel, out)
-    return CoreMLExport(out, target, precision, plans, selection.skipped if selection else {})
+    return CoreMLExport(out, target, precision, plans, skipped)

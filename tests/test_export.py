@@ -468,3 +468,33 @@ def test_coreml_falls_back_to_torch_export_when_the_trace_fails(tmp_path, monkey
     check = verify_coreml(out, {n: state[n].numpy() for n in ("1.weight", "3.weight")})
     assert check.ok and set(check.layers) == {"1.weight", "3.weight"}
     assert all(c.max_abs_diff == 0.0 for c in check.layers.values())
+
+
+class WithDeadLayer(nn.Module):
+    """A layer computed but never reaching the output (a BERT's pooler under mean pooling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+        self.pooler = nn.Linear(10, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x.flatten(1))
+        self.pooler(h)
+        return h
+
+
+def test_coreml_fallback_skips_a_layer_the_output_ignores(tmp_path, monkeypatch):
+    from ios_export import export_coreml, verify_coreml
+
+    def no_trace(*args, **kwargs):
+        raise RuntimeError("this model cannot be traced")
+    monkeypatch.setattr(torch.jit, "trace", no_trace)
+    torch.manual_seed(0)
+    model = compress(WithDeadLayer(), {"fc.weight": (0.8, 4), "pooler.weight": (0.0, 3)})
+    result = export_coreml(model, EXAMPLE, tmp_path / "dead.mlpackage", target="iOS17",
+                           precision="fp32")
+    assert set(result.layers) == {"fc.weight"}
+    assert "does not depend on it" in result.skipped["pooler.weight"]
+    check = verify_coreml(result.path, {"fc.weight": model.state_dict()["fc.weight"].numpy()})
+    assert check.ok and check.layers["fc.weight"].max_abs_diff == 0.0
