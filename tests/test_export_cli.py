@@ -10,13 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-import dcz as container
+from conftest import pack_shared_lenet300
 from deepcompress.cli import main
-from compression.models import build_model
-from compression.prune import magnitude_mask
-from compression.share import share_layer
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -26,19 +22,9 @@ PLAN = {"fc1.weight": (0.92, 6), "fc2.weight": (0.91, 6), "fc3.weight": (0.74, 6
 
 @pytest.fixture(scope="module")
 def dcz(tmp_path_factory, tiny_idx) -> Path:
-    torch.manual_seed(0)
-    model = build_model("lenet300").eval()
-    for name, (sparsity, bits) in PLAN.items():
-        weight = model.get_parameter(name)
-        centroids, assign, mask = share_layer(weight.data, magnitude_mask(weight.data, sparsity=sparsity),
-                                              bits, "linear", 20)
-        weight.data = torch.where(mask, centroids[assign], torch.zeros(()))
-    path = tmp_path_factory.mktemp("dcz") / "model.dcz"
     meta = {"model": {"name": "lenet300", "kwargs": {}, "input_shape": [1, 28, 28]},
             "data": {"root": str(tiny_idx)}}
-    container.pack(model.state_dict(), path, compressed={n: {"bits": b} for n, (_, b) in PLAN.items()},
-                   meta=meta)
-    return path
+    return pack_shared_lenet300(tmp_path_factory.mktemp("dcz") / "model.dcz", PLAN, meta)
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-import dcz as container
-from compression.models import build_model
-from compression.prune import magnitude_mask
-from compression.share import share_layer
+from conftest import pack_shared_lenet300
 from deepcompress.cli import main
 from deepcompress.qualify import load_matrix, run_nightly
 from deepcompress.qualify._config import Rolling
@@ -36,20 +32,10 @@ FIGURES_PER_CELL = 8   # size and zipped size of the .dcz and the .tflite, metri
 def tiny_dcz(tmp_path_factory, tiny_idx) -> Path:
     """A compressed LeNet-300-100 as a ready .dcz (no training: shared random weights), whose
     metadata names the tiny IDX set, so exports validate on it in a second."""
-    torch.manual_seed(0)
-    model = build_model("lenet300").eval()
-    for name, (sparsity, bits) in PLAN.items():
-        weight = model.get_parameter(name)
-        centroids, assign, mask = share_layer(weight.data, magnitude_mask(weight.data, sparsity=sparsity),
-                                              bits, "linear", 20)
-        weight.data = torch.where(mask, centroids[assign], torch.zeros(()))
-    path = tmp_path_factory.mktemp("dcz") / "model.dcz"
     meta = {"model": {"name": "lenet300", "kwargs": {}, "input_shape": [1, 28, 28]},
             "data": {"root": str(tiny_idx)},
             "accuracy": {"baseline": 0.95, "final": 0.93, "stages": {}}}
-    container.pack(model.state_dict(), path, compressed={n: {"bits": b} for n, (_, b) in PLAN.items()},
-                   meta=meta)
-    return path
+    return pack_shared_lenet300(tmp_path_factory.mktemp("dcz") / "model.dcz", PLAN, meta)
 
 
 def write_matrix(tmp_path: Path, dcz: Path, models: int = 2, devices: dict | None = None,
