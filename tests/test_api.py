@@ -146,6 +146,13 @@ dist.destroy_process_group()
 '''
 
 
+def rank_lines(stdout: str) -> list[str]:
+    """Each worker's RANK line, sorted. torchrun relays both workers' output into one pipe, and
+    two lines printed at once can arrive glued together ("RANK0 ...RANK1 ..."), so split at
+    each "RANK" rather than at line ends."""
+    return sorted("RANK" + part.split("\n")[0].rstrip() for part in stdout.split("RANK")[1:])
+
+
 def test_two_processes_under_ddp_agree_on_every_mask_and_codebook(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER)
@@ -156,7 +163,7 @@ def test_two_processes_under_ddp_agree_on_every_mask_and_codebook(tmp_path):
                            "--nproc_per_node=2", str(script), str(out / "m.dcz")],
                           capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK"))
+    lines = rank_lines(proc.stdout)
     assert lines == ["RANK0 same=True files=['m.dcz']", "RANK1 same=True files=['m.dcz']"]
     assert [p.name for p in out.iterdir()] == ["m.dcz"]        # one file, written once
 
@@ -193,7 +200,7 @@ def test_run_under_torchrun_trains_on_both_ranks_and_writes_once(tmp_path):
                            "--nproc_per_node=2", str(script), str(recipe), str(tmp_path / "run")],
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK"))
+    lines = rank_lines(proc.stdout)
     assert lines == ["RANK0 same=True report=True", "RANK1 same=True report=False"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "checkpoints", "model.dcz", "recipe.json", "report.json", "stages"]
