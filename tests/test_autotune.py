@@ -10,7 +10,7 @@ import pytest
 from compression.recipe import Recipe
 from compression.tuning import SensitivitySettings, autotune, parse_budget
 from compression.tuning._autotune import AutotuneSettings, plan_recipe
-from compression.tuning._plan import LayerModel, greedy
+from compression.tuning._plan import Choice, LayerModel, greedy
 from compression.tuning._toml import dumps
 from dccore.errors import RecipeError
 
@@ -67,6 +67,62 @@ def test_latency_objective_spends_on_the_layer_applied_most_then_on_bytes():
     # a's 90% saves 9,000 for 0.3 pt
     assert plan.choices["b"].sparsity == 0.5 and plan.choices["a"].sparsity == 0.0
     assert plan.choices["a"].bits == 4       # free in bytes, done afterwards
+
+
+def _entry(sparsity_drops, grid, table):
+    """A curves entry: the path's drops at 0, 0.5 and 0.9, and bits (4, 2) measured at the
+    sparsities ``grid`` maps to their drops."""
+    path = [{"sparsity": s, "drop": d} for s, d in zip([0.0, 0.5, 0.9], sparsity_drops)]
+    return {"type": "Linear", "parameters": 1000, "sparsity": path,
+            "bits": {"at_sparsity": 0.0, "points": []},
+            "bits_grid": {"sparsity": list(grid), "bits": [4, 2],
+                          "drop": [list(v) for v in grid.values()]},
+            "bytes": {"sparsity": [0.0, 0.5, 0.9], "bits": [4, 2], "table": table},
+            "saturation_sparsity": 0.5, "saturation_bits": 4}
+
+
+def test_few_bits_cost_what_they_cost_at_the_sparsity_chosen():
+    # 2 bits: free on the dense layer, 0.3 pt beyond the cut at 50%; 90% was past the grid
+    m = LayerModel.from_curves("a", _entry([0.0, 0.001, 0.02],
+                                           {0.0: (0.0, 0.0), 0.5: (0.001, 0.004)},
+                                           [[40, 30], [20, 10], [4, 2]]))
+    assert m.drop(0, 1) == pytest.approx(0.0)
+    assert m.drop(1, 1) == pytest.approx(0.001 + 0.003)
+    assert m.drop(2, 1) == pytest.approx(0.02 + 0.003)    # at least the harshest row measured
+    # on the grid, the greedy no longer takes 2 bits on the pruned layer for free; it takes
+    # them on the dense layer first (free there), then gives them back for the cut
+    plan = greedy({"a": m}, 0.002)
+    assert plan.choices["a"] == Choice(0.5, 4)
+    assert [(s["sparsity"], s["bits"]) for s in plan.steps] == [(0.0, 2), (0.5, 4)]
+    old = LayerModel.from_curves("a", {**_entry([0.0, 0.001, 0.02], {}, [[40, 30], [20, 10],
+                                                                         [4, 2]]),
+                                       "bits_grid": None,
+                                       "bits": {"at_sparsity": 0.0, "points": [
+                                           {"bits": 4, "drop": 0.0}, {"bits": 2, "drop": 0.0}]}})
+    assert greedy({"a": old}, 0.002).choices["a"] == Choice(0.5, 2)   # one curve: "free"
+
+
+def test_the_search_starts_as_bold_as_the_users_recipe(make_recipe):
+    from compression.tuning._autotune import first_scale, recipe_point
+
+    recipe = Recipe.from_dict(make_recipe())    # prune 0.8 (on this grid: 0.5), 3 bits (4)
+    models = {n: LayerModel.from_curves(n, _entry([0.0, 0.004, 0.02],
+                                                  {0.0: (0.0, 0.001), 0.5: (0.0, 0.002)},
+                                                  [[40, 20], [20, 10], [4, 2]]))
+              for n in ("fc1", "fc2", "fc3")}
+    point = recipe_point(recipe, models, {"layers": {n: {"type": "Linear"} for n in models}})
+    assert point["choices"]["fc1"] == {"sparsity": 0.5, "bits": 4}
+    assert point["drop"] == pytest.approx(3 * 0.004) and point["bytes"] == 3 * 20
+    # the first plan is the greedy's at the smallest scale whose bytes fit the recipe's own 60 B
+    scale = first_scale(point, 0.001, models)
+    assert greedy(models, 0.001 * scale).predicted_bytes <= 60
+    assert greedy(models, 0.001 * scale / 1.02).predicted_bytes > 60
+    assert first_scale(point, 0.02, models) == 1.0          # the budget alone is small enough
+    assert first_scale(None, 0.005, models) == 1.0
+    quality = make_recipe()
+    quality["stages"][0] = {"kind": "prune", "name": "1_prune", "quality": 1.0}
+    assert recipe_point(Recipe.from_dict(quality), models,
+                        {"layers": {n: {"type": "Linear"} for n in models}}) is None
 
 
 def test_toml_round_trips_with_comments():
@@ -171,6 +227,12 @@ def test_next_scale_steps_by_the_measured_drop_then_bisects():
     assert next_scale(2.0, 0.1, 0.005, None, 2.0) == pytest.approx(0.5)     # at most /4
     assert next_scale(2.0, 0.01, 0.005, 1.0, 4.0) == pytest.approx(2.0)     # bracket: bisect
     assert next_scale(2.0, 0.01, 0.005, 1.0, 1.05) is None                  # nothing to learn
+    # with both ends measured: where the drop meets the limit, within the bracket's middle half
+    drops = {1.0: 0.002, 4.0: 0.012}                       # 0.5 pt is 30% of the way
+    assert next_scale(4.0, 0.012, 0.005, 1.0, 4.0, drops) == pytest.approx(4.0 ** 0.3)
+    drops = {3.09: 0.0022, 7.13: 0.0235}                   # the limit is close to the low end
+    assert next_scale(7.13, 0.0235, 0.005, 3.09, 7.13, drops) == pytest.approx(
+        3.09 * (7.13 / 3.09) ** 0.25)
 
 
 def test_an_interrupted_autotune_folder_is_taken_back_and_a_foreign_one_refused(tmp_path):

@@ -84,6 +84,20 @@ def test_every_layer_has_both_curves_and_saturation_points_on_the_grid(curves):
         assert entry["saturation_bits"] in (5, 2)
 
 
+def test_bits_are_measured_at_each_sparsity_the_autotuner_could_choose(curves):
+    _, result, _ = curves
+    for entry in result["layers"].values():
+        grid = entry["bits_grid"]
+        fit = monotone([p["drop"] for p in entry["sparsity"]])
+        within = [p["sparsity"] for p, d in zip(entry["sparsity"], fit)
+                  if d <= SMALL.grid_drop or p["sparsity"] == entry["saturation_sparsity"]]
+        assert grid["sparsity"] == within and grid["sparsity"][0] == 0.0
+        assert grid["bits"] == [5, 2] and all(len(row) == 2 for row in grid["drop"])
+        # the curve the plots show is the grid's row at the saturation sparsity
+        row = grid["sparsity"].index(entry["bits"]["at_sparsity"])
+        assert [p["drop"] for p in entry["bits"]["points"]] == grid["drop"][row]
+
+
 def test_size_table_is_real_files_and_shrinks_with_sparsity_and_bits(curves):
     _, result, _ = curves
     sizes = result["layers"]["fc1"]["bytes"]

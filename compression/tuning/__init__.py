@@ -104,8 +104,8 @@ def autotune(recipe: str | Path | Recipe, out: str | Path, *, budget: str | floa
              objective: str = "file-bytes", curves: str | Path | Mapping[str, Any] | None = None,
              sensitivity_settings: SensitivitySettings = SensitivitySettings(),
              from_run: str | Path | None = None, val_fraction: float | None = None,
-             max_runs: int = 3, margin: str | float = 0.0, coder: str | None = None,
-             plain_dtype: str | None = None,
+             max_runs: int = 4, margin: str | float = 0.0, coder: str | None = None,
+             plain_dtype: str | None = None, metadata: str | None = None,
              data_root: str | None = None, edit: Callable[[dict], None] | None = None,
              progress: ProgressFn = no_progress, log: Callable[[str], None] = lambda m: None
              ) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def autotune(recipe: str | Path | Recipe, out: str | Path, *, budget: str | floa
 
     settings = AutotuneSettings(budget=parse_budget(budget), objective=objective,
                                 max_runs=max_runs, margin=parse_budget(margin), coder=coder,
-                                plain_dtype=plain_dtype)
+                                plain_dtype=plain_dtype, metadata=metadata)
     settings.check()
     sensitivity_settings.check()
     r, base = _load(recipe, edit)

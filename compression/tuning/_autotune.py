@@ -1,15 +1,17 @@
 """Autotune: per-layer sparsity and bits that minimise the objective within a metric budget.
 
 1. The greedy (``_plan.py``) chooses a plan on the measured curves with a predicted loss of at
-   most ``budget x scale`` (scale 1 to start).
+   most ``budget x scale``. The scale starts where the plan is no larger than the user's own
+   recipe reads on the curves (at least 1): the curves' absolute drops are off from the
+   pipeline's, but their bytes are exact, and the user's recipe is a size judged sensible.
 2. The plan becomes a recipe (the user's, with a ``by_name`` entry per layer and a comment saying
    why) and the whole pipeline runs it, starting from the dense baseline's checkpoint.
 3. The run's ``model.dcz`` is decoded and scored on the validation split. The curves were
    measured one layer at a time with short retraining, so the combined loss of the full pipeline
    can be larger (layers interact) or smaller (longer retraining, distillation) than predicted:
    over the budget, the scale is lowered; under it, raised (by how far the measured drop is
-   from the budget until both sides are known, then bisected geometrically), for at most
-   ``max_runs`` runs.
+   from the budget until both sides are known, then by interpolating between them), for at
+   most ``max_runs`` runs.
 4. The passing run with the smallest objective is the result: its recipe, its model.dcz. The
    test split is scored once, for that run alone; every decision before was the validation
    split's.
@@ -63,12 +65,13 @@ def parse_budget(text: str | float) -> float:
 class AutotuneSettings:
     budget: float                     # metric units (0.005: half a point of accuracy)
     objective: str = "file-bytes"
-    max_runs: int = 3                 # full pipeline runs to verify and correct the plan
+    max_runs: int = 4                 # full pipeline runs to verify and correct the plan
     margin: float = 0.0               # metric units kept in hand on the validation split
     coder: str | None = None          # the generated recipe's encode coder (None: the recipe's)
     # biases and other plain tensors: "float16" halves them (lossy: the verification scores the
     # decoded file, so the loss is counted); None: the recipe's
     plain_dtype: str | None = None
+    metadata: str | None = None       # the generated recipe's encode metadata ("minimal"); None: the recipe's
 
     def check(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -157,10 +160,10 @@ def plan_recipe(base: Mapping[str, Any], recipe: Recipe, plan: Plan,
             i, j = plan.index[name]
             by_name[name] = {**_carry(config, name, probe_types[name],
                                       ("init", "group_size", "weighting")), "bits": c.bits}
-            at = curves["layers"][name]["bits"]["at_sparsity"]
             nxt = next_step(m, i, j).get("bits")
-            why = (f"{name}: {c.bits} bits ({how} at {_pct(at)}: {_pt(m.bits_drop[j])} beyond "
-                   f"the cut; saturation {m.saturation_bits} bits)")
+            why = (f"{name}: {c.bits} bits ({how} at {_pct(c.sparsity)}: "
+                   f"{_pt(m.bits_drop[i][j])} beyond the cut; saturation "
+                   f"{m.saturation_bits} bits)")
             if nxt:
                 why += f"\n{nxt[0]} bits would save ~{nxt[1]:,} B for {_pt(nxt[2])} more"
             comments[("stages", share_i, "by_name", name)] = why
@@ -170,13 +173,18 @@ def plan_recipe(base: Mapping[str, Any], recipe: Recipe, plan: Plan,
         stage["by_name"] = by_name
         stages[share_i] = stage
     encode = {k: v for k, v in (("coder", settings.coder),
-                                ("plain_dtype", settings.plain_dtype)) if v is not None}
+                                ("plain_dtype", settings.plain_dtype),
+                                ("metadata", settings.metadata)) if v is not None}
     if encode:
         at = next((i for i, s in enumerate(recipe.stages) if s.KIND == "encode"), None)
         if at is None:
             stages.append({"kind": "encode", "name": f"{len(stages) + 1}_encode"})
             at = len(stages) - 1
         stages[at] = {**stages[at], **encode}
+        if settings.metadata == "minimal":
+            comments[("stages", at, "metadata")] = (
+                "the file says which model it holds and the recipe's sha256; the recipe itself "
+                "is in the run's recipe.json")
         if settings.plain_dtype == "float16":
             comments[("stages", at, "plain_dtype")] = (
                 "biases in float16: lossy, counted (the decoded file is what was verified)")
@@ -199,6 +207,63 @@ def header(recipe_name: str, settings: AutotuneSettings, metric: str, scale: flo
                      f"(through the decoded model.dcz), {measured['bytes']:,} B on disk "
                      f"({measured['ratio']:.1f}x).")
     return "\n".join(lines)
+
+
+def recipe_point(recipe: Recipe, models: Mapping[str, LayerModel],
+                 curves: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The user's own recipe read on the curves: each layer at the grid point nearest its
+    setting on the gentle side (the sparsity at or below it, the bits at or above), and the
+    predicted drop and bytes of that. None when a layer's cut is not a sparsity (a quality
+    threshold has no place on the grid)."""
+    prune = next((s for s in recipe.stages if s.KIND == "prune"), None)
+    share = next((s for s in recipe.stages if s.KIND == "share"), None)
+    at: dict[str, tuple[int, int]] = {}
+    for name, m in models.items():
+        kind = curves["layers"][name]["type"]
+        p = prune.for_layer(name, kind) if prune is not None else None
+        if p is not None and p.get("sparsity") is None:
+            return None
+        wanted_s = float(p["sparsity"]) if p is not None else 0.0
+        i = max(k for k, s in enumerate(m.sparsities) if s <= wanted_s + 1e-9)
+        b = share.for_layer(name, kind) if share is not None else None
+        wanted_b = b.get("bits") if b is not None else None
+        fits = [k for k, v in enumerate(m.bits) if wanted_b is None or v is None or v >= wanted_b]
+        j = max(fits) if fits else 0
+        at[name] = (i, j)
+    return {"drop": sum(models[n].drop(*ij) for n, ij in at.items()),
+            "bytes": sum(models[n].bytes(*ij) for n, ij in at.items()),
+            "choices": {n: dataclasses.asdict(models[n].choice(*ij)) for n, ij in at.items()}}
+
+
+def first_scale(anchor: Mapping[str, Any] | None, budget: float,
+                models: Mapping[str, LayerModel] | None = None, objective: str = "file-bytes"
+                ) -> float:
+    """Where the search starts. The curves measure each layer alone with short retraining (or
+    none): their drops are off from the pipeline's by a factor nobody knows before a run, and
+    summed over many layers they can mean nothing (ten one-shot cuts of -20 points each are not
+    a -200-point model). Bytes, though, are measured exactly, and the user's own recipe is a
+    size somebody already judged sensible. So the first try is the greedy's plan at the smallest
+    multiple of the budget whose predicted bytes are at most the recipe's own, read on the
+    curves: the same size as the user's recipe, with the loss moved to where the curves say it
+    is cheapest. Never below 1 (the budget itself, when even that plan is smaller)."""
+    if anchor is None or budget <= 0 or not models:
+        return 1.0
+    target = anchor["bytes"]
+
+    def size(scale: float) -> int:
+        return greedy(models, budget * scale, objective).predicted_bytes
+
+    if size(1.0) <= target:
+        return 1.0
+    lo, hi = 1.0, 2.0
+    while size(hi) > target:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            return 1.0      # the recipe's size is out of the curves' reach: start at the budget
+    while hi / lo > 1.01:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if size(mid) <= target else (mid, hi)
+    return hi
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,14 +304,22 @@ def verify(recipe_dict: Mapping[str, Any], text: str, folder: Path, baseline: Pa
             "seconds": seconds}
 
 
-def next_scale(scale: float, drop: float, limit: float, lo: float | None, hi: float | None
-               ) -> float | None:
+def next_scale(scale: float, drop: float, limit: float, lo: float | None, hi: float | None,
+               drops: Mapping[float, float] | None = None) -> float | None:
     """The next multiple of the budget to give the greedy. Until a passing and a failing scale
     are both known, step by how far the measured drop is from the limit (a secant on "drop is
-    proportional to scale", clamped to x1.25-4 up or x0.25-0.8 down); then bisect the bracket
-    geometrically. None: the bracket is narrower than 10%, nothing left to learn."""
+    proportional to scale", clamped to x1.25-4 up or x0.25-0.8 down). Then, inside the bracket,
+    interpolate where the drop meets the limit (linear in the drop, geometric in the scale),
+    kept to the bracket's middle half so that one badly predicted end cannot stall the search
+    (a safeguarded secant; plain geometric bisection when the ends' drops are not known).
+    None: the bracket is narrower than 10%, nothing left to learn."""
     if lo is not None and hi is not None:
-        return None if hi / lo < 1.1 else math.sqrt(lo * hi)
+        if hi / lo < 1.1:
+            return None
+        t = 0.5
+        if drops and lo in drops and hi in drops and drops[hi] > drops[lo]:
+            t = min(max((limit - drops[lo]) / (drops[hi] - drops[lo]), 0.25), 0.75)
+        return lo * (hi / lo) ** t
     ratio = limit / drop if drop > 0 else math.inf
     if hi is None:
         return scale * min(max(ratio, 1.25), 4.0)
@@ -265,7 +338,13 @@ def autotune(base: Mapping[str, Any], bench: Workbench, curves: Mapping[str, Any
     limit = settings.budget - settings.margin
     tries: list[dict[str, Any]] = []
     ran: dict[tuple, dict[str, Any]] = {}
-    scale, lo, hi = 1.0, None, None
+    anchor = recipe_point(recipe, models, curves)
+    start = first_scale(anchor, settings.budget, models, settings.objective)
+    scale, lo, hi = start, None, None
+    drops: dict[float, float] = {}          # scale -> measured drop
+    if anchor is not None:
+        log(f"the recipe as given, on the curves: {anchor['bytes']:,} B ({_pt(anchor['drop'])} "
+            f"predicted); starting at {scale:.3g} x the budget, the plan no larger")
     t_start = time.perf_counter()
     for _ in range(MAX_ITERATIONS):
         if len(ran) >= settings.max_runs:
@@ -303,7 +382,8 @@ def autotune(base: Mapping[str, Any], bench: Workbench, curves: Mapping[str, Any
             lo = scale if lo is None else max(lo, scale)
         else:
             hi = scale if hi is None else min(hi, scale)
-        scale = next_scale(scale, measured["drop"], limit, lo, hi)
+        drops[scale] = measured["drop"]
+        scale = next_scale(scale, measured["drop"], limit, lo, hi, drops)
         if scale is None:
             break
     passing = [t for t in tries if t["within_budget"]]
@@ -319,6 +399,8 @@ def autotune(base: Mapping[str, Any], bench: Workbench, curves: Mapping[str, Any
         "metric": bench.metric,
         "baseline": {"validation": bench.baseline_metric, "test": result.pop("baseline_test")},
         "within_budget": bool(passing),
+        "recipe_on_curves": anchor,
+        "first_scale": start,
         "tries": [{k: v for k, v in t.items() if k != "recipe_text"} for t in tries],
         "final": result,
         "seconds": time.perf_counter() - t_start,

@@ -12,10 +12,12 @@ the predicted cost is the objective's:
   it, so the budget left after sparsity is spent on bytes.
 
 The greedy starts with every layer at its gentlest option and repeatedly takes the move (one
-layer, to any harsher sparsity or fewer bits) with the most cost saved per point of predicted
-loss, while the predicted loss stays within the budget. Moves that cost no predicted loss go
-first. Jumps over several grid points are allowed, so a curve with a flat stretch after a step
-is not stopped at the step.
+layer, to any option that costs less) with the most cost saved per point of predicted loss,
+while the predicted loss stays within the budget. Moves that cost no predicted loss go first.
+Jumps over several grid points are allowed, so a curve with a flat stretch after a step is not
+stopped at the step; and a move may give bits back for a deeper cut (2 bits are free on the
+dense layer and dear on the pruned one: taking them first must not rule the cut out). Every
+move lowers the cost, so the greedy ends.
 """
 from __future__ import annotations
 
@@ -44,10 +46,16 @@ class LayerModel:
     sparsities: list[float]           # gentle -> harsh, 0.0 first
     bits: list[int | None]            # gentle -> harsh (many bits first)
     sparsity_drop: list[float]        # monotone fit, per sparsity
-    bits_drop: list[float]            # monotone fit of the extra drop, per bit width
+    # monotone fit of the extra drop of each bit width: one row per sparsity (the loss of few
+    # bits grows as the layer is pruned), or one row for all (curves measured at one sparsity)
+    bits_drop: list[float] | list[list[float]]
     table: list[list[int]]            # bytes[sparsity][bits]
     saturation_sparsity: float
     saturation_bits: int | None
+
+    def __post_init__(self) -> None:
+        if not self.bits_drop or not isinstance(self.bits_drop[0], list):
+            self.bits_drop = [list(self.bits_drop) for _ in self.sparsities]
 
     @classmethod
     def from_curves(cls, name: str, entry: Mapping[str, Any]) -> "LayerModel":
@@ -56,7 +64,21 @@ class LayerModel:
         measured = {p["sparsity"]: p["drop"] for p in (entry.get("sparsity") or [])}
         s_drop = monotone([max(0.0, measured.get(s, 0.0)) for s in sparsities])
         bits = list(sizes["bits"])
-        if entry.get("bits"):
+        grid = entry.get("bits_grid")
+        if grid:
+            rows = {}
+            for s, drops in zip(grid["sparsity"], grid["drop"]):
+                by_bits = dict(zip(grid["bits"], drops))
+                base = measured.get(s, 0.0) if s else 0.0
+                rows[s] = monotone([max(0.0, by_bits.get(b, base) - base) for b in bits])
+            b_drop, last = [], [0.0 for _ in bits]
+            for s in sparsities:
+                # past the harshest row measured, the loss of few bits is at least that row's
+                # (and a harsher cut never makes few bits cheaper: the rows' running maximum)
+                row = rows.get(s, last)
+                last = [max(a, b) for a, b in zip(last, row)]
+                b_drop.append(last)
+        elif entry.get("bits"):
             at = entry["bits"]["at_sparsity"]
             base = measured.get(at, 0.0) if at else 0.0
             by_bits = {p["bits"]: p["drop"] - base for p in entry["bits"]["points"]}
@@ -68,7 +90,7 @@ class LayerModel:
                    entry.get("saturation_bits"))
 
     def drop(self, i: int, j: int) -> float:
-        return self.sparsity_drop[i] + self.bits_drop[j]
+        return self.sparsity_drop[i] + self.bits_drop[i][j]
 
     def bytes(self, i: int, j: int) -> int:
         return self.table[i][j]
@@ -109,8 +131,8 @@ def greedy(models: Mapping[str, LayerModel], budget: float, objective: str = "fi
             for name, m in models.items():
                 i0, j0 = at[name]
                 here_cost, here_drop = cost(m, i0, j0), m.drop(i0, j0)
-                for i in range(i0, len(m.sparsities)):
-                    for j in range(j0, len(m.bits)):
+                for i in range(len(m.sparsities)):
+                    for j in range(len(m.bits)):
                         if (i, j) == (i0, j0):
                             continue
                         saving = here_cost - cost(m, i, j)

@@ -7,8 +7,11 @@ For each compressible layer the recipe compresses, alone (every other layer dens
   ``retrain_epochs`` of retraining (0: none, the one-shot curve). One path of gradual pruning, as
   the pipeline's rounds are: a point far along it has been cut and retrained several times, as
   it would be in a run, for the price of one retraining per point;
-- **bits**: at the layer's saturation sparsity, the recipe's share stage clusters it to each bit
-  width, then its centroids are fine-tuned ``retrain_epochs``;
+- **bits**: at each sparsity of that path whose drop is at most ``grid_drop`` (and always at the
+  saturation sparsity), the recipe's share stage clusters the layer to each bit width, then its
+  centroids are fine-tuned ``retrain_epochs``. A table, not one curve: the loss of few bits
+  grows as a layer is pruned (each surviving weight carries more), and the autotuner has to know
+  what 3 bits cost at the sparsity it chooses, not on the dense layer;
 - **bytes**: what the layer's tensor costs in a ``.dcz`` file at every (sparsity, bits) pair,
   measured by packing the baseline weight cut and clustered that way (real files, the recipe's
   coder): the autotuner's size model.
@@ -42,6 +45,7 @@ from ._workbench import Workbench
 SPARSITIES = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
 BITS = (8, 7, 6, 5, 4, 3, 2)
 TOLERANCE = 0.001   # 0.1 point of accuracy: below the resolution of a 6,000-example split
+GRID_DROP = 0.02    # 2 points: a layer alone costing more than this is past any sensible budget
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class SensitivitySettings:
     # retrain on the first N training examples only (None: all); the curves' cost is N x points
     train_examples: int | None = None
     tolerance: float = TOLERANCE      # metric units: the drop a saturation point may cost
+    # bits are measured at every sparsity of the path that costs at most this (metric units):
+    # beyond it the autotuner would not cut anyway; 0: at the saturation sparsity only
+    grid_drop: float = GRID_DROP
     layers: tuple[str, ...] | None = None   # None: every layer the recipe compresses
 
     def check(self) -> None:
@@ -66,6 +73,9 @@ class SensitivitySettings:
             raise RecipeError(f"train examples: expected 1 or more, got {self.train_examples}")
         if self.tolerance < 0:
             raise RecipeError(f"tolerance: expected 0 or more, got {self.tolerance}")
+        if not 0.0 <= self.grid_drop < 1.0:
+            raise RecipeError(f"grid drop: expected a drop in [0, 1) metric units, got "
+                              f"{self.grid_drop}")
 
 
 def _stage(recipe, kind: str) -> StageConfig | None:
@@ -204,30 +214,42 @@ def measure(bench: Workbench, settings: SensitivitySettings = SensitivitySetting
             entry["saturation_sparsity"] = 0.0
         if info["share"] is not None:
             at = entry["saturation_sparsity"]
-            points = []
-            for b in bits:
-                model = bench.fresh_model()
-                sd, mask = kept[at]
-                model.load_state_dict(sd)
-                state = CompressionState.for_model(model)
-                state.layers[name].mask = mask.clone() if mask is not None else None
-                config = _config("share", {**_share_layer(info["share"]), "bits": b,
-                                           "by_name": others})
-                seconds = bench.run_stage(model, state, config)
-                if settings.retrain_epochs > 0:
-                    seconds += bench.run_stage(model, state, _config("finetune_centroids", {
-                        **_finetune_training(finetune), "epochs": settings.retrain_epochs}))
-                value = bench.evaluate(model)
-                points.append({"bits": b, "metric": value, "drop": bench.drop(value),
-                               "seconds": seconds})
-                bench.log(f"{name} {b} bits at sparsity {at:.2f}: {_show(bench, value)} "
-                          f"({_points(bench.drop(value))}), {seconds:.1f} s")
+            path = entry["sparsity"] or [{"sparsity": 0.0, "drop": 0.0}]
+            fit = monotone([p["drop"] for p in path])
+            rows = [p["sparsity"] for p, d in zip(path, fit)
+                    if p["sparsity"] == at or d <= settings.grid_drop + 1e-12]
+            grid = []
+            for s in rows:
+                points = []
+                for b in bits:
+                    model = bench.fresh_model()
+                    sd, mask = kept[s]
+                    model.load_state_dict(sd)
+                    state = CompressionState.for_model(model)
+                    state.layers[name].mask = mask.clone() if mask is not None else None
+                    config = _config("share", {**_share_layer(info["share"]), "bits": b,
+                                               "by_name": others})
+                    seconds = bench.run_stage(model, state, config)
+                    if settings.retrain_epochs > 0:
+                        seconds += bench.run_stage(model, state, _config("finetune_centroids", {
+                            **_finetune_training(finetune), "epochs": settings.retrain_epochs}))
+                    value = bench.evaluate(model)
+                    points.append({"bits": b, "metric": value, "drop": bench.drop(value),
+                                   "seconds": seconds})
+                    bench.log(f"{name} {b} bits at sparsity {s:.2f}: {_show(bench, value)} "
+                              f"({_points(bench.drop(value))}), {seconds:.1f} s")
+                grid.append(points)
+            points = grid[rows.index(at)]
             entry["bits"] = {"at_sparsity": at, "points": points}
+            entry["bits_grid"] = {"sparsity": rows, "bits": list(bits),
+                                  "drop": [[p["drop"] for p in row] for row in grid],
+                                  "metric": [[p["metric"] for p in row] for row in grid]}
             sat = saturation([p["bits"] for p in points], [p["drop"] for p in points],
                              settings.tolerance)
             entry["saturation_bits"] = sat if sat is not None else max(bits)
         else:
             entry["bits"] = None
+            entry["bits_grid"] = None
             entry["saturation_bits"] = None
         entry["bytes"] = size_table(bench, name, info, sparsities, bits, share, coder)
         layers[name] = entry

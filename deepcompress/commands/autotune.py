@@ -23,8 +23,8 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--curves", metavar="SENSITIVITY_DIR|JSON",
                    help="curves measured by 'deepcompress sensitivity' for this recipe (default: "
                         "measure them into DIR/sensitivity)")
-    p.add_argument("--max-runs", type=int, default=3, metavar="N",
-                   help="full pipeline runs to verify and correct the choice (default: 3)")
+    p.add_argument("--max-runs", type=int, default=4, metavar="N",
+                   help="full pipeline runs to verify and correct the choice (default: 4)")
     p.add_argument("--margin", default="0", metavar="DROP",
                    help="keep this much of the budget in hand on the validation split (default 0)")
     p.add_argument("--coder", choices=("huffman", "ans", "none", "smallest"),
@@ -33,3 +33,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
                    help="the generated recipe's storage for biases and other plain tensors; "
                         "float16 is lossy, and counted: the decoded file is what is verified "
                         "(default: the recipe's)")
+    p.add_argument("--metadata", choices=("full", "minimal"),
+                   help="what the generated recipe's model.dcz says besides its weights: "
+                        "'minimal' keeps the model to rebuild, the recipe's sha256 and the final "
+                        "metric (about 400 B less) (default: the recipe's)")

@@ -53,12 +53,17 @@ def common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-examples", type=int, metavar="N",
                    help="retrain each point on the first N training examples (default: all)")
     p.add_argument("--sparsities", type=_floats, metavar="S,S,...",
-                   help="the sparsity grid (default: 0.5,0.7,0.8,0.9,0.93,0.95,0.96,0.97,0.98,0.99)")
+                   help="the sparsity grid (default: "
+                        "0.5,0.7,0.8,0.85,0.9,0.93,0.95,0.96,0.97,0.98,0.99)")
     p.add_argument("--bits", type=_ints, metavar="B,B-B",
                    help="the bit widths (default: 2-8)")
     p.add_argument("--tolerance", default="0.1pt", metavar="DROP",
                    help="a saturation point is the last grid point within this drop (default "
                         "0.1pt: points of the metric; or a number in its units)")
+    p.add_argument("--grid-drop", default="2pt", metavar="DROP",
+                   help="measure the bits at every sparsity of the path that costs at most this "
+                        "(default 2pt; 0: at the saturation sparsity only): the loss of few bits "
+                        "grows as a layer is pruned")
     p.add_argument("--layer", action="append", default=[], metavar="NAME",
                    help="measure only this layer (repeatable; default: every layer the recipe "
                         "compresses)")
@@ -104,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
     fields: dict[str, Any] = {"retrain_epochs": args.retrain_epochs,
                               "train_examples": args.train_examples,
                               "tolerance": parse_budget(args.tolerance),
+                              "grid_drop": parse_budget(args.grid_drop),
                               "layers": tuple(args.layer) or None}
     if args.sparsities:
         fields["sparsities"] = args.sparsities
@@ -122,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
                               curves=args.curves, sensitivity_settings=settings,
                               from_run=args.from_run, val_fraction=args.val_fraction,
                               max_runs=args.max_runs, margin=args.margin, coder=args.coder,
-                              plain_dtype=args.plain_dtype,
+                              plain_dtype=args.plain_dtype, metadata=args.metadata,
                               data_root=args.data, edit=edit, progress=ui.progress, log=ui.log)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
