@@ -77,6 +77,32 @@ def test_resume_gives_the_same_weights(full_run, tmp_path):
     assert resumed.report["accuracy"]["final"] == result.report["accuracy"]["final"]
 
 
+def test_minimal_metadata_is_smaller_and_still_rebuilds_and_qualifies(full_run, tmp_path):
+    import dcz as container
+    from deepcompress.loading import model_spec
+    from deepcompress.qualify._metric import primary_metric
+
+    result, out = full_run
+    shutil.copytree(out, tmp_path / "run")
+    recipe = json.loads((out / "recipe.json").read_text())["recipe"]
+    recipe["stages"][-1]["metadata"] = "minimal"
+    small = run_recipe(Recipe.from_dict(recipe), tmp_path / "run", resume_from="4_encode")
+    full = container.load(out / "model.dcz")
+    mini = container.load(tmp_path / "run" / "model.dcz")
+    assert "recipe" in full.meta and "recipe" not in mini.meta
+    # the same weights, bit for bit; only what the file says about them is shorter
+    for key, value in full.state_dict.items():
+        assert torch.equal(value, mini.state_dict[key]), key
+    assert small.report["compressed_bytes"] == (tmp_path / "run" / "model.dcz").stat().st_size
+    assert small.report["compressed_bytes"] < result.report["compressed_bytes"] - 200
+    # still enough to rebuild the model and to qualify it without its run folder
+    assert model_spec(mini.meta, "m") == model_spec(full.meta, "m")
+    assert mini.meta["recipe_sha256"] == Recipe.from_dict(recipe).sha256()   # the recipe run
+    metric = primary_metric(mini.meta)
+    assert metric.final == result.report["accuracy"]["final"]
+    assert metric.baseline == result.report["accuracy"]["baseline"]
+
+
 def test_resume_refuses_a_changed_recipe(full_run, tmp_path):
     result, out = full_run
     shutil.copytree(out, tmp_path / "run")
