@@ -179,6 +179,7 @@ def test_generated_recipe_resolves_each_layer_to_its_choice(make_recipe):
     assert tuned.stages[-1].plain_dtype == "float16"
     assert tuned.stages[2] == recipe.stages[2]       # the schedule is the user's
     assert "# fc1:" in text and "bits" in comments[("stages", 1, "by_name", "fc1")]
+    assert "\nversion = 1  # recipe schema version" in "\n" + text   # as the shipped ones say
 
 
 def test_autotune_end_to_end(make_recipe, tmp_path):

@@ -111,7 +111,9 @@ def plan_recipe(base: Mapping[str, Any], recipe: Recipe, plan: Plan,
     out = {**base, "data": {**(base.get("data") or {}),
                             "val_fraction": recipe.data.val_fraction}}
     stages = [dict(s) for s in base.get("stages") or []]
+    out.setdefault("version", recipe.version)
     comments: dict[tuple, str] = {
+        ("version",): "recipe schema version (compression/recipe.py, RECIPE_VERSION)",
         ("data", "val_fraction"): "held out (seeded) to judge every choice; never the test set"}
     prune_i = next((i for i, s in enumerate(recipe.stages) if s.KIND == "prune"), None)
     share_i = next((i for i, s in enumerate(recipe.stages) if s.KIND == "share"), None)
