@@ -29,7 +29,7 @@ from pathlib import Path
 # bytes of the shipped hand-written recipes' model.dcz as documented in BENCHMARKS.md ("LeNet rows
 # from the shipped recipes" and the MobileNet section): the comparison when no --hand-run folder
 # gives a measured one; the report says which was used. And the ratio goals of issue 12.
-HAND = {"lenet300": 24_500, "lenet5": 41_781, "mobilenet_tiny": 17_112}
+HAND = {"lenet300": 21_068, "lenet5": 41_781, "mobilenet_tiny": 17_112}   # lenet300: since 2026-11-30 evening
 GOAL_RATIO = {"lenet300": 60.0, "lenet5": 100.0}
 
 

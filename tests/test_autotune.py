@@ -250,3 +250,27 @@ def test_an_interrupted_autotune_folder_is_taken_back_and_a_foreign_one_refused(
     (foreign / "sensitivity" / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="not one 'deepcompress autotune' wrote"):
         _check_out(foreign, "autotune")
+
+
+def test_cli_autotune_writes_what_its_flags_ask(make_recipe, tmp_path, capsys):
+    import dcz as container
+    from deepcompress.cli import main as cli
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(dumps(make_recipe()))
+    out = tmp_path / "auto"
+    rc = cli(["autotune", str(path), "--out", str(out), "--budget", "50pt", "--max-runs", "1",
+              "--sparsities", "0.5", "--bits", "4,2", "--retrain-epochs", "0", "--grid-drop", "0",
+              "--coder", "smallest", "--plain-dtype", "float16", "--metadata", "minimal",
+              "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0 and result["within_budget"] and len(result["tries"]) == 1
+    tuned = Recipe.from_dict(tomllib.loads((out / "recipe.toml").read_text()))
+    assert tuned.stages[-1].metadata == "minimal" and tuned.stages[-1].coder == "smallest"
+    meta = container.load(out / "model.dcz").meta
+    assert "recipe" not in meta and meta["model"]["name"] == "lenet300"
+    curves = json.loads((out / "sensitivity" / "sensitivity.json").read_text())
+    assert curves["settings"]["grid_drop"] == 0.0
+    for entry in curves["layers"].values():     # --grid-drop 0: bits at the saturation only
+        assert entry["bits_grid"]["sparsity"] == [entry["saturation_sparsity"]]
+    assert result["recipe_on_curves"]["bytes"] > 0 and result["first_scale"] >= 1.0

@@ -65,7 +65,7 @@ class LayerModel:
         s_drop = monotone([max(0.0, measured.get(s, 0.0)) for s in sparsities])
         bits = list(sizes["bits"])
         grid = entry.get("bits_grid")
-        if grid:
+        if grid and len(grid["sparsity"]) > 1:
             rows = {}
             for s, drops in zip(grid["sparsity"], grid["drop"]):
                 by_bits = dict(zip(grid["bits"], drops))
@@ -78,7 +78,7 @@ class LayerModel:
                 row = rows.get(s, last)
                 last = [max(a, b) for a, b in zip(last, row)]
                 b_drop.append(last)
-        elif entry.get("bits"):
+        elif entry.get("bits"):      # one curve (one row, or curves from before the table)
             at = entry["bits"]["at_sparsity"]
             base = measured.get(at, 0.0) if at else 0.0
             by_bits = {p["bits"]: p["drop"] - base for p in entry["bits"]["points"]}

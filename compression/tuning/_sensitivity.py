@@ -217,7 +217,8 @@ def measure(bench: Workbench, settings: SensitivitySettings = SensitivitySetting
             path = entry["sparsity"] or [{"sparsity": 0.0, "drop": 0.0}]
             fit = monotone([p["drop"] for p in path])
             rows = [p["sparsity"] for p, d in zip(path, fit)
-                    if p["sparsity"] == at or d <= settings.grid_drop + 1e-12]
+                    if p["sparsity"] == at or (settings.grid_drop > 0
+                                               and d <= settings.grid_drop + 1e-12)]
             grid = []
             for s in rows:
                 points = []
