@@ -42,16 +42,26 @@ def layer_plot(name: str, entry: Mapping[str, Any], curves: Mapping[str, Any]) -
         ax1.text(0.5, 0.5, "not pruned by the recipe", ha="center", transform=ax1.transAxes)
     ax1.set_title(f"{name}: metric vs sparsity")
     bits = entry.get("bits")
+    grid = entry.get("bits_grid")
+    if grid and len(grid["sparsity"]) > 1:      # the table: one faint line per sparsity
+        cmap = plt.get_cmap("viridis")
+        n = len(grid["sparsity"])
+        for r, (s, metrics) in enumerate(zip(grid["sparsity"], grid["metric"])):
+            if s != bits["at_sparsity"]:
+                ax2.plot(grid["bits"], [m * k for m in metrics], ".-", lw=0.8, ms=3,
+                         alpha=0.6, color=cmap(r / max(n - 1, 1)), label=f"at {100 * s:.3g}%")
     if bits:
         xs = [p["bits"] for p in bits["points"]]
-        ax2.plot(xs, [p["metric"] * k for p in bits["points"]], "o-", color="#dd8452")
+        ax2.plot(xs, [p["metric"] * k for p in bits["points"]], "o-", color="#dd8452",
+                 label=f"at {100 * bits['at_sparsity']:.3g}% (saturation)")
         sat = entry.get("saturation_bits")
         if sat is not None:
             ax2.axvline(sat, color="#c44e52", ls="--", lw=1.2, label=f"saturation {sat} bits")
         ax2.set_xticks(xs)
         ax2.invert_xaxis()
-        ax2.set_xlabel(f"bits (at {100 * bits['at_sparsity']:.3g}% pruned)")
-        ax2.legend(fontsize=8, loc="lower left")
+        ax2.set_xlabel("bits" if grid and len(grid["sparsity"]) > 1 else
+                       f"bits (at {100 * bits['at_sparsity']:.3g}% pruned)")
+        ax2.legend(fontsize=6 if grid and len(grid["sparsity"]) > 4 else 8, loc="lower left")
     else:
         ax2.text(0.5, 0.5, "not shared by the recipe", ha="center", transform=ax2.transAxes)
     ax2.set_title(f"{name}: metric vs bits")
@@ -146,7 +156,9 @@ figure{{margin:1.5em 0}}img{{max-width:100%}}figcaption{{color:#666;font-size:.9
 ({curves['validation_examples']:,} examples; dense baseline
 {curves['baseline']['validation'] * k:.2f}{unit} {html.escape(curves['metric'])}), with
 {html.escape(retrain)}. A saturation point is the last grid point whose drop stays within
-{100 * s['tolerance']:.3g} points. Measured in {curves['seconds']:.0f} s.</p>
+{100 * s['tolerance']:.3g} points. Bits are measured at each sparsity of the pruning path that
+costs at most {100 * s.get('grid_drop', 0):.3g} points (one line each on the right-hand plots):
+few bits cost more on a pruned layer. Measured in {curves['seconds']:.0f} s.</p>
 {_table(curves)}
 {''.join(figures)}
 </body></html>
