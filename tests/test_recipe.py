@@ -9,7 +9,8 @@ from compression.recipe import Recipe, load_recipe, resolve_recipe_path
 from compression.stages.prune import PruneConfig
 from compression.stages.share import ShareConfig
 
-SHIPPED = ["lenet300", "lenet5", "mobilenet_tiny", "lenet5_auto", "mobilenet_tiny_auto"]
+SHIPPED = ["lenet300", "lenet5", "mobilenet_tiny", "lenet5_auto", "mobilenet_tiny_auto",
+           "lenet5_100x"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
