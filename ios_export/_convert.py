@@ -191,11 +191,12 @@ def _convert_exported(ct: Any, model: nn.Module, inputs: tuple[torch.Tensor, ...
             pass_pipeline=pipeline, skip_model_load=True)
 
 
-def _has_const(program: Any, weight: np.ndarray) -> bool:
-    return any(op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)
-               and op.outputs[0].val.shape == weight.shape
-               and np.array_equal(op.outputs[0].val, weight)
-               for op in program.functions["main"].operations)
+def _const_hits(program: Any, weight: np.ndarray) -> list[Any]:
+    """The program's const ops whose value is exactly ``weight``."""
+    return [op for op in program.functions["main"].operations
+            if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)
+            and op.outputs[0].val.shape == weight.shape
+            and np.array_equal(op.outputs[0].val, weight)]
 
 
 @torch.no_grad()
@@ -219,12 +220,9 @@ def _output_ignores(model: nn.Module, inputs: tuple[torch.Tensor, ...], name: st
 
 def _find_weight_consts(program: Any, expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Each layer's weight const op in the converted program, found by its exact value."""
-    consts = [op for op in program.functions["main"].operations
-              if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)]
     found = {}
     for name, weight in expected.items():
-        hits = [op for op in consts if op.outputs[0].val.shape == weight.shape
-                and np.array_equal(op.outputs[0].val, weight)]
+        hits = _const_hits(program, weight)
         if not hits:
             raise ExportError(f"layer {name!r}: its weight is not a constant of the converted program "
                               "(a converter pass rewrote or split it), so it cannot be stored "
@@ -374,7 +372,7 @@ def export_coreml(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     def accept(ml: Any) -> None:
         # a weight whose values the output never depends on (a BERT's pooler under a mean-pooling
         # wrapper) is dropped by torch.export's dead-code elimination: skipped, with the reason
-        for name in [n for n in expected if not _has_const(ml._mil_program, expected[n])]:
+        for name in [n for n in expected if not _const_hits(ml._mil_program, expected[n])]:
             if not _output_ignores(model, inputs, name):
                 break          # _find_weight_consts names it
             del expected[name], plans[name]

@@ -37,6 +37,7 @@ from .._train import ProgressFn, no_progress
 from ..models import build_model, load_weights
 from ..recipe import Recipe
 from ._plan import OBJECTIVES, LayerModel, Plan, greedy, models_from_curves, next_step
+from ._sensitivity import stage_of
 from ._toml import dumps
 from ._workbench import Workbench, seed_run_folder
 
@@ -217,8 +218,7 @@ def recipe_point(recipe: Recipe, models: Mapping[str, LayerModel],
     setting on the gentle side (the sparsity at or below it, the bits at or above), and the
     predicted drop and bytes of that. None when a layer's cut is not a sparsity (a quality
     threshold has no place on the grid)."""
-    prune = next((s for s in recipe.stages if s.KIND == "prune"), None)
-    share = next((s for s in recipe.stages if s.KIND == "share"), None)
+    prune, share = stage_of(recipe, "prune"), stage_of(recipe, "share")
     at: dict[str, tuple[int, int]] = {}
     for name, m in models.items():
         kind = curves["layers"][name]["type"]

@@ -43,7 +43,8 @@ def layer_plot(name: str, entry: Mapping[str, Any], curves: Mapping[str, Any]) -
     ax1.set_title(f"{name}: metric vs sparsity")
     bits = entry.get("bits")
     grid = entry.get("bits_grid")
-    if grid and len(grid["sparsity"]) > 1:      # the table: one faint line per sparsity
+    table = bool(grid) and len(grid["sparsity"]) > 1
+    if table:                                   # one faint line per sparsity of the path
         cmap = plt.get_cmap("viridis")
         n = len(grid["sparsity"])
         for r, (s, metrics) in enumerate(zip(grid["sparsity"], grid["metric"])):
@@ -59,9 +60,8 @@ def layer_plot(name: str, entry: Mapping[str, Any], curves: Mapping[str, Any]) -
             ax2.axvline(sat, color="#c44e52", ls="--", lw=1.2, label=f"saturation {sat} bits")
         ax2.set_xticks(xs)
         ax2.invert_xaxis()
-        ax2.set_xlabel("bits" if grid and len(grid["sparsity"]) > 1 else
-                       f"bits (at {100 * bits['at_sparsity']:.3g}% pruned)")
-        ax2.legend(fontsize=6 if grid and len(grid["sparsity"]) > 4 else 8, loc="lower left")
+        ax2.set_xlabel("bits" if table else f"bits (at {100 * bits['at_sparsity']:.3g}% pruned)")
+        ax2.legend(fontsize=6 if table and len(grid["sparsity"]) > 4 else 8, loc="lower left")
     else:
         ax2.text(0.5, 0.5, "not shared by the recipe", ha="center", transform=ax2.transAxes)
     ax2.set_title(f"{name}: metric vs bits")

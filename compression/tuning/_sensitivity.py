@@ -78,7 +78,7 @@ class SensitivitySettings:
                               f"{self.grid_drop}")
 
 
-def _stage(recipe, kind: str) -> StageConfig | None:
+def stage_of(recipe, kind: str) -> StageConfig | None:
     return next((s for s in recipe.stages if s.KIND == kind), None)
 
 
@@ -115,7 +115,7 @@ def layer_plan(recipe, state: CompressionState, only: Sequence[str] | None
                ) -> dict[str, dict[str, Any]]:
     """Each layer the recipe compresses: its prune and share settings (None: that stage leaves
     it alone)."""
-    prune, share = _stage(recipe, "prune"), _stage(recipe, "share")
+    prune, share = stage_of(recipe, "prune"), stage_of(recipe, "share")
     plan = {}
     for name, layer in state.layers.items():
         p = prune.for_layer(name, layer.type_name) if prune is not None else None
@@ -176,8 +176,8 @@ def measure(bench: Workbench, settings: SensitivitySettings = SensitivitySetting
     t_start = time.perf_counter()
     probe = CompressionState.for_model(bench.fresh_model())
     plan = layer_plan(recipe, probe, settings.layers)
-    prune, share = _stage(recipe, "prune"), _stage(recipe, "share")
-    finetune = _stage(recipe, "finetune_centroids")
+    prune, share = stage_of(recipe, "prune"), stage_of(recipe, "share")
+    finetune = stage_of(recipe, "finetune_centroids")
     where = positions(bench)
     sparsities = tuple(sorted(set(settings.sparsities)))
     bits = tuple(sorted(set(settings.bits), reverse=True))
