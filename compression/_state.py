@@ -27,10 +27,13 @@ class LayerState:
     # rows (axis 0) per codebook; None: one codebook. Grouped codebooks sit flat in
     # ``centroids``, 2**bits per group, and assignments index that flat table
     group_size: int | None = None
+    # the parameter of ``module`` this layer is: None, the module's one weight (weight_param);
+    # a recurrent layer's entries each name one matrix ("weight_hh_l0")
+    param: str | None = None
 
     @property
     def weight(self) -> torch.Tensor:
-        return getattr(self.module, weight_param(self.module) or "weight")
+        return getattr(self.module, self.param or weight_param(self.module) or "weight")
 
     def grouped_ok(self) -> bool:
         """Every kept weight of a grouped layer reads a centroid of its own rows' codebook."""
@@ -61,7 +64,7 @@ class CompressionState:
 
     @classmethod
     def for_model(cls, model: nn.Module) -> "CompressionState":
-        return cls({name: LayerState(m, layer_type(m))
+        return cls({name: LayerState(m, layer_type(m), param=weight_param(m, name))
                     for name, m in compressible_layers(model).items()})
 
     def enforce(self) -> None:

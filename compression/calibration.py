@@ -18,12 +18,17 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from ._recurrent import recurrent_hooks
+from .models import RECURRENT_TYPES
+
 
 def _features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as rows of input features: (tokens, in_features) for Linear, (positions,
     in_channels x kernel) for Conv (each kernel tap is a feature, as in Wanda's conv variant),
     (tokens,) of ids for Embedding (each row of the table is a 'feature')."""
     if isinstance(module, (nn.Linear, nn.MultiheadAttention)):   # attention: its query input
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(module, RECURRENT_TYPES):    # rows of one gate matrix's input (_recurrent.py)
         return x.reshape(-1, x.shape[-1])
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         conv2d = isinstance(module, nn.Conv2d)
@@ -48,7 +53,8 @@ def _each_input(model: nn.Module, layers: Mapping[str, nn.Module],
     forward = forward or (lambda m, inputs: m(*inputs))
     hooks = [module.register_forward_hook(
         lambda _m, args, _out, name=name, module=module: take(name, module, args[0].detach()))
-        for name, module in layers.items()]
+        for name, module in layers.items() if not isinstance(module, RECURRENT_TYPES)]
+    hooks += recurrent_hooks(layers, take)     # each matrix of an LSTM/GRU/RNN: its own input
     was_training = model.training
     model.eval()
     try:

@@ -194,11 +194,28 @@ WEIGHT_PARAM = {
     nn.ConvTranspose1d: "weight", nn.ConvTranspose2d: "weight", nn.ConvTranspose3d: "weight",
     nn.Embedding: "weight", nn.MultiheadAttention: "in_proj_weight",
 }
-LAYER_TYPES = tuple(t.__name__ for t in WEIGHT_PARAM)
+# Recurrent layers hold several weight matrices each (every layer and direction: weight_ih_l0,
+# weight_hh_l0, weight_ih_l1_reverse, and an LSTM's projection weight_hr_l0); each matrix is a
+# layer of its own, named by its state_dict key ("rnn.weight_hh_l1_reverse"), its rows the gates
+# stacked as torch stores them. Biases stay dense, as everywhere.
+RECURRENT_TYPES = (nn.LSTM, nn.GRU, nn.RNN)
+LAYER_TYPES = tuple(t.__name__ for t in WEIGHT_PARAM) + tuple(t.__name__ for t in RECURRENT_TYPES)
 
 
-def weight_param(module: nn.Module) -> str | None:
-    """The name of ``module``'s compressible weight, or None (not a layer we compress)."""
+def recurrent_weights(module: nn.Module) -> list[str]:
+    """The weight matrices of a recurrent layer, in torch's order; [] for any other module."""
+    if not isinstance(module, RECURRENT_TYPES):
+        return []
+    return [n for n in module._flat_weights_names if n.startswith("weight_")
+            and getattr(module, n, None) is not None]
+
+
+def weight_param(module: nn.Module, layer: str = "") -> str | None:
+    """The name of ``module``'s compressible weight, or None (not a layer we compress). A
+    recurrent layer's entries are named by their matrix, which ``layer`` ends with."""
+    if isinstance(module, RECURRENT_TYPES):
+        param = layer.rsplit(".", 1)[-1]
+        return param if param in recurrent_weights(module) else None
     for cls, param in WEIGHT_PARAM.items():
         if isinstance(module, cls):
             return param if getattr(module, param, None) is not None else None
@@ -208,24 +225,33 @@ def weight_param(module: nn.Module) -> str | None:
 def layer_type(module: nn.Module) -> str:
     """The type recipes scope settings by (``by_type``): the built-in class the layer is an
     instance of, so attention's NonDynamicallyQuantizableLinear out_proj is a "Linear"."""
-    for cls in WEIGHT_PARAM:
+    for cls in (*WEIGHT_PARAM, *RECURRENT_TYPES):
         if isinstance(module, cls):
             return cls.__name__
     return type(module).__name__
 
 
 def weight_name(layer: str, module: nn.Module) -> str:
-    """The state_dict key of a layer's weight: "fc1.weight", "attn.in_proj_weight"."""
+    """The state_dict key of a layer's weight: "fc1.weight", "attn.in_proj_weight"; a recurrent
+    layer's entry is already named by its key ("rnn.weight_ih_l0")."""
+    if isinstance(module, RECURRENT_TYPES):
+        return layer
     param = weight_param(module) or "weight"
     return f"{layer}.{param}" if layer else param
 
 
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Layers whose weight the pipeline prunes and shares, by qualified name (see WEIGHT_PARAM)."""
-    layers = {name: m for name, m in model.named_modules() if weight_param(m) is not None}
+    """Layers whose weight the pipeline prunes and shares, by qualified name (see WEIGHT_PARAM);
+    a recurrent layer gives one entry per weight matrix, all naming the same module."""
+    layers: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        for param in recurrent_weights(m):
+            layers[f"{name}.{param}" if name else param] = m
+        if weight_param(m) is not None:
+            layers[name] = m
     if not layers:
         raise ModelError(f"model {type(model).__name__} has no prunable layers (no Linear, "
-                         "convolution, embedding or attention weights)")
+                         "convolution, embedding, attention or recurrent weights)")
     return layers
 
 

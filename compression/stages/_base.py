@@ -24,6 +24,8 @@ from .._config import (FREE, Check, Config, Text, UnknownKey, check_values, fail
 
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
               "ConvTranspose3d")
+# each weight matrix of these is a layer of its own, "rnn.weight_hh_l0" (compression.models)
+RNN_TYPES = ("LSTM", "GRU", "RNN")
 BUILTIN_STAGES = tuple(f"compression.stages.{m}" for m in ("prune", "share", "finetune", "encode",
                                                            "shrink", "transfer", "projection"))
 

@@ -12,7 +12,7 @@ from dccore.errors import ModelError, RecipeError
 from .._config import Int, OneOf, setting
 from .._context import StageContext
 from ..share import compensated_assignments, share_grouped, share_layer
-from ._base import CONV_TYPES, Stage, StageConfig, register_stage
+from ._base import CONV_TYPES, RNN_TYPES, Stage, StageConfig, register_stage
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
     curved = {n: ctx.state.layers[n].module for n, s in chosen.items()
               if (s["weighting"] == "activation" or s["compensate"] == "gptq")
               and ctx.state.layers[n].weight.dim() == 2
-              and ctx.state.layers[n].type_name in ("Linear", "MultiheadAttention")}
+              and ctx.state.layers[n].type_name in ("Linear", "MultiheadAttention", *RNN_TYPES)}
     batches = _calibration(ctx, config.calibration) if curved else []
     if curved:
         ctx.metrics["calibration_examples"] = min(config.calibration, len(ctx.train))

@@ -1,0 +1,177 @@
+"""Recurrent layers (LSTM, GRU, RNN): every weight matrix, both directions, every layer, is a
+layer of its own, pruned and shared like a Linear, calibrated on the rows it multiplies, retrained
+with its mask and codebook held, and stored in the .dcz that rebuilds the model."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+SEQUENCE_MODEL = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class Tagger(nn.Module):
+        """Per-step class scores from a recurrent layer: (batch, steps, features) in."""
+
+        def __init__(self, kind="LSTM", layers=1, bidirectional=False, hidden=8):
+            super().__init__()
+            self.rnn = getattr(nn, kind)(6, hidden, num_layers=layers,
+                                         bidirectional=bidirectional, batch_first=True)
+            self.head = nn.Linear(hidden * (2 if bidirectional else 1), 5)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    def make(**kwargs):
+        torch.manual_seed(7)
+        return Tagger(**kwargs)
+''')
+
+CASES = {"LSTM": {"kind": "LSTM"}, "GRU": {"kind": "GRU"}, "RNN": {"kind": "RNN"},
+         "bidirectional LSTM": {"kind": "LSTM", "bidirectional": True},
+         "2-layer bidirectional GRU": {"kind": "GRU", "layers": 2, "bidirectional": True}}
+
+
+def matrices(kwargs: dict) -> list[str]:
+    suffixes = ["", "_reverse"] if kwargs.get("bidirectional") else [""]
+    return [f"rnn.weight_{m}_l{layer}{s}" for layer in range(kwargs.get("layers", 1))
+            for s in suffixes for m in ("ih", "hh")]
+
+
+@pytest.fixture
+def tagger_env(tmp_path, monkeypatch):
+    (tmp_path / "tiny_tagger.py").write_text(SEQUENCE_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    x = torch.randn(96, 10, 6, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "samples.pt")
+    yield tmp_path
+    sys.modules.pop("tiny_tagger", None)
+
+
+def _run(env, kwargs, stages, out):
+    from compression.pipeline import run_recipe
+    from compression.recipe import Recipe
+
+    lines: list[str] = []
+    recipe = {"name": "tagger", "seed": 0, "model": {"name": "tiny_tagger:make", "kwargs": kwargs},
+              "data": {"batch_size": 32},
+              "task": {"kind": "distill", "inputs": str(env / "samples.pt"), "test_fraction": 0.25},
+              "stages": stages}
+    return run_recipe(Recipe.from_dict(recipe), env / out, log=lines.append), lines
+
+
+def _file_is_the_model(env, out, kwargs, result):
+    from deepcompress.loading import model_from_dcz
+
+    model, dcz = model_from_dcz(env / out / "model.dcz", model="tiny_tagger:make",
+                                model_kwargs=kwargs)
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    return model, dcz
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_post_training_prunes_and_shares_every_matrix_with_its_own_inputs(tagger_env, case):
+    kwargs = CASES[case]
+    stages = [{"kind": "prune", "sparsity": 0.5, "rounds": 1, "retrain_epochs": 0,
+               "method": "wanda", "calibration": 48},
+              {"kind": "share", "bits": 4, "weighting": "activation", "compensate": "gptq",
+               "calibration": 48},
+              {"kind": "encode"}]
+    result, lines = _run(tagger_env, kwargs, stages, "post")
+    rows = {r["name"]: r for r in result.report["layers"]}
+    names = matrices(kwargs)
+    assert [n for n in rows if n.startswith("rnn.")] == names     # every matrix, torch's order
+    for name in names:
+        assert rows[name]["type"] == kwargs["kind"]
+        # Wanda cuts per output row (gate row): each row of the matrix keeps exactly half
+        w = result.state.layers[name].weight.detach()
+        assert ((w != 0).sum(1) == w.shape[1] // 2).all(), name
+        assert rows[name]["bits"] == 4 and rows[name]["distinct_values"] <= 16
+        note = next(line for line in lines if line.startswith(f"{name}:"))
+        assert "activation-weighted" in note and "GPTQ-compensated" in note, note
+    model, dcz = _file_is_the_model(tagger_env, "post", kwargs, result)
+    for name in names:
+        assert dcz.layers[name].bits == 4
+    assert result.report["primary_metric"]["final"] > 0.3      # changed, and still related
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_retraining_keeps_masks_and_codebooks_of_every_matrix(tagger_env, case):
+    kwargs = CASES[case]
+    stages = [{"kind": "prune", "sparsity": 0.6, "rounds": 2, "retrain_epochs": 1, "lr": 3e-3},
+              {"kind": "share", "bits": 3, "name": "share"},
+              {"kind": "finetune_centroids", "epochs": 2, "lr": 3e-3, "name": "tune"}]
+    result, _ = _run(tagger_env, kwargs, stages, "retrained")
+    shared = torch.load(tagger_env / "retrained" / "checkpoints" / "share.pt", weights_only=True)
+    for name in matrices(kwargs):
+        layer = result.state.layers[name]
+        w = layer.weight.detach()
+        assert torch.equal(layer.mask, shared["masks"][name])          # the cut held
+        assert float((w == 0).float().mean()) >= 0.6 - 1 / w.numel()
+        assert torch.equal(layer.assignments, shared["assignments"][name])
+        assert not torch.equal(layer.centroids, shared["centroids"][name])   # they trained
+        assert torch.equal(w, torch.where(layer.mask, layer.centroids[layer.assignments],
+                                          torch.zeros_like(w)))
+        # the module computes with the enforced matrix (not a stale copy of it)
+        assert getattr(result.model.rnn, name.split(".")[1]) is layer.weight
+    _file_is_the_model(tagger_env, "retrained", kwargs, result)
+
+
+def test_gate_inputs_are_the_rows_each_matrix_multiplies():
+    """Layer 1 reads layer 0's outputs (both directions side by side); W_hh reads h0 and then
+    each previous hidden state, in the direction's own order; an LSTM's projection reads
+    o * tanh(c) before it."""
+    from compression._recurrent import gate_inputs
+
+    torch.manual_seed(0)
+    two = nn.LSTM(3, 4, num_layers=2, bidirectional=True).eval()
+    first = nn.LSTM(3, 4, num_layers=1, bidirectional=True).eval()
+    first.load_state_dict({k: v for k, v in two.state_dict().items() if "_l0" in k})
+    x = torch.randn(5, 2, 3)
+    rows = gate_inputs(two, (x,), two(x))
+    below = first(x)[0]                           # (steps, batch, 2 x hidden)
+    assert torch.allclose(rows["weight_ih_l1"], below.reshape(-1, 8), atol=1e-6)
+    assert torch.equal(rows["weight_ih_l0"], x.reshape(-1, 3))
+    forward_h, backward_h = below[..., :4], below[..., 4:]
+    want = torch.cat([torch.zeros(1, 2, 4), forward_h[:-1]])     # h_{t-1}, h_{-1} = 0
+    assert torch.allclose(rows["weight_hh_l0"], want.reshape(-1, 4), atol=1e-6)
+    want = torch.cat([backward_h[1:], torch.zeros(1, 2, 4)])     # reverse: h_{t+1}
+    assert torch.allclose(rows["weight_hh_l0_reverse"], want.reshape(-1, 4), atol=1e-6)
+
+    proj = nn.LSTM(3, 4, proj_size=2).eval()
+    rows = gate_inputs(proj, (x,), proj(x))
+    assert rows["weight_hr_l0"].shape == (10, 4) and rows["weight_hh_l0"].shape == (10, 2)
+
+
+def test_a_recurrent_layer_that_is_not_torchs_recurrence_is_refused():
+    from compression.calibration import input_norms
+    from dccore.errors import ModelError
+
+    class Scaled(nn.GRU):
+        def forward(self, x, hx=None):
+            out, h = super().forward(x, hx)
+            return 2 * out, h
+
+    model = Scaled(3, 4).eval()
+    with pytest.raises(ModelError, match="not torch's GRU recurrence"):
+        input_norms(model, {"weight_hh_l0": model}, [(torch.randn(5, 2, 3),)])
+
+
+def test_recipes_scope_recurrent_layers_by_type_and_by_matrix():
+    from compression.api import compress
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LSTM(4, 6, bidirectional=True))
+    comp = compress(model, {"stages": [{"kind": "prune", "sparsity": 0.5, "rounds": 1,
+                                        "retrain_epochs": 0,
+                                        "by_name": {"0.weight_hh_*": False}},
+                                       {"kind": "share", "bits": 5, "by_type": {"LSTM": {"bits": 3}}}]})
+    layers = comp.state.layers
+    assert layers["0.weight_ih_l0"].mask is not None and layers["0.weight_hh_l0"].mask is None
+    assert layers["0.weight_hh_l0_reverse"].mask is None
+    assert {layer.bits for layer in layers.values()} == {3}
