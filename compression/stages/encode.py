@@ -89,6 +89,19 @@ def pack(state_dict: dict, path: Path, *, coder: str, **options: Any):
     return dataclasses.replace(best, path=Path(path))
 
 
+def decoded_model(path: Path, name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """The model as a loader of ``path`` gets it: built from its constructor (``name`` with
+    ``kwargs``) and given the weights decoded from the file. Every figure that claims to be the
+    file's is measured on this, not on the model in memory (float16 biases, say, differ)."""
+    import dcz as container
+
+    from ..models import build_model, load_weights
+
+    model = build_model(name, kwargs)
+    load_weights(model, container.load(path).state_dict, source=str(path))
+    return model.eval()
+
+
 def file_sha256(path) -> str:
     import hashlib
 
