@@ -24,8 +24,18 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--night", metavar="YYYY-MM-DD", help="only this night's cells")
         p.add_argument("--run", metavar="ID", help="one run in full: its figures and gates "
                                                     "(an id, latest or latest-passing)")
-        p.add_argument("--limit", type=int, default=20, help="newest N runs (default 20; 0: all)")
+        p.add_argument("--limit", type=_count, default=20, help="newest N runs (default 20; 0: all)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+
+def _count(text: str) -> int:
+    """A number of runs: a whole number, 0 or more (argparse turns ValueError into a usage line)."""
+    if not (text.isascii() and text.isdecimal()) or len(text) > 18:
+        raise ValueError(text)
+    return int(text)
+
+
+_count.__name__ = "number of runs (0 or more)"   # argparse names the type in its message
 
 
 def open_db(args: argparse.Namespace):

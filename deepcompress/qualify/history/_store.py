@@ -32,6 +32,12 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_FILE = "history.sqlite"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 60.0   # a second nightly process waits this long for the write lock
+# PostgreSQL: a server that accepts and never answers fails in seconds, not after the kernel's
+# TCP retries (131 s); no statement of the history takes a minute, so one that does is hung.
+# A URL's own connect_timeout=S or options=-c statement_timeout=MS wins.
+CONNECT_TIMEOUT_S = 10.0
+STATEMENT_TIMEOUT_S = 60.0
+MAX_ID = 2 ** 63 - 1   # the largest integer SQLite and PostgreSQL's BIGINT hold
 _LOCK_KEY = 0x6463_7168   # "dcqh": the advisory lock PostgreSQL migrations hold
 _WRITE = "deepcompress_write"   # execution option: this transaction writes
 
@@ -99,16 +105,26 @@ class RunRecord:
 
 def resolve_url(db: str | os.PathLike[str]) -> str:
     """A SQLAlchemy URL for ``db``: a URL as given (``postgresql://`` gets the psycopg driver),
-    else a path to an SQLite file (a folder: its ``history.sqlite``)."""
+    else a path to an SQLite file (a folder: its ``history.sqlite``). The path is made absolute
+    but not resolved: a symbolic link stays one, for the opener to refuse."""
     text = str(db)
     if "://" in text:
         if text.startswith("postgresql://") or text.startswith("postgres://"):
             text = "postgresql+psycopg://" + text.split("://", 1)[1]
         return text
     path = Path(text).expanduser()
-    if path.is_dir():
-        path = path / DEFAULT_FILE
-    return f"sqlite:///{path.resolve()}"
+    try:
+        if path.is_dir():
+            path = path / DEFAULT_FILE
+    except OSError as exc:   # a name too long for the file system, a loop of links
+        raise HistoryError(f"--db {_short_name(text)}: {exc.strerror or exc}; name a history "
+                           "file or folder") from None
+    return f"sqlite:///{os.path.abspath(path)}"
+
+
+def _short_name(text: str, keep: int = 80) -> str:
+    """A name as a message can quote it: a 5,000-character one would bury the message."""
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text):,} characters)"
 
 
 def display_url(url: str) -> str:
@@ -125,18 +141,72 @@ def _sqlite_path(url: sa.engine.URL) -> Path | None:
 
 
 def _check_sqlite_file(path: Path) -> None:
-    """A file that exists must be SQLite (or empty): anything else is refused, never replaced."""
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise HistoryError(f"history DB {path} is not a regular file; name a file with --db")
-    if not path.exists():
-        if not path.parent.is_dir():
-            raise HistoryError(f"history DB {path}: folder {path.parent} does not exist; create "
-                               "it first, or name another --db")
-        return
-    with open(path, "rb") as fh:
-        head = fh.read(len(SQLITE_MAGIC))
+    """A file that exists must be SQLite (or empty): anything else is refused, never replaced.
+    A symbolic link is refused too, dangling or not (checked on the link itself, before anything
+    follows it), so a history is never created or changed somewhere the name does not say."""
+    try:
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise HistoryError(f"history DB {path} is not a regular file (a symbolic link, a "
+                               "folder or a device); name the file itself with --db")
+        if not path.exists():
+            if not path.parent.is_dir():
+                raise HistoryError(f"history DB {path}: folder {path.parent} does not exist; "
+                                   "create it first, or name another --db")
+            return
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise HistoryError(f"history DB {_short_name(str(path))}: {exc.strerror or exc}; name "
+                           "another --db") from None
     if head and head != SQLITE_MAGIC:
         raise _corrupt(path, "it does not start with the SQLite header")
+    if head:
+        _check_sqlite_readonly(path)
+
+
+def _check_sqlite_readonly(path: Path) -> None:
+    """Judge an existing SQLite file through a read-only connection before anything may change
+    it (the write engine switches a database to WAL for good on its first connection): damaged,
+    not a history, or a newer one is refused here with its bytes as they were."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise _corrupt(path, str(exc)) from None
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise _corrupt(path, f"integrity check: {result}")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        current = None
+        if "alembic_version" in tables:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            current = row[0] if row else None
+    except sqlite3.DatabaseError as exc:
+        raise _corrupt(path, str(exc).strip() or type(exc).__name__) from None
+    finally:
+        conn.close()
+    _judge_schema(str(path), tables, current)
+
+
+def _judge_schema(where: str, tables: set[str], current: str | None) -> None:
+    """Refuse a database that holds tables but no history revision (another program's), or a
+    revision this code does not know (a newer deepcompress's)."""
+    from alembic.script import ScriptDirectory
+
+    if current is None and tables - {"alembic_version"}:
+        raise HistoryError(f"{where} holds tables ({', '.join(sorted(tables)[:4])}) but is not "
+                           "a deepcompress history (it has no schema revision); name another "
+                           "--db; nothing was changed")
+    script = ScriptDirectory(str(MIGRATIONS))
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current is not None and current not in known:
+        raise HistoryError(f"{where} has history schema revision {current}, newer than this "
+                           f"deepcompress knows (up to {script.get_current_head()}): a newer "
+                           "deepcompress wrote it. Upgrade deepcompress (pip install -U "
+                           "deepcompress) to read it, or name another --db; nothing was changed")
 
 
 def _corrupt(path: Path | str, why: str) -> HistoryError:
@@ -193,21 +263,52 @@ def _migrate(engine: Engine, where: str) -> str:
         cfg = _alembic_config(conn)
         script = ScriptDirectory.from_config(cfg)
         head = script.get_current_head()
-        known = {rev.revision for rev in script.walk_revisions()}
-        tables = set(sa.inspect(conn).get_table_names())
         current = MigrationContext.configure(conn).get_current_revision()
-        if current is None and tables - {"alembic_version"}:
-            raise HistoryError(f"{where} holds tables ({', '.join(sorted(tables)[:4])}) but is not "
-                               "a deepcompress history (it has no schema revision); name another "
-                               "--db; nothing was changed")
-        if current is not None and current not in known:
-            raise HistoryError(f"{where} has history schema revision {current}, newer than this "
-                               f"deepcompress knows (up to {head}): a newer deepcompress wrote it. "
-                               "Upgrade deepcompress (pip install -U deepcompress) to read it, or "
-                               "name another --db; nothing was changed")
+        _judge_schema(where, set(sa.inspect(conn).get_table_names()), current)
         if current != head:
             command.upgrade(cfg, "head")
     return head
+
+
+def _server(url: sa.engine.URL) -> str:
+    """A PostgreSQL server as people name it, host:port/database (never the password)."""
+    host = url.host or url.query.get("host") or "localhost"
+    if isinstance(host, tuple):
+        host = ",".join(host)
+    return _short_name(f"{host}:{url.port or 5432}/{url.database or ''}")
+
+
+def _postgres_engine(url: sa.engine.URL) -> Engine:
+    """An engine whose connections give up after ``CONNECT_TIMEOUT_S`` (a server that accepts
+    and never answers) and whose statements after ``STATEMENT_TIMEOUT_S``, unless the URL sets
+    its own ``connect_timeout`` or ``options=-c statement_timeout=...``. A failure of either
+    is a :class:`HistoryError` naming the server."""
+    args: dict[str, Any] = {}
+    query = {k: (v if isinstance(v, str) else " ".join(v)) for k, v in url.query.items()}
+    connect_s = float(query.get("connect_timeout", CONNECT_TIMEOUT_S))
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = int(CONNECT_TIMEOUT_S)
+    options = query.get("options", "")
+    if "statement_timeout" not in options:
+        args["options"] = f"{options} -c statement_timeout={int(STATEMENT_TIMEOUT_S * 1000)}".strip()
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=args)
+    server = _server(url)
+
+    @event.listens_for(engine, "handle_error")
+    def _name_the_server(context: Any) -> None:
+        exc = context.original_exception
+        if not isinstance(exc, engine.dialect.loaded_dbapi.OperationalError):
+            return
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "statement timeout" in first:
+            raise HistoryError(f"history DB {server}: a statement took over "
+                               f"{STATEMENT_TIMEOUT_S:g} s and was cancelled ({first}); set "
+                               "options=-c statement_timeout=MS in the URL for more") from None
+        raise HistoryError(f"history DB {server} cannot be reached (connect timeout "
+                           f"{connect_s:g} s; connect_timeout=S in the URL sets it): "
+                           f"{first}") from None
+
+    return engine
 
 
 def open_history(db: str | os.PathLike[str]) -> "History":
@@ -215,23 +316,20 @@ def open_history(db: str | os.PathLike[str]) -> "History":
     try:
         url = sa.engine.make_url(resolve_url(db))
     except sa.exc.ArgumentError as exc:
-        raise HistoryError(f"--db {db}: not a database URL or path ({exc})") from None
+        raise HistoryError(f"--db {_short_name(str(db))}: not a database URL or path "
+                           f"({_short_name(str(exc), 200)})") from None
     where = display_url(str(url))
     if url.get_backend_name() not in ("sqlite", "postgresql"):
-        raise HistoryError(f"history DB {where}: the history lives in SQLite (a file) or "
-                           "PostgreSQL (postgresql://...); not in "
+        raise HistoryError(f"history DB {_short_name(where)}: the history lives in SQLite (a "
+                           "file) or PostgreSQL (postgresql://...); not in "
                            f"{url.get_backend_name()}")
     if url.get_backend_name() == "sqlite":
         path = _sqlite_path(url)
         if path is not None:
-            _check_sqlite_file(path)
+            _check_sqlite_file(path)   # judged read-only: nothing changes before it is ours
             where = str(path)
         engine = _sqlite_engine(url)
         try:
-            with engine.connect() as conn:
-                result = conn.exec_driver_sql("PRAGMA quick_check").scalar()
-            if result != "ok":
-                raise _corrupt(where, f"integrity check: {result}")
             head = _migrate(engine, where)
         except sa.exc.DatabaseError as exc:
             engine.dispose()
@@ -241,13 +339,13 @@ def open_history(db: str | os.PathLike[str]) -> "History":
             raise
     else:
         try:
-            engine = sa.create_engine(url, pool_pre_ping=True)
+            engine = _postgres_engine(url)
             head = _migrate(engine, where)
         except (sa.exc.NoSuchModuleError, ImportError) as exc:
             raise HistoryError(f"history DB {where}: no driver for it ({exc}); PostgreSQL URLs "
                                "need psycopg (pip install 'psycopg[binary]')") from None
         except sa.exc.OperationalError as exc:
-            raise HistoryError(f"history DB {where} cannot be reached: "
+            raise HistoryError(f"history DB {_server(url)} cannot be reached: "
                                f"{str(exc.orig).strip().splitlines()[0]}") from None
     return History(engine, where, head)
 
@@ -332,7 +430,9 @@ class History:
 
     def runs(self, *, name: str | None = None, kind: str | None = None, model: str | None = None,
              night: str | None = None, limit: int | None = 20) -> list[dict[str, Any]]:
-        """Runs, newest first."""
+        """Runs, newest first; ``limit`` None or 0: all of them."""
+        if limit is not None and not 0 <= limit <= MAX_ID:
+            raise HistoryError(f"limit {limit}: expected a number of runs, 0 (all) or more")
         q = sa.select(s.runs).order_by(s.runs.c.id.desc())
         for column, value in (("name", name), ("kind", kind), ("model", model), ("night", night)):
             if value is not None:
@@ -359,14 +459,17 @@ class History:
 
     def resolve_run(self, ref: str) -> int:
         """A run id from ``ref``: a number, ``latest`` or ``latest-passing``."""
-        if ref.isdigit():
+        if ref.isascii() and ref.isdecimal():   # not "²": Unicode digits int() refuses
+            if not 0 < int(ref) <= MAX_ID:
+                raise HistoryError(f"run {_short_name(ref, 30)}: no run has that id (ids run "
+                                   "from 1); see 'deepcompress history'")
             return int(ref)
         q = sa.select(s.runs.c.id).order_by(s.runs.c.id.desc()).limit(1)
         if ref == "latest-passing":
             q = q.where(s.runs.c.ok.is_(True))
         elif ref != "latest":
-            raise HistoryError(f"run {ref!r}: give a run id (see 'deepcompress history'), "
-                               "latest or latest-passing")
+            raise HistoryError(f"run {_short_name(ref, 30)!r}: give a run id (see 'deepcompress "
+                               "history'), latest or latest-passing")
         with self.engine.connect() as conn:
             found = conn.execute(q).scalar()
         if found is None:
