@@ -44,7 +44,7 @@ from ._state import CompressionState
 from .progress import no_progress
 from .recipe import Recipe, load_recipe
 from .stages import STAGES, StageConfig
-from .stages.encode import EncodeConfig, compressed_weights
+from .stages.encode import EncodeConfig, write_model_file
 from .tasks import Examples, Task
 
 
@@ -152,19 +152,15 @@ class Compressor:
         """Write the ``.dcz`` (the recipe's encode settings); rank 0 only (others get None)."""
         if not self._finalized:
             raise RuntimeError("save() after finalize(): the stages must be done first")
-        import dcz as container
-
         encode = next((c for c in self.recipe.stages if isinstance(c, EncodeConfig)),
                       EncodeConfig())
         report = None
         with distributed.main_first() as main:
             if main:
-                report = container.pack(
-                    self.model.state_dict(), Path(path),
-                    compressed=compressed_weights(encode, self.state),
-                    meta={"recipe": self.recipe.to_dict(), "recipe_sha256": self.recipe.sha256(),
-                          **(meta or {})},
-                    coder=encode.coder, plain_dtype=encode.plain_dtype)
+                report = write_model_file(
+                    self.model.state_dict(), self.state, Path(path), encode,
+                    {"recipe": self.recipe.to_dict(), "recipe_sha256": self.recipe.sha256(),
+                     **(meta or {})})
         return report
 
     # -- the schedule ---------------------------------------------------------------------------

@@ -608,3 +608,37 @@ def test_a_user_factory_that_loads_weights_is_built_for_real(tmp_path):
     pack({"weight": torch.zeros(5, 4), "bias": torch.zeros(5)}, tmp_path / "w.dcz")
     with pytest.raises(ContainerError, match="do not fit model"):
         model_from_dcz(tmp_path / "w.dcz", model=f"{__name__}:weights_loading_factory")
+
+
+def test_pack_and_compressor_save_are_one_writer_with_the_same_options(tmp_path, capsys):
+    """`pack`'s flags are a post-training recipe written by Compressor.save: the same model and
+    settings give the same bytes; "smallest" and "minimal" are honoured (save used to pass
+    "smallest" to dcz.pack, which refused it, and ignored "minimal")."""
+    from compression.api import compress
+    from compression.stages import LAYER_TYPES
+
+    torch.manual_seed(0)
+    sd = LeNet300().state_dict()
+    torch.save(sd, tmp_path / "ckpt.pt")
+    out = tmp_path / "cli.dcz"
+    assert cli_main(["pack", str(tmp_path / "ckpt.pt"), "--model", "lenet300", "--out", str(out),
+                     "--sparsity", "0.5", "--bits", "4", "--coder", "smallest",
+                     "--plain-dtype", "float16", "--metadata", "minimal", "--json"]) == 0
+    capsys.readouterr()
+    model = LeNet300()
+    model.load_state_dict(sd)
+    names = ("fc1", "fc2", "fc3")
+    off = {t: False for t in LAYER_TYPES}
+    comp = compress(model, {"stages": [
+        {"kind": "prune", "sparsity": 0.5, "rounds": 1, "retrain_epochs": 0, "by_type": off,
+         "by_name": {n: {"sparsity": 0.5} for n in names}},
+        {"kind": "share", "by_type": off,
+         "by_name": {n: {"bits": 4, "group_size": None} for n in names}},
+        {"kind": "encode", "coder": "smallest", "index_bits": None, "plain_dtype": "float16",
+         "metadata": "minimal"}]})
+    api = comp.save(tmp_path / "api.dcz",
+                    meta={"model": {"name": "lenet300", "kwargs": {}},
+                          "source": {"checkpoint": str(tmp_path / "ckpt.pt")}})
+    assert api.coder in ("huffman", "ans")
+    assert (tmp_path / "api.dcz").read_bytes() == out.read_bytes()
+    assert set(load(out).meta) - {"format"} == {"model", "recipe_sha256"}   # minimal: no source

@@ -58,11 +58,13 @@ def minimal_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def compressed_weights(config: EncodeConfig, state: CompressionState) -> dict[str, dict]:
-    """The weights stored sparse (pruned or shared, and not left alone by the config)."""
+    """The weights stored sparse (pruned, shared or given a bit width, and not left alone by the
+    config)."""
     out = {}
     for name, layer in state.layers.items():
         settings = config.for_layer(name, layer.type_name)
-        if settings is None or (layer.mask is None and layer.centroids is None):
+        if settings is None or (layer.mask is None and layer.centroids is None
+                                and layer.bits is None):
             continue
         entry = {"bits": layer.bits, "index_bits": settings.get("index_bits")}
         if layer.group_size is not None:
@@ -87,6 +89,16 @@ def pack(state_dict: dict, path: Path, *, coder: str, **options: Any):
         best = min(trials, key=lambda r: r.bytes)
         write_bytes_atomic(path, best.path.read_bytes(), kind=DCZ)
     return dataclasses.replace(best, path=Path(path))
+
+
+def write_model_file(state_dict: dict, state: CompressionState, path: Path,
+                     config: EncodeConfig, meta: dict[str, Any]):
+    """The one ``.dcz`` writer: the encode stage, ``Compressor.save`` and ``deepcompress pack``
+    all come here, so one model, state and config give the same bytes whichever wrote them
+    (the coder, "smallest" included, the plain dtype, the index widths and the metadata level)."""
+    meta = dict(meta) if config.metadata == "full" else minimal_meta(meta)
+    return pack(state_dict, Path(path), compressed=compressed_weights(config, state), meta=meta,
+                coder=config.coder, plain_dtype=config.plain_dtype)
 
 
 def decoded_model(path: Path, name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
@@ -120,9 +132,8 @@ def run(model: torch.nn.Module, config: EncodeConfig, ctx: StageContext) -> None
     if out is None:
         raise RuntimeError("encode: the pipeline gave no output folder")
     compressed = compressed_weights(config, ctx.state)
-    meta = out.meta if config.metadata == "full" else minimal_meta(out.meta)
-    final = pack(model.state_dict(), out.folder / MODEL_FILE, compressed=compressed,
-                 meta=meta, coder=config.coder, plain_dtype=config.plain_dtype)
+    final = write_model_file(model.state_dict(), ctx.state, out.folder / MODEL_FILE, config,
+                             out.meta)
     rows = []
     for label, name, checkpoint in out.rows:
         rep = container.pack(load_state_dict_file(checkpoint),

@@ -18,9 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--model-kwargs", default=None, metavar="JSON",
                             help="keyword arguments for the model factory, as a JSON object")
         parser.add_argument("--out", "-o", required=True, help="the .dcz file to write")
-        parser.add_argument("--coder", choices=CODERS, default="huffman",
+        parser.add_argument("--coder", choices=(*CODERS, "smallest"), default="huffman",
                             help="entropy coder for the gap and index streams (default: huffman, "
-                                 "the paper's; 'none' = fixed-width bit packing)")
+                                 "the paper's; 'none' = fixed-width bit packing; 'smallest' = "
+                                 "Huffman and rANS both tried, the smaller file kept)")
         parser.add_argument("--sparsity", type=float, metavar="S",
                             help="post-training: cut every compressible layer to this fraction "
                                  "of zeros by magnitude (layers already that sparse are kept)")
@@ -42,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--plain-dtype", choices=("float32", "float16"), default="float32",
                             help="storage of uncompressed tensors (biases, norms); float16 is "
                                  "lossy")
+        parser.add_argument("--metadata", choices=("full", "minimal"), default="full",
+                            help="what the file says besides the weights (the encode stage's "
+                                 "option): 'minimal' keeps only the model to rebuild")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
     elif command == "unpack":
         parser.add_argument("file", help="the .dcz file")
@@ -94,7 +98,6 @@ def _pack(args: argparse.Namespace) -> int:
                                     load_weights, weight_name)
     from compression.stages import LAYER_TYPES
     from dccore.outputs import DCZ, check_output
-    from dcz import pack
 
     check_output(args.out, DCZ, flag="--out")
     try:
@@ -135,22 +138,22 @@ def _pack(args: argparse.Namespace) -> int:
                        "by_type": off, "by_name": cut})
     if share:
         stages.append({"kind": "share", "by_type": off, "by_name": share})
+    # the flags are a post-training recipe; Compressor.save is the one .dcz writer
+    stages.append({"kind": "encode", "coder": args.coder, "index_bits": args.index_bits,
+                   "plain_dtype": args.plain_dtype, "metadata": args.metadata})
     comp = compress(model, {"stages": stages})
-    compressed = {}
-    for name, module in layers.items():
+    for name in layers:
+        # what the checkpoint already holds is stored as such: its zeros sparse (a pruned
+        # checkpoint packs without --sparsity), its few distinct values with --bits indices
         layer = comp.state.layers[name]
-        entry = {"bits": layer.bits if layer.bits is not None else settings[name]["bits"],
-                 "index_bits": args.index_bits}
-        if layer.group_size is not None:
-            entry["group_size"] = layer.group_size
-        compressed[weight_name(name, module)] = entry
+        if layer.mask is None and bool((layer.weight == 0).any()):
+            layer.mask = layer.weight.detach() != 0
+        if layer.bits is None and settings[name]["bits"] is not None:
+            layer.bits = settings[name]["bits"]
     for note in notes:
         print(f"deepcompress pack: note: {note}", file=sys.stderr)
-    meta = {"model": {"name": args.model, "kwargs": kwargs},
-            "source": {"checkpoint": str(args.checkpoint)},
-            **({"post_training": {"stages": stages}} if stages else {})}
-    report = pack(model.state_dict(), args.out, compressed=compressed, meta=meta,
-                  coder=args.coder, plain_dtype=args.plain_dtype)
+    report = comp.save(args.out, meta={"model": {"name": args.model, "kwargs": kwargs},
+                                       "source": {"checkpoint": str(args.checkpoint)}})
     if args.json:
         print(json.dumps({**report.as_dict(), "notes": notes}, indent=2))
     else:
