@@ -142,7 +142,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
     val_scores: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     stage_metrics: dict[str, dict] = {}
+    task.bind(model)        # a label-free task decides here which figure leads, and says why
     primary = task.primary
+    if task.primary_reason:
+        log(f"leading metric: {primary} ({task.primary_reason})")
 
     def scored(name: str, info: dict) -> dict:
         """Score the model after ``name``; the checkpoint's figures, with those scores. A
@@ -432,6 +435,8 @@ def _report(recipe: Recipe, task: Task, state: CompressionState, scores: dict,
         report["accuracy"] = headline
     report["primary_metric"] = {"name": primary, "higher_is_better": task.higher_is_better,
                                 **headline}
+    if task.primary_reason:
+        report["primary_metric"]["why"] = task.primary_reason
     report["scores"] = scores
     report.update({
         "sparsity": state.sparsity(),

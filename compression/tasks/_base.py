@@ -123,6 +123,7 @@ class Task:
     higher_is_better: bool = True
     needs_labels: bool = True           # False: the loss compares with the teacher only
     trains_baseline: bool = True        # False: the model as given is the baseline (a teacher)
+    primary_reason: str = ""            # why ``primary`` leads, when the task chose it itself
 
     def __init__(self, config: Any, *, seed: int = 0, data_root: str | None = None,
                  data: Any = None) -> None:
@@ -155,6 +156,10 @@ class Task:
             idx = order[start:start + batch_size]
             inputs, targets = split.take(idx)
             yield idx, inputs, targets
+
+    def bind(self, model: torch.nn.Module) -> None:
+        """See the model before any figure is read (the pipeline calls it once): a task that
+        chooses its leading figure from the outputs (label-free ``distill``) decides here."""
 
     # -- loss and figures -----------------------------------------------------------------------
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor | None,

@@ -13,7 +13,25 @@ encoder, a detector's head, a keyword spotter without its labels. Inputs come fr
 
 Loss: ``mse`` on the outputs, ``cosine`` (1 - cosine), or ``kl`` (softmax at ``temperature``,
 scaled by T²). Metrics against the teacher on the held-out examples: mean and minimum output
-cosine (``cosine_mean`` leads), relative error, top-1 and top-5 agreement.
+cosine, relative error, top-1 (per position) and top-5 agreement, and for sequences the share of
+identical decoded sequences and their token error rate (``_sequence.py``).
+
+Which figure leads (``metric``): what the user reads off the outputs. ``"agreement"``: the share
+of positions whose top-1 class is the teacher's (logits: the user reads the argmax);
+``"sequence"``: the share of examples whose decoded sequence is identical (``decoder``:
+``"argmax"``, ``"ctc_greedy"`` or the user's ``package.module:function``); ``"cosine"``: the mean
+output cosine (embeddings, whose geometry is what the user reads). ``"auto"`` (the default)
+decides once, from the recipe and one call of the dense model on two training examples:
+
+1. a ``decoder`` is named: ``sequence``;
+2. ``loss = "cosine"``: ``cosine`` (the recipe treats the outputs as embeddings);
+3. the model returns a mapping or ModelOutput: ``logits`` -> logits; ``sentence_embedding``,
+   ``last_hidden_state``, ``pooler_output`` or ``embeddings`` -> ``cosine``;
+4. one value per example, or rows of unit length (a normalised embedding): ``cosine``;
+5. otherwise the outputs are logits: with a position axis (examples x steps x classes)
+   ``sequence`` (the argmax path), else ``agreement``.
+
+The report's ``primary_metric.why`` says which rule chose it; set ``metric`` to override.
 """
 from __future__ import annotations
 
@@ -31,8 +49,13 @@ from dccore.registry import user_callable
 
 from .._config import Check, Int, Num, OneOf, Shape, Text, fail, setting
 from ._base import Examples, Task, TaskConfig, TaskData, register_task
+from ._sequence import (BUILTIN_DECODERS, decode, position_agreement, sequence_figures)
 
 LOSSES = ("mse", "cosine", "kl")
+METRICS = ("auto", "agreement", "sequence", "cosine")
+# the figure each metric leads with (the report's primary_metric.name)
+LEADS = {"agreement": "top1_agreement", "sequence": "sequence_agreement", "cosine": "cosine_mean"}
+_EMBEDDING_KEYS = ("sentence_embedding", "last_hidden_state", "pooler_output", "embeddings")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 MAX_TEXT_BYTES = 64 << 20    # a text sample file larger than this is refused, not read
 
@@ -59,6 +82,11 @@ class DistillConfig(TaskConfig):
     temperature: float = setting(1.0, Num(0.0, 100.0, lo_open=True))  # kl only
     test_fraction: float = setting(0.2, Num(0.0, 0.9, lo_open=True))  # held out for the figures
     limit: int | None = setting(None, Int(2))       # use at most this many examples
+    # the figure that leads (see the module docstring); "auto": decided from the outputs
+    metric: str = setting("auto", OneOf(METRICS))
+    # sequences: "argmax" (the default), "ctc_greedy", or "package.module:function" (outputs ->
+    # one sequence per example)
+    decoder: str | None = setting(None, Text())
 
     def _check(self, path: str) -> None:
         if (self.inputs is None) == (self.factory is None):
@@ -67,6 +95,13 @@ class DistillConfig(TaskConfig):
         if self.input_names is not None and (not isinstance(self.input_names, (list, tuple))
                                              or not all(isinstance(n, str) for n in self.input_names)):
             raise RecipeError(f"{path or 'task'}.input_names: expected a list of names")
+        if self.decoder is not None and self.metric not in ("auto", "sequence"):
+            raise RecipeError(f"{path or 'task'}.decoder: a decoder is read by metric "
+                              f"'sequence' (or 'auto'), not {self.metric!r}; drop one of them")
+        if (self.decoder is not None and self.decoder not in BUILTIN_DECODERS
+                and ":" not in self.decoder):
+            raise RecipeError(f"{path or 'task'}.decoder: {self.decoder!r} is not one of "
+                              f"{sorted(BUILTIN_DECODERS)} or 'package.module:function'")
 
 
 def _named_callable(spec: str, what: str) -> Any:
@@ -130,9 +165,56 @@ def _read_images(folder: Path, shape: tuple[int, ...] | None) -> torch.Tensor:
 
 class Distill(Task):
     KIND = "distill"
-    primary = "cosine_mean"
     needs_labels = False
     trains_baseline = False
+
+    def __init__(self, config: Any, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self._lead: tuple[str, str] | None = None     # (metric, why), once decided
+        self._decoder = None
+        if config.metric != "auto":
+            self._lead = (config.metric, f"metric = {config.metric!r} in the recipe")
+        elif config.decoder is not None:
+            self._lead = ("sequence", f"auto: the recipe names decoder {config.decoder!r}")
+        elif config.loss == "cosine":
+            self._lead = ("cosine", "auto: loss = 'cosine' treats the outputs as embeddings")
+
+    # -- which figure leads ---------------------------------------------------------------------
+    @property
+    def primary(self) -> str:
+        if self._lead is None:
+            raise RuntimeError("the distill task decides its leading metric from the model's "
+                               "outputs: call bind(model) or score the model first")
+        return LEADS[self._lead[0]]
+
+    @property
+    def primary_reason(self) -> str:
+        return self._lead[1] if self._lead is not None else ""
+
+    def bind(self, model: nn.Module) -> None:
+        """Decide the leading metric (rules 3-5 of the module docstring) from one call of the
+        dense model on two training examples, unless the recipe already decided it."""
+        if self._lead is not None:
+            return
+        inputs, _ = self.data().train.take(slice(0, 2))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                raw = model(*inputs)
+        finally:
+            model.train(was_training)
+        self._lead = _decide(raw)
+
+    def _decide_from(self, outputs: torch.Tensor) -> None:
+        if self._lead is None:     # scored before bind (tuning scores first, then reads primary)
+            self._lead = _decide(outputs)
+
+    def decoder(self):
+        if self._decoder is None:
+            name = self.config.decoder or "argmax"
+            self._decoder = BUILTIN_DECODERS.get(name) or _named_callable(name, "decoder")
+        return self._decoder
 
     def _samples(self) -> tuple[torch.Tensor, ...]:
         cfg = self.config
@@ -193,19 +275,65 @@ class Distill(Task):
                                     reduction="batchmean", log_target=True) * temp * temp
 
     def metrics(self, outputs, targets, reference):
+        self._decide_from(outputs)
         if reference is None:       # the teacher itself: identical by definition
             reference = outputs
+        if len(outputs) == 0:
+            return {name: float("nan") for name in ("cosine_mean", LEADS[self._lead[0]])}
         got = outputs.reshape(outputs.shape[0], -1).double().numpy()
         ref = reference.reshape(reference.shape[0], -1).double().numpy()
-        if len(got) == 0:
-            return {"cosine_mean": float("nan")}
         rel = np.linalg.norm(got - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
         out = {"cosine_mean": metrics.mean_cosine(got, ref), "cosine_min": metrics.min_cosine(got, ref),
-               "relative_error": float(rel.mean()),
-               "top1_agreement": metrics.argmax_agreement(got, ref)}
-        if got.shape[1] >= 5:
-            out["top5_agreement"] = metrics.top_k_agreement(got, ref, 5)
+               "relative_error": float(rel.mean())}
+        classes = outputs.shape[-1] if outputs.dim() > 1 else 1
+        if classes > 1:     # per position: the last axis holds the classes
+            out["top1_agreement"] = position_agreement(outputs, reference)
+            if classes >= 5:
+                out["top5_agreement"] = metrics.top_k_agreement(
+                    outputs.reshape(-1, classes).double().numpy(),
+                    reference.reshape(-1, classes).double().numpy(), 5)
+        if self._lead[0] == "sequence":
+            what = f"task.decoder {self.config.decoder or 'argmax'!r}"
+            out.update(sequence_figures(decode(self.decoder(), outputs, what),
+                                        decode(self.decoder(), reference, what)))
+        elif self._lead[0] == "agreement" and "top1_agreement" not in out:
+            raise DataError("task.metric 'agreement': the outputs hold one value per example, "
+                            "no classes to agree on; use metric 'cosine'")
         return out
+
+
+def _decide(raw: Any) -> tuple[str, str]:
+    """(metric, why) by rules 3-5 of the module docstring, from one call's raw output."""
+    from ._base import model_outputs
+
+    if isinstance(raw, Mapping) or hasattr(raw, "keys"):
+        keys = [k for k in raw.keys() if isinstance(raw[k], torch.Tensor)]
+        if "logits" in keys:
+            out = raw["logits"]
+            return (("sequence", "auto: the model returns logits with a position axis "
+                                 f"({_shape(out)}): the decoded sequences are what is read")
+                    if out.dim() >= 3 else
+                    ("agreement", f"auto: the model returns logits ({_shape(out)}): the top-1 "
+                                  "class is what is read"))
+        found = [k for k in _EMBEDDING_KEYS if k in keys]
+        if found:
+            return "cosine", f"auto: the model returns {found[0]!r}, an embedding"
+    out = model_outputs(raw)
+    if out.dim() < 2 or out.shape[-1] < 2:
+        return "cosine", f"auto: one value per example ({_shape(out)}), no classes to agree on"
+    norms = out.reshape(-1, out.shape[-1]).double().norm(dim=1)
+    if bool(((norms - 1).abs() < 1e-3).all()):
+        return "cosine", f"auto: the outputs ({_shape(out)}) are unit-length rows, an embedding"
+    if out.dim() >= 3:
+        return ("sequence", f"auto: the outputs ({_shape(out)}) are read as logits with a position "
+                            "axis: the decoded sequences (argmax path) are what is read; set "
+                            "decoder for CTC, or metric = 'cosine' for embeddings")
+    return ("agreement", f"auto: the outputs ({_shape(out)}) are read as logits: the top-1 class "
+                         "is what is read; set metric = 'cosine' for embeddings")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "examples x " + " x ".join(str(d) for d in t.shape[1:]) if t.dim() > 1 else "examples"
 
 
 register_task(DistillConfig, Distill)
