@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,14 +226,39 @@ def _library_versions(coder: str) -> dict:
 
 # ------------------------------------------------------------------------------------------ load
 
-def _read(path: str | os.PathLike[str], max_decoded_bytes: int | None):
-    path = Path(path)
+def _read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file (or a link to one): the one way a
+    .dcz is read. A device (``/dev/zero`` never ends), a FIFO (blocks until a writer comes) or a
+    socket is refused; the check is on the descriptor that is then read, so nothing can be
+    swapped in between, and the read stops at the size the file had when it was checked."""
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ContainerError(f"{path}: no such file") from None
     except OSError as exc:
         raise ContainerError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise ContainerError(f"{path}: {kind}; name a .dcz file")
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(info.st_size)
+    except OSError as exc:
+        raise ContainerError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(data) != info.st_size:
+        raise ContainerError(f"{path}: changed while it was read ({len(data):,} of "
+                             f"{info.st_size:,} bytes); read it again once it is written")
+    return data
+
+
+def _read(path: str | os.PathLike[str], max_decoded_bytes: int | None):
+    path = Path(path)
+    data = _read_regular(path)
     buf = memoryview(data)
     where = str(path)
     version = _format.check_header(buf, where)
