@@ -113,6 +113,9 @@ class CompressedLayer:
     shape: tuple[int, ...]
     codebook: np.ndarray      # sorted distinct non-zero values, float32
     nnz: int                  # non-zero weights (the pruning mask's population)
+    # rows (axis 0) per codebook when the share stage gave each group of rows its own (the .dcz
+    # says); None: one codebook. ``codebook`` is then every group's values together.
+    group_size: int | None = None
 
     @property
     def size(self) -> int:

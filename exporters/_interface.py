@@ -151,6 +151,11 @@ class Exporter(ABC):
     def baseline(self, options: Any) -> Any:
         """The options of the same export uncompressed (what "dense bytes" measure)."""
 
+    def baselines(self, options: Any) -> dict[str, Any]:
+        """The uncompressed exports a report sets the artifact beside, by label: ``baseline``'s
+        first (what "dense bytes" and the ratio measure); a format adds others (float16)."""
+        return {"dense": self.baseline(options)}
+
     def variants(self) -> dict[str, Any]:
         """The variants a benchmark compares, the dense baseline first."""
         default = self.Options()
@@ -162,6 +167,7 @@ class ExportResult:
     artifact: ArtifactReport
     validation: Validation
     dense: ArtifactSize | None = None
+    others: Mapping[str, ArtifactSize] = field(default_factory=dict)   # further baselines, by label
 
     @property
     def ok(self) -> bool:
@@ -172,6 +178,8 @@ class ExportResult:
         if self.dense is not None:
             out.update(dense_bytes=self.dense.bytes, dense_zipped_bytes=self.dense.zipped_bytes,
                        ratio=self.dense.bytes / self.artifact.size.bytes)
+        if self.others:
+            out["baselines"] = {k: v.to_dict() for k, v in self.others.items()}
         checked = self.validation.to_dict()
         stored, verified = out.pop("layers"), checked.pop("layers", {})
         out.update(checked)
@@ -190,12 +198,14 @@ def export_and_validate(exporter: str | Exporter, model: nn.Module,
     if isinstance(exporter, str):
         exporter = EXPORTERS.get(exporter)
     artifact = exporter.export(model, example_inputs, out, options, layers=layers)
-    dense = None
+    sizes: dict[str, ArtifactSize] = {}
     if baseline:
-        with temporary_folder() as tmp:
-            dense_path = Path(tmp) / f"dense{exporter.suffix}"
-            exporter.export(model, example_inputs, dense_path,
-                            exporter.baseline(exporter.options(options)))
-            dense = artifact_size(dense_path)
+        for i, (label, dense_options) in enumerate(
+                exporter.baselines(exporter.options(options)).items()):
+            with temporary_folder() as tmp:
+                dense_path = Path(tmp) / f"dense{i}{exporter.suffix}"
+                exporter.export(model, example_inputs, dense_path, dense_options)
+                sizes[label] = artifact_size(dense_path)
     validation = exporter.validate(artifact, model, inputs, score, reference=reference)
-    return ExportResult(artifact, validation, dense)
+    dense = next(iter(sizes.values()), None)
+    return ExportResult(artifact, validation, dense, dict(list(sizes.items())[1:]))

@@ -8,11 +8,18 @@ Each compressed layer is stored with one of Core ML's constexpr ops, chosen per 
 - ``palettize`` (iOS 16+): ``constexpr_lut_to_dense``: n-bit indices of every weight (zero being
   one LUT entry) into a LUT.
 
+A LUT is one per tensor, or (iOS 18) one per group of output rows: the ``share`` stage's
+``group_size`` codebooks are stored as they are, each group's LUT exactly its values. Core ML's
+groups are equal and must tile the rows: an embedding table (read by a ``gather``) whose rows do
+not divide is padded with copies of its last row, which no valid token id reads; any other layer
+takes the largest group size that divides both (more LUTs, each still exact).
+
 ``auto`` picks, per layer, the smallest of those the deployment target can hold (iOS 16/17 have no
-joint op, so a pruned layer is usually stored sparse and a dense shared layer palettized). The LUT
-is exactly the layer's distinct values (our codebook cast to the weight dtype; zero too when the
-tensor is stored dense), padded with unused entries to the next n Core ML allows
-({1, 2, 3, 4, 6, 8}; no 3 before iOS 18): a 5-bit codebook takes 6-bit indices.
+joint op and no grouped LUTs), and says why. The LUT is exactly the layer's (or group's) distinct
+values (our codebook cast to the weight dtype; zero too when the tensor is stored dense), padded
+with unused entries to the next width Core ML allows (``dccore.formats.COREML_LUT_BITS``; no 3
+before iOS 18): a 5-bit codebook takes 6-bit indices, so a recipe that targets Core ML asks
+``share`` for widths it holds (``[export] targets = ["coreml"]``).
 
 Choices that keep the weights intact:
 - ``weight_threshold=0`` on every config (the default 2048 silently skips small layers), and only
@@ -27,6 +34,8 @@ Choices that keep the weights intact:
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -39,6 +48,7 @@ import torch
 from torch import nn
 
 from dccore.errors import ExportError
+from dccore.formats import COREML_LUT_BITS
 from dccore.outputs import MLPACKAGE, atomic_path, check_output
 from exporters import (CompressedLayer, as_inputs, locate_in_trace, locate_op, select_layers,
                        unsupported_op_error)
@@ -52,7 +62,8 @@ METHODS = ("auto", "joint", "sparse", "palettize", "none")
 DEFAULT_TARGET, DEFAULT_PRECISION, DEFAULT_METHOD = "iOS18", "fp16", "auto"
 METADATA_KEY = "com.deepcompress.layers"
 # Index widths Core ML's LUT ops accept: iOS16's constexpr_lut_to_dense has no 3-bit LUT.
-_NBITS = {"iOS16": (1, 2, 4, 6, 8), "iOS17": (1, 2, 4, 6, 8), "iOS18": (1, 2, 3, 4, 6, 8)}
+_NO3 = tuple(b for b in COREML_LUT_BITS if b != 3)
+_NBITS = {"iOS16": _NO3, "iOS17": _NO3, "iOS18": COREML_LUT_BITS}
 # Converter passes that rewrite weight values (and so would destroy the codebooks).
 _WEIGHT_REWRITING_PASSES = ("common::fuse_conv_batchnorm", "common::fuse_conv_scale")
 # What each method must leave in front of the layer's compute op (outermost first).
@@ -70,10 +81,14 @@ class LayerPlan:
     name: str
     method: str            # "joint" | "sparse" | "palettize"
     nbits: int | None      # LUT index width (None for sparse)
-    lut_entries: int | None
+    lut_entries: int | None   # entries of each LUT
     nnz: int
     size: int
-    payload_bytes: int     # mask + indices + values + LUT, before the package's own overhead
+    payload_bytes: int     # mask + indices + values + LUTs, before the package's own overhead
+    group_size: int | None = None   # rows per LUT (None: one LUT for the tensor)
+    luts: int | None = None         # LUTs stored (None for sparse)
+    pad_rows: int = 0      # rows appended to an embedding table so its groups tile it
+    reason: str = ""       # why this storage, in words (for the report)
 
 
 @dataclass(frozen=True)
@@ -93,33 +108,116 @@ def _lut_bits(n_values: int, target: str) -> int | None:
     return next((b for b in _NBITS[target] if n_values <= 1 << b), None)
 
 
-def plan_layer(info: CompressedLayer, target: str, precision: str, method: str = "auto") -> LayerPlan:
-    """Pick the storage for one layer: the smallest the target can hold, or the one asked for."""
+@dataclass(frozen=True)
+class _Layout:
+    """The tensor cut into LUT groups: rows per group (None: one), rows appended, and the most
+    distinct values any group holds (zero counted or not)."""
+
+    group_size: int | None
+    pad_rows: int
+    groups: int
+    distinct: int            # counting zero where a group holds one (dense palettization)
+    distinct_nonzero: int    # the non-zero values (joint: the mask carries the zeros)
+    size: int
+    nnz: int
+
+
+def _layout(weight: np.ndarray, group_size: int | None, pad_rows: int = 0) -> _Layout:
+    """Distinct values per group of ``group_size`` rows (axis 0), the tensor padded with
+    ``pad_rows`` copies of its last row. Counted in float32 (exact for fp16 values; numpy's
+    AVX-512 float16 sort is unreliable, see _codebook_lut)."""
+    rows = weight.reshape(weight.shape[0], -1).astype(np.float32)
+    if pad_rows:
+        rows = np.concatenate([rows, np.repeat(rows[-1:], pad_rows, axis=0)])
+    gs = group_size or rows.shape[0]
+    groups = rows.reshape(rows.shape[0] // gs, -1)
+    ordered = np.sort(groups, axis=1)
+    distinct = 1 + np.count_nonzero(np.diff(ordered, axis=1), axis=1)
+    nonzero = distinct - (groups == 0).any(axis=1)
+    return _Layout(group_size, pad_rows, groups.shape[0], int(distinct.max(initial=0)),
+                   int(nonzero.max(initial=0)), int(rows.size), int(np.count_nonzero(rows)))
+
+
+def _layouts(weight: np.ndarray, group_size: int | None, target: str, gathered: bool) -> list[_Layout]:
+    """One LUT for the tensor, and (iOS 18) one per ``group_size`` rows as the share stage cut
+    them: padded to whole groups for an embedding table, else the largest group size that
+    divides both the rows and ours (each of Core ML's groups then lies inside one of ours)."""
+    out = [_layout(weight, None)]
+    rows = weight.shape[0]
+    if target != "iOS18" or not group_size or group_size >= rows:
+        return out
+    if rows % group_size == 0:
+        out.append(_layout(weight, group_size))
+    elif gathered:
+        out.append(_layout(weight, group_size, -rows % group_size))
+    elif math.gcd(rows, group_size) > 1:
+        out.append(_layout(weight, math.gcd(rows, group_size)))
+    return out
+
+
+def _describe(plan: LayerPlan) -> str:
+    if plan.method == "sparse":
+        return f"sparse: mask + {plan.nnz:,} fp16 values"
+    luts = "1 LUT" if plan.luts == 1 else f"{plan.luts:,} LUTs of {plan.group_size} rows"
+    what = f"{plan.method}: {plan.nbits}-bit indices into {luts}"
+    if plan.pad_rows:
+        what += f" (+{plan.pad_rows} copied rows no token id reads)"
+    return what
+
+
+def plan_layer(info: CompressedLayer, target: str, precision: str, method: str = "auto", *,
+               weight: np.ndarray | None = None, gathered: bool = False) -> LayerPlan:
+    """Pick the storage for one layer: the smallest the target can hold exactly, or the smallest
+    of the method asked for. ``weight`` (default: rebuilt from ``info``'s codebook as one LUT)
+    lets grouped LUTs be planned for a layer with ``info.group_size``; ``gathered``: the weight
+    is an embedding table (rows may be padded)."""
     dtype = np.float16 if precision == "fp16" else np.float32
     vbytes = np.dtype(dtype).itemsize
-    # fp16 may merge two close centroids (sorted in float32: see _codebook_lut)
-    k = len(np.unique(info.codebook.astype(dtype).astype(np.float32)))
     n, nnz = info.size, info.nnz
-    mask_bytes = math.ceil(n / 8)
-    options: dict[str, LayerPlan] = {
-        "sparse": LayerPlan(info.name, "sparse", None, None, nnz, n, mask_bytes + nnz * vbytes)}
-    dense_bits = _lut_bits(k + (1 if nnz < n else 0), target)   # zero takes a LUT entry when dense
-    if dense_bits is not None:
-        options["palettize"] = LayerPlan(info.name, "palettize", dense_bits, 1 << dense_bits, nnz, n,
-                                         math.ceil(n * dense_bits / 8) + (vbytes << dense_bits))
-    joint_bits = _lut_bits(max(k, 1), target)
-    if target == "iOS18" and joint_bits is not None:
-        options["joint"] = LayerPlan(info.name, "joint", joint_bits, 1 << joint_bits, nnz, n,
-                                     mask_bytes + math.ceil(nnz * joint_bits / 8)
-                                     + (vbytes << joint_bits))
-    if method == "auto":
-        return min(options.values(), key=lambda p: p.payload_bytes)
-    if method not in options:
+    if weight is None:   # one LUT: the codebook is the tensor's distinct values
+        # fp16 may merge two close centroids (sorted in float32: see _codebook_lut)
+        k = len(np.unique(info.codebook.astype(dtype).astype(np.float32)))
+        layouts = [_Layout(None, 0, 1, k + (1 if nnz < n else 0), k, n, nnz)]
+    else:
+        layouts = _layouts(np.asarray(weight).astype(dtype), getattr(info, "group_size", None),
+                           target, gathered)
+    options: list[LayerPlan] = [
+        LayerPlan(info.name, "sparse", None, None, nnz, n, math.ceil(n / 8) + nnz * vbytes)]
+    for lay in layouts:
+        dense_bits = _lut_bits(lay.distinct, target)
+        if dense_bits is not None:
+            options.append(LayerPlan(
+                info.name, "palettize", dense_bits, 1 << dense_bits, nnz, n,
+                math.ceil(lay.size * dense_bits / 8) + lay.groups * (vbytes << dense_bits),
+                lay.group_size, lay.groups, lay.pad_rows))
+        joint_bits = _lut_bits(max(lay.distinct_nonzero, 1), target)
+        if target == "iOS18" and joint_bits is not None:
+            options.append(LayerPlan(
+                info.name, "joint", joint_bits, 1 << joint_bits, nnz, n,
+                math.ceil(lay.size / 8) + math.ceil(lay.nnz * joint_bits / 8)
+                + lay.groups * (vbytes << joint_bits), lay.group_size, lay.groups, lay.pad_rows))
+    pool = options if method == "auto" else [p for p in options if p.method == method]
+    if not pool:
+        most = min(lay.distinct_nonzero for lay in layouts)
         why = ("the joint op needs iOS18" if method == "joint" and target != "iOS18"
-               else f"it holds {k} distinct values, more than a LUT of 256 entries")
+               else f"a LUT of 256 entries cannot hold it ({most} distinct values in its "
+                    "smallest layout)")
         raise ExportError(f"layer {info.name!r}: cannot store it as {method!r} for {target}: {why}; "
-                          "use --coreml-compression auto")
-    return options[method]
+                          "use --coreml-method auto")
+    best = min(pool, key=lambda p: p.payload_bytes)
+    others = sorted((p for p in options if p is not best), key=lambda p: p.payload_bytes)
+    reason = (f"{_describe(best)}, {best.payload_bytes:,} B"
+              + (" (asked for)" if method != "auto" else " (smallest exact form)")
+              + "".join(f"; {_describe(p)} {p.payload_bytes:,} B" for p in others[:2]))
+    if best.nbits is not None:
+        held = next(lay for lay in layouts if (lay.group_size, lay.pad_rows)
+                    == (best.group_size, best.pad_rows))
+        values = held.distinct if best.method == "palettize" else held.distinct_nonzero
+        need = max(1, math.ceil(math.log2(max(values, 1))))
+        if need < best.nbits:
+            reason += (f"; {values} values per LUT need {need}-bit indices, stored as "
+                       f"{best.nbits} (the next width Core ML holds)")
+    return dataclasses.replace(best, reason=reason)
 
 
 def _input_dtype(dtype: torch.dtype) -> type:
@@ -257,12 +355,14 @@ def _producer_chain(program: Any, consumer: tuple[str, str]) -> list[Any]:
     return chain
 
 
-def _codebook_lut(include_zero: bool, target: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """A LUT holding exactly the tensor's distinct values, padded to 2**n entries.
+def _codebook_lut(include_zero: bool, nbits: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A LUT holding exactly the tensor's (or, grouped, the group's: coremltools calls it once
+    per group) distinct values, padded to 2**nbits entries (every group's LUT the same size).
 
     coremltools' ``mode="unique"`` does this too, but for joint compression it palettizes the
-    densified tensor, so zero takes a LUT entry the non-zero indices never use: 64 centroids then
-    need 8-bit indices instead of 6. Here zero gets an entry only when the tensor is stored dense.
+    densified tensor, so zero takes a LUT entry the non-zero indices never use (64 centroids
+    then need 8-bit indices instead of 6), and it sorts fp16 values (see below). Here zero gets
+    an entry only when the tensor is stored dense.
     """
     def lut_function(val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flat = np.asarray(val).reshape(-1)
@@ -271,15 +371,25 @@ def _codebook_lut(include_zero: bool, target: str) -> Callable[[np.ndarray], tup
         # unsorted output for some weight tensors on AVX512_ICL CPUs, which breaks np.unique.
         wide = flat.astype(np.float32)
         values = np.unique(wide[keep])
-        nbits = _lut_bits(max(len(values), 1), target)
-        if nbits is None:
-            raise ExportError(f"a weight holds {len(values)} distinct values; a LUT holds 256")
+        if len(values) > 1 << nbits:
+            raise ExportError(f"a weight group holds {len(values)} distinct values; its "
+                              f"{nbits}-bit LUT holds {1 << nbits}")
         lut = np.zeros(1 << nbits, dtype=flat.dtype)
         lut[: len(values)] = values
         indices = np.zeros(flat.shape, dtype=np.uint8)   # zeros (masked out when sparse) -> 0
         indices[keep] = np.searchsorted(values, wide[keep])
         return lut, indices
     return lut_function
+
+
+def _palettizer_config(cto: Any, plan: LayerPlan) -> Any:
+    lut = _codebook_lut(plan.method == "palettize", plan.nbits)
+    if plan.group_size is None:
+        return cto.OpPalettizerConfig(mode="custom", granularity="per_tensor", weight_threshold=0,
+                                      lut_function=lut)
+    return cto.OpPalettizerConfig(mode="custom", granularity="per_grouped_channel",
+                                  group_size=plan.group_size, channel_axis=0, weight_threshold=0,
+                                  lut_function=lut)
 
 
 def _compress(mlmodel: Any, target: str, plans: Mapping[str, LayerPlan],
@@ -303,9 +413,7 @@ def _compress(mlmodel: Any, target: str, plans: Mapping[str, LayerPlan],
             to_palettize[sparse_op.nonzero_data.op.name] = plan
     if to_palettize:
         cfg = cto.OptimizationConfig(op_name_configs={
-            c: cto.OpPalettizerConfig(mode="custom", granularity="per_tensor", weight_threshold=0,
-                                      lut_function=_codebook_lut(p.method == "palettize", target))
-            for c, p in to_palettize.items()})
+            c: _palettizer_config(cto, p) for c, p in to_palettize.items()})
         with quiet():
             mlmodel = cto.palettize_weights(
                 mlmodel, cfg, joint_compression=any(p.method == "joint" for p in plans.values()))
@@ -325,10 +433,38 @@ def _check_chains(program: Any, plans: Mapping[str, LayerPlan],
             raise ExportError(f"layer {name!r}: coremltools stored it as {stored} instead of "
                               f"{' <- '.join(want)}; the layer is not compressed")
         if plan.nbits is not None:
-            entries = lut_entries(chain[-1].lut.val)
-            if entries != plan.lut_entries:
-                raise ExportError(f"layer {name!r}: LUT has {entries} entries, expected "
-                                  f"{plan.lut_entries}")
+            lut = chain[-1].lut.val
+            entries, luts = lut_entries(lut), int(np.prod(np.shape(lut)[:-2])) if np.ndim(lut) > 1 else 1
+            if (entries, luts) != (plan.lut_entries, plan.luts):
+                raise ExportError(f"layer {name!r}: {luts} LUTs of {entries} entries, expected "
+                                  f"{plan.luts} of {plan.lut_entries}")
+
+
+def _gathered(model: nn.Module, name: str) -> bool:
+    """Whether weight ``name`` is an embedding table that only its own lookup reads (a table tied
+    to an output layer is not: rows appended to it would change that layer's output)."""
+    owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    if not isinstance(owner, nn.Embedding) or name.rpartition(".")[2] != "weight":
+        return False
+    return sum(p is owner.weight for _, p in model.named_parameters(remove_duplicate=False)) == 1
+
+
+def _padded(model: nn.Module, plans: Mapping[str, LayerPlan]) -> nn.Module:
+    """A copy of ``model`` whose embedding tables have the rows their plans append (copies of
+    the last row: no new values, so no LUT entry, and no valid token id reads them); the model
+    itself when no plan pads."""
+    pads = {n: p.pad_rows for n, p in plans.items() if p.pad_rows}
+    if not pads:
+        return model
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, pad in pads.items():
+            table = model.get_submodule(name.rpartition(".")[0])
+            weight = table.weight
+            table.weight = nn.Parameter(torch.cat([weight, weight[-1:].expand(pad, -1)]),
+                                        requires_grad=weight.requires_grad)
+            table.num_embeddings = table.weight.shape[0]
+    return model
 
 
 def _save(mlmodel: Any, out: Path) -> None:
@@ -354,7 +490,7 @@ def export_coreml(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     if precision not in PRECISIONS:
         raise ExportError(f"Core ML precision {precision!r}: choose one of {PRECISIONS}")
     if method not in METHODS:
-        raise ExportError(f"Core ML compression {method!r}: choose one of {METHODS}")
+        raise ExportError(f"Core ML method {method!r}: choose one of {METHODS}")
     out = check_output(out, MLPACKAGE, flag="Core ML output")   # before any work
     if out.suffix != ".mlpackage":
         raise ExportError(f"Core ML output {out} must end with .mlpackage (an ML Program package)")
@@ -362,9 +498,13 @@ def export_coreml(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     model = model.eval()
     inputs = as_inputs(example_inputs)
     selection = select_layers(model, inputs, layers) if method != "none" else None
-    plans = {} if selection is None else {
-        n: plan_layer(info, target, precision, method) for n, info in selection.layers.items()}
     dtype = np.float16 if precision == "fp16" else np.float32
+    state = model.state_dict()
+    plans = {} if selection is None else {
+        n: plan_layer(info, target, precision, method, weight=state[n].detach().cpu().numpy(),
+                      gathered=_gathered(model, n))
+        for n, info in selection.layers.items()}
+    model = _padded(model, plans)
     state = model.state_dict()
     expected = {n: state[n].detach().cpu().numpy().astype(dtype) for n in plans}
     skipped = dict(selection.skipped) if selection else {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -33,16 +34,38 @@ class CoreMLOptions:
                             help=f"weight and compute precision (default {DEFAULT_PRECISION}: what "
                                  "the Neural Engine runs)")
     # "none" (the dense baseline) is what dense_bytes measure, not a command-line choice
-    compression: str = option(DEFAULT_METHOD, choices=[m for m in METHODS if m != "none"],
-                              help="force one storage for every layer (default: the smallest per "
-                                   "layer)")
+    method: str = option(DEFAULT_METHOD, choices=[m for m in METHODS if m != "none"],
+                         help="store every layer as joint (mask + LUT indices), sparse (mask + "
+                              "fp16 values) or palettize (LUT indices of every weight) (default "
+                              "auto: the smallest exact form per layer, with the reason reported)")
 
     def __post_init__(self) -> None:
         for value, allowed, what in ((self.target, TARGETS, "target"),
                                      (self.precision, PRECISIONS, "precision"),
-                                     (self.compression, METHODS, "compression")):
+                                     (self.method, METHODS, "method")):
             if value not in allowed:
                 raise ExportError(f"Core ML {what} {value!r}: choose one of {', '.join(allowed)}")
+
+
+_DECODED_HOW = ("PyTorch (float32 compute) with every compressed weight as decoded from the "
+                "package and the other tensors in the package's precision")
+
+
+def decoded_model(model: nn.Module, decoded: Mapping[str, np.ndarray]) -> nn.Module:
+    """A copy of ``model`` holding the weights the package holds: each compressed layer as decoded
+    from it (``decoded``: name -> array, from ``verify_coreml``), every other floating tensor
+    rounded to the package's precision, read from the decoded weights' dtype (the converter
+    stores them all alike). What runs on Linux, where Core ML cannot, to score the artifact's
+    weights on the task's metric."""
+    half = any(np.asarray(w).dtype == np.float16 for w in decoded.values())
+    copy = deepcopy(model).eval()
+    with torch.no_grad():
+        for name, tensor in copy.state_dict().items():
+            if name in decoded:
+                tensor.copy_(torch.from_numpy(np.asarray(decoded[name], dtype=np.float32)))
+            elif tensor.is_floating_point() and half:
+                tensor.copy_(tensor.half().float())
+    return copy
 
 
 class CoreMLExporter(Exporter):
@@ -59,7 +82,7 @@ class CoreMLExporter(Exporter):
               options: CoreMLOptions,
               layers: Iterable[str] | Mapping[str, CompressedLayer] | None) -> ArtifactReport:
         result = export_coreml(model, example_inputs, out, layers=layers, target=options.target,
-                               precision=options.precision, method=options.compression)
+                               precision=options.precision, method=options.method)
         methods = "+".join(sorted({p.method for p in result.layers.values()})) or "dense"
         return ArtifactReport(self.name, result.path, dataclasses.asdict(options),
                               f"{options.target} {options.precision} {methods}",
@@ -80,8 +103,12 @@ class CoreMLExporter(Exporter):
         check = verify_coreml(path, {n: state[n].detach().cpu().numpy() for n in layers})
         checks = {k: v for k, v in check.to_dict().items() if k != "layers"}
         examples, result, note = int(inputs[0].shape[0]), None, ""
+        ref = torch_outputs(model, inputs) if reference is None else reference
+        if check.weights_match:
+            decoded = score(torch_outputs(decoded_model(model, check.weights), inputs), ref)
+            checks["decoded"] = {"ok": decoded.ok, "examples": examples, **decoded.to_dict(),
+                                 "how": _DECODED_HOW}
         if sys.platform == "darwin":
-            ref = torch_outputs(model, inputs) if reference is None else reference
             result = score(coreml_outputs(path, inputs), ref)
         else:
             note = "Core ML predictions need macOS"
@@ -90,11 +117,15 @@ class CoreMLExporter(Exporter):
                           note=note)
 
     def baseline(self, options: CoreMLOptions) -> CoreMLOptions:
-        return dataclasses.replace(options, precision="fp32", compression="none")
+        return dataclasses.replace(options, precision="fp32", method="none")
+
+    def baselines(self, options: CoreMLOptions) -> dict[str, CoreMLOptions]:
+        return {"dense fp32": self.baseline(options),
+                "dense fp16": dataclasses.replace(options, precision="fp16", method="none")}
 
     def variants(self) -> dict[str, Any]:
         return {"dense fp32": self.baseline(CoreMLOptions()),
-                "dense fp16": CoreMLOptions(compression="none"),
+                "dense fp16": CoreMLOptions(method="none"),
                 "iOS18 compressed": CoreMLOptions(target="iOS18"),
                 "iOS16 compressed": CoreMLOptions(target="iOS16")}
 

@@ -10,7 +10,9 @@ definitions in the Core ML spec (MIL ops reference, iOS 16 and iOS 18 ``constexp
 - ``constexpr_cast``:           a dtype cast
 
 Each expected layer must equal one decoded weight exactly (same shape, same values in the weight
-dtype) and that weight must come from at least one constexpr op, i.e. be stored compressed.
+dtype) and that weight must come from at least one constexpr op, i.e. be stored compressed. An
+embedding table may carry extra rows after ours (the exporter pads one so that its grouped LUTs
+tile it) when only ``gather`` ops read it: no valid index reaches them.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ class LayerCheck:
     max_abs_diff: float | None  # vs ours in float32 (the fp16 rounding); None if not found
     lut_entries: int | None = None
     nnz: int | None = None
+    luts: int | None = None
+    pad_rows: int = 0           # rows after ours in a gathered table (never read)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class CoreMLCheck:
     path: str
     layers: dict[str, LayerCheck] = field(default_factory=dict)
     error: str = ""             # why the package could not be read, if it could not
+    # each matched layer's weight as decoded from the package (our rows of a padded table)
+    weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def weights_match(self) -> bool:
@@ -173,13 +179,15 @@ class _Weight:
     value: np.ndarray
     chain: list[str]
     lut_entries: int | None = None
+    luts: int | None = None
+    readers: set[str] = field(default_factory=set)   # op types of the compute ops that read it
 
 
 def decoded_weights(program: Any) -> list[_Weight]:
     """Every tensor constant (rank >= 2) a compute op reads, decoded through its constexpr ops."""
     values: dict[str, np.ndarray] = {}
     chains: dict[str, list[str]] = {}
-    luts: dict[str, int] = {}
+    luts: dict[str, tuple[int, int]] = {}
     read: dict[str, _Weight] = {}
     for op in program.functions["main"].operations:
         if op.op_type == "const":
@@ -199,7 +207,8 @@ def decoded_weights(program: Any) -> list[_Weight]:
             for out, arr in zip(op.outputs, decoded):
                 values[out.name], chains[out.name] = arr, chain
                 if lut is not None:
-                    luts[out.name] = lut_entries(lut)
+                    count = int(np.prod(np.shape(lut)[:-2])) if np.ndim(lut) > 1 else 1
+                    luts[out.name] = (lut_entries(lut), count)
                 elif any(v.name in luts for v in op.inputs.values()):
                     luts[out.name] = next(luts[v.name] for v in op.inputs.values() if v.name in luts)
             continue
@@ -207,11 +216,20 @@ def decoded_weights(program: Any) -> list[_Weight]:
             vars_ = v if isinstance(v, (list, tuple)) else [v]
             for var in vars_:
                 if var.name in values:
-                    read[var.name] = _Weight(var.name, values[var.name], chains[var.name],
-                                             luts.get(var.name))
+                    entries, count = luts.get(var.name, (None, None))
+                    read.setdefault(var.name, _Weight(var.name, values[var.name], chains[var.name],
+                                                      entries, count))
                 elif var.op is not None and var.op.op_type == "const" and np.ndim(var.val) >= 2:
-                    read[var.name] = _Weight(var.name, np.asarray(var.val), [])
+                    read.setdefault(var.name, _Weight(var.name, np.asarray(var.val), []))
+                if var.name in read:
+                    read[var.name].readers.add(op.op_type)
     return list(read.values())
+
+
+def _padded_table(w: _Weight, ours: np.ndarray) -> bool:
+    """``w`` is ``ours`` with rows appended that nothing can read: only gathers read it."""
+    return (w.readers == {"gather"} and w.value.ndim == ours.ndim >= 2
+            and w.value.shape[1:] == ours.shape[1:] and w.value.shape[0] > ours.shape[0])
 
 
 def verify_coreml(package: str | os.PathLike[str], expected: Mapping[str, np.ndarray]) -> CoreMLCheck:
@@ -221,11 +239,13 @@ def verify_coreml(package: str | os.PathLike[str], expected: Mapping[str, np.nda
     except ExportError as exc:
         missing = {n: LayerCheck(n, False, False, "unreadable", "-", None) for n in expected}
         return CoreMLCheck(str(package), missing, error=str(exc))
-    checks = {}
+    checks, decoded = {}, {}
     for name, ours in expected.items():
         ours = np.asarray(ours, dtype=np.float32)
-        same_shape = [w for w in weights if w.value.shape == ours.shape]
-        exact = [w for w in same_shape if np.array_equal(w.value, ours.astype(w.value.dtype))]
+        same_shape = [w for w in weights if w.value.shape == ours.shape
+                      or _padded_table(w, ours)]
+        exact = [w for w in same_shape if np.array_equal(w.value[:ours.shape[0]],
+                                                         ours.astype(w.value.dtype))]
         pool = exact or same_shape
         if not pool:
             checks[name] = LayerCheck(name, False, False, "not found", "-", None)
@@ -233,11 +253,15 @@ def verify_coreml(package: str | os.PathLike[str], expected: Mapping[str, np.nda
         # named after it first, then compressed
         pool.sort(key=lambda w: (sanitised_name(name) not in w.var, not w.chain))
         w = pool[0]
-        diff = float(np.max(np.abs(w.value.astype(np.float32) - ours), initial=0.0))
+        value = w.value[:ours.shape[0]]
+        if exact:
+            decoded[name] = value
+        diff = float(np.max(np.abs(value.astype(np.float32) - ours), initial=0.0))
         checks[name] = LayerCheck(
             name, bool(exact), bool(w.chain), " -> ".join(w.chain) or "const (dense)",
-            str(w.value.dtype), diff, w.lut_entries, int(np.count_nonzero(w.value)))
-    return CoreMLCheck(str(package), checks)
+            str(w.value.dtype), diff, w.lut_entries, int(np.count_nonzero(value)), w.luts,
+            w.value.shape[0] - ours.shape[0])
+    return CoreMLCheck(str(package), checks, weights=decoded)
 
 
 def coreml_outputs(package: str | os.PathLike[str], inputs: torch.Tensor | Sequence[torch.Tensor],

@@ -47,7 +47,7 @@ def test_options_are_validated_when_built():
     with pytest.raises(ExportError, match="target 'iOS15'.*iOS16"):
         CoreMLOptions(target="iOS15")
     assert EXPORTERS.get("coreml").baseline(CoreMLOptions(target="iOS16")) == \
-        CoreMLOptions(target="iOS16", precision="fp32", compression="none")
+        CoreMLOptions(target="iOS16", precision="fp32", method="none")
     with pytest.raises(ExportError, match="TFLiteOptions"):
         EXPORTERS.get("tflite").options(CoreMLOptions())
 

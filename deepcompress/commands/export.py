@@ -192,7 +192,9 @@ def dcz_layers(model: nn.Module, dcz: Any) -> dict[str, CompressedLayer]:
         if codebook is not None and not np.isin(info.codebook, codebook).all():
             raise ExportError(f"{dcz.path}: layer {name!r} holds values outside its codebook; "
                               "the file is inconsistent")
-    return layers
+    # grouped codebooks (one per group_size rows): the exporters store them per group
+    return {n: dataclasses.replace(info, group_size=dcz.layers[n].group_size)
+            for n, info in layers.items()}
 
 
 def _options(args: argparse.Namespace, name: str) -> Any:
@@ -302,6 +304,13 @@ def _print(console: Any, report: dict, formats: list[str]) -> None:
                          + (f"; failing: {', '.join(bad)}" if bad else ""))
         if "examples" in r:
             lines.append(f"{label} {verdict} {_score_line(r)}")
+        lines += [f"{label} beside {what}: {size['bytes']:,} bytes, {size['zipped_bytes']:,} zipped"
+                  for what, size in r.get("baselines", {}).items()]
+        lines += [f"{label} layer {n}: {chk['reason']}" for n, chk in r["layers"].items()
+                  if chk.get("reason")]
+        decoded = r.get("decoded")
+        if decoded is not None:
+            lines.append(f"{label} through the decoded weights: {_score_line(decoded)}")
         pred = r.get("predictions")
         if pred is not None:
             lines.append(f"{label} predictions: {pred['skipped']}" if "skipped" in pred
