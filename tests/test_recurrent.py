@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -175,3 +176,54 @@ def test_recipes_scope_recurrent_layers_by_type_and_by_matrix():
     assert layers["0.weight_ih_l0"].mask is not None and layers["0.weight_hh_l0"].mask is None
     assert layers["0.weight_hh_l0_reverse"].mask is None
     assert {layer.bits for layer in layers.values()} == {3}
+
+
+# -- exports: what each format does with the compressed matrices today ----------------------------
+
+def _compressed_tagger():
+    from compression.api import compress
+
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.rnn = nn.LSTM(6, 8, bidirectional=True, batch_first=True)
+    comp = compress(model, {"stages": [{"kind": "prune", "sparsity": 0.5, "rounds": 1,
+                                        "retrain_epochs": 0}, {"kind": "share", "bits": 4}]})
+    return _Tagger(model.rnn).eval(), sorted(comp.state.layers)
+
+
+class _Tagger(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_tflite_stores_every_lstm_matrix_sparse_with_its_zeros(tmp_path):
+    from android_export import export_tflite, tflite_outputs
+
+    model, names = _compressed_tagger()
+    x = torch.randn(4, 5, 6)
+    report = export_tflite(model, (x[:1],), tmp_path / "m.tflite", variant="sparse-float16",
+                           layers=names)
+    for name in names:
+        stored = report.layers[name]
+        assert stored.stored_as == "sparse float16" and stored.zeros_kept, (name, stored)
+    got = tflite_outputs(tmp_path / "m.tflite", (x[:1],))
+    assert np.allclose(got, model(x[:1]).detach().numpy(), atol=1e-2)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_coreml_refuses_a_compressed_lstm_naming_the_matrix(tmp_path):
+    """coremltools' lstm op takes the gates reordered (i, f, o, g: a concat of torch's row
+    blocks), so no constant of the program equals the matrix: refused, never stored dense."""
+    from dccore.errors import ExportError
+    from ios_export import export_coreml
+
+    model, names = _compressed_tagger()
+    with pytest.raises(ExportError, match=r"layer 'rnn\.weight_[hi]h_l0(_reverse)?'.*not a constant"):
+        export_coreml(model, (torch.randn(1, 5, 6),), tmp_path / "m.mlpackage",
+                      layers=names)
+    assert not (tmp_path / "m.mlpackage").exists()
