@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # this file is the models' factory module
+sys.path.insert(0, str(ROOT / "tests"))   # pg_server: the throwaway PostgreSQL of the tests
 
 FIGURES_PER_CELL = 8     # .dcz and .tflite bytes and zipped bytes, the metric, p50, p90, memory
 
@@ -150,7 +151,7 @@ def part_kill(args: argparse.Namespace, tmp: Path) -> None:
 
 def part_hosts(args: argparse.Namespace, tmp: Path) -> None:
     from deepcompress.qualify.history import open_history
-    from deepcompress.qualify.testing import new_database, throwaway_postgres
+    from pg_server import new_database, throwaway_postgres
 
     night = "2026-06-02"
     dcz = make_dcz(tmp / "m.dcz")

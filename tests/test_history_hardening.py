@@ -211,7 +211,7 @@ def test_a_hung_statement_on_postgresql_is_cancelled_naming_the_server(monkeypat
     before PostgreSQL sees it (LIMIT -1 is an error there, "all" in SQLite)."""
     import sqlalchemy as sa
 
-    from deepcompress.qualify.testing import find_bin, new_database, throwaway_postgres
+    from pg_server import find_bin, new_database, throwaway_postgres
 
     if find_bin() is None:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")

@@ -1,5 +1,5 @@
 """The shared history on a real PostgreSQL server, started by the tests themselves in a temporary
-folder (deepcompress.qualify.testing): migrations, cells claimed with FOR UPDATE SKIP LOCKED by
+folder (tests/pg_server.py): migrations, cells claimed with FOR UPDATE SKIP LOCKED by
 processes racing for them, a dead host's cell claimed again after its lease, and a nightly run
 of two hosts (two processes) on one matrix."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from deepcompress.qualify.history import open_history
-from deepcompress.qualify.testing import find_bin, new_database, throwaway_postgres
+from pg_server import find_bin, new_database, throwaway_postgres
 
 from test_history import _claimer, alembic_upgrade, record, run_processes
 from test_nightly import tiny_dcz  # noqa: F401 (a fixture)
