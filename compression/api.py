@@ -165,19 +165,15 @@ class Compressor:
 
     # -- the schedule ---------------------------------------------------------------------------
     def _schedule(self, config: StageConfig, at: int, spe: int) -> int:
-        kind = config.KIND
-        if kind == "prune":
-            for r in range(config.rounds):
-                self._events.append((at, lambda r=r: self._cut(config, r)))
-                at += config.retrain_epochs * spe
+        stage = STAGES.get(config.KIND)
+        if stage.schedule is None:      # a post-training stage: run it whole
+            self._events.append((at, lambda: self._run_stage(stage, config)))
             return at
-        if kind == "finetune_centroids":
-            self._events.append((at, lambda: self._train_centroids(True)))
-            at += config.epochs * spe
-            self._events.append((at, lambda: self._train_centroids(False)))
-            return at
-        stage = STAGES.get(kind)    # share, and any post-training stage: run it whole
-        self._events.append((at, lambda: self._run_stage(stage, config)))
+        for item in stage.schedule(config):
+            if isinstance(item, int):
+                at += item * spe
+            else:
+                self._events.append((at, lambda item=item: item(self)))
         return at
 
     def _fire(self, upto: float) -> None:
@@ -202,20 +198,12 @@ class Compressor:
         if stage.ensures is not None:
             stage.ensures(self.model, config, ctx)
 
-    def _cut(self, config, round_index: int) -> None:
-        """One prune round, without the retraining (your loop retrains)."""
-        from .stages.prune import cut_round, layer_stds
+    def context(self) -> StageContext:
+        """What a stage's schedule measures with (the task's data, the state, the seed)."""
+        return self._context()
 
-        ctx = self._context()
-        if round_index == 0:
-            self._stds[config.name] = layer_stds(config, ctx)
-        cut_round(self.model, config, ctx, round_index, self._stds[config.name])
-        if round_index == config.rounds - 1:
-            stage = STAGES.get(config.KIND)
-            if stage.ensures is not None:
-                stage.ensures(self.model, config, ctx)
-
-    def _train_centroids(self, on: bool) -> None:
+    def train_centroids(self, on: bool) -> None:
+        """From a stage's schedule: shared weights train as their clusters (on) or stay frozen."""
         self._training_shared = {n for n, l in self.state.layers.items()
                                  if on and l.centroids is not None}
 
@@ -254,6 +242,11 @@ class Compressor:
 
 
 def _epochs(config: StageConfig) -> int:
+    """Epochs the stage leaves to the user's loop (its schedule's ints)."""
+    schedule = STAGES.get(config.KIND).schedule
+    if schedule is not None:
+        return sum(i for i in schedule(config) if isinstance(i, int))
+    # a stage run whole that trains inside itself (shrink, transfer, projection)
     return getattr(config, "retrain_epochs", 0) or getattr(config, "epochs", 0) or 0
 
 

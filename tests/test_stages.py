@@ -210,3 +210,29 @@ def test_encode_promise_the_file_decodes_to_the_model(tmp_path):
         model[0].bias[1] += 1.0                  # the model moved on; the file did not
     with pytest.raises(ModelError, match="does not decode to the model's '0.bias'"):
         ensures(model, EncodeConfig(), ctx)
+
+
+def test_a_toy_stage_owns_its_schedule_in_the_users_loop():
+    """Compressor names no stage kind: a stage registered here says, through its schedule, what
+    happens at which step of the user's own loop (before: api.py branched on "prune" and
+    "finetune_centroids")."""
+    from compression.api import Compressor
+
+    seen: list[tuple[str, int]] = []
+
+    def schedule(config):
+        yield lambda loop: seen.append(("start", loop.report()["step"]))
+        yield 2          # two epochs of the user's training
+        yield lambda loop: seen.append(("end", loop.report()["step"]))
+
+    stage = register_stage(Stage(ScaleBiasesConfig, _scale, None, schedule=schedule))
+    try:
+        model = nn.Sequential(nn.Linear(4, 3))
+        comp = Compressor(model, {"stages": [{"kind": "toy_scale_biases", "factor": 1.0}]})
+        comp.prepare(steps_per_epoch=3)
+        for _ in range(7):
+            comp.step()
+        comp.finalize()
+    finally:
+        STAGES.unregister(stage.kind)
+    assert seen == [("start", 0), ("end", 6)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from dccore.errors import RecipeError
 from dccore.registry import Registry
@@ -153,6 +153,11 @@ class Stage:
     # report(config, its metrics, the finished report) -> sections to add to report.json, once
     # the file's size is known (projection: the shipped model's bits next to the trainer's)
     report: Callable[[Any, dict, dict], dict] | None = None
+    # schedule(config) -> what the stage does inside a user's own training loop
+    # (compression.api.Compressor), in order: an int leaves that many epochs to the user's loop,
+    # a callable(loop) runs at that point (loop: the Compressor, with .model, .context() and
+    # .train_centroids(on)). None: the stage runs whole, at once (post-training stages)
+    schedule: Callable[[Any], Iterable[int | Callable[[Any], None]]] | None = None
 
     PHASES: ClassVar[tuple[str, ...]] = ("train", "output")
 

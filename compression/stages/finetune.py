@@ -65,8 +65,17 @@ def ensures(model: torch.nn.Module, config: FinetuneCentroidsConfig, ctx: StageC
                  ctx, "finetune_centroids")
 
 
+def schedule(config: FinetuneCentroidsConfig):
+    """In a user's own loop: every shared weight's gradient becomes its cluster's summed
+    gradient for ``epochs`` of their training."""
+    yield lambda loop: loop.train_centroids(True)
+    yield config.epochs
+    yield lambda loop: loop.train_centroids(False)
+
+
 register_stage(Stage(
     FinetuneCentroidsConfig, run, ensures,
+    schedule=schedule,
     requires={"centroids": "there are no centroids to fine-tune yet"},
     size_row="pruning + sharing",
 ))

@@ -143,8 +143,26 @@ def ensures(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> N
                              f"target {settings['sparsity']}")
 
 
+def schedule(config: PruneConfig):
+    """In a user's own loop: ``rounds`` x (cut, ``retrain_epochs`` of their training)."""
+    stds: dict[str, float] = {}
+
+    def cut(loop, round_index: int) -> None:
+        ctx = loop.context()
+        if round_index == 0:
+            stds.update(layer_stds(config, ctx))
+        cut_round(loop.model, config, ctx, round_index, stds)
+        if round_index == config.rounds - 1:
+            ensures(loop.model, config, ctx)
+
+    for r in range(config.rounds):
+        yield lambda loop, r=r: cut(loop, r)
+        yield config.retrain_epochs
+
+
 register_stage(Stage(
     PruneConfig, run, ensures,
+    schedule=schedule,
     provides=frozenset({"masks"}),
     forbids={"centroids": "pruning must come before weight sharing (the paper's order)"},
     size_row="pruning",
