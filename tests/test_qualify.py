@@ -121,6 +121,14 @@ def test_a_model_that_meets_its_budgets_qualifies(story):
     code, r = story["runs"]["first"]
     assert code == 0 and r["ok"], r["verdict"]
     assert r["compress"]["how"] == "compressed" and r["metric"]["name"] == "accuracy"
+    # the metric gate judges each shipped format, as measured on the 50 held-out examples
+    measured = r["measured_metric"]
+    floor = {g["format"]: g for g in gates(r, gate="min_metric")}
+    assert set(floor) == {"dcz", "tflite"} and all(g["ok"] for g in floor.values())
+    assert floor["tflite"]["actual"] == measured["tflite"]["value"] == \
+        r["artifacts"]["tflite"]["validation"]["accuracy"]
+    assert measured["dcz"]["value"] == r["artifacts"]["tflite"]["validation"]["torch_accuracy"]
+    assert r["claimed_metric"] is None and "50 examples" in measured["dcz"]["on"]
     emu = story["emulator"]
     for device in ("host", emu):
         assert [g["ok"] for g in gates(r, gate="reachable", device=device)] == [True]
@@ -196,8 +204,11 @@ def test_a_changed_stage_resumes_from_it_and_its_growth_is_caught(story):
 
 def test_an_unreachable_device_fails_its_own_gates_and_a_label_free_model_its_cosine(
         story, tmp_path, tiny_idx):
-    """A ready .dcz whose metadata says its primary metric is the output cosine, exported with
-    label-free examples, on the host and on an address where no device answers."""
+    """A ready .dcz whose metadata claims its primary metric, output cosine 0.9962, exported with
+    label-free examples, on the host and on an address where no device answers. With nothing to
+    measure its metric on, a metric gate is a configuration error (exit 2, saying what to pass);
+    without one, the artifact is held to the decoded model's outputs and the claim is shown as a
+    claim, gating nothing."""
     src = container.load(story["out"] / "run" / "model.dcz")
     dcz = tmp_path / "encoder.dcz"
     meta = {**src.meta, "primary_metric": {"name": "cosine_mean", "baseline": 1.0, "final": 0.9962,
@@ -206,8 +217,7 @@ def test_an_unreachable_device_fails_its_own_gates_and_a_label_free_model_its_co
     container.pack(src.state_dict, dcz, compressed={n: {"bits": l.bits} for n, l in src.layers.items()
                                                     if l.codebook is not None}, meta=meta)
     torch.save({"x": torch.rand(16, 1, 28, 28)}, tmp_path / "inputs.pt")
-    config = tmp_path / "q.toml"
-    config.write_text(f"""
+    text = """
 name = "encoder"
 [model]
 dcz = "encoder.dcz"
@@ -222,15 +232,69 @@ runs = 5
 retries = 0
 timeout_s = 10
 [budgets]
-min_metric = 0.99
 max_latency_p50_ms = 50
-""")
+"""
+    config = tmp_path / "q.toml"
+    config.write_text(text + "min_metric = 0.99\n")
+    code, r = qualify(str(config), "--out", str(tmp_path / "out"))
+    assert code == 2 and r["error_type"] == "UsageError"
+    assert "min_metric = 0.99" in r["error"] and "'labels'" in r["error"] and "claims" in r["error"]
+    assert not (tmp_path / "out").exists()             # refused before any work
+
+    config.write_text(text)
     code, r = qualify(str(config), "--out", str(tmp_path / "out"))
     assert code == 1
-    assert r["metric"]["name"] == "cosine_mean"
-    assert gates(r, gate="min_metric", subject="cosine_mean")[0]["ok"]
+    assert r["claimed_metric"]["name"] == "cosine_mean" and r["claimed_metric"]["final"] == 0.9962
+    assert r["metric"] is None and not gates(r, figure="metric")
+    assert r["measured_metric"]["dcz"]["value"] is None and "no labels" in r["measured_metric"]["dcz"]["note"]
     assert all(g["ok"] for g in r["gates"] if g.get("device") in ("host", None))
     dead = [g for g in r["gates"] if g.get("device") == "127.0.0.1:9"]
     assert {(g["gate"], g["ok"]) for g in dead} == {("reachable", False), ("max_latency_p50_ms", False)}
     assert "127.0.0.1:9" in r["verdict"]
-    assert "cosine" in json.dumps(r["artifacts"]["tflite"]["validation"])
+    valid = gates(r, gate="export_valid")[0]
+    assert valid["ok"] and "min cosine" in valid["message"]
+
+
+def test_a_files_claimed_metric_never_gates_the_measured_one_does(tmp_path, tiny_idx):
+    """Untrained weights in a .dcz whose metadata claims 0.93 accuracy: ``min_metric = 0.9`` is
+    judged on the accuracy measured on the held-out IDX examples through the decoded file and the
+    LiteRT interpreter, each its own figure, and fails; the claim is shown beside them."""
+    from compression.data import load_split
+    from conftest import pack_shared_lenet300
+    from dccore.metrics import accuracy
+    from deepcompress.loading import model_from_dcz
+
+    meta = {"model": {"name": "lenet300", "kwargs": {}, "input_shape": [1, 28, 28]},
+            "data": {"root": str(tiny_idx)}, "accuracy": {"baseline": 0.95, "final": 0.93}}
+    plan = {"fc1.weight": (0.9, 4), "fc2.weight": (0.9, 4), "fc3.weight": (0.7, 5)}
+    pack_shared_lenet300(tmp_path / "claims.dcz", plan, meta)
+    (tmp_path / "q.toml").write_text("""
+name = "claims"
+[model]
+dcz = "claims.dcz"
+[export]
+formats = ["tflite"]
+examples = 60
+dense = false
+[bench]
+devices = ["host"]
+runs = 3
+warmup = 1
+[budgets]
+min_metric = 0.9
+""")
+    code, r = qualify(str(tmp_path / "q.toml"), "--out", str(tmp_path / "out"))
+    assert code == 1 and r["claimed_metric"]["final"] == 0.93
+
+    model, _ = model_from_dcz(tmp_path / "claims.dcz")
+    test = load_split("test", root=str(tiny_idx), limit=60)
+    with torch.no_grad():
+        truth = accuracy(model(test.images.reshape(-1, 1, 28, 28)).numpy(), test.labels.numpy())
+    measured = r["measured_metric"]
+    assert measured["dcz"]["value"] == pytest.approx(truth) and truth < 0.5
+    assert abs(measured["tflite"]["value"] - truth) <= 0.001 + 1e-9      # the same examples
+    floor = {g["format"]: g for g in gates(r, gate="min_metric")}
+    assert set(floor) == {"dcz", "tflite"}
+    assert not any(g["ok"] for g in floor.values())
+    assert floor["dcz"]["actual"] == measured["dcz"]["value"] and floor["dcz"]["limit"] == 0.9
+    assert {f["format"] for f in r["figures"] if f["figure"] == "metric"} == {"dcz", "tflite"}

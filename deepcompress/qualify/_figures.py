@@ -5,7 +5,6 @@ from typing import Any, Iterable
 
 from ._config import Budgets
 from ._gates import BUDGET_FOR, FIGURES, Figure, Gate, failed_gate, fmt_value, passed_gate
-from ._metric import Metric
 from ._provenance import device_fingerprint
 from ._work import Exports
 
@@ -24,11 +23,12 @@ def artifact_figures(exports: Exports) -> list[Figure]:
     return out
 
 
-def metric_figures(metric: Metric | None) -> list[Figure]:
-    if metric is None or metric.final is None:
-        return []
-    return [Figure("metric", metric.final, task_metric=metric.name,
-                   higher_is_better=metric.higher_is_better)]
+def metric_figures(exports: Exports) -> list[Figure]:
+    """The task's metric of each shipped format, as measured (never a file's own claim)."""
+    return [Figure("metric", m.value, format=fmt, task_metric=m.name,
+                   higher_is_better=m.higher_is_better,
+                   artifact_sha256=exports.artifacts[fmt].sha256 if fmt in exports.artifacts else None)
+            for fmt, m in exports.measured.items() if m.value is not None]
 
 
 def device_info(result: dict[str, Any]) -> dict[str, Any] | None:
@@ -82,13 +82,22 @@ def export_gates(exports: Exports) -> list[Gate]:
     return gates
 
 
-def metric_gate_if_missing(metric: Metric | None, budgets: Budgets) -> list[Gate]:
-    """A metric floor with no metric to check is a failure, never a pass."""
-    if budgets.min_metric() is not None and (metric is None or metric.final is None):
-        return [failed_gate("min_metric", "metric", "model",
-                            "no metric to check: the report records none and the examples have "
-                            "no labels", limit=budgets.min_metric())]
-    return []
+def metric_gate_if_missing(exports: Exports, budgets: Budgets) -> list[Gate]:
+    """A metric floor with no measured metric to check is a failure, never a pass; a format
+    whose metric could not be measured here (Core ML off macOS) has its gate skipped, saying
+    why, while the formats that were measured are gated."""
+    limit = budgets.min_metric()
+    if limit is None:
+        return []
+    unmeasured = {fmt: m for fmt, m in exports.measured.items() if m.value is None}
+    if len(unmeasured) == len(exports.measured):
+        why = "; ".join(f"{fmt}: {m.note}" for fmt, m in unmeasured.items()) or "no examples"
+        return [failed_gate("min_metric", "metric", "model", f"no metric measured ({why})",
+                            limit=limit)]
+    return [Gate(gate="min_metric", figure="metric", subject=f"{m.name} {fmt}", ok=True,
+                 limit=limit, skipped=m.note, format=fmt,
+                 artifact_sha256=exports.artifacts[fmt].sha256 if fmt in exports.artifacts else None)
+            for fmt, m in unmeasured.items()]
 
 
 def device_gates(device: str, results: Iterable[dict[str, Any]], budgets: Budgets, *,

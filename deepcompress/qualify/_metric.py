@@ -1,4 +1,5 @@
-"""The task's figure of merit, read from a run's report.json (or a .dcz's metadata).
+"""The task's figure of merit: read from a run's report.json (or, as a claim, a .dcz's
+metadata), and measured per shipped format (:class:`Measured`).
 
 Two report shapes exist: today's image classifier writes ``accuracy: {baseline, final, stages}``
 (fractions); the task abstraction adds ``primary_metric: {name, baseline, final,
@@ -9,7 +10,7 @@ the former, so qualification reads both.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from dccore.errors import UsageError
@@ -32,6 +33,25 @@ class Metric:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "final": self.final, "baseline": self.baseline,
                 "higher_is_better": self.higher_is_better, "stages": dict(self.stages)}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The task's metric of one shipped format, measured in this run on held-out examples
+    through what ships: ``dcz`` the model decoded from the file (PyTorch), ``tflite`` the LiteRT
+    interpreter on this host, ``coreml`` Core ML (macOS only). ``value`` None: not measured,
+    ``note`` says why. These gate ``min_metric``; a file's own figures (:func:`primary_metric`
+    of its metadata) are claims and never do."""
+
+    format: str
+    name: str                        # "accuracy", "cosine_mean"
+    value: float | None
+    higher_is_better: bool = True
+    on: str = ""                     # the examples and the runtime, for people
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _number(value: Any) -> float | None:

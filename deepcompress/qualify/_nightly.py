@@ -126,6 +126,8 @@ def run_nightly(matrix: Matrix, out: Path, *, db: str | None = None, night: str 
         from dccore.errors import UsageError
 
         raise UsageError(f"--slot {', '.join(unknown)}: not a device slot of the matrix "
+    for m in matrix.models:
+        _work.check_metric_examples(m.model, m.export, m.budgets.min_metric(), f"models {m.name!r}:")
                          f"({', '.join(matrix.devices)})")
     plans = {m.name: _work.plan(m.model) for m in matrix.models}
     folder.check(work=("models",))
@@ -232,10 +234,10 @@ class _Worker:
         artifacts = _work.artifacts_for(spec, exports)
         data = _work.eval_data(self.matrix.bench, compressed, exports)
         results = _work.bench_device(spec, artifacts, self.matrix.bench, data=data)
-        figures = artifact_figures(exports) + metric_figures(exports.metric)
+        figures = artifact_figures(exports) + metric_figures(exports)
         for r in results:
             figures += device_figures(r, slot)
-        gates = export_gates(exports) + metric_gate_if_missing(exports.metric, model.budgets)
+        gates = export_gates(exports) + metric_gate_if_missing(exports, model.budgets)
         gates += budget_gates(figures, model.budgets)
         gates += device_gates(slot, results, model.budgets, evaluates=data is not None)
         gates += self._rolling(model.name, slot, figures)

@@ -62,6 +62,7 @@ def qualify(config: QualifyConfig, out: Path, *, db: str | None = None, ui: Any 
     folder = Folder(out, MARKER)
     # -- before any work -------------------------------------------------------------------------
     check_devices(config.bench.devices, config.export.formats)
+    _work.check_metric_examples(config.model, config.export, config.budgets.min_metric())
     plan = _work.plan(config.model)
     folder.check(work=("run", "artifacts"))
     run_dir = out / "run"
@@ -103,7 +104,7 @@ def _qualify(config: QualifyConfig, folder: Folder, plan: _work.Plan, history: H
     phases["bench"] = time.perf_counter() - t_bench
 
     # -- figures and gates ------------------------------------------------------------------------
-    figures = artifact_figures(exports) + metric_figures(metric)
+    figures = artifact_figures(exports) + metric_figures(exports)
     devices_seen = {}
     for spec, results in bench.items():
         for r in results:
@@ -112,7 +113,7 @@ def _qualify(config: QualifyConfig, folder: Folder, plan: _work.Plan, history: H
             if info is not None:
                 devices_seen[info["fingerprint"]] = info
     previous = history.last_passing("qualify", config.name)
-    gates = export_gates(exports) + metric_gate_if_missing(metric, config.budgets)
+    gates = export_gates(exports) + metric_gate_if_missing(exports, config.budgets)
     gates += budget_gates(figures, config.budgets)
     for spec, results in bench.items():
         gates += device_gates(spec, results, config.budgets, evaluates=data is not None)
@@ -129,6 +130,8 @@ def _qualify(config: QualifyConfig, folder: Folder, plan: _work.Plan, history: H
         "compress": {"how": compressed.how, "dcz": str(compressed.dcz),
                      "run_dir": str(compressed.run_dir) if compressed.run_dir else None},
         "metric": metric.to_dict() if metric else None,
+        "measured_metric": {f: m.to_dict() for f, m in exports.measured.items()},
+        "claimed_metric": compressed.claimed.to_dict() if compressed.claimed else None,
         "artifacts": {n: {"path": str(e.path), "sha256": e.sha256, "bytes": e.bytes,
                           "zipped_bytes": e.zipped_bytes, "ok": e.ok, "cached": e.cached,
                           **({"validation": e.result} if n != "dcz" else {})}

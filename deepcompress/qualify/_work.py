@@ -29,7 +29,7 @@ from dccore.outputs import JSON_FILE, write_json_atomic
 
 from ..commands.export import jsonable
 from ._config import BenchSpec, ExportSpec, ModelSpec
-from ._metric import Metric, primary_metric
+from ._metric import Measured, Metric, primary_metric
 from ._provenance import UNKNOWN, artifact_sha256
 
 Log = Callable[[str], None]
@@ -86,6 +86,7 @@ class Compressed:
     how: str = "given"               # "given" | "reused" | "resumed from STAGE" | "compressed"
     seconds: float = 0.0
     data_root: str | None = None     # the IDX folder its examples come from (None: the default)
+    claimed: Metric | None = None    # a given .dcz's own figures: shown, never gated on
 
 
 def compress(p: Plan, run_dir: Path, *, progress: Any = None, log: Log = lambda m: None) -> Compressed:
@@ -123,15 +124,15 @@ def _given(p: Plan, start: float) -> Compressed:
 
     meta = container.load(p.spec.dcz).meta
     try:
-        metric = primary_metric(meta, str(p.spec.dcz))
+        claimed = primary_metric(meta, str(p.spec.dcz))
     except UsageError:
-        metric = None      # measured on the export's examples instead (see export_all)
+        claimed = None     # the file claims nothing; its metric is measured either way
     sha = meta.get("recipe_sha256") if isinstance(meta.get("recipe_sha256"), str) else UNKNOWN
     data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
     root = p.spec.data or (data.get("root") if isinstance(data.get("root"), str) else None)
-    return Compressed(dcz=p.spec.dcz, recipe_sha256=sha, metric=metric, model=p.spec.factory,
+    return Compressed(dcz=p.spec.dcz, recipe_sha256=sha, metric=None, model=p.spec.factory,
                       model_kwargs=dict(p.spec.kwargs) if p.spec.factory else None,
-                      seconds=time.perf_counter() - start, data_root=root)
+                      seconds=time.perf_counter() - start, data_root=root, claimed=claimed)
 
 
 def _resume_point(run_dir: Path, recipe: Any) -> str | None:
@@ -189,7 +190,9 @@ class Exported:
 class Exports:
     artifacts: dict[str, Exported] = field(default_factory=dict)   # "dcz", then each format
     examples: dict[str, Any] = field(default_factory=dict)         # where the examples came from
-    metric: Metric | None = None     # measured here when the .dcz records none
+    measured: dict[str, Measured] = field(default_factory=dict)    # the metric of each format
+    metric: Metric | None = None     # for the report: the .dcz's measured figure as ``final``,
+                                     # the run's baseline and stages beside it
     seconds: float = 0.0
 
 
@@ -240,7 +243,8 @@ def export_all(spec: ExportSpec, compressed: Compressed, out_dir: Path, *,
         write_json_atomic(cache_path, cache, kind=JSON_FILE)
         out.artifacts[name] = _exported(name, paths[name], sha, result, False)
         out.examples = json.loads(json.dumps(examples.describe, default=jsonable))
-    out.metric = compressed.metric or _metric_from_exports(compressed, out, loaded)
+    out.measured = measure_metric(compressed, out, loaded or (lambda: _load_for_export(spec, compressed)))
+    out.metric = _report_metric(compressed.metric, out.measured.get("dcz"))
     out.seconds = time.perf_counter() - start
     return out
 
@@ -296,19 +300,98 @@ def _load_for_export(spec: ExportSpec, compressed: Compressed):
     return model, layers, examples, score, torch_outputs(model, examples.inputs)
 
 
-def _metric_from_exports(compressed: Compressed, out: Exports, loaded: Any) -> Metric | None:
-    """A .dcz that records no metric: PyTorch's accuracy on the examples, when they have labels."""
-    if loaded is None:
-        for e in out.artifacts.values():
-            if "torch_accuracy" in e.result:
-                return Metric("accuracy", float(e.result["torch_accuracy"]))
-        return None
-    from dccore.metrics import accuracy
+RUNTIME = {"dcz": "model.dcz decoded, in PyTorch", "tflite": "the LiteRT interpreter on this host",
+           "coreml": "Core ML on this Mac"}
 
-    _model, _layers, examples, _score, reference = loaded
-    if examples.labels is None:
+
+def measure_metric(compressed: Compressed, out: Exports, loaded: Any) -> dict[str, Measured]:
+    """The task's metric of every shipped format, through what ships, on the examples (see
+    :class:`Measured`). With labels: the accuracy of the decoded .dcz (PyTorch) and of each
+    artifact (its runtime, at validation). Without: a recipe run's own measurement of the
+    decoded file on the task's test split; an artifact is then held to the decoded model's
+    outputs (``export_valid``), its task metric not measured. ``loaded``: ``_load_for_export``'s
+    result, or a callable that loads it when no cached validation has the .dcz's figure."""
+    source = out.examples.get("source", "the examples")
+    results = {name: e.result for name, e in out.artifacts.items() if name != "dcz"}
+    n = next((_scored(r)["examples"] for r in results.values() if "examples" in _scored(r)), None)
+    labelled = any("torch_accuracy" in _scored(r) for r in results.values())
+    dcz_value = next((float(_scored(r)["torch_accuracy"]) for r in results.values()
+                      if "torch_accuracy" in _scored(r)), None)
+    if dcz_value is None and not any("min_cosine" in _scored(r) for r in results.values()):
+        _model, _layers, examples, _score, reference = loaded() if callable(loaded) else loaded
+        if examples.labels is not None:
+            from dccore.metrics import accuracy
+
+            labelled, dcz_value = True, accuracy(reference, examples.labels)
+        n = int(examples.inputs[0].shape[0])
+    on = f"{n or 'the'} examples of {source}"
+    measured: dict[str, Measured] = {}
+    if labelled:
+        measured["dcz"] = Measured("dcz", "accuracy", dcz_value, on=f"{on}, {RUNTIME['dcz']}")
+    else:
+        measured["dcz"] = _recipe_measured(compressed)
+    name, better = measured["dcz"].name, measured["dcz"].higher_is_better
+    for fmt, r in results.items():
+        scored, runtime = _scored(r), RUNTIME.get(fmt, fmt)
+        if "accuracy" in scored:
+            measured[fmt] = Measured(fmt, "accuracy", float(scored["accuracy"]),
+                                     on=f"{on}, {runtime}")
+        elif isinstance(scored.get("skipped"), str):
+            measured[fmt] = Measured(fmt, name, None, better, note=f"not measured: {scored['skipped']}")
+        else:
+            measured[fmt] = Measured(fmt, name, None, better, note=(
+                "not measured: the examples have no labels (the artifact is held to the decoded "
+                "model's outputs: export_valid)"))
+    return measured
+
+
+def _scored(result: dict[str, Any]) -> dict[str, Any]:
+    """An export's scored figures: its own, or Core ML's predictions reported beside its verdict."""
+    predictions = result.get("predictions")
+    return predictions if isinstance(predictions, dict) else result
+
+
+def _recipe_measured(compressed: Compressed) -> Measured:
+    """Without labelled examples: a recipe run's figure of its decoded model.dcz, measured by
+    the pipeline on the task's test split (a report that predates that is not used)."""
+    report = compressed.report or {}
+    metric = compressed.metric
+    table = report.get("primary_metric") if isinstance(report.get("primary_metric"), dict) else {}
+    if metric is None or metric.final is None or not table.get("final_measured_on"):
+        why = ("the examples have no labels and the file's own figures are claims" if compressed.run_dir is None
+               else "the run's report predates measuring the decoded file; compress again")
+        return Measured("dcz", metric.name if metric else "accuracy", None,
+                        metric.higher_is_better if metric else True, note=f"not measured: {why}")
+    return Measured("dcz", metric.name, metric.final, metric.higher_is_better,
+                    on=f"the task's test split ({report.get('test_examples', '?')} examples), "
+                       f"{table['final_measured_on']}, at compress")
+
+
+def _report_metric(run: Metric | None, dcz: Measured | None) -> Metric | None:
+    """The metric the report draws: the .dcz's measured figure as ``final``, and the run's
+    baseline and stages beside it when they are the same metric."""
+    if dcz is None or dcz.value is None:
         return None
-    return Metric("accuracy", accuracy(reference, examples.labels))
+    if run is None or run.name != dcz.name:
+        return Metric(dcz.name, dcz.value, higher_is_better=dcz.higher_is_better)
+    return Metric(run.name, dcz.value, run.baseline, run.higher_is_better, run.stages)
+
+
+def check_metric_examples(spec: ModelSpec, export: ExportSpec, min_metric: float | None,
+                          where: str = "[budgets]") -> None:
+    """A metric gate needs examples to measure the metric on (checked before any work). A
+    recipe run measures its decoded file on the task's test split; a ready .dcz needs labelled
+    examples: the IDX test set (the default) or an inputs file with 'labels'."""
+    if min_metric is None or spec.dcz is None or export.inputs is None:
+        return
+    from ..commands.export import _read_named
+
+    if "labels" not in _read_named(export.inputs):
+        raise UsageError(
+            f"{where} min_metric = {min_metric:g}: nothing to measure {spec.dcz.name}'s metric on "
+            f"([export] inputs = {export.inputs} has no 'labels'); add the labels to that file, or "
+            "drop inputs to use the IDX test set ([model] data = DIR). The file's own figures are "
+            "claims and never gate")
 
 
 # ----------------------------------------------------------------------------------------------
