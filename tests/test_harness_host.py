@@ -38,6 +38,12 @@ def test_runner_script_standalone(tmp_path):
     assert len(result["latencies_ms"]) == 12 and len(result["warmup_ms"]) == 2
     assert all(v > 0 for v in result["latencies_ms"]) and result["init_ms"] > 0
     assert result["peak_memory_kb"] > 10_000 and result["memory_source"] == "VmHWM"
+    # the model's own peak, named apart from the process's (interpreter, numpy, LiteRT: ~50 MB):
+    # a 32 KB model (and the runtime's first set-up, ~3 MB) costs a few MB, not the tens the
+    # process holds
+    assert 0 < result["model_memory_kb"] < 8_000
+    assert result["peak_memory_kb"] - result["model_memory_kb"] > 20_000
+    assert "clear_refs" in result["model_memory_source"]
     assert result["inputs"] == [{"name": result["inputs"][0]["name"], "shape": [1, 1, 28, 28],
                                  "dtype": "float32"}]
     y = np.load(tmp_path / "y.npy")
@@ -79,6 +85,7 @@ def test_bench_on_host_with_hostile_name_and_eval(hostile_model, tmp_path, capsy
     assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     assert lat["p50"] == pytest.approx(float(np.median(r["latencies_ms"])))
     assert r["init_ms"] > 0 and r["peak_memory_mb"] > 10
+    assert 0 < r["model_memory_mb"] < r["peak_memory_mb"] and r["model_memory_source"]
     assert r["push"]["bytes"] == hostile_model.stat().st_size and r["push"]["seconds"] >= 0
     assert r["device"]["kind"] == "host" and r["device"]["cores"] == os.cpu_count()
     acc = r["accuracy"]

@@ -115,7 +115,9 @@ def test_benchmark_model_runner(hostile_model, fake_binary):
     assert lat["mean"] == pytest.approx(2950.34) and lat["min"] == pytest.approx(2727.568)
     assert lat["p50"] is None and lat["p90"] is None  # benchmark_model prints no percentiles here
     assert first["init_ms"] == pytest.approx(17.187)
-    assert first["peak_memory_mb"] == pytest.approx(49.3281)
+    assert first["peak_memory_mb"] == pytest.approx(49.3281)           # the tool's process
+    assert first["model_memory_mb"] == pytest.approx(46.0859)           # delta from its start
+    assert "delta" in first["model_memory_source"]
     assert first["push"]["bytes"] == hostile_model.stat().st_size
     assert first["device"]["serial"] == "fake:5555"
 

@@ -142,6 +142,7 @@ def test_bench_mlpackage_protocol(xcrun, app, mlpackage, capsys):
     assert r["latency_ms"]["p50"] == 4.0 and r["latency_ms"]["mean"] == 4.0
     assert r["latency_ms"]["p90"] == pytest.approx(6.4)
     assert r["peak_memory_mb"] == 1.0 and r["memory_source"] == "phys_footprint"
+    assert r["model_memory_mb"] == 0.5 and r["model_memory_source"].startswith("phys_footprint")
     assert r["push"]["bytes"] == 1000 + len('{"fileFormatVersion": "1.0.0"}')
     assert r["device"]["kind"] == "simctl" and r["device"]["serial"] == IPHONE15
     assert r["device"]["os_version"] == "iOS 17.5" and r["device"]["model"] == "iPhone 15"

@@ -40,7 +40,8 @@ def device_info(result: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def device_figures(result: dict[str, Any], device: str) -> list[Figure]:
-    """p50, p90, peak memory and (with bench eval) the accuracy measured on the device."""
+    """p50, p90, the model's own memory and the runner process's peak, and (with bench eval) the
+    accuracy measured on the device."""
     info = device_info(result)
     if info is None:
         return []
@@ -49,6 +50,7 @@ def device_figures(result: dict[str, Any], device: str) -> list[Figure]:
     lat = result.get("latency_ms") or {}
     out = [Figure(name, float(value), **common) for name, value in
            (("latency_p50_ms", lat.get("p50")), ("latency_p90_ms", lat.get("p90")),
+            ("model_memory_mb", result.get("model_memory_mb")),
             ("peak_memory_mb", result.get("peak_memory_mb"))) if value is not None]
     acc = result.get("accuracy")
     if isinstance(acc, dict) and acc.get("accuracy") is not None:

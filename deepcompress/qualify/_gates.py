@@ -23,17 +23,19 @@ FIGURES = {
     "device_metric": ("", False),      # the same, measured on the device (bench eval)
     "latency_p50_ms": ("ms", True),
     "latency_p90_ms": ("ms", True),
-    "peak_memory_mb": ("MB", True),
+    "model_memory_mb": ("MB", True),   # the model's own: the runner with it minus without it
+    "peak_memory_mb": ("MB", True),    # the runner process's whole peak (interpreter included)
 }
 # which budget key limits which figure
 BUDGET_FOR = {"size_bytes": "max_size_bytes", "zipped_bytes": "max_zipped_bytes",
               "metric": "min_metric", "device_metric": "min_metric",
               "latency_p50_ms": "max_latency_p50_ms", "latency_p90_ms": "max_latency_p90_ms",
-              "peak_memory_mb": "max_peak_memory_mb"}
+              "model_memory_mb": "max_model_memory_mb", "peak_memory_mb": "max_peak_memory_mb"}
 # which regression allowance covers which figure (qualify: against the last passing run)
 REGRESSION_FOR = {"size_bytes": "size_pct", "zipped_bytes": "size_pct",
                   "latency_p50_ms": "latency_pct", "latency_p90_ms": "latency_pct",
-                  "peak_memory_mb": "memory_pct", "metric": "metric_drop",
+                  "model_memory_mb": "memory_pct", "peak_memory_mb": "memory_pct",
+                  "metric": "metric_drop",
                   "device_metric": "metric_drop"}
 
 

@@ -97,13 +97,24 @@ def _from_runner(result: dict) -> dict:
     latencies = [float(v) for v in result["latencies_ms"]]
     if not latencies:
         raise DeviceError("the runner reported no timed runs")
-    kb = result.get("peak_memory_kb")
+    kb, model_kb = result.get("peak_memory_kb"), result.get("model_memory_kb")
     return {"runs": len(latencies), "latency_ms": latency_stats(latencies), "latencies_ms": latencies,
             "init_ms": result.get("init_ms"), "first_inference_ms": result.get("first_ms"),
-            "peak_memory_mb": kb / 1024 if kb is not None else None,
-            "memory_source": result.get("memory_source"),
+            **memory(model_kb / 1024 if model_kb is not None else None,
+                     result.get("model_memory_source"), kb / 1024 if kb is not None else None,
+                     result.get("memory_source")),
             "inference_seconds": (sum(latencies) + sum(result.get("warmup_ms") or [])) / 1000,
             "runtime": result.get("runtime")}
+
+
+def memory(model_mb: float | None, model_source: str | None, process_mb: float | None,
+           process_source: str | None) -> dict:
+    """A result's two memory figures, each named for what it is: ``model_memory_mb``, the
+    model's own (what the runner holds with the model beyond what it holds without: the
+    interpreter, its arena, the weights touched), and ``peak_memory_mb``, the runner process's
+    whole peak (for the Python runner mostly the interpreter and numpy, ~50 MB)."""
+    return {"model_memory_mb": model_mb, "model_memory_source": model_source,
+            "peak_memory_mb": process_mb, "memory_source": process_source}
 
 
 def _from_benchmark_model(parsed) -> dict:
@@ -117,8 +128,10 @@ def _from_benchmark_model(parsed) -> dict:
     warm_s = (warm.avg or warm.curr or 0) * warm.count / 1e6 if warm else 0.0
     return {"runs": inf.count, "latency_ms": stats, "init_ms": parsed.init_ms,
             "first_inference_ms": us(parsed.first_inference_us),
-            "peak_memory_mb": parsed.peak_memory_mb,
-            "memory_source": "benchmark_model periodic monitoring" if parsed.peak_memory_mb else None,
+            **memory(parsed.memory_overall_mb, "benchmark_model: footprint delta from the tool's "
+                     "start, after the runs" if parsed.memory_overall_mb is not None else None,
+                     parsed.peak_memory_mb, "benchmark_model periodic monitoring"
+                     if parsed.peak_memory_mb else None),
             "memory_delta_mb": {"init": parsed.memory_init_mb, "overall": parsed.memory_overall_mb},
             "inference_seconds": inf.avg * inf.count / 1e6 + warm_s}
 

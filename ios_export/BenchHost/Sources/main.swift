@@ -163,6 +163,7 @@ func runEval(_ model: MLModel, _ config: Config) throws -> Int {
 }
 
 func benchmark(_ config: Config) throws -> [String: Any] {
+    let before = memoryFootprint()      // the app without the model
     let start = nowNs()
     let compiled = config.model.pathExtension == "mlmodelc" ? config.model : try MLModel.compileModel(at: config.model)
     let compiledAt = nowNs()
@@ -193,6 +194,13 @@ func benchmark(_ config: Config) throws -> [String: Any] {
         "compute_units": config.computeUnitsName,
         "runtime": ["os": ProcessInfo.processInfo.operatingSystemVersionString],
     ]
+    // The model's own peak: the footprint's peak with it (compile, load, every prediction) minus
+    // the footprint before it; unknown when the app had peaked higher before (that would hide it).
+    let withModel = memoryFootprint()
+    if withModel.peak > before.peak && withModel.peak >= before.current {
+        result["model_memory_kb"] = (withModel.peak - before.current) / 1024
+        result["model_memory_source"] = "phys_footprint peak with the model minus before it"
+    }
     let evaluated = try runEval(model, config)
     if evaluated > 0 { result["eval"] = ["count": evaluated] }
     // Last, so the peak covers compile, load, every prediction and the eval.
