@@ -9,13 +9,20 @@ the peer's delayed ACK and cost ~40 ms per message.
 Flow control is adb's: a stream sends one WRTE and waits for the peer's OKAY before the next;
 an incoming WRTE is acknowledged when the service takes it, so a slow service slows its peer
 instead of queueing without bound.
+
+A flood of connections never makes the daemon deaf: past ``max_connections`` the oldest one
+still in its handshake is dropped (none: the newcomer is), and when the process runs out of file
+descriptors anyway (EMFILE) the accept loop sheds the waiting connection through a descriptor it
+keeps in reserve and goes on serving.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
 import queue
+import resource
 import socket
 import threading
 import time
@@ -35,6 +42,9 @@ LISTEN_HOST = "127.0.0.1"  # never another interface: the shell runs host comman
 # Only what is implemented: without shell_v2/stat_v2/ls_v2 clients use plain `shell:` and sync v1.
 # fixed_push_mkdir: SEND creates missing parent directories, so clients need not `mkdir` first.
 FEATURES = ("fixed_push_mkdir",)
+# accept() failing for want of memory or descriptors: shed the waiting connection and go on.
+_SHED_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_WARN_EVERY_S = 10.0   # a flood logs one line per this many seconds, not one per connection
 
 
 @dataclass
@@ -53,6 +63,8 @@ class DaemonConfig:
     # Old (C) adbd answers a sync SEND it cannot open with FAIL at once, before reading the data
     # (then drains DATA until DONE and closes the stream); off: FAIL after DONE, stream kept.
     early_sync_fail: bool = False
+    # Connections served at once; None: from the descriptor limit (see connection_limit).
+    max_connections: int | None = None
 
     @classmethod
     def old_adbd(cls, **overrides: object) -> "DaemonConfig":
@@ -61,6 +73,16 @@ class DaemonConfig:
         settings: dict = {"max_payload": w.MAX_PAYLOAD_V1, "max_version": w.VERSION_MIN,
                           "early_sync_fail": True, **overrides}
         return cls(**settings)
+
+
+def connection_limit() -> int:
+    """Connections the descriptor limit leaves room for: a quarter of what is left after 64 for
+    the process itself (a connection holds its socket, and its commands a few pipes and files
+    each), between 4 and 1024 (adb's server keeps one connection to a device)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(4, min(1024, (soft - 64) // 4))
 
 
 class StreamClosed(Exception):
@@ -141,6 +163,8 @@ class Connection:
         self._streams: dict[int, Stream] = {}
         self._streams_lock = threading.Lock()
         self._ids = itertools.count(1)
+        self.opened = time.monotonic()
+        self.handshaking = True      # dropped first when the daemon is full
 
     # -- output ---------------------------------------------------------------------------------
     def send(self, cmd: int, arg0: int, arg1: int, payload: bytes = b"", *, quiet: bool = False) -> None:
@@ -168,6 +192,7 @@ class Connection:
             self.sock.settimeout(self.config.handshake_timeout_s)
             if not self._handshake(reader):
                 return
+            self.handshaking = False
             reader.deadline = None
             reader.idle_timeout_s = self.config.idle_timeout_s
             self._serve(reader)
@@ -330,7 +355,10 @@ class AdbDaemon:
                  config: DaemonConfig, services: dict[str, Handler]) -> None:
         self.profile, self.sandbox, self.config, self._services = profile, sandbox, config, services
         self.stopping = False
+        self.max_connections = config.max_connections or connection_limit()
         self.refused_keys: set[int] = set()
+        self.shed = 0                  # connections dropped or refused for want of room
+        self._last_warning = -_WARN_EVERY_S
         self._connections: set[Connection] = set()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -342,9 +370,12 @@ class AdbDaemon:
             self.listener.close()
             raise DeviceError(f"cannot listen on {LISTEN_HOST}:{port}: {exc.strerror} (another "
                               "emulator or adbd there? pick another port with --port)") from exc
-        self.listener.listen(16)
+        self.listener.listen(128)  # a burst of clients waits in the backlog, not in SYN retries
         self.listener.settimeout(0.2)  # so serve_forever notices stop() promptly
         self.port = self.listener.getsockname()[1]
+        # Kept free so that, out of descriptors, a waiting connection can still be accepted and
+        # closed: the peer hears "closed" instead of waiting in the backlog for ever.
+        self._reserve: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def handler_for(self, service: str) -> Handler | None:
         for prefix, handler in self._services.items():
@@ -353,20 +384,86 @@ class AdbDaemon:
         return None
 
     def serve_forever(self) -> None:
+        """Accept until ``stop``. Nothing a client does ends this loop: a failed accept sheds a
+        connection (out of descriptors) or is logged, and the loop goes on."""
         while not self.stopping:
             try:
                 sock, peer = self.listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self.stopping:
                     break
-                raise
-            w.tune_socket(sock, self.config.socket_buffer_bytes)
-            conn = Connection(self, sock, peer)
-            with self._lock:
-                self._connections.add(conn)
+                self._accept_failed(exc)
+                continue
+            try:
+                self._admit(sock, peer)
+            except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread"
+                sock.close()
+                self._warn(f"dropped a connection from {peer[0]}:{peer[1]}: {exc}")
+
+    def _admit(self, sock: socket.socket, peer: tuple) -> None:
+        with self._lock:
+            full = len(self._connections) >= self.max_connections
+        if full:
+            dropped = self._evict_handshaking()
+            if dropped is None:
+                sock.close()
+                self._warn(f"{self.max_connections} connections open; refused {peer[0]}:{peer[1]}")
+                return
+            self._warn(f"{self.max_connections} connections open; dropped {dropped}, which had "
+                       "not finished its handshake")
+        w.tune_socket(sock, self.config.socket_buffer_bytes)
+        conn = Connection(self, sock, peer)
+        with self._lock:
+            self._connections.add(conn)
+        try:
             self.spawn(conn.run, (), f"adb-conn-{peer[1]}")
+        except BaseException:
+            self.forget(conn)
+            raise
+
+    def _evict_handshaking(self) -> str | None:
+        """Drop the oldest connection still in its handshake (a client that connected and went
+        quiet) and say whose it was; None when every connection is a connected client."""
+        waiting = [c for c in self.connections() if c.handshaking]
+        if not waiting:
+            return None
+        oldest = min(waiting, key=lambda c: c.opened)
+        self.forget(oldest)     # its place is free now; its thread closes its socket
+        oldest.abort()
+        return f"{oldest.peer[0]}:{oldest.peer[1]}"
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno not in _SHED_ERRNOS:
+            self._warn(f"accept failed: {exc}")
+            time.sleep(0.05)
+            return
+        # Out of descriptors: free the reserve, accept the waiting connection and close it,
+        # take the reserve back; and make room for later ones.
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+        try:
+            sock, _ = self.listener.accept()
+            sock.close()
+        except OSError:
+            pass
+        self._evict_handshaking()
+        self._warn(f"out of file descriptors ({exc.strerror}); shedding connections (raise "
+                   "the limit, ulimit -n, or open fewer at once)")
+        time.sleep(0.05)   # let dropped connections close their sockets
+        try:
+            self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass             # tried again after the next failure
+
+    def _warn(self, message: str) -> None:
+        self.shed += 1
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY_S:
+            self._last_warning = now
+            log.warning("%s (%d so far)", message, self.shed)
 
     def spawn(self, target: Callable[..., None], args: tuple, name: str) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True, name=name)
@@ -395,6 +492,9 @@ class AdbDaemon:
         commands to be ended and their threads to finish."""
         self.stopping = True
         self.listener.close()
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
         self.drop_connections()
         deadline = time.monotonic() + timeout_s
         with self._lock:

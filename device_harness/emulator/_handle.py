@@ -76,7 +76,8 @@ def start(port: int = 0, no_auth: bool = False, sandbox: str | os.PathLike[str] 
           authorized_keys: Iterable[str | os.PathLike[str]] | None = None,
           idle_timeout_s: float | None = 3600.0, handshake_timeout_s: float = 30.0,
           message_timeout_s: float = 30.0, max_payload: int | None = None,
-          old_adbd: bool = False, early_sync_fail: bool | None = None) -> EmulatorHandle:
+          old_adbd: bool = False, early_sync_fail: bool | None = None,
+          max_connections: int | None = None) -> EmulatorHandle:
     """Start an emulated device in a background thread of this process.
 
     ``port=0`` picks a free port. ``sandbox`` is the folder that plays /data/local/tmp (default:
@@ -87,7 +88,9 @@ def start(port: int = 0, no_auth: bool = False, sandbox: str | os.PathLike[str] 
     ``old_adbd``: play an old adbd (protocol 0x01000000 with checksums, 4 KiB messages unless
     ``max_payload`` says otherwise, sync FAIL before the data). ``early_sync_fail``: answer a
     sync SEND that cannot be opened with FAIL before reading its data, as real adbd does
-    (default: on for ``old_adbd``, else off).
+    (default: on for ``old_adbd``, else off). ``max_connections``: clients served at once
+    (default: what the process's descriptor limit leaves room for); past it the oldest one still
+    in its handshake is dropped.
     """
     max_payload = max_payload or (4096 if old_adbd else 1024 * 1024)
     if not 4096 <= max_payload <= 1024 * 1024:
@@ -105,7 +108,8 @@ def start(port: int = 0, no_auth: bool = False, sandbox: str | os.PathLike[str] 
         auth = f"{len(keys)} key(s) from {', '.join(map(str, files))}"
     settings: dict = {"no_auth": no_auth, "authorized_keys": keys, "idle_timeout_s": idle_timeout_s,
                       "handshake_timeout_s": handshake_timeout_s,
-                      "message_timeout_s": message_timeout_s, "max_payload": max_payload}
+                      "message_timeout_s": message_timeout_s, "max_payload": max_payload,
+                      "max_connections": max_connections}
     if early_sync_fail is not None:
         settings["early_sync_fail"] = early_sync_fail
     config = DaemonConfig.old_adbd(**settings) if old_adbd else DaemonConfig(**settings)

@@ -43,12 +43,20 @@ _DENT = struct.Struct("<4sIIII")
 # -- shell ----------------------------------------------------------------------------------------
 def shell_service(stream: Stream, service: str, sandbox: Sandbox) -> None:
     """``shell:CMD`` / ``exec:CMD``: adb's raw shell, stdout and stderr in one stream; the
-    stream closes when the command ends (no exit status: that needs shell_v2)."""
+    stream closes when the command ends (no exit status: that needs shell_v2).
+
+    adbd runs ``sh -c CMD``; a command the kernel cannot pass to sh (one argument over 128 KiB:
+    E2BIG) is answered as adbd answers it, with ``error: exec '/system/bin/sh' failed: ...``."""
     name, _, command = service.partition(":")
     if "v2" in name.split(",")[1:]:
         stream.write(b"error: this device does not offer shell protocol v2\n")
         return
-    proc = sandbox.spawn(command)
+    try:
+        proc = sandbox.spawn(command)
+    except OSError as exc:
+        log.info("shell command of %d bytes not started: %s", len(command), exc)
+        stream.write(f"error: exec '/system/bin/sh' failed: {exc.strerror or exc}\n".encode())
+        return
     feeder = threading.Thread(target=_feed_stdin, args=(stream, proc), daemon=True)
     feeder.start()
     finished = False
@@ -282,7 +290,8 @@ class _Upload:
 
     def commit(self, mode: int, mtime: int) -> None:
         self.fh.flush()
-        os.fchmod(self.fh.fileno(), stat.S_IMODE(mode) or 0o644)
+        # adbd keeps the permission bits only (mode & 0777): no setuid, setgid or sticky bit
+        os.fchmod(self.fh.fileno(), mode & 0o777 or 0o644)
         os.utime(self.fh.fileno(), (mtime, mtime))
         self.fh.close()
         os.rename(self.tmp, self.name, src_dir_fd=self.folder, dst_dir_fd=self.folder)
@@ -304,9 +313,9 @@ def _send(sandbox: Sandbox, spec: str, requests: _Requests, replies: _Replies, *
     with contextlib.ExitStack() as stack:
         upload: _Upload | None = None
         try:
-            if not comma or not mode_text.isdigit():
-                raise SandboxError(f"bad SEND request {spec!r}: expected 'path,mode'")
-            mode = int(mode_text)
+            if not comma:
+                raise SandboxError(f"bad SEND request {spec[:200]!r}: expected 'path,mode'")
+            mode = _send_mode(mode_text)
             if stat.S_ISLNK(mode):
                 raise SandboxError(f"{path}: symbolic links are not supported by the emulated device")
             sandbox.host_path(path)  # the readable refusals: '..', outside the storage, a link out
@@ -354,6 +363,25 @@ def _send(sandbox: Sandbox, spec: str, requests: _Requests, replies: _Replies, *
             log.info("sync SEND refused: %s", error)
             _fail(replies, error)
         return True
+
+
+def _send_mode(text: str) -> int:
+    """SEND's mode as adbd reads it (``strtoul(text, nullptr, 0)`` into a 32-bit mode_t): decimal,
+    0-octal or 0x-hex; a value past 2**64 - 1 is adbd's "bad mode"."""
+    if text[:2].lower() == "0x":
+        digits, base = text[2:], 16
+    else:
+        digits, base = text, 8 if len(text) > 1 and text[0] == "0" else 10
+    try:
+        if not digits.isascii() or not digits.isalnum():
+            raise ValueError(text)
+        mode = int(digits, base)
+    except ValueError:
+        raise SandboxError(f"bad mode {text[:40]!r} in SEND: expected a number") from None
+    if mode >= 2**64:
+        raise SandboxError(f"bad mode {text[:40]}{'...' if len(text) > 40 else ''} in SEND: "
+                           "out of range")
+    return mode & 0xFFFFFFFF
 
 
 def _drain_data(requests: _Requests) -> None:
