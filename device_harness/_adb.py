@@ -58,6 +58,19 @@ _CPU_SCRIPT = ("for d in /sys/devices/system/cpu/cpu[0-9]*; do "
                "done")
 
 
+def banner_props(banner: bytes | None) -> dict[str, str]:
+    """The properties a device announces when it connects, as Google's adb reads them for
+    ``adb devices -l``: the CNXN banner ``device::ro.product.name=N;ro.product.model=M;
+    ro.product.device=D;features=...`` (SYSTEM-TYPE:SERIAL:KEY=VALUE;...)."""
+    if not banner:
+        return {}
+    fields = banner.rstrip(b"\0").decode("utf-8", "replace").split(":", 2)
+    if len(fields) < 3:
+        return {}
+    pairs = (item.partition("=") for item in fields[2].split(";"))
+    return {k: v for k, sep, v in pairs if sep and k.startswith("ro.") and v}
+
+
 def _tcp_transport(host: str, port: int) -> Any:
     """Imported here, not at the top: importing this module does not import adb-shell."""
     from ._adb_transport import FastTcpTransport
@@ -350,7 +363,9 @@ class AdbDevice(Device):
 
     def _read_info(self) -> DeviceInfo:
         out = self.shell(["sh", "-c", f"getprop; {_CPU_SCRIPT}"], timeout_s=self.timeout_s).output
-        props = dict(_PROP_RE.findall(out))
+        # getprop's figures first; a device without getprop is still named by its banner
+        props = {**banner_props(getattr(self._transport, "banner", None)),
+                 **dict(_PROP_RE.findall(out))}
         cpus = sorted((int(n), int(f)) for n, f in re.findall(r"^cpu (\d+) (\d+)\s*$", out, re.M))
         cores = len(cpus)
         if not cores:  # no sysfs cpu folders readable: count processors instead
@@ -367,6 +382,7 @@ class AdbDevice(Device):
             extra={k: v for k, v in {
                 "manufacturer": props.get("ro.product.manufacturer"),
                 "device": props.get("ro.product.device"),
+                "product": props.get("ro.product.name"),
                 "fingerprint": props.get("ro.build.fingerprint"),
                 "emulated": props.get("ro.deepcompress.emulated") == "1" or None,
             }.items() if v})

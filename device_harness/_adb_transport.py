@@ -31,6 +31,7 @@ class FastTcpTransport(TcpTransport):
         self._header: bytes | None = None
         self._left = 0  # bytes of the current incoming message not yet handed to adb-shell
         self.device_version: int | None = None  # from the device's CNXN
+        self.banner: bytes | None = None        # the device's CNXN payload (adb-shell drops it)
 
     @property
     def checksums_needed(self) -> bool:
@@ -50,6 +51,7 @@ class FastTcpTransport(TcpTransport):
         self._header = None
         self._left = 0
         self.device_version = None
+        self.banner = None
         sock = socket.create_connection((self._host, self._port),
                                         timeout=self._timeout(transport_timeout_s))
         tune_socket(sock)
@@ -87,6 +89,8 @@ class FastTcpTransport(TcpTransport):
             return 0  # not a message: adb-shell reports it
         if cmd == A_CNXN:
             self.device_version = arg0
+            self._fill(HEADER.size + length, transport_timeout_s)
+            self.banner = bytes(self._rbuf[HEADER.size:HEADER.size + length])
         if length and not check:  # a non-empty payload never sums to 0: it was skipped
             self._fill(HEADER.size + length, transport_timeout_s)
             with memoryview(self._rbuf) as buf, buf[HEADER.size:HEADER.size + length] as payload:

@@ -13,7 +13,7 @@ import pytest
 
 from dccore.errors import DeviceError
 from device_harness import emulator
-from device_harness._adb import AdbDevice, parse_spec
+from device_harness._adb import AdbDevice, banner_props, parse_spec
 from device_harness._keys import ensure_adb_key
 
 pytestmark = pytest.mark.emulator
@@ -105,6 +105,29 @@ def test_info_from_getprop_and_sysfs(device, emu):
     assert info.os_version == "Android 14 (SDK 34)" and info.abi == p.properties["ro.product.cpu.abi"]
     assert info.cores == p.cores and info.max_freq_khz == p.max_freq_khz
     assert info.extra["emulated"] is True and info.to_dict()["max_freq_khz"] == list(p.max_freq_khz)
+
+
+def test_without_getprop_the_names_come_from_the_connection_banner(key):
+    """A device whose shell has no getprop (a minimal image) is still named, as Google's adb
+    names it in ``adb devices -l``: by the product, model and device its adbd announces in the
+    CNXN banner when it connects."""
+    with emulator.start(authorized_keys=[f"{key}.pub"]) as emu:
+        (emu._sandbox.state / "bin" / "getprop").unlink()
+        with AdbDevice.connect(emu.serial, key_path=key, timeout_s=10) as dev:
+            assert dev.shell(["sh", "-c", "command -v getprop"], check=False).returncode != 0
+            info = dev.info
+    p = emu.profile.properties
+    assert info.model == p["ro.product.model"] != "unknown"
+    assert (info.extra["device"], info.extra["product"]) == (p["ro.product.device"],
+                                                             p["ro.product.name"])
+
+
+def test_banner_props_reads_what_adbd_announces():
+    banner = (b"device::ro.product.name=oriole;ro.product.model=Pixel 6;ro.product.device=oriole;"
+              b"features=shell_v2,cmd,stat_v2\0")
+    assert banner_props(banner) == {"ro.product.name": "oriole", "ro.product.model": "Pixel 6",
+                                    "ro.product.device": "oriole"}
+    assert banner_props(b"host::\0") == {} and banner_props(None) == {}
 
 
 def test_unauthorized_key_is_refused_quickly(emu, tmp_path):
