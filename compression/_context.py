@@ -23,6 +23,34 @@ class Output:
 
 
 @dataclass
+class StageOutputs:
+    """What a stage hands on to the run besides its figures: typed fields the pipeline acts on,
+    never keys of ``metrics`` (which are figures for the report and nothing else)."""
+
+    # the model constructor's kwargs the stage leaves (shrink: its new widths), over the recipe's
+    model_kwargs: dict[str, Any] | None = None
+    # the stage brought a teacher of its own that later stages distil from; no checkpoint holds
+    # it, so a run may not resume after this stage
+    brought_teacher: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_kwargs": self.model_kwargs, "brought_teacher": self.brought_teacher}
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "StageOutputs":
+        """From a checkpoint's info; checkpoints written before outputs were typed kept them in
+        their metrics (``model_kwargs``, and a ``teacher`` section)."""
+        given = info.get("outputs")
+        if isinstance(given, dict):
+            kwargs = given.get("model_kwargs")
+            return cls(kwargs if isinstance(kwargs, dict) else None,
+                       bool(given.get("brought_teacher")))
+        metrics = info.get("metrics") or {}
+        kwargs = metrics.get("model_kwargs")
+        return cls(kwargs if isinstance(kwargs, dict) else None, "teacher" in metrics)
+
+
+@dataclass
 class StageContext:
     state: CompressionState
     train: Examples
@@ -34,6 +62,7 @@ class StageContext:
     progress: ProgressFn = no_progress
     log: Callable[[str], None] = lambda msg: None
     metrics: dict = field(default_factory=dict)   # a stage's own figures, saved in the report
+    outputs: StageOutputs = field(default_factory=StageOutputs)   # what the run acts on
     teacher: Callable[[], torch.Tensor] | None = None  # the baseline's outputs on the train set
     output: Output | None = None      # set by the pipeline for the output phase only
 

@@ -35,7 +35,7 @@ from dccore.errors import CheckpointError, ModelError, RecipeError
 from dccore.outputs import atomic_path, write_bytes_atomic, write_json_atomic
 
 from . import distributed
-from ._context import Output, StageContext
+from ._context import Output, StageContext, StageOutputs
 from ._state import CompressionState
 from ._train import ProgressFn, no_progress, train
 from .models import build_model, check_finite, load_state_dict_file, load_torch_file, load_weights
@@ -142,6 +142,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
     val_scores: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     stage_metrics: dict[str, dict] = {}
+    stage_outputs: dict[str, StageOutputs] = {}
     task.bind(model)        # a label-free task decides here which figure leads, and says why
     primary = task.primary
     if task.primary_reason:
@@ -183,12 +184,14 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
                         primary: info.get(f"validation_{primary}")}
                 seconds[name] = info.get("seconds", 0.0)
                 stage_metrics[name] = info.get("metrics", {})
-        brought = [n for n in previous if "teacher" in stage_metrics.get(n, {})]
+                stage_outputs[name] = StageOutputs.from_info(info)
+        brought = [n for n in previous if stage_outputs.get(n, StageOutputs()).brought_teacher]
         if brought:
             raise RecipeError(f"--resume-from {resume_from}: stage {brought[-1]!r} trained with a "
                               "teacher of its own, which later stages distil from and a checkpoint "
                               f"does not hold; resume from {brought[-1]!r} or an earlier stage")
-        model_kwargs = _latest_kwargs(model_kwargs, [stage_metrics.get(n, {}) for n in previous])
+        model_kwargs = _latest_kwargs(model_kwargs, [stage_outputs[n] for n in previous
+                                                     if n in stage_outputs])
         if model_kwargs != dict(recipe.model.kwargs):   # a shrunk model: its own widths
             model = build_model(recipe.model.name, model_kwargs)
             state = ctx.state = CompressionState.for_model(model)
@@ -207,8 +210,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
         state = ctx.state       # a stage that rebuilds layers (shrink) rebuilds the state too
         distributed.broadcast_state(state)     # one state on every rank (a no-op alone)
         seconds[config.name] = time.perf_counter() - t0
-        if "model_kwargs" in ctx.metrics:
-            model_kwargs = _latest_kwargs(model_kwargs, [ctx.metrics])
+        if ctx.outputs.model_kwargs is not None:
+            model_kwargs = _latest_kwargs(model_kwargs, [ctx.outputs])
             _check_rebuilds(recipe.model.name, model_kwargs, model, config.name)
         stage_metrics[config.name] = dict(ctx.metrics, sparsity=state.sparsity())
         info = scored(config.name, {"kind": config.KIND})
@@ -216,7 +219,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
             f"sparsity {state.sparsity():.1%}, {seconds[config.name]:.1f} s")
         save_checkpoint(_checkpoint_path(out, config.name), model, state,
                         {**info, "seconds": seconds[config.name],
-                         "metrics": stage_metrics[config.name], "recipe_sha256": recipe.sha256()})
+                         "metrics": stage_metrics[config.name],
+                         "outputs": ctx.outputs.to_dict(), "recipe_sha256": recipe.sha256()})
 
     # -- output: the files ----------------------------------------------------------------------
     check_finite(model, "final model")
@@ -306,7 +310,7 @@ def read_report(out_dir: str | Path) -> dict[str, Any]:
 def _run_stage(model: nn.Module, stage: Stage, config: StageConfig, ctx: StageContext) -> None:
     """The handler, then the invariants: the state's (every stage's, checked here once rather
     than in each handler) and the stage's own promise."""
-    ctx.metrics = {}
+    ctx.metrics, ctx.outputs = {}, StageOutputs()
     stage.run(model, config, ctx)
     ctx.state.check()
     if stage.ensures is not None:
@@ -361,12 +365,12 @@ class _StageTeacher:
         self._teacher.use(model)
 
 
-def _latest_kwargs(kwargs: dict[str, Any], metrics: list[dict]) -> dict[str, Any]:
-    """The model's constructor kwargs after the stages whose figures are ``metrics`` (a shrink
-    stage records the widths it left in ``model_kwargs``, over the recipe's)."""
-    for m in metrics:
-        if isinstance(m.get("model_kwargs"), dict):
-            kwargs = {**kwargs, **m["model_kwargs"]}
+def _latest_kwargs(kwargs: dict[str, Any], outputs: list[StageOutputs]) -> dict[str, Any]:
+    """The model's constructor kwargs after the stages whose ``outputs`` are given (a shrink
+    stage hands on the widths it left, over the recipe's)."""
+    for o in outputs:
+        if o.model_kwargs is not None:
+            kwargs = {**kwargs, **o.model_kwargs}
     return kwargs
 
 

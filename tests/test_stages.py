@@ -236,3 +236,17 @@ def test_a_toy_stage_owns_its_schedule_in_the_users_loop():
     finally:
         STAGES.unregister(stage.kind)
     assert seen == [("start", 0), ("end", 6)]
+
+
+def test_what_a_stage_hands_on_is_typed_not_a_metrics_key():
+    """The run acts on StageOutputs (shrink's widths, a teacher brought by a stage); a figure in
+    metrics named like one changes nothing. Checkpoints from before still resume right."""
+    from compression._context import StageOutputs
+
+    typed = StageOutputs(model_kwargs={"hidden": [150, 50]}, brought_teacher=True)
+    assert StageOutputs.from_info({"outputs": typed.to_dict(),
+                                   "metrics": {"model_kwargs": {"hidden": [1]}}}) == typed
+    assert StageOutputs.from_info({"outputs": {}, "metrics": {"teacher": {"accuracy": 0.9}}}) \
+        == StageOutputs()
+    old = {"metrics": {"model_kwargs": {"hidden": [150, 50]}, "teacher": {"accuracy": 0.9}}}
+    assert StageOutputs.from_info(old) == typed

@@ -118,6 +118,7 @@ def run(model: nn.Module, config: ProjectionConfig, ctx: StageContext) -> None:
         trainer.eval()
         model.zero_grad(set_to_none=True)
     hand_over(trainer, ctx)
+    ctx.outputs.brought_teacher = True    # later stages distil from it
     ctx.metrics.update(teacher=describe_teacher(trainer, config.trainer, ctx),
                        projection=describe(model), losses=history)
 

@@ -141,7 +141,8 @@ def run(model: nn.Module, config: ShrinkConfig, ctx: StageContext) -> None:
         rounds=history, criterion=config.criterion,
         widths={n: [start[n], units(modules[n])] for n in fractions},
         parameters=sum(p.numel() for p in model.parameters()),
-        model_kwargs=width_kwargs(model))
+        model_kwargs=width_kwargs(model))     # a figure of the report; the run acts on outputs
+    ctx.outputs.model_kwargs = width_kwargs(model)
 
 
 def _cut(model: nn.Module, link: Link, keep: torch.Tensor, ctx: StageContext) -> None:

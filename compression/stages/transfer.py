@@ -111,6 +111,7 @@ def run(model: nn.Module, config: TransferConfig, ctx: StageContext) -> None:
     loss = train(model, ctx.train, spec, ctx.task, after_backward=ctx.state.mask_gradients,
                  after_step=ctx.state.enforce, generator=ctx.generator(606),
                  teacher_logits=cached, progress=ctx.progress, description="transfer")
+    ctx.outputs.brought_teacher = True    # later stages distil from it
     ctx.metrics.update(teacher=describe_teacher(teacher, config.teacher, ctx),
                        epochs=config.epochs, soft=config.soft, temperature=config.temperature,
                        last_loss=loss)
