@@ -18,30 +18,105 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ._recurrent import recurrent_hooks
-from .models import RECURRENT_TYPES
+from ._recurrent import gate_inputs, recurrent_hooks
+from .models import RECURRENT_TYPES, weight_param
+from .progress import ProgressFn, no_progress
+
+
+CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+TRANSPOSED_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# rows x columns of float64 features formed at once: a convolution's patches of a whole
+# calibration batch would not fit (256 images x 1024 positions x 576 taps is 1.2 GB)
+_FEATURE_CHUNK = 1 << 22
+
+
+def _patches(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
+             dilation: tuple[int, ...]) -> torch.Tensor:
+    """Every kernel window of an already padded (N, C, *spatial) input as rows of
+    (C x taps) features, channel-major then taps in the weight's order: for any number of
+    spatial dims (``unfold`` alone only does 2)."""
+    dims = len(kernel)
+    for i, (k, s, d) in enumerate(zip(kernel, stride, dilation)):
+        x = x.unfold(2 + i, d * (k - 1) + 1, s)[..., ::d]
+    # (N, C, L1..Ld, k1..kd) -> (N, L1..Ld, C, k1..kd)
+    order = [0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims)]
+    x = x.permute(order)
+    return x.reshape(-1, x.shape[1 + dims:].numel())
+
+
+def _conv_features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A convolution's input as its patches (positions, in_channels x kernel): each kernel tap
+    is a feature, as in Wanda's conv variant. A transposed convolution is the convolution of its
+    input with zeros inserted between samples (stride), padded by dilation x (kernel - 1) -
+    padding (+ output_padding at the end), with its kernel flipped: see :func:`weight_matrix`."""
+    dims = x.dim() - 2
+    if dims != len(module.kernel_size):      # unbatched input
+        x = x.unsqueeze(0)
+        dims = x.dim() - 2
+    if isinstance(module, TRANSPOSED_MODULES):
+        n, c, *size = x.shape
+        up = x.new_zeros(n, c, *[(length - 1) * s + 1 for length, s in
+                                 zip(size, module.stride)])
+        up[(slice(None), slice(None), *[slice(None, None, s) for s in module.stride])] = x
+        pad = []
+        for k, d, p, extra in reversed(list(zip(module.kernel_size, module.dilation,
+                                                module.padding, module.output_padding))):
+            pad += [d * (k - 1) - p, d * (k - 1) - p + extra]
+        return _patches(nn.functional.pad(up, pad), module.kernel_size, (1,) * dims,
+                        module.dilation)
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    # torch's own padding, 'same' included (the extra tap of an even kernel on the right)
+    padded = nn.functional.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    return _patches(padded, module.kernel_size, module.stride, module.dilation)
 
 
 def _features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as rows of input features: (tokens, in_features) for Linear, (positions,
-    in_channels x kernel) for Conv (each kernel tap is a feature, as in Wanda's conv variant),
-    (tokens,) of ids for Embedding (each row of the table is a 'feature')."""
+    in_channels x kernel) for every convolution, transposed ones included (each kernel tap is a
+    feature, as in Wanda's conv variant). Columns are in :func:`weight_matrix`'s order."""
     if isinstance(module, (nn.Linear, nn.MultiheadAttention)):   # attention: its query input
         return x.reshape(-1, x.shape[-1])
     if isinstance(module, RECURRENT_TYPES):    # rows of one gate matrix's input (_recurrent.py)
         return x.reshape(-1, x.shape[-1])
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        conv2d = isinstance(module, nn.Conv2d)
-        x4 = x if conv2d else x.unsqueeze(-2)
-        k = module.kernel_size if conv2d else (1, module.kernel_size[0])
-        pad = module.padding if conv2d else (0, module.padding[0])
-        dil = module.dilation if conv2d else (1, module.dilation[0])
-        st = module.stride if conv2d else (1, module.stride[0])
-        if isinstance(pad, str):
-            raise ValueError("padding='same'/'valid' convolutions are not supported here")
-        cols = nn.functional.unfold(x4, k, dilation=dil, padding=pad, stride=st)  # N, C*k, L
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])   # groups: see wanda_mask
+    if isinstance(module, CONV_MODULES + TRANSPOSED_MODULES):
+        return _conv_features(module, x)
     raise TypeError(f"no input features for {type(module).__name__}")
+
+
+def has_features(module: nn.Module) -> bool:
+    """Whether calibration measures the layer's inputs (:func:`sequential_hessians`): every
+    layer type we compress; an Embedding's (ids, one-hot rows) as each row's share of tokens."""
+    return isinstance(module, (nn.Linear, nn.MultiheadAttention, nn.Embedding, *RECURRENT_TYPES,
+                               *CONV_MODULES, *TRANSPOSED_MODULES))
+
+
+def conv_groups(module: nn.Module) -> int:
+    return module.groups if isinstance(module, CONV_MODULES + TRANSPOSED_MODULES) else 1
+
+
+def weight_matrix(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """The weight (or anything shaped like it) as (conv groups, outputs, input features): the
+    matrix that multiplies :func:`_features`' rows, one per group of a grouped convolution
+    (group g's columns are features [g x cols, (g + 1) x cols)). A transposed convolution's
+    weight (in, out / groups, *kernel) becomes (groups, out / groups, in / groups x taps) with
+    its kernel flipped, the convolution it equals."""
+    g = conv_groups(module)
+    if isinstance(module, TRANSPOSED_MODULES):
+        dims = weight.dim() - 2
+        w = weight.reshape(g, weight.shape[0] // g, *weight.shape[1:])
+        w = w.flip(list(range(3, 3 + dims))).transpose(1, 2)
+        return w.reshape(g, w.shape[1], -1)
+    return weight.reshape(g, weight.shape[0] // g, -1)
+
+
+def from_weight_matrix(module: nn.Module, matrix: torch.Tensor, shape: torch.Size
+                       ) -> torch.Tensor:
+    """The inverse of :func:`weight_matrix`: back to the weight's own layout."""
+    if isinstance(module, TRANSPOSED_MODULES):
+        g, dims = conv_groups(module), len(shape) - 2
+        w = matrix.reshape(g, shape[1], shape[0] // g, *shape[2:]).transpose(1, 2)
+        return w.flip(list(range(3, 3 + dims))).reshape(shape)
+    return matrix.reshape(shape)
 
 
 def _each_input(model: nn.Module, layers: Mapping[str, nn.Module],
@@ -91,23 +166,34 @@ def input_norms(model: nn.Module, layers: Mapping[str, nn.Module],
 def fisher_diagonal(model: nn.Module, params: Mapping[str, torch.Tensor],
                     batches: Iterable[tuple[torch.Tensor, ...]],
                     loss: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
-                    ) -> dict[str, torch.Tensor]:
+                    progress: ProgressFn = no_progress) -> dict[str, torch.Tensor]:
     """Mean over calibration batches of the squared gradient of ``loss`` for each tensor in
     ``params`` (name -> the parameter). Gradients are restored to what they were."""
     saved = {n: (p.grad.clone() if p.grad is not None else None) for n, p in params.items()}
     totals = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
     count = 0
+    batches = list(batches)
+    bar = progress("calibration (Fisher)", len(batches))
     was_training = model.training
     model.eval()
+    # only the tensors asked for need their gradient: the backward pass skips the rest's
+    wanted = {id(p) for p in params.values()}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in wanted]
     try:
+        for p in frozen:
+            p.requires_grad_(False)
         for inputs in batches:
             model.zero_grad(set_to_none=True)
             loss(model, inputs).backward()
             for n, p in params.items():
                 if p.grad is not None:
-                    totals[n] += p.grad.detach().double().pow(2)
+                    totals[n] += p.grad.detach().pow(2)
             count += 1
+            bar.advance(1)
     finally:
+        bar.close()
+        for p in frozen:
+            p.requires_grad_(True)
         model.zero_grad(set_to_none=True)
         for n, p in params.items():
             p.grad = saved[n]
@@ -116,11 +202,20 @@ def fisher_diagonal(model: nn.Module, params: Mapping[str, torch.Tensor],
 
 
 def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float,
-               previous: torch.Tensor | None = None) -> torch.Tensor:
+               previous: torch.Tensor | None = None, module: nn.Module | None = None
+               ) -> torch.Tensor:
     """Keep, in every output row, the ``1 - sparsity`` share of weights with the largest
     |W_ij|·‖X_j‖ (Wanda prunes per output, which keeps every neuron alive). ``norms`` has one
     entry per input feature (for an Embedding: per row, and rows are pruned whole-table-wise by
-    the same score). Ties go to the earlier position; a weight cut before stays cut."""
+    the same score). Ties go to the earlier position; a weight cut before stays cut. A
+    transposed convolution (``module``) is scored on the matrix it multiplies its features by
+    (:func:`weight_matrix`): its outputs are the weight's second axis."""
+    if isinstance(module, TRANSPOSED_MODULES):
+        matrix = weight_matrix(module, weight.detach().abs().float())
+        rows = (matrix * norms.reshape(matrix.shape[0], 1, -1)).reshape(-1, matrix.shape[2])
+        before = None if previous is None else weight_matrix(module, previous).reshape(rows.shape)
+        keep = _keep_largest(rows, sparsity, before)
+        return from_weight_matrix(module, keep.reshape(matrix.shape), weight.shape)
     w = weight.detach().abs().float()
     if w.dim() == 2 and norms.numel() == w.shape[0] and norms.numel() != w.shape[1]:
         score = w * norms.reshape(-1, 1)        # Embedding: a row's use scales its weights
@@ -136,20 +231,29 @@ def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float,
         row_norms = norms.reshape(groups, 1, per_row).expand(groups, rows.shape[0] // groups,
                                                               per_row).reshape(rows.shape)
         rows = rows * row_norms
+    before = None if previous is None else previous.reshape(rows.shape)
+    return _keep_largest(rows, sparsity, before).reshape(weight.shape)
+
+
+def _keep_largest(rows: torch.Tensor, sparsity: float, previous: torch.Tensor | None
+                  ) -> torch.Tensor:
+    """In each row of scores, the ``1 - sparsity`` share with the largest scores (ties to the
+    earlier position); a position cut before (``previous`` False) stays cut."""
     if previous is not None:
-        rows = torch.where(previous.reshape(rows.shape), rows, torch.full_like(rows, -1.0))
+        rows = torch.where(previous, rows, torch.full_like(rows, -1.0))
     n_keep = round((1.0 - sparsity) * rows.shape[1])
     keep = torch.zeros_like(rows, dtype=torch.bool)
     if n_keep > 0:
         order = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :n_keep]
         keep.scatter_(1, order, True)
     if previous is not None:
-        keep &= previous.reshape(rows.shape)
-    return keep.reshape(weight.shape)
+        keep &= previous
+    return keep
 
 
 def task_sensitivity(model: nn.Module, task, examples, params: Mapping[str, torch.Tensor], *,
-                     batch_size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+                     batch_size: int = 32, seed: int = 0, progress: ProgressFn = no_progress
+                     ) -> dict[str, torch.Tensor]:
     """The Fisher diagonal of ``params`` on ``examples`` (compression.tasks.Examples) for the
     task's own loss, or, for a label-free task, of the outputs themselves: the squared gradient
     of a random projection ``v . f(x)`` (v ~ N(0, 1) per batch) estimates diag(JᵀJ), how far the
@@ -168,7 +272,7 @@ def task_sensitivity(model: nn.Module, task, examples, params: Mapping[str, torc
         probe = torch.randn(out.shape, generator=generator, dtype=out.dtype)
         return (out * probe).sum()
 
-    return fisher_diagonal(model, params, batches, loss)
+    return fisher_diagonal(model, params, batches, loss, progress)
 
 
 def input_hessians(model: nn.Module, layers: Mapping[str, nn.Module],
@@ -187,3 +291,99 @@ def input_hessians(model: nn.Module, layers: Mapping[str, nn.Module],
 
     _each_input(model, layers, batches, forward, take)
     return {name: (s / max(counts[name], 1)).float() for name, s in sums.items()}
+
+
+def _hessian_sum(module: nn.Module, x: torch.Tensor, rows_given: bool = False
+                 ) -> tuple[torch.Tensor, int]:
+    """(XᵀX in float64, rows) of a layer's input features, formed a chunk of the batch at a time
+    so a convolution's patches never sit in memory whole. ``rows_given``: ``x`` is already the
+    (rows, features) matrix (a recurrent layer's gate input)."""
+    x = x.detach()
+    if rows_given or x.dim() < 2:
+        feats = [x.reshape(-1, x.shape[-1])] if rows_given else [_features(module, x)]
+        chunks = [c for f in feats for c in f.split(max(1, _FEATURE_CHUNK // max(f.shape[1], 1)))]
+    else:
+        per_example = _features(module, x[:1]).numel()
+        chunks = (_features(module, c) for c in x.split(max(1, _FEATURE_CHUNK // per_example)))
+    total, count = None, 0
+    for rows in chunks:      # float32 products (half a float64's time), summed in float64
+        rows = rows.float()
+        part = (rows.T @ rows).double()
+        total = part if total is None else total.add_(part)
+        count += rows.shape[0]
+    return total, count
+
+
+def _feature_key(module: nn.Module) -> tuple:
+    """What besides its input decides a layer's features (two Linears on one input share H)."""
+    if isinstance(module, CONV_MODULES + TRANSPOSED_MODULES):
+        return (type(module), module.kernel_size, module.stride, module.dilation,
+                module.padding, getattr(module, "output_padding", None), module.padding_mode)
+    return (nn.Linear,)
+
+
+def sequential_hessians(model: nn.Module, layers: Mapping[str, nn.Module],
+                        inputs: tuple[torch.Tensor, ...],
+                        on_layer: Callable[[str, torch.Tensor | None], None],
+                        forward: Callable[[nn.Module, tuple[torch.Tensor, ...]], object]
+                        | None = None) -> list[str]:
+    """Sequential GPTQ in one forward pass: ``inputs`` (every calibration example, one batch) run
+    through the model in eval mode, and the first time a layer is reached its H = XᵀX / n is
+    handed to ``on_layer(name, H)``, which compresses it before the pass goes on, so each later
+    layer is measured on the model as compressed so far (what measuring each layer in a pass of
+    its own gave, at the cost of one forward instead of one per layer). A recurrent module's
+    matrices go one after another, each measured after the previous one is compressed. A layer
+    the pass never reaches gets ``on_layer(name, None)`` at the end. An Embedding's H (its
+    inputs are one-hot rows) is diagonal: it comes as that diagonal, each row's share of the
+    tokens, shape (num_embeddings,). Returns the layers whose
+    module ran more than once in the pass (measured on their first call only)."""
+    forward = forward or (lambda m, batch: m(*batch))
+    by_module: dict[int, tuple[nn.Module, list[str]]] = {}
+    for name, module in layers.items():
+        by_module.setdefault(id(module), (module, []))[1].append(name)
+    done: set[int] = set()
+    again: list[str] = []
+    last: dict[str, object] = {}    # the input measured last: attention's q, k, v share one
+
+    def pre(module: nn.Module, args: tuple, kwargs: dict, names: list[str]) -> None:
+        if id(module) in done:
+            again.extend(n for n in names if n not in again)
+            return
+        done.add(id(module))
+        x = args[0] if args else next(iter(kwargs.values()))
+        for name in names:
+            if isinstance(module, nn.Embedding):     # one-hot inputs: H is diagonal, the counts
+                ids = x.detach().reshape(-1).long()
+                counts = torch.bincount(ids, minlength=module.num_embeddings).double()
+                on_layer(name, (counts / max(ids.numel(), 1)).float())
+                continue
+            if isinstance(module, RECURRENT_TYPES):
+                out = module.forward(*args, **kwargs)     # with the matrices compressed so far
+                rows = gate_inputs(module, args, out, name)[weight_param(module, name)]
+                total, count = _hessian_sum(module, rows, rows_given=True)
+            else:
+                key = (x.data_ptr(), tuple(x.shape), x._version, _feature_key(module))
+                if last.get("key") != key:
+                    total, count = _hessian_sum(module, x)
+                    last.update(key=key, hessian=(total / max(count, 1)).float())
+                on_layer(name, last["hessian"])
+                continue
+            on_layer(name, (total / max(count, 1)).float())
+
+    hooks = [module.register_forward_pre_hook(
+        lambda m, args, kwargs, names=names: pre(m, args, kwargs, names), with_kwargs=True)
+        for module, names in by_module.values()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            forward(model, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for module, names in by_module.values():
+        if id(module) not in done:
+            for name in names:
+                on_layer(name, None)
+    return again

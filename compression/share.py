@@ -7,6 +7,8 @@ The ``share`` stage is ``compression/stages/share.py``.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -68,34 +70,122 @@ def kmeans_1d(values: torch.Tensor, k: int, *, init: str = "linear", iterations:
 
 
 # ---- weighted and grouped k-means (post-training: SqueezeLLM-style sensitivity, per-group LUTs)
+#
+# In one dimension a cluster is a run of consecutive values once they are sorted, so each group
+# is sorted once and everything after works on prefix sums of w and w*x (and w*x^2 for the
+# seeding): a Lloyd iteration finds each cluster's boundaries by bisection and its weighted mean
+# by two differences, O(k log m) per group instead of O(m); k-means++ draws each seed from the
+# D^2 distribution exactly (not from a sample), by a segment's D^2 mass from the prefix sums and a
+# bisection inside it, O(k log m) per seed. Groups go through in chunks of about this many values,
+# so the float64 prefix sums of an embedding table never sit in memory all at once.
+_CHUNK_VALUES = 1 << 20
 
-# k-means++ seeds from at most this many values per group (sampled): on an embedding table of
-# 11M weights a full D^2 pass per centroid would cost minutes and change nothing measurable
-_PLUSPLUS_SAMPLE = 1 << 16
+
+def _prefix(x: torch.Tensor, w: torch.Tensor, power: int) -> list[torch.Tensor]:
+    """[sum w, sum w x, (sum w x^2)] up to each position, a leading 0 column (float64)."""
+    zero = torch.zeros(x.shape[0], 1, dtype=torch.float64)
+    terms, out = w, []
+    for _ in range(power + 1):
+        out.append(torch.cat([zero, terms.cumsum(1)], 1))
+        terms = terms * x
+    return out
 
 
-def _plusplus(values: torch.Tensor, weights: torch.Tensor, k: int,
-              generator: torch.Generator | None) -> torch.Tensor:
-    """k-means++ seeds per row of ``values`` (G, m): each next seed drawn with probability
-    proportional to weight x squared distance to the nearest seed so far (Arthur & Vassilvitskii),
-    so rare large weights get a centroid when they matter and empty ranges get none."""
-    g, m = values.shape
-    if m > _PLUSPLUS_SAMPLE:
-        pick = torch.randint(0, m, (g, _PLUSPLUS_SAMPLE), generator=generator)
-        values, weights = values.gather(1, pick), weights.gather(1, pick)
-    w = weights.double().clamp(min=0)
+def _between(p: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Sums over [lo, hi) per row from a prefix-sum table."""
+    return p.gather(1, hi) - p.gather(1, lo)
+
+
+def _runs(xs: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sorted centroid's run [lo, hi) of the sorted values ``xs`` that are nearest to it
+    (a value on a midpoint goes to the lower centroid, as bucketize/searchsorted assign it)."""
+    mids = (centroids[:, 1:] + centroids[:, :-1]) / 2
+    cut = torch.searchsorted(xs, mids.contiguous(), right=True)
+    edge = torch.zeros(xs.shape[0], 1, dtype=torch.long)
+    return torch.cat([edge, cut], 1), torch.cat([cut, edge + xs.shape[1]], 1)
+
+
+def _plusplus_sorted(xs: torch.Tensor, w: torch.Tensor, k: int,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """Exact k-means++ seeds (Arthur & Vassilvitskii) per row of sorted ``xs`` (G, m): each next
+    seed is drawn with probability proportional to weight x squared distance to the nearest seed
+    so far, so rare large weights get a centroid when they matter and empty ranges get none."""
+    g, m = xs.shape
+    x64 = xs.double()
+    w = w.double().clamp(min=0)
     alive = w.sum(1) > 0
-    w = torch.where(alive[:, None], w, torch.ones_like(w))
-    seeds = torch.empty(g, k, dtype=values.dtype)
-    seeds[:, 0] = values.gather(1, torch.multinomial(w, 1, generator=generator)).squeeze(1)
-    d2 = (values - seeds[:, :1]).double().pow(2)
+    w = torch.where(alive[:, None], w, torch.ones_like(w))     # no weight at all: all alike
+    p0, p1, p2 = _prefix(x64, w, 2)
+    rows = torch.arange(g)
+    seeds = torch.empty(g, k, dtype=torch.float64)
+
+    def draw(cum: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: torch.Tensor,
+             target: torch.Tensor) -> torch.Tensor:
+        """The first position t in [lo, hi) where cum(t + 1) - cum(lo) > target, by bisection
+        (``cum``, a cumulative mass at given positions per row, only grows)."""
+        base = cum(lo)
+        lo, hi = lo.clone(), hi - 1
+        while bool((lo < hi).any()):
+            mid = (lo + hi) // 2
+            right = cum(mid + 1) - base <= target
+            lo = torch.where(right & (lo < hi), mid + 1, lo)
+            hi = torch.where(~right & (lo < hi), mid, hi)
+        return lo
+
+    def weight_mass(pos: torch.Tensor) -> torch.Tensor:
+        return p0[rows, pos]
+
+    full_lo, full_hi = torch.zeros(g, dtype=torch.long), torch.full((g,), m)
+    first = draw(weight_mass, full_lo, full_hi,
+                 torch.rand(g, generator=generator, dtype=torch.float64) * p0[:, -1])
+    seeds[:, 0] = x64[rows, first]
     for j in range(1, k):
-        p = w * d2
-        empty = p.sum(1) <= 0          # every value already a seed: repeat one (merged later)
-        p = torch.where(empty[:, None], w, p)
-        seeds[:, j] = values.gather(1, torch.multinomial(p, 1, generator=generator)).squeeze(1)
-        d2 = torch.minimum(d2, (values - seeds[:, j:j + 1]).double().pow(2))
-    return seeds
+        s = seeds[:, :j].sort(1).values
+        lo, hi = _runs(x64, s)
+        d2 = (_between(p2, lo, hi) - 2 * s * _between(p1, lo, hi)
+              + s * s * _between(p0, lo, hi)).clamp(min=0)
+        total = d2.sum(1)
+        u = torch.rand(g, generator=generator, dtype=torch.float64)
+        cum = d2.cumsum(1)
+        run = torch.searchsorted(cum, (u * total)[:, None], right=True).clamp(max=j - 1)
+        run = run.squeeze(1)
+        c = s[rows, run]
+        target = u * total - (cum[rows, run] - d2[rows, run])
+        # inside the run: the cumulative D^2 mass from prefix sums, bisected (it only grows)
+        def d2_mass(pos: torch.Tensor, c: torch.Tensor = c) -> torch.Tensor:
+            return p2[rows, pos] - 2 * c * p1[rows, pos] + c * c * p0[rows, pos]
+
+        pick = draw(d2_mass, lo[rows, run], hi[rows, run], target)
+        done = total <= 0      # every value already a seed: repeat one (merged or left empty)
+        if bool(done.any()):
+            again = draw(weight_mass, full_lo, full_hi, u * p0[:, -1])
+            pick = torch.where(done, again, pick)
+        seeds[:, j] = x64[rows, pick.clamp(max=m - 1)]
+    return seeds.float()
+
+
+def _lloyd_sorted(xs: torch.Tensor, p0: torch.Tensor, p1: torch.Tensor, centroids: torch.Tensor,
+                  iterations: int) -> torch.Tensor:
+    """Weighted Lloyd iterations on sorted values: the same updates as assigning every value and
+    summing per cluster, from the runs' bounds and prefix sums. Empty clusters keep their place."""
+    for _ in range(iterations):
+        lo, hi = _runs(xs, centroids)
+        mass, sums = _between(p0, lo, hi), _between(p1, lo, hi)
+        updated = torch.where(mass > 0, (sums / mass.clamp(min=1e-300)).float(), centroids)
+        updated = updated.sort(dim=1).values.contiguous()
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    return centroids
+
+
+def _linear_seeds(values: torch.Tensor, weights: torch.Tensor, k: int) -> torch.Tensor:
+    big = torch.finfo(torch.float32).max
+    lo = torch.where(weights > 0, values, torch.full_like(values, big)).amin(1)
+    hi = torch.where(weights > 0, values, torch.full_like(values, -big)).amax(1)
+    lo, hi = torch.where(lo > hi, 0.0, lo), torch.where(lo > hi, 0.0, hi)
+    steps = torch.linspace(0, 1, k)
+    return lo[:, None] + (hi - lo)[:, None] * steps[None, :]
 
 
 def kmeans_groups(values: torch.Tensor, weights: torch.Tensor, k: int, *, init: str = "kmeans++",
@@ -106,32 +196,26 @@ def kmeans_groups(values: torch.Tensor, weights: torch.Tensor, k: int, *, init: 
     ``weights`` (same shape, >= 0) weigh each value's squared error: a sensitivity (Fisher
     information) or 1, and 0 for padding and pruned weights, which then pull no centroid.
     Returns (centroids (G, k) sorted per group, assignment (G, m) into its group's centroids)."""
-    values = values.detach().float()
-    weights = weights.detach().float()
-    if init == "kmeans++":
-        centroids = _plusplus(values, weights, k, generator)
-    elif init == "linear":
-        big = torch.finfo(torch.float32).max
-        lo = torch.where(weights > 0, values, torch.full_like(values, big)).amin(1)
-        hi = torch.where(weights > 0, values, torch.full_like(values, -big)).amax(1)
-        lo, hi = torch.where(lo > hi, 0.0, lo), torch.where(lo > hi, 0.0, hi)
-        steps = torch.linspace(0, 1, k)
-        centroids = lo[:, None] + (hi - lo)[:, None] * steps[None, :]
-    else:
+    if init not in ("kmeans++", "linear"):
         raise ValueError(f"grouped or weighted k-means starts from 'kmeans++' or 'linear', "
                          f"not {init!r}")
-    centroids = centroids.sort(dim=1).values.contiguous()
-    w64, wx = weights.double(), (weights.double() * values.double())
-    for _ in range(iterations):
-        assign = torch.searchsorted((centroids[:, 1:] + centroids[:, :-1]).contiguous() / 2,
-                                    values.contiguous())
-        sums = torch.zeros(centroids.shape, dtype=torch.float64).scatter_add_(1, assign, wx)
-        mass = torch.zeros(centroids.shape, dtype=torch.float64).scatter_add_(1, assign, w64)
-        updated = torch.where(mass > 0, (sums / mass.clamp(min=1e-300)).float(), centroids)
-        updated = updated.sort(dim=1).values.contiguous()
-        if torch.equal(updated, centroids):
-            break
-        centroids = updated
+    values = values.detach().float()
+    weights = weights.detach().float()
+    g, m = values.shape
+    centroids = torch.empty(g, k)
+    step = max(1, _CHUNK_VALUES // max(m, 1))
+    for a in range(0, g, step):
+        v, w = values[a:a + step], weights[a:a + step]
+        xs, order = v.sort(dim=1)
+        ws = w.gather(1, order).double()
+        del order
+        if init == "kmeans++":
+            seeds = _plusplus_sorted(xs, ws, k, generator)
+        else:
+            seeds = _linear_seeds(v, w, k)
+        p0, p1 = _prefix(xs.double(), ws, 1)
+        centroids[a:a + step] = _lloyd_sorted(xs, p0, p1, seeds.sort(dim=1).values.contiguous(),
+                                              iterations)
     assign = torch.searchsorted((centroids[:, 1:] + centroids[:, :-1]).contiguous() / 2,
                                 values.contiguous())
     return centroids, assign
@@ -208,15 +292,30 @@ def compensated_assignments(weight: torch.Tensor, mask: torch.Tensor | None,
     what changes is which entry each weight takes, so the layer's *outputs* on data like the
     calibration data stay close, not each weight on its own."""
     rows, cols = weight.shape[0], weight[0].numel()
-    k = 2 ** bits
-    groups = centroids.numel() // k
     gs = rows if group_size is None else group_size
-    book = centroids.reshape(groups, k).double()
-    row_group = torch.arange(rows) // gs
-    mids = ((book[:, 1:] + book[:, :-1]) / 2)[row_group].contiguous()      # (rows, k-1)
-    w = weight.detach().double().reshape(rows, cols).clone()
-    keep = (mask.reshape(rows, cols) if mask is not None
-            else torch.ones(rows, cols, dtype=torch.bool))
+    group_of = (torch.arange(rows) // gs)[:, None].expand(rows, cols)
+    keep = mask.reshape(rows, cols) if mask is not None else None
+    return gptq_assign(weight.reshape(rows, cols), keep, centroids.reshape(-1, 2 ** bits),
+                       group_of, hessian, damp).reshape(weight.shape)
+
+
+def gptq_assign(weight: torch.Tensor, keep: torch.Tensor | None, book: torch.Tensor,
+                group_of: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01
+                ) -> torch.Tensor:
+    """:func:`compensated_assignments` on a (rows, cols) matrix whose entry (r, c) takes a centroid
+    of codebook ``group_of[r, c]`` (a row of ``book``, sorted): the codebooks of a transposed
+    convolution's weight run across its matrix's columns. Returns indices into ``book`` read
+    flat."""
+    rows, cols = weight.shape
+    k = book.shape[1]
+    book = book.double()
+    mid_book = (book[:, 1:] + book[:, :-1]) / 2
+    by_row = bool((group_of == group_of[:, :1]).all())
+    row_group = group_of[:, 0]
+    mids = mid_book[row_group].contiguous() if by_row else None      # (rows, k-1)
+    w = weight.detach().double().clone()
+    if keep is None:
+        keep = torch.ones(rows, cols, dtype=torch.bool)
     h = hessian.double().clone()
     dead = torch.diag(h) == 0          # an input never seen: nothing to compensate with
     h[dead, dead] = 1.0
@@ -224,7 +323,6 @@ def compensated_assignments(weight: torch.Tensor, mask: torch.Tensor | None,
     h += torch.eye(cols, dtype=torch.float64) * damp * float(torch.diag(h).mean())
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     assign = torch.zeros(rows, cols, dtype=torch.long)
-    offset = row_group * k
     block = 128       # GPTQ's lazy batch updates: exact, and a matmul per block instead of a
     for b0 in range(0, cols, block):   # rank-1 update of every later column per column
         b1 = min(b0 + block, cols)
@@ -232,14 +330,16 @@ def compensated_assignments(weight: torch.Tensor, mask: torch.Tensor | None,
         errors = torch.zeros_like(wb)
         for j in range(b1 - b0):
             col = wb[:, j]
-            idx = torch.searchsorted(mids, col[:, None].contiguous()).squeeze(1)
-            q = book[row_group, idx]
+            groups = row_group if by_row else group_of[:, b0 + j]
+            col_mids = mids if by_row else mid_book[groups].contiguous()
+            idx = torch.searchsorted(col_mids, col[:, None].contiguous()).squeeze(1)
+            q = book[groups, idx]
             q = torch.where(keep[:, b0 + j], q, torch.zeros_like(q))
-            assign[:, b0 + j] = idx + offset
+            assign[:, b0 + j] = idx + groups * k
             err = (col - q) / u[b0 + j, b0 + j]
             wb[:, j + 1:] -= err[:, None] * u[b0 + j, b0 + j + 1:b1][None, :]
             errors[:, j] = err
         if b1 < cols:
             w[:, b1:] -= errors @ u[b0:b1, b1:]
-    assign = torch.where(keep, assign, torch.zeros_like(assign))
-    return assign.reshape(weight.shape)
+    return torch.where(keep, assign, torch.zeros_like(assign))
+

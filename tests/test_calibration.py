@@ -54,3 +54,76 @@ def test_fisher_diagonal_is_the_mean_squared_gradient_and_restores_grads():
     # d(sum(w . x))/dw = x: mean of x^2 over the two batches
     assert torch.allclose(fisher["w"], torch.tensor([[5.0, 2.0]]))
     assert torch.equal(layer.weight.grad, torch.full((1, 2), 7.0))
+
+
+def _conv_cases():
+    return [
+        nn.Conv1d(3, 4, 3, stride=2, padding=1, dilation=1),
+        nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2),
+        nn.Conv2d(3, 4, 4, padding="same", padding_mode="reflect"),
+        nn.Conv3d(2, 3, (2, 3, 3), stride=(1, 2, 1), padding=(0, 1, 1), dilation=(2, 1, 1)),
+        nn.ConvTranspose1d(3, 4, 3, stride=2, padding=1, output_padding=1),
+        nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 3), padding=(1, 0), dilation=(2, 1),
+                           groups=2),
+        nn.ConvTranspose3d(2, 3, 2, stride=2, padding=(0, 1, 0), output_padding=(1, 0, 0)),
+    ]
+
+
+def test_every_convolution_is_its_features_times_its_weight_matrix():
+    """Calibration's view of a layer is exact: the rows of input features (patches; for a
+    transposed convolution, of the zero-stuffed input) times the weight matrix per group give
+    the module's own output, so Wanda's norms, activation weighting and GPTQ's H are the right
+    ones for every conv type (Conv3d and ConvTranspose raised TypeError before)."""
+    from compression.calibration import _features, from_weight_matrix, weight_matrix
+
+    torch.manual_seed(0)
+    for conv in _conv_cases():
+        spatial = (7, 6, 5)[:len(conv.kernel_size)]
+        x = torch.randn(2, conv.in_channels, *spatial, dtype=torch.float64)
+        conv = conv.double()
+        want = conv(x)
+        if conv.bias is not None:
+            want = want - conv.bias.reshape(1, -1, *([1] * len(spatial)))
+        feats = _features(conv, x)                          # (positions, in_channels x taps)
+        mats = weight_matrix(conv, conv.weight.detach())    # (groups, out / groups, cols)
+        cols = mats.shape[2]
+        out = torch.cat([feats[:, g * cols:(g + 1) * cols] @ mats[g].T
+                         for g in range(mats.shape[0])], 1)
+        got = out.reshape(2, *want.shape[2:], -1).movedim(-1, 1)
+        assert got.shape == want.shape, type(conv).__name__
+        assert torch.allclose(got, want, atol=1e-10), type(conv).__name__
+        back = from_weight_matrix(conv, mats, conv.weight.shape)
+        assert torch.equal(back, conv.weight.detach())
+
+
+def test_one_pass_sees_each_layer_after_the_ones_before_are_compressed():
+    """sequential_hessians in one forward gives each layer the H that measuring it in a pass of
+    its own after compressing the layers before it gives (what the share stage did per layer),
+    an Embedding its token shares, and a layer the pass never reaches None."""
+    import copy
+
+    from compression.calibration import input_hessians, sequential_hessians
+
+    torch.manual_seed(0)
+    emb, a, b, dead = nn.Embedding(7, 4), nn.Linear(4, 5), nn.Linear(5, 3), nn.Linear(3, 3)
+    model = nn.Sequential(emb, a, nn.ReLU(), b)
+    ids = torch.tensor([[1, 1, 3], [6, 1, 0]])
+    by_hand = copy.deepcopy(model)
+    with torch.no_grad():
+        by_hand[1].weight.copy_(by_hand[1].weight.round())
+    expected = input_hessians(by_hand, {"b": by_hand[3]}, [(ids,)])["b"]
+    unchanged = input_hessians(model, {"b": b}, [(ids,)])["b"]
+    seen = {}
+
+    def compress(name, hessian):
+        seen[name] = hessian
+        if name == "a":
+            with torch.no_grad():
+                a.weight.copy_(a.weight.round())     # "compressed": changes b's input
+
+    layers = {"emb": emb, "a": a, "b": b, "dead": dead}
+    assert sequential_hessians(model, layers, (ids,), compress) == []
+    assert torch.allclose(seen["emb"], torch.tensor([1, 3, 0, 1, 0, 0, 1]) / 6.0)
+    assert seen["dead"] is None
+    assert torch.allclose(seen["b"], expected, atol=1e-6)
+    assert not torch.allclose(seen["b"], unchanged, atol=1e-3)

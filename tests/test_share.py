@@ -111,3 +111,153 @@ def test_compensated_assignments_keep_the_layers_outputs_closer():
     assert out_err(comp) < 0.8 * out_err(plain)     # the cut and the rounding both compensated
     rows = torch.arange(32)[:, None] // 8
     assert bool(((a2 // 8) == rows)[mask].all())      # still its own rows' codebook
+
+
+CONV_MODEL = '''
+import torch
+from torch import nn
+
+class Convs(nn.Module):
+    """Every kind of convolution in a row: (batch, 2, 4, 6, 6) in, 5 scores out."""
+
+    def __init__(self):
+        super().__init__()
+        self.c3 = nn.Conv3d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1, groups=2)
+        self.t2 = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.c1 = nn.Conv1d(48, 6, 3, padding="same")
+        self.t1 = nn.ConvTranspose1d(6, 4, 3, stride=2, groups=2)
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.c3(x)).flatten(1, 2)
+        x = torch.relu(self.t2(torch.relu(self.c2(x))))
+        x = torch.relu(self.c1(x.flatten(1, 2)))
+        return self.head(self.t1(x).mean(-1))
+
+def make():
+    torch.manual_seed(3)
+    return Convs()
+'''
+CONVS = ["c3", "c2", "t2", "c1", "t1"]
+
+
+def test_post_training_weighs_and_compensates_every_convolution(tmp_path, monkeypatch):
+    """Wanda, activation weighting and GPTQ run on Conv1d/2d/3d and transposed convolutions
+    (through their unfolded inputs) and the log says so for each; before, a convolution was
+    shared without them, silently (or calibration raised TypeError)."""
+    import sys
+
+    from compression.calibration import weight_matrix
+    from compression.pipeline import run_recipe
+    from compression.recipe import Recipe
+
+    (tmp_path / "tiny_convs.py").write_text(CONV_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.save(torch.randn(64, 2, 4, 6, 6, generator=torch.Generator().manual_seed(0)),
+               tmp_path / "x.pt")
+    lines: list[str] = []
+    recipe = {"name": "convs", "seed": 0, "model": {"name": "tiny_convs:make"},
+              "data": {"batch_size": 32},
+              "task": {"kind": "distill", "inputs": str(tmp_path / "x.pt"),
+                       "test_fraction": 0.25},
+              "stages": [{"kind": "prune", "sparsity": 0.5, "rounds": 1, "retrain_epochs": 0,
+                          "method": "wanda", "calibration": 32},
+                         {"kind": "share", "bits": 3, "group_size": 2, "weighting": "activation",
+                          "compensate": "gptq", "calibration": 32}]}
+    try:
+        result = run_recipe(Recipe.from_dict(recipe), tmp_path / "out", log=lines.append)
+    finally:
+        sys.modules.pop("tiny_convs", None)
+    for name in CONVS:
+        note = next(line for line in lines if line.startswith(f"{name}:"))
+        assert "activation-weighted" in note and "GPTQ-compensated" in note, note
+        layer = result.state.layers[name]
+        assert layer.grouped_ok()
+        # Wanda cut each output's own row of the matrix the layer multiplies by (a transposed
+        # convolution's outputs are its weight's second axis)
+        kept = weight_matrix(layer.module, layer.mask).sum(-1)
+        assert (kept == round(0.5 * weight_matrix(layer.module, layer.mask).shape[-1])).all()
+    assert 0.5 < result.report["scores"]["2_share"]["cosine_mean"] < 1.0
+
+
+def _lloyd_reference(values, weights, centroids, iterations):
+    """The Lloyd loop as it was before the sorted/prefix-sum rewrite: assign every value, sum
+    per cluster."""
+    w64, wx = weights.double(), weights.double() * values.double()
+    for _ in range(iterations):
+        assign = torch.searchsorted((centroids[:, 1:] + centroids[:, :-1]).contiguous() / 2,
+                                    values.contiguous())
+        sums = torch.zeros(centroids.shape, dtype=torch.float64).scatter_add_(1, assign, wx)
+        mass = torch.zeros(centroids.shape, dtype=torch.float64).scatter_add_(1, assign, w64)
+        updated = torch.where(mass > 0, (sums / mass.clamp(min=1e-300)).float(), centroids)
+        updated = updated.sort(dim=1).values.contiguous()
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    return centroids
+
+
+def test_sorted_lloyd_matches_assigning_every_value():
+    """The prefix-sum iterations are the old ones: from the same seeds, the same centroids (to
+    float64 rounding of the sums, which float32 centroids do not see here)."""
+    from compression.share import _linear_seeds, kmeans_groups
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(6, 3000, generator=g) * 0.05
+    weights = torch.rand(6, 3000, generator=g) * (torch.rand(6, 3000, generator=g) > 0.2)
+    for k in (4, 16, 64):
+        seeds = _linear_seeds(values, weights, k)
+        want = _lloyd_reference(values, weights, seeds, 30)
+        got, assign = kmeans_groups(values, weights, k, init="linear", iterations=30)
+        assert torch.equal(got, want), k
+        nearest = (values[..., None] - got[:, None, :]).abs().argmin(-1)
+        assert torch.equal(got.gather(1, assign), got.gather(1, nearest))
+
+
+def test_plusplus_draws_from_the_exact_d2_distribution():
+    """k-means++ on sorted values draws the second seed with probability weight x D^2: for
+    values 0, 1, 3 (weights 1, 1, 2) and a first seed at 0 that is 0 : 1 : 18."""
+    from compression.share import _plusplus_sorted
+
+    rows = 20000
+    xs = torch.tensor([0.0, 1.0, 3.0]).expand(rows, 3).contiguous()
+    w = torch.tensor([1.0, 1.0, 2.0]).expand(rows, 3).contiguous()
+    seeds = _plusplus_sorted(xs, w, 2, torch.Generator().manual_seed(0))
+    first_zero = seeds[:, 0] == 0
+    assert abs(float(first_zero.float().mean()) - 0.25) < 0.02     # first: by weight alone
+    second = seeds[first_zero, 1]
+    assert float((second == 0).float().mean()) == 0.0
+    assert abs(float((second == 3).float().mean()) - 18 / 19) < 0.02
+
+
+def test_grouped_kmeans_is_no_worse_than_before():
+    """Within-cluster error of the new grouped k-means++ against the old sampled one (the loop
+    above from the old seeding), averaged over seeds: the same or lower."""
+    from compression.share import kmeans_groups
+
+    g = torch.Generator().manual_seed(1)
+    values = torch.randn(4, 2048, generator=g) * 0.05
+    values[0, :3] = torch.tensor([0.9, -0.7, 0.5])          # rare large weights
+    weights = torch.rand(4, 2048, generator=g)
+
+    def err(c, a):
+        return float((weights.double() * (values - c.gather(1, a)).double() ** 2).sum())
+
+    def old(seed):   # the pre-rewrite seeding: D^2 passes over every value, then Lloyd
+        gen = torch.Generator().manual_seed(seed)
+        w = weights.double()
+        seeds = torch.empty(4, 64)
+        seeds[:, 0] = values.gather(1, torch.multinomial(w, 1, generator=gen)).squeeze(1)
+        d2 = (values - seeds[:, :1]).double().pow(2)
+        for j in range(1, 64):
+            seeds[:, j] = values.gather(1, torch.multinomial(w * d2, 1, generator=gen)).squeeze(1)
+            d2 = torch.minimum(d2, (values - seeds[:, j:j + 1]).double().pow(2))
+        c = _lloyd_reference(values, weights, seeds.sort(1).values.contiguous(), 30)
+        return c, torch.searchsorted((c[:, 1:] + c[:, :-1]).contiguous() / 2, values)
+
+    old_err = sum(err(*old(s)) for s in range(8)) / 8
+    new_err = sum(err(*kmeans_groups(values, weights, 64, iterations=30,
+                                     generator=torch.Generator().manual_seed(s)))
+                  for s in range(8)) / 8
+    assert new_err <= old_err * 1.02, (new_err, old_err)

@@ -16,7 +16,7 @@ from dccore.errors import ModelError, RecipeError
 from .._config import Int, Num, OneOf, setting
 from .._context import StageContext
 from .._train import train
-from ..calibration import input_norms, wanda_mask
+from ..calibration import input_norms, wanda_mask, weight_matrix
 from ..prune import magnitude_mask, round_targets
 from ._base import Stage, StageConfig, register_stage
 
@@ -87,7 +87,7 @@ def cut_round(model: torch.nn.Module, config: PruneConfig, ctx: StageContext, ro
         target = round_targets(settings, stds[name], round_index, config.rounds)
         if name in norms:
             layer.mask = wanda_mask(layer.weight, norms[name], target["sparsity"],
-                                    previous=layer.mask)
+                                    previous=layer.mask, module=layer.module)
         else:
             layer.mask = magnitude_mask(layer.weight, previous=layer.mask, **target)
     ctx.state.enforce()
@@ -137,7 +137,8 @@ def ensures(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> N
             continue
         reached = float((w == 0).sum()) / w.numel()
         # the cut is rounded per layer, or per output row for Wanda (and per round)
-        slack = (config.rounds * w.shape[0] if settings.get("method") == "wanda" else 1.0) / w.numel()
+        rows = weight_matrix(layer.module, w).shape[:2].numel() if w.dim() > 1 else 1
+        slack = (config.rounds * rows if settings.get("method") == "wanda" else 1.0) / w.numel()
         if reached + slack < settings["sparsity"]:
             raise ModelError(f"prune: layer {name} reached sparsity {reached:.4f}, below its "
                              f"target {settings['sparsity']}")

@@ -11,8 +11,8 @@ from dccore.errors import ModelError, RecipeError
 
 from .._config import Int, OneOf, setting
 from .._context import StageContext
-from ..share import compensated_assignments, share_grouped, share_layer
-from ._base import CONV_TYPES, RNN_TYPES, Stage, StageConfig, register_stage
+from ..share import share_grouped, share_layer
+from ._base import CONV_TYPES, Stage, StageConfig, register_stage
 
 
 @dataclass(frozen=True)
@@ -58,41 +58,97 @@ class ShareConfig(StageConfig):
                               "'kmeans++' or 'linear'")
 
 
-def _calibration(ctx: StageContext, n: int) -> list[tuple[torch.Tensor, ...]]:
+def _calibration_inputs(ctx: StageContext, n: int) -> tuple[torch.Tensor, ...]:
+    """The first ``n`` training examples' inputs as one batch: the one forward pass of
+    sequential GPTQ (:func:`compression.calibration.sequential_hessians`)."""
     calib = ctx.train.subset(n)
-    return [calib.take(slice(i, i + 64))[0] for i in range(0, len(calib), 64)]
+    return calib.take(slice(0, len(calib)))[0]
+
+
+def activation_sensitivity(module: torch.nn.Module, hessian: torch.Tensor,
+                           shape: torch.Size) -> torch.Tensor:
+    """Each weight's error weighed by the mean square of the input it multiplies (diag H): the
+    layer's own output error. For an Embedding (diagonal H: its inputs are one-hot) a row's
+    weight is the share of the calibration tokens that look it up."""
+    from ..calibration import from_weight_matrix, weight_matrix
+
+    if hessian.dim() == 1:
+        return hessian.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+    view = weight_matrix(module, torch.empty(shape))
+    diag = torch.diagonal(hessian).reshape(view.shape[0], 1, view.shape[2])
+    return from_weight_matrix(module, diag.expand(view.shape).contiguous(), shape)
+
+
+def compensate(module: torch.nn.Module, weight: torch.Tensor, mask: torch.Tensor | None,
+               centroids: torch.Tensor, bits: int, group_size: int | None,
+               hessian: torch.Tensor) -> torch.Tensor:
+    """GPTQ-style assignments for any layer that multiplies its input features: on the matrix
+    each convolution group multiplies (:func:`compression.calibration.weight_matrix`; a
+    transposed convolution's codebooks then run across columns), with that group's block of H."""
+    from ..calibration import from_weight_matrix, weight_matrix
+    from ..share import gptq_assign
+
+    rows = weight.shape[0]
+    gs = group_size or rows
+    group_ids = (torch.arange(rows) // gs).reshape(-1, *([1] * (weight.dim() - 1)))
+    groups = weight_matrix(module, group_ids.expand(weight.shape))
+    keep = weight_matrix(module, mask if mask is not None
+                         else torch.ones_like(weight, dtype=torch.bool))
+    matrix = weight_matrix(module, weight.detach())
+    book = centroids.reshape(-1, 2 ** bits)
+    cols = matrix.shape[2]
+    out = torch.stack([gptq_assign(matrix[g], keep[g], book, groups[g],
+                                   hessian[g * cols:(g + 1) * cols, g * cols:(g + 1) * cols])
+                       for g in range(matrix.shape[0])])
+    return from_weight_matrix(module, out, weight.shape)
 
 
 def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
-    """Cluster each chosen layer; its weights become their centroids."""
+    """Cluster each chosen layer; its weights become their centroids.
+
+    Layers without calibration statistics go first; then the layers weighed by their inputs or
+    compensated (GPTQ) go in one forward pass of the calibration examples, each compressed when
+    the pass reaches it, so each is measured on the model as compressed so far."""
+    from ..calibration import has_features
+    from ..progress import Countdown
+
     generator = ctx.generator(202)
     chosen = {name: s for name, layer in ctx.state.layers.items()
               if (s := config.for_layer(name, layer.type_name)) is not None}
+    curved = {n: ctx.state.layers[n].module for n, s in chosen.items()
+              if s["weighting"] == "activation" or s["compensate"] == "gptq"}
+    for name, module in curved.items():     # every option applied, or refused before any work
+        if not has_features(module):
+            setting = "weighting 'activation'" if chosen[name]["weighting"] == "activation" \
+                else "compensate 'gptq'"
+            raise RecipeError(f"share: layer {name} ({ctx.state.layers[name].type_name}): "
+                              f"{setting} needs the inputs the layer multiplies, which "
+                              "calibration cannot measure for this type; set it to 'none' for "
+                              "this layer (by_name or by_type)")
+    sensitivity: dict[str, torch.Tensor] = {}
     weighted = [n for n, s in chosen.items() if s["weighting"] == "fisher"]
-    sensitivity = {}
     if weighted:
         from ..calibration import task_sensitivity
 
+        ctx.log(f"share: sensitivity (Fisher) of {len(weighted)} layers on "
+                f"{min(config.calibration, len(ctx.train))} calibration examples")
         sensitivity = task_sensitivity(
             model, ctx.task, ctx.train.subset(config.calibration),
-            {n: ctx.state.layers[n].weight for n in weighted}, seed=ctx.seed)
+            {n: ctx.state.layers[n].weight for n in weighted}, seed=ctx.seed,
+            progress=ctx.progress)
         ctx.metrics["calibration_examples"] = min(config.calibration, len(ctx.train))
-    curved = {n: ctx.state.layers[n].module for n, s in chosen.items()
-              if (s["weighting"] == "activation" or s["compensate"] == "gptq")
-              and ctx.state.layers[n].weight.dim() == 2
-              and ctx.state.layers[n].type_name in ("Linear", "MultiheadAttention", *RNN_TYPES)}
-    batches = _calibration(ctx, config.calibration) if curved else []
-    if curved:
-        ctx.metrics["calibration_examples"] = min(config.calibration, len(ctx.train))
-    for name, settings in chosen.items():     # in the model's order: GPTQ goes layer by layer
-        layer = ctx.state.layers[name]
-        hessian = None
-        if name in curved:   # measured on the model as compressed so far (sequential GPTQ)
-            from ..calibration import input_hessians
+    countdown = Countdown(ctx.progress, "share", {n: ctx.state.layers[n].weight.numel()
+                                                   for n in chosen})
 
-            hessian = input_hessians(model, {name: curved[name]}, batches)[name]
+    def compress(name: str, hessian: torch.Tensor | None) -> None:
+        settings, layer = chosen[name], ctx.state.layers[name]
+        notes = [f"{settings['bits']} bits"]
+        if settings["group_size"]:
+            notes.append(f"{settings['group_size']} rows per codebook")
         if settings["weighting"] == "activation" and hessian is not None:
-            sensitivity[name] = torch.diag(hessian)[None, :].expand_as(layer.weight)
+            sensitivity[name] = activation_sensitivity(layer.module, hessian, layer.weight.shape)
+        if name in sensitivity:
+            notes.append(f"{settings['weighting']}-weighted")
         if (settings["group_size"] is None and name not in sensitivity
                 and settings["init"] != "kmeans++"):
             centroids, assign, _ = share_layer(layer.weight, layer.mask, settings["bits"],
@@ -101,22 +157,37 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
             centroids, assign, _ = share_grouped(
                 layer.weight, layer.mask, settings["bits"], init=settings["init"],
                 iterations=config.iterations, group_size=settings["group_size"],
-                sensitivity=sensitivity.get(name), generator=generator)
-            if settings["compensate"] == "gptq" and hessian is not None:
-                assign = compensated_assignments(layer.weight, layer.mask, centroids,
-                                                 settings["bits"], settings["group_size"],
-                                                 hessian)
+                sensitivity=sensitivity.pop(name, None), generator=generator)
+        if settings["compensate"] == "gptq" and hessian is not None:
+            if hessian.dim() == 1:
+                notes.append("GPTQ: nearest centroids (one-hot inputs, nothing to compensate)")
+            else:
+                assign = compensate(layer.module, layer.weight, layer.mask, centroids,
+                                    settings["bits"], settings["group_size"], hessian)
+                notes.append("GPTQ-compensated")
+        if name in curved and hessian is None:
+            notes.append("never reached by the calibration inputs: not weighted or compensated")
         layer.centroids, layer.assignments, layer.bits = centroids, assign, settings["bits"]
         layer.group_size = settings["group_size"]
-        notes = [f"{settings['bits']} bits"]
-        if layer.group_size:
-            notes.append(f"{layer.group_size} rows per codebook")
-        if name in sensitivity:
-            notes.append(f"{settings['weighting']}-weighted")
-        if settings["compensate"] == "gptq" and hessian is not None:
-            notes.append("GPTQ-compensated")
         layer.enforce()     # later layers' calibration inputs see this layer compressed
-        ctx.log(f"{name}: {centroids.numel()} centroids ({', '.join(notes)})")
+        ctx.log(f"{name}: {centroids.numel()} centroids ({', '.join(notes)}); layer "
+                f"{countdown.done(name)}")
+
+    try:
+        for name in chosen:
+            if name not in curved:
+                compress(name, None)
+        if curved:
+            from ..calibration import sequential_hessians
+
+            n = min(config.calibration, len(ctx.train))
+            ctx.metrics["calibration_examples"] = n
+            again = sequential_hessians(model, curved, _calibration_inputs(ctx, n), compress)
+            for name in again:
+                ctx.log(f"{name}: its module runs more than once per forward; calibrated on "
+                        "the inputs of its first call")
+    finally:
+        countdown.close()
     ctx.state.enforce()
 
 
