@@ -34,8 +34,8 @@ class _RichTask(ProgressTask):
 
     def advance(self, n: int = 1, **fields: object) -> None:
         loss = fields.get("loss")
-        self._progress.update(self._id, advance=n,
-                              info=f"loss {loss:.3f}" if isinstance(loss, float) else "")
+        info = f"loss {loss:.3f}" if isinstance(loss, float) else str(fields.get("item", ""))
+        self._progress.update(self._id, advance=n, info=info)
 
     def close(self) -> None:
         self._progress.remove_task(self._id)
@@ -59,7 +59,15 @@ class _PlainTask(ProgressTask):
             parts.append(f"epoch {self.fields['epoch']}")
         if isinstance(self.fields.get("loss"), float):
             parts.append(f"loss {self.fields['loss']:.4f}")
-        parts.append(f"{time.monotonic() - self.started:.0f} s in this task")
+        if "item" in self.fields:      # e.g. the share stage's last layer done
+            parts.append(f"last done {self.fields['item']}")
+        elapsed = time.monotonic() - self.started
+        parts.append(f"{elapsed:.0f} s in this task")
+        left = self.fields.get("left_s")
+        if not isinstance(left, float) and 0 < self.done < self.total:
+            left = elapsed / self.done * (self.total - self.done)
+        if isinstance(left, float) and self.done < self.total:
+            parts.append(f"about {left:.0f} s left")
         return ", ".join(parts)
 
     def close(self) -> None:
