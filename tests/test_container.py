@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from deepcompress.cli import main as cli_main
 from dcz import FORMAT_VERSION, inspect, load, pack
 from deepcompress.loading import model_from_dcz
-from dcz import _format, _tensor
+from dcz import _api, _format, _tensor
 from dccore.errors import ContainerError
 from compression.models import LeNet300
 
@@ -407,8 +407,16 @@ def test_fuzz_decoder_behind_valid_crcs(tmp_path, edits, cut, coder):
         dcz = load(path)
     except ContainerError:
         return
-    for t in dcz.state_dict.values():  # decoded to something well-formed
-        assert t.numel() == math.prod(t.shape)
+    # decoded to something well-formed: a dtype of the format, exactly the storage its shape
+    # needs, within the decode budget, and a shared tensor's values drawn from its codebook
+    limit = max(_api.MIN_DECODE_LIMIT, _api.EXPANSION_LIMIT * path.stat().st_size)
+    for name, t in dcz.state_dict.items():
+        assert t.dtype in _tensor.BY_TORCH and t.is_contiguous(), name
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size() <= limit, name
+        codebook = dcz.layers[name].codebook if name in dcz.layers else None
+        if codebook is not None:
+            values = t[t != 0].unique().numpy()
+            assert np.isin(values, np.asarray(codebook)).all(), name
 
 
 @settings(max_examples=100, deadline=None)
