@@ -240,6 +240,14 @@ def weight_name(layer: str, module: nn.Module) -> str:
     return f"{layer}.{param}" if layer else param
 
 
+def module_name(layer: str, module: nn.Module) -> str:
+    """The qualified name of the module a layer belongs to: the layer's own name, or for a
+    recurrent layer's matrix ("rnn.weight_ih_l0") its module's ("rnn")."""
+    if isinstance(module, RECURRENT_TYPES):
+        return layer.rsplit(".", 1)[0] if "." in layer else ""
+    return layer
+
+
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers whose weight the pipeline prunes and shares, by qualified name (see WEIGHT_PARAM);
     a recurrent layer gives one entry per weight matrix, all naming the same module."""

@@ -227,3 +227,45 @@ def test_coreml_refuses_a_compressed_lstm_naming_the_matrix(tmp_path):
         export_coreml(model, (torch.randn(1, 5, 6),), tmp_path / "m.mlpackage",
                       layers=names)
     assert not (tmp_path / "m.mlpackage").exists()
+
+
+SHRINKABLE = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, hidden=12):
+            super().__init__()
+            self.rnn = nn.GRU(6, 8, batch_first=True)
+            self.fc1 = nn.Linear(8, hidden)
+            self.fc2 = nn.Linear(hidden, 5)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(self.rnn(x)[0])))
+
+        def width_kwargs(self):
+            return {"fc1": ("hidden", None)}
+
+    def make(**kwargs):
+        torch.manual_seed(0)
+        return Net(**kwargs)
+''')
+
+
+def test_shrink_then_share_a_model_with_a_recurrent_layer(tagger_env):
+    """Shrinking a Linear after a GRU: the stage's check that the state's layers are the model's
+    modules holds for the GRU's matrices (each names its module plus the matrix)."""
+    (tagger_env / "tiny_shrinkable.py").write_text(SHRINKABLE)
+    from compression.pipeline import run_recipe
+    from compression.recipe import Recipe
+
+    recipe = {"name": "shrink", "seed": 0, "model": {"name": "tiny_shrinkable:make"},
+              "task": {"kind": "distill", "inputs": str(tagger_env / "samples.pt")},
+              "stages": [{"kind": "shrink", "fraction": 0.5, "rounds": 1, "retrain_epochs": 0},
+                         {"kind": "share", "bits": 4}]}
+    try:
+        result = run_recipe(Recipe.from_dict(recipe), tagger_env / "shrunk")
+    finally:
+        sys.modules.pop("tiny_shrinkable", None)
+    assert result.model.fc1.out_features == 6
+    assert result.state.layers["rnn.weight_hh_l0"].bits == 4

@@ -21,6 +21,7 @@ from dccore.errors import ModelError, RecipeError
 from .._config import Int, Num, OneOf, setting
 from .._context import StageContext
 from .._train import train
+from ..models import module_name
 from ..shrink import (Link, effect_scores, lowest, norm_scores, shrink_layer, target_width,
                       trace_links, units)
 from ._base import Stage, StageConfig, register_stage
@@ -169,7 +170,7 @@ def ensures(model: nn.Module, config: ShrinkConfig, ctx: StageContext) -> None:
         if after != want or units(modules[name]) != want:
             raise ModelError(f"shrink: layer {name} has {after} units, not {want}")
     for name, layer in ctx.state.layers.items():
-        if modules.get(name) is not layer.module:
+        if modules.get(module_name(name, layer.module)) is not layer.module:
             raise ModelError(f"shrink: the compression state's layer {name} is not the model's")
     inputs, _ = ctx.test.take(slice(0, 1))
     with torch.no_grad():
