@@ -58,12 +58,17 @@ def test_kmeans_plusplus_fills_an_8_bit_codebook_where_linear_leaves_it_empty():
 def test_sensitivity_pulls_centroids_to_the_weights_that_matter():
     from compression.share import share_grouped
 
-    w = torch.tensor([[0.0, 0.1, 0.2, 1.0]])
-    heavy = torch.tensor([[1.0, 1.0, 1.0, 1000.0]])
-    c, a, _ = share_grouped(w, None, 1, init="linear", iterations=30, sensitivity=heavy)
-    assert torch.isclose(c[a][0, 3], torch.tensor(1.0))      # the sensitive weight is exact
+    # two centroids for six evenly spaced weights: unweighted, each takes the mean of its three
+    # (0.1 and 0.4), so the last weight is 0.1 off; weighted 1000x, its centroid moves onto it
+    w = torch.tensor([[0.0, 0.1, 0.2, 0.3, 0.4, 0.5]])
+    heavy = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 1000.0]])
     c, a, _ = share_grouped(w, None, 1, init="linear", iterations=30)
-    assert not torch.isclose(c[a][0, 3], torch.tensor(1.0)) or torch.isclose(c[a][0, 0], torch.tensor(0.1))
+    plain = c[a][0]
+    assert torch.allclose(plain, torch.tensor([0.1, 0.1, 0.1, 0.4, 0.4, 0.4]))
+    c, a, _ = share_grouped(w, None, 1, init="linear", iterations=30, sensitivity=heavy)
+    weighted = c[a][0]
+    assert abs(float(weighted[5]) - 0.5) < 0.001                 # (0.3 + 0.4 + 500) / 1002
+    assert torch.allclose(weighted[:3], torch.tensor(0.1))        # the other cluster unmoved
 
 
 def test_grouped_codebooks_stay_in_their_rows_and_beat_one_codebook():
