@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from dccore.errors import ModelError
 
-from .models import RECURRENT_TYPES, layer_type, weight_param
+from .models import RECURRENT_TYPES, layer_type, module_name, weight_param
 
 _TOLERANCE = 1e-3     # relative: float32 rounding through a few hundred steps stays far below
 
@@ -144,9 +144,8 @@ def recurrent_hooks(layers: Mapping[str, nn.Module],
 
     def hook(module: nn.Module, args: tuple, output: object,
              entries: list[tuple[str, str]]) -> None:
-        first = entries[0][0]
         rows = gate_inputs(module, args, output,
-                           first.rsplit(".", 1)[0] if "." in first else type(module).__name__)
+                           module_name(entries[0][0], module) or type(module).__name__)
         for name, param in entries:
             take(name, module, rows[param])
 
