@@ -8,6 +8,7 @@ Sub-command modules are imported only when chosen, so ``deepcompress --help`` st
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -72,9 +73,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _fail(command: str | None, exc: BaseException, code: int, as_json: bool) -> int:
     """One line on stderr; with --json also one JSON object on stdout, as for a success."""
+    from .ui import printable
+
     label = f"deepcompress {command}" if command else "deepcompress"
-    message = str(exc) or type(exc).__name__
-    print(f"{label}: error: {message}", file=sys.stderr)
+    message = " / ".join(line.strip() for line in (str(exc) or type(exc).__name__).splitlines()
+                         if line.strip())   # one line, whatever the exception held
+    print(f"{label}: error: {printable(message)}", file=sys.stderr)
     if as_json:
         print(json.dumps({"ok": False, "command": command, "error": message,
                           "error_type": type(exc).__name__, "exit_code": code}), flush=True)
@@ -106,14 +110,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deepcompress {args.command}: interrupted; finished checkpoints and outputs are "
               "kept (run --resume-from continues a run)", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug, not bad input: say so in one line unless asked for more
-        if os.environ.get("DEEPCOMPRESS_DEBUG"):
-            raise
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        internal = RuntimeError(f"internal error ({type(exc).__name__} at "
-                                f"{Path(where.filename).name}:{where.lineno}: {exc}); please "
-                                "report it; DEEPCOMPRESS_DEBUG=1 shows the traceback")
-        return _fail(args.command, internal, 3, as_json)
+    except OSError as exc:   # a folder that is read-only, full, or not there: the user's to fix
+        if exc.filename is None and exc.errno not in _ENVIRONMENT_ERRNOS:
+            return _internal(args.command, exc, as_json)
+        return _fail(args.command, UsageError(_os_error_message(exc)), 2, as_json)
+    except Exception as exc:
+        return _internal(args.command, exc, as_json)
+
+
+# errors of the machine, not of the code: a file system that refuses a write, or has no room
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                       errno.ENAMETOOLONG}
+
+
+def _os_error_message(exc: OSError) -> str:
+    """"PATH: why; what to do", naming what the user named (not our hidden temporary beside it)."""
+    path = Path(exc.filename) if exc.filename is not None else None
+    if path is not None and path.name.startswith(".") and ".dctmp-" in path.name:
+        path = path.parent / path.name[1:path.name.index(".dctmp-")]
+    name = "" if path is None else str(path)
+    if len(name) > 200:
+        name = f"{name[:200]}... ({len(name):,} characters)"
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "check the folder's permissions, or choose another path"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space, or choose another folder"
+    else:
+        fix = "check the path, or choose another one"
+    return f"{name}: {why}; {fix}" if name else f"{why}; {fix}"
+
+
+def _internal(command: str, exc: BaseException, as_json: bool) -> int:
+    """A bug, not bad input: say so in one line unless asked for more."""
+    if os.environ.get("DEEPCOMPRESS_DEBUG"):
+        raise exc
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    internal = RuntimeError(f"internal error ({type(exc).__name__} at "
+                            f"{Path(where.filename).name}:{where.lineno}: {exc}); please "
+                            "report it; DEEPCOMPRESS_DEBUG=1 shows the traceback")
+    return _fail(command, internal, 3, as_json)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ step, loss, elapsed) go to stderr. Results (tables, summaries) go to stdout.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -18,6 +19,19 @@ from compression import ProgressTask
 
 # At least one line this often in a non-terminal log, so a CI job never looks hung.
 HEARTBEAT_S = float(os.environ.get("DEEPCOMPRESS_HEARTBEAT_S", "30"))
+
+# What a terminal acts on instead of showing: C0 controls (ESC starts the sequences that set a
+# window title or clear the screen; BEL, CR, newline), DEL, C1 controls (0x9b is a one-byte CSI)
+# and the bidirectional overrides and isolates that reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """``text`` as a terminal may show it: every control character written out (ESC as \\x1b),
+    so a name read from a file, a database or a device (a tensor's, a config's, a run's) is shown
+    and never obeyed. Every printer of such names goes through this."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", str(text))
 
 
 def stdout_console() -> Any:
@@ -121,7 +135,7 @@ class Ui:
     def line(self, message: str) -> None:
         """One plain line with the elapsed time, for logs that are read later."""
         elapsed = time.monotonic() - self.started
-        print(f"[{elapsed:7.1f} s] {message}", file=sys.stderr, flush=True)
+        print(f"[{elapsed:7.1f} s] {printable(message)}", file=sys.stderr, flush=True)
 
     def progress(self, description: str, total: int) -> ProgressTask:
         if not self.enabled:
@@ -136,18 +150,23 @@ class Ui:
         if not self.enabled:
             return
         if self.interactive:
-            self.console.log(message, highlight=False)
+            from rich.text import Text
+
+            self.console.log(Text(printable(message)), highlight=False)
         else:
             self.line(message)
 
     def summary(self, report: dict[str, Any], out: Path) -> None:
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=f"{report['recipe']}: per-layer compression", title_justify="left")
+        table = Table(title=Text(f"{printable(report['recipe'])}: per-layer compression"),
+                      title_justify="left")
         for col in ("layer", "type", "parameters", "non-zeros", "sparsity", "bits", "distinct"):
             table.add_column(col, justify="left" if col in ("layer", "type") else "right")
         for row in report["layers"]:
-            table.add_row(row["name"], row["type"], f"{row['parameters']:,}", f"{row['nonzeros']:,}",
+            table.add_row(Text(printable(row["name"])), row["type"], f"{row['parameters']:,}",
+                          f"{row['nonzeros']:,}",
                           f"{row['sparsity']:.1%}", str(row["bits"] or "-"),
                           f"{row['distinct_values']:,}")
         out_console = stdout_console()
@@ -168,4 +187,4 @@ class Ui:
                 lines.append(f"  {row['stage']:<28} {row['bytes']:>10,} B  {row['ratio']:6.1f}x")
         lines.append(f"time: {report['seconds']['total']:.1f} s; results in {out}/report.json")
         for line in lines:
-            out_console.print(line, highlight=False)
+            out_console.print(printable(line), markup=False, highlight=False)

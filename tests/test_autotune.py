@@ -204,6 +204,17 @@ def test_autotune_end_to_end(make_recipe, tmp_path):
     # decisions read the validation split; the test split is scored once, for the final model
     assert all("test" not in k for t in result["tries"] for k in t)
     assert 0.0 <= final["test"] <= 1.0 and "test" in result["baseline"]
+    # within its budget: the chosen model's drop on validation, from the figures themselves
+    drop = result["baseline"]["validation"] - final["validation"]
+    assert result["within_budget"] and final["within_budget"]
+    assert drop == pytest.approx(final["validation_drop"]) and drop <= 0.05 + 1e-12
+    # and that validation figure is the shipped file's, measured again here on the same split
+    from compression.pipeline import load_task
+    from deepcompress.loading import model_from_dcz
+
+    task, data = load_task(tuned, None)
+    model, _ = model_from_dcz(out / "model.dcz")
+    assert task.evaluate(model, data.val)[task.primary] == pytest.approx(final["validation"])
     assert json.loads((out / "autotune.json").read_text())["final"]["try"] == final["try"]
     # a second call reuses the curves and the baseline: no sensitivity work, same recipe
     again = autotune(path, tmp_path / "auto2", budget="5pt", max_runs=1,

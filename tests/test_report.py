@@ -17,7 +17,7 @@ import torch
 from deepcompress.qualify._metric import primary_metric
 from deepcompress.qualify._plots import (histograms_plot, latency_plot, layers_plot,
                                          metric_size_plot, trend_plot)
-from deepcompress.qualify._report import qualify_report, trend_panels
+from deepcompress.qualify._report import qualify_page, trend_panels
 from deepcompress.qualify.history import open_history
 
 from test_history import record
@@ -124,7 +124,7 @@ def make_report(tmp_path: Path, run_dir: Path) -> Path:
                                 "latencies_ms": [1.0, 1.1, 0.9, 1.05]}]},
         }
         path = tmp_path / "report.html"
-        qualify_report(path, results, SimpleNamespace(report=REPORT, run_dir=run_dir), h, "q")
+        path.write_bytes(qualify_page(results, SimpleNamespace(report=REPORT, run_dir=run_dir), h, "q"))
     return path
 
 

@@ -73,7 +73,7 @@ def _print(a: dict, b: dict, rows: list[dict]) -> None:
 
     from deepcompress.qualify._gates import fmt_value
 
-    from ..ui import stdout_console
+    from ..ui import printable, stdout_console
 
     table = Table(title=f"run {a['id']} vs run {b['id']}", title_justify="left")
     table.add_column("")
@@ -84,7 +84,8 @@ def _print(a: dict, b: dict, rows: list[dict]) -> None:
                        ("git", "git_revision"), ("recipe", "recipe_sha256")):
         va = f"{a['kind']} {a['name']} ({a['model']})" if key is None else str(a.get(key))
         vb = f"{b['kind']} {b['name']} ({b['model']})" if key is None else str(b.get(key))
-        table.add_row(Text(label), Text(va), Text(vb), Text("" if va == vb else "differs"))
+        table.add_row(Text(label), Text(printable(va)), Text(printable(vb)),
+                      Text("" if va == vb else "differs"))
     for r in rows:
         name = r["task_metric"] if r["figure"].endswith("metric") and r["task_metric"] else r["figure"]
         where = " ".join(x for x in (r["format"], f"on {r['device']}" if r["device"] else "") if x)
@@ -94,6 +95,6 @@ def _print(a: dict, b: dict, rows: list[dict]) -> None:
             change += " better" if r["better"] else " worse"
         if r["a"] is not None and r["b"] is not None and not r["same_device"]:
             change += " (other device)"
-        table.add_row(Text(f"{name} {where}".strip()), Text(fmt_value(r["a"], r["unit"])),
+        table.add_row(Text(printable(f"{name} {where}".strip())), Text(fmt_value(r["a"], r["unit"])),
                       Text(fmt_value(r["b"], r["unit"])), Text(change))
     stdout_console().print(table)

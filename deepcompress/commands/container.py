@@ -174,7 +174,8 @@ def _unpack(args: argparse.Namespace) -> int:
     check_output(args.out, TORCH_FILE, flag="--out")
     dcz = load(args.file)
     with atomic_path(args.out, kind=TORCH_FILE) as tmp:
-        torch.save(dcz.state_dict, tmp)
+        with open(tmp, "wb") as fh:   # a read-only folder: PermissionError naming it (torch
+            torch.save(dcz.state_dict, fh)   # would say RuntimeError "open file failed")
     summary = {"file": str(dcz.path), "out": str(args.out), "tensors": len(dcz.state_dict),
                "bytes": Path(args.out).stat().st_size}
     if args.json:
@@ -198,17 +199,23 @@ def _inspect(args: argparse.Namespace) -> int:
 def _print_tables(info: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from ..ui import printable
+
+    def name(value: object) -> Text:   # a file's own words: shown, never obeyed (nor markup)
+        return Text(printable(value))
 
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 132)
-    t = Table(title=f"{info['path']}  (format v{info['format_version']}, coder "
-                    f"{info['coder']})", title_justify="left")
+    t = Table(title=name(f"{info['path']}  (format v{info['format_version']}, coder "
+                         f"{info['coder']})"), title_justify="left")
     for col in ("tensor", "shape", "storage", "density", "bits", "gap bits", "bytes",
                 "bits/weight", "ratio"):
         t.add_column(col, justify="left" if col in ("tensor", "shape", "storage") else "right")
     for row in info["tensors"]:
-        t.add_row(row["name"], "x".join(map(str, row["shape"])) or "scalar", row["storage"],
-                  f"{row['density']:.1%}", _opt(row["bits"]), _opt(row["index_bits"]),
-                  f"{row['bytes']:,}", f"{row['bits_per_weight']:.2f}",
+        t.add_row(name(row["name"]), "x".join(map(str, row["shape"])) or "scalar",
+                  name(row["storage"]), f"{row['density']:.1%}", _opt(row["bits"]),
+                  _opt(row["index_bits"]), f"{row['bytes']:,}", f"{row['bits_per_weight']:.2f}",
                   f"{row['ratio']:.1f}x" if row["ratio"] else "-")
     console.print(t)
     s = Table(title="coded streams: payload against the order-0 entropy bound",
@@ -217,10 +224,10 @@ def _print_tables(info: dict) -> None:
                 "entropy B", "over bound"):
         s.add_column(col, justify="left" if col in ("tensor", "stream", "coder") else "right")
     for row in info["tensors"]:
-        for name, st in row["streams"].items():
+        for stream, st in row["streams"].items():
             over = st["payload_overhead"]
-            s.add_row(row["name"], name, st["coder"], f"{st['count']:,}", f"{st['distinct']:,}",
-                      f"{st['payload_bytes']:,}", f"{st['table_bytes']:,}",
+            s.add_row(name(row["name"]), name(stream), name(st["coder"]), f"{st['count']:,}",
+                      f"{st['distinct']:,}", f"{st['payload_bytes']:,}", f"{st['table_bytes']:,}",
                       f"{st['entropy_bits'] / 8:,.0f}",
                       "-" if over is None else f"{over:+.2%}")
     if s.row_count:

@@ -80,13 +80,13 @@ def _print_runs(runs: list[dict], where: str) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from ..ui import stdout_console
+    from ..ui import printable, stdout_console
 
-    table = Table(title=f"history {where}", title_justify="left")
+    table = Table(title=Text(f"history {printable(where)}"), title_justify="left")
     for col in ("run", "when", "kind", "name", "model", "night", "device", "ok", "git", "verdict"):
         table.add_column(col, overflow="fold")
     for r in runs:
-        table.add_row(*(Text(str(v)) for v in (
+        table.add_row(*(Text(printable(v)) for v in (
             r["id"], r["started_at"], r["kind"], r["name"], r["model"], r.get("night") or "",
             r.get("device_slot") or "", "PASS" if r["ok"] else "FAIL", r["git_revision"][:12],
             r["verdict"])))
@@ -102,19 +102,19 @@ def _print_run(run: dict) -> None:
 
     from deepcompress.qualify._gates import fmt_value
 
-    from ..ui import stdout_console
+    from ..ui import printable, stdout_console
 
     console = stdout_console()
-    console.print(Text(f"run {run['id']}: {run['kind']} {run['name']} ({run['model']}) at "
-                       f"{run['started_at']} on {run['host']}: "
-                       f"{'PASS' if run['ok'] else 'FAIL'} {run['verdict']}"))
-    console.print(Text(f"git {run['git_revision']} · recipe {run['recipe_sha256']}"))
+    console.print(Text(printable(f"run {run['id']}: {run['kind']} {run['name']} ({run['model']}) "
+                                 f"at {run['started_at']} on {run['host']}: "
+                                 f"{'PASS' if run['ok'] else 'FAIL'} {run['verdict']}")))
+    console.print(Text(printable(f"git {run['git_revision']} · recipe {run['recipe_sha256']}")))
     table = Table(title="figures", title_justify="left")
     for col in ("figure", "format", "device", "value", "artifact", "device fingerprint"):
         table.add_column(col, overflow="fold")
     for m in run["metrics"]:
         name = m["task_metric"] if m["figure"].endswith("metric") and m["task_metric"] else m["figure"]
-        table.add_row(*(Text(str(v)) for v in (name, m["format"] or "", m["device"] or "",
+        table.add_row(*(Text(printable(v)) for v in (name, m["format"] or "", m["device"] or "",
                                                 fmt_value(m["value"], m["unit"]),
                                                 (m["artifact_sha256"] or "")[:12],
                                                 m["device_fingerprint"] or "")))
@@ -124,7 +124,7 @@ def _print_run(run: dict) -> None:
         gates.add_column(col, overflow="fold")
     for g in run["gates"]:
         result = f"skipped ({g['skipped']})" if g["skipped"] else "ok" if g["ok"] else f"FAIL {g['message']}"
-        gates.add_row(*(Text(str(v)) for v in (g["gate"], g["subject"], _n(g["actual"]),
+        gates.add_row(*(Text(printable(v)) for v in (g["gate"], g["subject"], _n(g["actual"]),
                                                 _n(g["limit"]), result)))
     console.print(gates)
 

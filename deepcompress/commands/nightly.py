@@ -71,8 +71,11 @@ def main(args: argparse.Namespace) -> int:
     else:
         _print(result.summary)
     s = result.summary
-    print(("PASS" if result.ok else "FAIL") + f" {s['matrix']} {s['night']}: {result.verdict} "
-          f"({len(result.ran)} cell(s) run here, {s['seconds']:.1f} s; {args.out}/report.html)",
+    from ..ui import printable
+
+    print(printable(("PASS" if result.ok else "FAIL") + f" {s['matrix']} {s['night']}: "
+                    f"{result.verdict} ({len(result.ran)} cell(s) run here, {s['seconds']:.1f} s; "
+                    f"{args.out}/report.html)"),
           file=sys.stderr if args.json else sys.stdout, flush=True)
     return 0 if result.ok else 1
 
@@ -81,13 +84,14 @@ def _print(summary: dict) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from ..ui import stdout_console
+    from ..ui import printable, stdout_console
 
-    table = Table(title=f"nightly {summary['matrix']} {summary['night']}", title_justify="left")
+    table = Table(title=Text(printable(f"nightly {summary['matrix']} {summary['night']}")),
+                  title_justify="left")
     for col in ("model", "device", "state", "attempts", "run", "verdict"):
         table.add_column(col, overflow="fold")
     for c in summary["cells"]:
-        table.add_row(*(Text(str(v)) for v in (c["model"], c["device"], c["state"], c["attempts"],
+        table.add_row(*(Text(printable(v)) for v in (c["model"], c["device"], c["state"], c["attempts"],
                                                 c.get("run_id") or "-",
                                                 c.get("verdict") or c.get("error") or "")))
     stdout_console().print(table)

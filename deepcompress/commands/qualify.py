@@ -65,8 +65,11 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         _print(result.results, Path(args.out))
-    print(("PASS" if result.ok else "FAIL") + f" {config.name}: {result.verdict} (run "
-          f"{result.run_id}, {result.results['phases']['total']:.1f} s; {args.out}/report.html)",
+    from ..ui import printable
+
+    print(printable(("PASS" if result.ok else "FAIL") + f" {config.name}: {result.verdict} (run "
+                    f"{result.run_id}, {result.results['phases']['total']:.1f} s; "
+                    f"{args.out}/report.html)"),
           file=sys.stderr if args.json else sys.stdout, flush=True)
     return 0 if result.ok else 1
 
@@ -78,10 +81,10 @@ def _print(results: dict, out: Path) -> None:
     from deepcompress.qualify._gates import FIGURES, fmt_value
     from deepcompress.qualify._outputs import gate_name
 
-    from ..ui import stdout_console
+    from ..ui import printable, stdout_console
 
     console = stdout_console()
-    table = Table(title=f"qualify {results['name']}: gates", title_justify="left")
+    table = Table(title=Text(printable(f"qualify {results['name']}: gates")), title_justify="left")
     for col in ("gate", "subject", "actual", "limit", "result"):
         table.add_column(col, justify="right" if col in ("actual", "limit") else "left",
                          overflow="fold")
@@ -89,9 +92,9 @@ def _print(results: dict, out: Path) -> None:
         unit = FIGURES.get(g["figure"], ("",))[0]
         result = (f"skipped ({g['skipped']})" if g.get("skipped") else "ok" if g["ok"]
                   else f"FAIL {g.get('message') or ''}")
-        table.add_row(*(Text(str(c)) for c in (gate_name(g["gate"], g["figure"]), g["subject"],
+        table.add_row(*(Text(printable(c)) for c in (gate_name(g["gate"], g["figure"]), g["subject"],
                                                fmt_value(g.get("actual"), unit),
                                                fmt_value(g.get("limit"), unit), result)))
     console.print(table)
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in results["phases"].items())
-    console.print(f"phases: {phases}; files in {out}/", markup=False, highlight=False)
+    console.print(printable(f"phases: {phases}; files in {out}/"), markup=False, highlight=False)

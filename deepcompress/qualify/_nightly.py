@@ -17,7 +17,6 @@ tried again the next night); the other cells go on.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import threading
 import time
@@ -27,14 +26,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dccore.errors import DeepCompressError
-from dccore.outputs import JSON_FILE, write_json_atomic
 
 from . import _work
 from ._config import Matrix, MatrixModel
 from ._figures import (artifact_figures, device_figures, device_gates, device_info, export_gates,
                        metric_figures, metric_gate_if_missing)
 from ._gates import Gate, budget_gates, failed_gate, rolling_baseline, rolling_gate, verdict
-from ._outputs import Folder, write_junit
+from ._outputs import Folder, junit_xml, write_outputs
 from ._provenance import UNKNOWN, git_revision, host_name
 from .history import History, RunRecord, open_history
 from .history._store import now
@@ -126,10 +124,10 @@ def run_nightly(matrix: Matrix, out: Path, *, db: str | None = None, night: str 
         from dccore.errors import UsageError
 
         raise UsageError(f"--slot {', '.join(unknown)}: not a device slot of the matrix "
-    for m in matrix.models:
-        _work.check_metric_examples(m.model, m.export, m.budgets.min_metric(), f"models {m.name!r}:")
                          f"({', '.join(matrix.devices)})")
     plans = {m.name: _work.plan(m.model) for m in matrix.models}
+    for m in matrix.models:
+        _work.check_metric_examples(m.model, m.export, m.budgets.min_metric(), f"models {m.name!r}:")
     folder.check(work=("models",))
     folder.claim()
     history = open_history(db or matrix.db or str(folder.history))
@@ -308,10 +306,10 @@ def _finish(matrix: Matrix, night: str, folder: Folder, history: History, worker
                "cells": [{k: v for k, v in r.items() if k != "updated_at"} for r in rows],
                "ran_here": worker.ran, "bench": worker.bench, "seconds": seconds}
     t_report = time.perf_counter()
-    from ._report import nightly_report
+    from ._report import nightly_page
 
-    nightly_report(folder.report, summary, history)
+    page = nightly_page(summary, history)
     summary["report_seconds"] = time.perf_counter() - t_report
-    write_junit(folder.junit, f"deepcompress.nightly.{matrix.name}.{night}", gates, seconds)
-    write_json_atomic(folder.results, json.loads(json.dumps(summary, default=str)), kind=JSON_FILE)
+    write_outputs(folder, page, junit_xml(f"deepcompress.nightly.{matrix.name}.{night}", gates,
+                                          seconds), summary)   # together, or none of them
     return NightlyResult(ok, line, summary, worker.ran)

@@ -1,14 +1,18 @@
 """The folder a qualification or a nightly writes, checked before any work (dccore.outputs'
-rules: replace only our own files, atomically), and the JUnit file of its gates."""
+rules: replace only our own files, atomically), the JUnit file of its gates, and the run's three
+files written together."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from dccore.errors import UsageError
-from dccore.outputs import JSON_FILE, JUNIT_XML, OutputKind, check_output, write_bytes_atomic
+from dccore.outputs import JSON_FILE, JUNIT_XML, OutputKind, atomic_path, check_output
 
 from ._gates import Gate
 
@@ -90,12 +94,12 @@ def junit_xml(suite: str, gates: list[Gate], seconds: float) -> bytes:
     and text carry the numbers."""
     from ..commands.check import xml_text
 
-    root = ET.Element("testsuite", name=suite, tests=str(len(gates)),
+    root = ET.Element("testsuite", name=xml_text(suite), tests=str(len(gates)),
                       failures=str(sum(not g.ok for g in gates)),
                       skipped=str(sum(bool(g.skipped) for g in gates)), time=f"{seconds:.3f}")
     for g in gates:
         case = ET.SubElement(root, "testcase", classname=xml_text(g.subject),
-                             name=gate_name(g.gate, g.figure))
+                             name=xml_text(gate_name(g.gate, g.figure)))
         numbers = ", ".join(f"{k} {v:.6g}" for k, v in (("actual", g.actual), ("limit", g.limit),
                                                          ("baseline", g.baseline)) if v is not None)
         if g.skipped:
@@ -110,5 +114,22 @@ def junit_xml(suite: str, gates: list[Gate], seconds: float) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
-def write_junit(path: Path, suite: str, gates: list[Gate], seconds: float) -> None:
-    write_bytes_atomic(path, junit_xml(suite, gates, seconds), kind=JUNIT_XML)
+def write_together(files: Sequence[tuple[Path, bytes, OutputKind]]) -> None:
+    """Each file written to a temporary beside it, and only once all are written, each renamed
+    into place: a run's report, JUnit and results replace the last run's together, or (a
+    failure on the way) none of them does."""
+    with contextlib.ExitStack() as stack:
+        temporaries = [stack.enter_context(atomic_path(path, kind=kind)) for path, _, kind in files]
+        for tmp, (_, data, _) in zip(temporaries, files):
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+    # leaving the stack renamed them (a rename that fails removes the temporaries not yet moved)
+
+
+def write_outputs(folder: Folder, report: bytes, junit: bytes, results: Mapping[str, Any]) -> None:
+    """``report.html``, ``junit.xml`` and ``results.json`` of one run, together."""
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    write_together([(folder.report, report, HTML_REPORT), (folder.junit, junit, JUNIT_XML),
+                    (folder.results, text.encode("utf-8"), JSON_FILE)])

@@ -3,26 +3,26 @@
 Everything that can be refused is refused before any work: the config (unknown keys, bad values,
 devices of no known form, a device that runs none of the exported formats), the output folder and
 every file in it, and the history database (corrupt, newer, unreachable). Then the phases run
-(each reusing what is cached), every figure is judged, the run is recorded in the history, and
-``report.html``, ``junit.xml`` and ``results.json`` are written.
+(each reusing what is cached), every figure is judged, and the run is recorded in the history in the
+transaction that writes ``report.html``, ``junit.xml`` and ``results.json`` (together: all three
+or none, and no run recorded without them).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from dccore.errors import UsageError
-from dccore.outputs import JSON_FILE, write_json_atomic
+from dccore.outputs import JSON_FILE
 
 from . import _work
 from ._config import QualifyConfig
 from ._figures import (artifact_figures, device_figures, device_gates, device_info, export_gates,
                        metric_figures, metric_gate_if_missing)
 from ._gates import Gate, budget_gates, regression_gates, verdict
-from ._outputs import Folder, write_junit
+from ._outputs import Folder, junit_xml, write_outputs
 from ._provenance import git_revision, host_name
 from .history import ArtifactRow, History, RunRecord, open_history
 from .history._store import now
@@ -121,7 +121,7 @@ def _qualify(config: QualifyConfig, folder: Folder, plan: _work.Plan, history: H
                               config.budgets.regression, previous[0] if previous else None)
     ok, line = verdict(gates)
 
-    # -- record, then write the files -------------------------------------------------------------
+    # -- record, and write the files --------------------------------------------------------------
     results: dict[str, Any] = {
         "kind": "deepcompress-qualify", "ok": ok, "verdict": line, "name": config.name,
         "config": config.to_dict(), "history": history.where,
@@ -152,16 +152,17 @@ def _qualify(config: QualifyConfig, folder: Folder, plan: _work.Plan, history: H
                     artifacts=[ArtifactRow(n, str(e.path), e.sha256, e.bytes, e.zipped_bytes)
                                for n, e in exports.artifacts.items()],
                     figures=figures, gates=gates)
-    run_id = history.record(run)
-    results["run_id"] = run_id
+    from ._report import qualify_page
 
-    t_report = time.perf_counter()
-    from ._report import qualify_report
-
-    qualify_report(folder.report, results, compressed, history, config.name)
-    phases["report"] = time.perf_counter() - t_report
-    phases["total"] = time.perf_counter() - t0
-    write_junit(folder.junit, f"deepcompress.qualify.{config.name}", gates, phases["total"])
-    write_json_atomic(folder.results, json.loads(json.dumps(results, default=str)), kind=JSON_FILE)
+    # the run is committed only once its three files are in place: a report that fails records
+    # nothing and leaves the last run's files as they were
+    with history.recording(run) as (run_id, recorded):
+        results["run_id"] = run_id
+        t_report = time.perf_counter()
+        page = qualify_page(results, compressed, recorded, config.name)
+        phases["report"] = time.perf_counter() - t_report
+        phases["total"] = time.perf_counter() - t0
+        write_outputs(folder, page, junit_xml(f"deepcompress.qualify.{config.name}", gates,
+                                              phases["total"]), results)
     return QualifyResult(ok, line, run_id, results, gates)
 

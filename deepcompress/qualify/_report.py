@@ -10,11 +10,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from dccore.outputs import write_bytes_atomic
-
 from . import _plots
 from ._gates import FIGURES, fmt_value
-from ._outputs import HTML_REPORT, gate_name
+from ._outputs import gate_name
 
 TREND_FIGURES = ("latency_p50_ms", "size_bytes", "metric")
 TREND_RUNS = 60
@@ -145,8 +143,8 @@ def trend_panels(series: Sequence[Mapping[str, Any]], label: Any, *,
 
 # ----------------------------------------------------------------------------------------------
 
-def qualify_report(path: Path, results: Mapping[str, Any], compressed: Any, history: Any,
-                   name: str) -> None:
+def qualify_page(results: Mapping[str, Any], compressed: Any, history: Any, name: str) -> bytes:
+    """The qualification's page (written with its JUnit and results by ``write_outputs``)."""
     report = compressed.report
     from ._metric import Metric
 
@@ -182,11 +180,11 @@ def qualify_report(path: Path, results: Mapping[str, Any], compressed: Any, hist
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in results["phases"].items())
     meta = (f"run {results['run_id']} · git {_short(results['git_revision'])} · recipe "
             f"{str(results['recipe_sha256'])[:12]} · {results['host']} · {phases}")
-    write_bytes_atomic(path, _page(f"deepcompress qualify: {name}", results["ok"],
-                                   results["verdict"], body, meta), kind=HTML_REPORT)
+    return _page(f"deepcompress qualify: {name}", results["ok"], results["verdict"], body, meta)
 
 
-def nightly_report(path: Path, summary: Mapping[str, Any], history: Any) -> None:
+def nightly_page(summary: Mapping[str, Any], history: Any) -> bytes:
+    """The night's page (written with its JUnit and results by ``write_outputs``)."""
     matrix, night = summary["matrix"], summary["night"]
     runs = history.runs(kind="nightly", name=matrix, night=night, limit=None)
     gates = []
@@ -215,10 +213,8 @@ def nightly_report(path: Path, summary: Mapping[str, Any], history: Any) -> None
             body.append(_img(_plots.trend_plot(f"{model} on {slot}", panels),
                              f"{model} on {slot}: each night's figure; dashed: the rolling "
                              "baseline's threshold; red: flagged"))
-    write_bytes_atomic(path, _page(f"deepcompress nightly: {matrix} {night}", summary["ok"],
-                                   summary["verdict"], body,
-                                   f"history {summary['history']} · git "
-                                   f"{_short(summary['git_revision'])}"), kind=HTML_REPORT)
+    return _page(f"deepcompress nightly: {matrix} {night}", summary["ok"], summary["verdict"],
+                 body, f"history {summary['history']} · git {_short(summary['git_revision'])}")
 
 
 def _short(revision: str) -> str:

@@ -333,7 +333,12 @@ def open_history(db: str | os.PathLike[str]) -> "History":
             head = _migrate(engine, where)
         except sa.exc.DatabaseError as exc:
             engine.dispose()
-            raise _corrupt(where, str(exc.orig).strip() or type(exc.orig).__name__) from None
+            reason = str(exc.orig).strip() or type(exc.orig).__name__
+            if "readonly" in reason or "unable to open" in reason:   # not damage: permissions
+                raise HistoryError(f"history DB {where} cannot be written ({reason}); check the "
+                                   "permissions of the file and its folder, or name another "
+                                   "--db") from None
+            raise _corrupt(where, reason) from None
         except HistoryError:
             engine.dispose()
             raise
@@ -355,8 +360,27 @@ def open_history(db: str | os.PathLike[str]) -> "History":
 class History:
     """One history database. Safe to share between threads (each call takes a connection)."""
 
-    def __init__(self, engine: Engine, where: str, revision: str) -> None:
+    def __init__(self, engine: Engine, where: str, revision: str,
+                 conn: Connection | None = None) -> None:
         self.engine, self.where, self.revision = engine, where, revision
+        self._conn = conn   # set: every read goes through this (open) transaction
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        if self._conn is not None:
+            yield self._conn
+        else:
+            with self.engine.connect() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def recording(self, run: RunRecord) -> Iterator[tuple[int, "History"]]:
+        """Record ``run`` in a transaction that commits when the block ends and rolls back if
+        it fails: what the block does with the run (writing its report) happens before anyone
+        reads the run as recorded, or the run is not recorded. Yields the run's id and a view of
+        the history that reads through that transaction (so it sees the run)."""
+        with writing(self.engine) as conn:
+            yield self.record(run, conn=conn), History(self.engine, self.where, self.revision, conn)
 
     @property
     def dialect(self) -> str:
@@ -439,12 +463,12 @@ class History:
                 q = q.where(s.runs.c[column] == value)
         if limit:
             q = q.limit(limit)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [_run_dict(row) for row in conn.execute(q).mappings()]
 
     def run(self, run_id: int) -> dict[str, Any] | None:
         """One run with its artifacts, figures (``metrics``), gates and devices."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(sa.select(s.runs).where(s.runs.c.id == run_id)).mappings().first()
             if row is None:
                 return None
@@ -470,7 +494,7 @@ class History:
         elif ref != "latest":
             raise HistoryError(f"run {_short_name(ref, 30)!r}: give a run id (see 'deepcompress "
                                "history'), latest or latest-passing")
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             found = conn.execute(q).scalar()
         if found is None:
             raise HistoryError(f"run {ref!r}: the history {self.where} has no such run")
@@ -485,7 +509,7 @@ class History:
              .order_by(s.runs.c.id.desc()).limit(1))
         if model is not None:
             q = q.where(s.runs.c.model == model)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             run_id = conn.execute(q).scalar()
             if run_id is None:
                 return None
@@ -508,7 +532,7 @@ class History:
             q = q.where(m.c[column].is_(None) if value is None else m.c[column] == value)
         if figure.fingerprint is not None:
             q = q.where(m.c.device_fingerprint == figure.fingerprint)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [float(v) for v in conn.execute(q).scalars()]
 
     def series(self, *, kind: str, name: str, model: str | None = None,
@@ -518,7 +542,7 @@ class History:
         if not runs:
             return []
         ids = [run["id"] for run in runs]
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             figures = conn.execute(sa.select(s.metrics).where(s.metrics.c.run_id.in_(ids))).mappings().all()
             gates = conn.execute(sa.select(s.gates).where(s.gates.c.run_id.in_(ids))).mappings().all()
         by_run: dict[int, dict[str, list]] = {i: {"metrics": [], "gates": []} for i in ids}
@@ -529,7 +553,7 @@ class History:
         return [{**run, **by_run[run["id"]]} for run in runs]
 
     def counts(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
                     for t in (s.runs, s.devices, s.artifacts, s.metrics, s.gates, s.cells)}
 
@@ -615,7 +639,7 @@ class History:
 
     def cells(self, matrix: str, night: str) -> list[dict[str, Any]]:
         c = s.cells
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [dict(r) for r in conn.execute(
                 sa.select(c).where(c.c.matrix == matrix, c.c.night == night)
                 .order_by(c.c.model, c.c.device)).mappings()]
