@@ -14,9 +14,10 @@ coremltools is imported only when one of these runs.
 """
 from ._convert import (DEFAULT_METHOD, DEFAULT_PRECISION, DEFAULT_TARGET, METHODS, PRECISIONS,
                        TARGETS, CoreMLExport, LayerPlan, export_coreml, plan_layer)
-from ._exporter import CoreMLExporter, CoreMLOptions
-from ._verify import CoreMLCheck, LayerCheck, coreml_outputs, verify_coreml
+from ._exporter import CoreMLExporter, CoreMLOptions, decoded_model
+from ._verify import CoreMLCheck, LayerCheck, coreml_outputs, package_weights, verify_coreml
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_PRECISION", "DEFAULT_TARGET", "METHODS", "PRECISIONS",
            "TARGETS", "CoreMLCheck", "CoreMLExport", "CoreMLExporter", "CoreMLOptions", "LayerCheck",
-           "LayerPlan", "coreml_outputs", "export_coreml", "plan_layer", "verify_coreml"]
+           "LayerPlan", "coreml_outputs", "decoded_model", "export_coreml", "package_weights",
+           "plan_layer", "verify_coreml"]

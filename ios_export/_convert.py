@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -60,7 +59,6 @@ TARGETS = ("iOS16", "iOS17", "iOS18")
 PRECISIONS = ("fp16", "fp32")
 METHODS = ("auto", "joint", "sparse", "palettize", "none")
 DEFAULT_TARGET, DEFAULT_PRECISION, DEFAULT_METHOD = "iOS18", "fp16", "auto"
-METADATA_KEY = "com.deepcompress.layers"
 # Index widths Core ML's LUT ops accept: iOS16's constexpr_lut_to_dense has no 3-bit LUT.
 _NO3 = tuple(b for b in COREML_LUT_BITS if b != 3)
 _NBITS = {"iOS16": _NO3, "iOS17": _NO3, "iOS18": COREML_LUT_BITS}
@@ -467,6 +465,59 @@ def _padded(model: nn.Module, plans: Mapping[str, LayerPlan]) -> nn.Module:
     return model
 
 
+def _short_names(ct: Any, mlmodel: Any) -> Any:
+    """The same program with every internal variable and op named ``a``, ``b``, ... ``aa``, ...
+    (the model's inputs and outputs keep theirs). The converter's names ("fc1_weight_to_fp16_
+    sparsified_nonzero_data_0_palettized_0", each written where it is defined and where it is
+    read) are a third of a small package's program. Renamed in the spec, where every reference
+    is a name; the verifier's loader rebuilds the program from it, so a dangling one fails there.
+    """
+    spec = mlmodel.get_spec()
+    if spec.WhichOneof("Type") != "mlProgram" or list(spec.mlProgram.functions) != ["main"]:
+        return mlmodel
+    main = spec.mlProgram.functions["main"]
+    keep = {i.name for i in main.inputs}
+    blocks = list(main.block_specializations.values())
+    names: dict[str, str] = {}
+
+    def short(i: int) -> str:
+        letters = ""
+        while True:
+            letters = chr(ord("a") + i % 26) + letters
+            i = i // 26 - 1
+            if i < 0:
+                return letters
+
+    def collect(block: Any) -> None:
+        keep.update(block.outputs)
+        for op in block.operations:
+            for var in op.outputs:
+                if var.name not in keep and var.name not in names:
+                    names[var.name] = short(len(names))
+            for inner in op.blocks:
+                collect(inner)
+
+    def rename(block: Any) -> None:
+        for op in block.operations:
+            for var in op.outputs:
+                var.name = names.get(var.name, var.name)
+            for argument in op.inputs.values():
+                for binding in argument.arguments:
+                    if binding.HasField("name"):
+                        binding.name = names.get(binding.name, binding.name)
+            if "name" in op.attributes and op.outputs:
+                op.attributes["name"].immediateValue.tensor.strings.values[0] = op.outputs[0].name
+            for inner in op.blocks:
+                rename(inner)
+
+    for block in blocks:
+        collect(block)
+    for block in blocks:
+        block.outputs[:] = [names.get(n, n) for n in block.outputs]
+        rename(block)
+    return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
+
+
 def _save(mlmodel: Any, out: Path) -> None:
     with atomic_path(out, suffix=".tmp.mlpackage", kind=MLPACKAGE) as tmp, quiet():  # the suffix: coremltools
         mlmodel.save(str(tmp))
@@ -525,9 +576,9 @@ def export_coreml(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
         consumers = {n: _consumer(op) for n, op in consts.items()}
         mlmodel = _compress(mlmodel, target, plans, consumers, consts)
         _check_chains(mlmodel._mil_program, plans, consumers)
+    with quiet():
+        mlmodel = _short_names(ct, mlmodel)
     mlmodel.short_description = (f"{type(model).__name__} exported by deepcompress "
                                  f"({'dense' if not plans else 'compressed'}, {precision}, {target})")
-    mlmodel.user_defined_metadata[METADATA_KEY] = json.dumps(
-        {n: p.method for n, p in plans.items()}, sort_keys=True)
     _save(mlmodel, out)
     return CoreMLExport(out, target, precision, plans, skipped)

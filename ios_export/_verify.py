@@ -226,6 +226,12 @@ def decoded_weights(program: Any) -> list[_Weight]:
     return list(read.values())
 
 
+def package_weights(package: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every weight tensor (rank >= 2) a compute op of ``package`` reads, decoded, by the name of
+    the variable the op reads (for packages made by any tool: coremltools' own palettizer too)."""
+    return {w.var: w.value for w in decoded_weights(load_program(package))}
+
+
 def _padded_table(w: _Weight, ours: np.ndarray) -> bool:
     """``w`` is ``ours`` with rows appended that nothing can read: only gathers read it."""
     return (w.readers == {"gather"} and w.value.ndim == ours.ndim >= 2

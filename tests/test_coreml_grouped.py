@@ -125,6 +125,7 @@ def test_a_width_core_ml_lacks_is_padded_and_said(tmp_path):
 def test_validation_scores_the_task_metric_through_the_decoded_weights(tmp_path):
     from ios_export import CoreMLExporter, CoreMLOptions
 
+    torch.manual_seed(0)
     model = Encoder().eval()
     with torch.no_grad():
         model.fc.weight.copy_(grouped(32, 16, 8, 4, seed=2))
@@ -137,5 +138,6 @@ def test_validation_scores_the_task_metric_through_the_decoded_weights(tmp_path)
     check = exporter.validate(report, model, ids, accuracy_scorer(labels))
     decoded = check.checks["decoded"]
     assert decoded["examples"] == 20 and decoded["torch_accuracy"] == pytest.approx(0.75)
-    assert decoded["ok"] and abs(decoded["accuracy"] - 0.75) <= 0.05
+    # the decoded weights are ours in fp16: at most a near tie may flip
+    assert abs(decoded["accuracy"] - 0.75) <= 0.05 and decoded["agreement"] >= 0.95
     assert exporter.baselines(CoreMLOptions()).keys() == {"dense fp32", "dense fp16"}
