@@ -144,6 +144,7 @@ class Workbench:
         state = load_state_dict_file(baseline_folder / "checkpoints" / f"{BASELINE}.pt")
         bench = cls(recipe, task, data.train.subset(train_examples), data.val, state, 0.0,
                     progress, log)
+        task.bind(bench.fresh_model())     # the leading metric, decided as the pipeline does
         bench.baseline_metric = bench.evaluate(bench.fresh_model())
         return bench
 
