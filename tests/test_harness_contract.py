@@ -1,7 +1,7 @@
 """The Device contract, written once and run for every backend this machine can reach:
 arguments arrive intact however hostile, exit codes and timeouts become DeviceError, files
-round-trip. Backends: host, the iOS simulator (through fake_xcrun) and, when its code is
-present, the emulated Android device."""
+round-trip. Backends: host, the iOS simulator (through fake_xcrun), the emulated Android device,
+and a real phone when DEEPCOMPRESS_PHONE names one (skipped with the reason otherwise)."""
 from __future__ import annotations
 
 import posixpath
@@ -43,8 +43,17 @@ def _emulator(tmp_path, monkeypatch):
     return device
 
 
+def _phone(tmp_path, monkeypatch):
+    from phone import phone_spec
+
+    from device_harness._adb import AdbDevice
+
+    return AdbDevice.connect(phone_spec(), timeout_s=30)
+
+
 BACKENDS = {"host": _host, "simctl": _simctl,
-            "emulator": pytest.param(_emulator, marks=pytest.mark.emulator)}
+            "emulator": pytest.param(_emulator, marks=pytest.mark.emulator),
+            "phone": pytest.param(_phone, marks=pytest.mark.phone)}
 
 
 @pytest.fixture(params=list(BACKENDS.values()), ids=list(BACKENDS))
