@@ -105,6 +105,15 @@ class OneOf(Check):
         return value
 
 
+class Flag(Check):
+    """true or false."""
+
+    def __call__(self, path: str, value: Any, owner: type) -> bool:
+        if not isinstance(value, bool):
+            raise fail(path, "true or false", value)
+        return value
+
+
 class Text(Check):
     def __call__(self, path: str, value: Any, owner: type) -> str:
         if not isinstance(value, str) or not value:

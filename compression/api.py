@@ -104,7 +104,9 @@ class Compressor:
         if self.state is not None:
             raise RuntimeError("prepare() was called already")
         self.state = CompressionState.for_model(self.model)
-        self.recipe.check_against_model({n: l.type_name for n, l in self.state.layers.items()})
+        for note in self.recipe.check_against_model(
+                {n: l.type_name for n, l in self.state.layers.items()}):
+            self.log(note)
         trains = [c for c in self.recipe.stages if STAGES.get(c.KIND).phase == "train"]
         needs_steps = any(_epochs(c) > 0 for c in trains)
         if needs_steps and not steps_per_epoch:

@@ -112,7 +112,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
     model = build_model(recipe.model.name, recipe.model.kwargs)
     state = CompressionState.for_model(model)
     layer_types = {name: layer.type_name for name, layer in state.layers.items()}
-    recipe.check_against_model(layer_types)       # before any training starts
+    for note in recipe.check_against_model(layer_types):   # before any training starts
+        log(note)
     start = 0 if resume_from is None else _resume_index(recipe, resume_from)
     if resume_from is not None:                   # start > 0 only when resuming
         saved_path = out / "recipe.json"

@@ -29,6 +29,7 @@ from ._config import (Check, Config, FreeTable, Int, Num, OneOf, Section, Shape,
                       setting)
 from .tasks import TaskConfig, TaskSection, default_task_config
 from .stages import StageConfig, StageList, check_order
+from .targets import ExportConfig, check_targets
 
 # The checkout's recipes/ (editable installs), else where a wheel puts them (pyproject data-files).
 RECIPES_DIR = next((d for d in (Path(__file__).resolve().parent.parent / "recipes",
@@ -134,6 +135,10 @@ class Recipe(Config):
     # image classification, is not written out, so older recipes keep their hash
     task: TaskConfig = setting(check=TaskSection(), factory=default_task_config,
                                omit=lambda t: t == default_task_config())
+    # the artifact formats it is for: each layer's codebook width is checked against what they
+    # store before any work (compression/targets.py); none by default, and then not written out
+    export: ExportConfig = setting(check=Section(ExportConfig), factory=ExportConfig,
+                                   omit=lambda e: e == ExportConfig())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "", name: str | None = None) -> "Recipe":
@@ -155,11 +160,14 @@ class Recipe(Config):
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
-    def check_against_model(self, layer_types: dict[str, str]) -> None:
-        """Reject by_name overrides that match none of the model's compressible layers."""
+    def check_against_model(self, layer_types: dict[str, str]) -> list[str]:
+        """Reject by_name overrides that match none of the model's compressible layers, and
+        codebook widths the ``[export] targets`` do not store; returns the notes on the widths
+        padded (``pad_bits``), for the run to print."""
         names = list(layer_types)
         for i, stage in enumerate(self.stages):
             stage.check_layer_names(names, f"stages[{i}]")
+        return check_targets(self.export, self.stages, layer_types)
 
     def stage_index(self, name: str) -> int:
         for i, s in enumerate(self.stages):

@@ -19,8 +19,7 @@ from typing import Any, ClassVar, Iterable, Mapping
 from dccore.errors import RecipeError
 from dccore.formats import TARGET_BITS
 
-from ._config import Check, Config, fail, setting
-from .stages.transfer import Flag
+from ._config import Check, Config, Flag, fail, setting
 
 
 class Targets(Check):

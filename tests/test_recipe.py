@@ -146,6 +146,9 @@ def _sample(check, default):
         return {"width": 8, "nested": {"a": [1, 2]}}
     if isinstance(default, bool):       # a true/false switch (projection's)
         return not default
+    from compression.targets import Targets
+    if isinstance(check, Targets):
+        return ["coreml"]
     return None
 
 

@@ -45,3 +45,23 @@ def test_bad_export_sections_are_refused(data, message):
     with pytest.raises(RecipeError) as err:
         ExportConfig.from_dict(data, "export")
     assert message in str(err.value)
+
+
+def test_a_run_is_refused_before_any_work(tmp_path):
+    from compression.pipeline import run_recipe
+
+    recipe = Recipe.from_dict({"export": {"targets": ["coreml"]},
+                               "stages": [{"kind": "prune", "sparsity": 0.5}, SHARE]})
+    out = tmp_path / "run"
+    with pytest.raises(RecipeError, match="layer fc2: 5-bit codebooks"):
+        run_recipe(recipe, out, data_root=str(tmp_path / "no-data"))
+    assert not out.exists()
+
+
+def test_the_section_round_trips_and_is_not_written_when_empty():
+    plain = Recipe.from_dict({"stages": [SHARE]})
+    assert "export" not in plain.to_dict()
+    declared = Recipe.from_dict({"export": {"targets": ["coreml"], "pad_bits": True},
+                                 "stages": [SHARE]})
+    assert declared.to_dict()["export"] == {"targets": ["coreml"], "pad_bits": True}
+    assert Recipe.from_dict(declared.to_dict()) == declared

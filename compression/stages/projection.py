@@ -24,14 +24,14 @@ from torch import nn
 
 from dccore.errors import ModelError, RecipeError
 
-from .._config import FreeTable, Int, Num, Text, setting
+from .._config import Flag, FreeTable, Int, Num, Text, setting
 from .._context import StageContext
 from .._train import make_optimizer
 from ..projection import describe, hyperplanes, projection_modules
 from ..models import build_model
 from ..tasks import model_outputs
 from ._base import Stage, StageConfig, register_stage
-from .transfer import Flag, describe_teacher, hand_over, load_model
+from .transfer import describe_teacher, hand_over, load_model
 
 
 @dataclass(frozen=True)

@@ -23,21 +23,12 @@ from torch import nn
 
 from dccore.errors import CheckpointError, RecipeError
 
-from .._config import Check, FreeTable, Int, Num, Text, fail, setting
+from .._config import FreeTable, Int, Num, Text, setting
 from .._context import StageContext
 from .._train import train
 from ..models import build_model, load_state_dict_file, load_weights
 from ..tasks import predict
 from ._base import Stage, StageConfig, register_stage
-
-
-class Flag(Check):
-    """true or false."""
-
-    def __call__(self, path: str, value: Any, owner: type) -> bool:
-        if not isinstance(value, bool):
-            raise fail(path, "true or false", value)
-        return value
 
 
 @dataclass(frozen=True)
