@@ -135,7 +135,10 @@ class Ui:
     def line(self, message: str) -> None:
         """One plain line with the elapsed time, for logs that are read later."""
         elapsed = time.monotonic() - self.started
-        print(f"[{elapsed:7.1f} s] {printable(message)}", file=sys.stderr, flush=True)
+        # one write per line: the heartbeat thread and the work print at once, and print()'s
+        # two writes (text, then newline) would interleave into broken lines
+        sys.stderr.write(f"[{elapsed:7.1f} s] {printable(message)}\n")
+        sys.stderr.flush()
 
     def progress(self, description: str, total: int) -> ProgressTask:
         if not self.enabled:
