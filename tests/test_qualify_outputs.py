@@ -117,3 +117,26 @@ def test_a_run_is_recorded_with_its_three_files_or_not_at_all(tmp_path, tiny_dcz
     assert not [p for p in out.iterdir() if ".dctmp-" in p.name]   # no temporary left
     with open_history(out / "history.sqlite") as h:
         assert len(h.runs()) == 1                           # and no run recorded without them
+
+
+def test_three_files_are_replaced_together_or_not_at_all(tmp_path):
+    from dccore.errors import UsageError
+    from dccore.outputs import JSON_FILE, JUNIT_XML
+    from deepcompress.qualify._outputs import HTML_REPORT, write_together
+
+    old = {"report.html": b"", "junit.xml": b"<?xml version='1.0'?><testsuite/>",
+           "results.json": b"{}"}
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "notes.txt").write_text("mine")
+    files = [(tmp_path / "report.html", b"<html>new</html>", HTML_REPORT),
+             (tmp_path / "junit.xml", b"<?xml version='1.0'?><testsuite name='new'/>", JUNIT_XML),
+             (tmp_path / "notes.txt", b"{}", JSON_FILE)]          # not ours: refused
+    with pytest.raises(UsageError, match="notes.txt"):
+        write_together(files)
+    assert {n: (tmp_path / n).read_bytes() for n in old} == old     # none replaced
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*old, "notes.txt"])
+    write_together(files[:2] + [(tmp_path / "results.json", b'{"new": 1}', JSON_FILE)])
+    assert (tmp_path / "junit.xml").read_bytes().endswith(b"name='new'/>")
+    assert (tmp_path / "results.json").read_bytes() == b'{"new": 1}'
