@@ -1,0 +1,266 @@
+"""What ships on iOS, side by side in one run: our Core ML package of a compressed model against
+coremltools 9's own palettization of the same model's dense baseline, and the dense fp32 / fp16
+packages.
+
+    python bench/bench_shipping_coreml.py --run runs/lenet300 [--run runs/lenet5] --json out.json
+    PYTHONPATH=bench python bench/bench_shipping_coreml.py --minilm runs/minilm_post/model.dcz
+
+For every point: the package's bytes on disk, its zipped bytes (zipfile, deflate level 9, as in
+an IPA), and the task's metric through the weights decoded from the package on this OS (Core ML
+predictions need macOS): every weight tensor is read back from the saved package (our verifier's
+decoders, from the MIL spec's definitions of the constexpr ops) and loaded into the PyTorch model,
+the other tensors rounded to the package's fp16. LeNets: accuracy on the whole Fashion-MNIST test
+set. MiniLM: mean and minimum cosine of the sentence embeddings to the dense model's on the
+held-out sentences (bench/minilm.py's test split).
+
+coremltools points (``--ct``, comma-separated): ``kmeans4`` / ``kmeans6`` (one LUT per tensor),
+``kmeans4-g16`` / ``kmeans6-g16`` (a LUT per 16 output channels; a layer whose rows 16 does not
+divide stays dense, as coremltools leaves it), and on MiniLM ``emb4-lin6`` (4-bit embeddings, 6-bit
+Linear). coremltools' default ``weight_threshold`` (2048 elements) is kept: what a user gets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CT_POINTS = ("kmeans4", "kmeans6", "kmeans4-g16", "kmeans6-g16", "emb4-lin6")
+
+
+@dataclass
+class Case:
+    name: str
+    model: nn.Module                 # compressed, as the .dcz rebuilds it
+    dense: nn.Module                 # its dense baseline (what coremltools palettizes)
+    example: tuple[torch.Tensor, ...]
+    layers: dict                     # the .dcz's compressed layers (exporters.CompressedLayer)
+    dcz_bytes: int
+    metric: Callable[[nn.Module], dict[str, float]]
+
+
+# ---- cases --------------------------------------------------------------------------------------
+
+def lenet_case(run: Path) -> Case:
+    from compression.data import load_split
+    from compression.models import build_model
+    from deepcompress.commands.export import dcz_layers
+    from deepcompress.loading import model_from_dcz
+
+    model, dcz = model_from_dcz(run / "model.dcz")
+    dense = build_model(dcz.meta["model"]["name"], dcz.meta["model"].get("kwargs") or {})
+    saved = torch.load(run / "checkpoints" / "0_baseline.pt", map_location="cpu", weights_only=True)
+    dense.load_state_dict(saved["state_dict"])
+    test = load_split("test")
+    shape = dcz.meta["model"]["input_shape"]
+    images = test.images.reshape(len(test.images), *shape)
+
+    @torch.no_grad()
+    def accuracy(m: nn.Module) -> dict[str, float]:
+        m.eval()
+        logits = torch.cat([m(images[i:i + 1000]) for i in range(0, len(images), 1000)])
+        return {"accuracy": float((logits.argmax(1) == test.labels).float().mean())}
+
+    return Case(run.name, model.eval(), dense.eval(), (images[:1],), dcz_layers(model, dcz),
+                dcz.bytes, accuracy)
+
+
+def minilm_case(dcz_path: Path) -> Case:
+    import minilm
+    from bench_minilm import embed
+
+    from deepcompress.commands.export import dcz_layers
+    from deepcompress.loading import model_from_dcz
+
+    model, dcz = model_from_dcz(dcz_path, model="minilm:pretrained")
+    dense = minilm.pretrained().eval()
+    sentences = minilm.sentences("test")
+    reference = embed(dense, sentences)
+
+    def cosine(m: nn.Module) -> dict[str, float]:
+        got = embed(m, sentences)
+        cos = np.sum(got * reference, 1) / (np.linalg.norm(got, axis=1)
+                                            * np.linalg.norm(reference, axis=1))
+        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+
+    return Case("minilm", model.eval(), dense, minilm.tokenize(sentences[:1]),
+                dcz_layers(model, dcz), dcz.bytes, cosine)
+
+
+# ---- measuring a package through its decoded weights ---------------------------------------------
+
+def weight_vars(package: Path, model: nn.Module) -> dict[str, str]:
+    """Each weight tensor (rank >= 2) of ``model`` -> the variable of ``package`` (a dense fp16
+    export of it) that holds exactly its fp16 values: how a palettized copy's weights are found."""
+    from ios_export import package_weights
+
+    held = package_weights(package)
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.dim() < 2 or not tensor.is_floating_point():
+            continue
+        ours = tensor.detach().numpy().astype(np.float16)
+        hits = [v for v, w in held.items() if w.shape == ours.shape and np.array_equal(w, ours)]
+        if hits:
+            out[name] = sorted(hits, key=len)[0]
+    return out
+
+
+def through_package(case: Case, package: Path, base: nn.Module, names: dict[str, str]) -> dict:
+    """``base`` (the model the package was made from) with every weight the package holds, as
+    decoded from it; the metric on it."""
+    from ios_export import decoded_model, package_weights
+
+    held = package_weights(package)
+    decoded = {}
+    for name, var in names.items():
+        match = [v for v in held if v == var or v.startswith(var + "_")]
+        if len(match) != 1:
+            raise SystemExit(f"{package}: {len(match)} variables for {name} ({var})")
+        rows = base.state_dict()[name].shape[0]
+        decoded[name] = held[match[0]][:rows]
+    return case.metric(decoded_model(base, decoded))
+
+
+def sizes(path: Path) -> dict[str, int]:
+    from dccore.artifacts import artifact_size
+
+    size = artifact_size(path)
+    return {"bytes": size.bytes, "zipped_bytes": size.zipped_bytes}
+
+
+def ct_config(point: str) -> Any:
+    import coremltools.optimize.coreml as cto
+
+    def pal(bits: int, group: int | None = None) -> Any:
+        if group:
+            return cto.OpPalettizerConfig(mode="kmeans", nbits=bits, granularity="per_grouped_channel",
+                                          group_size=group)
+        return cto.OpPalettizerConfig(mode="kmeans", nbits=bits)
+
+    if point == "emb4-lin6":
+        return cto.OptimizationConfig(global_config=pal(6), op_type_configs={"gather": pal(4)})
+    bits = int(point.split("-")[0].removeprefix("kmeans"))
+    group = int(point.split("-g")[1]) if "-g" in point else None
+    return cto.OptimizationConfig(global_config=pal(bits, group))
+
+
+def bench(case: Case, work: Path, points: list[str]) -> list[dict]:
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    from ios_export import CoreMLExporter, CoreMLOptions, decoded_model, export_coreml
+    from exporters import quiet_backend
+
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def row(label: str, path: Path, seconds: float, figures: dict, **extra: Any) -> None:
+        r = {"model": case.name, "point": label, **sizes(path), "seconds": round(seconds, 1),
+             **figures, **extra}
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+
+    rows.append({"model": case.name, "point": ".dcz", "bytes": case.dcz_bytes,
+                 **case.metric(case.model)})
+    print(json.dumps(rows[-1]), flush=True)
+    for label, precision in (("dense fp32", "fp32"), ("dense fp16", "fp16")):
+        path = work / f"dense_{precision}.mlpackage"
+        shutil.rmtree(path, ignore_errors=True)
+        t = time.time()
+        export_coreml(case.dense, case.example, path, precision=precision, method="none")
+        row(label, path, time.time() - t, case.metric(case.dense) if precision == "fp32" else
+            through_package(case, path, case.dense, weight_vars(path, case.dense)))
+    dense16 = work / "dense_fp16.mlpackage"
+    names = weight_vars(dense16, case.dense)
+
+    # ours: the .dcz's model, each layer stored in the smallest exact form
+    path = work / "ours.mlpackage"
+    shutil.rmtree(path, ignore_errors=True)
+    exporter = CoreMLExporter()
+    t = time.time()
+    report = exporter.export(case.model, case.example, path, CoreMLOptions(), layers=case.layers)
+    seconds = time.time() - t
+    decoded = _decoded(path, case)
+    row("ours", path, seconds, case.metric(decoded_model(case.model, decoded)),
+        layers={n: {k: p[k] for k in ("method", "nbits", "luts", "group_size", "pad_rows",
+                                      "payload_bytes")} for n, p in report.layers.items()},
+        reasons={n: p["reason"] for n, p in report.layers.items()})
+
+    base = ct.models.MLModel(str(dense16), skip_model_load=True)
+    for point in points:
+        if point == "emb4-lin6" and not any(isinstance(m, nn.Embedding) for m in case.dense.modules()):
+            continue
+        path = work / f"ct_{point}.mlpackage"
+        shutil.rmtree(path, ignore_errors=True)
+        t = time.time()
+        with quiet_backend("coremltools"):   # its progress bars and warnings
+            palettized = cto.palettize_weights(base, ct_config(point))
+            palettized.save(str(path))
+        row(f"coremltools {point}", path, time.time() - t,
+            through_package(case, path, case.dense, names))
+    return rows
+
+
+def _decoded(path: Path, case: Case) -> dict[str, np.ndarray]:
+    """Our compressed layers as decoded from our package, each checked equal to the .dcz's."""
+    from ios_export import verify_coreml
+
+    state = case.model.state_dict()
+    check = verify_coreml(path, {n: state[n].numpy() for n in case.layers})
+    if not check.ok:
+        raise SystemExit(f"{path}: a weight read back from the package differs from ours, or is "
+                         "not stored compressed")
+    return check.weights
+
+
+def print_table(rows: list[dict]) -> None:
+    dense = {r["model"]: r["bytes"] for r in rows if r["point"] == "dense fp32"}
+    for r in rows:
+        metric = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith(("accuracy", "cosine")))
+        ratio = dense.get(r["model"], 0) / r["bytes"]
+        print(f"{r['model']:<10} {r['point']:<24} {r['bytes']:>12,} "
+              f"{r.get('zipped_bytes', 0):>12,} {ratio:7.2f}x  {metric}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", action="append", default=[], type=Path,
+                   help="a LeNet run folder (model.dcz, checkpoints/0_baseline.pt)")
+    p.add_argument("--minilm", type=Path, help="a MiniLM model.dcz (bench/recipes/minilm_*.toml)")
+    p.add_argument("--ct", default=",".join(CT_POINTS), help="coremltools points (see above)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench_shipping_coreml"))
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    points = [x for x in args.ct.split(",") if x]
+    unknown = set(points) - set(CT_POINTS)
+    if unknown:
+        p.error(f"--ct: unknown {sorted(unknown)}; choose from {CT_POINTS}")
+    cases = [lambda r=r: lenet_case(r) for r in args.run]
+    if args.minilm:
+        cases.append(lambda: minilm_case(args.minilm))
+    rows = []
+    for make in cases:
+        case = make()
+        rows += bench(case, args.work / case.name, points)
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
