@@ -269,3 +269,42 @@ def test_shrink_then_share_a_model_with_a_recurrent_layer(tagger_env):
         sys.modules.pop("tiny_shrinkable", None)
     assert result.model.fc1.out_features == 6
     assert result.state.layers["rnn.weight_hh_l0"].bits == 4
+
+
+def test_wanda_and_gptq_on_a_gate_matrix_read_its_own_inputs():
+    """weight_ih_l0's inputs are the model's features: with feature scales 100, 10, 1, 0.1 and
+    weights growing with the column (1, 2, 3, 4), magnitude keeps columns 2-3 of every gate row
+    and Wanda (scores 100, 20, 3, 0.4) keeps 0-1. GPTQ lowers the gate pre-activation error on
+    those inputs below plain nearest-centroid rounding."""
+    from compression.api import compress
+
+    def lstm():
+        torch.manual_seed(0)
+        m = nn.LSTM(4, 3, batch_first=True)
+        with torch.no_grad():
+            m.weight_ih_l0.copy_(torch.arange(1.0, 5.0).expand(12, 4))
+        return m
+
+    x = torch.randn(64, 6, 4) * torch.tensor([100.0, 10.0, 1.0, 0.1])
+    cut = {"kind": "prune", "sparsity": 0.5, "rounds": 1, "retrain_epochs": 0}
+    kept = {method: compress(lstm(), {"stages": [{**cut, "method": method}]}, calibration=(x,))
+            .state.layers["weight_ih_l0"].mask for method in ("magnitude", "wanda")}
+    assert kept["magnitude"][:, 2:].all() and not kept["magnitude"][:, :2].any()
+    assert kept["wanda"][:, :2].all() and not kept["wanda"][:, 2:].any()
+
+    torch.manual_seed(1)        # correlated features: what GPTQ's compensation works through
+    base = torch.randn(64, 6, 2)
+    x = torch.stack([base[..., 0], base[..., 0] + 0.05 * torch.randn(64, 6), base[..., 1],
+                     base[..., 1] + 0.05 * torch.randn(64, 6)], -1)
+
+    def gate_error(compensate: str) -> float:
+        model = nn.LSTM(4, 3, batch_first=True)
+        model.load_state_dict(dense)
+        comp = compress(model, {"stages": [{"kind": "share", "bits": 2, "init": "linear",
+                                            "compensate": compensate}]}, calibration=(x,))
+        w = comp.state.layers["weight_ih_l0"].weight.detach()
+        return float((x.reshape(-1, 4) @ (dense["weight_ih_l0"] - w).T).pow(2).sum())
+
+    torch.manual_seed(2)
+    dense = {k: v.clone() for k, v in nn.LSTM(4, 3, batch_first=True).state_dict().items()}
+    assert gate_error("gptq") < 0.9 * gate_error("none")
