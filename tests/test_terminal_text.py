@@ -52,3 +52,17 @@ def test_log_lines_show_names_as_text(capsys):
         ui.line(f"bench: {EVIL} done")
     err = capsys.readouterr().err
     assert no_controls(err) and "\\x1b[2J" in err
+
+
+def test_devices_show_a_devices_words_as_text(monkeypatch, capsys):
+    """A device names itself (ro.product.model over ADB): an ESC sequence there is shown."""
+    import device_harness
+    from device_harness._device import DeviceInfo
+    from device_harness._discover import Listing
+
+    info = DeviceInfo("adb", "127.0.0.1:5555", EVIL, "14\x1b[2J", "arm64-v8a", 8)
+    monkeypatch.setattr(device_harness, "discover",
+                        lambda *a, **k: [Listing("127.0.0.1:5555", info, f"note {EVIL}")])
+    assert main(["devices", "--no-probe"]) == 0
+    out = capsys.readouterr().out
+    assert no_controls(out) and "\\x1b]0;pwned" in out and "[bold]x[/bold]" in out

@@ -73,6 +73,9 @@ def _devices(args: argparse.Namespace) -> int:
         print(json.dumps([entry.to_dict() for entry in listings], indent=2))
         return 0
     from rich.table import Table
+    from rich.text import Text
+
+    from ..ui import printable
 
     table = Table(title="devices")
     for col in ("SPEC", "MODEL", "OS", "ABI", "CORES", "MAX FREQ (MHz)", "NOTE"):
@@ -80,9 +83,9 @@ def _devices(args: argparse.Namespace) -> int:
     for e in listings:
         i = e.info
         freqs = sorted(set(i.max_freq_khz), reverse=True) if i else []
-        table.add_row(e.spec, i.model if i else "", i.os_version if i else "", i.abi if i else "",
-                      str(i.cores) if i else "", " / ".join(str(f // 1000) for f in freqs) or "-",
-                      e.note)
+        cells = (e.spec, i.model if i else "", i.os_version if i else "", i.abi if i else "",
+                 str(i.cores) if i else "", " / ".join(str(f // 1000) for f in freqs) or "-", e.note)
+        table.add_row(*(Text(printable(c)) for c in cells))   # a device's words, shown as text
     _console().print(table)
     return 0
 
@@ -119,6 +122,8 @@ def _bench(args: argparse.Namespace) -> int:
     from device_harness import check_spec, open_device
     from device_harness.runners import BenchOptions, bench_many
 
+    from ..ui import printable
+
     specs = args.devices or ["host"]
     for spec in specs:  # a SPEC of no known form is a usage error, before any device is touched
         check_spec(spec)
@@ -135,7 +140,7 @@ def _bench(args: argparse.Namespace) -> int:
             print(json.dumps(result), flush=True)
         else:  # progress, on stderr; the reason of a failure comes once, with the results
             state = "ok" if result["ok"] else "failed (reason below the results)"
-            print(f"{_where(result)}: {state}", file=sys.stderr, flush=True)
+            print(printable(f"{_where(result)}: {state}"), file=sys.stderr, flush=True)
 
     # retries=0: bench_many reconnects (--retries times, with backoff) and counts the attempts;
     # a device reconnecting on its own too would multiply the attempts made behind that count.
@@ -170,6 +175,9 @@ def _fmt(value, digits: int = 4) -> str:
 
 def _print_table(results: list[dict]) -> None:
     from rich.table import Table
+    from rich.text import Text
+
+    from ..ui import printable
 
     table = Table(title="bench (latency in ms)")
     for col in ("ARTIFACT", "DEVICE", "RUNNER", "RUNS", "P50", "P90", "P99", "MEAN", "INIT",
@@ -183,7 +191,8 @@ def _print_table(results: list[dict]) -> None:
         name = Path(r["artifact"]).name
         lat, acc = r["latency_ms"], r.get("accuracy")
         push = f"{r['push']['bytes'] / 1024:.0f} KiB / {r['push']['seconds'] * 1000:.0f} ms"
-        table.add_row(name, device, r["runner"], str(r["runs"]), _fmt(lat["p50"]), _fmt(lat["p90"]),
+        table.add_row(Text(printable(name)), Text(printable(device)), Text(printable(r["runner"])),
+                      str(r["runs"]), _fmt(lat["p50"]), _fmt(lat["p90"]),
                       _fmt(lat["p99"]), _fmt(lat["mean"]), _fmt(r["init_ms"]),
                       _fmt(r["peak_memory_mb"], 3), push,
                       f"{acc['accuracy']:.4f}" if acc else "-")
@@ -191,5 +200,5 @@ def _print_table(results: list[dict]) -> None:
     if table.row_count:
         console.print(table)
     for r in failed:  # each once, whole: the text is the device's, never rich markup
-        console.print(f"FAILED {_where(r)}: {r['error']}", markup=False, highlight=False,
+        console.print(printable(f"FAILED {_where(r)}: {r['error']}"), markup=False, highlight=False,
                       soft_wrap=True, style="red")
