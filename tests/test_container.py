@@ -650,3 +650,30 @@ def test_pack_and_compressor_save_are_one_writer_with_the_same_options(tmp_path,
     assert api.coder in ("huffman", "ans")
     assert (tmp_path / "api.dcz").read_bytes() == out.read_bytes()
     assert set(load(out).meta) - {"format"} == {"model", "recipe_sha256"}   # minimal: no source
+
+
+def test_cli_pack_a_model_with_an_lstm(tmp_path, capsys, monkeypatch):
+    """pack reads each layer's weight by its state_dict key: a recurrent matrix is a layer named
+    by its own key (it failed looking up 'weight' in the LSTM module's state_dict)."""
+    torch.manual_seed(0)
+    model = lstm_model()
+    torch.save(model.state_dict(), tmp_path / "ckpt.pt")
+    out = tmp_path / "m.dcz"
+    assert cli_main(["pack", str(tmp_path / "ckpt.pt"), "--model", f"{__name__}:lstm_model",
+                     "--out", str(out), "--sparsity", "0.5", "--bits", "4", "--json"]) == 0
+    capsys.readouterr()
+    w = load(out).state_dict["rnn.weight_hh_l0"]
+    assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert torch.unique(w[w != 0]).numel() <= 16
+
+
+def lstm_model() -> torch.nn.Module:
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(6, 8, batch_first=True)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+    return Tagger()

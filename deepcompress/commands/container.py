@@ -113,7 +113,7 @@ def _pack(args: argparse.Namespace) -> int:
     settings = _layer_settings(args, list(layers))
     notes, cut, share = [], {}, {}
     for name, module in layers.items():
-        s, w = settings[name], module.state_dict()[weight_name("", module)]
+        s, w = settings[name], state[weight_name(name, module)]
         zeros = float((w == 0).float().mean())
         if s["sparsity"] is not None:
             if zeros >= s["sparsity"]:
