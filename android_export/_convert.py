@@ -14,7 +14,11 @@ each variant stores for a compressed layer, and so what carries the compression:
                      values exact.
 - ``sparse-float16`` the same with float16 values + DEQUANTIZE: pruning and fp16(codebook), exact
                      in fp16. The default: the smallest file that keeps our weights exactly (fp16).
-- ``sparse-int8``    CSR with int8 values + DEQUANTIZE: the smallest file; values as ``int8``.
+- ``sparse-int8``    CSR with int8 values + DEQUANTIZE; values as ``int8``.
+- ``auto``           the default: each compressed layer in the smallest form LiteRT runs that
+                     holds it exactly (int4 / int8 per channel, int4 in blocks of 32, sparse int8,
+                     float16, ...), chosen per layer with the reason; where none is exact (free
+                     k-means codebooks), the nearest int8 / int4 form, with its error (``_native``).
 
 Sparse storage is used for a weight only when it is smaller than the dense one (a dense layer,
 e.g. a barely pruned first conv, stays dense). Everything runs through the interpreter's ordinary
@@ -27,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -37,11 +41,13 @@ from torch import nn
 
 from dccore.errors import ExportError
 from dccore.outputs import TFLITE, check_output, write_bytes_atomic
-from exporters import CompressedLayer, as_inputs, select_layers, unsupported_op_error
+from exporters import (MAX_CODEBOOK, CompressedLayer, as_inputs, select_layers,
+                       unsupported_op_error)
 
 from . import _lsh
 from ._backend import quiet, require
 from ._flatbuffer import WeightSlot, sparsify, weight_slots
+from ._native import build_native
 
 VARIANTS: dict[str, str] = {
     "float32": "dense float32 weights (the uncompressed baseline)",
@@ -50,8 +56,9 @@ VARIANTS: dict[str, str] = {
     "sparse-float32": "sparse (CSR) float32 weights, densified at load",
     "sparse-float16": "sparse (CSR) float16 weights, densified and dequantized at load",
     "sparse-int8": "sparse (CSR) int8 weight-only weights, densified and dequantized at load",
+    "auto": "per layer, the smallest form LiteRT runs that holds it exactly (else the nearest)",
 }
-DEFAULT_VARIANT = "sparse-float16"
+DEFAULT_VARIANT = "auto"
 # how a ProjectionNet's hashing is stored (_lsh.py): the LSH_PROJECTION op, or its matrix
 PROJECTIONS = ("lsh", "matmul")
 
@@ -66,6 +73,9 @@ class LayerStorage:
     stored_bytes: int
     zeros_kept: bool            # every pruned weight is still exactly zero
     max_abs_diff: float         # stored (dequantized) vs ours; BatchNorm folding shows up here
+    exact: bool = False         # stored (dequantized in float32) == ours, bit for bit
+    form: str = ""              # ``auto``: the form chosen (_native.FORMS), and why
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,9 @@ def _quantize(content: bytes, precision: str) -> bytes:
 
 
 def build_variant(float32: bytes, variant: str) -> bytes:
+    if variant == "auto":
+        raise ExportError("the TFLite variant 'auto' is chosen per layer from the model's weights: "
+                          "use export_tflite")
     if variant not in VARIANTS:
         raise ExportError(f"TFLite variant {variant!r} is unknown; choose one of {sorted(VARIANTS)}")
     precision = variant.removeprefix("sparse-")
@@ -185,7 +198,8 @@ def describe_layers(content: bytes, model: nn.Module,
                     layers: Mapping[str, CompressedLayer]) -> dict[str, LayerStorage]:
     state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     matched = _match(layers, state, weight_slots(content))
-    return {n: LayerStorage(n, s.tensor, s.describe(), s.stored_bytes, kept, diff)
+    return {n: LayerStorage(n, s.tensor, s.describe(), s.stored_bytes, kept, diff,
+                            bool(np.array_equal(s.weight, state[n])))
             for n, (s, kept, diff) in matched.items()}
 
 
@@ -197,6 +211,35 @@ def _check_compressed(variant: str, storage: Mapping[str, LayerStorage]) -> None
         if not s.stored_as.endswith(want_dtype):
             raise ExportError(f"layer {name!r} is stored as {s.stored_as}, not {want_dtype}: the "
                               "quantizer skipped it")
+
+
+# what weight_slots reads back for each form of _native
+_STORED_AS = {"int4": "int4", "int8": "int8", "sparse-int8": "sparse int8", "int4-block32": "int4",
+              "float16": "float16", "sparse-float16": "sparse float16", "float32": "float32"}
+
+
+def _build_auto(float32: bytes, model: nn.Module, layers: Mapping[str, CompressedLayer]
+                ) -> tuple[bytes, dict[str, LayerStorage]]:
+    """The ``auto`` variant (``_native``), each layer's choice checked on the bytes written: a
+    layer chosen as exact must read back bit for bit equal to ours."""
+    state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    matched = _match(layers, state, weight_slots(float32))
+    bits = {n: info.bits if len(info.codebook) <= MAX_CODEBOOK else None
+            for n, info in layers.items()}
+    native = build_native(float32, bits, {slot.tensor: n for n, (slot, _, _) in matched.items()})
+    storage = describe_layers(native.content, model, layers)
+    by_layer = {n: native.choices[slot.tensor] for n, (slot, _, _) in matched.items()}
+    out = {}
+    for name, s in storage.items():
+        choice, converted = by_layer[name], matched[name][0].weight
+        if choice.exact and not s.exact and np.array_equal(converted, state[name]):
+            raise ExportError(f"layer {name!r}: stored as {choice.form}, which should hold it "
+                              f"exactly, but reads back {s.max_abs_diff:.3g} off; please report")
+        if s.stored_as != _STORED_AS[choice.form]:
+            raise ExportError(f"layer {name!r}: chosen as {choice.form} but stored as "
+                              f"{s.stored_as}; please report")
+        out[name] = replace(s, stored_as=choice.form, form=choice.form, why=choice.why)
+    return native.content, out
 
 
 def export_tflite(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -219,10 +262,13 @@ def export_tflite(model: nn.Module, example_inputs: torch.Tensor | Sequence[torc
     # a ProjectionNet's hashing as LSH_PROJECTION and its seeds, not a matrix (_lsh.py)
     if lsh:
         float32 = _lsh.rewrite(float32, model)
-    content = build_variant(float32, variant)
     selection = select_layers(model, inputs, layers)
-    storage = describe_layers(content, model, selection.layers)
-    if variant != "float32":
+    if variant == "auto":
+        content, storage = _build_auto(float32, model, selection.layers)
+    else:
+        content = build_variant(float32, variant)
+        storage = describe_layers(content, model, selection.layers)
+    if variant not in ("float32", "auto"):
         _check_compressed(variant, storage)
     write_bytes_atomic(out, content, kind=TFLITE)
     return TFLiteExport(out, variant, storage, selection.skipped)

@@ -24,8 +24,10 @@ from ._evaluate import tflite_outputs
 @dataclass(frozen=True)
 class TFLiteOptions:
     variant: str = option(DEFAULT_VARIANT, choices=tuple(VARIANTS),
-                          help=f"what the .tflite stores (default: {DEFAULT_VARIANT}, the smallest "
-                               "that keeps the weights exact in fp16)")
+                          help=f"what the .tflite stores (default: {DEFAULT_VARIANT}: per layer the "
+                               "smallest form LiteRT runs that holds the weights exactly, int4/int8 "
+                               "per channel or blockwise, sparse int8, float16; where none does, "
+                               "the nearest int8/int4, its error reported)")
 
     projection: str = option("lsh", choices=PROJECTIONS,
                              help="a ProjectionNet's hashing: 'lsh' (default) as the LSH_PROJECTION "
@@ -56,7 +58,7 @@ class TFLiteExporter(Exporter):
         result = export_tflite(model, example_inputs, out, variant=options.variant, layers=layers,
                                lsh=options.projection == "lsh")
         return ArtifactReport(self.name, result.path, dataclasses.asdict(options),
-                              options.variant, artifact_size(result.path),
+                              _stores(options.variant, result), artifact_size(result.path),
                               {n: dataclasses.asdict(s) for n, s in result.layers.items()},
                               result.skipped)
 
@@ -73,8 +75,22 @@ class TFLiteExporter(Exporter):
     def baseline(self, options: TFLiteOptions) -> TFLiteOptions:
         return dataclasses.replace(options, variant="float32")
 
+    def baselines(self, options: TFLiteOptions) -> dict[str, TFLiteOptions]:
+        return {"dense": self.baseline(options),
+                "float16": dataclasses.replace(options, variant="float16")}
+
     def variants(self) -> dict[str, Any]:
         return {v: TFLiteOptions(v) for v in VARIANTS}   # float32 (the dense baseline) first
+
+
+def _stores(variant: str, result: Any) -> str:
+    """For a table: the variant, and for ``auto`` the forms it chose ("auto: 2 int4, 1 int8")."""
+    if variant != "auto" or not result.layers:
+        return variant
+    forms: dict[str, int] = {}
+    for s in result.layers.values():
+        forms[s.form] = forms.get(s.form, 0) + 1
+    return "auto: " + ", ".join(f"{n} {f}" for f, n in sorted(forms.items(), key=lambda kv: -kv[1]))
 
 
 EXPORTERS.register(TFLiteExporter.name, TFLiteExporter())

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 
@@ -68,7 +68,7 @@ def _op_names(model: Any) -> list[str]:
 def _np_dtype(tensor_type: int) -> np.dtype:
     fb = _fb()
     table = {fb.TensorType.FLOAT32: np.float32, fb.TensorType.FLOAT16: np.float16,
-             fb.TensorType.INT8: np.int8}
+             fb.TensorType.INT8: np.int8, fb.TensorType.INT4: np.int8}
     if tensor_type not in table:
         raise ExportError(f"weight tensor of TFLite type {tensor_type} is not read back here")
     return np.dtype(table[tensor_type])
@@ -115,14 +115,42 @@ def _densify_csr(tensor: Any, values: np.ndarray) -> np.ndarray:
 
 
 def _has_scales(tensor: Any) -> bool:
-    return tensor.quantization is not None and tensor.quantization.scale is not None \
-        and len(tensor.quantization.scale) > 0
+    qp = tensor.quantization
+    return qp is not None and (qp.scale is not None and len(qp.scale) > 0
+                               or qp.details is not None)
 
 
-def _dequantize(tensor: Any, q: np.ndarray) -> np.ndarray:
+def _unpack_int4(data: bytes, count: int) -> np.ndarray:
+    """TFLite's packed INT4: two values a byte, the first in the low nibble, sign-extended."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    nibbles = np.empty(raw.size * 2, dtype=np.uint8)
+    nibbles[0::2], nibbles[1::2] = raw & 0x0F, raw >> 4
+    return ((nibbles[:count].astype(np.int16) ^ 8) - 8).astype(np.int8)
+
+
+def _stored_values(tensor: Any, data: bytes) -> np.ndarray:
+    """A constant's stored values (flat; an INT4 tensor's unpacked to int8)."""
+    if tensor.type == _fb().TensorType.INT4:
+        count = len(data) * 2
+        if tensor.sparsity is None:
+            count = math.prod(int(d) for d in tensor.shape)
+        return _unpack_int4(data, count)
+    return np.frombuffer(data, dtype=_np_dtype(tensor.type))
+
+
+def _dequantize(tensor: Any, q: np.ndarray, sg: Any = None, model: Any = None) -> np.ndarray:
+    """As TFLite's DEQUANTIZE computes it, in float32: per channel ``(q - zero) * scale``, or
+    blockwise (BlockwiseQuantization: one scale per block of the last axis, no zero point)."""
     qp = tensor.quantization
     if q.dtype != np.int8:
         return q.astype(np.float32)
+    if qp.details is not None and sg is not None and hasattr(qp.details, "blockSize"):
+        scales_tensor = sg.tensors[qp.details.scales]
+        scales = np.frombuffer(bytes(model.buffers[scales_tensor.buffer].data),
+                               dtype=_np_dtype(scales_tensor.type)).astype(np.float32)
+        block = int(qp.details.blockSize)
+        blocks = q.reshape(-1, block).astype(np.float32) * scales.reshape(-1, 1)
+        return blocks.reshape(q.shape)
     scale = np.asarray(qp.scale, dtype=np.float32)
     zero = np.asarray(qp.zeroPoint if qp.zeroPoint is not None else [0], dtype=np.float32)
     shape = [1] * q.ndim
@@ -170,8 +198,8 @@ def weight_slots(content: bytes) -> list[WeightSlot]:
         if data is None or len(data) == 0:
             continue   # a weight computed at run time: not a stored constant
         dtype = _np_dtype(tensor.type)
-        values = np.frombuffer(bytes(data), dtype=dtype)
-        stored = values.nbytes
+        values = _stored_values(tensor, bytes(data))
+        stored = len(data)
         if tensor.sparsity is not None:
             for dim in tensor.sparsity.dimMetadata:
                 if dim.arraySegments is not None:
@@ -180,10 +208,11 @@ def weight_slots(content: bytes) -> list[WeightSlot]:
             values = _densify_csr(tensor, values)
         else:
             values = values.reshape(tuple(int(d) for d in tensor.shape))
-        weight = _dequantize(quantized or tensor, values)
+        weight = _dequantize(quantized or tensor, values, sg, model)
         weight = weight if axes is None else weight.transpose(axes)
         name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
-        slots.append(WeightSlot(kind, name, dtype.name, tensor.sparsity is not None, int(stored),
+        dtype_name = "int4" if tensor.type == _fb().TensorType.INT4 else dtype.name
+        slots.append(WeightSlot(kind, name, dtype_name, tensor.sparsity is not None, int(stored),
                                 np.ascontiguousarray(weight)))
     return slots
 
@@ -221,8 +250,9 @@ def _sparse_bytes(sparsity: Any, values: np.ndarray) -> int:
             + len(csr.arrayIndices.values) * _vector_bytes(csr.arrayIndicesType))
 
 
-def sparsify(content: bytes) -> tuple[bytes, list[str]]:
-    """Store every constant weight of FC/conv/embedding ops sparse where that is smaller than dense.
+def sparsify(content: bytes, only: Collection[str] | None = None) -> tuple[bytes, list[str]]:
+    """Store every constant weight of FC/conv/embedding ops sparse where that is smaller than dense
+    (``only``: just the weight tensors of these names; int4 tensors stay dense: DENSIFY takes none).
 
     Returns the new flatbuffer and the names of the tensors made sparse.
     """
@@ -250,6 +280,9 @@ def sparsify(content: bytes) -> tuple[bytes, list[str]]:
         tensor = sg.tensors[index]
         buf = model.buffers[tensor.buffer]
         if tensor.sparsity is not None or buf.data is None or len(buf.data) == 0 or len(tensor.shape) < 2:
+            continue
+        name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+        if only is not None and name not in only or tensor.type == fb.TensorType.INT4:
             continue
         data = np.frombuffer(bytes(buf.data), dtype=_np_dtype(tensor.type)).reshape(
             tuple(int(d) for d in tensor.shape))

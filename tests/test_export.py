@@ -140,7 +140,8 @@ class TFLite(Backend):
         out = {}
         for name, ours in weights(model).items():
             slot = next(s for s in slots if s.weight.shape == ours.shape)
-            out[name] = slot.sparse and slot.dtype == "float16"
+            # the default ('auto'): an int form or sparse storage, per layer
+            out[name] = slot.sparse or slot.dtype in ("int8", "int4")
         return out
 
     def check_numbers(self, path, model, images):

@@ -147,7 +147,8 @@ def test_coreml_decodes_linear_and_embedding_codebooks_exactly(model, inputs, tm
 
 def test_tflite_stores_every_weight_in_the_variant(model, inputs, tmp_path):
     from android_export import export_tflite
-    result = export_tflite(model, first_example(inputs), tmp_path / "e.tflite")
+    result = export_tflite(model, first_example(inputs), tmp_path / "e.tflite",
+                           variant="sparse-float16")
     stored = {n: s.stored_as for n, s in result.layers.items()}
     # fp16 everywhere; CSR wherever it pays, except the embedding table, which XNNPACK reads
     # wrongly behind DENSIFY -> DEQUANTIZE (android_export._flatbuffer)

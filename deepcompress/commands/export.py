@@ -39,6 +39,12 @@ from exporters import (EXPORTERS, CompressedLayer, accuracy_scorer, compressed_l
                        cosine_scorer, export_and_validate, first_example, torch_outputs)
 
 
+# timed runs per artifact for the host p50: enough for a stable median of a small model
+LATENCY_RUNS = 50
+# formats whose artifact and baselines are scored and timed side by side on this machine
+MEASURED_BESIDE = ("tflite",)
+
+
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     formats = ", ".join(f"{e.label} (--{n})" for n, e in EXPORTERS.items())
     p.description = (f"Export a .dcz model to any of {formats} with the compression stored in "
@@ -69,6 +75,10 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
                    "the recipe's, then $DEEPCOMPRESS_DATA, then Fashion-MNIST)")
     p.add_argument("--limit", type=int, metavar="N",
                    help="validate on the first N examples (default: all of them)")
+    p.add_argument("--latency-runs", type=int, default=LATENCY_RUNS, metavar="N",
+                   help=f"TFLite: timed runs of the artifact and of its float32 and float16 "
+                        f"exports in the LiteRT interpreter on this machine (1 thread, XNNPACK), "
+                        f"for their p50 (default {LATENCY_RUNS}; 0: no timing)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -208,6 +218,8 @@ def main(args: argparse.Namespace) -> int:
     if not outputs:
         raise RecipeError("give " + " and/or ".join(f"--{n} OUT{e.suffix}"
                                                     for n, e in EXPORTERS.items()))
+    if args.latency_runs < 0:
+        raise RecipeError("--latency-runs must be 0 (no timing) or a number of runs")
     if args.limit is not None and args.limit <= 0:
         raise RecipeError("--limit must be a positive number of examples")
     if args.inputs and (args.data or args.input_shape):
@@ -239,6 +251,12 @@ def main(args: argparse.Namespace) -> int:
                                          options[name], examples.inputs, score, layers=layers,
                                          reference=reference)
         report[name] = result.to_dict()
+        if name in MEASURED_BESIDE:
+            with _status(console, f"{exporter.label}: its float32 and float16 exports, scored and timed"):
+                ours = result.validation.score.to_dict() if result.validation.score else {}
+                report[name]["beside"] = measure_beside(
+                    exporter, model, examples.inputs, path, options[name], ours, score,
+                    reference, args.latency_runs)
     ok = all(report[n]["ok"] for n in paths)
     report["ok"] = ok
     if args.json:
@@ -246,6 +264,40 @@ def main(args: argparse.Namespace) -> int:
     else:
         _print(console, report, list(paths))
     return 0 if ok else 1
+
+
+def host_p50_ms(path: Path, runs: int) -> float | None:
+    """The artifact's median latency in ms in the LiteRT interpreter on this machine (the
+    harness's host device: 1 thread, default delegates); None when not timed."""
+    if runs <= 0:
+        return None
+    import device_harness  # noqa: PLC0415
+    result = device_harness.bench(path, "host", runs=runs, warmup=min(10, runs), threads=1,
+                                  cooldown_max_s=0)
+    return float(result["latency_ms"]["p50"])
+
+
+def measure_beside(exporter: Any, model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path,
+                   options: Any, ours: dict, score: Any, reference: np.ndarray,
+                   runs: int) -> dict[str, Any]:
+    """The artifact beside the same model's uncompressed exports (``exporter.baselines``): bytes,
+    zipped bytes, the task's metric through each on every example, host p50. Keyed by label,
+    "ours" first (``ours``: the artifact's score, already measured)."""
+    from dccore.artifacts import artifact_size  # noqa: PLC0415
+    from dccore.outputs import temporary_folder  # noqa: PLC0415
+
+    def row(p: Path, figures: dict) -> dict[str, Any]:
+        return {**artifact_size(p).to_dict(), **figures, "host_p50_ms": host_p50_ms(p, runs)}
+
+    out = {"ours": row(path, ours)}
+    with temporary_folder() as tmp:
+        for i, (label, dense) in enumerate(exporter.baselines(exporter.options(options)).items()):
+            dense_path = Path(tmp) / f"beside{i}{exporter.suffix}"
+            exporter.export(model, first_example(inputs), dense_path, dense)
+            checked = exporter.validate(dense_path, model, inputs, score, reference=reference)
+            out[getattr(dense, "variant", label)] = row(
+                dense_path, checked.score.to_dict() if checked.score else {})
+    return out
 
 
 def _json_object(text: str | None, flag: str) -> dict | None:
@@ -285,6 +337,14 @@ def _score_line(s: dict) -> str:
             f"difference {s['max_abs_diff']:.2e}")
 
 
+def _beside_line(label: str, what: str, b: dict) -> str:
+    metric = (f"accuracy {100 * b['accuracy']:.2f}%" if "accuracy" in b
+              else f"mean cosine {b['mean_cosine']:.5f}" if "mean_cosine" in b else "not scored")
+    p50 = f"{b['host_p50_ms']:.3f} ms" if b.get("host_p50_ms") is not None else "not timed"
+    return (f"{label} {what}: {b['bytes']:,} bytes, {b['zipped_bytes']:,} zipped, {metric}, "
+            f"host p50 {p50}")
+
+
 def _print(console: Any, report: dict, formats: list[str]) -> None:
     from rich.table import Table  # noqa: PLC0415
 
@@ -308,6 +368,9 @@ def _print(console: Any, report: dict, formats: list[str]) -> None:
                   for what, size in r.get("baselines", {}).items()]
         lines += [f"{label} layer {n}: {chk['reason']}" for n, chk in r["layers"].items()
                   if chk.get("reason")]
+        lines += [f"{label} layer {n}: {chk['form']}{' (exact)' if chk.get('exact') else ''}: "
+                  f"{chk['why']}" for n, chk in r["layers"].items() if chk.get("why")]
+        lines += [_beside_line(label, what, b) for what, b in r.get("beside", {}).items()]
         decoded = r.get("decoded")
         if decoded is not None:
             lines.append(f"{label} through the decoded weights: {_score_line(decoded)}")
