@@ -102,8 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
+    from dccore.children import ending_on_sigterm
+
     try:
-        return int(module.main(args) or 0)
+        # SIGTERM (CI, `timeout`) ends the command's child processes and unwinds it as Ctrl-C
+        # does, exit 143; what a command killed by SIGKILL left is reaped first
+        with ending_on_sigterm(f"deepcompress {args.command}"):
+            return int(module.main(args) or 0)
     except DeepCompressError as exc:
         return _fail(args.command, exc, exc.exit_code, as_json)
     except KeyboardInterrupt:

@@ -11,10 +11,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from dccore import children
 from dccore.outputs import ANY_FILE, OutputKind, atomic_path
 from dccore.errors import DeviceError, UsageError
 
@@ -30,11 +30,12 @@ def run_local(argv: list[str], *, timeout_s: float, check: bool = True, env: dic
     """
     argv = [str(a) for a in argv]
     try:
-        # A session of its own, so a timeout ends the program *and* whatever it started.
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace", env=env,
-                                cwd=cwd, start_new_session=True)
+        # A session of its own, so a timeout (or SIGTERM: dccore.children) ends the program *and*
+        # whatever it started.
+        proc = children.spawn(argv, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, errors="replace", env=env,
+                              cwd=cwd)
     except FileNotFoundError as exc:
         if check:
             raise DeviceError(f"{argv[0]}: program not found", command=argv, returncode=127) from exc
@@ -49,9 +50,11 @@ def run_local(argv: list[str], *, timeout_s: float, check: bool = True, env: dic
         _kill_group(proc)
         raise DeviceError(f"{argv[0]} timed out after {timeout_s:g} s; raise --timeout if the "
                           "device is just slow", command=argv, transient=True) from exc
-    except BaseException:  # Ctrl-C included: leave nothing running behind us
+    except BaseException:  # Ctrl-C and SIGTERM included: leave nothing running behind us
         _kill_group(proc)
         raise
+    finally:
+        children.release(proc)   # SystemExit(143) if the command is being ended (SIGTERM)
     result = ShellResult(tuple(argv), proc.returncode, stdout)
     if check and proc.returncode != 0:
         said = (stderr or "") + stdout if not merge_stderr else stdout
@@ -153,7 +156,8 @@ class HostDevice(Device):
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
         self._own_workdir = workdir is None
-        self.workdir = str(workdir) if workdir else tempfile.mkdtemp(prefix="deepcompress-host-")
+        # marked with this process's pid: reaped by a later command if this one is killed
+        self.workdir = str(workdir) if workdir else children.temp_folder("host")
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
         self.python = sys.executable  # the interpreter that has ai_edge_litert, not whatever is on PATH
         self.info = host_info()
@@ -169,7 +173,7 @@ class HostDevice(Device):
 
     def close(self) -> None:
         if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            children.remove_folder(self.workdir)
 
 
 BACKENDS.register("host", Backend("host", lambda _argument, **_options: HostDevice()))

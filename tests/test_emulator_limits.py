@@ -4,8 +4,6 @@ setuid/setgid/sticky as adbd's (mode & 0777); a shell command over 128 KiB gets 
 from __future__ import annotations
 
 import json
-import os
-import resource
 import socket
 import stat
 import struct
@@ -21,19 +19,17 @@ from device_harness.emulator import _wire as w
 pytestmark = pytest.mark.emulator
 
 FLOOD = 300     # connections held open at once: more than the 256 descriptors the daemon has
-# The daemon under test in a child limited to 256 descriptors; argv[1]: max_connections
+# The daemon under test in a child limited to 256 descriptors (``ulimit -n 256``, set by the child
+# itself: a preexec_fn in this threaded test process could deadlock); argv[1]: max_connections
 # (0: the default, from the limit; a huge one lets the flood run the process out of descriptors).
 CHILD = """
-import json, sys, threading
+import json, resource, sys, threading
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 from device_harness import emulator
 handle = emulator.start(no_auth=True, max_connections=int(sys.argv[1]) or None)
 print(json.dumps({"port": handle.port}), flush=True)
 threading.Event().wait()
 """
-
-
-def _nofile_256() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
 
 def answers(port: int, timeout_s: float = 5.0) -> bool:
@@ -47,8 +43,7 @@ def answers(port: int, timeout_s: float = 5.0) -> bool:
 @pytest.mark.parametrize("max_connections", [0, 100_000], ids=["capped", "out-of-descriptors"])
 def test_flood_at_ulimit_256_keeps_answering(max_connections):
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(max_connections)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_nofile_256)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     flood: list[socket.socket] = []
     try:
         port = json.loads(proc.stdout.readline())["port"]

@@ -2,12 +2,12 @@
 compared with the labels and with the same artifact run on the host."""
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dccore import children
 from dccore.errors import DeviceError
 
 from .._device import Device
@@ -64,7 +64,7 @@ def tflite_accuracy(device: Device, python: str, model_local: Path, model_remote
                     data: EvalData, threads: int, timeout_s: float) -> dict:
     """Run ``data`` through the artifact on ``device`` and score it."""
     x, labels = data.inputs.astype(np.float32), data.labels.astype(np.int64)
-    with tempfile.TemporaryDirectory(prefix="deepcompress-eval-") as tmp:
+    with children.temporary_folder("eval") as tmp:   # reaped later if this process is killed
         batch = Path(tmp) / "eval_input.npy"
         np.save(batch, x, allow_pickle=False)
         remote_in = push_cached(device, batch, "eval_input", timeout_s=timeout_s)
