@@ -35,6 +35,9 @@ _lock = threading.RLock()
 _groups: set[int] = set()      # process groups (= leader pids) of the children running now
 _folders: set[str] = set()     # temporary folders made by this process, not yet removed
 _terminating = threading.Event()
+# The main thread is inside Popen: the SIGTERM handler (which runs in the main thread) must not
+# raise there, or the child just forked would escape; spawn ends it and raises instead.
+_main_spawning = False
 
 
 def _terminated() -> SystemExit:
@@ -48,11 +51,21 @@ def _terminated() -> SystemExit:
 def spawn(argv: list[str], **popen: Any) -> subprocess.Popen:
     """``subprocess.Popen(argv, **popen)`` in a session of its own, registered until
     ``release``; refused (SystemExit 143) once the command is being ended."""
-    with _lock, _sigterm_blocked():
+    global _main_spawning
+    main = threading.current_thread() is threading.main_thread()
+    with _lock:   # end_children waits for a start in another thread, then ends it too
         if _terminating.is_set():
             raise _terminated()
-        proc = subprocess.Popen(argv, start_new_session=True, **popen)
-        _groups.add(proc.pid)
+        _main_spawning = main
+        try:
+            proc = subprocess.Popen(argv, start_new_session=True, **popen)
+            _groups.add(proc.pid)
+        finally:
+            _main_spawning = False
+    if _terminating.is_set():   # SIGTERM arrived while this thread started it
+        _kill_group(proc.pid)
+        proc.wait()
+        release(proc)
     return proc
 
 
@@ -70,21 +83,12 @@ def end_children() -> None:
         _terminating.set()
         groups = list(_groups)
     for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)
+        _kill_group(group)
 
 
-@contextlib.contextmanager
-def _sigterm_blocked() -> Iterator[None]:
-    """No SIGTERM handler between the fork and the registration (this thread only)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+def _kill_group(group: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signal.SIGKILL)
 
 
 # -- temporary folders ----------------------------------------------------------------------------
@@ -220,7 +224,8 @@ def ending_on_sigterm(what: str) -> Iterator[None]:
         with contextlib.suppress(OSError):   # os.write: no lock a print may hold right now
             os.write(2, f"{what}: terminated (SIGTERM); its child processes were ended and its "
                         "temporary folders are removed\n".encode())
-        raise _terminated()
+        if not _main_spawning:
+            raise _terminated()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:

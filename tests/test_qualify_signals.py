@@ -83,6 +83,18 @@ def test_reap_ends_processes_still_running_from_a_dead_owners_folder(tmp_path):
                 proc.wait()
 
 
+def test_a_child_starts_in_its_own_group_with_no_signal_blocked():
+    """Its own process group (so the whole of it can be ended), and nothing of ours in its
+    signal mask (a runner that cannot be sent SIGTERM would have to be killed)."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
+    proc = children.spawn(["sh", "-c", "grep SigBlk /proc/self/status; ps -o pgid= -p $$"],
+                          stdout=subprocess.PIPE, text=True)
+    out = proc.communicate(timeout=30)[0].split()
+    children.release(proc)
+    assert int(out[1], 16) == 0 and int(out[2]) == proc.pid
+
+
 # -- SIGTERM and SIGKILL on a real qualify ---------------------------------------------------------
 QUALIFY = """
 name = "sig"
