@@ -94,3 +94,12 @@ class StageContext:
         if self.teacher is None:
             raise RuntimeError("no teacher: the pipeline did not provide the baseline")
         return self.teacher()
+
+    def teacher_model(self) -> torch.nn.Module | None:
+        """The teacher itself, when the task's loss reads its hidden states (``task.hidden``):
+        it runs beside the student on every batch. None otherwise."""
+        if self.task.hidden is None:
+            return None
+        if self.teacher is None or not hasattr(self.teacher, "model"):
+            raise RuntimeError("no teacher model: the pipeline did not provide the baseline")
+        return self.teacher.model()

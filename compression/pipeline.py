@@ -340,12 +340,17 @@ class _Teacher:
 
     def __call__(self, split: Examples) -> torch.Tensor:
         if id(split) not in self._cache:
-            if self._model is None:
-                self._model = build_model(self.recipe.model.name, self.recipe.model.kwargs)
-                load_checkpoint(_checkpoint_path(self.out, BASELINE), self._model,
-                                CompressionState.for_model(self._model))
-            self._cache[id(split)] = predict(self._model, split.inputs)
+            self._cache[id(split)] = predict(self.model(), split.inputs)
         return self._cache[id(split)]
+
+    def model(self) -> nn.Module:
+        """The teacher itself (in eval mode): the baseline, rebuilt from its checkpoint when
+        first asked, or the model a stage made the teacher."""
+        if self._model is None:
+            self._model = build_model(self.recipe.model.name, self.recipe.model.kwargs)
+            load_checkpoint(_checkpoint_path(self.out, BASELINE), self._model,
+                            CompressionState.for_model(self._model))
+        return self._model.eval()
 
 
 def _teacher(recipe: Recipe, out: Path) -> _Teacher:
@@ -364,6 +369,9 @@ class _StageTeacher:
 
     def use(self, model: nn.Module) -> None:
         self._teacher.use(model)
+
+    def model(self) -> nn.Module:
+        return self._teacher.model()
 
 
 def _latest_kwargs(kwargs: dict[str, Any], outputs: list[StageOutputs]) -> dict[str, Any]:

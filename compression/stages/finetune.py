@@ -52,7 +52,8 @@ def run(model: torch.nn.Module, config: FinetuneCentroidsConfig, ctx: StageConte
                             temperature=config.temperature)
     train(model, ctx.train, spec, ctx.task, params=params, after_backward=after_backward,
           after_step=after_step, generator=ctx.generator(303),
-          teacher_logits=ctx.teacher_logits(spec), progress=ctx.progress,
+          teacher_logits=ctx.teacher_logits(spec), teacher_model=ctx.teacher_model(),
+          progress=ctx.progress,
           description="fine-tune centroids")
     for name, centroids in shared.items():
         state.layers[name].centroids = centroids.detach().clone()

@@ -101,12 +101,14 @@ def run(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> None:
     spec = ctx.retrain_spec(config.retrain_epochs, config.lr, config.weight_decay,
                             config.distill, config.temperature)
     teacher = ctx.teacher_logits(spec) if config.retrain_epochs > 0 else None
+    teacher_model = ctx.teacher_model() if config.retrain_epochs > 0 else None  # hidden states
     generator = ctx.generator(101)
     history = []
     for r in range(config.rounds):
         cut_round(model, config, ctx, r, stds)
         train(model, ctx.train, spec, ctx.task, after_backward=ctx.state.mask_gradients,
               after_step=ctx.state.enforce, generator=generator, teacher_logits=teacher,
+              teacher_model=teacher_model,
               progress=ctx.progress,
               description=f"prune round {r + 1}/{config.rounds}")
         history.append({"round": r + 1, "sparsity": ctx.state.sparsity()})

@@ -123,6 +123,7 @@ def run(model: nn.Module, config: ShrinkConfig, ctx: StageContext) -> None:
     spec = ctx.retrain_spec(config.retrain_epochs, config.lr, config.weight_decay,
                             config.distill, config.temperature)
     teacher = ctx.teacher_logits(spec) if config.retrain_epochs > 0 else None
+    teacher_model = ctx.teacher_model() if config.retrain_epochs > 0 else None  # hidden states
     generator = ctx.generator(505)
     history = []
     for r in range(config.rounds):
@@ -135,6 +136,7 @@ def run(model: nn.Module, config: ShrinkConfig, ctx: StageContext) -> None:
         ctx.log(f"shrink round {r + 1}/{config.rounds}: {widths}")
         train(model, ctx.train, spec, ctx.task, after_backward=ctx.state.mask_gradients,
               after_step=ctx.state.enforce, generator=generator, teacher_logits=teacher,
+              teacher_model=teacher_model,
               progress=ctx.progress, description=f"shrink round {r + 1}/{config.rounds}")
         history.append({"round": r + 1, "widths": widths})
     modules = dict(model.named_modules())

@@ -79,6 +79,17 @@ class Examples:
 
 
 @dataclass(frozen=True)
+class HiddenTerm:
+    """A loss term on hidden states: the outputs of the modules ``patterns`` name (globs over
+    module names), the student's against the dense teacher's, counted at the positions where input
+    ``mask`` (an index into the inputs; None: every position) is non-zero, times ``weight``."""
+
+    weight: float
+    patterns: tuple[str, ...]
+    mask: int | None = None
+
+
+@dataclass(frozen=True)
 class TaskData:
     train: Examples
     val: Examples | None
@@ -124,6 +135,8 @@ class Task:
     needs_labels: bool = True           # False: the loss compares with the teacher only
     trains_baseline: bool = True        # False: the model as given is the baseline (a teacher)
     primary_reason: str = ""            # why ``primary`` leads, when the task chose it itself
+    student_mode: str = "train"         # the mode a model learns in ("eval": dropout off)
+    hidden: HiddenTerm | None = None    # a loss term on hidden states (needs a teacher model)
 
     def __init__(self, config: Any, *, seed: int = 0, data_root: str | None = None,
                  data: Any = None) -> None:

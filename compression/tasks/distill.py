@@ -14,7 +14,10 @@ encoder, a detector's head, a keyword spotter without its labels. Inputs come fr
 Loss: ``mse`` on the outputs, ``cosine`` (1 - cosine), or ``kl`` (softmax at ``temperature``,
 scaled by T²). Metrics against the teacher on the held-out examples: mean and minimum output
 cosine, relative error, top-1 (per position) and top-5 agreement, and for sequences the share of
-identical decoded sequences and their token error rate (``_sequence.py``).
+identical decoded sequences and their token error rate (``_sequence.py``). With ``hidden`` > 0
+the loss adds, for each module ``hidden_modules`` names, the student's output against the dense
+teacher's (run beside it: the student learns where inside it went astray). The student learns in
+eval mode by default (``student_mode``): the teacher's targets have no dropout in them.
 
 Which figure leads (``metric``): what the user reads off the outputs. ``"agreement"``: the share
 of positions whose top-1 class is the teacher's (logits: the user reads the argmax);
@@ -48,7 +51,7 @@ from dccore.errors import DataError, RecipeError
 from dccore.registry import user_callable
 
 from .._config import Check, Int, Num, OneOf, Shape, Text, fail, setting
-from ._base import Examples, Task, TaskConfig, TaskData, register_task
+from ._base import Examples, HiddenTerm, Task, TaskConfig, TaskData, register_task
 from ._sequence import (BUILTIN_DECODERS, decode, position_agreement, sequence_figures)
 
 LOSSES = ("mse", "cosine", "kl")
@@ -87,6 +90,18 @@ class DistillConfig(TaskConfig):
     # sequences: "argmax" (the default), "ctc_greedy", or "package.module:function" (outputs ->
     # one sequence per example)
     decoder: str | None = setting(None, Text())
+    # the student's mode while it learns: "eval" (dropout off, BatchNorm statistics the teacher's)
+    # because its targets are the teacher's eval-mode outputs and dropout is noise it cannot fit
+    # (MiniLM: the dense model's own train-mode embeddings are at cosine 0.959 to them)
+    student_mode: str = setting("eval", OneOf(("eval", "train")))
+    # weight of the hidden-state term: each module ``hidden_modules`` names (a glob per dotted
+    # part of the model's module names) matches the dense teacher's same module, squared error relative
+    # to the teacher's (per module, averaged). 0: the outputs only (which modules is the model's)
+    hidden: float = setting(0.0, Num(0.0, 1000.0))
+    hidden_modules: tuple[str, ...] | None = setting(None, Names())
+    # the input (one of input_names) whose non-zero entries mark the positions the hidden-state
+    # term counts, e.g. a padding mask; None: every position
+    hidden_mask: str | None = setting(None, Text())
 
     def _check(self, path: str) -> None:
         if (self.inputs is None) == (self.factory is None):
@@ -98,6 +113,19 @@ class DistillConfig(TaskConfig):
         if self.decoder is not None and self.metric not in ("auto", "sequence"):
             raise RecipeError(f"{path or 'task'}.decoder: a decoder is read by metric "
                               f"'sequence' (or 'auto'), not {self.metric!r}; drop one of them")
+        where = path or "task"
+        if (self.hidden > 0) != (self.hidden_modules is not None):
+            raise RecipeError(f"{where}.hidden: the hidden-state term needs both a weight "
+                              "(hidden > 0) and the modules it matches (hidden_modules); "
+                              f"got hidden = {self.hidden} and hidden_modules = "
+                              f"{list(self.hidden_modules or [])}")
+        if self.hidden_mask is not None and self.hidden_mask not in (self.input_names or ()):
+            raise RecipeError(f"{where}.hidden_mask: {self.hidden_mask!r} is not one of "
+                              f"input_names {list(self.input_names or [])}; name the mask input "
+                              "there too")
+        if self.hidden_mask is not None and self.hidden <= 0:
+            raise RecipeError(f"{where}.hidden_mask: masks the hidden-state term, which is off "
+                              "(hidden = 0); drop it or set hidden and hidden_modules")
         if (self.decoder is not None and self.decoder not in BUILTIN_DECODERS
                 and ":" not in self.decoder):
             raise RecipeError(f"{path or 'task'}.decoder: {self.decoder!r} is not one of "
@@ -178,6 +206,18 @@ class Distill(Task):
             self._lead = ("sequence", f"auto: the recipe names decoder {config.decoder!r}")
         elif config.loss == "cosine":
             self._lead = ("cosine", "auto: loss = 'cosine' treats the outputs as embeddings")
+
+    @property
+    def student_mode(self) -> str:
+        return self.config.student_mode
+
+    @property
+    def hidden(self) -> HiddenTerm | None:
+        cfg = self.config
+        if cfg.hidden <= 0:
+            return None
+        mask = None if cfg.hidden_mask is None else list(cfg.input_names).index(cfg.hidden_mask)
+        return HiddenTerm(cfg.hidden, tuple(cfg.hidden_modules), mask)
 
     # -- which figure leads ---------------------------------------------------------------------
     @property
