@@ -61,7 +61,9 @@ def lenet_case(run: Path) -> Case:
     from deepcompress.loading import model_from_dcz
 
     model, dcz = model_from_dcz(run / "model.dcz")
-    dense = build_model(dcz.meta["model"]["name"], dcz.meta["model"].get("kwargs") or {})
+    # the recipe's model, as the baseline was trained (a shrink stage narrows the .dcz's)
+    spec = json.loads((run / "recipe.json").read_text())["recipe"].get("model", {})
+    dense = build_model(spec.get("name", "lenet300"), spec.get("kwargs") or {})
     saved = torch.load(run / "checkpoints" / "0_baseline.pt", map_location="cpu", weights_only=True)
     dense.load_state_dict(saved["state_dict"])
     test = load_split("test")

@@ -72,6 +72,9 @@ def test_grouped_codebooks_become_one_lut_per_group_read_back_equal(tmp_path):
     assert "4 LUTs of 8 rows" in plan.reason and "1 LUT" in plan.reason   # the alternative, priced
     assert check.ok and layer.storage == "constexpr_lut_to_dense"
     assert (layer.luts, layer.lut_entries) == (4, 4)
+    # the converter's long internal names are replaced by short ones (inputs, outputs kept)
+    from ios_export import package_weights
+    assert all(len(var) <= 2 for var in package_weights(tmp_path / "m.mlpackage"))
 
 
 def test_embedding_table_is_palettized_padded_to_whole_groups(tmp_path):
