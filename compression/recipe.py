@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
+from dccore import tomlfile
 from dccore.errors import RecipeError
 
 from ._config import (Check, Config, FreeTable, Int, Num, OneOf, Section, Shape, Text, lookup,
@@ -37,36 +37,19 @@ RECIPES_DIR = next((d for d in (Path(__file__).resolve().parent.parent / "recipe
                     if d.is_dir()), Path(__file__).resolve().parent.parent / "recipes")
 RECIPE_VERSION = 1          # the schema this code reads; a missing `version` means 1
 
-# Limits, checked before anything is built: the shipped recipes are ~2 KB, nest 4 levels and hold
-# 4 stages; anything far beyond is a mistake or an attack, and would otherwise train and be copied
-# into every report and .dcz file.
-MAX_RECIPE_BYTES = 1 << 20  # 1 MiB
-MAX_STRING = 4096           # characters in any string value or key
-MAX_DEPTH = 16              # tables and arrays nested in one another
-MAX_ENTRIES = 1000          # entries in one table or array (per-layer overrides, kwargs)
+# Limits, checked before anything is built (dccore.tomlfile: the same for every config file): the
+# shipped recipes are ~2 KB, nest 4 levels and hold 4 stages; anything far beyond is a mistake or
+# an attack, and would otherwise train and be copied into every report and .dcz file.
+MAX_RECIPE_BYTES = tomlfile.MAX_BYTES       # 1 MiB
+MAX_STRING = tomlfile.MAX_STRING            # characters in any string value or key
+MAX_DEPTH = tomlfile.MAX_DEPTH              # tables and arrays nested in one another
+MAX_ENTRIES = tomlfile.MAX_ENTRIES          # entries in one table or array
 MAX_STAGES = 100
 
 
 def check_limits(value: Any, path: str = "", depth: int = 0) -> None:
     """Refuse data nested too deep, strings too long, tables or arrays too large."""
-    where = path or "recipe"
-    if depth > MAX_DEPTH:
-        raise RecipeError(f"{where}: nested more than {MAX_DEPTH} tables or arrays deep")
-    if isinstance(value, str):
-        if len(value) > MAX_STRING:
-            raise RecipeError(f"{where}: a string of {len(value):,} characters; at most "
-                              f"{MAX_STRING:,} are allowed")
-    elif isinstance(value, (Mapping, list, tuple)):
-        if len(value) > MAX_ENTRIES:
-            raise RecipeError(f"{where}: {len(value):,} entries; at most {MAX_ENTRIES:,} are "
-                              "allowed")
-        items = value.items() if isinstance(value, Mapping) else enumerate(value)
-        for key, item in items:
-            if isinstance(key, str) and len(key) > MAX_STRING:
-                raise RecipeError(f"{where}: a key of {len(key):,} characters; at most "
-                                  f"{MAX_STRING:,} are allowed")
-            sub = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
-            check_limits(item, sub, depth + 1)
+    tomlfile.check_limits(value, path, depth, error=RecipeError, root="recipe")
 
 
 class Version(Check):
@@ -221,29 +204,7 @@ def read_recipe(spec: str | Path, edit: Callable[[dict[str, Any]], None] | None 
 
     Errors in the file name the file; errors ``edit`` raises are its own (they name the flag)."""
     path = resolve_recipe_path(spec)
-    too_big = RecipeError(f"{path}: larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a few "
-                          "KB of settings")
-    try:
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise too_big
-        with path.open(encoding="utf-8") as fh:
-            text = fh.read(MAX_RECIPE_BYTES + 1)
-        if len(text.encode("utf-8")) > MAX_RECIPE_BYTES:   # it grew since stat()
-            raise too_big
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not a text file ({exc})") from exc
-    except RecursionError:
-        raise RecipeError(f"{path}: tables or arrays nested too deeply to read (a recipe nests "
-                          f"at most {MAX_DEPTH})") from None
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
-    try:
-        check_limits(data)
-    except RecipeError as exc:
-        raise RecipeError(f"{path}: {exc}") from None
+    data, text = tomlfile.read(path, "recipe", error=RecipeError)
     if edit is not None:
         edit(data)
     try:

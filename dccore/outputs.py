@@ -11,6 +11,13 @@ Two rules, for every path the project writes:
    its manifest, ...): replaced. Anything else (a folder where a file goes, a user's text file, a
    symbolic link, a device) is refused with :class:`UsageError`, and nothing is touched.
 
+A **folder** a command writes (``run``, ``sweep``, ``sensitivity``, ``autotune``, ``qualify``,
+``nightly`` ``--out DIR``) follows the same rule through :func:`check_folder` and
+:func:`claim_folder`: a new or empty folder is taken, and an existing one only if it carries our
+marker, ``DIR/.deepcompress.json``, written when the command took the folder and naming the
+command and a run id. What a folder merely holds (a ``recipe.json``, a ``sweep.json``) proves
+nothing: a folder of the user's own files may hold the same names.
+
 ``shutil.rmtree`` is called on exactly two kinds of tree: a temporary this process created, and
 an old output that ``check_output`` recognised as ours and this process renamed aside. Temporaries
 a killed process left behind carry its pid in their name (``.NAME.dctmp-PID-RAND``); the next
@@ -26,6 +33,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,3 +266,109 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
 def temporary_folder(prefix: str = "deepcompress-") -> tempfile.TemporaryDirectory:
     """A private temporary folder, removed with everything in it when the block ends."""
     return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+# --------------------------------------------------------------------------------------------
+# Folders a command writes
+
+FOLDER_MARKER = ".deepcompress.json"
+# qualify and nightly marked their folders before the shared marker existed
+_OLD_MARKERS = {".deepcompress-qualify": "qualify", ".deepcompress-nightly": "nightly"}
+
+
+@dataclass(frozen=True)
+class FolderMark:
+    """Our marker in a folder: the command that took it, and that run's id."""
+
+    command: str
+    run_id: str
+
+
+def _read_marker(path: Path) -> dict | None:
+    """A marker's JSON object, or None unless it is a small regular file holding one of ours."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+            return None
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("written_by") != "deepcompress":
+        return None
+    return data
+
+
+def folder_mark(folder: str | os.PathLike[str]) -> FolderMark | None:
+    """The marker of a folder a deepcompress command took, or None (no marker: not ours)."""
+    root = Path(folder)
+    data = _read_marker(root / FOLDER_MARKER)
+    if data is not None and isinstance(data.get("command"), str) \
+            and isinstance(data.get("run_id"), str):
+        return FolderMark(data["command"], data["run_id"])
+    for name, command in _OLD_MARKERS.items():
+        data = _read_marker(root / name)
+        if data is not None and data.get("what") == name:
+            return FolderMark(command, "")
+    return None
+
+
+def check_folder(path: str | os.PathLike[str], command: str, *, flag: str = "--out",
+                 accept: tuple[str, ...] = (),
+                 legacy: Callable[[Path], bool] | None = None) -> FolderMark | None:
+    """Refuse (UsageError, exit 2) a folder ``command`` may not write into; call it before any
+    work. Taken: a path that does not exist yet (nor its parents: :func:`claim_folder` makes
+    them), an empty folder (None is returned for both), or a folder whose marker names
+    ``command`` or one of ``accept`` (its FolderMark is returned). ``legacy``: recognises a
+    folder this command wrote before markers existed, by evidence only deepcompress leaves
+    (returned as a FolderMark with an empty run id). Everything else is refused untouched."""
+    p = Path(path)
+    where = f"{flag} {p}"
+    if str(path) == "" or p.name in ("", ".", ".."):
+        raise UsageError(f"{where}: not a folder name; give a path such as out/{command}")
+    if p.is_symlink():
+        raise UsageError(f"{where} is a symbolic link; name the real folder (nothing was written)")
+    if not p.exists():
+        up = next((a for a in p.parents if a.exists() or a.is_symlink()), None)
+        if up is not None and not up.is_dir():
+            raise UsageError(f"{where}: {up} is not a folder")
+        return None
+    if not p.is_dir():
+        raise UsageError(f"{where} exists and is not a folder; 'deepcompress {command}' writes a "
+                         "folder of files: name a new or empty folder")
+    try:
+        entries = sorted(os.listdir(p))
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot list it ({exc.strerror or exc})") from None
+    if not entries:
+        return None
+    mark = folder_mark(p)
+    if mark is not None:
+        if mark.command == command or mark.command in accept:
+            return mark
+        raise UsageError(f"{where} is a folder that 'deepcompress {mark.command}' wrote, not "
+                         f"'deepcompress {command}'; choose a new or empty folder")
+    if legacy is not None and legacy(p):
+        return FolderMark(command, "")
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise UsageError(f"{where} is a folder with other files in it ({shown}) and no deepcompress "
+                     f"marker ({FOLDER_MARKER}), so it is not one deepcompress made; nothing was "
+                     "written: choose a new or empty folder")
+
+
+def claim_folder(path: str | os.PathLike[str], command: str) -> FolderMark:
+    """Take the folder (after :func:`check_folder`): create it and its parents, and write our
+    marker unless it carries one already (a rerun or a resumed run keeps its run id)."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    mark = folder_mark(p)
+    if mark is not None and mark.run_id:
+        return mark
+    mark = FolderMark(command, uuid.uuid4().hex)
+    write_json_atomic(p / FOLDER_MARKER, {
+        "written_by": "deepcompress", "command": mark.command, "run_id": mark.run_id,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, kind=MARKER_FILE)
+    return mark
+
+
+MARKER_FILE = OutputKind("deepcompress folder marker",
+                         recognise=lambda p: _read_marker(p) is not None)

@@ -16,6 +16,7 @@ never from a data file's choice of module: a registry only hands out what code r
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import DeepCompressError
@@ -81,11 +82,20 @@ class Registry(Generic[T]):
 
 def user_callable(spec: str, label: str, error: type[DeepCompressError]) -> Callable:
     """The callable a *user* names as ``package.module:function`` on the command line or in their
-    recipe (never one a data file names). ``label`` starts each message (``model 'x:y'``,
+    recipe (never one a data file names). A module of the standard library or a builtin one is
+    refused before it is imported: no model factory lives there, and ``os:system`` or
+    ``builtins:exec`` would run whatever the kwargs say. ``label`` starts each message (``model 'x:y'``,
     ``task.factory 'x:y'``); ``error`` is the kind raised when it cannot be found."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise error(f"{label}: expected 'package.module:function'")
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        # checked before anything is imported: a config naming os:system, subprocess:run or
+        # builtins:exec would run a command with the user's rights
+        raise error(f"{label}: {top!r} is part of Python's standard library; a factory must be "
+                    "your own code (or a model library's), in a module outside the standard "
+                    "library and builtins")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -63,6 +63,7 @@ print("INFO: pinned to CPUs " + ",".join(map(str, sorted(os.sched_getaffinity(0)
 print("INFO: flags " + " ".join(sorted(flags)))
 sys.stdout.write({sample!r})
 """)
+    script.chmod(0o755)
     return script
 
 

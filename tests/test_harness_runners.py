@@ -101,6 +101,7 @@ def fake_binary(tmp_path) -> Path:
     p = tmp_path / "bench; touch pwned" / "benchmark_model"
     p.parent.mkdir()
     p.write_bytes(b"\x7fELF fake android binary")
+    p.chmod(0o755)
     return p
 
 

@@ -144,7 +144,9 @@ def test_pack_onto_someone_elses_file_is_refused(tmp_path, capsys):
 
 
 def _fake_run(folder: Path, finished: bool) -> Path:
-    folder.mkdir()
+    from dccore.outputs import claim_folder
+
+    claim_folder(folder, "run")        # what `run` does to its folder before the pipeline starts
     (folder / "recipe.json").write_text('{"recipe": {}, "sha256": "x"}')
     (folder / "model.dcz").write_bytes(b"old model")
     if finished:
@@ -155,7 +157,7 @@ def _fake_run(folder: Path, finished: bool) -> Path:
 def test_run_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     target = _scratch_dir(tmp_path / "mine")
     assert main(["run", "lenet300", "--out", str(target)]) == 2
-    assert "not a deepcompress run folder" in capsys.readouterr().err
+    assert "no deepcompress marker" in capsys.readouterr().err
     assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
     afile = tmp_path / "afile"
     afile.write_text("x")

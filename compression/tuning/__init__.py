@@ -15,10 +15,10 @@ layer saying why. The dense baseline is trained once (or reused from a run folde
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from dccore import tomlfile
 from dccore.errors import RecipeError
 from dccore.outputs import write_json_atomic
 
@@ -46,7 +46,7 @@ def _load(spec: str | Path | Recipe, edit: Callable[[dict], None] | None
     if isinstance(spec, Recipe):
         return spec, spec.to_dict()
     recipe, text = read_recipe(spec, edit)
-    data = tomllib.loads(text)
+    data = tomlfile.loads(text, str(spec), error=RecipeError)   # read_recipe parsed it already
     if edit is not None:
         edit(data)
     data.setdefault("name", recipe.name)

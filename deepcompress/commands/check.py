@@ -32,7 +32,6 @@ import json
 import math
 import re
 import sys
-import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,12 +84,9 @@ def _limits(table: Any, where: str) -> dict[str, Any]:
 
 def load_budgets(path: Path) -> tuple[list[Budget], dict[str, Any], Path | None]:
     """(entries in file order, defaults, baseline path) from a budgets TOML file."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise BudgetError(f"budgets file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise BudgetError(f"budgets file {path} is not valid TOML ({exc})") from None
+    from dccore import tomlfile
+
+    data = tomlfile.read(path, "budgets file", error=BudgetError)[0]
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise BudgetError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed at the top level: "

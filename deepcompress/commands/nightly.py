@@ -21,6 +21,9 @@ DEFAULT_OUT = "nightly-out"
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    from .run import CODE_NOTE
+
+    p.epilog = CODE_NOTE
     p.add_argument("matrix", metavar="MATRIX.toml", help="the matrix (see examples/nightly_lenet.toml)")
     p.add_argument("--out", "-o", default=DEFAULT_OUT, metavar="DIR",
                    help=f"work folder and reports (default: {DEFAULT_OUT})")

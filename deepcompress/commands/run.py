@@ -11,6 +11,12 @@ from typing import Any
 from dccore.errors import RecipeError, UsageError
 
 DEFAULT_RECIPE = "lenet300"
+# Every command that reads a recipe, a qualify config or a nightly matrix says so in its --help.
+CODE_NOTE = (
+    "Trust: recipes, qualify configs and nightly matrices are code, like a Makefile: they name "
+    "Python factories (package.module:function) that run with your rights, so use only ones you "
+    "trust. Data files (.dcz, checkpoints, reports, history databases) never choose code: "
+    "nothing read from one is imported or run.")
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
@@ -18,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
         "Train (or load) the baseline, then run the recipe's stages (prune -> share -> "
         "fine-tune centroids -> encode) with a checkpoint after each. Writes DIR/model.dcz, "
         "DIR/report.json and DIR/checkpoints/.")
+    p.epilog = CODE_NOTE
     p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE,
                    help=f"a recipe TOML file or a shipped recipe name (default: {DEFAULT_RECIPE}; "
                         "shipped: lenet300, lenet5, mobilenet_tiny)")
@@ -39,34 +46,45 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
 
 
-def check_run_folder(out: Path, *, force: bool, resuming: bool) -> None:
+def check_run_folder(out: Path, *, force: bool, resuming: bool, claim: bool = True) -> None:
     """Refuse ``--out`` before any work unless writing there destroys nothing of the user's:
-    a new or empty folder, or a deepcompress run folder (a finished one only with --force or
-    --resume-from). A re-run starts by removing the old report, so a run killed half-way leaves
-    a folder without a report (unfinished), never a report that describes other files."""
-    from dccore.outputs import JSON_FILE, check_output
+    a new or empty folder, or a deepcompress run folder (it carries our marker, see
+    dccore.outputs.check_folder; a finished one only with --force or --resume-from). Then take
+    it (``claim``: create it and write the marker), so that a run killed half-way can be resumed
+    or re-run. A re-run starts by removing the old report, so a run killed half-way leaves a
+    folder without a report (unfinished), never a report that describes other files."""
+    from dccore.outputs import JSON_FILE, check_folder, claim_folder
 
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UsageError(f"--out {out} exists and is not a folder; a run writes a folder of files")
-    if not out.exists():
-        check_output(out, JSON_FILE, flag="--out", make_parents=True)   # its folder is made
-        return
-    entries = [e.name for e in out.iterdir()]
-    if not entries:
-        return
-    if not JSON_FILE.owns(out / "recipe.json"):
-        raise UsageError(f"--out {out} is a folder with other files in it ({', '.join(sorted(entries)[:3])}"
-                         f"{', ...' if len(entries) > 3 else ''}), not a deepcompress run folder; "
-                         "choose a new or empty folder")
-    report = out / "report.json"
-    if report.exists() and not (force or resuming):
-        raise UsageError(f"--out {out} holds a finished run; pass --force to run again into it "
-                         "(its files are replaced), --resume-from STAGE to redo stages, or "
-                         "choose another folder")
-    if report.exists() and not resuming:
-        if not JSON_FILE.owns(report):
-            raise UsageError(f"{report} is not a deepcompress report; move it away first")
-        report.unlink()
+    if check_folder(out, "run", legacy=finished_before_markers) is not None:
+        report = out / "report.json"
+        if report.exists() and not (force or resuming):
+            raise UsageError(f"--out {out} holds a finished run; pass --force to run again into "
+                             "it (its files are replaced), --resume-from STAGE to redo stages, "
+                             "or choose another folder")
+        if report.exists() and not resuming:
+            if not JSON_FILE.owns(report):
+                raise UsageError(f"{report} is not a deepcompress report; move it away first")
+            report.unlink()
+    if claim:
+        claim_folder(out, "run")
+
+
+def finished_before_markers(out: Path) -> bool:
+    """A finished run folder written before run folders carried a marker: its recipe.json is the
+    pipeline's ({"recipe": ..., "sha256": ...}) and its report.json names the sha256 of the
+    model.dcz beside it, which no folder of the user's does by chance. (An unfinished run of
+    that age cannot be told from a user's folder: it is refused, and must be run again.)"""
+    from compression.pipeline import read_report
+    from dccore.errors import CheckpointError
+
+    try:
+        saved = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
+        if not (isinstance(saved, dict) and isinstance(saved.get("recipe"), dict)
+                and isinstance(saved.get("sha256"), str)):
+            return False
+        return read_report(out).get("recipe_sha256") == saved["sha256"]
+    except (OSError, ValueError, CheckpointError, AttributeError):
+        return False
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -9,11 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dccore.errors import UsageError
-
-from .run import DEFAULT_RECIPE, apply_override
-
-MARKERS = {"sensitivity": "sensitivity.json", "autotune": "autotune.json"}
+from .run import CODE_NOTE, DEFAULT_RECIPE, apply_override
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -37,6 +33,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def common_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = CODE_NOTE
     p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE,
                    help=f"a recipe TOML file or a shipped recipe name (default: {DEFAULT_RECIPE})")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="folder to write")
@@ -84,19 +81,15 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def _check_out(out: Path, command: str) -> None:
-    """A new or empty folder, or one this command wrote before (its result file inside)."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UsageError(f"--out {out} exists and is not a folder")
-    ours = (out / MARKERS[command], out / "baseline" / "recipe.json",   # finished, or interrupted
-            out / "sensitivity" / "baseline" / "recipe.json",
-            out / "sensitivity" / MARKERS["sensitivity"])   # autotune --from-run: no baseline/
-    if out.exists() and any(out.iterdir()) and not any(p.is_file() for p in ours):
-        raise UsageError(f"--out {out} is a folder with other files in it, not one 'deepcompress "
-                         f"{command}' wrote; choose a new or empty folder")
+    """A new or empty folder, or one this command took before (its marker: dccore.outputs)."""
+    from dccore.outputs import check_folder
+
+    check_folder(out, command)
 
 
 def main(args: argparse.Namespace) -> int:
     from compression.tuning import SensitivitySettings, autotune, parse_budget, sensitivity
+    from dccore.outputs import claim_folder
 
     from ..ui import Ui
 
@@ -117,6 +110,7 @@ def main(args: argparse.Namespace) -> int:
         fields["bits"] = args.bits
     settings = SensitivitySettings(**fields)
     settings.check()            # before the baseline is trained, not after
+    claim_folder(out, args.command)
     ui = Ui(enabled=not (args.quiet or args.json))
     with ui:
         if args.command == "sensitivity":

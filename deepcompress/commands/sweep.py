@@ -23,6 +23,9 @@ SWEEP_FILE, PLOT_FILE = "sweep.json", "sweep.png"
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    from .run import CODE_NOTE
+
+    p.epilog = CODE_NOTE
     p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE,
                    help=f"a ProjectionNet recipe (default: the shipped {DEFAULT_RECIPE})")
     p.add_argument("--out", "-o", required=True, metavar="DIR",
@@ -71,14 +74,10 @@ def point_name(T: int, d: int, hidden: list[int]) -> str:  # noqa: N803
 
 
 def _check_sweep_folder(out: Path) -> None:
-    from dccore.outputs import JSON_FILE
+    """A new or empty folder, or one 'deepcompress sweep' took (its marker: dccore.outputs)."""
+    from dccore.outputs import check_folder
 
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UsageError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not JSON_FILE.owns(out / SWEEP_FILE) and not all(
-            (e / "recipe.json").is_file() for e in out.iterdir() if e.is_dir()):
-        raise UsageError(f"--out {out} is a folder with other files in it, not a sweep folder; "
-                         "choose a new or empty folder")
+    check_folder(out, "sweep")
 
 
 def _finished(folder: Path, sha: str) -> dict | None:
@@ -124,7 +123,7 @@ def _mark(run_dir: str) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     from compression import pipeline
     from compression.recipe import read_recipe
-    from dccore.outputs import write_bytes_atomic, write_json_atomic
+    from dccore.outputs import claim_folder, write_bytes_atomic, write_json_atomic
 
     from ..ui import Ui
     from .run import apply_override, check_run_folder
@@ -146,8 +145,11 @@ def main(args: argparse.Namespace) -> int:
                               "varies a ProjectionNet's T, d and hidden (model 'projectionnet')")
         folder = out / point_name(T, d, hidden)
         if _finished(folder, recipe.sha256()) is None:
-            check_run_folder(folder, force=args.force, resuming=False)
+            check_run_folder(folder, force=args.force, resuming=False, claim=False)
         recipes.append((T, d, hidden, recipe, text, folder))
+    claim_folder(out, "sweep")                     # every check passed: take it
+    for *_, folder in recipes:
+        claim_folder(folder, "run")                # a finished point keeps its marker
 
     rows = []
     ui = Ui(enabled=not (args.quiet or args.json))

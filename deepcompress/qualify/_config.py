@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -98,14 +97,30 @@ def table(value: Any, where: str, checks: Mapping[str, Check], error: type = Usa
     return {key: checks[key](v, f"{where}.{key}") for key, v in value.items()}
 
 
-def read_toml(path: str | Path, what: str) -> dict:
-    p = Path(path)
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{what} {p} does not exist") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"{what} {p} is not valid TOML ({exc})") from None
+def read_toml(path: str | Path, what: str, error: type = UsageError) -> dict:
+    """The file's data, read under the limits every config file shares (dccore.tomlfile)."""
+    from dccore import tomlfile
+
+    return tomlfile.read(path, what, error=error)[0]
+
+
+def stored_limit(table_column: str) -> int:
+    """The characters the history keeps in ``table.column`` (its schema, read, not copied)."""
+    from .history import _schema
+
+    table_name, _, column = table_column.partition(".")
+    return getattr(_schema, table_name).c[column].type.length
+
+
+def fits_history(value: str, where: str, *columns: str, what: str = "") -> str:
+    """Refuse, before any work, a value longer than a history column it is stored in; otherwise
+    the run does all its work and then fails to record it (PostgreSQL refuses the insert)."""
+    limit = min(stored_limit(c) for c in columns)
+    if len(value) > limit:
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise UsageError(f"{where} = {shown!r}: {len(value):,} characters{what}; the history "
+                         f"stores at most {limit} ({', '.join(columns)}): shorten it")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +249,12 @@ def parse_bench(value: Any, where: str, base: Path, *, with_devices: bool = True
         del checks["devices"]
     t = table(value, where, checks)
     if "benchmark_model" in t:
+        from device_harness.runners._driver import executable_problem
+
         t["benchmark_model"] = _relative(base, t["benchmark_model"])
+        problem = executable_problem(t["benchmark_model"])
+        if problem:   # it is pushed to the device and run there: only a program, never data
+            raise UsageError(f"{where}.benchmark_model = {str(t['benchmark_model'])!r}: {problem}")
     if "devices" in t:
         from device_harness import check_spec
 
@@ -242,6 +262,7 @@ def parse_bench(value: Any, where: str, base: Path, *, with_devices: bool = True
             raise UsageError(f"{where}.devices: expected a list of distinct device SPECs")
         for spec in t["devices"]:
             check_spec(spec)
+            fits_history(spec, f"{where}.devices", "metrics.device", "gates.device")
     from device_harness.runners import DELEGATES
 
     if t.get("delegate", "default") not in DELEGATES:
@@ -428,7 +449,8 @@ def load_qualify_config(path: str | Path, *, budgets_file: str | Path | None = N
         raise BudgetError(f"{where}: no budgets; a qualification must check something (add "
                           "[budgets] with e.g. max_size_bytes and min_metric)")
     history = table(t.get("history", {}), f"{where}: history", {"db": text})
-    return QualifyConfig(name=t.get("name", p.stem), path=p, model=model, export=export,
+    name = fits_history(t.get("name", p.stem), f"{where}: name", "runs.name", "runs.model")
+    return QualifyConfig(name=name, path=p, model=model, export=export,
                          bench=bench, budgets=budgets, db=_db(history.get("db"), base),
                          sha256=hashlib.sha256(p.read_bytes()).hexdigest())
 
@@ -443,6 +465,7 @@ def load_qualify_config(path: str | Path, *, budgets_file: str | Path | None = N
 DEFAULT_TOLERANCES = {
     "latency_p50_ms": (0.06, 0.0005),
     "latency_p90_ms": (0.15, 0.001),
+    "model_memory_mb": (0.10, 1.0),    # a few MB at most: the allocator's rounding shows
     "peak_memory_mb": (0.05, 2.0),     # the runner's VmHWM moves by a few MB with the allocator
     "size_bytes": (0.005, 0.0),        # deterministic: any real growth is a change
     "zipped_bytes": (0.005, 0.0),
@@ -465,7 +488,6 @@ class Rolling:
     min_samples: int = 3             # fewer passing nights than this: no verdict yet
     tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: {
         k: Tolerance(*v) for k, v in DEFAULT_TOLERANCES.items()})
-    "model_memory_mb": (0.10, 1.0),    # a few MB at most: the allocator's rounding shows
 
 
 def parse_rolling(value: Any, where: str) -> Rolling:
@@ -510,9 +532,9 @@ SLOT_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 
 
 def check_slot(name: str, where: str) -> str:
-    if not name or not set(name) <= SLOT_CHARS or len(name) > 64:
+    if not name or not set(name) <= SLOT_CHARS:
         raise UsageError(f"{where}: device slot {name!r}: use letters, digits, '-', '_', '.'")
-    return name
+    return fits_history(name, f"{where}: device slot", "cells.device", "runs.device_slot")
 
 
 def load_matrix(path: str | Path, *, device_overrides: Mapping[str, str] | None = None) -> Matrix:
@@ -536,6 +558,8 @@ def load_matrix(path: str | Path, *, device_overrides: Mapping[str, str] | None 
         raise UsageError(f"{where}: no [devices]; name at least one slot, e.g. host = \"host\"")
     for slot, spec in devices.items():
         check_spec(spec)
+        fits_history(spec, f"{where}: devices.{slot}", "metrics.device", "gates.device")
+    name = fits_history(t.get("name", p.stem), f"{where}: name", "runs.name", "cells.matrix")
     if not t.get("models"):
         raise UsageError(f"{where}: no [[models]]")
     models, seen = [], set()
@@ -549,6 +573,10 @@ def load_matrix(path: str | Path, *, device_overrides: Mapping[str, str] | None 
             raise UsageError(f"{w}.name = {m['name']!r}: names must be distinct and use letters, "
                              "digits, '-', '_', '.'")
         seen.add(m["name"])
+        fits_history(m["name"], f"{w}.name", "runs.model", "cells.model")
+        for slot in devices:   # the cell's key: MATRIX/YYYY-MM-DD/MODEL/SLOT
+            fits_history(f"{name}/YYYY-MM-DD/{m['name']}/{slot}", f"{w}.name",
+                         "runs.cell_key", what=f" in the key of its cell on slot {slot!r}")
         export = parse_export(m.get("export", {}), f"{w}.export", base)
         budgets = parse_budgets(m.get("budgets", {}), f"{w}.budgets", formats=export.formats,
                                 devices=tuple(devices))
@@ -558,7 +586,7 @@ def load_matrix(path: str | Path, *, device_overrides: Mapping[str, str] | None 
         models.append(MatrixModel(m["name"], parse_model(m["model"], f"{w}.model", base), export,
                                   budgets))
     history = table(t.get("history", {}), f"{where}: history", {"db": text})
-    return Matrix(name=t.get("name", p.stem), path=p, devices=devices, models=tuple(models),
+    return Matrix(name=name, path=p, devices=devices, models=tuple(models),
                   bench=parse_bench(t.get("bench", {}), f"{where}: bench", base, with_devices=False),
                   rolling=parse_rolling(t.get("regression", {}), f"{where}: regression"),
                   lease_s=t.get("lease_s", 600.0), db=_db(history.get("db"), base),

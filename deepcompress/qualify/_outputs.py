@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dccore.errors import UsageError
-from dccore.outputs import JSON_FILE, JUNIT_XML, OutputKind, atomic_path, check_output
+from dccore.outputs import (JSON_FILE, JUNIT_XML, OutputKind, atomic_path, check_folder,
+                            check_output, claim_folder)
 
 from ._gates import Gate
 
@@ -57,15 +58,7 @@ class Folder:
         """Refuse (UsageError, exit 2) unless writing here destroys nothing of the user's: a new
         or empty folder, or one this command wrote before (it holds the marker file)."""
         root = self.root
-        if root.is_symlink() or (root.exists() and not root.is_dir()):
-            raise UsageError(f"--out {root} exists and is not a folder; name a folder")
-        if root.exists():
-            entries = sorted(e.name for e in root.iterdir())
-            if entries and self.marker not in entries:
-                raise UsageError(
-                    f"--out {root} is a folder with other files in it ({', '.join(entries[:3])}"
-                    f"{', ...' if len(entries) > 3 else ''}) and not one that deepcompress "
-                    f"{self.marker.split('-')[-1]} wrote; choose a new or empty folder")
+        check_folder(root, self.command)     # the rule every command's folder follows
         if not root.exists():
             return   # made by claim(), after every other check
         check_output(self.report, HTML_REPORT, flag="report")
@@ -78,10 +71,11 @@ class Folder:
 
     def claim(self) -> None:
         """Mark the folder as this command's (after ``check``)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        marker = self.root / self.marker
-        if not marker.exists():
-            marker.write_text(json.dumps({"written_by": "deepcompress", "what": self.marker}) + "\n")
+        claim_folder(self.root, self.command)
+
+    @property
+    def command(self) -> str:
+        return self.marker.rsplit("-", 1)[-1]
 
 
 def gate_name(gate: str, figure: str) -> str:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dccore.errors import UsageError
-from dccore.outputs import JSON_FILE
 
 from . import _work
 from ._config import QualifyConfig
@@ -66,9 +65,10 @@ def qualify(config: QualifyConfig, out: Path, *, db: str | None = None, ui: Any 
     plan = _work.plan(config.model)
     folder.check(work=("run", "artifacts"))
     run_dir = out / "run"
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not JSON_FILE.owns(run_dir / "recipe.json") \
-            and config.model.recipe is not None:
-        raise UsageError(f"{run_dir} holds files that are not a deepcompress run; move it away")
+    if config.model.recipe is not None:   # a run folder of ours (marked), or refused untouched
+        from ..commands.run import check_run_folder
+
+        check_run_folder(run_dir, force=True, resuming=True, claim=False)
     folder.claim()
     history = open_history(history_location(out, db, config.db))
     try:

@@ -173,12 +173,39 @@ def run_litert(device: Device, python: str, model_remote: str, *, runs: int, war
     return parse_runner_output(result.output, argv)
 
 
+def executable_problem(path: Path) -> str | None:
+    """Why ``path`` is not a program to push and run on a device (None: it is one): it must be a
+    regular file (a symbolic link to one is followed; a device, a FIFO or a folder is refused
+    without being read), with the executable bit set, holding an ELF binary or a ``#!`` script.
+    What is pushed runs on the device: a file not meant as a program never is."""
+    import os
+    import stat
+
+    hint = "give the path of the Android benchmark_model binary for the device's ABI"
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"{exc.strerror or 'cannot read it'}; {hint}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file; {hint}"
+    if not st.st_mode & 0o111:
+        return f"not executable (no x bit; chmod +x it if it is the binary); {hint}"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+    if head != b"\x7fELF" and not head.startswith(b"#!"):
+        return f"not an executable (neither an ELF binary nor a #! script); {hint}"
+    return None
+
+
 def run_benchmark_model(device: Device, binary: Path, model_remote: str, *, runs: int, warmup: int,
                         threads: int, delegate: str, timeout_s: float) -> tuple[bm.BenchmarkModelOutput, list[str]]:
     """Push benchmark_model once (cached by hash), run it pinned to the big cores, parse stdout."""
-    if not binary.is_file():
-        raise DeviceError(f"--benchmark-model {binary}: no such file; give the path of the Android "
-                          "benchmark_model binary for the device's ABI")
+    problem = executable_problem(binary)
+    if problem:
+        raise DeviceError(f"benchmark_model {binary}: {problem}")
     remote_binary = push_cached(device, binary, "benchmark_model", timeout_s=timeout_s, executable=True)
     command = bm.BenchmarkModelCommand(
         binary=remote_binary, graph=model_remote, threads=threads, warmup_runs=warmup, num_runs=runs,
