@@ -15,7 +15,7 @@ held-out sentences (bench/minilm.py's test split).
 
 coremltools points (``--ct``, comma-separated): ``kmeans4`` / ``kmeans6`` (one LUT per tensor),
 ``kmeans4-g16`` / ``kmeans6-g16`` (a LUT per 16 output channels; a layer whose rows 16 does not
-divide stays dense, as coremltools leaves it), and on MiniLM ``emb4-lin6`` (4-bit embeddings, 6-bit
+divide stays dense, as coremltools leaves it: any ``kmeansN-gG`` is accepted), and on MiniLM ``emb4-lin6`` (4-bit embeddings, 6-bit
 Linear). coremltools' default ``weight_threshold`` (2048 elements) is kept: what a user gets.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -80,7 +81,7 @@ def lenet_case(run: Path) -> Case:
                 dcz.bytes, accuracy)
 
 
-def minilm_case(dcz_path: Path) -> Case:
+def minilm_case(dcz_path: Path, reference: tuple | None = None) -> Case:
     import minilm
     from bench_minilm import embed
 
@@ -88,9 +89,11 @@ def minilm_case(dcz_path: Path) -> Case:
     from deepcompress.loading import model_from_dcz
 
     model, dcz = model_from_dcz(dcz_path, model="minilm:pretrained")
-    dense = minilm.pretrained().eval()
-    sentences = minilm.sentences("test")
-    reference = embed(dense, sentences)
+    dense, sentences, reference = reference or (minilm.pretrained().eval(), minilm.sentences("test"),
+                                                None)
+    if reference is None:
+        reference = embed(dense, sentences)
+    MINILM_REFERENCE[:] = [(dense, sentences, reference)]
 
     def cosine(m: nn.Module) -> dict[str, float]:
         got = embed(m, sentences)
@@ -98,8 +101,11 @@ def minilm_case(dcz_path: Path) -> Case:
                                             * np.linalg.norm(reference, axis=1))
         return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
 
-    return Case("minilm", model.eval(), dense, minilm.tokenize(sentences[:1]),
-                dcz_layers(model, dcz), dcz.bytes, cosine)
+    return Case(f"minilm {dcz_path.parent.name}", model.eval(), dense,
+                minilm.tokenize(sentences[:1]), dcz_layers(model, dcz), dcz.bytes, cosine)
+
+
+MINILM_REFERENCE: list = []   # the dense model, the sentences and its embeddings, computed once
 
 
 # ---- measuring a package through its decoded weights ---------------------------------------------
@@ -160,7 +166,9 @@ def ct_config(point: str) -> Any:
     return cto.OptimizationConfig(global_config=pal(bits, group))
 
 
-def bench(case: Case, work: Path, points: list[str]) -> list[dict]:
+def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> list[dict]:
+    """Our package of ``case``; with ``baselines``, the dense packages and coremltools' points
+    of its dense model too (once per dense model)."""
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
@@ -179,7 +187,7 @@ def bench(case: Case, work: Path, points: list[str]) -> list[dict]:
     rows.append({"model": case.name, "point": ".dcz", "bytes": case.dcz_bytes,
                  **case.metric(case.model)})
     print(json.dumps(rows[-1]), flush=True)
-    for label, precision in (("dense fp32", "fp32"), ("dense fp16", "fp16")):
+    for label, precision in (("dense fp32", "fp32"), ("dense fp16", "fp16"))[:2 if baselines else 0]:
         path = work / f"dense_{precision}.mlpackage"
         shutil.rmtree(path, ignore_errors=True)
         t = time.time()
@@ -187,7 +195,6 @@ def bench(case: Case, work: Path, points: list[str]) -> list[dict]:
         row(label, path, time.time() - t, case.metric(case.dense) if precision == "fp32" else
             through_package(case, path, case.dense, weight_vars(path, case.dense)))
     dense16 = work / "dense_fp16.mlpackage"
-    names = weight_vars(dense16, case.dense)
 
     # ours: the .dcz's model, each layer stored in the smallest exact form
     path = work / "ours.mlpackage"
@@ -196,12 +203,16 @@ def bench(case: Case, work: Path, points: list[str]) -> list[dict]:
     t = time.time()
     report = exporter.export(case.model, case.example, path, CoreMLOptions(), layers=case.layers)
     seconds = time.time() - t
-    decoded = _decoded(path, case)
+    decoded = _decoded(path, case, report.layers)
     row("ours", path, seconds, case.metric(decoded_model(case.model, decoded)),
+        skipped=dict(report.skipped),
         layers={n: {k: p[k] for k in ("method", "nbits", "luts", "group_size", "pad_rows",
                                       "payload_bytes")} for n, p in report.layers.items()},
         reasons={n: p["reason"] for n, p in report.layers.items()})
 
+    if not baselines:
+        return rows
+    names = weight_vars(dense16, case.dense)
     base = ct.models.MLModel(str(dense16), skip_model_load=True)
     for point in points:
         if point == "emb4-lin6" and not any(isinstance(m, nn.Embedding) for m in case.dense.modules()):
@@ -217,12 +228,14 @@ def bench(case: Case, work: Path, points: list[str]) -> list[dict]:
     return rows
 
 
-def _decoded(path: Path, case: Case) -> dict[str, np.ndarray]:
-    """Our compressed layers as decoded from our package, each checked equal to the .dcz's."""
+def _decoded(path: Path, case: Case, stored: Any) -> dict[str, np.ndarray]:
+    """The layers our package stores compressed (``stored``: a converter folds some, e.g. a
+    position embedding read at constant positions), as decoded from it, each checked equal to
+    the .dcz's."""
     from ios_export import verify_coreml
 
     state = case.model.state_dict()
-    check = verify_coreml(path, {n: state[n].numpy() for n in case.layers})
+    check = verify_coreml(path, {n: state[n].numpy() for n in stored})
     if not check.ok:
         raise SystemExit(f"{path}: a weight read back from the package differs from ours, or is "
                          "not stored compressed")
@@ -230,10 +243,10 @@ def _decoded(path: Path, case: Case) -> dict[str, np.ndarray]:
 
 
 def print_table(rows: list[dict]) -> None:
-    dense = {r["model"]: r["bytes"] for r in rows if r["point"] == "dense fp32"}
+    dense = {r["model"].split()[0]: r["bytes"] for r in rows if r["point"] == "dense fp32"}
     for r in rows:
         metric = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith(("accuracy", "cosine")))
-        ratio = dense.get(r["model"], 0) / r["bytes"]
+        ratio = dense.get(r["model"].split()[0], 0) / r["bytes"]
         print(f"{r['model']:<10} {r['point']:<24} {r['bytes']:>12,} "
               f"{r.get('zipped_bytes', 0):>12,} {ratio:7.2f}x  {metric}")
 
@@ -242,22 +255,24 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", action="append", default=[], type=Path,
                    help="a LeNet run folder (model.dcz, checkpoints/0_baseline.pt)")
-    p.add_argument("--minilm", type=Path, help="a MiniLM model.dcz (bench/recipes/minilm_*.toml)")
+    p.add_argument("--minilm", action="append", default=[], type=Path,
+                   help="a MiniLM model.dcz (bench/recipes/minilm_*.toml); the dense packages and "
+                        "coremltools' points come with the first")
     p.add_argument("--ct", default=",".join(CT_POINTS), help="coremltools points (see above)")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_shipping_coreml"))
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     points = [x for x in args.ct.split(",") if x]
-    unknown = set(points) - set(CT_POINTS)
+    unknown = [x for x in points if not re.fullmatch(r"kmeans[123468](-g\d+)?|emb4-lin6", x)]
     if unknown:
-        p.error(f"--ct: unknown {sorted(unknown)}; choose from {CT_POINTS}")
-    cases = [lambda r=r: lenet_case(r) for r in args.run]
-    if args.minilm:
-        cases.append(lambda: minilm_case(args.minilm))
+        p.error(f"--ct: unknown {unknown}; choose from {CT_POINTS} (any kmeansN-gG)")
+    cases = [(lambda r=r: lenet_case(r), True) for r in args.run]
+    cases += [(lambda d=d: minilm_case(d, MINILM_REFERENCE[0] if MINILM_REFERENCE else None),
+               i == 0) for i, d in enumerate(args.minilm)]
     rows = []
-    for make in cases:
+    for make, baselines in cases:
         case = make()
-        rows += bench(case, args.work / case.name, points)
+        rows += bench(case, args.work / case.name.replace(" ", "_"), points, baselines)
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
