@@ -13,6 +13,24 @@ import pytest
 
 from dccore.errors import BudgetError, DeepCompressError, ModelError, RecipeError, UsageError
 from deepcompress.cli import main
+from deepcompress.qualify._work import compress as REAL_COMPRESS
+
+
+@pytest.fixture(autouse=True)
+def no_work(monkeypatch):
+    """A command that gets past its checks fails at once instead of training (these tests are
+    about what is refused before any work)."""
+    import compression.pipeline
+    import compression.tuning
+    import deepcompress.qualify._work
+
+    def work(*args, **kwargs):
+        raise AssertionError("the command started work")
+
+    monkeypatch.setattr(compression.pipeline, "run_recipe", work)
+    monkeypatch.setattr(compression.tuning, "sensitivity", work)
+    monkeypatch.setattr(compression.tuning, "autotune", work)
+    monkeypatch.setattr(deepcompress.qualify._work, "compress", work)
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -185,7 +203,10 @@ def test_a_factory_in_the_standard_library_is_refused_before_import(spec, tmp_pa
     assert "this" not in sys.modules and capsys.readouterr().out == ""   # `import this` prints
 
 
-def test_a_qualify_config_naming_os_system_runs_nothing(tmp_path, capsys):
+def test_a_qualify_config_naming_os_system_runs_nothing(tmp_path, capsys, monkeypatch):
+    import deepcompress.qualify._work as work
+
+    monkeypatch.setattr(work, "compress", REAL_COMPRESS)   # this test needs the factory called
     pwned = tmp_path / "pwned"
     from conftest import pack_shared_lenet300
 
