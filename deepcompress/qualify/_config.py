@@ -52,21 +52,34 @@ def text(value: Any, where: str) -> str:
     return value
 
 
-def whole(lo: int = 0) -> Check:
+def whole(lo: int = 0, hi: int | None = None) -> Check:
     def check(value: Any, where: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            _fail(where, f"a whole number >= {lo}", value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo \
+                or (hi is not None and value > hi):
+            _fail(where, f"a whole number >= {lo}" if hi is None else
+                  f"a whole number from {lo} to {hi:,}", value)
         return value
     return check
 
 
-def number(lo: float = 0.0, error: type = UsageError) -> Check:
+def number(lo: float = 0.0, error: type = UsageError, hi: float | None = None) -> Check:
     def check(value: Any, where: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value < lo:
-            _fail(where, f"a number >= {lo:g}", value, error)
+                or not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+            _fail(where, f"a number >= {lo:g}" if hi is None else
+                  f"a number from {lo:g} to {hi:,g}", value, error)
         return float(value)
     return check
+
+
+# Ceilings on every count and duration a config sets: a slip of the finger (runs = 5000000) is
+# refused before any work, not found out after days of benching. Each is far above real use.
+MAX_RUNS = 100_000          # benchmark_model's default is 50; 100,000 of a 1 ms model is 100 s
+MAX_EXAMPLES = 100_000      # validation / on-device accuracy examples (MNIST's test set: 10,000)
+MAX_THREADS = 256
+MAX_RETRIES = 10            # doubling backoff: 10 retries already wait ~17 minutes
+MAX_SECONDS = 86_400.0      # a timeout, cool-down or lease of a day
+MAX_NIGHTS = 366            # a rolling window of a year of nights
 
 
 def flag(value: Any, where: str) -> bool:
@@ -181,7 +194,7 @@ def parse_export(value: Any, where: str, base: Path) -> ExportSpec:
     from exporters import EXPORTERS
 
     names = EXPORTERS.names()
-    checks: dict[str, Check] = {"formats": texts, "examples": whole(1), "dense": flag,
+    checks: dict[str, Check] = {"formats": texts, "examples": whole(1, MAX_EXAMPLES), "dense": flag,
                                 "inputs": text}
     checks.update({name: any_table for name in names})
     t = table(value, where, checks)
@@ -238,8 +251,10 @@ class BenchSpec:
 
 
 _BENCH_CHECKS: dict[str, Check] = {
-    "devices": texts, "runs": whole(1), "warmup": whole(0), "threads": whole(1), "eval": whole(0),
-    "timeout_s": number(0.001), "retries": whole(0), "cooldown_max_s": number(0), "benchmark_model": text,
+    "devices": texts, "runs": whole(1, MAX_RUNS), "warmup": whole(0, MAX_RUNS),
+    "threads": whole(1, MAX_THREADS), "eval": whole(0, MAX_EXAMPLES),
+    "timeout_s": number(0.001, hi=MAX_SECONDS), "retries": whole(0, MAX_RETRIES),
+    "cooldown_max_s": number(0, hi=MAX_SECONDS), "benchmark_model": text,
     "delegate": text}
 
 
@@ -491,7 +506,8 @@ class Rolling:
 
 
 def parse_rolling(value: Any, where: str) -> Rolling:
-    t = table(value, where, {"window": whole(1), "min_samples": whole(1), "tolerance": any_table})
+    t = table(value, where, {"window": whole(1, MAX_NIGHTS), "min_samples": whole(1, MAX_NIGHTS),
+                             "tolerance": any_table})
     tolerances = dict(Rolling().tolerances)
     for figure, tol in t.pop("tolerance", {}).items():
         if figure not in DEFAULT_TOLERANCES:
@@ -544,7 +560,8 @@ def load_matrix(path: str | Path, *, device_overrides: Mapping[str, str] | None 
     where = str(p)
     data = read_toml(p, "matrix")
     t = table(data, where, {"name": text, "devices": any_table, "models": _model_list,
-                            "bench": any_table, "regression": any_table, "lease_s": number(1),
+                            "bench": any_table, "regression": any_table,
+                            "lease_s": number(1, hi=MAX_SECONDS),
                             "history": any_table})
     base = p.resolve().parent
     devices = {check_slot(k, f"{where}: devices"): text(v, f"{where}: devices.{k}")
