@@ -30,6 +30,13 @@ class LayerState:
     # the parameter of ``module`` this layer is: None, the module's one weight (weight_param);
     # a recurrent layer's entries each name one matrix ("weight_hh_l0")
     param: str | None = None
+    # a codebook on an integer grid (the share stage's grid = "int4" / "int8", what LiteRT's
+    # quantized weights hold): group g's 2**bits centroids are exactly scales[g] * levels[g's
+    # entries] in float32, the levels integers in the grid's range (int8 [-127, 127], int4
+    # [-8, 7]; zero point 0). None: free centroids
+    grid: str | None = None
+    scales: torch.Tensor | None = None        # float32 (groups,), > 0
+    levels: torch.Tensor | None = None        # int8, like ``centroids`` (groups x 2**bits,)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -45,6 +52,24 @@ class LayerState:
             ok |= ~self.mask
         return bool(ok.all()) and self.centroids.numel() == k * -(-self.weight.shape[0]
                                                                   // self.group_size)
+
+    def grid_centroids(self) -> torch.Tensor:
+        """The centroids a grid codebook stands for: each group's scale times its levels."""
+        k = 2 ** self.bits
+        return self.scales.repeat_interleave(k) * self.levels.float()
+
+    def grid_ok(self) -> bool:
+        """A grid layer's centroids are exactly its scales times integer levels in range."""
+        from .share import GRIDS
+
+        if self.grid not in GRIDS or self.scales is None or self.levels is None:
+            return False
+        lo, hi = GRIDS[self.grid]
+        return (self.levels.numel() == self.centroids.numel()
+                and self.scales.numel() * 2 ** self.bits == self.levels.numel()
+                and bool((self.scales > 0).all())
+                and int(self.levels.min()) >= lo and int(self.levels.max()) <= hi
+                and torch.equal(self.centroids, self.grid_centroids()))
 
     def enforce(self) -> None:
         """Write the constraints into the weight (after every optimiser step)."""
@@ -92,6 +117,9 @@ class CompressionState:
                                      f"2**{layer.bits}")
             elif layer.centroids is not None and not layer.grouped_ok():
                 raise ModelError(f"layer {name}: a weight points outside its group's codebook")
+            if layer.grid is not None and not layer.grid_ok():
+                raise ModelError(f"layer {name}: its centroids are not its {layer.grid} grid "
+                                 "(scale x integer levels)")
 
     # -- checkpoints: plain tensors only, so torch.load(weights_only=True) reads them ---------
     def to_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -101,6 +129,14 @@ class CompressionState:
                   if layer.centroids is not None and layer.group_size is not None}
         if groups:   # only then: checkpoints of one-codebook layers stay as they were
             out["group_size"] = groups
+        grids = {n: layer for n, layer in self.layers.items()
+                 if layer.centroids is not None and layer.grid is not None}
+        if grids:    # likewise: only checkpoints with grid codebooks carry these
+            from .share import GRID_BITS
+
+            out["grid"] = {n: torch.tensor(GRID_BITS[layer.grid]) for n, layer in grids.items()}
+            out["scales"] = {n: layer.scales.detach().clone() for n, layer in grids.items()}
+            out["levels"] = {n: layer.levels.clone() for n, layer in grids.items()}
         for name, layer in self.layers.items():
             if layer.mask is not None:
                 out["masks"][name] = layer.mask.clone()
@@ -111,7 +147,8 @@ class CompressionState:
         return out
 
     def load_tensors(self, data: dict[str, dict[str, torch.Tensor]], source: str) -> None:
-        for section in ("masks", "centroids", "assignments", "bits", "group_size"):
+        for section in ("masks", "centroids", "assignments", "bits", "group_size", "grid",
+                        "scales", "levels"):
             for name in data.get(section, {}):
                 if name not in self.layers:
                     raise CheckpointError(f"{source}: {section} for unknown layer {name!r}")
@@ -130,6 +167,19 @@ class CompressionState:
                 if layer.group_size is not None and (layer.group_size < 1
                                                      or not layer.grouped_ok()):
                     raise CheckpointError(f"{source}: grouped codebooks of {name} do not fit")
+                width = data.get("grid", {}).get(name)
+                layer.grid = layer.scales = layer.levels = None
+                if width is not None:
+                    layer.grid = {4: "int4", 8: "int8"}.get(int(width))
+                    layer.scales = data.get("scales", {}).get(name)
+                    layer.levels = data.get("levels", {}).get(name)
+                    if layer.scales is not None:
+                        layer.scales = layer.scales.float()
+                    if layer.levels is not None:
+                        layer.levels = layer.levels.to(torch.int8)
+                    if not layer.grid_ok():
+                        raise CheckpointError(f"{source}: the grid codebook of {name} does not "
+                                              "fit (scales x levels must be its centroids)")
                 if layer.assignments.shape != layer.weight.shape or (
                         layer.assignments.numel() and int(layer.assignments.max()) >= layer.centroids.numel()):
                     raise CheckpointError(f"{source}: assignments of {name} do not fit its codebook")

@@ -237,6 +237,15 @@ class Compressor:
             counts = torch.bincount(layer.assignments[keep], minlength=k)
             layer.centroids = torch.where(counts > 0, (sums / counts.clamp(min=1)).float(),
                                           layer.centroids)
+            if layer.grid is not None:     # a grid codebook keeps its levels: the best scales
+                q = layer.levels.double()
+                mean = layer.centroids.double()
+                num = (counts * mean * q).reshape(layer.scales.numel(), -1).sum(1)
+                den = (counts * q * q).reshape(layer.scales.numel(), -1).sum(1)
+                fitted = torch.where((den > 0) & (num > 0), num / den.clamp(min=1e-300),
+                                     layer.scales.double())
+                layer.scales = fitted.float()
+                layer.centroids = layer.grid_centroids()
 
     def _need_state(self) -> None:
         if self.state is None:

@@ -170,7 +170,7 @@ def fisher_diagonal(model: nn.Module, params: Mapping[str, torch.Tensor],
     """Mean over calibration batches of the squared gradient of ``loss`` for each tensor in
     ``params`` (name -> the parameter). Gradients are restored to what they were."""
     saved = {n: (p.grad.clone() if p.grad is not None else None) for n, p in params.items()}
-    totals = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    totals = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     count = 0
     batches = list(batches)
     bar = progress("calibration (Fisher)", len(batches))
@@ -252,7 +252,7 @@ def _keep_largest(rows: torch.Tensor, sparsity: float, previous: torch.Tensor | 
 
 
 def task_sensitivity(model: nn.Module, task, examples, params: Mapping[str, torch.Tensor], *,
-                     batch_size: int = 32, seed: int = 0, progress: ProgressFn = no_progress
+                     batch_size: int = 8, seed: int = 0, progress: ProgressFn = no_progress
                      ) -> dict[str, torch.Tensor]:
     """The Fisher diagonal of ``params`` on ``examples`` (compression.tasks.Examples) for the
     task's own loss, or, for a label-free task, of the outputs themselves: the squared gradient

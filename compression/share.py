@@ -78,7 +78,7 @@ def kmeans_1d(values: torch.Tensor, k: int, *, init: str = "linear", iterations:
 # D^2 distribution exactly (not from a sample), by a segment's D^2 mass from the prefix sums and a
 # bisection inside it, O(k log m) per seed. Groups go through in chunks of about this many values,
 # so the float64 prefix sums of an embedding table never sit in memory all at once.
-_CHUNK_VALUES = 1 << 20
+_CHUNK_VALUES = 1 << 19
 
 
 def _prefix(x: torch.Tensor, w: torch.Tensor, power: int) -> list[torch.Tensor]:
@@ -237,28 +237,40 @@ def share_grouped(weight: torch.Tensor, mask: torch.Tensor | None, bits: int, *,
         mask = torch.ones_like(weight, dtype=torch.bool)
     rows = weight.shape[0]
     gs = rows if group_size is None else min(group_size, rows)
-    groups = -(-rows // gs)
     flat_w = weight.detach().float().reshape(rows, -1)
-    per_row = flat_w.shape[1]
-    pad = groups * gs - rows
-    sens = (torch.ones_like(flat_w) if sensitivity is None
-            else sensitivity.detach().float().reshape(rows, -1).clamp(min=0))
     keep = mask.reshape(rows, -1)
-    weights = torch.where(keep, sens, torch.zeros_like(sens))
-    if sensitivity is not None:
-        # a survivor the calibration data never exercised still deserves a centroid near it
-        floor = weights[keep].mean() * 1e-3 if bool(keep.any()) else 1.0
-        weights = torch.where(keep, weights.clamp(min=float(floor)), weights)
-    if pad:
-        flat_w = torch.cat([flat_w, torch.zeros(pad, per_row)])
-        weights = torch.cat([weights, torch.zeros(pad, per_row)])
-    centroids, assign = kmeans_groups(flat_w.reshape(groups, gs * per_row),
-                                      weights.reshape(groups, gs * per_row), k, init=init,
-                                      iterations=iterations, generator=generator)
-    offset = (torch.arange(groups) * k)[:, None]
-    full = (assign + offset).reshape(groups * gs, per_row)[:rows].reshape(weight.shape)
-    full = torch.where(mask, full, torch.zeros_like(full))
-    return centroids.reshape(-1), full, mask
+    weights = _value_weights(keep, sensitivity)
+    # the full groups, then the last shorter one on its own: views, no padded copies (an
+    # embedding table's copies would be as large as the model)
+    whole = rows // gs
+    parts = [(0, whole * gs, whole)] if whole else []
+    if rows % gs:
+        parts.append((whole * gs, rows, 1))
+    books, assigns = [], []
+    for r0, r1, g in parts:
+        c, a = kmeans_groups(flat_w[r0:r1].reshape(g, -1), weights[r0:r1].reshape(g, -1), k,
+                             init=init, iterations=iterations, generator=generator)
+        a.add_(((torch.arange(g) + r0 // gs) * k)[:, None])     # into the flat table
+        books.append(c)
+        assigns.append(a.reshape(r1 - r0, -1))
+    del weights
+    full = assigns[0] if len(assigns) == 1 else torch.cat(assigns)
+    full.masked_fill_(~keep, 0)
+    return torch.cat(books).reshape(-1), full.reshape(weight.shape), mask
+
+
+def _value_weights(keep: torch.Tensor, sensitivity: torch.Tensor | None) -> torch.Tensor:
+    """Each value's weight in the squared error: its sensitivity (>= 0) or 1, and 0 where
+    pruned. A survivor the calibration data never exercised still gets a floor of 1e-3 x the
+    mean, so it still deserves a centroid near it."""
+    if sensitivity is None:
+        return keep.float()
+    weights = sensitivity.detach().float().reshape(keep.shape).clamp(min=0)
+    weights.masked_fill_(~keep, 0.0)
+    kept = int(keep.sum())
+    if kept:
+        weights.clamp_(min=float(weights.sum()) / kept * 1e-3).masked_fill_(~keep, 0.0)
+    return weights
 
 
 def share_layer(weight: torch.Tensor, mask: torch.Tensor | None, bits: int, init: str,
@@ -343,3 +355,158 @@ def gptq_assign(weight: torch.Tensor, keep: torch.Tensor | None, book: torch.Ten
             w[:, b1:] -= errors @ u[b0:b1, b1:]
     return torch.where(keep, assign, torch.zeros_like(assign))
 
+
+# ---- codebooks on an integer grid (LiteRT's int8 / int4 weights hold them exactly)
+#
+# TFLite's quantized weights are scale x q with q an integer and zero point 0: int8 per channel
+# in [-127, 127] (narrow range, what ai-edge-quantizer writes for symmetric int8), int4 in
+# [-8, 7]. A grid codebook is such a tensor: each group's centroids are its scale times 2**bits
+# integer levels (all of them when 2**bits covers the range), so the exporter writes q and the
+# scale, and the runtime multiplies back exactly the weights we trained.
+GRIDS = {"int4": (-8, 7), "int8": (-127, 127)}
+GRID_BITS = {"int4": 4, "int8": 8}
+
+
+def _grid_error(values: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor, lo: int,
+                hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted squared error per group, codes) of rounding ``values`` (G, m) to ``scale`` (G,)
+    x integers in [lo, hi]."""
+    q = torch.clamp(torch.round(values / scale[:, None]), lo, hi)
+    err = (weights * (values - scale[:, None] * q) ** 2).sum(1)
+    return err, q
+
+
+def fit_grid_scale(values: torch.Tensor, weights: torch.Tensor, lo: int, hi: int,
+                   steps: int = 40, refinements: int = 10) -> torch.Tensor:
+    """The scale per group (G,) whose grid scale x [lo..hi] has the least weighted squared error
+    on ``values`` (G, m): a search over scales from the one that clips nothing down to a fifth of
+    it (clipping the rare large weights buys resolution for the many), then least-squares
+    refinement (the best scale for the codes chosen, s = sum w x q / sum w q^2, re-rounded)."""
+    values, weights = values.double(), weights.double()
+    live = weights > 0
+    top = torch.where(live, values, torch.zeros_like(values)).amax(1) / hi
+    bottom = torch.where(live, values, torch.zeros_like(values)).amin(1) / lo
+    full = torch.maximum(top, bottom)
+    full = torch.where(full > 0, full, torch.ones_like(full))     # nothing to fit: any scale
+    best_err = torch.full_like(full, float("inf"))
+    best = full.clone()
+    for t in torch.linspace(1.0, 0.2, steps, dtype=torch.float64):
+        err, _ = _grid_error(values, weights, full * t, lo, hi)
+        better = err < best_err
+        best, best_err = torch.where(better, full * t, best), torch.where(better, err, best_err)
+    for _ in range(refinements):
+        _, q = _grid_error(values, weights, best, lo, hi)
+        num, den = (weights * values * q).sum(1), (weights * q * q).sum(1)
+        fitted = torch.where((den > 0) & (num > 0), num / den.clamp(min=1e-300), best)
+        err, _ = _grid_error(values, weights, fitted, lo, hi)
+        better = err < best_err
+        if not bool(better.any()):
+            break
+        best, best_err = torch.where(better, fitted, best), torch.where(better, err, best_err)
+    return best.float()
+
+
+def share_on_grid(weight: torch.Tensor, mask: torch.Tensor | None, bits: int, grid: str, *,
+                  group_size: int | None = None, sensitivity: torch.Tensor | None = None,
+                  iterations: int = 30, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A codebook per group of ``group_size`` rows (None: per row, TFLite's per-channel scale)
+    on the integer grid ``grid``: (centroids flat as :func:`share_grouped`'s, assignments,
+    scales (G,), levels (G x 2**bits) int8) with ``centroids == scales[g] * levels`` exactly
+    in float32 for every group g.
+
+    With 2**bits at least the grid's size the levels are the whole grid and only the scale is
+    fitted (:func:`fit_grid_scale`); with fewer bits the 2**bits levels per group are weighted
+    1-D k-means centroids in units of the scale, rounded to integers (a palette of the int8
+    grid: the file keeps ``bits``-bit indices, LiteRT the int8 values)."""
+    lo, hi = GRIDS[grid]
+    k = 2 ** bits
+    rows = weight.shape[0]
+    gs = 1 if group_size is None else min(group_size, rows)
+    groups = -(-rows // gs)
+    if mask is None:
+        mask = torch.ones_like(weight, dtype=torch.bool)
+    flat = weight.detach().float().reshape(rows, -1)
+    per_row = flat.shape[1]
+    keep = mask.reshape(rows, -1)
+    wts = _value_weights(keep, sensitivity)
+    pad = groups * gs - rows
+    if pad:
+        flat = torch.cat([flat, torch.zeros(pad, per_row)])
+        wts = torch.cat([wts, torch.zeros(pad, per_row)])
+    values, wts = flat.reshape(groups, -1), wts.reshape(groups, -1)
+    if k >= hi - lo + 1:
+        scales = fit_grid_scale(values, wts, lo, hi)
+        levels = torch.arange(lo, hi + 1).expand(groups, -1)
+        levels = torch.cat([levels, levels[:, -1:].expand(groups, k - levels.shape[1])], 1)
+    else:
+        levels, scales = _grid_levels(values, wts, k, lo, hi, iterations, generator)
+        scales = _refit_scale(values, wts, scales, levels)
+    levels = levels.to(torch.int8).contiguous()
+    centroids = scales[:, None] * levels.float()
+    assign = torch.searchsorted((centroids[:, 1:] + centroids[:, :-1]).contiguous() / 2,
+                                values.contiguous())
+    full = (assign + (torch.arange(groups) * k)[:, None]).reshape(groups * gs, per_row)[:rows]
+    full = torch.where(mask, full.reshape(weight.shape), torch.zeros_like(full.reshape(weight.shape)))
+    return centroids.reshape(-1), full, scales, levels.reshape(-1)
+
+
+def _grid_levels(values: torch.Tensor, weights: torch.Tensor, k: int, lo: int, hi: int,
+                 iterations: int, generator: torch.Generator | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k integer levels per group, sorted (G, k); the scale (G,)): weighted k-means centroids,
+    the finest grid that holds them all (the outermost centroid on the grid's edge), each
+    rounded to it, then Lloyd on the grid; a level two centroids round to is kept once and the
+    spare slots repeat the top level (never the nearest of anything new)."""
+    centroids, _ = kmeans_groups(values, weights, k, init="kmeans++", iterations=iterations,
+                                 generator=generator)
+    scales = torch.maximum(centroids[:, -1] / hi, centroids[:, 0] / lo)
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    units = (values / scales[:, None]).clamp(lo, hi)
+    levels = torch.round(centroids / scales[:, None]).clamp(lo, hi).long().sort(1).values
+    for _ in range(iterations):      # Lloyd on the grid: each level the rounded mean of its own
+        mids = ((levels[:, 1:] + levels[:, :-1]).double() / 2).contiguous()
+        assign = torch.searchsorted(mids, units.double().contiguous())
+        mass = torch.zeros(levels.shape, dtype=torch.float64).scatter_add_(1, assign,
+                                                                           weights.double())
+        sums = torch.zeros(levels.shape, dtype=torch.float64).scatter_add_(
+            1, assign, weights.double() * units.double())
+        moved = torch.where(mass > 0, torch.round(sums / mass.clamp(min=1e-300)).long(), levels)
+        moved = moved.clamp(lo, hi).sort(1).values
+        if torch.equal(moved, levels):
+            break
+        levels = moved
+    # duplicates (two centroids on one integer) carry no information: the top level repeats
+    first = torch.ones_like(levels, dtype=torch.bool)
+    first[:, 1:] = levels[:, 1:] != levels[:, :-1]
+    filled = torch.where(first, levels, torch.full_like(levels, hi + 1)).sort(1).values
+    top = torch.where(filled <= hi, filled, torch.full_like(filled, lo - 1)).amax(1, keepdim=True)
+    return torch.where(filled <= hi, filled, top.expand_as(filled)), scales
+
+
+def _refit_scale(values: torch.Tensor, weights: torch.Tensor, scales: torch.Tensor,
+                 levels: torch.Tensor, rounds: int = 5) -> torch.Tensor:
+    """Alternate nearest-level assignment and the least-squares scale for it, keeping a scale
+    only where it lowers the weighted error."""
+    values, weights = values.double(), weights.double()
+    lv = levels.double()
+
+    def error(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = s.double()[:, None] * lv
+        idx = torch.searchsorted(((c[:, 1:] + c[:, :-1]) / 2).contiguous(), values.contiguous())
+        q = lv.gather(1, idx)
+        return (weights * (values - s.double()[:, None] * q) ** 2).sum(1), q
+
+    best_err, q = error(scales)
+    for _ in range(rounds):
+        num, den = (weights * values * q).sum(1), (weights * q * q).sum(1)
+        fitted = torch.where((den > 0) & (num > 0), num / den.clamp(min=1e-300),
+                             scales.double()).float()
+        err, q_new = error(fitted)
+        better = err < best_err
+        if not bool(better.any()):
+            break
+        scales = torch.where(better, fitted, scales)
+        best_err = torch.where(better, err, best_err)
+        q = torch.where(better[:, None], q_new, q)
+    return scales

@@ -44,7 +44,7 @@ def _base(**stage):
     ({"stages": [{"kind": "share", "by_name": {"fc1": {"bits": 99}}}]}, "stages[0].by_name.fc1.bits"),
     ({"stages": [{"kind": "share", "by_name": {"fc1": {"sparsity": 0.5}}}]},
      "stages[0].by_name.fc1.sparsity: unknown key; allowed keys are ['bits', 'compensate', "
-     "'group_size', 'init', 'weighting']"),
+     "'grid', 'group_size', 'init', 'weighting']"),
     ({"stages": [{"kind": "share"}, {"kind": "prune", "sparsity": 0.5}]}, "'prune' after 'share' is not allowed"),
     ({"stages": [{"kind": "finetune_centroids"}]}, "needs a 'share' stage before it"),
     ({"stages": [{"kind": "encode"}, {"kind": "share"}]}, "'encode' must be the last stage"),

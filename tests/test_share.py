@@ -266,3 +266,141 @@ def test_grouped_kmeans_is_no_worse_than_before():
                                      generator=torch.Generator().manual_seed(s)))
                   for s in range(8)) / 8
     assert new_err <= old_err * 1.02, (new_err, old_err)
+
+
+# ---- grid codebooks (grid = "int4" | "int8"): what LiteRT's int weights hold exactly
+
+
+def _on_grid(values: torch.Tensor, scales: torch.Tensor, lo: int, hi: int) -> bool:
+    """Every value of each row is exactly float32(scale x q) for an integer q in [lo, hi]."""
+    q = torch.round(values / scales[:, None])
+    return bool(((q >= lo) & (q <= hi)).all()) and torch.equal(values, scales[:, None] * q)
+
+
+def test_grid_codebooks_are_a_trained_scale_times_integers():
+    from compression.share import GRIDS, share_on_grid
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(24, 96, generator=g) * 0.05
+    w[3, 7] = 0.8                                           # an outlier the max scale chases
+    for grid, bits in (("int4", 4), ("int8", 8), ("int8", 5), ("int4", 3)):
+        lo, hi = GRIDS[grid]
+        c, a, scales, levels = share_on_grid(w, None, bits, grid)
+        k = 2 ** bits
+        assert torch.equal(c, scales.repeat_interleave(k) * levels.float())    # exact, float32
+        assert levels.dtype == torch.int8 and int(levels.min()) >= lo and int(levels.max()) <= hi
+        shared = c[a]
+        assert _on_grid(shared, scales, lo, hi), grid           # per row: scale x integer
+        assert all(torch.unique(row).numel() <= k for row in shared)
+        assert bool(((a // k) == torch.arange(24)[:, None]).all())     # a scale per row
+        if bits == {"int4": 4, "int8": 8}[grid]:   # the whole grid: trained scale beats max/hi
+            naive = torch.maximum(w.amax(1) / hi, w.amin(1) / lo)
+            rounded = torch.clamp(torch.round(w / naive[:, None]), lo, hi) * naive[:, None]
+            assert float(((shared - w) ** 2).sum()) < float(((rounded - w) ** 2).sum())
+
+
+def test_grid_settings_that_contradict_are_refused_before_any_work():
+    import pytest
+
+    from compression.stages.share import ShareConfig
+    from dccore.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="grid 'int4' holds 4-bit values; bits = 5"):
+        ShareConfig.from_dict({"kind": "share", "grid": "int4", "bits": 5}, "stages[0]")
+    with pytest.raises(RecipeError, match=r"by_type.Linear.*bits = 6"):    # across levels
+        ShareConfig.from_dict({"kind": "share", "grid": "int4",
+                               "by_type": {"Linear": {"bits": 6}}}, "stages[0]")
+    with pytest.raises(RecipeError, match="init 'kmeans\\+\\+' or 'linear'"):
+        ShareConfig.from_dict({"kind": "share", "grid": "int8", "init": "random"}, "s")
+    config = ShareConfig.from_dict({"kind": "share", "grid": "int8"}, "s")
+    assert config.for_layer("fc", "Linear")["bits"] == 8        # the grid's width, not 5
+    assert ShareConfig.from_dict({"kind": "share", "grid": "int8", "bits": 5},
+                                 "s").for_layer("fc", "Linear")["bits"] == 5
+
+
+def test_grid_holds_through_gptq_fine_tuning_checkpoints_and_the_dcz(tmp_path):
+    """A grid layer stays scale x integer levels through GPTQ, through fine-tuning (the scales
+    train, the levels stay) and a checkpoint round trip; the .dcz carries the scales, and every
+    value it decodes is exactly scale x q with q in range."""
+    import base64
+
+    import numpy as np
+
+    from compression._state import CompressionState
+    from compression.pipeline import run_recipe
+    from compression.recipe import Recipe
+    from dcz import load
+
+    torch.save(torch.randn(96, 12, generator=torch.Generator().manual_seed(0)), tmp_path / "x.pt")
+    recipe = {"name": "grid", "seed": 0, "model": {"name": "lenet300",
+                                                    "kwargs": {"in_features": 12,
+                                                               "hidden": [16, 8]}},
+              "data": {"batch_size": 32},
+              "task": {"kind": "distill", "inputs": str(tmp_path / "x.pt"), "test_fraction": 0.25},
+              "stages": [{"kind": "share", "grid": "int8", "bits": 5, "name": "share",
+                          "weighting": "activation", "compensate": "gptq", "calibration": 64,
+                          "by_name": {"fc3": {"grid": "int4", "bits": 3, "group_size": 2}}},
+                         {"kind": "finetune_centroids", "epochs": 2, "lr": 0.01, "name": "tune"},
+                         {"kind": "encode"}]}
+    lines: list[str] = []
+    result = run_recipe(Recipe.from_dict(recipe), tmp_path / "out", log=lines.append)
+    shared = torch.load(tmp_path / "out" / "checkpoints" / "share.pt", weights_only=True)
+    assert any("int8 grid, a scale per row" in line and "GPTQ-compensated" in line
+               for line in lines)
+    meta = load(tmp_path / "out" / "model.dcz").meta["grids"]
+    back = load(tmp_path / "out" / "model.dcz").state_dict
+    for name, (grid, lo, hi, gs) in {"fc1": ("int8", -127, 127, 1), "fc3": ("int4", -8, 7, 2)
+                                     }.items():
+        layer = result.state.layers[name]
+        assert layer.grid == grid and layer.group_size == gs and layer.grid_ok()
+        assert torch.equal(layer.levels, shared["levels"][name])          # levels held
+        assert not torch.equal(layer.scales, shared["scales"][name])      # the scales trained
+        entry = meta[f"{name}.weight"]
+        scales = torch.from_numpy(np.frombuffer(base64.b64decode(entry["scales"]), "<f4").copy())
+        assert entry["grid"] == grid and entry["group_size"] == gs
+        assert torch.equal(scales, layer.scales)
+        w = back[f"{name}.weight"]
+        assert torch.equal(w, layer.weight.detach())
+        assert _on_grid(w, scales.repeat_interleave(gs)[:w.shape[0]], lo, hi)
+    state = CompressionState.for_model(result.model)
+    state.load_tensors(result.state.to_tensors(), "round trip")
+    assert state.layers["fc3"].grid == "int4" and state.layers["fc3"].grid_ok()
+
+
+def test_a_transposed_convolution_on_a_grid_is_refused_with_the_reason():
+    import pytest
+
+    from compression import compress
+    from dccore.errors import RecipeError
+
+    model = torch.nn.Sequential(torch.nn.ConvTranspose1d(2, 3, 2))
+    with pytest.raises(RecipeError, match="transposed convolution.*grid = 'none'"):
+        compress(model, {"stages": [{"kind": "share", "grid": "int8"}]},
+                 calibration=torch.randn(4, 2, 5))
+    assert model[0].weight.unique().numel() == model[0].weight.numel()     # untouched
+
+
+def test_pack_grid_shares_a_checkpoint_on_the_grid(tmp_path, capsys):
+    import base64
+
+    import numpy as np
+
+    from compression.models import LeNet300
+    from dcz import load
+    from deepcompress.cli import main as cli_main
+
+    torch.manual_seed(0)
+    torch.save(LeNet300().state_dict(), tmp_path / "ckpt.pt")
+    out = tmp_path / "m.dcz"
+    assert cli_main(["pack", str(tmp_path / "ckpt.pt"), "--model", "lenet300", "--out", str(out),
+                     "--grid", "int4", "--layer", "fc3:grid=int8,bits=6"]) == 0
+    dcz = load(out)
+    for name, (lo, hi) in {"fc1": (-8, 7), "fc3": (-127, 127)}.items():
+        entry = dcz.meta["grids"][f"{name}.weight"]
+        scales = torch.from_numpy(np.frombuffer(base64.b64decode(entry["scales"]), "<f4").copy())
+        assert _on_grid(dcz.state_dict[f"{name}.weight"], scales, lo, hi)
+    assert torch.unique(dcz.state_dict["fc3.weight"][0]).numel() <= 64
+    assert cli_main(["pack", str(tmp_path / "ckpt.pt"), "--model", "lenet300", "--out",
+                     str(tmp_path / "n.dcz"), "--grid", "int4", "--bits", "5"]) != 0
+    assert "--grid int4 holds 4-bit values; bits 5" in capsys.readouterr().err
+    assert not (tmp_path / "n.dcz").exists()

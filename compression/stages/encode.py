@@ -97,8 +97,30 @@ def write_model_file(state_dict: dict, state: CompressionState, path: Path,
     all come here, so one model, state and config give the same bytes whichever wrote them
     (the coder, "smallest" included, the plain dtype, the index widths and the metadata level)."""
     meta = dict(meta) if config.metadata == "full" else minimal_meta(meta)
+    grids = grid_meta(state)
+    if grids:     # at every metadata level: an exporter needs them to write the int tensors
+        meta["grids"] = grids
     return pack(state_dict, Path(path), compressed=compressed_weights(config, state), meta=meta,
                 coder=config.coder, plain_dtype=config.plain_dtype)
+
+
+def grid_meta(state: CompressionState) -> dict[str, dict[str, Any]]:
+    """Per weight on an integer grid (share's grid): {"grid": "int4" | "int8", "group_size":
+    rows per scale, "scales": the float32 scales, little-endian, base64}. The tensor's values
+    are exactly scale x an integer of the grid's range (zero point 0), so a LiteRT exporter
+    writes q = value / scale (exact) and the scale, and the runtime multiplies back the same
+    float32 weights."""
+    import base64
+
+    out = {}
+    for name, layer in state.layers.items():
+        if layer.grid is None or layer.centroids is None:
+            continue
+        raw = layer.scales.detach().float().contiguous().numpy().astype("<f4").tobytes()
+        out[weight_name(name, layer.module)] = {
+            "grid": layer.grid, "group_size": layer.group_size,
+            "scales": base64.b64encode(raw).decode("ascii")}
+    return out
 
 
 def decoded_model(path: Path, name: str, kwargs: dict[str, Any]) -> torch.nn.Module:

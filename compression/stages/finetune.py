@@ -36,17 +36,32 @@ def run(model: torch.nn.Module, config: FinetuneCentroidsConfig, ctx: StageConte
     state = ctx.state
     shared = {name: torch.nn.Parameter(layer.centroids.clone())
               for name, layer in state.layers.items() if layer.centroids is not None}
+    # a grid codebook (share's grid) trains its scales, so its centroids stay scale x integer
+    # levels: the levels are what LiteRT stores, and they do not move
+    scales = {name: torch.nn.Parameter(state.layers[name].scales.clone())
+              for name in shared if state.layers[name].grid is not None}
     shared_weights = {id(state.layers[name].weight) for name in shared}
-    params = [p for p in model.parameters() if id(p) not in shared_weights] + list(shared.values())
+    params = ([p for p in model.parameters() if id(p) not in shared_weights]
+              + [p for n, p in shared.items() if n not in scales] + list(scales.values()))
 
     def after_step() -> None:
         for name, centroids in shared.items():
-            state.layers[name].centroids = centroids.detach()
+            layer = state.layers[name]
+            if name in scales:
+                with torch.no_grad():      # a scale stays positive: the codebook stays sorted
+                    scales[name].clamp_(min=torch.finfo(torch.float32).tiny)
+                layer.scales = scales[name].detach().clone()
+                centroids.data.copy_(layer.grid_centroids())
+            layer.centroids = centroids.detach()
         state.enforce()
 
     def after_backward() -> None:
         state.mask_gradients()
         centroid_gradients(state, shared)
+        for name, scale in scales.items():     # d loss / d scale = sum of grad x level
+            layer = state.layers[name]
+            per_level = shared[name].grad * layer.levels.float()
+            scale.grad = per_level.reshape(scale.numel(), -1).sum(1)
 
     spec = ctx.retrain_spec(config.epochs, config.lr, distill=config.distill,
                             temperature=config.temperature)
@@ -57,6 +72,8 @@ def run(model: torch.nn.Module, config: FinetuneCentroidsConfig, ctx: StageConte
           description="fine-tune centroids")
     for name, centroids in shared.items():
         state.layers[name].centroids = centroids.detach().clone()
+        if name in scales:
+            state.layers[name].scales = scales[name].detach().clone()
     state.enforce()
 
 

@@ -11,7 +11,7 @@ from dccore.errors import ModelError, RecipeError
 
 from .._config import Int, OneOf, setting
 from .._context import StageContext
-from ..share import share_grouped, share_layer
+from ..share import GRID_BITS, share_grouped, share_layer, share_on_grid
 from ._base import CONV_TYPES, Stage, StageConfig, register_stage
 
 
@@ -21,10 +21,11 @@ class ShareConfig(StageConfig):
 
     KIND: ClassVar[str] = "share"
     LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("bits", "init", "group_size", "weighting",
-                                                "compensate")
+                                                "compensate", "grid")
     INITS: ClassVar[tuple[str, ...]] = ("kmeans++", "linear", "density", "random")
     WEIGHTINGS: ClassVar[tuple[str, ...]] = ("none", "fisher", "activation")
     COMPENSATIONS: ClassVar[tuple[str, ...]] = ("none", "gptq")
+    GRIDS: ClassVar[tuple[str, ...]] = ("none", "int4", "int8")
     # None: 8 for conv, 5 for fully connected (the paper's finding)
     bits: int | None = setting(None, Int(1, 16))
     # None: "kmeans++": seeds where weights are (linear init, the paper's, leaves most of an 8-bit
@@ -40,22 +41,67 @@ class ShareConfig(StageConfig):
     # later columns through the inverse input curvature (GPTQ/SparseGPT; Linear and attention
     # layers), so the layer's outputs stay close without retraining; "none": nearest centroid
     compensate: str | None = setting(None, OneOf(COMPENSATIONS))
+    # "int8" / "int4": each group's centroids are a scale times integers (int8 in [-127, 127],
+    # int4 in [-8, 7], zero point 0): the int8 / int4 weights LiteRT holds exactly, so a .tflite
+    # carries the .dcz's weights as they are. group_size is then rows per scale (None: one per
+    # row, LiteRT's per-channel scale); bits <= the grid's width (None: the width: the whole grid,
+    # only the scale fitted; fewer: a palette of 2**bits grid values per group). "none": free
+    # centroids
+    grid: str | None = setting(None, OneOf(GRIDS))
     iterations: int = setting(30, Int(1, 10000))   # Lloyd's; stops early once centroids settle
     # calibration examples for weighting = "fisher" (the first of the training split)
     calibration: int = setting(256, Int(1, 1 << 20))
 
     def defaults_for(self, type_name: str) -> dict[str, Any]:
         return {"bits": 8 if type_name in CONV_TYPES else 5, "init": "kmeans++",
-                "group_size": None, "weighting": "none", "compensate": "none"}
+                "group_size": None, "weighting": "none", "compensate": "none", "grid": "none"}
+
+    def for_layer(self, name: str, type_name: str) -> dict[str, Any] | None:
+        settings = super().for_layer(name, type_name)
+        if settings is None or settings["grid"] == "none":
+            return settings
+        explicit = (self.bits is not None or "bits" in (self.by_type.get(type_name) or {})
+                    or "bits" in (self._name_override(name) or {}))
+        if not explicit:      # the paper's per-type default does not apply: the grid's width
+            settings["bits"] = GRID_BITS[settings["grid"]]
+        return settings
+
+    def _check(self, path: str) -> None:
+        """Each combination a layer can get (global, by_type, by_name) is checked: a grid
+        with more bits than it holds is refused here, before any work."""
+        super()._check(path)
+        base = {f: getattr(self, f) for f in self.LAYER_FIELDS if getattr(self, f) is not None}
+        types = [("", {})] + [(f".by_type.{t}", v) for t, v in self.by_type.items() if v]
+        names = [("", {})] + [(f".by_name.{n}", v) for n, v in self.by_name.items() if v]
+        for type_path, by_type in types:
+            for name_path, by_name in names:
+                _check_grid({**base, **by_type, **by_name}, path + (name_path or type_path))
 
     @classmethod
     def _check_layer(cls, settings, path: str) -> None:
+        _check_grid(settings, path)
         plain = settings.get("init") in ("density", "random")
         if plain and (settings.get("group_size") is not None
                       or settings.get("weighting") in ("fisher", "activation")
                       or settings.get("compensate") == "gptq"):
             raise RecipeError(f"{path}: group_size, weighting and compensate work with init "
                               "'kmeans++' or 'linear'")
+
+
+def _check_grid(settings: dict, path: str) -> None:
+    grid = settings.get("grid")
+    if grid in (None, "none"):
+        return
+    bits = settings.get("bits")
+    if bits is not None and bits > GRID_BITS[grid]:
+        raise RecipeError(f"{path}: grid {grid!r} holds {GRID_BITS[grid]}-bit values; bits = "
+                          f"{bits} asks for more (set bits <= {GRID_BITS[grid]}, or grid = "
+                          "'int8')" if grid == "int4" else
+                          f"{path}: grid {grid!r} holds 8-bit values; bits = {bits} asks for "
+                          "more (set bits <= 8)")
+    if settings.get("init") in ("density", "random"):
+        raise RecipeError(f"{path}: grid works with init 'kmeans++' or 'linear', not "
+                          f"{settings['init']!r}")
 
 
 def _calibration_inputs(ctx: StageContext, n: int) -> tuple[torch.Tensor, ...]:
@@ -125,6 +171,13 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
                               f"{setting} needs the inputs the layer multiplies, which "
                               "calibration cannot measure for this type; set it to 'none' for "
                               "this layer (by_name or by_type)")
+    for name, settings in chosen.items():
+        if settings["grid"] != "none" and ctx.state.layers[name].type_name.startswith(
+                "ConvTranspose"):
+            raise RecipeError(f"share: layer {name} ({ctx.state.layers[name].type_name}): grid "
+                              "scales are per row of the weight's first axis, a transposed "
+                              "convolution's inputs, and LiteRT scales its outputs; set grid = "
+                              "'none' for this layer (by_name or by_type)")
     sensitivity: dict[str, torch.Tensor] = {}
     weighted = [n for n, s in chosen.items() if s["weighting"] == "fisher"]
     if weighted:
@@ -142,14 +195,25 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
 
     def compress(name: str, hessian: torch.Tensor | None) -> None:
         settings, layer = chosen[name], ctx.state.layers[name]
+        grid = settings["grid"] if settings["grid"] != "none" else None
+        group_size = (settings["group_size"] or 1) if grid else settings["group_size"]
         notes = [f"{settings['bits']} bits"]
-        if settings["group_size"]:
-            notes.append(f"{settings['group_size']} rows per codebook")
+        if grid:
+            notes.append(f"{grid} grid, a scale per "
+                         + ("row" if group_size == 1 else f"{group_size} rows"))
+        elif group_size:
+            notes.append(f"{group_size} rows per codebook")
         if settings["weighting"] == "activation" and hessian is not None:
             sensitivity[name] = activation_sensitivity(layer.module, hessian, layer.weight.shape)
         if name in sensitivity:
             notes.append(f"{settings['weighting']}-weighted")
-        if (settings["group_size"] is None and name not in sensitivity
+        scales = levels = None
+        if grid:
+            centroids, assign, scales, levels = share_on_grid(
+                layer.weight, layer.mask, settings["bits"], grid, group_size=group_size,
+                sensitivity=sensitivity.pop(name, None), iterations=config.iterations,
+                generator=generator)
+        elif (group_size is None and name not in sensitivity
                 and settings["init"] != "kmeans++"):
             centroids, assign, _ = share_layer(layer.weight, layer.mask, settings["bits"],
                                                settings["init"], config.iterations, generator)
@@ -163,12 +227,13 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
                 notes.append("GPTQ: nearest centroids (one-hot inputs, nothing to compensate)")
             else:
                 assign = compensate(layer.module, layer.weight, layer.mask, centroids,
-                                    settings["bits"], settings["group_size"], hessian)
+                                    settings["bits"], group_size, hessian)
                 notes.append("GPTQ-compensated")
         if name in curved and hessian is None:
             notes.append("never reached by the calibration inputs: not weighted or compensated")
         layer.centroids, layer.assignments, layer.bits = centroids, assign, settings["bits"]
-        layer.group_size = settings["group_size"]
+        layer.group_size = group_size
+        layer.grid, layer.scales, layer.levels = grid, scales, levels
         layer.enforce()     # later layers' calibration inputs see this layer compressed
         ctx.log(f"{name}: {centroids.numel()} centroids ({', '.join(notes)}); layer "
                 f"{countdown.done(name)}")
@@ -204,6 +269,9 @@ def ensures_tied(names: list[str], ctx: StageContext, stage: str) -> None:
             expected = torch.where(layer.mask, expected, torch.zeros_like(expected))
         if not torch.equal(w, expected):
             raise ModelError(f"{stage}: layer {name} is not tied to its centroids")
+        if layer.grid is not None and not layer.grid_ok():
+            raise ModelError(f"{stage}: layer {name}'s centroids left its {layer.grid} grid "
+                             "(each must be its group's scale x an integer level in range)")
         if layer.group_size is not None:   # the state's check covers the groups
             continue
         distinct = torch.unique(w[w != 0]).numel()
@@ -223,6 +291,9 @@ def ensures(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> N
         if layer.bits != settings["bits"]:
             raise ModelError(f"share: layer {name} has {layer.bits} bits, asked for "
                              f"{settings['bits']}")
+        if (layer.grid or "none") != settings["grid"]:
+            raise ModelError(f"share: layer {name} has grid {layer.grid or 'none'}, asked for "
+                             f"{settings['grid']}")
         chosen.append(name)
     ensures_tied(chosen, ctx, "share")
 

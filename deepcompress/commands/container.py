@@ -32,9 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--group-size", type=int, metavar="ROWS",
                             help="with --bits: one codebook per this many rows (default: one "
                                  "per layer)")
+        parser.add_argument("--grid", choices=("int4", "int8"), default=None,
+                            help="post-training: share every compressible layer on an integer "
+                                 "grid LiteRT holds exactly (a scale per row, or per "
+                                 "--group-size rows, times int4 [-8, 7] or int8 [-127, 127] "
+                                 "values); --bits defaults to the grid's width and may not "
+                                 "exceed it")
         parser.add_argument("--layer", action="append", default=[], metavar="NAME:KEY=V[,KEY=V]",
                             help="per-layer settings, beating the global flags: sparsity, bits, "
-                                 "group_size, e.g. --layer fc3:sparsity=0.5,bits=6 (repeatable)")
+                                 "group_size, grid (int4, int8, none), e.g. --layer "
+                                 "fc3:sparsity=0.5,bits=6 (repeatable)")
         parser.add_argument("--bits-for", action="append", default=[], metavar="LAYER=B",
                             help="the same as --layer LAYER:bits=B (repeatable)")
         parser.add_argument("--index-bits", type=int, default=None, metavar="B",
@@ -63,8 +70,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _layer_settings(args: argparse.Namespace, names: list[str]) -> dict[str, dict]:
     """Each layer's sparsity / bits / group_size from the global flags and --layer/--bits-for."""
-    settings = {n: {"sparsity": args.sparsity, "bits": args.bits, "group_size": args.group_size}
-                for n in names}
+    settings = {n: {"sparsity": args.sparsity, "bits": args.bits, "group_size": args.group_size,
+                    "grid": args.grid} for n in names}
     items = [f"{spec.partition('=')[0]}:bits={spec.partition('=')[2]}" for spec in args.bits_for]
     for item in args.layer + items:
         name, _, pairs = item.partition(":")
@@ -74,6 +81,12 @@ def _layer_settings(args: argparse.Namespace, names: list[str]) -> dict[str, dic
                                  f"one of {', '.join(names)}")
         for pair in pairs.split(","):
             key, _, value = pair.partition("=")
+            if key == "grid":
+                if value not in ("int4", "int8", "none"):
+                    raise ContainerError(f"--layer {item!r}: grid must be int4, int8 or none, "
+                                         f"got {value!r}")
+                settings[layer]["grid"] = None if value == "none" else value
+                continue
             try:
                 settings[layer][key] = float(value) if key == "sparsity" else int(value)
             except ValueError:
@@ -81,12 +94,17 @@ def _layer_settings(args: argparse.Namespace, names: list[str]) -> dict[str, dic
                     from None
             if key not in ("sparsity", "bits", "group_size"):
                 raise ContainerError(f"--layer {item!r}: unknown key {key!r}; allowed: sparsity, "
-                                     "bits, group_size")
+                                     "bits, group_size, grid")
     for layer, s in settings.items():
         if s["sparsity"] is not None and not 0 <= s["sparsity"] < 1:
             raise ContainerError(f"{layer}: sparsity must be in [0, 1), got {s['sparsity']}")
         if s["bits"] is not None and not 1 <= s["bits"] <= 16:
             raise ContainerError(f"{layer}: bits must be in 1..16, got {s['bits']}")
+        if s["grid"] is not None:
+            width = {"int4": 4, "int8": 8}[s["grid"]]
+            if s["bits"] is not None and s["bits"] > width:
+                raise ContainerError(f"{layer}: --grid {s['grid']} holds {width}-bit values; "
+                                     f"bits {s['bits']} asks for more (at most {width})")
     return settings
 
 
@@ -121,7 +139,10 @@ def _pack(args: argparse.Namespace) -> int:
                              "changes nothing there")
             else:
                 cut[name] = {"sparsity": s["sparsity"]}
-        if s["bits"] is not None:
+        if s["grid"] is not None:    # values on the grid are fitted, whatever they were
+            share[name] = {"bits": s["bits"] or {"int4": 4, "int8": 8}[s["grid"]],
+                           "group_size": s["group_size"], "grid": s["grid"]}
+        elif s["bits"] is not None:
             distinct = torch.unique(w[w != 0]).numel()
             if distinct <= 2 ** s["bits"]:
                 notes.append(f"{name}: already {distinct} distinct values (<= 2**{s['bits']}): "
@@ -130,7 +151,7 @@ def _pack(args: argparse.Namespace) -> int:
             else:
                 share[name] = {"bits": s["bits"], "group_size": s["group_size"]}
         elif s["group_size"] is not None:
-            notes.append(f"{name}: --group-size without --bits changes nothing")
+            notes.append(f"{name}: --group-size without --bits or --grid changes nothing")
     off = {t: False for t in LAYER_TYPES}
     stages = []
     if cut:
