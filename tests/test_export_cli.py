@@ -87,7 +87,7 @@ def test_export_json_reports_validation(report):
     assert list(t["beside"]) == ["ours", "float32", "float16"]
     for b in t["beside"].values():
         assert b["zipped_bytes"] < b["bytes"] and abs(b["accuracy"] - t["torch_accuracy"]) <= 0.01
-        assert b["host_p50_ms"] > 0
+        assert b["p50_ms"]["host"] > 0
     assert t["beside"]["ours"]["bytes"] == t["bytes"] < t["beside"]["float16"]["bytes"]
     assert c["weights_match"] is True and c["all_compressed"] is True
     assert set(c["layers"]) == set(PLAN)
@@ -191,3 +191,11 @@ def test_importing_the_exporters_loads_no_backend():
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
                    cwd=Path(__file__).resolve().parents[1])
+
+
+def test_export_refuses_bad_latency_flags_before_any_work(dcz, tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    assert main(["export", str(dcz), "--tflite", str(out), "--latency-runs", "-1"]) == 2
+    assert "--latency-runs" in capsys.readouterr().err
+    assert main(["export", str(dcz), "--tflite", str(out), "--latency-on", "host,x:y:z"]) == 2
+    assert "--latency-on" in capsys.readouterr().err and not out.exists()

@@ -77,8 +77,11 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
                    help="validate on the first N examples (default: all of them)")
     p.add_argument("--latency-runs", type=int, default=LATENCY_RUNS, metavar="N",
                    help=f"TFLite: timed runs of the artifact and of its float32 and float16 "
-                        f"exports in the LiteRT interpreter on this machine (1 thread, XNNPACK), "
-                        f"for their p50 (default {LATENCY_RUNS}; 0: no timing)")
+                        f"exports in the LiteRT interpreter (1 thread, XNNPACK), for their p50 "
+                        f"(default {LATENCY_RUNS}; 0: no timing)")
+    p.add_argument("--latency-on", default="host", metavar="SPEC[,SPEC]",
+                   help="the devices to time on, as 'deepcompress bench --device' takes them: "
+                        "'host' (default), 'emulator' (the emulated Android device), HOST:PORT")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -219,7 +222,14 @@ def main(args: argparse.Namespace) -> int:
         raise RecipeError("give " + " and/or ".join(f"--{n} OUT{e.suffix}"
                                                     for n, e in EXPORTERS.items()))
     if args.latency_runs < 0:
-        raise RecipeError("--latency-runs must be 0 (no timing) or a number of runs")
+        raise UsageError("--latency-runs must be 0 (no timing) or a number of runs")
+    from device_harness import check_spec  # noqa: PLC0415
+    latency_on = [spec.strip() for spec in args.latency_on.split(",") if spec.strip()]
+    for spec in latency_on:
+        try:
+            check_spec(spec)
+        except UsageError as exc:
+            raise UsageError(f"--latency-on: {exc}") from None
     if args.limit is not None and args.limit <= 0:
         raise RecipeError("--limit must be a positive number of examples")
     if args.inputs and (args.data or args.input_shape):
@@ -256,7 +266,7 @@ def main(args: argparse.Namespace) -> int:
                 ours = result.validation.score.to_dict() if result.validation.score else {}
                 report[name]["beside"] = measure_beside(
                     exporter, model, examples.inputs, path, options[name], ours, score,
-                    reference, args.latency_runs)
+                    reference, args.latency_runs, latency_on)
     ok = all(report[n]["ok"] for n in paths)
     report["ok"] = ok
     if args.json:
@@ -266,28 +276,28 @@ def main(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def host_p50_ms(path: Path, runs: int) -> float | None:
-    """The artifact's median latency in ms in the LiteRT interpreter on this machine (the
-    harness's host device: 1 thread, default delegates); None when not timed."""
+def p50_ms(path: Path, runs: int, specs: list[str]) -> dict[str, float]:
+    """The artifact's median latency in ms on each device (``device_harness``: 1 thread, default
+    delegates); empty when not timed."""
     if runs <= 0:
-        return None
+        return {}
     import device_harness  # noqa: PLC0415
-    result = device_harness.bench(path, "host", runs=runs, warmup=min(10, runs), threads=1,
-                                  cooldown_max_s=0)
-    return float(result["latency_ms"]["p50"])
+    return {spec: float(device_harness.bench(path, spec, runs=runs, warmup=min(10, runs),
+                                             threads=1, cooldown_max_s=0)["latency_ms"]["p50"])
+            for spec in specs}
 
 
 def measure_beside(exporter: Any, model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path,
                    options: Any, ours: dict, score: Any, reference: np.ndarray,
-                   runs: int) -> dict[str, Any]:
+                   runs: int, specs: list[str]) -> dict[str, Any]:
     """The artifact beside the same model's uncompressed exports (``exporter.baselines``): bytes,
-    zipped bytes, the task's metric through each on every example, host p50. Keyed by label,
+    zipped bytes, the task's metric through each on every example, p50 on each device. Keyed by label,
     "ours" first (``ours``: the artifact's score, already measured)."""
     from dccore.artifacts import artifact_size  # noqa: PLC0415
     from dccore.outputs import temporary_folder  # noqa: PLC0415
 
     def row(p: Path, figures: dict) -> dict[str, Any]:
-        return {**artifact_size(p).to_dict(), **figures, "host_p50_ms": host_p50_ms(p, runs)}
+        return {**artifact_size(p).to_dict(), **figures, "p50_ms": p50_ms(p, runs, specs)}
 
     out = {"ours": row(path, ours)}
     with temporary_folder() as tmp:
@@ -340,9 +350,9 @@ def _score_line(s: dict) -> str:
 def _beside_line(label: str, what: str, b: dict) -> str:
     metric = (f"accuracy {100 * b['accuracy']:.2f}%" if "accuracy" in b
               else f"mean cosine {b['mean_cosine']:.5f}" if "mean_cosine" in b else "not scored")
-    p50 = f"{b['host_p50_ms']:.3f} ms" if b.get("host_p50_ms") is not None else "not timed"
+    p50 = ", ".join(f"p50 {ms:.3f} ms on {spec}" for spec, ms in b.get("p50_ms", {}).items())
     return (f"{label} {what}: {b['bytes']:,} bytes, {b['zipped_bytes']:,} zipped, {metric}, "
-            f"host p50 {p50}")
+            f"{p50 or 'not timed'}")
 
 
 def _print(console: Any, report: dict, formats: list[str]) -> None:

@@ -112,8 +112,10 @@ def _random_inputs(np, details, seed):
         elif d["dtype"] == np.bool_:
             arr = rng.integers(0, 2, shape).astype(np.bool_)
         else:
+            # integer inputs are ids, indices and masks: non-negative (an embedding lookup
+            # fails on a negative id), small enough for any table of 128 rows
             info = np.iinfo(d["dtype"])
-            arr = rng.integers(max(info.min, -128), min(info.max, 127) + 1, shape).astype(d["dtype"])
+            arr = rng.integers(0, min(info.max, 127) + 1, shape).astype(d["dtype"])
         feed.append((d["index"], arr))
     return feed
 
