@@ -184,6 +184,8 @@ def test_post_training_weighs_and_compensates_every_convolution(tmp_path, monkey
         kept = weight_matrix(layer.module, layer.mask).sum(-1)
         assert (kept == round(0.5 * weight_matrix(layer.module, layer.mask).shape[-1])).all()
     assert 0.5 < result.report["scores"]["2_share"]["cosine_mean"] < 1.0
+    assert [line.rsplit("; layer ", 1)[1].split(",")[0] for line in lines
+            if "; layer " in line] == [f"{k}/6" for k in range(1, 7)]     # k of n, in order
 
 
 def _lloyd_reference(values, weights, centroids, iterations):
@@ -404,3 +406,22 @@ def test_pack_grid_shares_a_checkpoint_on_the_grid(tmp_path, capsys):
                      str(tmp_path / "n.dcz"), "--grid", "int4", "--bits", "5"]) != 0
     assert "--grid int4 holds 4-bit values; bits 5" in capsys.readouterr().err
     assert not (tmp_path / "n.dcz").exists()
+
+
+def test_countdown_says_which_layer_of_how_many_and_the_time_left():
+    """Progress of the share stage: k of n and an estimate from the time per weight so far (an
+    injected clock: no dependence on the machine's speed); the bar gets the same fields."""
+    from compression.progress import Countdown, ProgressTask
+
+    ticks = iter([100.0, 105.0, 125.0])
+    seen = []
+
+    class Bar(ProgressTask):
+        def advance(self, n=1, **fields):
+            seen.append(fields)
+
+    countdown = Countdown(lambda description, total: Bar(), "share", {"a": 10, "b": 40, "c": 50},
+                          clock=lambda: next(ticks))
+    assert countdown.done("a") == "1/3, about 45 s left"        # 5 s for 10 of 100 weights
+    assert countdown.done("b") == "2/3, about 25 s left"        # 25 s for 50: 25 s for 50 more
+    assert seen == [{"item": "a", "left_s": 45.0}, {"item": "b", "left_s": 25.0}]
