@@ -85,16 +85,17 @@ def bench_table(results: Sequence[Mapping[str, Any]]) -> str:
         where = r.get("slot") or (r.get("device") or {}).get("serial") or (r.get("device") or {}).get("spec")
         if not r.get("ok"):
             rows.append(((r.get("model") or Path(str(r.get("artifact"))).name, where, "-", "-", "-", "-",
-                          "FAIL " + str(r.get("error"))), "bad"))
+                          "-", "FAIL " + str(r.get("error"))), "bad"))
             continue
         lat = r["latency_ms"]
         acc = r.get("accuracy")
         rows.append(((r.get("model") or Path(r["artifact"]).name, where, r.get("runs"), fmt_value(lat.get("p50"), "ms"),
-                      fmt_value(lat.get("p90"), "ms"), fmt_value(r.get("peak_memory_mb"), "MB"),
+                      fmt_value(lat.get("p90"), "ms"), fmt_value(r.get("model_memory_mb"), "MB"),
+                      fmt_value(r.get("peak_memory_mb"), "MB"),
                       f"accuracy {acc['accuracy']:.4f}" if acc else
                       f"{(r.get('device') or {}).get('model', '')}"), ""))
-    return _table(("artifact", "device", "runs", "p50", "p90", "peak memory", "note"), rows,
-                  (2, 3, 4, 5))
+    return _table(("artifact", "device", "runs", "p50", "p90", "model memory",
+                   "process peak memory", "note"), rows, (2, 3, 4, 5, 6))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,15 +153,27 @@ def qualify_page(results: Mapping[str, Any], compressed: Any, history: Any, name
     bench = [r for rs in results["bench"].values() for r in rs]
     series = history.series(kind="qualify", name=name, limit=TREND_RUNS)
     body = [f"<h2>Gates</h2>{gates_table(results['gates'])}"]
+    measured = results.get("measured_metric") or {}
+
+    def measured_cell(fmt: str) -> str:
+        m = measured.get(fmt)
+        if not m or m.get("value") is None:
+            return "not measured" + (f": {m['note']}" if m and m.get("note") else "")
+        return f"{m['name']} {fmt_value(m['value'], '')}" + (f" ({m['on']})" if m.get("on") else "")
+
     body.append("<h2>Artifacts</h2>" + _table(
-        ("artifact", "bytes", "zipped", "sha256", "validation"),
-        [((n, f"{a['bytes']:,}", f"{a['zipped_bytes']:,}", a["sha256"][:16],
+        ("artifact", "bytes", "zipped", "sha256", "metric, measured through it", "validation"),
+        [((n, f"{a['bytes']:,}", f"{a['zipped_bytes']:,}", a["sha256"][:16], measured_cell(n),
            "-" if n == "dcz" else ("ok" if a["ok"] else "FAIL") + (" (cached)" if a["cached"] else "")),
           "" if a["ok"] else "bad") for n, a in results["artifacts"].items()], (1, 2)))
     if metric is not None:
         body.append(f"<p>{_e(metric.name)}: compressed {fmt_value(metric.final, '')}"
                     + (f", dense {fmt_value(metric.baseline, '')}" if metric.baseline is not None else "")
                     + f" &middot; compression: {_e(results['compress']['how'])}</p>")
+    claimed = results.get("claimed_metric")
+    if claimed:
+        body.append(f"<p>The file's own claim (shown, never gated): {_e(claimed.get('name'))} "
+                    f"{fmt_value(claimed.get('final'), '')}</p>")
     body.append(f"<h2>Devices</h2>{bench_table(bench)}")
     body.append(_img(_plots.latency_plot(bench), "latency of every timed run, per device"))
     body.append("<h2>Compression</h2>")
