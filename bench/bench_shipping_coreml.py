@@ -16,7 +16,10 @@ held-out sentences (bench/minilm.py's test split).
 coremltools points (``--ct``, comma-separated): ``kmeans4`` / ``kmeans6`` (one LUT per tensor),
 ``kmeans4-g16`` / ``kmeans6-g16`` (a LUT per 16 output channels; a layer whose rows 16 does not
 divide stays dense, as coremltools leaves it: any ``kmeansN-gG`` is accepted), and on MiniLM ``emb4-lin6`` (4-bit embeddings, 6-bit
-Linear). coremltools' default ``weight_threshold`` (2048 elements) is kept: what a user gets.
+Linear), and on the LeNets ``skm4`` / ``skm6`` (coremltools.optimize.torch's sensitive k-means,
+SqueezeLLM-style, each weight's error weighed by its Fisher sensitivity on 128 training images;
+the palettized model converted and stored with ``mode="unique"``). coremltools' default
+``weight_threshold`` (2048 elements) is kept: what a user gets.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CT_POINTS = ("kmeans4", "kmeans6", "kmeans4-g16", "kmeans6-g16", "emb4-lin6")
+CT_POINTS = ("kmeans4", "kmeans6", "kmeans4-g16", "kmeans6-g16", "emb4-lin6", "skm4", "skm6")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Case:
     layers: dict                     # the .dcz's compressed layers (exporters.CompressedLayer)
     dcz_bytes: int
     metric: Callable[[nn.Module], dict[str, float]]
+    calibration: Any = None          # (inputs, labels) for sensitive k-means, where cheap
 
 
 # ---- cases --------------------------------------------------------------------------------------
@@ -77,8 +81,10 @@ def lenet_case(run: Path) -> Case:
         logits = torch.cat([m(images[i:i + 1000]) for i in range(0, len(images), 1000)])
         return {"accuracy": float((logits.argmax(1) == test.labels).float().mean())}
 
+    train = load_split("train", limit=128)
+    calibration = (train.images.reshape(len(train.images), *shape), train.labels)
     return Case(run.name, model.eval(), dense.eval(), (images[:1],), dcz_layers(model, dcz),
-                dcz.bytes, accuracy)
+                dcz.bytes, accuracy, calibration)
 
 
 def minilm_case(dcz_path: Path, reference: tuple | None = None) -> Case:
@@ -212,6 +218,10 @@ def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> 
 
     if not baselines:
         return rows
+    for point in [p for p in points if p.startswith("skm")]:
+        if case.calibration is not None:
+            skm_row(case, work, int(point.removeprefix("skm")), row)
+    points = [p for p in points if not p.startswith("skm")]
     names = weight_vars(dense16, case.dense)
     base = ct.models.MLModel(str(dense16), skip_model_load=True)
     for point in points:
@@ -226,6 +236,44 @@ def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> 
         row(f"coremltools {point}", path, time.time() - t,
             through_package(case, path, case.dense, names))
     return rows
+
+
+def skm_row(case: Case, work: Path, bits: int, row: Callable) -> None:
+    """coremltools' sensitive k-means on the dense model, stored as coremltools stores it."""
+    import copy
+
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+    from coremltools.optimize.torch.palettization import SKMPalettizer, SKMPalettizerConfig
+
+    from exporters import quiet_backend
+    from ios_export import export_coreml
+
+    images, labels = case.calibration
+    t = time.time()
+    config = SKMPalettizerConfig.from_dict({"global_config": {"n_bits": bits},
+                                            "calibration_nsamples": len(images)})
+    batches = [(images[i:i + 32], labels[i:i + 32]) for i in range(0, len(images), 32)]
+
+    def loss_fn(model: nn.Module, data: tuple) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(data[0]), data[1])
+
+    with quiet_backend("coremltools"):
+        palettized = SKMPalettizer(copy.deepcopy(case.dense), config).compress(
+            dataloader=batches, loss_fn=loss_fn).eval()
+    dense16 = work / f"skm{bits}_fp16.mlpackage"
+    path = work / f"ct_skm{bits}.mlpackage"
+    for old in (dense16, path):
+        shutil.rmtree(old, ignore_errors=True)
+    export_coreml(palettized, case.example, dense16, method="none")
+    names = weight_vars(dense16, palettized)
+    with quiet_backend("coremltools"):
+        stored = cto.palettize_weights(ct.models.MLModel(str(dense16), skip_model_load=True),
+                                       cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(
+                                           mode="unique")))
+        stored.save(str(path))
+    row(f"coremltools skm{bits}", path, time.time() - t,
+        through_package(case, path, palettized, names))
 
 
 def _decoded(path: Path, case: Case, stored: Any) -> dict[str, np.ndarray]:
@@ -263,7 +311,7 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     points = [x for x in args.ct.split(",") if x]
-    unknown = [x for x in points if not re.fullmatch(r"kmeans[123468](-g\d+)?|emb4-lin6", x)]
+    unknown = [x for x in points if not re.fullmatch(r"kmeans[123468](-g\d+)?|emb4-lin6|skm[123468]", x)]
     if unknown:
         p.error(f"--ct: unknown {unknown}; choose from {CT_POINTS} (any kmeansN-gG)")
     cases = [(lambda r=r: lenet_case(r), True) for r in args.run]
