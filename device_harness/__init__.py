@@ -30,6 +30,15 @@ def check_spec(spec: str) -> str:
     return _check(spec)
 
 
+def formats_for(spec: str) -> list[str]:
+    """The export formats ("tflite", "coreml") whose artifacts the device SPEC runs, as the
+    artifact kinds record it; nothing is opened."""
+    from ._backends import resolve
+    from .runners import formats_run_by
+
+    return formats_run_by(resolve(spec)[1].device_kind)
+
+
 def discover(adb_addresses=(), *, probe: bool = True) -> list:
     from ._discover import discover as _discover
 
@@ -48,4 +57,4 @@ def bench(artifact: str | Path, spec: str = "host", **options: Any) -> dict:
         return bench_artifact(device, Path(artifact), opts)
 
 
-__all__ = ["Device", "DeviceInfo", "ShellResult", "open_device", "check_spec", "discover", "bench"]
+__all__ = ["Device", "DeviceInfo", "ShellResult", "open_device", "check_spec", "formats_for", "discover", "bench"]

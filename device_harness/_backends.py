@@ -30,6 +30,9 @@ class Backend:
     open: Callable[..., "Device"]
     prefix: bool = False                        # NAME:ARGUMENT (the argument follows the colon)
     matches: Callable[[str], bool] | None = None  # a form with no name of its own (ADB's)
+    # the DeviceInfo.kind of the devices it opens ("host", "adb", "simctl"): what the artifact
+    # kinds' runs_on names (the emulated device is an ADB device)
+    device_kind: str = "adb"
 
 
 BACKENDS: Registry[Backend] = Registry("device backend", builtins=(

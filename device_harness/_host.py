@@ -176,4 +176,5 @@ class HostDevice(Device):
             children.remove_folder(self.workdir)
 
 
-BACKENDS.register("host", Backend("host", lambda _argument, **_options: HostDevice()))
+BACKENDS.register("host", Backend("host", lambda _argument, **_options: HostDevice(),
+                                   device_kind="host"))

@@ -180,4 +180,4 @@ class SimctlDevice(Device):
 BACKENDS.register("simctl", Backend(
     "simctl:UDID|booted",
     lambda target, *, timeout_s, retries: SimctlDevice.open(target, timeout_s=timeout_s),
-    prefix=True))
+    prefix=True, device_kind="simctl"))

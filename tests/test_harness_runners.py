@@ -12,6 +12,7 @@ import pytest
 from dccore.errors import DeviceError
 from deepcompress.commands.devices import append_jsonl
 from device_harness._device import Device, DeviceInfo, ShellResult
+from device_harness._host import HostDevice
 from device_harness.runners import BenchOptions, EvalData, bench_artifact, bench_many
 from device_harness.runners._driver import parse_runner_output
 
@@ -247,10 +248,17 @@ def test_an_artifact_kind_is_one_registration(tmp_path):
 
     model = tmp_path / "m.fake"
     model.write_bytes(b"12345")
-    RUNNERS.register(".fake", ArtifactKind("fake", False, "a .fake file", bench_fake))
+    RUNNERS.register(".fake", ArtifactKind("fake", False, "a .fake file", bench_fake,
+                                           exporter="fake", runs_on=frozenset({"adb"})))
     try:
         r = bench_artifact(FakeAndroid(), model, BenchOptions())
         assert (r["format"], r["runner"], r["artifact_bytes"]) == ("fake", "fake", 5)
+        # where it runs is said once, on the kind: qualify's choice of artifacts per device
+        # and the harness's refusal both read it
+        from device_harness import formats_for
+        assert "fake" in formats_for("127.0.0.1:5555") and "fake" not in formats_for("host")
+        with pytest.raises(DeviceError, match="runs on adb devices, not on host"):
+            bench_artifact(HostDevice(), model, BenchOptions())
         with pytest.raises(DeviceError, match="expected a .tflite file or a .mlpackage folder or "
                                               "a .fake file"):
             bench_artifact(FakeAndroid(), tmp_path, BenchOptions())

@@ -40,12 +40,12 @@ class QualifyResult:
 
 def check_devices(devices: tuple[str, ...], formats: tuple[str, ...]) -> None:
     """Each device must run at least one artifact of the config (before any work)."""
-    from device_harness import check_spec
+    from device_harness import check_spec, formats_for
 
     for spec in devices:
-        backend = check_spec(spec)
-        if not any(backend in _work.RUNS_ON.get(f, ()) for f in formats):
-            runs = sorted(f for f, on in _work.RUNS_ON.items() if backend in on)
+        check_spec(spec)
+        runs = formats_for(spec)
+        if not set(runs) & set(formats):
             raise UsageError(f"device {spec!r} runs {' or '.join(runs) or 'no'} artifacts; the "
                              f"config exports only {', '.join(formats)}: add a format or drop "
                              "the device")

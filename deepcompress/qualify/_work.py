@@ -34,10 +34,6 @@ from ._provenance import UNKNOWN, artifact_sha256
 
 Log = Callable[[str], None]
 
-# Which device backends run which artifact format (the harness's runners: LiteRT on the host and
-# on ADB devices; Core ML through BenchHost on iOS simulators).
-RUNS_ON = {"tflite": ("host", "adb", "emulator"), "coreml": ("simctl",)}
-
 
 # ----------------------------------------------------------------------------------------------
 # compress
@@ -423,11 +419,11 @@ def eval_data(spec: BenchSpec, compressed: Compressed, exports: Exports):
 
 
 def artifacts_for(spec: str, exports: Exports) -> list[Exported]:
-    """The artifacts a device runs (by its backend: see RUNS_ON)."""
-    from device_harness import check_spec
+    """The artifacts a device runs (as the harness's artifact kinds record it)."""
+    from device_harness import formats_for
 
-    backend = check_spec(spec)
-    return [e for name, e in exports.artifacts.items() if backend in RUNS_ON.get(name, ())]
+    runs = formats_for(spec)
+    return [e for name, e in exports.artifacts.items() if name in runs]
 
 
 def bench_device(spec: str, artifacts: list[Exported], bench: BenchSpec, *, data: Any = None,

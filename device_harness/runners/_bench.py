@@ -72,6 +72,11 @@ class ArtifactKind:
     folder: bool         # a .mlpackage is a folder, a .tflite a file
     description: str     # "a .tflite file", for messages
     bench: Callable[..., dict]
+    exporter: str = ""   # the exporter that writes it ("tflite", "coreml")
+    # the device kinds (DeviceInfo.kind, Backend.device_kind) that run it: recorded here once,
+    # for the harness's refusal and for qualify's choice of artifacts per device
+    runs_on: frozenset[str] = frozenset()
+    elsewhere: str = ""  # what to do on another device, for the refusal
 
 
 RUNNERS: Registry[ArtifactKind] = Registry("artifact kind")
@@ -138,9 +143,6 @@ def _from_benchmark_model(parsed) -> dict:
 
 def _bench_tflite(device: Device, artifact: Path, sha256: str, opts: BenchOptions) -> dict:
     kind = device.info.kind
-    if kind == "simctl":
-        raise DeviceError(f"{artifact.name}: a .tflite does not run in the iOS simulator here; "
-                          "bench the .mlpackage export instead")
     use_binary = opts.benchmark_model is not None and kind == "adb"
     needs_python = not use_binary or opts.eval_data is not None
     python = _driver.device_python(device, timeout_s=opts.timeout_s) if needs_python else None
@@ -171,9 +173,6 @@ def _bench_tflite(device: Device, artifact: Path, sha256: str, opts: BenchOption
 
 
 def _bench_mlpackage(device: Device, artifact: Path, sha256: str, opts: BenchOptions) -> dict:
-    if device.info.kind != "simctl":
-        raise DeviceError(f"{artifact.name}: Core ML runs only on Apple devices; use "
-                          "--device simctl:UDID|booted, or bench the .tflite export here")
     from . import _accuracy, _benchhost
 
     eval_x = labels = None
@@ -192,9 +191,22 @@ def _bench_mlpackage(device: Device, artifact: Path, sha256: str, opts: BenchOpt
     return out
 
 
-RUNNERS.register(".tflite", ArtifactKind("tflite", False, "a .tflite file", _bench_tflite))
-RUNNERS.register(".mlpackage", ArtifactKind("mlpackage", True, "a .mlpackage folder",
-                                            _bench_mlpackage))
+RUNNERS.register(".tflite", ArtifactKind(
+    "tflite", False, "a .tflite file", _bench_tflite, exporter="tflite",
+    runs_on=frozenset({"host", "adb"}),
+    elsewhere="a .tflite does not run in the iOS simulator here; bench the .mlpackage export "
+              "instead"))
+RUNNERS.register(".mlpackage", ArtifactKind(
+    "mlpackage", True, "a .mlpackage folder", _bench_mlpackage, exporter="coreml",
+    runs_on=frozenset({"simctl"}),
+    elsewhere="Core ML runs only on Apple devices; use --device simctl:UDID|booted, or bench "
+              "the .tflite export here"))
+
+
+def formats_run_by(device_kind: str) -> list[str]:
+    """The exporters whose artifacts a device of this kind runs."""
+    return sorted({k.exporter for _suffix, k in RUNNERS.items()
+                   if k.exporter and device_kind in k.runs_on})
 
 
 def bench_artifact(device: Device, artifact: Path, opts: BenchOptions,
@@ -203,6 +215,10 @@ def bench_artifact(device: Device, artifact: Path, opts: BenchOptions,
     start = time.perf_counter()
     artifact = Path(artifact)
     kind = artifact_kind(artifact)
+    if device.info.kind not in kind.runs_on:
+        raise DeviceError(f"{artifact.name}: " + (kind.elsewhere or (
+            f"{kind.description} runs on {', '.join(sorted(kind.runs_on))} devices, not on "
+            f"{device.info.kind}")))
     recovered = len(device.recovered_errors())
     thermal = cool_down(lambda: thermal_status(device, timeout_s=min(opts.timeout_s, 30.0)),
                         max_wait_s=opts.cooldown_max_s, poll_s=opts.cooldown_poll_s, sleep=sleep)
