@@ -89,7 +89,9 @@ def _exact_scales(rows: np.ndarray, bits: int, scale_ok: Any = None) -> np.ndarr
     top = np.max(np.abs(rows), axis=1)
     scales = np.where(top > 0, np.float32(0), np.float32(1)).astype(np.float32)
     todo = top > 0
-    for k in range(1, max(-lo, hi) + 1):
+    # the top value's code, largest first: a grid trained over the whole range (share's grid)
+    # puts a row's largest weight on the top code, so most rows are found at once
+    for k in range(max(-lo, hi), 0, -1):
         if not todo.any():
             break
         base = (top[todo] / np.float32(k)).astype(np.float32)
