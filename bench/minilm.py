@@ -45,6 +45,11 @@ class SentenceEncoder(nn.Module):
         self.bert = bert
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            # eager: drop the columns that are padding in every row (the outputs are the same:
+            # padding is masked out of attention and pooling); traced exports keep MAX_TOKENS
+            length = max(int(attention_mask.sum(1).max()), 1)
+            input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -76,6 +76,18 @@ def recording(modules: dict[str, nn.Module]):
             h.remove()
 
 
+def _fit_mask(mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """``mask`` cut to ``hidden``'s positions when the model dropped trailing positions that are
+    padding in every example (a wrapper that trims its batch): the cut columns must be all 0."""
+    axis = mask.dim() - 1
+    if (hidden.dim() > axis and hidden.shape[:axis] == mask.shape[:axis]
+            and hidden.shape[axis] < mask.shape[axis]
+            and not bool(mask.narrow(axis, hidden.shape[axis],
+                                     mask.shape[axis] - hidden.shape[axis]).any())):
+        return mask.narrow(axis, 0, hidden.shape[axis])
+    return mask
+
+
 def hidden_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
                 mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over modules of the squared error relative to the teacher's squared norm, counted at
@@ -88,6 +100,7 @@ def hidden_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tenso
                              f"student and {tuple(t.shape)} in the teacher")
         err, ref = (s - t).pow(2), t.pow(2)
         if mask is not None:
+            mask = _fit_mask(mask, t)
             if t.shape[:mask.dim()] != mask.shape:
                 raise ModelError(f"task.hidden_mask: a mask of shape {tuple(mask.shape)} does not "
                                  f"lead module {name}'s output {tuple(t.shape)}")

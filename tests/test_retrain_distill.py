@@ -103,6 +103,11 @@ def test_hidden_loss_is_relative_and_counts_only_the_masked_positions():
     assert hidden_loss(s, t, mask).item() == pytest.approx((1.0 + 0.25) / 2)
     # every position: a (1 + 36 + 25) / (1 + 25), b (1 + 25) / 4
     assert hidden_loss(s, t, None).item() == pytest.approx((62 / 26 + 26 / 4) / 2)
+    # a model that trimmed the all-padding positions: the mask's extra columns are cut
+    assert hidden_loss(s, t, torch.tensor([[1, 0, 0, 0]])).item() == pytest.approx(0.625)
+    from dccore.errors import ModelError
+    with pytest.raises(ModelError, match="does not lead"):      # a real position is not cut
+        hidden_loss(s, t, torch.tensor([[1, 0, 1]]))
 
 
 def test_the_hidden_state_term_is_added_to_the_loss(encoder):
