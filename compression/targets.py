@@ -29,7 +29,7 @@ class Targets(Check):
         if not isinstance(value, (list, tuple)):
             raise fail(path, f"a list of formats from {list(TARGET_BITS)}", value)
         for i, v in enumerate(value):
-            if v not in TARGET_BITS:
+            if not isinstance(v, str) or v not in TARGET_BITS:
                 raise fail(f"{path}[{i}]", f"one of {list(TARGET_BITS)}", v)
         return tuple(dict.fromkeys(value))
 

@@ -356,3 +356,25 @@ def test_names_longer_than_the_history_keeps_are_refused_naming_the_field(tmp_pa
                           ({"name": "n" * 200, "model": "m" * 200}, "key of its cell")):
         with pytest.raises(UsageError, match=field):
             load_matrix(matrix(**kwargs))
+
+
+# -- what the config fuzzer (bench/bench_fuzz_configs.py) found ------------------------------------
+
+def test_a_target_that_is_not_a_string_is_a_recipe_error(tmp_path):
+    from compression.recipe import load_recipe
+
+    for targets in ("[[]]", '[["coreml"]]', "[{}]"):
+        path = tmp_path / "r.toml"
+        path.write_text(f"[export]\ntargets = {targets}\n")
+        with pytest.raises(RecipeError, match=r"export\.targets\[0\]"):
+            load_recipe(path)
+
+
+def test_a_path_naming_an_unknown_users_home_is_taken_as_written(tmp_path):
+    from deepcompress.qualify._config import load_qualify_config
+
+    config = tmp_path / "q.toml"
+    config.write_text('[model]\ndcz = "~nosuchuser-h1a/m.dcz"\nfactory = "lenet300"\n'
+                      '[bench]\ndevices = ["host"]\n[budgets]\nmax_size_bytes = 1\n')
+    loaded = load_qualify_config(config)   # RuntimeError from expanduser before
+    assert loaded.model.dcz == tmp_path / "~nosuchuser-h1a" / "m.dcz"

@@ -176,7 +176,10 @@ def parse_model(value: Any, where: str, base: Path) -> ModelSpec:
 
 
 def _relative(base: Path, path: str) -> Path:
-    p = Path(path).expanduser()
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError:   # ~user of no such user: the path is taken as written
+        p = Path(path)
     return p if p.is_absolute() else base / p
 
 
