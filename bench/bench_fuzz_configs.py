@@ -210,7 +210,8 @@ def _on_alarm(signum, frame):
     raise Hang()
 
 
-def work(reader: str, inputs: int, seed: int, timeout: float, out: str) -> dict:
+def work(reader: str, inputs: int, seed: int, timeout: float, out: str,
+         seconds: float | None = None) -> dict:
     from dccore.errors import DeepCompressError
 
     rng = random.Random(seed)
@@ -238,6 +239,8 @@ def work(reader: str, inputs: int, seed: int, timeout: float, out: str) -> dict:
     slowest = (0.0, "")
     start = time.perf_counter()
     for _ in range(inputs):
+        if seconds is not None and time.perf_counter() - start > seconds:
+            break   # the time box: as many inputs as fitted
         i = rng.randrange(len(texts))
         if rng.random() < 0.5:
             text = dump(mutate_structure(parsed[i], rng))
@@ -274,15 +277,17 @@ def work(reader: str, inputs: int, seed: int, timeout: float, out: str) -> dict:
         took = time.perf_counter() - t0
         if took > slowest[0]:
             slowest = (took, text)
-    seconds = time.perf_counter() - start
+    elapsed = time.perf_counter() - start
     slow = Path(out) / "slowest" / f"{reader}-{seed}.toml"
     slow.parent.mkdir(parents=True, exist_ok=True)
     slow.write_text(slowest[1], encoding="utf-8", errors="surrogatepass")
     for p in folder.iterdir():
         p.unlink()
     folder.rmdir()
-    return {"reader": reader, **counts, "seconds": seconds, "slowest_s": slowest[0],
-            "distinct_messages": len(messages), "other_kinds": kinds}
+    result = {"reader": reader, **counts, "seconds": elapsed, "slowest_s": slowest[0],
+              "distinct_messages": len(messages), "other_kinds": kinds}
+    (Path(out) / f"part-{reader}-{seed}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _save(out: str, reader: str, kind: str, text: str, tb: str) -> None:
@@ -298,8 +303,11 @@ def main() -> int:
     ap.add_argument("--inputs", type=int, default=100_000, help="inputs per reader")
     ap.add_argument("--readers", default=",".join(READERS))
     ap.add_argument("--workers", type=int, default=2, help="processes per reader")
+    ap.add_argument("--processes", type=int, help="processes in all (default: --workers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds per input")
+    ap.add_argument("--seconds", type=float,
+                    help="stop each reader's workers after this many seconds (a busy machine)")
     ap.add_argument("--out", default="runs/fuzz-configs")
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -307,9 +315,9 @@ def main() -> int:
     for reader in args.readers.split(","):
         share = [args.inputs // args.workers + (w < args.inputs % args.workers)
                  for w in range(args.workers)]
-        jobs += [(reader, n, args.seed * 1000 + w, args.timeout, args.out)
+        jobs += [(reader, n, args.seed * 1000 + w, args.timeout, args.out, args.seconds)
                  for w, n in enumerate(share) if n]
-    with mp.get_context("fork").Pool(args.workers, maxtasksperchild=1) as pool:
+    with mp.get_context("fork").Pool(args.processes or args.workers, maxtasksperchild=1) as pool:
         parts = pool.starmap(work, jobs)
     summary: dict[str, dict] = {}
     for part in parts:
@@ -327,7 +335,7 @@ def main() -> int:
     for reader, s in summary.items():
         print(f"{reader:<9} {s['inputs']:>9,} {s['loaded']:>8,} {s['our_error']:>10,} "
               f"{s['other']:>6,} {s['hang']:>6,} {s['distinct_messages']:>9,} "
-              f"{s['inputs'] / max(s['seconds'], 1e-9) * args.workers:>9,.0f} "
+              f"{s['inputs'] / max(s['seconds'], 1e-9) * args.workers:>9,.1f} "
               f"{s['slowest_s']:>7.2f}s")
         for kind, n in sorted(s["other_kinds"].items(), key=lambda kv: -kv[1]):
             print(f"    {n:>7,} x {kind}")
