@@ -15,11 +15,12 @@ held-out sentences (bench/minilm.py's test split).
 
 coremltools points (``--ct``, comma-separated): ``kmeans4`` / ``kmeans6`` (one LUT per tensor),
 ``kmeans4-g16`` / ``kmeans6-g16`` (a LUT per 16 output channels; a layer whose rows 16 does not
-divide stays dense, as coremltools leaves it: any ``kmeansN-gG`` is accepted), and on MiniLM ``emb4-lin6`` (4-bit embeddings, 6-bit
-Linear), and on the LeNets ``skm4`` / ``skm6`` (coremltools.optimize.torch's sensitive k-means,
-SqueezeLLM-style, each weight's error weighed by its Fisher sensitivity on 128 training images;
-the palettized model converted and stored with ``mode="unique"``). coremltools' default
-``weight_threshold`` (2048 elements) is kept: what a user gets.
+divide stays dense, as coremltools leaves it; any ``kmeansN-gG`` is accepted), on MiniLM
+``emb4-lin6`` (4-bit embeddings, 6-bit Linear), and on the LeNets ``skm4`` / ``skm6``
+(coremltools.optimize.torch's sensitive k-means, SqueezeLLM-style, each weight's error weighed by
+its Fisher sensitivity on 128 training images; the palettized model converted and stored with
+``mode="unique"``). Each point palettizes the model's weight tensors, named one by one, with
+coremltools' default ``weight_threshold`` (2048 elements: LeNet-300-100's fc3 stays dense).
 """
 from __future__ import annotations
 
@@ -156,7 +157,11 @@ def sizes(path: Path) -> dict[str, int]:
     return {"bytes": size.bytes, "zipped_bytes": size.zipped_bytes}
 
 
-def ct_config(point: str) -> Any:
+def ct_config(point: str, weights: dict[str, bool]) -> Any:
+    """coremltools' palettizer config for ``point``, on the model's weight tensors (``weights``:
+    the package variable of each -> whether an embedding table reads it). Named one by one: the
+    global config also reaches the graph's other constants, and MiniLM's extended attention mask
+    (-3.4e38, -inf in fp16) stops its k-means ("Input X contains infinity")."""
     import coremltools.optimize.coreml as cto
 
     def pal(bits: int, group: int | None = None) -> Any:
@@ -166,10 +171,11 @@ def ct_config(point: str) -> Any:
         return cto.OpPalettizerConfig(mode="kmeans", nbits=bits)
 
     if point == "emb4-lin6":
-        return cto.OptimizationConfig(global_config=pal(6), op_type_configs={"gather": pal(4)})
+        return cto.OptimizationConfig(op_name_configs={
+            var: pal(4 if table else 6) for var, table in weights.items()})
     bits = int(point.split("-")[0].removeprefix("kmeans"))
     group = int(point.split("-g")[1]) if "-g" in point else None
-    return cto.OptimizationConfig(global_config=pal(bits, group))
+    return cto.OptimizationConfig(op_name_configs={var: pal(bits, group) for var in weights})
 
 
 def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> list[dict]:
@@ -223,6 +229,8 @@ def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> 
             skm_row(case, work, int(point.removeprefix("skm")), row)
     points = [p for p in points if not p.startswith("skm")]
     names = weight_vars(dense16, case.dense)
+    tables = {n for n, m in case.dense.named_modules() if isinstance(m, nn.Embedding)}
+    weights = {var: name.rpartition(".")[0] in tables for name, var in names.items()}
     base = ct.models.MLModel(str(dense16), skip_model_load=True)
     for point in points:
         if point == "emb4-lin6" and not any(isinstance(m, nn.Embedding) for m in case.dense.modules()):
@@ -231,7 +239,7 @@ def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> 
         shutil.rmtree(path, ignore_errors=True)
         t = time.time()
         with quiet_backend("coremltools"):   # its progress bars and warnings
-            palettized = cto.palettize_weights(base, ct_config(point))
+            palettized = cto.palettize_weights(base, ct_config(point, weights))
             palettized.save(str(path))
         row(f"coremltools {point}", path, time.time() - t,
             through_package(case, path, case.dense, names))
