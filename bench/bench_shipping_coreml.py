@@ -217,7 +217,7 @@ def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> 
     seconds = time.time() - t
     decoded = _decoded(path, case, report.layers)
     row("ours", path, seconds, case.metric(decoded_model(case.model, decoded)),
-        skipped=dict(report.skipped),
+        layers_skipped=dict(report.skipped),   # "skipped" marks a skipped point for the chart
         layers={n: {k: p[k] for k in ("method", "nbits", "luts", "group_size", "pad_rows",
                                       "payload_bytes")} for n, p in report.layers.items()},
         reasons={n: p["reason"] for n, p in report.layers.items()})
