@@ -48,7 +48,8 @@ CT_POINTS = ("kmeans4", "kmeans6", "kmeans4-g16", "kmeans6-g16", "emb4-lin6", "s
 
 @dataclass
 class Case:
-    name: str
+    name: str                        # the run (folder) the .dcz comes from
+    family: str                      # the model, as the rows name it (runs of one baseline share it)
     model: nn.Module                 # compressed, as the .dcz rebuilds it
     dense: nn.Module                 # its dense baseline (what coremltools palettizes)
     example: tuple[torch.Tensor, ...]
@@ -84,7 +85,7 @@ def lenet_case(run: Path) -> Case:
 
     train = load_split("train", limit=128)
     calibration = (train.images.reshape(len(train.images), *shape), train.labels)
-    return Case(run.name, model.eval(), dense.eval(), (images[:1],), dcz_layers(model, dcz),
+    return Case(run.name, spec.get("name", "lenet300"), model.eval(), dense.eval(), (images[:1],), dcz_layers(model, dcz),
                 dcz.bytes, accuracy, calibration)
 
 
@@ -108,7 +109,7 @@ def minilm_case(dcz_path: Path, reference: tuple | None = None) -> Case:
                                             * np.linalg.norm(reference, axis=1))
         return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
 
-    return Case(f"minilm {dcz_path.parent.name}", model.eval(), dense,
+    return Case(dcz_path.parent.name, "minilm", model.eval(), dense,
                 minilm.tokenize(sentences[:1]), dcz_layers(model, dcz), dcz.bytes, cosine)
 
 
@@ -191,12 +192,14 @@ def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> 
     rows = []
 
     def row(label: str, path: Path, seconds: float, figures: dict, **extra: Any) -> None:
-        r = {"model": case.name, "point": label, **sizes(path), "seconds": round(seconds, 1),
+        r = {"model": case.family, "run": case.name, "point": label, **sizes(path),
+             "seconds": round(seconds, 1),
              **figures, **extra}
         rows.append(r)
         print(json.dumps(r), flush=True)
 
-    rows.append({"model": case.name, "point": ".dcz", "bytes": case.dcz_bytes,
+    rows.append({"model": case.family, "run": case.name, "point": f".dcz ({case.name})",
+                 "bytes": case.dcz_bytes,
                  **case.metric(case.model)})
     print(json.dumps(rows[-1]), flush=True)
     for label, precision in (("dense fp32", "fp32"), ("dense fp16", "fp16"))[:2 if baselines else 0]:
@@ -216,7 +219,7 @@ def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> 
     report = exporter.export(case.model, case.example, path, CoreMLOptions(), layers=case.layers)
     seconds = time.time() - t
     decoded = _decoded(path, case, report.layers)
-    row("ours", path, seconds, case.metric(decoded_model(case.model, decoded)),
+    row(f"ours ({case.name})", path, seconds, case.metric(decoded_model(case.model, decoded)),
         layers_skipped=dict(report.skipped),   # "skipped" marks a skipped point for the chart
         layers={n: {k: p[k] for k in ("method", "nbits", "luts", "group_size", "pad_rows",
                                       "payload_bytes")} for n, p in report.layers.items()},
@@ -299,11 +302,11 @@ def _decoded(path: Path, case: Case, stored: Any) -> dict[str, np.ndarray]:
 
 
 def print_table(rows: list[dict]) -> None:
-    dense = {r["model"].split()[0]: r["bytes"] for r in rows if r["point"] == "dense fp32"}
+    dense = {r["model"]: r["bytes"] for r in rows if r["point"] == "dense fp32"}
     for r in rows:
         metric = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith(("accuracy", "cosine")))
-        ratio = dense.get(r["model"].split()[0], 0) / r["bytes"]
-        print(f"{r['model']:<10} {r['point']:<24} {r['bytes']:>12,} "
+        ratio = dense.get(r["model"], 0) / r["bytes"]
+        print(f"{r['model']:<10} {r['point']:<34} {r['bytes']:>12,} "
               f"{r.get('zipped_bytes', 0):>12,} {ratio:7.2f}x  {metric}")
 
 
@@ -328,7 +331,7 @@ def main() -> int:
     rows = []
     for make, baselines in cases:
         case = make()
-        rows += bench(case, args.work / case.name.replace(" ", "_"), points, baselines)
+        rows += bench(case, args.work / case.name, points, baselines)
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
