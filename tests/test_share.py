@@ -425,3 +425,30 @@ def test_countdown_says_which_layer_of_how_many_and_the_time_left():
     assert countdown.done("a") == "1/3, about 45 s left"        # 5 s for 10 of 100 weights
     assert countdown.done("b") == "2/3, about 25 s left"        # 25 s for 50: 25 s for 50 more
     assert seen == [{"item": "a", "left_s": 45.0}, {"item": "b", "left_s": 25.0}]
+
+
+def test_a_grid_stays_a_grid_in_the_users_own_training_loop():
+    """Compressor in a user's loop: fine-tuned grid layers keep their integer levels and get
+    the scale that fits their moved weights best (levels are what LiteRT stores)."""
+    from compression import Compressor
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(64, 8)
+    comp = Compressor(model, {"stages": [{"kind": "share", "grid": "int4"},
+                                         {"kind": "finetune_centroids", "epochs": 1}]},
+                      calibration=x)
+    model = comp.prepare(steps_per_epoch=4)
+    before = {n: (layer.levels.clone(), layer.scales.clone())
+              for n, layer in comp.state.layers.items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(4):
+        optimizer.zero_grad()
+        model(x).pow(2).mean().backward()
+        optimizer.step()
+        comp.step()
+    comp.finalize()
+    for name, layer in comp.state.layers.items():
+        assert layer.grid == "int4" and layer.grid_ok()
+        assert torch.equal(layer.levels, before[name][0])
+        assert not torch.equal(layer.scales, before[name][1])
