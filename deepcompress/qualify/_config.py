@@ -267,7 +267,7 @@ def parse_bench(value: Any, where: str, base: Path, *, with_devices: bool = True
         del checks["devices"]
     t = table(value, where, checks)
     if "benchmark_model" in t:
-        from device_harness.runners._driver import executable_problem
+        from device_harness.runners import executable_problem
 
         t["benchmark_model"] = _relative(base, t["benchmark_model"])
         problem = executable_problem(t["benchmark_model"])

@@ -11,9 +11,10 @@
 from ._accuracy import EvalData
 from ._bench import BenchOptions, bench_artifact, bench_many, formats_run_by
 from ._benchhost import COMPUTE_UNITS
+from ._driver import executable_problem
 from ._benchmark_model import DELEGATES, BenchmarkModelCommand, BenchmarkModelOutput, parse_output
 from ._stats import latency_stats
 
-__all__ = ["BenchOptions", "COMPUTE_UNITS", "DELEGATES", "EvalData", "bench_artifact", "formats_run_by",
-           "bench_many", "BenchmarkModelCommand",
+__all__ = ["BenchOptions", "COMPUTE_UNITS", "DELEGATES", "EvalData", "bench_artifact",
+           "executable_problem", "formats_run_by", "bench_many", "BenchmarkModelCommand",
            "BenchmarkModelOutput", "parse_output", "latency_stats"]
