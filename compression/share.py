@@ -369,10 +369,10 @@ GRID_BITS = {"int4": 4, "int8": 8}
 
 def _grid_error(values: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor, lo: int,
                 hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weighted squared error per group, codes) of rounding ``values`` (G, m) to ``scale`` (G,)
-    x integers in [lo, hi]."""
+    """(weighted squared error per group, float64; codes) of rounding ``values`` (G, m) to
+    ``scale`` (G,) x integers in [lo, hi]."""
     q = torch.clamp(torch.round(values / scale[:, None]), lo, hi)
-    err = (weights * (values - scale[:, None] * q) ** 2).sum(1)
+    err = (weights * (values - scale[:, None] * q) ** 2).sum(1, dtype=torch.float64)
     return err, q
 
 
@@ -381,29 +381,39 @@ def fit_grid_scale(values: torch.Tensor, weights: torch.Tensor, lo: int, hi: int
     """The scale per group (G,) whose grid scale x [lo..hi] has the least weighted squared error
     on ``values`` (G, m): a search over scales from the one that clips nothing down to a fifth of
     it (clipping the rare large weights buys resolution for the many), then least-squares
-    refinement (the best scale for the codes chosen, s = sum w x q / sum w q^2, re-rounded)."""
-    values, weights = values.double(), weights.double()
+    refinement (the best scale for the codes chosen, s = sum w x q / sum w q^2, re-rounded).
+    Groups go in chunks (an embedding table's temporaries stay small)."""
+    values, weights = values.float(), weights.float()
+    step = max(1, _CHUNK_VALUES // max(values.shape[1], 1))
+    return torch.cat([_fit_scale(values[a:a + step], weights[a:a + step], lo, hi, steps,
+                                 refinements) for a in range(0, values.shape[0], step)])
+
+
+def _fit_scale(values: torch.Tensor, weights: torch.Tensor, lo: int, hi: int, steps: int,
+               refinements: int) -> torch.Tensor:
     live = weights > 0
     top = torch.where(live, values, torch.zeros_like(values)).amax(1) / hi
     bottom = torch.where(live, values, torch.zeros_like(values)).amin(1) / lo
     full = torch.maximum(top, bottom)
     full = torch.where(full > 0, full, torch.ones_like(full))     # nothing to fit: any scale
-    best_err = torch.full_like(full, float("inf"))
+    best_err = torch.full(full.shape, float("inf"), dtype=torch.float64)
     best = full.clone()
-    for t in torch.linspace(1.0, 0.2, steps, dtype=torch.float64):
+    for t in torch.linspace(1.0, 0.2, steps):
         err, _ = _grid_error(values, weights, full * t, lo, hi)
         better = err < best_err
         best, best_err = torch.where(better, full * t, best), torch.where(better, err, best_err)
     for _ in range(refinements):
         _, q = _grid_error(values, weights, best, lo, hi)
-        num, den = (weights * values * q).sum(1), (weights * q * q).sum(1)
-        fitted = torch.where((den > 0) & (num > 0), num / den.clamp(min=1e-300), best)
+        num = (weights * values * q).sum(1, dtype=torch.float64)
+        den = (weights * q * q).sum(1, dtype=torch.float64)
+        fitted = torch.where((den > 0) & (num > 0), num / den.clamp(min=1e-300),
+                             best.double()).float()
         err, _ = _grid_error(values, weights, fitted, lo, hi)
         better = err < best_err
         if not bool(better.any()):
             break
         best, best_err = torch.where(better, fitted, best), torch.where(better, err, best_err)
-    return best.float()
+    return best
 
 
 def share_on_grid(weight: torch.Tensor, mask: torch.Tensor | None, bits: int, grid: str, *,
@@ -439,9 +449,15 @@ def share_on_grid(weight: torch.Tensor, mask: torch.Tensor | None, bits: int, gr
         scales = fit_grid_scale(values, wts, lo, hi)
         levels = torch.arange(lo, hi + 1).expand(groups, -1)
         levels = torch.cat([levels, levels[:, -1:].expand(groups, k - levels.shape[1])], 1)
-    else:
-        levels, scales = _grid_levels(values, wts, k, lo, hi, iterations, generator)
-        scales = _refit_scale(values, wts, scales, levels)
+    else:      # in chunks of groups, as k-means itself: float64 temporaries stay small
+        step = max(1, _CHUNK_VALUES // max(values.shape[1], 1))
+        parts = []
+        for a in range(0, groups, step):
+            lv, sc = _grid_levels(values[a:a + step], wts[a:a + step], k, lo, hi, iterations,
+                                  generator)
+            parts.append((lv, _refit_scale(values[a:a + step], wts[a:a + step], sc, lv)))
+        levels = torch.cat([lv for lv, _ in parts])
+        scales = torch.cat([sc for _, sc in parts])
     levels = levels.to(torch.int8).contiguous()
     centroids = scales[:, None] * levels.float()
     assign = torch.searchsorted((centroids[:, 1:] + centroids[:, :-1]).contiguous() / 2,
