@@ -25,7 +25,9 @@ model whose weights lie on such grids exports exactly. Free k-means codebooks li
 layer is then rounded to int8 per channel (sparse where smaller), or to int4 where the layer has
 at most 16 values and int4's measured weight error is within ``MAX_ROUNDING_ERROR``, with one
 scale for the tensor where that is within it too; the export report's interpreter score says
-what that costs.
+what that costs. A float form that holds such a layer exactly (float16, when the codebook's
+values are float16 numbers) is kept only where rounding would err by more than
+``MAX_ROUNDING_ERROR`` or save nothing: compression that stays in the .dcz helps nobody.
 
 The graph is rewritten by ai-edge-quantizer, driven with one recipe entry per op (weight-only int8
 or float16, or dynamic int4 blockwise); its quantized buffers and scales are then replaced by our
@@ -63,6 +65,7 @@ FORMS: dict[str, str] = {
 # channel, int4 instead of int8 (a layer of <= 16 values nearly on a uniform grid)
 MAX_ROUNDING_ERROR = 0.01
 BLOCK = 32
+_INT_FORMS = ("int4", "int8", "sparse-int8", "int4-block32")
 _RANGES = {4: (-8, 7), 8: (-127, 127)}
 _SCALE_BYTES = 4 + 8          # per channel: a float32 scale and an int64 zero point (both required)
 _ULPS = (0, 1, -1, 2, -2)     # s = max / k may land an ulp or two off the scale that made the grid
@@ -219,24 +222,27 @@ def choose(slot: WeightSlot, bits: int | None) -> tuple[LayerChoice, dict[str, G
     exact["int4"] = grids["int4"] is not None and grids["int4"].exact
     exact["int4-block32"] = "int4-block32" in grids and grids["int4-block32"].exact
     candidates = {f: b for f, b in sizes.items() if exact.get(f)}
-    form = min(candidates, key=lambda f: (candidates[f], f))
-    if form != "float32":
-        why = (f"smallest form that holds the weights exactly{_granularity(form, grids)} "
-               f"({_others(sizes, exact, form)})")
-        return LayerChoice(slot.tensor, slot.op, form, True, 0.0, why, sizes), \
-            {k: g for k, g in grids.items() if g is not None}
-    # no compact form is exact: round to the nearest int8 grid, or int4 where that costs little
-    int8 = min(("int8", "sparse-int8"), key=lambda f: sizes.get(f, math.inf))
-    form, error = int8, grids["int8"].error
-    int4 = grids["int4"]
-    if int4 is not None and int4.error <= MAX_ROUNDING_ERROR and sizes["int4"] < sizes[int8]:
+    best = min(candidates, key=lambda f: (candidates[f], f))
+    kept = {k: g for k, g in grids.items() if g is not None}
+    if best in _INT_FORMS:
+        why = (f"smallest form that holds the weights exactly{_granularity(best, grids)} "
+               f"({_others(sizes, exact, best)})")
+        return LayerChoice(slot.tensor, slot.op, best, True, 0.0, why, sizes), kept
+    # on no int grid: the nearest int8 grid (int4 where that costs little), unless that rounds
+    # the weights by more than MAX_ROUNDING_ERROR or a float form holds them exactly in fewer bytes
+    form = min(("int8", "sparse-int8"), key=lambda f: sizes.get(f, math.inf))
+    error, int4 = grids["int8"].error, grids["int4"]
+    if int4 is not None and int4.error <= MAX_ROUNDING_ERROR and sizes["int4"] < sizes[form]:
         form, error = "int4", int4.error
+    if error > MAX_ROUNDING_ERROR or sizes[best] <= sizes[form]:
+        why = (f"on no int4/int8 grid; {best} holds it exactly ({sizes[best]:,} B), rounding to "
+               f"{form} would cost {sizes[form]:,} B at relative weight error {error:.2e}")
+        return LayerChoice(slot.tensor, slot.op, best, True, 0.0, why, sizes), kept
     why = (f"on no int4/int8 grid; rounded to {form}{_granularity(form, grids)} (relative "
            f"weight error {error:.2e}"
            + (f"; int4 would be {int4.error:.2e}" if int4 is not None and form != "int4" else "")
-           + ")")
-    return LayerChoice(slot.tensor, slot.op, form, False, error, why, sizes), \
-        {k: g for k, g in grids.items() if g is not None}
+           + f"; exact needs {best}, {sizes[best]:,} B)")
+    return LayerChoice(slot.tensor, slot.op, form, False, error, why, sizes), kept
 
 
 def _granularity(form: str, grids: Mapping[str, Grid | None]) -> str:

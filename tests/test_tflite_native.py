@@ -163,3 +163,16 @@ def test_sparse_only_where_smaller_and_never_int4():
     assert "sparse-int8" not in _sizes(pruned, "EMBEDDING_LOOKUP", 48, 48)
     # a scale per channel costs a float32 and an int64 zero point
     assert sizes["int8"] - _sizes(pruned, "FULLY_CONNECTED", 1, 1)["int8"] == 47 * 12
+
+
+def test_a_float16_codebook_is_still_rounded_to_int8_where_that_is_smaller(tmp_path):
+    from android_export import export_tflite
+    model = nn.Sequential(nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4)).eval()
+    # a k-means codebook whose values happen to be float16 numbers: float16 holds it exactly in
+    # 2 bytes a weight, int8 within ~0.3% in 1; the artifact must carry the compression
+    codebook = torch.tensor([-0.31, -0.173, -0.0521, 0.0437, 0.129, 0.2718, 0.3333, 0.41]).half().float()
+    with torch.no_grad():
+        model[0].weight.copy_(codebook[torch.randint(0, 8, (24, 32), generator=torch.Generator().manual_seed(0))])
+    stored = export_tflite(model, torch.randn(1, 32), tmp_path / "h.tflite",
+                           layers=["0.weight"]).layers["0.weight"]
+    assert stored.form == "int8" and not stored.exact and "exact needs float16" in stored.why
