@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from exporters import accuracy_scorer, describe_weight
+from exporters import EXPORTERS, accuracy_scorer, describe_weight
 
 pytest.importorskip("coremltools")
+EXPORTERS.names()   # the built-in exporters register in their order before ios_export is imported
 
 
 def grouped(rows: int, cols: int, group_size: int, k: int, *, prune: float = 0.0,
