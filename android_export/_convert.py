@@ -47,7 +47,7 @@ from exporters import (MAX_CODEBOOK, CompressedLayer, as_inputs, select_layers,
 from . import _lsh
 from ._backend import quiet, require
 from ._flatbuffer import WeightSlot, sparsify, weight_slots
-from ._native import build_native
+from ._native import build_native, folded_scale, unfold_scales
 
 VARIANTS: dict[str, str] = {
     "float32": "dense float32 weights (the uncompressed baseline)",
@@ -224,6 +224,15 @@ def _build_auto(float32: bytes, model: nn.Module, layers: Mapping[str, Compresse
     layer chosen as exact must read back bit for bit equal to ours."""
     state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     matched = _match(layers, state, weight_slots(float32))
+    # a LayerNorm's scale folded into the next Linear by the converter: unfolded (_native)
+    vectors = {k: v for k, v in state.items() if v.ndim == 1}
+    unfold = {}
+    for name, (slot, _, _) in matched.items():
+        if slot.op == "FULLY_CONNECTED" and (g := folded_scale(state[name], slot.weight, vectors)):
+            unfold[slot.tensor] = (state[name], vectors[g])
+    if unfold:
+        float32 = unfold_scales(float32, unfold)
+        matched = _match(layers, state, weight_slots(float32))
     bits = {n: info.bits if len(info.codebook) <= MAX_CODEBOOK else None
             for n, info in layers.items()}
     native = build_native(float32, bits, {slot.tensor: n for n, (slot, _, _) in matched.items()})

@@ -49,7 +49,7 @@ from dccore.errors import ExportError
 
 from ._backend import quiet, require
 from ._flatbuffer import (_DENSE_WHEN_DEQUANTIZED, _PASS_THROUGH, _WEIGHT_OPS, WeightSlot, _fb,
-                          _op_names, read_model, sparsify, weight_slots, write_model)
+                          _op_names, _opcode, read_model, sparsify, weight_slots, write_model)
 
 FORMS: dict[str, str] = {
     "int4": "int4 per output channel, dequantized at load",
@@ -405,3 +405,68 @@ def build_native(float32: bytes, bits: Mapping[str, int | None], match: Mapping[
     if sparse:
         content, _ = sparsify(content, only=sparse)
     return NativeExport(content, plan)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input scales folded into a weight by the converter
+
+def folded_scale(ours: np.ndarray, stored: np.ndarray, vectors: Mapping[str, np.ndarray]
+                 ) -> str | None:
+    """The name of the vector g the converter folded into a FULLY_CONNECTED weight
+    (``stored == float32(ours * g)`` column by column, bit for bit: a LayerNorm's scale before a
+    Linear), or None."""
+    if ours.ndim != 2 or ours.shape != stored.shape or np.array_equal(ours, stored):
+        return None
+    for name, g in vectors.items():
+        if g.shape == (ours.shape[1],) and np.array_equal(ours * g[None, :], stored):
+            return name
+    return None
+
+
+def unfold_scales(content: bytes, unfold: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """For each FULLY_CONNECTED weight tensor named in ``unfold`` (-> (ours, g)): store ``ours``
+    and multiply the op's input by ``g`` (a MUL before it), as PyTorch computes it. litert-torch
+    folds a LayerNorm's scale into the next Linear's weights, which moves them off the grid that
+    holds them exactly; unfolded, the weight is ours and the arithmetic is the model's."""
+    if not unfold:
+        return content
+    fb = _fb()
+    model = read_model(content)
+    names, sg = _op_names(model), model.subgraphs[0]
+    mul_code = None
+    for i in range(len(sg.operators) - 1, -1, -1):
+        op = sg.operators[i]
+        if names[op.opcodeIndex] != "FULLY_CONNECTED" or len(op.inputs) < 2:
+            continue
+        weight = sg.tensors[op.inputs[1]]
+        name = weight.name.decode() if isinstance(weight.name, bytes) else str(weight.name)
+        if name not in unfold:
+            continue
+        ours, g = unfold[name]
+        model.buffers[weight.buffer].data = np.frombuffer(
+            np.ascontiguousarray(ours, np.float32).tobytes(), np.uint8)
+        buf = fb.BufferT()
+        buf.data = np.frombuffer(np.ascontiguousarray(g, np.float32).tobytes(), np.uint8)
+        model.buffers.append(buf)
+        scale = fb.TensorT()
+        scale.name, scale.shape, scale.type = (name + "/input_scale").encode(), [g.size], \
+            fb.TensorType.FLOAT32
+        scale.buffer = len(model.buffers) - 1
+        sg.tensors.append(scale)
+        x = sg.tensors[op.inputs[0]]
+        scaled = fb.TensorT()
+        scaled.name, scaled.shape, scaled.type = (name + "/scaled_input").encode(), \
+            list(x.shape), x.type
+        empty = fb.BufferT()
+        model.buffers.append(empty)
+        scaled.buffer = len(model.buffers) - 1
+        sg.tensors.append(scaled)
+        if mul_code is None:
+            mul_code = _opcode(model, fb.BuiltinOperator.MUL)
+        mul = fb.OperatorT()
+        mul.opcodeIndex = mul_code
+        mul.inputs, mul.outputs = [op.inputs[0], len(sg.tensors) - 2], [len(sg.tensors) - 1]
+        mul.builtinOptionsType, mul.builtinOptions = fb.BuiltinOptions.MulOptions, fb.MulOptionsT()
+        op.inputs = [len(sg.tensors) - 1, *list(op.inputs)[1:]]
+        sg.operators.insert(i, mul)
+    return write_model(model)

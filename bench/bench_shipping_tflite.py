@@ -3,12 +3,12 @@
 model.dcz, the ``auto`` variant) against ai-edge-quantizer's recipes on the same model's dense
 float weights, and the dense float32 and float16 exports.
 
-    python bench/bench_shipping_tflite.py lenet300 RUN_DIR        # RUN_DIR of 'deepcompress run'
+    python bench/bench_shipping_tflite.py lenet300 RUN_DIR [RUN_DIR...]   # of 'deepcompress run'
     python bench/bench_shipping_tflite.py lenet5 RUN_DIR
-    PYTHONPATH=bench python bench/bench_shipping_tflite.py minilm RUN_DIR [--limit N]
+    PYTHONPATH=bench python bench/bench_shipping_tflite.py minilm RUN_DIR [RUN_DIR...] [--limit N]
 
-The dense model ai-edge-quantizer is given: a LeNet's dense baseline (RUN_DIR/checkpoints/
-0_baseline.pt, what its user trained before compressing), MiniLM's packaged weights. Its
+The dense model ai-edge-quantizer is given: a LeNet's dense baseline (the first RUN_DIR's
+checkpoints/0_baseline.pt, what its user trained before compressing), MiniLM's packaged weights. Its
 recipes: int8 and int4 dynamic-range, per channel and in blocks of 32, with and without Hadamard
 rotation (``*_hr``, per channel only in 0.10), and weight-only int8 / int4.
 
@@ -68,7 +68,7 @@ AEQ_RECIPES = {
 def lenet(run: Path, limit: int | None) -> dict[str, Any]:
     from compression.data import load_split
     from compression.models import build_model
-    ours, dcz = model_from_dcz(run / "model.dcz")
+    _, dcz = model_from_dcz(run / "model.dcz")
     name = dcz.meta["model"]["name"]
     dense = build_model(name).eval()
     blob = torch.load(run / "checkpoints" / "0_baseline.pt", map_location="cpu", weights_only=True)
@@ -80,13 +80,12 @@ def lenet(run: Path, limit: int | None) -> dict[str, Any]:
 
     def score(out: np.ndarray) -> dict[str, float]:
         return {"accuracy": metrics.accuracy(out, labels)}
-    return {"name": name, "ours": ours.eval(), "dense": dense, "inputs": (images,),
-            "score": score, "metric": "accuracy", "dcz_bytes": dcz.bytes, "dcz": run / "model.dcz"}
+    return {"name": name, "dense": dense, "inputs": (images,), "score": score,
+            "metric": "accuracy", "load": lambda path: model_from_dcz(path)}
 
 
 def minilm_model(run: Path, limit: int | None) -> dict[str, Any]:
     import minilm
-    ours, dcz = model_from_dcz(run / "model.dcz", model="minilm:pretrained")
     dense = minilm.pretrained()
     ids, mask = minilm.tokenize(minilm.sentences("test", limit))
     with torch.no_grad():
@@ -94,9 +93,9 @@ def minilm_model(run: Path, limit: int | None) -> dict[str, Any]:
 
     def score(out: np.ndarray) -> dict[str, float]:
         return {"mean_cosine": metrics.mean_cosine(out, ref), "min_cosine": metrics.min_cosine(out, ref)}
-    return {"name": "all-MiniLM-L6-v2", "ours": ours.eval(), "dense": dense, "inputs": (ids, mask),
-            "score": score, "metric": "mean_cosine", "dcz_bytes": dcz.bytes,
-            "dcz": run / "model.dcz"}
+    return {"name": "all-MiniLM-L6-v2", "dense": dense, "inputs": (ids, mask), "score": score,
+            "metric": "mean_cosine",
+            "load": lambda path: model_from_dcz(path, model="minilm:pretrained")}
 
 
 MODELS: dict[str, Callable[[Path, int | None], dict[str, Any]]] = {
@@ -139,25 +138,30 @@ def measure(path: Path, case: dict[str, Any], runs: int, extra: dict | None = No
     return {**row, **(extra or {})}
 
 
-def bench(model: str, run: Path, limit: int | None, runs: int, work: Path,
-          devices: list[str]) -> dict[str, Any]:
-    case = {**MODELS[model](run, limit), "devices": devices}
+def bench(model: str, run_dirs: list[Path], limit: int | None, runs: int, work: Path,
+          devices: list[str], aeq: list[str] | None = None) -> dict[str, Any]:
+    case = {**MODELS[model](run_dirs[0], limit), "devices": devices}
     first = tuple(t[:1] for t in case["inputs"])
     rows: dict[str, dict[str, Any]] = {}
-    with torch.no_grad():
-        ref_ours = case["ours"](*case["inputs"]).numpy()
-    rows[".dcz (PyTorch, decoded)"] = {"bytes": case["dcz_bytes"], **case["score"](ref_ours)}
     for variant in ("float32", "float16"):
         path = work / f"dense-{variant}.tflite"
         export_tflite(case["dense"], first, path, variant=variant)
         rows[f"dense {variant}"] = measure(path, case, runs)
-    t = time.time()
-    ours = export_tflite(case["ours"], first, work / "ours.tflite")
-    forms = {n: {"form": s.form, "exact": s.exact, "why": s.why} for n, s in ours.layers.items()}
-    rows["ours (auto)"] = measure(ours.path, case, runs, {"export_seconds": round(time.time() - t, 1),
-                                                          "layers": forms})
+    for run in run_dirs:
+        ours, dcz = case["load"](run / "model.dcz")
+        with torch.no_grad():
+            decoded = ours.eval()(*case["inputs"]).numpy()
+        rows[f".dcz {run.name} (PyTorch, decoded)"] = {"bytes": dcz.bytes, **case["score"](decoded)}
+        t = time.time()
+        out = export_tflite(ours, first, work / f"ours-{run.name}.tflite")
+        forms = {n: {"form": s.form, "exact": s.exact, "why": s.why} for n, s in out.layers.items()}
+        rows[f"ours {run.name} (auto)"] = measure(
+            out.path, case, runs, {"export_seconds": round(time.time() - t, 1), "layers": forms,
+                                   "all_exact": all(s.exact for s in out.layers.values())})
     float32 = convert_float32(case["dense"], first)
     for name, label in AEQ_RECIPES.items():
+        if aeq is not None and name not in aeq:
+            continue
         path = work / f"{name}.tflite"
         t = time.time()
         why = aeq_artifact(float32, name, path)
@@ -165,7 +169,8 @@ def bench(model: str, run: Path, limit: int | None, runs: int, work: Path,
             path, case, runs, {"export_seconds": round(time.time() - t, 1)})
         if not why and rows[label]["bytes"] >= 0.95 * rows["dense float32"]["bytes"]:
             rows[label]["note"] = "ai-edge-quantizer left the weights float32 (recipe not applied)"
-    return {"model": case["name"], "metric": case["metric"], "dcz": str(case["dcz"]), "devices": devices,
+    return {"model": case["name"], "metric": case["metric"], "runs": [str(r) for r in run_dirs],
+            "devices": devices,
             "examples": int(case["inputs"][0].shape[0]), "rows": rows}
 
 
@@ -193,7 +198,11 @@ def table(result: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", choices=sorted(MODELS))
-    parser.add_argument("run", type=Path, help="the folder 'deepcompress run' wrote (model.dcz)")
+    parser.add_argument("run", type=Path, nargs="+",
+                        help="folders 'deepcompress run' wrote (model.dcz), one row each")
+    parser.add_argument("--aeq", metavar="RECIPE[,RECIPE]",
+                        help="only these of ai-edge-quantizer's recipes ('' for none; default all: "
+                             + ", ".join(AEQ_RECIPES) + ")")
     parser.add_argument("--limit", type=int, help="score on the first N held-out examples only")
     parser.add_argument("--runs", type=int, default=50, help="timed runs per artifact (default 50)")
     parser.add_argument("--devices", default="host,emulator",
@@ -203,12 +212,15 @@ def main() -> int:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory() as tmp:
         result = bench(args.model, args.run, args.limit, args.runs, Path(tmp),
-                       [d.strip() for d in args.devices.split(",") if d.strip()])
+                       [d.strip() for d in args.devices.split(",") if d.strip()],
+                       None if args.aeq is None else [r for r in args.aeq.split(",") if r])
     result.update(started=started, load=os.getloadavg(), python=platform.python_version(),
                   command=" ".join(sys.argv))
     print(table(result))
-    for name, layer in result["rows"]["ours (auto)"].get("layers", {}).items():
-        print(f"- {name}: {layer['form']}{' (exact)' if layer['exact'] else ''}: {layer['why']}")
+    for label, row in result["rows"].items():
+        for name, layer in row.get("layers", {}).items():
+            print(f"- {label}: {name}: {layer['form']}{' (exact)' if layer['exact'] else ''}: "
+                  f"{layer['why']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
     return 0

@@ -176,3 +176,32 @@ def test_a_float16_codebook_is_still_rounded_to_int8_where_that_is_smaller(tmp_p
     stored = export_tflite(model, torch.randn(1, 32), tmp_path / "h.tflite",
                            layers=["0.weight"]).layers["0.weight"]
     assert stored.form == "int8" and not stored.exact and "exact needs float16" in stored.why
+
+
+def test_a_scale_folded_into_a_linear_by_the_converter_is_unfolded(tmp_path):
+    """litert-torch folds a LayerNorm's scale g into the next Linear (stores W * g): the weight is
+    off its grid. The exporter finds g among the model's vectors, stores W and multiplies the
+    input by g instead. Here the fold is made by hand on a converted file."""
+    from android_export import convert_float32, tflite_outputs, weight_slots
+    from android_export._flatbuffer import read_model, write_model
+    from android_export._native import folded_scale, unfold_scales
+    model = nn.Sequential(nn.Linear(16, 8)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(_on_grid((8, 16), 7, seed=6))
+    ours = model[0].weight.detach().numpy()
+    g = np.linspace(0.5, 1.5, 16, dtype=np.float32)
+    content = convert_float32(model, torch.randn(1, 16))
+    slot = next(s for s in weight_slots(content) if s.weight.shape == (8, 16))
+    fm = read_model(content)
+    tensor = next(t for t in fm.subgraphs[0].tensors if t.name.decode() == slot.tensor)
+    fm.buffers[tensor.buffer].data = np.frombuffer((ours * g).astype(np.float32).tobytes(), np.uint8)
+    folded = write_model(fm)
+    assert folded_scale(ours, ours * g, {"ln.weight": g, "other": g[::-1].copy()}) == "ln.weight"
+    assert folded_scale(ours, ours, {"ln.weight": g}) is None
+    path = tmp_path / "u.tflite"
+    path.write_bytes(unfold_scales(folded, {slot.tensor: (ours, g)}))
+    stored = next(s for s in weight_slots(path.read_bytes()) if s.weight.shape == (8, 16))
+    assert np.array_equal(stored.weight, ours)
+    x = torch.randn(5, 16)
+    ref = model(x * torch.from_numpy(g)).detach().numpy()
+    assert np.abs(tflite_outputs(path, x) - ref).max() < 1e-5
