@@ -35,6 +35,10 @@ codes and scales (an int4 per-channel weight is retyped from the int8 the quanti
 policy refuses weight-only int4 for DEPTHWISE_CONV_2D, which LiteRT's DEQUANTIZE feeds fine), and
 the sparse forms are made by ``_flatbuffer.sparsify``. Layers that are not
 compressed are stored as float16, as in the ``sparse-float16`` variant.
+
+litert-torch folds a LayerNorm's scale g into the Linear after it (stores ``W * g``: MiniLM's
+Q, K, V and FFN-in), which takes the weight off its grid; ``unfold_scales`` stores ``W`` again and
+multiplies the op's input by g (found among the model's vectors, bit for bit), as PyTorch does.
 """
 from __future__ import annotations
 
