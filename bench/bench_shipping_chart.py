@@ -59,8 +59,19 @@ def draw(rows: list[dict[str, Any]], title: str) -> bytes:
     from dccore.plots import png, pyplot
 
     plt = pyplot()
-    panels = sorted({(r["model"], r["format"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    models = sorted({r["model"] for r in rows})
+    formats = sorted({r["format"] for r in rows})
+    fig, grid = plt.subplots(len(formats), len(models), figsize=(5.6 * len(models),
+                                                                  4.4 * len(formats)),
+                             squeeze=False)
+    panels, axes = [], [[]]
+    for i, fmt in enumerate(formats):
+        for j, model in enumerate(models):
+            if any((r["model"], r["format"]) == (model, fmt) for r in rows):
+                panels.append((model, fmt))
+                axes[0].append(grid[i][j])
+            else:
+                grid[i][j].set_axis_off()
     markers = {"ours": ("o", "tab:red"), "coremltools": ("s", "tab:blue"),
                "ai-edge-quantizer": ("^", "tab:green"), "dense": ("x", "black"),
                ".dcz (reference)": ("*", "tab:orange")}
