@@ -153,7 +153,8 @@ def bench(model: str, run_dirs: list[Path], limit: int | None, runs: int, work: 
             decoded = ours.eval()(*case["inputs"]).numpy()
         rows[f".dcz {run.name} (PyTorch, decoded)"] = {"bytes": dcz.bytes, **case["score"](decoded)}
         t = time.time()
-        out = export_tflite(ours, first, work / f"ours-{run.name}.tflite")
+        # the layers the .dcz stores compressed, as `deepcompress export` passes them
+        out = export_tflite(ours, first, work / f"ours-{run.name}.tflite", layers=list(dcz.layers))
         forms = {n: {"form": s.form, "exact": s.exact, "why": s.why} for n, s in out.layers.items()}
         rows[f"ours {run.name} (auto)"] = measure(
             out.path, case, runs, {"export_seconds": round(time.time() - t, 1), "layers": forms,
