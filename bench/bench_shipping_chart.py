@@ -102,11 +102,17 @@ def main() -> int:
                         help="bench_shipping_coreml / bench_shipping_tflite --json outputs")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--title", default="metric through the artifact against its bytes")
+    parser.add_argument("--alias", action="append", default=[], metavar="NAME=MODEL",
+                        help="draw a model the benches name differently in one panel, e.g. "
+                             "all-MiniLM-L6-v2=minilm (repeatable)")
     args = parser.parse_args()
+    alias = dict(a.split("=", 1) for a in args.alias if "=" in a)
     rows = []
     for path in args.json:
         doc = json.loads(path.read_text())
         rows += points(doc, "coreml")
+    for r in rows:
+        r["model"] = alias.get(r["model"], r["model"])
     if not rows:
         print("no points with bytes and a metric in the given files", file=sys.stderr)
         return 2
