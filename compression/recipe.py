@@ -1,7 +1,7 @@
 """Recipes: one TOML file describing data, model, baseline training and the ordered stages.
 
 Every table becomes a frozen config dataclass, built and checked by one generic function
-(``compression/_config.py``) from what each field declares: unknown keys, wrong types and
+(``dccore/config.py``) from what each field declares: unknown keys, wrong types and
 out-of-range values raise :class:`RecipeError` naming the field (``stages[1].bits``), what is
 allowed and what was given. Each ``[[stages]]`` table is built by the config its ``kind``
 registered (``compression/stages/``). Stage settings are scoped like coremltools' optimisation
@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar, Mapping
 from dccore import tomlfile
 from dccore.errors import RecipeError
 
-from ._config import (Check, Config, FreeTable, Int, Num, OneOf, Section, Shape, Text, lookup,
+from dccore.config import (Check, Config, FreeTable, Int, Num, OneOf, Section, Shape, Text, lookup,
                       setting)
 from .tasks import TaskConfig, TaskSection, default_task_config
 from .stages import StageConfig, StageList, check_order

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Iterable, Mapping
 from dccore.errors import RecipeError
 from dccore.formats import TARGET_BITS
 
-from ._config import Check, Config, Flag, fail, setting
+from dccore.config import Check, Config, Flag, fail, setting
 
 
 class Targets(Check):

@@ -12,12 +12,6 @@ class DeepCompressError(Exception):
     exit_code = 1
 
 
-class RecipeError(DeepCompressError, ValueError):
-    """A recipe (or a config built from one) is invalid; the message names the field."""
-
-    exit_code = 2
-
-
 class DataError(DeepCompressError):
     """A dataset is missing or malformed."""
 
@@ -50,10 +44,15 @@ class UsageError(DeepCompressError):
     exit_code = 2
 
 
-class BudgetError(DeepCompressError):
-    """A budgets file is malformed."""
+class ConfigError(UsageError, ValueError):
+    """A setting is invalid: of a recipe, a qualification config, a nightly matrix, budgets, an
+    exporter's or a bench's options, or a flag that sets one. The one error of ``dccore.config``;
+    the message names the field (``stages[1].bits: expected an integer in [1, 16], got 0``)."""
 
-    exit_code = 2
+
+# The names the config error had before there was one config system; kept for users' code.
+RecipeError = ConfigError
+BudgetError = ConfigError
 
 
 class DeviceError(DeepCompressError):

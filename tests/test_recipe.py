@@ -129,7 +129,7 @@ def test_set_overrides_reach_nested_tables_and_stages():
 
 def _sample(check, default):
     """A valid value for a field, different from its default where the check allows one."""
-    from compression import _config as c
+    from dccore import config as c
     if isinstance(check, c.Int):
         lo = check.lo if check.lo is not None else 0
         return lo + 1 if default != lo + 1 else lo
@@ -154,7 +154,7 @@ def _sample(check, default):
 
 def _every_field_set(cls, skip=()):
     import dataclasses
-    from compression._config import Section
+    from dccore.config import Section
     from compression.stages._base import Overrides
     d = {}
     for f in dataclasses.fields(cls):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression._config import Num, setting
+from dccore.config import Num, setting
 from compression._context import StageContext
 from compression._state import CompressionState
 from compression.pipeline import run_recipe

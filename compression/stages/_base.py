@@ -19,7 +19,7 @@ from dccore.errors import RecipeError
 from dccore.registry import Registry
 
 from ..models import LAYER_TYPES  # noqa: F401 (re-exported: the types by_type may name)
-from .._config import (FREE, Check, Config, Text, UnknownKey, check_values, fail, setting,
+from dccore.config import (FREE, Check, Config, Text, UnknownKey, check_values, fail, setting,
                        table)
 
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",

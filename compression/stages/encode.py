@@ -16,7 +16,7 @@ import torch
 
 from dccore.errors import ModelError
 
-from .._config import Int, OneOf, setting
+from dccore.config import Int, OneOf, setting
 from .._context import StageContext
 from .._state import CompressionState
 from ..models import load_state_dict_file, weight_name

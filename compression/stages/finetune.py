@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from .._config import Int, Num, setting
+from dccore.config import Int, Num, setting
 from .._context import StageContext
 from .._train import train
 from ..finetune import centroid_gradients

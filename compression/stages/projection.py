@@ -24,7 +24,7 @@ from torch import nn
 
 from dccore.errors import ModelError, RecipeError
 
-from .._config import Flag, FreeTable, Int, Num, Text, setting
+from dccore.config import Flag, FreeTable, Int, Num, Text, setting
 from .._context import StageContext
 from .._train import make_optimizer
 from ..projection import describe, hyperplanes, projection_modules

@@ -13,7 +13,7 @@ import torch
 
 from dccore.errors import ModelError, RecipeError
 
-from .._config import Int, Num, OneOf, setting
+from dccore.config import Int, Num, OneOf, setting
 from .._context import StageContext
 from .._train import train
 from ..calibration import input_norms, wanda_mask, weight_matrix

@@ -9,7 +9,7 @@ import torch
 
 from dccore.errors import ModelError, RecipeError
 
-from .._config import Int, OneOf, setting
+from dccore.config import Int, OneOf, setting
 from .._context import StageContext
 from ..share import GRID_BITS, share_grouped, share_layer, share_on_grid
 from ._base import CONV_TYPES, Stage, StageConfig, register_stage

@@ -18,7 +18,7 @@ from torch import nn
 
 from dccore.errors import ModelError, RecipeError
 
-from .._config import Int, Num, OneOf, setting
+from dccore.config import Int, Num, OneOf, setting
 from .._context import StageContext
 from .._train import train
 from ..models import module_name

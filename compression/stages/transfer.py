@@ -23,7 +23,7 @@ from torch import nn
 
 from dccore.errors import CheckpointError, RecipeError
 
-from .._config import FreeTable, Int, Num, Text, setting
+from dccore.config import FreeTable, Int, Num, Text, setting
 from .._context import StageContext
 from .._train import train
 from ..models import build_model, load_state_dict_file, load_weights

@@ -28,7 +28,7 @@ import torch
 from dccore.errors import DataError, RecipeError
 from dccore.registry import Registry
 
-from .._config import Check, Config, fail, table
+from dccore.config import Check, Config, below, fail, table
 
 BUILTIN_TASKS = tuple(f"compression.tasks.{m}" for m in ("classification", "distill", "factory"))
 
@@ -242,9 +242,7 @@ class TaskSection(Check):
         if not (isinstance(kind, str) and kind in TASKS):
             raise RecipeError(f"task.kind: unknown task {kind!r}")
         cls = TASKS.get(kind).config
-        from .._config import _below  # the walker's own step
-
-        return _below(cls, key, data, cls)
+        return below(cls, key, data, cls)
 
 
 def default_task_config() -> TaskConfig:

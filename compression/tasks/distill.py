@@ -50,7 +50,7 @@ from dccore import metrics
 from dccore.errors import DataError, RecipeError
 from dccore.registry import user_callable
 
-from .._config import Check, Int, Num, OneOf, Shape, Text, fail, setting
+from dccore.config import Check, Int, Num, OneOf, Shape, Text, fail, setting
 from ._base import Examples, HiddenTerm, Task, TaskConfig, TaskData, register_task
 from ._sequence import (BUILTIN_DECODERS, decode, position_agreement, sequence_figures)
 

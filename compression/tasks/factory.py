@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from dccore.errors import RecipeError
 
-from .._config import FreeTable, Text, setting
+from dccore.config import FreeTable, Text, setting
 from ._base import Task, TaskConfig, register_task
 from .distill import _named_callable
 

@@ -1,4 +1,6 @@
-"""Configs to and from dicts: one generic builder and one serialiser for every config dataclass.
+"""Configs to and from dicts: the one config system (recipes, qualification configs, nightly
+matrices, budgets, exporter and bench options): one generic builder and one serialiser for every
+config dataclass, one :class:`Check` per kind of value, one error (:class:`ConfigError`, exit 2).
 
 A config is a frozen dataclass deriving :class:`Config`. Each field declares how a value given for
 it is checked (and normalised) with :func:`setting`::
@@ -18,13 +20,13 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-from dccore.errors import RecipeError
+from dccore.errors import ConfigError
 
 UNBOUNDED = "∞"
 
 
-def fail(path: str, allowed: str, got: Any) -> RecipeError:
-    return RecipeError(f"{path}: expected {allowed}, got {got!r}")
+def fail(path: str, allowed: str, got: Any) -> ConfigError:
+    return ConfigError(f"{path}: expected {allowed}, got {got!r}")
 
 
 def table(path: str, value: Any) -> Mapping[str, Any]:
@@ -37,7 +39,7 @@ def check_keys(path: str, data: Mapping[str, Any], allowed: set[str] | tuple[str
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         where = f"{path}." if path else ""
-        raise RecipeError(f"{where}{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
+        raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +198,7 @@ def check_values(cls: type, data: Mapping[str, Any], path: str,
 
 
 def build(cls: type, data: Any, path: str = "") -> Any:
-    """The config ``cls`` described by ``data``, checked; RecipeError names the bad field."""
+    """The config ``cls`` described by ``data``, checked; ConfigError names the bad field."""
     data = table(path or "recipe", data)
     obj = cls(**check_values(cls, data, path))
     obj._check(path)
@@ -221,7 +223,7 @@ def dump(obj: Any) -> Any:
     return obj
 
 
-class UnknownKey(RecipeError):
+class UnknownKey(ConfigError):
     """A key path names a key that cannot be there; the walker adds where."""
 
     def __init__(self, key: str, allowed: Any) -> None:
@@ -229,7 +231,7 @@ class UnknownKey(RecipeError):
         self.key, self.allowed = key, sorted(allowed)
 
 
-def _below(node: Any, key: str, data: Any, owner: type) -> Any:
+def below(node: Any, key: str, data: Any, owner: type) -> Any:
     """What lies below ``key`` in ``node``: a Config class, a Check, FREE, or None (nothing
     checks it)."""
     if isinstance(node, type):
@@ -254,7 +256,7 @@ def _item(data: Any, key: str) -> Any:
 def lookup(cls: type, parts: list[str], data: Any) -> Check | None:
     """Walk the key path ``parts`` (``--set a.b.c=...``) through ``cls``'s schema. ``data`` is the
     dict being edited, for what the schema reads from it (a stage's kind). Returns the check of
-    the value at the end of the path, or None when nothing checks it there. RecipeError names the
+    the value at the end of the path, or None when nothing checks it there. ConfigError names the
     first key that cannot be there, where it is, and what is allowed."""
     node: Any = cls
     owner = cls
@@ -263,13 +265,13 @@ def lookup(cls: type, parts: list[str], data: Any) -> Check | None:
         if node is FREE:
             return None
         if node is None or (isinstance(node, Check) and not node.has_children):
-            raise RecipeError(f"{where} is a single value, not a table")
+            raise ConfigError(f"{where} is a single value, not a table")
         if isinstance(node, type):
             owner = node
         try:
-            node = _below(node, part, data, owner)
+            node = below(node, part, data, owner)
         except UnknownKey as exc:
-            raise RecipeError(f"unknown key {exc.key!r} in {where}; allowed: "
+            raise ConfigError(f"unknown key {exc.key!r} in {where}; allowed: "
                               f"{exc.allowed}") from None
         data = _item(data, part)
     return node if isinstance(node, Check) else None
@@ -286,4 +288,4 @@ class Config:
         return dump(self)
 
     def _check(self, path: str) -> None:
-        """Rules across fields; raise RecipeError naming ``path``."""
+        """Rules across fields; raise ConfigError naming ``path``."""
