@@ -10,8 +10,9 @@ here imports coremltools or LiteRT.
 """
 from ._common import (MAX_CODEBOOK, WEIGHT_LAYERS, CompressedLayer, LayerSelection, as_inputs,
                       compressed_layers, describe_module, describe_weight, example_input,
-                      first_example, input_names, locate_in_trace, locate_op, quiet_backend,
-                      select_layers, torch_outputs, unsupported_op_error, weight_usage)
+                      first_example, forward_params, input_names, locate_in_trace, locate_op,
+                      quiet_backend, select_layers, torch_outputs, unsupported_op_error,
+                      weight_usage)
 from ._interface import (EXPORTERS, ArtifactReport, Exporter, ExportResult, Validation,
                          export_and_validate, option)
 from ._scoring import MIN_COSINE, TOLERANCE, Score, Scorer, accuracy_scorer, cosine_scorer
@@ -20,6 +21,6 @@ __all__ = ["EXPORTERS", "MAX_CODEBOOK", "MIN_COSINE", "TOLERANCE", "WEIGHT_LAYER
            "CompressedLayer", "ExportResult", "Exporter", "LayerSelection", "Score", "Scorer",
            "Validation", "accuracy_scorer", "as_inputs", "compressed_layers", "cosine_scorer",
            "describe_module", "describe_weight", "example_input", "export_and_validate",
-           "first_example", "input_names", "locate_in_trace", "locate_op", "option",
-           "quiet_backend", "select_layers", "torch_outputs", "unsupported_op_error",
+           "first_example", "forward_params", "input_names", "locate_in_trace", "locate_op",
+           "option", "quiet_backend", "select_layers", "torch_outputs", "unsupported_op_error",
            "weight_usage"]

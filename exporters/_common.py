@@ -62,15 +62,20 @@ def first_example(inputs: Inputs) -> Inputs:
     return tuple(t[:1] for t in inputs)
 
 
+def forward_params(model: nn.Module) -> list[str]:
+    """The names of the parameters ``model.forward`` takes positionally, in order ("input_ids",
+    "attention_mask"); empty where its signature cannot be read."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 def input_names(model: nn.Module, count: int) -> list[str]:
     """Names for the model's ``count`` positional inputs: its ``forward`` parameter names where
     they can be read ("input_ids", "attention_mask"), else ``input_0``, ``input_1``, ..."""
-    try:
-        params = [p for p in inspect.signature(model.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
-    names = [re.sub(r"\W", "_", p.name) for p in params[:count]]
+    names = [re.sub(r"\W", "_", p) for p in forward_params(model)[:count]]
     if len(names) < count or len(set(names)) < count:
         names = [f"input_{i}" for i in range(count)]
     return names

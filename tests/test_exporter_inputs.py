@@ -19,7 +19,8 @@ from compression.prune import magnitude_mask
 from compression.share import share_layer
 from dccore.errors import ExportError
 from deepcompress.cli import main
-from exporters import EXPORTERS, compressed_layers, cosine_scorer, first_example, torch_outputs
+from exporters import (EXPORTERS, compressed_layers, cosine_scorer, first_example, forward_params,
+                       input_names, torch_outputs)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -110,6 +111,21 @@ def exported(request, model, inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / f"encoder{exporter.suffix}"
     report = exporter.export(model, first_example(inputs), out)
     return exporter, report
+
+
+class _Keywords(nn.Module):
+    def forward(self, tokens, /, mask, *rest, scale=1.0, **extra):
+        return tokens
+
+
+def test_forward_params_names_the_positional_parameters_in_order(model):
+    assert forward_params(model) == ["input_ids", "attention_mask"]
+    assert forward_params(_Keywords()) == ["tokens", "mask"]   # *rest, keyword-only, **extra: no
+    assert input_names(_Keywords(), 2) == ["tokens", "mask"]
+    assert input_names(_Keywords(), 3) == ["input_0", "input_1", "input_2"]   # too few names
+    unreadable = nn.Module()
+    unreadable.forward = max                                   # a builtin with no signature
+    assert forward_params(unreadable) == [] and input_names(unreadable, 1) == ["input_0"]
 
 
 def test_the_artifact_computes_what_pytorch_computes(exported, model, inputs):
