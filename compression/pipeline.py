@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from dccore.artifacts import artifact_sha256
 from dccore.errors import CheckpointError, ModelError, RecipeError
 from dccore.outputs import atomic_path, write_bytes_atomic, write_json_atomic
 
@@ -289,8 +290,6 @@ def read_report(out_dir: str | Path) -> dict[str, Any]:
     """A finished run's report, checked against the folder: the report is written last and names
     the sha256 of the model.dcz it describes, so a run killed half-way through a re-run (a new
     model.dcz beside an old report) is caught here instead of being read as finished."""
-    from .stages.encode import MODEL_FILE, file_sha256
-
     out = Path(out_dir)
     path = out / "report.json"
     try:
@@ -302,7 +301,7 @@ def read_report(out_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is unreadable ({exc}); run again with --force") from None
     want = report.get("model_sha256") if isinstance(report, dict) else None
     model = out / MODEL_FILE
-    if not isinstance(want, str) or not model.is_file() or file_sha256(model) != want:
+    if not isinstance(want, str) or not model.is_file() or artifact_sha256(model) != want:
         raise CheckpointError(f"{out}: report.json does not describe the {MODEL_FILE} beside it "
                               "(a re-run was interrupted?); run again with --force")
     return report

@@ -1,4 +1,5 @@
-"""An artifact's size as a release engineer means it: bytes on disk, and bytes inside an app.
+"""An artifact's size as a release engineer means it (bytes on disk, and bytes inside an app), and
+its sha256: the one hash that names an artifact in reports, the history and a device's cache.
 
 An artifact is a file (``.tflite``, ``.dcz``) or a package folder (``.mlpackage``). A package's
 size is the sum of its files. A symbolic link inside a package counts as the file it points to,
@@ -7,6 +8,7 @@ shipped) depend on files that are not part of the artifact, so it is refused.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import zipfile
@@ -65,3 +67,20 @@ def artifact_size(path: str | os.PathLike[str]) -> ArtifactSize:
         for arcname, f in files:
             zf.write(f, arcname)
     return ArtifactSize(sum(f.stat().st_size for _, f in files), buf.getbuffer().nbytes)
+
+
+def artifact_sha256(path: str | os.PathLike[str]) -> str:
+    """A file's sha256; a package's is the sha256 of one line ``name\\0sha256\\n`` per file, in
+    :func:`artifact_files`' order and naming (the package folder's own name first)."""
+    files = artifact_files(path)
+    if Path(path).is_file():
+        return _file_sha256(files[0][1])
+    digest = hashlib.sha256()
+    for name, f in files:
+        digest.update(f"{name}\0{_file_sha256(f)}\n".encode())
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

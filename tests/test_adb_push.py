@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from dccore.artifacts import artifact_sha256
 from dccore.errors import DeviceError
 from device_harness import emulator
 from device_harness._adb import WORKDIR, AdbDevice
 from device_harness._keys import ensure_adb_key
 from device_harness.emulator import _daemon
 from device_harness.runners import BenchOptions, bench_many
-from device_harness.runners._driver import sha256_file
 
 pytestmark = pytest.mark.emulator
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -56,7 +56,7 @@ def test_a_push_the_device_refuses_fails_at_once_with_its_message(old_adbd, key,
 def test_bench_many_does_not_retry_a_refused_push(old_adbd, key, tmp_path):
     model = tmp_path / "model.tflite"
     model.write_bytes((FIXTURES / "tiny_linear.tflite").read_bytes())
-    target = old_adbd.host_path(f"{WORKDIR}/models/{sha256_file(model)[:16]}.tflite.part")
+    target = old_adbd.host_path(f"{WORKDIR}/models/{artifact_sha256(model)[:16]}.tflite.part")
     target.mkdir(parents=True)  # a folder where the upload goes: the device refuses the SEND
     opened, sleeps = [], []
 

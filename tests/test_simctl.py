@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from deepcompress.cli import main as cli
+from dccore.artifacts import artifact_sha256
 from dccore.errors import DeviceError
 from device_harness._simctl import Simctl, SimctlDevice, parse_device_list, runtime_version
 
@@ -114,7 +115,9 @@ def test_bench_mlpackage_protocol(xcrun, app, mlpackage, capsys):
                                      IPHONE15, BUNDLE]
     env = launch[0]["child_env"]
     model_rel = env["SIMCTL_CHILD_DEEPCOMPRESS_MODEL"]
-    assert model_rel.startswith("deepcompress/models/") and model_rel.endswith(".mlpackage")
+    # named by the one artifact hash, the one the result (and qualify's history) records
+    assert model_rel == f"deepcompress/models/{artifact_sha256(mlpackage)[:16]}.mlpackage"
+    assert r["artifact_sha256"] == artifact_sha256(mlpackage)
     assert env["SIMCTL_CHILD_DEEPCOMPRESS_RUNS"] == "7"
     assert env["SIMCTL_CHILD_DEEPCOMPRESS_WARMUP"] == "2"
     assert env["SIMCTL_CHILD_DEEPCOMPRESS_COMPUTE_UNITS"] == "cpuAndNeuralEngine"

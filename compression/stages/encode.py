@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from dccore.artifacts import artifact_sha256
 from dccore.errors import ModelError
 
 from dccore.config import Int, OneOf, setting
@@ -136,16 +137,6 @@ def decoded_model(path: Path, name: str, kwargs: dict[str, Any]) -> torch.nn.Mod
     return model.eval()
 
 
-def file_sha256(path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run(model: torch.nn.Module, config: EncodeConfig, ctx: StageContext) -> None:
     """Write model.dcz and the size table's files; their sizes go into ``ctx.metrics``."""
     import dcz as container   # the file format: no training code; imported here to keep `run` lean
@@ -167,7 +158,7 @@ def run(model: torch.nn.Module, config: EncodeConfig, ctx: StageContext) -> None
                  "ratio": final.dense_bytes / final.bytes})
     ctx.metrics.update(dense_bytes=final.dense_bytes, compressed_bytes=final.bytes,
                        compression_ratio=final.dense_bytes / final.bytes, stage_ratios=rows,
-                       model_sha256=file_sha256(final.path))
+                       model_sha256=artifact_sha256(final.path))
 
 
 def ensures(model: torch.nn.Module, config: EncodeConfig, ctx: StageContext) -> None:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from dccore.artifacts import artifact_files
+from dccore.artifacts import artifact_sha256  # noqa: F401  (qualify's name for it)
 
 UNKNOWN = "unknown"
 _PROJECT = Path(__file__).resolve().parents[2]
@@ -39,25 +39,6 @@ def git_revision(root: Path = _PROJECT) -> str:
 
 def host_name() -> str:
     return socket.gethostname()
-
-
-def artifact_sha256(path: str | os.PathLike[str]) -> str:
-    """A file's sha256; for a package folder, the sha256 of its files' names and hashes."""
-    files = artifact_files(path)
-    if len(files) == 1 and Path(path).is_file():
-        return _file_sha256(files[0][1])
-    h = hashlib.sha256()
-    for name, f in files:
-        h.update(f"{name}\0{_file_sha256(f)}\n".encode())
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # What identifies a device as a place to measure: its hardware and OS, not the address it was

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from dccore.artifacts import artifact_sha256
 from dccore.errors import DeviceError
 from dccore.registry import Registry
 
@@ -222,7 +223,7 @@ def bench_artifact(device: Device, artifact: Path, opts: BenchOptions,
     recovered = len(device.recovered_errors())
     thermal = cool_down(lambda: thermal_status(device, timeout_s=min(opts.timeout_s, 30.0)),
                         max_wait_s=opts.cooldown_max_s, poll_s=opts.cooldown_poll_s, sleep=sleep)
-    sha256 = _driver.sha256_file(artifact)
+    sha256 = artifact_sha256(artifact)
     body = kind.bench(device, artifact, sha256, opts)
     reconnects = device.recovered_errors()[recovered:]
     return {"ok": True, "artifact": str(artifact), "format": kind.format,

@@ -12,7 +12,6 @@ whose command line names that pidfile, so a pid reused since is never touched.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import uuid
@@ -20,6 +19,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from dccore.artifacts import artifact_sha256
 from dccore.errors import DeviceError
 
 from .._device import Device, ShellResult
@@ -56,19 +56,6 @@ class PushStats:
         return {"bytes": self.bytes, "seconds": round(self.seconds, 6)}
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    if path.is_dir():  # a .mlpackage: hash relative names and contents in a stable order
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
-            digest.update(f.read_bytes())
-        return digest.hexdigest()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def remote_path(device: Device, *parts: str) -> str:
     return posixpath.join(device.workdir, *parts)
 
@@ -89,7 +76,7 @@ def _push_to(device: Device, local: Path, remote: str, *, timeout_s: float) -> f
 def push_cached(device: Device, local: Path, kind: str, *, timeout_s: float,
                 executable: bool = False) -> str:
     """Push a tool once per content: ``{workdir}/cache/{kind}-{sha256[:16]}``; skipped if there."""
-    remote = remote_path(device, "cache", f"{kind}-{sha256_file(local)[:16]}{local.suffix}")
+    remote = remote_path(device, "cache", f"{kind}-{artifact_sha256(local)[:16]}{local.suffix}")
     if not remote_exists(device, remote, timeout_s=timeout_s):
         _push_to(device, local, remote, timeout_s=timeout_s)
         if executable:
