@@ -47,6 +47,9 @@ from .tasks import DEFAULT_TASK, Examples, Task, TaskData, make_task, predict
 
 BASELINE = "0_baseline"
 DEFAULT_OUTPUT = EncodeConfig()   # a recipe without an output stage still gets its model.dcz
+# what the baseline's weights (and so every checkpoint) depend on besides the stages: a saved run
+# whose recipe differs in any of these trained other weights
+TRAINED_WITH = ("seed", "data", "model", "baseline", "task")
 
 
 @dataclass
@@ -57,8 +60,10 @@ class RunResult:
     state: CompressionState = field(repr=False)
 
 
-def _checkpoint_path(out_dir: Path, name: str) -> Path:
-    return out_dir / "checkpoints" / f"{name}.pt"
+def checkpoint_path(out_dir: str | Path, name: str) -> Path:
+    """Where a run folder keeps stage ``name``'s checkpoint (``BASELINE``: the dense model's); its
+    figures lie beside it, ``.json`` for ``.pt``."""
+    return Path(out_dir) / "checkpoints" / f"{name}.pt"
 
 
 def save_checkpoint(path: Path, model: nn.Module, state: CompressionState, info: dict) -> None:
@@ -92,15 +97,49 @@ def load_task(recipe: Recipe, data_root: str | None) -> tuple[Task, TaskData]:
     return task, task.data()
 
 
+def saved_recipe(out_dir: str | Path) -> dict[str, Any] | None:
+    """The resolved recipe a run folder's ``recipe.json`` holds; None if it holds none."""
+    try:
+        saved = json.loads((Path(out_dir) / "recipe.json").read_text()).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def _same_prefix(saved: dict, recipe: Recipe, upto: int) -> str | None:
     """Why a saved resolved recipe can't be resumed with ``recipe`` before stage ``upto``."""
     now = recipe.to_dict()
-    for key in ("seed", "data", "model", "baseline"):
+    for key in TRAINED_WITH:
         if saved.get(key) != now.get(key):
             return key
-    if saved.get("stages", [])[:upto] != now.get("stages", [])[:upto]:
+    if (saved.get("stages") or [])[:upto] != now.get("stages", [])[:upto]:
         return "stages before the resumed one"
     return None
+
+
+def _stage_info(out: Path, name: str) -> dict[str, Any] | None:
+    """The figures a checkpoint's stage left beside it (None: none there)."""
+    path = checkpoint_path(out, name).with_suffix(".json")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resume_point(out_dir: str | Path, recipe: Recipe) -> str | None:
+    """The stage a run of ``recipe`` continues the run in ``out_dir`` from (its ``resume_from``):
+    the first stage that differs from the saved recipe, lacks its checkpoint or trained with a
+    teacher of its own (a checkpoint does not hold it), else the last stage; None when nothing
+    there can be kept (no saved recipe, another baseline, no baseline checkpoint)."""
+    out = Path(out_dir)
+    saved = saved_recipe(out)
+    if saved is None or _same_prefix(saved, recipe, 0) \
+            or not checkpoint_path(out, BASELINE).is_file():
+        return None
+    for i, config in enumerate(recipe.stages):
+        if STAGES.get(config.KIND).phase == "output" or _same_prefix(saved, recipe, i + 1):
+            return config.name
+        info = _stage_info(out, config.name) if checkpoint_path(out, config.name).is_file() else None
+        if info is None or StageOutputs.from_info(info).brought_teacher:
+            return config.name
+    return recipe.stages[-1].name if recipe.stages else None
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None = None,
@@ -117,9 +156,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
         log(note)
     start = 0 if resume_from is None else _resume_index(recipe, resume_from)
     if resume_from is not None:                   # start > 0 only when resuming
-        saved_path = out / "recipe.json"
-        if saved_path.is_file():
-            why = _same_prefix(json.loads(saved_path.read_text()).get("recipe", {}), recipe, start)
+        if (out / "recipe.json").is_file():
+            why = _same_prefix(saved_recipe(out) or {}, recipe, start)
             if why:
                 raise RecipeError(f"--resume-from {resume_from}: the recipe's {why} changed since "
                                   f"{out} was written; start a fresh run (another --out)")
@@ -172,14 +210,13 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
         if not task.needs_labels:   # the reference its later scores compare with
             teacher.remember(model, [test_set] + ([val_set] if val_set is not None else []))
         log(f"baseline {primary} {_fmt(primary, scores[BASELINE][primary])}")
-        save_checkpoint(_checkpoint_path(out, BASELINE), model, state,
+        save_checkpoint(checkpoint_path(out, BASELINE), model, state,
                         {**info, "seconds": seconds[BASELINE], "recipe_sha256": recipe.sha256()})
     else:
         previous = [BASELINE] + [s.name for s in recipe.stages[:start]]
         for name in previous:   # figures of the stages that are not re-run
-            info_path = _checkpoint_path(out, name).with_suffix(".json")
-            if info_path.is_file():
-                info = json.loads(info_path.read_text())
+            info = _stage_info(out, name)
+            if info is not None:
                 scores[name] = info.get("scores") or {primary: info.get(primary)}
                 if val_set is not None:
                     val_scores[name] = info.get("validation_scores") or {
@@ -197,7 +234,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
         if model_kwargs != dict(recipe.model.kwargs):   # a shrunk model: its own widths
             model = build_model(recipe.model.name, model_kwargs)
             state = ctx.state = CompressionState.for_model(model)
-        load_checkpoint(_checkpoint_path(out, previous[-1]), model, state)
+        load_checkpoint(checkpoint_path(out, previous[-1]), model, state)
         log(f"resumed from checkpoint {previous[-1]}")
 
     # -- training-phase stages ----------------------------------------------------------------
@@ -219,7 +256,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
         info = scored(config.name, {"kind": config.KIND})
         log(f"{config.name}: {primary} {_fmt(primary, scores[config.name][primary])}, "
             f"sparsity {state.sparsity():.1%}, {seconds[config.name]:.1f} s")
-        save_checkpoint(_checkpoint_path(out, config.name), model, state,
+        save_checkpoint(checkpoint_path(out, config.name), model, state,
                         {**info, "seconds": seconds[config.name],
                          "metrics": stage_metrics[config.name],
                          "outputs": ctx.outputs.to_dict(), "recipe_sha256": recipe.sha256()})
@@ -347,7 +384,7 @@ class _Teacher:
         first asked, or the model a stage made the teacher."""
         if self._model is None:
             self._model = build_model(self.recipe.model.name, self.recipe.model.kwargs)
-            load_checkpoint(_checkpoint_path(self.out, BASELINE), self._model,
+            load_checkpoint(checkpoint_path(self.out, BASELINE), self._model,
                             CompressionState.for_model(self._model))
         return self._model.eval()
 
@@ -489,5 +526,5 @@ def _size_rows(out: Path, recipe: Recipe) -> list[tuple[str, str, Path]]:
         row = STAGES.get(config.KIND).size_row
         if row is not None and STAGES.get(config.KIND).phase == "train":
             last[row] = config.name
-    rows = [(row, name, _checkpoint_path(out, name)) for row, name in last.items()]
+    rows = [(row, name, checkpoint_path(out, name)) for row, name in last.items()]
     return [r for r in rows if r[2].is_file()]

@@ -9,7 +9,7 @@ import torch
 
 from deepcompress.cli import main as cli
 from dccore.errors import CheckpointError, ModelError, RecipeError
-from compression.pipeline import run_recipe
+from compression.pipeline import resume_point, run_recipe
 from compression.recipe import Recipe
 
 
@@ -132,6 +132,34 @@ def test_resume_refuses_a_changed_recipe(full_run, tmp_path):
     changed["stages"][0]["sparsity"] = 0.5
     with pytest.raises(RecipeError, match="changed since"):
         run_recipe(Recipe.from_dict(changed), tmp_path / "run", resume_from="2_share")
+
+
+def test_resume_point_is_the_first_stage_the_folder_cannot_give(full_run, tmp_path):
+    result, out = full_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    saved = json.loads((out / "recipe.json").read_text())["recipe"]
+    recipe = Recipe.from_dict(saved)
+    assert resume_point(run, recipe) == "4_encode"          # all kept: only the files again
+    changed = json.loads(json.dumps(saved))
+    changed["stages"][1]["bits"] = 4
+    assert resume_point(run, Recipe.from_dict(changed)) == "2_share"
+    assert resume_point(run, Recipe.from_dict({**saved, "seed": 7})) is None   # other weights
+    kept = (run / "recipe.json").read_text()
+    (run / "recipe.json").write_text(json.dumps({"recipe": {**saved, "task": {"kind": "other"}}}))
+    assert resume_point(run, recipe) is None        # the baseline was trained for another task
+    (run / "recipe.json").write_text(kept)
+    info = run / "checkpoints" / "2_share.json"
+    outputs = json.loads(info.read_text())
+    info.write_text(json.dumps({**outputs, "outputs": {"brought_teacher": True}}))
+    assert resume_point(run, recipe) == "2_share"   # its teacher is in no checkpoint: redo it
+    info.unlink()                                   # figures missing: that stage runs again
+    assert resume_point(run, recipe) == "2_share"
+    (run / "checkpoints" / "1_prune.pt").unlink()
+    assert resume_point(run, recipe) == "1_prune"
+    (run / "checkpoints" / "0_baseline.pt").unlink()
+    assert resume_point(run, recipe) is None
+    assert resume_point(tmp_path / "nothing", recipe) is None
 
 
 def test_interrupt_keeps_the_previous_checkpoint(make_recipe, tmp_path):

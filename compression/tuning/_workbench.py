@@ -9,11 +9,10 @@ The dense baseline is trained once, by the pipeline itself (a recipe with no sta
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -24,15 +23,12 @@ from .._context import StageContext
 from .._state import CompressionState
 from .._train import ProgressFn, no_progress
 from ..models import build_model, load_state_dict_file, load_weights
+from ..pipeline import BASELINE, TRAINED_WITH, checkpoint_path, load_task, run_recipe, saved_recipe
 from ..recipe import Recipe
 from ..stages import STAGES, StageConfig
 from ..tasks import Examples, Task, predict
 
-BASELINE = "0_baseline"
 DEFAULT_VAL_FRACTION = 0.1   # 6,000 of Fashion-MNIST's 60,000: ~0.2-point resolution on a drop
-# what a baseline reused from another folder must share with the recipe: anything else and its
-# weights were trained on other examples (the held-out split among them) or are another model
-SAME_BASELINE = ("seed", "data", "model", "baseline", "task")
 
 
 def with_validation(recipe: Recipe, val_fraction: float | None = None) -> Recipe:
@@ -52,23 +48,16 @@ def baseline_recipe(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, stages=())
 
 
-def _resolved(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / "recipe.json").read_text()).get("recipe")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def baseline_mismatch(folder: Path, recipe: Recipe) -> str | None:
     """Why the baseline checkpoint in run folder ``folder`` cannot serve ``recipe`` (None: it
     can)."""
-    if not (folder / "checkpoints" / f"{BASELINE}.pt").is_file():
-        return f"{folder} holds no checkpoints/{BASELINE}.pt"
-    saved = _resolved(folder)
+    if not checkpoint_path(folder, BASELINE).is_file():
+        return f"{folder} holds no {checkpoint_path('', BASELINE)}"
+    saved = saved_recipe(folder)
     if saved is None:
         return f"{folder} has no readable recipe.json"
     now = recipe.to_dict()
-    for key in SAME_BASELINE:
+    for key in TRAINED_WITH:   # else its weights saw other examples, or are another model
         if saved.get(key) != now.get(key):
             if key == "data" and (saved.get(key) or {}).get("val_fraction") != \
                     now["data"].get("val_fraction"):
@@ -94,13 +83,11 @@ def ensure_baseline(recipe: Recipe, out: Path, *, from_run: Path | None = None,
             raise RecipeError(f"--from-run {from_run}: cannot reuse its baseline: {why}. Run "
                               "without --from-run to train one, or pass the recipe it was made "
                               "with (and its data.val_fraction)")
-        log(f"dense baseline: {from_run}/checkpoints/{BASELINE}.pt")
+        log(f"dense baseline: {checkpoint_path(from_run, BASELINE)}")
         return from_run
     if baseline_mismatch(out, recipe) is None:
-        log(f"dense baseline: reusing {out}/checkpoints/{BASELINE}.pt")
+        log(f"dense baseline: reusing {checkpoint_path(out, BASELINE)}")
         return out
-    from ..pipeline import run_recipe
-
     log("dense baseline: training it (once; later calls reuse it)")
     run_recipe(baseline_recipe(recipe), out, data_root=data_root, progress=progress, log=log)
     return out
@@ -111,11 +98,11 @@ def seed_run_folder(folder: Path, baseline: Path) -> None:
     resumes from it (``--resume-from`` the first stage) instead of training it again."""
     import shutil
 
-    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    checkpoint_path(folder, BASELINE).parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".pt", ".json"):
-        src = baseline / "checkpoints" / f"{BASELINE}{suffix}"
+        src = checkpoint_path(baseline, BASELINE).with_suffix(suffix)
         if src.is_file():
-            shutil.copyfile(src, folder / "checkpoints" / f"{BASELINE}{suffix}")
+            shutil.copyfile(src, checkpoint_path(folder, BASELINE).with_suffix(suffix))
 
 
 @dataclass
@@ -136,12 +123,10 @@ class Workbench:
     def open(cls, recipe: Recipe, baseline_folder: Path, *, data_root: str | None = None,
              train_examples: int | None = None, progress: ProgressFn = no_progress,
              log: Callable[[str], None] = lambda m: None) -> "Workbench":
-        from ..pipeline import load_task
-
         task, data = load_task(recipe, data_root)
         if data.val is None:
             raise RecipeError("the tuning needs a validation split: set data.val_fraction > 0")
-        state = load_state_dict_file(baseline_folder / "checkpoints" / f"{BASELINE}.pt")
+        state = load_state_dict_file(checkpoint_path(baseline_folder, BASELINE))
         bench = cls(recipe, task, data.train.subset(train_examples), data.val, state, 0.0,
                     progress, log)
         task.bind(bench.fresh_model())     # the leading metric, decided as the pipeline does
