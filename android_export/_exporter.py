@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dccore.artifacts import artifact_size
-from dccore.errors import ExportError
+from dccore.config import Checked
 from dccore.outputs import TFLITE
 from exporters import (EXPORTERS, ArtifactReport, CompressedLayer, Exporter, Scorer, Validation,
                        as_inputs, option, torch_outputs)
@@ -22,7 +22,7 @@ from ._evaluate import tflite_outputs
 
 
 @dataclass(frozen=True)
-class TFLiteOptions:
+class TFLiteOptions(Checked):
     variant: str = option(DEFAULT_VARIANT, choices=tuple(VARIANTS),
                           help=f"what the .tflite stores (default: {DEFAULT_VARIANT}: per layer the "
                                "smallest form LiteRT runs that holds the weights exactly, int4/int8 "
@@ -34,14 +34,6 @@ class TFLiteOptions:
                                   "op and its seeds (a few KB, slower: it hashes every input per "
                                   "bit), or 'matmul' by its hyperplane matrix (hundreds of KB, "
                                   "fast)")
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ExportError(f"TFLite variant {self.variant!r} is unknown; choose one of "
-                              f"{sorted(VARIANTS)}")
-        if self.projection not in PROJECTIONS:
-            raise ExportError(f"TFLite projection {self.projection!r} is unknown; choose one of "
-                              f"{list(PROJECTIONS)}")
 
 
 class TFLiteExporter(Exporter):

@@ -289,3 +289,14 @@ class Config:
 
     def _check(self, path: str) -> None:
         """Rules across fields; raise ConfigError naming ``path``."""
+
+
+class Checked(Config):
+    """A config that code also makes by keyword (exporter and bench options): its fields are
+    checked, and normalised, when it is constructed, as :func:`build` checks them."""
+
+    def __post_init__(self) -> None:
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        for name, value in check_values(type(self), given, "").items():
+            object.__setattr__(self, name, value)
+        self._check("")

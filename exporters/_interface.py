@@ -12,8 +12,10 @@ shape, batch axis first: token ids and an attention mask as well as images); the
 exported for one example. ``validate`` runs the caller's examples through the artifact (where this
 OS can) and through PyTorch and lets the caller's scorer judge; it checks what only the format can
 (Core ML: the weights decoded back from the package). A third format is one new module: an
-``Exporter`` subclass with its ``Options`` dataclass, registered in ``EXPORTERS``; the command
-takes its flags from that dataclass (``--NAME`` for the output, ``--NAME-FIELD`` for each option).
+``Exporter`` subclass with its ``Options`` config (a ``dccore.config.Checked`` dataclass of
+``option`` fields: checked when made by keyword, and ``build(Options, data, path)`` turns a dict
+into one, its errors naming the field), registered in ``EXPORTERS``; the command takes its flags
+from that config (``--NAME`` for the output, ``--NAME-FIELD`` for each option).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from dccore.artifacts import ArtifactSize, artifact_size
+from dccore.config import Check, OneOf, setting
 from dccore.errors import ExportError, UsageError
 from dccore.outputs import OutputKind, check_output, temporary_folder
 from dccore.registry import Registry
@@ -40,10 +43,13 @@ from ._scoring import Score, Scorer
 EXPORTERS: Registry["Exporter"] = Registry("exporter", builtins=("android_export", "ios_export"))
 
 
-def option(default: Any, *, choices: Sequence[str] | None = None, help: str = "") -> Any:  # noqa: A002
-    """A field of an exporter's Options dataclass, with what the command line shows for it."""
-    return field(default=default, metadata={"choices": tuple(choices) if choices else None,
-                                            "help": help})
+def option(default: Any, check: Check | None = None, *, choices: Sequence[str] = (),
+           help: str = "") -> Any:  # noqa: A002
+    """A field of an exporter's Options config: its check (default: one of ``choices``), and what
+    the command line shows for it (``choices``: the values its flag offers)."""
+    check = check or (OneOf(tuple(choices)) if choices else None)
+    return field(default=default, metadata={**setting(default, check).metadata, "help": help,
+                                            "choices": tuple(choices) or None})
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ class Exporter(ABC):
     suffix: ClassVar[str]             # the artifact's suffix: ".tflite"
     suffix_required: ClassVar[bool] = False   # the backend writes nothing else (Core ML)
     kind: ClassVar[OutputKind]        # how an artifact of ours is recognised (dccore.outputs)
-    Options: ClassVar[type]           # a frozen dataclass of ``option`` fields, validated on build
+    Options: ClassVar[type]           # a dccore.config.Checked dataclass of ``option`` fields
     help: ClassVar[str] = ""
 
     def options(self, options: Any = None) -> Any:

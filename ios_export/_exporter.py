@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dccore.artifacts import artifact_size
-from dccore.errors import ExportError
+from dccore.config import Checked, OneOf
 from dccore.outputs import MLPACKAGE
 from exporters import (EXPORTERS, ArtifactReport, CompressedLayer, Exporter, Scorer, Validation,
                        as_inputs, first_example, option, select_layers, torch_outputs)
@@ -25,7 +25,7 @@ from ._verify import coreml_outputs, verify_coreml
 
 
 @dataclass(frozen=True)
-class CoreMLOptions:
+class CoreMLOptions(Checked):
     target: str = option(DEFAULT_TARGET, choices=TARGETS,
                          help=f"minimum deployment target (default {DEFAULT_TARGET}: sparse+"
                               "palettized in one op; iOS16/17 store each layer sparse or "
@@ -34,17 +34,11 @@ class CoreMLOptions:
                             help=f"weight and compute precision (default {DEFAULT_PRECISION}: what "
                                  "the Neural Engine runs)")
     # "none" (the dense baseline) is what dense_bytes measure, not a command-line choice
-    method: str = option(DEFAULT_METHOD, choices=[m for m in METHODS if m != "none"],
+    method: str = option(DEFAULT_METHOD, OneOf(tuple(METHODS)),
+                         choices=[m for m in METHODS if m != "none"],
                          help="store every layer as joint (mask + LUT indices), sparse (mask + "
                               "fp16 values) or palettize (LUT indices of every weight) (default "
                               "auto: the smallest exact form per layer, with the reason reported)")
-
-    def __post_init__(self) -> None:
-        for value, allowed, what in ((self.target, TARGETS, "target"),
-                                     (self.precision, PRECISIONS, "precision"),
-                                     (self.method, METHODS, "method")):
-            if value not in allowed:
-                raise ExportError(f"Core ML {what} {value!r}: choose one of {', '.join(allowed)}")
 
 
 _DECODED_HOW = ("PyTorch (float32 compute) with every compressed weight as decoded from the "

@@ -20,7 +20,8 @@ from compression.models import build_model
 from compression.prune import magnitude_mask
 from compression.share import share_layer
 from dccore.artifacts import artifact_size
-from dccore.errors import ExportError, UsageError
+from dccore.config import Checked, build, dump
+from dccore.errors import ConfigError, ExportError, UsageError
 from dccore.outputs import MLPACKAGE, TFLITE, OutputKind, atomic_path
 from dccore.registry import RegistryError
 from deepcompress.cli import main
@@ -42,10 +43,20 @@ def test_builtin_exporters_are_registered_by_format():
 def test_options_are_validated_when_built():
     from android_export import TFLiteOptions
     from ios_export import CoreMLOptions
-    with pytest.raises(ExportError, match="sparse-float16"):
+    with pytest.raises(ConfigError, match=r"^variant: expected one of .*sparse-float16.*got 'int4'"):
         TFLiteOptions(variant="int4")
-    with pytest.raises(ExportError, match="target 'iOS15'.*iOS16"):
+    with pytest.raises(ConfigError, match=r"^target: expected one of \['iOS16'.*got 'iOS15'"):
         CoreMLOptions(target="iOS15")
+    # from data (a qualification config's [export.coreml], the export command's flags): the
+    # one builder, its errors naming the field at its path; "none" is the dense baseline's
+    where = "q.toml: export.coreml"
+    with pytest.raises(ConfigError, match=r"^q.toml: export.coreml.precision: expected one of"):
+        build(CoreMLOptions, {"precision": "fp8"}, where)
+    with pytest.raises(ConfigError, match=r"^q.toml: export.coreml.targt: unknown key; allowed "
+                                          r"keys are \['method', 'precision', 'target'\]"):
+        build(CoreMLOptions, {"targt": "iOS16"}, where)
+    assert build(CoreMLOptions, {"method": "none"}, where) == CoreMLOptions(method="none")
+    assert build(TFLiteOptions, dump(TFLiteOptions("float16")), where) == TFLiteOptions("float16")
     assert EXPORTERS.get("coreml").baseline(CoreMLOptions(target="iOS16")) == \
         CoreMLOptions(target="iOS16", precision="fp32", method="none")
     with pytest.raises(ExportError, match="TFLiteOptions"):
@@ -87,12 +98,8 @@ NPZ = OutputKind("NumPy weights archive", recognise=lambda p: zipfile.is_zipfile
 
 
 @dataclasses.dataclass(frozen=True)
-class NpzOptions:
+class NpzOptions(Checked):
     dtype: str = option("float16", choices=("float16", "float32"), help="weight precision")
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ("float16", "float32"):
-            raise ExportError(f"npz dtype {self.dtype!r}: float16 or float32")
 
 
 class NpzExporter(Exporter):

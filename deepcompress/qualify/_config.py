@@ -219,23 +219,11 @@ def parse_export(value: Any, where: str, base: Path) -> ExportSpec:
 
 
 def _exporter_options(name: str, value: dict, where: str) -> dict:
-    """Check an exporter's options against its Options dataclass (its fields, its choices)."""
+    """Check an exporter's options against its Options config (ConfigError names the field)."""
+    from dccore.config import build
     from exporters import EXPORTERS
 
-    cls = EXPORTERS.get(name).Options
-    allowed = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise UsageError(f"{where}: unknown option(s) {', '.join(unknown)}; allowed: "
-                         f"{', '.join(allowed)}")
-    for key, v in value.items():
-        choices = allowed[key].metadata.get("choices")
-        if choices and v not in choices:
-            raise UsageError(f"{where}.{key} = {v!r}: expected one of {', '.join(choices)}")
-    try:
-        cls(**value)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{where}: {exc}") from None
+    build(EXPORTERS.get(name).Options, value, where)
     return dict(value)
 
 
