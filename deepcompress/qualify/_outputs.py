@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from dccore import junit
 from dccore.errors import UsageError
 from dccore.outputs import (JSON_FILE, JUNIT_XML, OutputKind, atomic_path, check_folder,
                             check_output, claim_folder)
@@ -86,26 +86,16 @@ def gate_name(gate: str, figure: str) -> str:
 def junit_xml(suite: str, gates: list[Gate], seconds: float) -> bytes:
     """One testcase per gate (classname: what it judges, name: the gate); a failure's message
     and text carry the numbers."""
-    from ..commands.check import xml_text
-
-    root = ET.Element("testsuite", name=xml_text(suite), tests=str(len(gates)),
-                      failures=str(sum(not g.ok for g in gates)),
-                      skipped=str(sum(bool(g.skipped) for g in gates)), time=f"{seconds:.3f}")
+    kinds = {"regression": "Regression", "rolling": "Regression", "reachable": "Unreachable",
+             "export_valid": "ExportInvalid"}
+    cases = []
     for g in gates:
-        case = ET.SubElement(root, "testcase", classname=xml_text(g.subject),
-                             name=xml_text(gate_name(g.gate, g.figure)))
         numbers = ", ".join(f"{k} {v:.6g}" for k, v in (("actual", g.actual), ("limit", g.limit),
                                                          ("baseline", g.baseline)) if v is not None)
-        if g.skipped:
-            ET.SubElement(case, "skipped", message=xml_text(g.skipped))
-        elif not g.ok:
-            kind = {"regression": "Regression", "rolling": "Regression", "reachable": "Unreachable",
-                    "export_valid": "ExportInvalid"}.get(g.gate, "BudgetExceeded")
-            failure = ET.SubElement(case, "failure", message=xml_text(g.message or numbers), type=kind)
-            failure.text = xml_text(f"{g.message}\n{numbers}".strip())
-        elif numbers:
-            ET.SubElement(case, "system-out").text = xml_text(numbers)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        cases.append(junit.Case(g.subject, gate_name(g.gate, g.figure), g.ok, g.message or numbers,
+                                kinds.get(g.gate, "BudgetExceeded"),
+                                numbers if g.ok else f"{g.message}\n{numbers}".strip(), g.skipped))
+    return junit.junit_xml(suite, cases, seconds)
 
 
 def write_together(files: Sequence[tuple[Path, bytes, OutputKind]]) -> None:
