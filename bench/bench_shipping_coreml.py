@@ -64,7 +64,7 @@ class Case:
 def lenet_case(run: Path) -> Case:
     from compression.data import load_split
     from compression.models import build_model
-    from deepcompress.commands.export import dcz_layers
+    from deepcompress.exporting import dcz_layers
     from deepcompress.loading import model_from_dcz
 
     model, dcz = model_from_dcz(run / "model.dcz")
@@ -93,7 +93,7 @@ def minilm_case(dcz_path: Path, reference: tuple | None = None) -> Case:
     import minilm
     from bench_minilm import embed
 
-    from deepcompress.commands.export import dcz_layers
+    from deepcompress.exporting import dcz_layers
     from deepcompress.loading import model_from_dcz
 
     model, dcz = model_from_dcz(dcz_path, model="minilm:pretrained")

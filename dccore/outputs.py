@@ -250,6 +250,20 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, kind: OutputKind =
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), kind)
 
 
+def append_jsonl(path: str | os.PathLike[str], record: Any) -> None:
+    """Append ``record`` as one JSON line: one ``write`` of the whole line with O_APPEND, so
+    readers (and other writers) never see half a result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` (created with its folder) for the block."""

@@ -21,8 +21,8 @@ from dccore.errors import DeepCompressError, UsageError
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("deepcompress.commands.run", "compress a model with a recipe: prune, share, fine-tune, code"),
-    "sensitivity": ("deepcompress.commands.sensitivity", "each layer's metric against sparsity and bits: saturation points, plots"),
-    "autotune": ("deepcompress.commands.autotune", "choose per-layer sparsity and bits within a metric budget; write the recipe"),
+    "sensitivity": ("deepcompress.commands.tuning", "each layer's metric against sparsity and bits: saturation points, plots"),
+    "autotune": ("deepcompress.commands.tuning", "choose per-layer sparsity and bits within a metric budget; write the recipe"),
     "pack": ("deepcompress.commands.container", "write a .dcz file from a checkpoint"),
     "unpack": ("deepcompress.commands.container", "decode a .dcz file back to a state_dict (.pt)"),
     "inspect": ("deepcompress.commands.container", "show what a .dcz file holds: bytes per layer and stream"),
@@ -34,10 +34,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "qualify": ("deepcompress.commands.qualify", "does a model ship? compress, export, bench, gate, report"),
     "nightly": ("deepcompress.commands.nightly", "run a matrix of models x devices against rolling baselines"),
     "history": ("deepcompress.commands.history", "list past qualification and nightly runs"),
-    "compare": ("deepcompress.commands.compare", "two runs from the history side by side"),
+    "compare": ("deepcompress.commands.history", "two runs from the history side by side"),
     "sweep": ("deepcompress.commands.sweep", "ProjectionNet over (T, d, FC sizes): metric against model bits, plotted"),
 }
 
+
+# What the commands' flags share: the recipe run by default, the trust note of every command
+# that reads a recipe, a qualify config or a nightly matrix, and a JSON-object flag.
+DEFAULT_RECIPE = "lenet300"
+CODE_NOTE = (
+    "Trust: recipes, qualify configs and nightly matrices are code, like a Makefile: they name "
+    "Python factories (package.module:function) that run with your rights, so use only ones you "
+    "trust. Data files (.dcz, checkpoints, reports, history databases) never choose code: "
+    "nothing read from one is imported or run.")
+
+
+def json_object(text: str | None, flag: str, error: type[DeepCompressError] = UsageError) -> dict | None:
+    """The JSON object a flag gives (``--model-kwargs '{"num_classes": 10}'``), or None."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{flag} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise error(f"{flag} must be a JSON object, e.g. '{{\"num_classes\": 10}}'")
+    return value
 
 # Quiet the converters' C++ and absl logging before anything imports them (TensorFlow Lite's
 # "Created TensorFlow Lite XNNPACK delegate", oneDNN notices, absl's pre-init warnings).

@@ -249,20 +249,19 @@ def test_next_scale_steps_by_the_measured_drop_then_bisects():
 
 def test_an_interrupted_autotune_folder_is_taken_back_and_a_foreign_one_refused(tmp_path):
     from dccore.errors import UsageError
-    from dccore.outputs import claim_folder
-    from deepcompress.commands.sensitivity import _check_out
+    from dccore.outputs import check_folder, claim_folder
 
     out = tmp_path / "auto"
     claim_folder(out, "autotune")                                  # what autotune's main does
     (out / "sensitivity").mkdir(parents=True)
     (out / "sensitivity" / "sensitivity.json").write_text("{}")   # curves done, tries not
     (out / "tries").mkdir()
-    _check_out(out, "autotune")
+    check_folder(out, "autotune")          # what autotune's main checks
     foreign = tmp_path / "mine"
     (foreign / "sensitivity").mkdir(parents=True)
     (foreign / "sensitivity" / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="no deepcompress marker"):
-        _check_out(foreign, "autotune")
+        check_folder(foreign, "autotune")
 
 
 def test_cli_autotune_writes_what_its_flags_ask(make_recipe, tmp_path, capsys):

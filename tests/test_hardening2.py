@@ -142,7 +142,7 @@ def test_a_marker_that_is_a_link_or_not_ours_does_not_make_a_folder_ours(tmp_pat
 
 def test_empty_and_new_folders_are_taken_and_marked_and_a_marked_run_resumes(tmp_path, monkeypatch):
     from dccore.outputs import check_folder, folder_mark
-    from deepcompress.commands.run import check_run_folder
+    from deepcompress.runs import check_run_folder
 
     empty = tmp_path / "empty"
     empty.mkdir()

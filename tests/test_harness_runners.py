@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dccore.errors import DeviceError
-from deepcompress.commands.devices import append_jsonl
+from dccore.outputs import append_jsonl
 from device_harness._device import Device, DeviceInfo, ShellResult
 from device_harness._host import HostDevice
 from device_harness.runners import BenchOptions, EvalData, bench_artifact, bench_many

@@ -110,7 +110,7 @@ def test_example_user_recipe_validates_against_its_model(monkeypatch):
 
 
 def test_set_overrides_reach_nested_tables_and_stages():
-    from deepcompress.commands.run import apply_override
+    from deepcompress.runs import apply_override
     data = {"baseline": {"epochs": 20}, "stages": [{"kind": "prune", "sparsity": 0.9}]}
     apply_override(data, "baseline.epochs=2")
     apply_override(data, "stages.0.sparsity=0.5")
@@ -272,7 +272,7 @@ def test_a_folder_is_not_a_recipe_file(tmp_path):
 
 
 def test_set_typo_blames_the_flag_not_the_file():
-    from deepcompress.commands.run import apply_override
+    from deepcompress.runs import apply_override
     data = {"baseline": {"epochs": 20}, "stages": [{"kind": "prune", "sparsity": 0.9}]}
     with pytest.raises(RecipeError) as err:
         apply_override(data, "baseline.epoch=1")

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from dccore.errors import ContainerError
 from dcz import CODERS
+
+from ..cli import json_object
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -68,113 +69,17 @@ def main(args: argparse.Namespace) -> int:
     return {"pack": _pack, "unpack": _unpack, "inspect": _inspect}[args.command](args)
 
 
-def _layer_settings(args: argparse.Namespace, names: list[str]) -> dict[str, dict]:
-    """Each layer's sparsity / bits / group_size from the global flags and --layer/--bits-for."""
-    settings = {n: {"sparsity": args.sparsity, "bits": args.bits, "group_size": args.group_size,
-                    "grid": args.grid} for n in names}
-    items = [f"{spec.partition('=')[0]}:bits={spec.partition('=')[2]}" for spec in args.bits_for]
-    for item in args.layer + items:
-        name, _, pairs = item.partition(":")
-        layer = name[:-len(".weight")] if name.endswith(".weight") else name
-        if layer not in settings or not pairs:
-            raise ContainerError(f"--layer/--bits-for {item!r}: expected LAYER:KEY=VALUE with LAYER "
-                                 f"one of {', '.join(names)}")
-        for pair in pairs.split(","):
-            key, _, value = pair.partition("=")
-            if key == "grid":
-                if value not in ("int4", "int8", "none"):
-                    raise ContainerError(f"--layer {item!r}: grid must be int4, int8 or none, "
-                                         f"got {value!r}")
-                settings[layer]["grid"] = None if value == "none" else value
-                continue
-            try:
-                settings[layer][key] = float(value) if key == "sparsity" else int(value)
-            except ValueError:
-                raise ContainerError(f"--layer {item!r}: {key} needs a number, got {value!r}") \
-                    from None
-            if key not in ("sparsity", "bits", "group_size"):
-                raise ContainerError(f"--layer {item!r}: unknown key {key!r}; allowed: sparsity, "
-                                     "bits, group_size, grid")
-    for layer, s in settings.items():
-        if s["sparsity"] is not None and not 0 <= s["sparsity"] < 1:
-            raise ContainerError(f"{layer}: sparsity must be in [0, 1), got {s['sparsity']}")
-        if s["bits"] is not None and not 1 <= s["bits"] <= 16:
-            raise ContainerError(f"{layer}: bits must be in 1..16, got {s['bits']}")
-        if s["grid"] is not None:
-            width = {"int4": 4, "int8": 8}[s["grid"]]
-            if s["bits"] is not None and s["bits"] > width:
-                raise ContainerError(f"{layer}: --grid {s['grid']} holds {width}-bit values; "
-                                     f"bits {s['bits']} asks for more (at most {width})")
-    return settings
-
-
 def _pack(args: argparse.Namespace) -> int:
-    import torch
+    from ..packing import PackSettings, pack
 
-    from compression.api import compress
-    from compression.models import (build_model, compressible_layers, load_state_dict_file,
-                                    load_weights, weight_name)
-    from compression.stages import LAYER_TYPES
-    from dccore.outputs import DCZ, check_output
-
-    check_output(args.out, DCZ, flag="--out")
-    try:
-        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    except json.JSONDecodeError as exc:
-        raise ContainerError(f"--model-kwargs is not valid JSON ({exc})") from None
-    if not isinstance(kwargs, dict):
-        raise ContainerError("--model-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
-    state = load_state_dict_file(args.checkpoint)
-    model = build_model(args.model, kwargs)
-    load_weights(model, state, source=args.checkpoint)  # fail early if it is the wrong model
-    layers = compressible_layers(model)
-    settings = _layer_settings(args, list(layers))
-    notes, cut, share = [], {}, {}
-    for name, module in layers.items():
-        s, w = settings[name], state[weight_name(name, module)]
-        zeros = float((w == 0).float().mean())
-        if s["sparsity"] is not None:
-            if zeros >= s["sparsity"]:
-                notes.append(f"{name}: already {zeros:.1%} zeros; --sparsity {s['sparsity']} "
-                             "changes nothing there")
-            else:
-                cut[name] = {"sparsity": s["sparsity"]}
-        if s["grid"] is not None:    # values on the grid are fitted, whatever they were
-            share[name] = {"bits": s["bits"] or {"int4": 4, "int8": 8}[s["grid"]],
-                           "group_size": s["group_size"], "grid": s["grid"]}
-        elif s["bits"] is not None:
-            distinct = torch.unique(w[w != 0]).numel()
-            if distinct <= 2 ** s["bits"]:
-                notes.append(f"{name}: already {distinct} distinct values (<= 2**{s['bits']}): "
-                             "kept exactly, stored with "
-                             f"{s['bits']}-bit indices")
-            else:
-                share[name] = {"bits": s["bits"], "group_size": s["group_size"]}
-        elif s["group_size"] is not None:
-            notes.append(f"{name}: --group-size without --bits or --grid changes nothing")
-    off = {t: False for t in LAYER_TYPES}
-    stages = []
-    if cut:
-        stages.append({"kind": "prune", "sparsity": 0.5, "rounds": 1, "retrain_epochs": 0,
-                       "by_type": off, "by_name": cut})
-    if share:
-        stages.append({"kind": "share", "by_type": off, "by_name": share})
-    # the flags are a post-training recipe; Compressor.save is the one .dcz writer
-    stages.append({"kind": "encode", "coder": args.coder, "index_bits": args.index_bits,
-                   "plain_dtype": args.plain_dtype, "metadata": args.metadata})
-    comp = compress(model, {"stages": stages})
-    for name in layers:
-        # what the checkpoint already holds is stored as such: its zeros sparse (a pruned
-        # checkpoint packs without --sparsity), its few distinct values with --bits indices
-        layer = comp.state.layers[name]
-        if layer.mask is None and bool((layer.weight == 0).any()):
-            layer.mask = layer.weight.detach() != 0
-        if layer.bits is None and settings[name]["bits"] is not None:
-            layer.bits = settings[name]["bits"]
+    kwargs = json_object(args.model_kwargs, "--model-kwargs", ContainerError) or {}
+    settings = PackSettings(sparsity=args.sparsity, bits=args.bits, group_size=args.group_size,
+                            grid=args.grid, layer=args.layer, bits_for=args.bits_for)
+    report, notes = pack(args.checkpoint, args.out, model=args.model, model_kwargs=kwargs,
+                         settings=settings, coder=args.coder, index_bits=args.index_bits,
+                         plain_dtype=args.plain_dtype, metadata=args.metadata)
     for note in notes:
         print(f"deepcompress pack: note: {note}", file=sys.stderr)
-    report = comp.save(args.out, meta={"model": {"name": args.model, "kwargs": kwargs},
-                                       "source": {"checkpoint": str(args.checkpoint)}})
     if args.json:
         print(json.dumps({**report.as_dict(), "notes": notes}, indent=2))
     else:
@@ -187,22 +92,13 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _unpack(args: argparse.Namespace) -> int:
-    import torch
+    from ..packing import unpack
 
-    from dccore.outputs import TORCH_FILE, atomic_path, check_output
-    from dcz import load
-
-    check_output(args.out, TORCH_FILE, flag="--out")
-    dcz = load(args.file)
-    with atomic_path(args.out, kind=TORCH_FILE) as tmp:
-        with open(tmp, "wb") as fh:   # a read-only folder: PermissionError naming it (torch
-            torch.save(dcz.state_dict, fh)   # would say RuntimeError "open file failed")
-    summary = {"file": str(dcz.path), "out": str(args.out), "tensors": len(dcz.state_dict),
-               "bytes": Path(args.out).stat().st_size}
+    summary = unpack(args.file, args.out)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"wrote {args.out}: {summary['tensors']} tensors decoded from {dcz.path}")
+        print(f"wrote {args.out}: {summary['tensors']} tensors decoded from {summary['file']}")
     return 0
 
 

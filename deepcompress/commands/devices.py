@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -90,46 +89,24 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_data(args: argparse.Namespace):
-    """The first --eval N test examples of the IDX dataset, for accuracy on the device."""
-    if not args.eval_n:
-        return None
-    if args.eval_n < 0:
-        from dccore.errors import UsageError
-
-        raise UsageError("--eval N needs a positive number of examples")
-    from compression.data import load_split
-    from device_harness.runners import EvalData
-
-    split = load_split("test", root=args.data, limit=args.eval_n)
-    return EvalData(split.images.numpy(), split.labels.numpy(),
-                    source=f"test split, first {len(split)} examples")
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """One ``write`` of one whole line with O_APPEND: readers never see half a result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(record) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _bench(args: argparse.Namespace) -> int:
+    from dccore.errors import UsageError
+    from dccore.outputs import append_jsonl
     from device_harness import check_spec, open_device
     from device_harness.runners import BenchOptions, bench_many
 
+    from ..examples import eval_data
     from ..ui import printable
 
     specs = args.devices or ["host"]
     for spec in specs:  # a SPEC of no known form is a usage error, before any device is touched
         check_spec(spec)
+    if args.eval_n < 0:
+        raise UsageError("--eval N needs a positive number of examples")
     opts = BenchOptions(runs=args.runs, warmup=args.warmup, threads=args.threads,
                         timeout_s=args.timeout, benchmark_model=args.benchmark_model,
-                        delegate=args.delegate, eval_data=_eval_data(args),
+                        delegate=args.delegate,
+                        eval_data=eval_data(args.eval_n, data=args.data) if args.eval_n else None,
                         cooldown_max_s=args.cooldown_max, bench_host_app=args.bench_host_app,
                         compute_units=args.compute_units, retries=args.retries)
 

@@ -1,22 +1,29 @@
-"""``deepcompress history``: past qualification and nightly runs, from the terminal.
+"""``deepcompress history`` and ``deepcompress compare``: past qualification and nightly runs,
+from the terminal.
 
     deepcompress history [--db PATH|URL] [--name NAME] [--kind qualify|nightly] [--night DATE]
                          [--run ID] [--limit N] [--json]
+    deepcompress compare RUN_A RUN_B [--db PATH|URL] [--json]
 
 ``--db`` defaults to $DEEPCOMPRESS_HISTORY_DB, else ./qualify-out/history.sqlite (qualify's
 default folder). A folder means its history.sqlite.
+
+For compare, RUN is a run id (``deepcompress history``), ``latest`` or ``latest-passing``. Each
+figure of either run is a row: its value in A and in B, and the change (for sizes, latency and
+memory a negative change is an improvement; for the metric a positive one).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 
-ENV = "DEEPCOMPRESS_HISTORY_DB"
-DEFAULT_DB = "qualify-out/history.sqlite"
+from ..history import DEFAULT_DB, ENV, compare_runs, open_db
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    if command == "compare":
+        p.add_argument("run_a", metavar="RUN_A", help="a run id, latest or latest-passing")
+        p.add_argument("run_b", metavar="RUN_B", help="a run id, latest or latest-passing")
     p.add_argument("--db", metavar="PATH|URL", help=f"the history (default: ${ENV}, else {DEFAULT_DB})")
     if command == "history":
         p.add_argument("--name", help="only this qualification or matrix")
@@ -38,24 +45,10 @@ def _count(text: str) -> int:
 _count.__name__ = "number of runs (0 or more)"   # argparse names the type in its message
 
 
-def open_db(args: argparse.Namespace):
-    """The history named by --db, $DEEPCOMPRESS_HISTORY_DB or the default; it must exist
-    (reading never creates one)."""
-    from pathlib import Path
-
-    from dccore.errors import UsageError
-    from deepcompress.qualify.history import open_history, resolve_url
-
-    db = args.db or os.environ.get(ENV) or DEFAULT_DB
-    url = resolve_url(db)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise UsageError(f"no history at {db}: run 'deepcompress qualify' or 'nightly' first, "
-                         f"or name one with --db (or ${ENV})")
-    return open_history(db)
-
-
 def main(args: argparse.Namespace) -> int:
-    with open_db(args) as history:
+    if args.command == "compare":
+        return _compare(args)
+    with open_db(args.db) as history:
         if args.run is not None:
             run = history.run(history.resolve_run(args.run))
             if run is None:
@@ -131,3 +124,58 @@ def _print_run(run: dict) -> None:
 
 def _n(value) -> str:
     return "-" if value is None else f"{value:.6g}"
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from dccore.errors import UsageError
+
+    with open_db(args.db) as history:
+        runs = []
+        for ref in (args.run_a, args.run_b):
+            run = history.run(history.resolve_run(ref))
+            if run is None:
+                raise UsageError(f"run {ref}: not in the history {history.where}")
+            runs.append(run)
+    a, b = runs
+    rows = compare_runs(a, b)
+    fields = ("id", "kind", "name", "model", "night", "device_slot", "started_at", "ok", "verdict",
+              "git_revision", "recipe_sha256")
+    if args.json:
+        print(json.dumps({"a": {k: a.get(k) for k in fields}, "b": {k: b.get(k) for k in fields},
+                          "figures": rows}, indent=2, default=str))
+        return 0
+    _print_compare(a, b, rows)
+    return 0
+
+
+def _print_compare(a: dict, b: dict, rows: list[dict]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from deepcompress.qualify._gates import fmt_value
+
+    from ..ui import printable, stdout_console
+
+    table = Table(title=f"run {a['id']} vs run {b['id']}", title_justify="left")
+    table.add_column("")
+    table.add_column(f"A: run {a['id']}", overflow="fold")
+    table.add_column(f"B: run {b['id']}", overflow="fold")
+    table.add_column("change", justify="right")
+    for label, key in (("kind / name", None), ("when", "started_at"), ("verdict", "verdict"),
+                       ("git", "git_revision"), ("recipe", "recipe_sha256")):
+        va = f"{a['kind']} {a['name']} ({a['model']})" if key is None else str(a.get(key))
+        vb = f"{b['kind']} {b['name']} ({b['model']})" if key is None else str(b.get(key))
+        table.add_row(Text(label), Text(printable(va)), Text(printable(vb)),
+                      Text("" if va == vb else "differs"))
+    for r in rows:
+        name = r["task_metric"] if r["figure"].endswith("metric") and r["task_metric"] else r["figure"]
+        where = " ".join(x for x in (r["format"], f"on {r['device']}" if r["device"] else "") if x)
+        change = "-" if r["change"] is None else (
+            f"{r['change_pct']:+.1f}%" if r["change_pct"] is not None else f"{r['change']:+.4g}")
+        if r["better"] is not None:
+            change += " better" if r["better"] else " worse"
+        if r["a"] is not None and r["b"] is not None and not r["same_device"]:
+            change += " (other device)"
+        table.add_row(Text(printable(f"{name} {where}".strip())), Text(fmt_value(r["a"], r["unit"])),
+                      Text(fmt_value(r["b"], r["unit"])), Text(change))
+    stdout_console().print(table)

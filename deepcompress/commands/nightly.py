@@ -21,7 +21,7 @@ DEFAULT_OUT = "nightly-out"
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
-    from .run import CODE_NOTE
+    from ..cli import CODE_NOTE
 
     p.epilog = CODE_NOTE
     p.add_argument("matrix", metavar="MATRIX.toml", help="the matrix (see examples/nightly_lenet.toml)")

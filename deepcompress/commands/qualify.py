@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
                      "figure against its budget and the last passing run, record the run in "
                      "the history, and write DIR/report.html, DIR/junit.xml, DIR/results.json. "
                      "Exit 0: every budget holds; 1: one failed; 2: configuration error.")
-    from .run import CODE_NOTE
+    from ..cli import CODE_NOTE
 
     p.epilog = CODE_NOTE
     p.add_argument("config", metavar="CONFIG.toml", help="the qualification config "

@@ -66,7 +66,7 @@ def qualify(config: QualifyConfig, out: Path, *, db: str | None = None, ui: Any 
     folder.check(work=("run", "artifacts"))
     run_dir = out / "run"
     if config.model.recipe is not None:   # a run folder of ours (marked), or refused untouched
-        from ..commands.run import check_run_folder
+        from ..runs import check_run_folder
 
         check_run_folder(run_dir, force=True, resuming=True, claim=False)
     folder.claim()

@@ -15,7 +15,7 @@ bench. Each reuses what an earlier run left when nothing it depends on changed.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import hashlib
 import json
 import time
@@ -27,7 +27,6 @@ from dccore.artifacts import artifact_size
 from dccore.errors import UsageError
 from dccore.outputs import JSON_FILE, write_json_atomic
 
-from ..commands.export import jsonable
 from ._config import BenchSpec, ExportSpec, ModelSpec
 from ._metric import Measured, Metric, primary_metric
 from ._provenance import UNKNOWN, artifact_sha256
@@ -58,7 +57,7 @@ def plan(spec: ModelSpec) -> Plan:
         return Plan(spec)
     from compression.recipe import read_recipe
 
-    from ..commands.run import apply_override
+    from ..runs import apply_override
 
     def edit(data: dict[str, Any]) -> None:
         for assignment in spec.overrides:
@@ -91,7 +90,7 @@ def compress(p: Plan, run_dir: Path, *, progress: Any = None, log: Log = lambda 
         return _given(p, start)
     from compression import pipeline
 
-    from ..commands.run import check_run_folder
+    from ..runs import check_run_folder
 
     recipe = p.recipe
     resume = _resume_point(run_dir, recipe)
@@ -179,6 +178,7 @@ class Exported:
     zipped_bytes: int
     ok: bool
     result: dict[str, Any]           # what `deepcompress export --json` reports for the format
+                                     # (deepcompress.exporting.FormatExport.to_dict)
     cached: bool = False
 
 
@@ -197,6 +197,8 @@ def export_all(spec: ExportSpec, compressed: Compressed, out_dir: Path, *,
     """The .dcz as an artifact, and each format exported, validated and measured (or reused)."""
     from exporters import EXPORTERS
 
+    from ..exporting import export_format
+
     start = time.perf_counter()
     dcz_sha = artifact_sha256(compressed.dcz)
     size = artifact_size(compressed.dcz)
@@ -213,6 +215,11 @@ def export_all(spec: ExportSpec, compressed: Compressed, out_dir: Path, *,
     keys = {name: _export_key(spec, name, dcz_sha) for name in spec.formats}
     todo = [n for n in spec.formats if not _cached(cache.get(n), keys[n], paths[n])]
     loaded = None
+
+    def step(text: str) -> contextlib.AbstractContextManager[None]:
+        log(f"export: {text}")
+        return contextlib.nullcontext()
+
     for name in spec.formats:
         if name not in todo:
             entry = cache[name]
@@ -222,23 +229,16 @@ def export_all(spec: ExportSpec, compressed: Compressed, out_dir: Path, *,
             continue
         if loaded is None:
             loaded = _load_for_export(spec, compressed)
-        model, layers, examples, score, reference = loaded
         exporter = EXPORTERS.get(name)
-        options = exporter.Options(**spec.options.get(name, {}))
-        n = int(examples.inputs[0].shape[0])
-        log(f"export: {exporter.label}: converting, measuring, validating on {n:,} examples")
-        from exporters import export_and_validate, first_example
-
-        result = export_and_validate(exporter, model, first_example(examples.inputs), paths[name],
-                                     options, examples.inputs, score, layers=layers,
-                                     reference=reference, baseline=spec.dense).to_dict()
-        result = json.loads(json.dumps(result, default=jsonable))
+        result = export_format(loaded, exporter, paths[name],
+                               exporter.Options(**spec.options.get(name, {})),
+                               baseline=spec.dense, step=step).to_dict()
         sha = artifact_sha256(paths[name])
+        out.examples = loaded.examples.describe
         cache[name] = {"key": keys[name], "sha256": sha, "result": result,
-                       "examples": examples.describe}
+                       "examples": out.examples}
         write_json_atomic(cache_path, cache, kind=JSON_FILE)
         out.artifacts[name] = _exported(name, paths[name], sha, result, False)
-        out.examples = json.loads(json.dumps(examples.describe, default=jsonable))
     out.measured = measure_metric(compressed, out, loaded or (lambda: _load_for_export(spec, compressed)))
     out.metric = _report_metric(compressed.metric, out.measured.get("dcz"))
     out.seconds = time.perf_counter() - start
@@ -278,26 +278,19 @@ def _cached(entry: Any, key: str, path: Path) -> bool:
 
 
 def _load_for_export(spec: ExportSpec, compressed: Compressed):
-    """The model rebuilt from the .dcz, its compressed layers, the examples and their scorer --
-    the same as ``deepcompress export`` uses (its helpers, so the two never disagree)."""
-    from exporters import accuracy_scorer, cosine_scorer, torch_outputs
+    """The model rebuilt from the .dcz, its compressed layers, the examples and their scorer:
+    what ``deepcompress export`` loads (``deepcompress.exporting.load``)."""
+    from ..exporting import load
 
-    from ..commands import export as export_command
-    from ..loading import model_from_dcz
-
-    model, dcz = model_from_dcz(compressed.dcz, model=compressed.model,
-                                model_kwargs=compressed.model_kwargs)
-    layers = export_command.dcz_layers(model, dcz)
-    args = argparse.Namespace(file=str(compressed.dcz), inputs=str(spec.inputs) if spec.inputs else None,
-                              limit=spec.examples, data=compressed.data_root, input_shape=None)
-    examples = (export_command.file_examples(args, model) if spec.inputs
-                else export_command.idx_examples(args, dcz.meta))
-    score = accuracy_scorer(examples.labels) if examples.labels is not None else cosine_scorer()
-    return model, layers, examples, score, torch_outputs(model, examples.inputs)
+    return load(compressed.dcz, model=compressed.model, model_kwargs=compressed.model_kwargs,
+                inputs=spec.inputs, data=compressed.data_root, limit=spec.examples)
 
 
-RUNTIME = {"dcz": "model.dcz decoded, in PyTorch", "tflite": "the LiteRT interpreter on this host",
-           "coreml": "Core ML on this Mac"}
+def _runtime(fmt: str) -> str:
+    """What ran an artifact of format ``fmt`` at validation (the decoded .dcz: PyTorch)."""
+    from exporters import EXPORTERS
+
+    return "model.dcz decoded, in PyTorch" if fmt == "dcz" else f"{EXPORTERS.get(fmt).label} on this host"
 
 
 def measure_metric(compressed: Compressed, out: Exports, loaded: Any) -> dict[str, Measured]:
@@ -314,24 +307,24 @@ def measure_metric(compressed: Compressed, out: Exports, loaded: Any) -> dict[st
     dcz_value = next((float(_scored(r)["torch_accuracy"]) for r in results.values()
                       if "torch_accuracy" in _scored(r)), None)
     if dcz_value is None and not any("min_cosine" in _scored(r) for r in results.values()):
-        _model, _layers, examples, _score, reference = loaded() if callable(loaded) else loaded
-        if examples.labels is not None:
+        loaded = loaded() if callable(loaded) else loaded
+        if loaded.examples.labels is not None:
             from dccore.metrics import accuracy
 
-            labelled, dcz_value = True, accuracy(reference, examples.labels)
-        n = int(examples.inputs[0].shape[0])
+            labelled, dcz_value = True, accuracy(loaded.reference, loaded.examples.labels)
+        n = len(loaded.examples)
     on = f"{n or 'the'} examples of {source}"
     measured: dict[str, Measured] = {}
     if labelled:
-        measured["dcz"] = Measured("dcz", "accuracy", dcz_value, on=f"{on}, {RUNTIME['dcz']}")
+        measured["dcz"] = Measured("dcz", "accuracy", dcz_value, on=f"{on}, {_runtime('dcz')}")
     else:
         measured["dcz"] = _recipe_measured(compressed)
     name, better = measured["dcz"].name, measured["dcz"].higher_is_better
     for fmt, r in results.items():
-        scored, runtime = _scored(r), RUNTIME.get(fmt, fmt)
+        scored = _scored(r)
         if "accuracy" in scored:
             measured[fmt] = Measured(fmt, "accuracy", float(scored["accuracy"]),
-                                     on=f"{on}, {runtime}")
+                                     on=f"{on}, {_runtime(fmt)}")
         elif isinstance(scored.get("skipped"), str):
             measured[fmt] = Measured(fmt, name, None, better, note=f"not measured: {scored['skipped']}")
         else:
@@ -380,9 +373,9 @@ def check_metric_examples(spec: ModelSpec, export: ExportSpec, min_metric: float
     examples: the IDX test set (the default) or an inputs file with 'labels'."""
     if min_metric is None or spec.dcz is None or export.inputs is None:
         return
-    from ..commands.export import _read_named
+    from ..examples import read_named
 
-    if "labels" not in _read_named(export.inputs):
+    if "labels" not in read_named(export.inputs):
         raise UsageError(
             f"{where} min_metric = {min_metric:g}: nothing to measure {spec.dcz.name}'s metric on "
             f"([export] inputs = {export.inputs} has no 'labels'); add the labels to that file, or "
@@ -407,15 +400,10 @@ def eval_data(spec: BenchSpec, compressed: Compressed, exports: Exports):
     only: a label-free model is scored against PyTorch at export, not on the device)."""
     if not spec.eval or not str(exports.examples.get("source", "")).startswith("IDX"):
         return None
-    from compression.data import load_split
-    from device_harness.runners import EvalData
+    from ..examples import eval_data as idx_eval_data
 
-    split = load_split("test", root=compressed.data_root, limit=spec.eval)
-    shape = exports.examples.get("input_shape")
-    images = split.images.numpy()
-    if shape:
-        images = images.reshape(len(images), *shape)
-    return EvalData(images, split.labels.numpy(), source=f"test split, first {len(split)} examples")
+    return idx_eval_data(spec.eval, data=compressed.data_root,
+                         input_shape=exports.examples.get("input_shape"))
 
 
 def artifacts_for(spec: str, exports: Exports) -> list[Exported]:

@@ -1,6 +1,7 @@
 """``deepcompress sensitivity``: each layer's metric against sparsity and bits, and its saturation
-points (``compression/tuning/``). ``deepcompress autotune`` (``autotune.py``) shares its flags and
-its main."""
+points; ``deepcompress autotune``: per-layer sparsity and bits chosen within a metric budget,
+verified by the whole pipeline (both ``compression/tuning/``). Autotune takes sensitivity's flags
+and more."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .run import CODE_NOTE, DEFAULT_RECIPE, apply_override
+from ..cli import CODE_NOTE, DEFAULT_RECIPE
+from ..runs import apply_override
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -32,7 +34,7 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def common_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     p.epilog = CODE_NOTE
     p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE,
                    help=f"a recipe TOML file or a shipped recipe name (default: {DEFAULT_RECIPE})")
@@ -69,27 +71,46 @@ def common_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a recipe value, as for 'deepcompress run' (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as JSON, nothing else")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines")
-
-
-def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
-    common_arguments(p)
+    if command == "sensitivity":
+        p.description = (
+            "For each compressible layer alone: the task metric on a held-out validation split "
+            "against sparsity and against bits, the saturation points, and the layer's bytes in "
+            "a .dcz file at each setting. Writes DIR/sensitivity.json, DIR/plots/*.png and "
+            "DIR/report.html.")
+        return
     p.description = (
-        "For each compressible layer alone: the task metric on a held-out validation split "
-        "against sparsity and against bits, the saturation points, and the layer's bytes in "
-        "a .dcz file at each setting. Writes DIR/sensitivity.json, DIR/plots/*.png and "
-        "DIR/report.html.")
-
-
-def _check_out(out: Path, command: str) -> None:
-    """A new or empty folder, or one this command took before (its marker: dccore.outputs)."""
-    from dccore.outputs import check_folder
-
-    check_folder(out, command)
+        "Choose per-layer sparsity and bits that minimise the objective within a metric budget: "
+        "a greedy on the measured curves, verified by running the whole pipeline and corrected "
+        "until it holds. Writes DIR/recipe.toml (a comment per layer saying why), DIR/model.dcz "
+        "and DIR/autotune.json; the test set is scored once, for the final model. Exit 1 when no "
+        "verified choice held the budget.")
+    p.add_argument("--budget", required=True, metavar="DROP",
+                   help="the metric drop allowed: points (0.5pt) or the metric's units (0.005)")
+    p.add_argument("--objective", choices=("file-bytes", "latency"), default="file-bytes",
+                   help="minimise model.dcz's bytes, or a latency proxy (multiply-adds of a "
+                        "sparse kernel: non-zeros x output positions) (default: file-bytes)")
+    p.add_argument("--curves", metavar="SENSITIVITY_DIR|JSON",
+                   help="curves measured by 'deepcompress sensitivity' for this recipe (default: "
+                        "measure them into DIR/sensitivity)")
+    p.add_argument("--max-runs", type=int, default=4, metavar="N",
+                   help="full pipeline runs to verify and correct the choice (default: 4)")
+    p.add_argument("--margin", default="0", metavar="DROP",
+                   help="keep this much of the budget in hand on the validation split (default 0)")
+    p.add_argument("--coder", choices=("huffman", "ans", "none", "smallest"),
+                   help="the generated recipe's encode coder (default: the recipe's)")
+    p.add_argument("--plain-dtype", choices=("float32", "float16"),
+                   help="the generated recipe's storage for biases and other plain tensors; "
+                        "float16 is lossy, and counted: the decoded file is what is verified "
+                        "(default: the recipe's)")
+    p.add_argument("--metadata", choices=("full", "minimal"),
+                   help="what the generated recipe's model.dcz says besides its weights: "
+                        "'minimal' keeps the model to rebuild, the recipe's sha256 and the final "
+                        "metric (about 400 B less) (default: the recipe's)")
 
 
 def main(args: argparse.Namespace) -> int:
     from compression.tuning import SensitivitySettings, autotune, parse_budget, sensitivity
-    from dccore.outputs import claim_folder
+    from dccore.outputs import check_folder, claim_folder
 
     from ..ui import Ui
 
@@ -98,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
             apply_override(data, assignment)
 
     out = Path(args.out)
-    _check_out(out, args.command)
+    check_folder(out, args.command)     # new, empty, or this command's (dccore.outputs)
     fields: dict[str, Any] = {"retrain_epochs": args.retrain_epochs,
                               "train_examples": args.train_examples,
                               "tolerance": parse_budget(args.tolerance),

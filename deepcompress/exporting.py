@@ -1,0 +1,171 @@
+"""A ``.dcz`` model to an artifact of any registered format, validated and measured: what
+``deepcompress export`` does for each format it is asked for, and qualify's export phase too.
+
+``load`` rebuilds the model from the file (``deepcompress.loading``), reads back the layers the
+file stores compressed, and loads the examples with their scorer and PyTorch's outputs on them;
+``export_format`` exports through ``exporters.EXPORTERS``, measures the same model exported
+uncompressed, validates, and (``beside``) scores and times the artifact beside those
+uncompressed exports. Nothing here names a format.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Mapping, Sequence
+
+import numpy as np
+
+from dccore.errors import ExportError
+
+from .examples import ValidationSet, file_examples, idx_examples
+
+# timed runs per artifact for the host p50: enough for a stable median of a small model
+LATENCY_RUNS = 50
+
+Step = Callable[[str], ContextManager[Any]]
+
+
+def _quietly(text: str) -> ContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The model rebuilt from a .dcz, what the file holds compressed, and the examples."""
+
+    model: Any                        # nn.Module, in eval mode
+    dcz: Any                          # dcz.Dcz
+    layers: Mapping[str, Any]         # name -> exporters.CompressedLayer
+    examples: ValidationSet
+    score: Any                        # exporters.Scorer: accuracy with labels, else cosine
+    reference: np.ndarray             # PyTorch's outputs on the examples
+
+
+def load(path: str | os.PathLike[str], *, model: str | None = None,
+         model_kwargs: dict[str, Any] | None = None, inputs: str | os.PathLike[str] | None = None,
+         data: str | None = None, input_shape: Sequence[int] | None = None,
+         limit: int | None = None) -> Loaded:
+    """``path``'s model (``model``/``model_kwargs``: the factory the user names, see
+    ``loading.model_from_dcz``) with the examples of ``inputs``, else the IDX test set
+    (``data``, ``input_shape``), the first ``limit`` of them."""
+    from exporters import accuracy_scorer, cosine_scorer, torch_outputs  # noqa: PLC0415
+
+    from .loading import model_from_dcz  # noqa: PLC0415
+
+    built, dcz = model_from_dcz(path, model=model, model_kwargs=model_kwargs)
+    layers = dcz_layers(built, dcz)
+    examples = (file_examples(inputs, built, limit=limit) if inputs is not None else
+                idx_examples(dcz.meta, path, input_shape=input_shape, data=data, limit=limit))
+    score = accuracy_scorer(examples.labels) if examples.labels is not None else cosine_scorer()
+    return Loaded(built, dcz, layers, examples, score, torch_outputs(built, examples.inputs))
+
+
+def dcz_layers(model: Any, dcz: Any) -> dict[str, Any]:
+    """The layers the .dcz stores compressed, read back from the weights and checked against the
+    file's codebooks: the exporters see exactly what the container holds."""
+    from exporters import compressed_layers  # noqa: PLC0415
+
+    layers = compressed_layers(model, list(dcz.layers))
+    for name, info in layers.items():
+        codebook = dcz.layers[name].codebook
+        if codebook is not None and not np.isin(info.codebook, codebook).all():
+            raise ExportError(f"{dcz.path}: layer {name!r} holds values outside its codebook; "
+                              "the file is inconsistent")
+    # grouped codebooks (one per group_size rows): the exporters store them per group
+    return {n: dataclasses.replace(info, group_size=dcz.layers[n].group_size)
+            for n, info in layers.items()}
+
+
+@dataclass(frozen=True)
+class FormatExport:
+    """One format exported and validated (``exporters.ExportResult``), and where measured, the
+    artifact beside the same model's uncompressed exports (by label, "ours" first)."""
+
+    result: Any                       # exporters.ExportResult
+    beside: Mapping[str, dict[str, Any]] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``deepcompress export --json`` reports for the format: plain JSON values."""
+        out = self.result.to_dict()
+        if self.beside is not None:
+            out["beside"] = self.beside
+        return plain(out)
+
+
+def export_format(loaded: Loaded, exporter: Any, path: Path, options: Any, *,
+                  baseline: bool = True, beside: bool = False, latency_runs: int = LATENCY_RUNS,
+                  latency_on: Sequence[str] = ("host",), step: Step = _quietly) -> FormatExport:
+    """Export ``loaded``'s model with ``exporter`` (an ``EXPORTERS`` entry) to a checked ``path``,
+    measure it uncompressed (``baseline``), validate it on the examples, and with ``beside`` set
+    it beside its uncompressed exports (``measure_beside``). ``step``: a context for each phase,
+    given a line saying what it does (a spinner, a log line)."""
+    from exporters import export_and_validate, first_example  # noqa: PLC0415
+
+    examples = loaded.examples
+    with step(f"{exporter.label}: converting, measuring, validating on {len(examples):,} examples"):
+        result = export_and_validate(exporter, loaded.model, first_example(examples.inputs), path,
+                                     options, examples.inputs, loaded.score, layers=loaded.layers,
+                                     reference=loaded.reference, baseline=baseline)
+    if not beside:
+        return FormatExport(result)
+    with step(f"{exporter.label}: its float32 and float16 exports, scored and timed"):
+        ours = result.validation.score.to_dict() if result.validation.score else {}
+        return FormatExport(result, measure_beside(loaded, exporter, path, options, ours,
+                                                   latency_runs, latency_on))
+
+
+def p50_ms(path: Path, runs: int, specs: Sequence[str]) -> dict[str, float]:
+    """The artifact's median latency in ms on each device (``device_harness``: 1 thread, default
+    delegates); empty when not timed."""
+    if runs <= 0:
+        return {}
+    import device_harness  # noqa: PLC0415
+    return {spec: float(device_harness.bench(path, spec, runs=runs, warmup=min(10, runs),
+                                             threads=1, cooldown_max_s=0)["latency_ms"]["p50"])
+            for spec in specs}
+
+
+def measure_beside(loaded: Loaded, exporter: Any, path: Path, options: Any, ours: dict,
+                   runs: int, specs: Sequence[str]) -> dict[str, Any]:
+    """The artifact beside the same model's uncompressed exports (``exporter.baselines``): bytes,
+    zipped bytes, the task's metric through each on every example, p50 on each device. Keyed by
+    label, "ours" first (``ours``: the artifact's score, already measured)."""
+    from dccore.artifacts import artifact_size  # noqa: PLC0415
+    from dccore.outputs import temporary_folder  # noqa: PLC0415
+    from exporters import first_example  # noqa: PLC0415
+
+    def row(p: Path, figures: dict) -> dict[str, Any]:
+        return {**artifact_size(p).to_dict(), **figures, "p50_ms": p50_ms(p, runs, specs)}
+
+    inputs = loaded.examples.inputs
+    out = {"ours": row(path, ours)}
+    with temporary_folder() as tmp:
+        for i, (label, dense) in enumerate(exporter.baselines(exporter.options(options)).items()):
+            dense_path = Path(tmp) / f"beside{i}{exporter.suffix}"
+            exporter.export(loaded.model, first_example(inputs), dense_path, dense)
+            checked = exporter.validate(dense_path, loaded.model, inputs, loaded.score,
+                                        reference=loaded.reference)
+            out[getattr(dense, "variant", label)] = row(
+                dense_path, checked.score.to_dict() if checked.score else {})
+    return out
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as JSON's values: numpy numbers and arrays as Python's, paths and anything else a
+    report may carry as text rather than a crash."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, float)):
+        return obj
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    return str(obj)
