@@ -16,9 +16,12 @@ which :func:`build` calls on the finished object.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Any, Mapping
+from contextvars import ContextVar
+from pathlib import Path, PurePath
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from dccore.errors import ConfigError
 
@@ -95,6 +98,17 @@ class Num(Check):
             top = hi if hi is not None else UNBOUNDED
             raise fail(path, f"a number in {left}{lo}, {top}{right}", value)
         return value
+
+
+class Bytes(Check):
+    """A count of bytes: a whole number >= 0, written as an integer or a whole float (1e7);
+    stored as an int."""
+
+    def __call__(self, path: str, value: Any, owner: type) -> int:
+        number = Num(0)(path, value, owner)
+        if not number.is_integer():
+            raise fail(path, "a whole number of bytes", value)
+        return int(number)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +234,7 @@ def dump(obj: Any) -> Any:
         return {k: dump(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [dump(v) for v in obj]
-    return obj
+    return str(obj) if isinstance(obj, PurePath) else obj
 
 
 class UnknownKey(ConfigError):
@@ -300,3 +314,151 @@ class Checked(Config):
         for name, value in check_values(type(self), given, "").items():
             object.__setattr__(self, name, value)
         self._check("")
+
+
+# --------------------------------------------------------------------------------------------
+# More kinds of value (qualification configs, nightly matrices, budgets): lists, tables keyed by
+# name, names and keys read from a registry when checked, paths relative to the file being read.
+
+def _at(path: str, key: Any) -> str:
+    """``path.key``, the key quoted as TOML would where it is not bare ("127.0.0.1:5555")."""
+    key = str(key)
+    if not key.replace("_", "").replace("-", "").isalnum():
+        key = f'"{key}"'
+    return f"{path}.{key}" if path else key
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice(Check):
+    """One of the names ``names()`` gives when checked (a registry's, which plugins add to)."""
+
+    names: Callable[[], Iterable[str]]
+
+    def __call__(self, path: str, value: Any, owner: type) -> str:
+        return OneOf(tuple(self.names()))(path, value, owner)
+
+
+@dataclasses.dataclass(frozen=True)
+class List(Check):
+    """A list whose items each pass ``item``, stored as a tuple."""
+
+    item: Check
+    distinct: bool = False
+    nonempty: bool = False
+    has_children = True
+
+    def __call__(self, path: str, value: Any, owner: type) -> tuple:
+        if not isinstance(value, (list, tuple)) or (self.nonempty and not value):
+            raise fail(path, "a non-empty list" if self.nonempty else "a list", value)
+        items = tuple(self.item(f"{path}[{i}]", v, owner) for i, v in enumerate(value))
+        if self.distinct and any(v in items[:i] for i, v in enumerate(items)):
+            raise fail(path, "a list of distinct items", list(value))
+        return items
+
+    def child(self, key: str, data: Any, owner: type) -> Any:
+        return self.item
+
+
+def _checker(value: Any) -> Check:
+    """A Check, or a Config class as the Section that builds it."""
+    return Section(value) if isinstance(value, type) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class Table(Check):
+    """A table of entries keyed by name (a format, a device, a slot): each key passes ``key``
+    (any name when None), each value ``value`` (a Check, or a Config class built from it)."""
+
+    value: Any
+    key: Check | None = None
+    has_children = True
+
+    def __call__(self, path: str, value: Any, owner: type) -> dict[str, Any]:
+        out = {}
+        for k, v in table(path, value).items():
+            if self.key is not None:
+                k = self.key(_at(path, k), k, owner)
+            out[k] = _checker(self.value)(_at(path, k), v, owner)
+        return out
+
+    def child(self, key: str, data: Any, owner: type) -> Any:
+        return _checker(self.value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fields(Check):
+    """A table of known keys, each with its own check, read when checked: ``schema()`` gives
+    {key: Check} (the keys a registry defines: one budget per metric, one table per exporter)."""
+
+    schema: Callable[[], Mapping[str, Check]]
+    has_children = True
+
+    def __call__(self, path: str, value: Any, owner: type) -> dict[str, Any]:
+        checks, data = self.schema(), table(path, value)
+        check_keys(path, data, tuple(checks))
+        return {k: checks[k](_at(path, k), v, owner) for k, v in data.items()}
+
+    def child(self, key: str, data: Any, owner: type) -> Any:
+        checks = self.schema()
+        if key not in checks:
+            raise UnknownKey(key, checks)
+        return checks[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inline(Check):
+    """A nested config whose table also holds, beside its other fields, the entries of its field
+    ``into`` (budgets beside their per-format tables, exporters' options beside the export
+    settings). Each such entry is named at the table's own path (``budgets.max_size_bytes``);
+    :func:`dump` writes ``into`` as its own table, which :func:`build` takes too."""
+
+    cls: type
+    into: str
+    has_children = True
+
+    def __call__(self, path: str, value: Any, owner: type) -> Any:
+        data = table(path, value)
+        inner = _check_of(_fields(self.cls)[self.into])
+        others = allowed_keys(self.cls) - {self.into}
+        check_keys(path, data, others | set(inner.schema() if isinstance(inner, Fields) else data))
+        kw = check_values(self.cls, {k: v for k, v in data.items() if k in others}, path)
+        kw[self.into] = inner(path, {k: v for k, v in data.items() if k not in others}, self.cls)
+        obj = self.cls(**kw)
+        obj._check(path)
+        return obj
+
+
+_BASE: ContextVar[Path | None] = ContextVar("dccore_config_base", default=None)
+
+
+@contextlib.contextmanager
+def relative_to(base: Path) -> Iterator[None]:
+    """While building: a :class:`FilePath` that is relative is taken relative to ``base`` (the
+    folder of the file that names it), not to the working directory."""
+    token = _BASE.set(base)
+    try:
+        yield
+    finally:
+        _BASE.reset(token)
+
+
+@dataclasses.dataclass(frozen=True)
+class FilePath(Check):
+    """A path ('~' expanded), relative to the file being read (:func:`relative_to`). ``keep(text)``
+    says when a value is not a path and is kept as written (a URL, a built-in name); ``text``:
+    store the path as a string."""
+
+    keep: Callable[[str], bool] | None = None
+    text: bool = False
+
+    def __call__(self, path: str, value: Any, owner: type) -> Path | str:
+        value = str(value) if isinstance(value, PurePath) else Text()(path, value, owner)  # code's
+        if self.keep is not None and self.keep(value):
+            return value
+        try:
+            p = Path(value).expanduser()
+        except RuntimeError:   # ~user of no such user: the path is taken as written
+            p = Path(value)
+        base = _BASE.get()
+        p = p if p.is_absolute() or base is None else base / p
+        return str(p) if self.text else p

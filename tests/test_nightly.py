@@ -163,7 +163,7 @@ def test_recorded_noise_passes_and_the_slower_artifact_is_flagged(tmp_path):
     assert [bool(g.skipped) for g in default] == [True] * 3 + [False] * 18   # min_samples = 3
     assert all(g.ok for g in default[:20])
     assert not default[20].ok and "passing nights (+" in default[20].message
-    tight = Rolling(tolerances={**Rolling().tolerances, "latency_p50_ms": Tolerance(0.01, 0.0)})
+    tight = Rolling(tolerance={"latency_p50_ms": Tolerance(0.01, 0.0)})
     assert not all(g.ok for g in replay("tight", tight)[:20])
 
 

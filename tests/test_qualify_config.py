@@ -161,7 +161,8 @@ rel = 0.08
 """
     matrix = load_matrix(write(tmp_path, text, "m.toml"), device_overrides={"cpu": "127.0.0.1:5557"})
     assert matrix.devices == {"cpu": "127.0.0.1:5557"}
-    assert matrix.rolling.tolerances["latency_p50_ms"].rel == 0.08
+    assert matrix.regression.tolerances["latency_p50_ms"].rel == 0.08
+    assert matrix.regression.tolerances["latency_p50_ms"].abs == 0.0005   # the default kept
     with pytest.raises(UsageError, match="slot 'gpu'"):
         load_matrix(write(tmp_path, text, "m.toml"), device_overrides={"gpu": "host"})
     with pytest.raises(UsageError, match="latency_p50"):
@@ -250,7 +251,7 @@ def test_regression_gates_compare_with_the_last_passing_run():
 
 def test_rolling_baseline_is_the_median_with_tolerances_and_a_minimum():
     rolling = Rolling(window=5, min_samples=3,
-                      tolerances={"latency_p50_ms": Tolerance(0.06, 0.001), "metric": Tolerance(0, 0.005)})
+                      tolerance={"latency_p50_ms": Tolerance(0.06, 0.001), "metric": Tolerance(0, 0.005)})
     assert rolling_baseline([1.0, 1.1], rolling, "latency_p50_ms", False).limit is None
     base = rolling_baseline([1.0, 1.02, 0.98, 5.0, 1.01, 9.9, 9.9], rolling, "latency_p50_ms", False)
     assert base.median == 1.01 and base.samples == 5          # the window: the newest 5

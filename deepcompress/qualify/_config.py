@@ -1,12 +1,13 @@
-"""Qualification configs and nightly matrices: TOML, validated whole before any work.
+"""Qualification configs and nightly matrices: TOML, built and checked whole (``dccore.config``)
+before any work; every bad value is a ConfigError (exit 2) naming the file and the field.
 
 A qualification config (``examples/qualify_lenet300.toml``)::
 
     name = "lenet300"            # runs are kept in the history under this name
     [model]                      # recipe = NAME|FILE (+ set = ["k=v"], data = DIR), or
                                  # dcz = FILE (+ factory = NAME|pkg.mod:fn, kwargs = {...})
-    [export]                     # formats = ["tflite"], examples = N, dense = true, inputs = FILE
-    [export.tflite]              # the exporter's options (its Options fields)
+    [export]                     # formats = [...], examples = N, dense = true, inputs = FILE
+    [export.FORMAT]              # the exporter's options (its Options fields)
     [bench]                      # devices = ["host", "emulator"], runs, warmup, threads, eval,
                                  # timeout_s, retries, cooldown_max_s, benchmark_model, delegate
     [budgets]                    # see BUDGET_KEYS; [budgets.formats.NAME], [budgets.devices."SPEC"],
@@ -23,54 +24,24 @@ A nightly matrix (``examples/nightly_lenet.toml``) names device slots and models
     [regression]                 # window, min_samples; [regression.tolerance.FIGURE] rel, abs
     [history]
 
-Every table rejects keys it does not know, naming the file, the table and the keys allowed; paths
-are relative to the file. Errors are UsageError / BudgetError (exit 2), raised before any work.
+Paths are relative to the file. The figures budgets and tolerances name are the qualify metrics
+(``_measures.METRICS``); the formats, the registered exporters.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-from dccore.errors import BudgetError, UsageError
+from dccore.config import (Bytes, Check, Choice, Config, FilePath, Fields, Flag, FreeTable, Inline, Int,
+                           List, Num, Section, Table, Text, allowed_keys, build, check_keys,
+                           relative_to, setting, table)
+from dccore.errors import ConfigError, UsageError
 
-Check = Callable[[Any, str], Any]
-
-
-# ----------------------------------------------------------------------------------------------
-# Value checks: each takes (value, "file: table.key") and returns the value or raises
-
-def _fail(where: str, expected: str, value: Any, error: type = UsageError) -> None:
-    raise error(f"{where} = {value!r}: expected {expected}")
-
-
-def text(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        _fail(where, "a non-empty string", value)
-    return value
-
-
-def whole(lo: int = 0, hi: int | None = None) -> Check:
-    def check(value: Any, where: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo \
-                or (hi is not None and value > hi):
-            _fail(where, f"a whole number >= {lo}" if hi is None else
-                  f"a whole number from {lo} to {hi:,}", value)
-        return value
-    return check
-
-
-def number(lo: float = 0.0, error: type = UsageError, hi: float | None = None) -> Check:
-    def check(value: Any, where: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value < lo or (hi is not None and value > hi):
-            _fail(where, f"a number >= {lo:g}" if hi is None else
-                  f"a number from {lo:g} to {hi:,g}", value, error)
-        return float(value)
-    return check
-
+from ._measures import (BUDGET_FLAGS, BUDGET_KEYS, DEFAULT_TOLERANCES,  # noqa: F401
+                        DEVICE_KEYS, FORMAT_KEYS, METRICS, REGRESSION_KEYS)
 
 # Ceilings on every count and duration a config sets: a slip of the finger (runs = 5000000) is
 # refused before any work, not found out after days of benching. Each is far above real use.
@@ -80,41 +51,6 @@ MAX_THREADS = 256
 MAX_RETRIES = 10            # doubling backoff: 10 retries already wait ~17 minutes
 MAX_SECONDS = 86_400.0      # a timeout, cool-down or lease of a day
 MAX_NIGHTS = 366            # a rolling window of a year of nights
-
-
-def flag(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(where, "true or false", value)
-    return value
-
-
-def texts(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        _fail(where, "a list of strings", value)
-    return tuple(value)
-
-
-def any_table(value: Any, where: str) -> dict:
-    if not isinstance(value, dict):
-        _fail(where, "a table", value)
-    return value
-
-
-def table(value: Any, where: str, checks: Mapping[str, Check], error: type = UsageError) -> dict:
-    """A TOML table with only the keys in ``checks``, each checked."""
-    if not isinstance(value, dict):
-        raise error(f"{where} must be a table")
-    unknown = sorted(set(value) - set(checks))
-    if unknown:
-        raise error(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(checks)}")
-    return {key: checks[key](v, f"{where}.{key}") for key, v in value.items()}
-
-
-def read_toml(path: str | Path, what: str, error: type = UsageError) -> dict:
-    """The file's data, read under the limits every config file shares (dccore.tomlfile)."""
-    from dccore import tomlfile
-
-    return tomlfile.read(path, what, error=error)[0]
 
 
 def stored_limit(table_column: str) -> int:
@@ -131,91 +67,120 @@ def fits_history(value: str, where: str, *columns: str, what: str = "") -> str:
     limit = min(stored_limit(c) for c in columns)
     if len(value) > limit:
         shown = value if len(value) <= 40 else value[:37] + "..."
-        raise UsageError(f"{where} = {shown!r}: {len(value):,} characters{what}; the history "
-                         f"stores at most {limit} ({', '.join(columns)}): shorten it")
+        raise ConfigError(f"{where} = {shown!r}: {len(value):,} characters{what}; the history "
+                          f"stores at most {limit} ({', '.join(columns)}): shorten it")
     return value
+
+
+# ----------------------------------------------------------------------------------------------
+# The checks only qualification has
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass(frozen=True)
+class Stored(Check):
+    """A string the history stores in ``columns``; ``name``: only letters, digits, '-', '_', '.'
+    (it is part of a cell's key)."""
+
+    columns: tuple[str, ...]
+    name: bool = False
+    what: str = ""
+
+    def __call__(self, path: str, value: Any, owner: type) -> str:
+        value = Text()(path, value, owner)
+        if self.name and not set(value) <= NAME_CHARS:
+            raise ConfigError(f"{path} = {value!r}: use letters, digits, '-', '_', '.'")
+        return fits_history(value, path, *self.columns, what=self.what)
+
+
+class DeviceSpec(Check):
+    """A device SPEC of a known form (``host``, ``emulator``, ``HOST:PORT``, ``simctl:UDID``)."""
+
+    def __call__(self, path: str, value: Any, owner: type) -> str:
+        from device_harness import check_spec
+
+        value = Stored(("metrics.device", "gates.device"))(path, value, owner)
+        try:
+            check_spec(value)
+        except UsageError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        return value
+
+
+class Program(Check):
+    """The benchmark_model binary: pushed to the device and run there, so only a program."""
+
+    def __call__(self, path: str, value: Any, owner: type) -> Path:
+        from device_harness.runners import executable_problem
+
+        program = FilePath()(path, value, owner)
+        problem = executable_problem(program)
+        if problem:
+            raise ConfigError(f"{path} = {str(program)!r}: {problem}")
+        return program
+
+
+def _formats() -> list[str]:
+    from exporters import EXPORTERS
+
+    return EXPORTERS.names()
+
+
+def _host_formats() -> tuple[str, ...]:
+    """The default formats: what the default device, this host, runs."""
+    from device_harness import formats_for
+
+    return tuple(formats_for("host"))
+
+
+def _delegates() -> Any:
+    from device_harness.runners import DELEGATES
+
+    return DELEGATES
+
+
+def _limits(keys: Mapping[str, str]) -> dict[str, Check]:
+    """A check per budget key: bytes are whole, every limit >= 0."""
+    whole = {m.budget for _, m in METRICS.items() if m.whole}
+    return {k: Bytes() if k in whole else Num(0.0) for k in keys}
 
 
 # ----------------------------------------------------------------------------------------------
 # [model], [export], [bench]
 
+def _a_name(recipe: str) -> bool:
+    return not (recipe.endswith(".toml") or "/" in recipe)
+
+
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(Config):
     """Where the compressed model comes from: a recipe run (cached by its hash), or a ready .dcz
     and how to rebuild it (a built-in name, or the user's own ``package.module:factory``)."""
 
-    recipe: str | None = None
-    overrides: tuple[str, ...] = ()      # --set KEY=VALUE, applied to the recipe
-    data: str | None = None              # the IDX dataset folder (training and validation)
-    dcz: Path | None = None
-    factory: str | None = None
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    recipe: str | None = setting(None, FilePath(keep=_a_name, text=True))   # a name, or a file
+    set: tuple[str, ...] = setting((), List(Text()))    # --set KEY=VALUE, applied to the recipe
+    data: str | None = setting(None, FilePath(text=True))   # the IDX dataset folder
+    dcz: Path | None = setting(None, FilePath())
+    factory: str | None = setting(None, Text())
+    kwargs: Mapping[str, Any] = setting(check=FreeTable(), factory=dict)
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        return self.set
 
     def describe(self) -> str:
         return f"recipe {self.recipe}" if self.recipe else f"{self.dcz}"
 
-
-def parse_model(value: Any, where: str, base: Path) -> ModelSpec:
-    t = table(value, where, {"recipe": text, "set": texts, "data": text, "dcz": text,
-                             "factory": text, "kwargs": any_table})
-    if ("recipe" in t) == ("dcz" in t):
-        raise UsageError(f"{where}: give exactly one of recipe = NAME|FILE (compress) or "
-                         "dcz = FILE (a compressed model)")
-    if "recipe" in t and ("factory" in t or "kwargs" in t):
-        raise UsageError(f"{where}: factory and kwargs go with dcz; a recipe names its model in "
-                         "its own [model] table")
-    if "dcz" in t and "set" in t:
-        raise UsageError(f"{where}: set = [...] overrides a recipe; there is none with dcz")
-    recipe = t.get("recipe")
-    if recipe is not None and (recipe.endswith(".toml") or "/" in recipe):
-        recipe = str(_relative(base, recipe))
-    return ModelSpec(recipe=recipe, overrides=t.get("set", ()),
-                     data=str(_relative(base, t["data"])) if "data" in t else None,
-                     dcz=_relative(base, t["dcz"]) if "dcz" in t else None,
-                     factory=t.get("factory"), kwargs=dict(t.get("kwargs", {})))
-
-
-def _relative(base: Path, path: str) -> Path:
-    try:
-        p = Path(path).expanduser()
-    except RuntimeError:   # ~user of no such user: the path is taken as written
-        p = Path(path)
-    return p if p.is_absolute() else base / p
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    formats: tuple[str, ...] = ("tflite",)
-    examples: int | None = 1000      # validate on the first N examples: enough for 0.1-point
-                                     # accuracy agreement, a few seconds of conversion checks
-    dense: bool = True               # also export uncompressed, for the ratio in the report
-    inputs: Path | None = None       # named tensors (.pt/.npz) instead of the IDX test set
-    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-
-def parse_export(value: Any, where: str, base: Path) -> ExportSpec:
-    from exporters import EXPORTERS
-
-    names = EXPORTERS.names()
-    checks: dict[str, Check] = {"formats": texts, "examples": whole(1, MAX_EXAMPLES), "dense": flag,
-                                "inputs": text}
-    checks.update({name: any_table for name in names})
-    t = table(value, where, checks)
-    formats = t.get("formats", ExportSpec.formats)
-    unknown = [f for f in formats if f not in names]
-    if unknown or not formats or len(set(formats)) != len(formats):
-        raise UsageError(f"{where}.formats = {list(formats)}: expected distinct registered "
-                         f"formats ({', '.join(names)})")
-    options = {}
-    for name in names:
-        if name in t:
-            if name not in formats:
-                raise UsageError(f"{where}.{name}: options for a format not in formats")
-            options[name] = _exporter_options(name, t[name], f"{where}.{name}")
-    return ExportSpec(formats=tuple(formats), examples=t.get("examples", ExportSpec.examples),
-                      dense=t.get("dense", True),
-                      inputs=_relative(base, t["inputs"]) if "inputs" in t else None,
-                      options=options)
+    def _check(self, path: str) -> None:
+        if (self.recipe is None) == (self.dcz is None):
+            raise ConfigError(f"{path}: give exactly one of recipe = NAME|FILE (compress) or "
+                              "dcz = FILE (a compressed model)")
+        if self.recipe is not None and (self.factory is not None or self.kwargs):
+            raise ConfigError(f"{path}: factory and kwargs go with dcz; a recipe names its model "
+                              "in its own [model] table")
+        if self.dcz is not None and self.set:
+            raise ConfigError(f"{path}: set = [...] overrides a recipe; there is none with dcz")
 
 
 def _exporter_options(name: str, value: dict, where: str) -> dict:
@@ -228,385 +193,263 @@ def _exporter_options(name: str, value: dict, where: str) -> dict:
 
 
 @dataclass(frozen=True)
-class BenchSpec:
-    devices: tuple[str, ...] = ("host",)
-    runs: int = 50                   # benchmark_model's default: a stable median on a phone
-    warmup: int = 5
-    threads: int = 1
-    eval: int = 0                    # also measure accuracy on the first N test examples, on device
-    timeout_s: float = 120.0
-    retries: int = 1                 # one reconnection: a flaky cable, not a dead phone
-    cooldown_max_s: float = 60.0
-    benchmark_model: Path | None = None
-    delegate: str = "default"
+class ExporterOptions(Check):
+    name: str
+
+    def __call__(self, path: str, value: Any, owner: type) -> dict:
+        return _exporter_options(self.name, dict(table(path, value)), path)
 
 
-_BENCH_CHECKS: dict[str, Check] = {
-    "devices": texts, "runs": whole(1, MAX_RUNS), "warmup": whole(0, MAX_RUNS),
-    "threads": whole(1, MAX_THREADS), "eval": whole(0, MAX_EXAMPLES),
-    "timeout_s": number(0.001, hi=MAX_SECONDS), "retries": whole(0, MAX_RETRIES),
-    "cooldown_max_s": number(0, hi=MAX_SECONDS), "benchmark_model": text,
-    "delegate": text}
+@dataclass(frozen=True)
+class ExportSpec(Config):
+    formats: tuple[str, ...] = setting(check=List(Choice(_formats), distinct=True, nonempty=True),
+                                       factory=_host_formats)
+    examples: int = setting(1000, Int(1, MAX_EXAMPLES))   # validate on the first N examples:
+    # enough for 0.1-point accuracy agreement, a few seconds of conversion checks
+    dense: bool = setting(True, Flag())        # also export uncompressed, for the report's ratio
+    inputs: Path | None = setting(None, FilePath())   # named tensors (.pt/.npz), not the IDX test set
+    options: Mapping[str, Mapping[str, Any]] = setting(    # [export.FORMAT], inline
+        check=Fields(lambda: {name: ExporterOptions(name) for name in _formats()}), factory=dict)
+
+    def _check(self, path: str) -> None:
+        for name in self.options:
+            if name not in self.formats:
+                raise ConfigError(f"{path}.{name}: options for a format not in formats")
 
 
-def parse_bench(value: Any, where: str, base: Path, *, with_devices: bool = True) -> BenchSpec:
-    checks = dict(_BENCH_CHECKS)
-    if not with_devices:
-        del checks["devices"]
-    t = table(value, where, checks)
-    if "benchmark_model" in t:
-        from device_harness.runners import executable_problem
+@dataclass(frozen=True)
+class BenchSpec(Config):
+    devices: tuple[str, ...] = setting(("host",), List(DeviceSpec(), distinct=True, nonempty=True))
+    runs: int = setting(50, Int(1, MAX_RUNS))   # benchmark_model's default: a stable median
+    warmup: int = setting(5, Int(0, MAX_RUNS))
+    threads: int = setting(1, Int(1, MAX_THREADS))
+    eval: int = setting(0, Int(0, MAX_EXAMPLES))   # accuracy on the first N test examples, on device
+    timeout_s: float = setting(120.0, Num(0.001, MAX_SECONDS))
+    retries: int = setting(1, Int(0, MAX_RETRIES))   # one reconnection: a flaky cable, not a dead phone
+    cooldown_max_s: float = setting(60.0, Num(0.0, MAX_SECONDS))
+    benchmark_model: Path | None = setting(None, Program())
+    delegate: str = setting("default", Choice(_delegates))
 
-        t["benchmark_model"] = _relative(base, t["benchmark_model"])
-        problem = executable_problem(t["benchmark_model"])
-        if problem:   # it is pushed to the device and run there: only a program, never data
-            raise UsageError(f"{where}.benchmark_model = {str(t['benchmark_model'])!r}: {problem}")
-    if "devices" in t:
-        from device_harness import check_spec
 
-        if not t["devices"] or len(set(t["devices"])) != len(t["devices"]):
-            raise UsageError(f"{where}.devices: expected a list of distinct device SPECs")
-        for spec in t["devices"]:
-            check_spec(spec)
-            fits_history(spec, f"{where}.devices", "metrics.device", "gates.device")
-    from device_harness.runners import DELEGATES
+class MatrixBench(Check):
+    """[bench] of a matrix: the devices are its slots."""
 
-    if t.get("delegate", "default") not in DELEGATES:
-        raise UsageError(f"{where}.delegate = {t['delegate']!r}: expected one of "
-                         f"{', '.join(DELEGATES)}")
-    return BenchSpec(**t)
+    def __call__(self, path: str, value: Any, owner: type) -> BenchSpec:
+        check_keys(path, table(path, value), allowed_keys(BenchSpec) - {"devices"})
+        return build(BenchSpec, value, path)
 
 
 # ----------------------------------------------------------------------------------------------
 # [budgets]
 
-# key -> (what it limits, flag). A limit is a ceiling unless it starts with min_.
-BUDGET_KEYS = {
-    "max_size_bytes": "bytes of each artifact on disk (a package: all its files)",
-    "max_zipped_bytes": "bytes of each artifact deflated, as inside an APK/IPA",
-    "min_metric": "the task's primary metric (accuracy, or output cosine for a label-free task)",
-    "max_latency_p50_ms": "median latency on each device",
-    "max_latency_p90_ms": "90th-percentile latency on each device",
-    "max_model_memory_mb": "the model's own peak memory on each device (the runner with the "
-                           "model minus without it)",
-    "max_peak_memory_mb": "peak resident memory of the runner process on each device (its "
-                          "interpreter and libraries included)",
-}
-FORMAT_KEYS = ("max_size_bytes", "max_zipped_bytes")
-DEVICE_KEYS = ("max_latency_p50_ms", "max_latency_p90_ms", "max_model_memory_mb",
-               "max_peak_memory_mb", "min_metric")
-REGRESSION_KEYS = {
-    "size_pct": "artifact bytes may grow this much over the last passing run (percent)",
-    "latency_pct": "latency p50/p90 may grow this much (percent)",
-    "memory_pct": "peak memory may grow this much (percent)",
-    "metric_drop": "the primary metric may get this much worse (its own units: 0.005 = 0.5 pt)",
-}
-# --flag -> (section, key): one flag per budget
-BUDGET_FLAGS = {
-    **{f"--{k.replace('_', '-')}": ("limits", k) for k in BUDGET_KEYS},
-    "--max-size-regression-pct": ("regression", "size_pct"),
-    "--max-latency-regression-pct": ("regression", "latency_pct"),
-    "--max-memory-regression-pct": ("regression", "memory_pct"),
-    "--max-metric-drop": ("regression", "metric_drop"),
-}
-_WHOLE = {"max_size_bytes", "max_zipped_bytes"}
-
-
-def _limit(key: str) -> Check:
-    def check(value: Any, where: str) -> float | int:
-        v = number(0, BudgetError)(value, where)
-        if key in _WHOLE:
-            if not v.is_integer():
-                _fail(where, "a whole number of bytes", value, BudgetError)
-            return int(v)
-        return v
-    return check
-
-
 @dataclass(frozen=True)
-class Budgets:
-    limits: Mapping[str, float] = field(default_factory=dict)            # every subject
-    formats: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    devices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    regression: Mapping[str, float] = field(default_factory=dict)
-    flags: Mapping[str, float] = field(default_factory=dict)             # win over all the above
+class Budgets(Config):
+    """Budget keys apply to every subject; a per-format or per-device entry wins over them, and a
+    flag (``with_flags``) over both. Written flat in [budgets], beside its sub-tables."""
+
+    limits: Mapping[str, float] = setting(check=Fields(lambda: _limits(BUDGET_KEYS)), factory=dict)
+    formats: Mapping[str, Mapping[str, float]] = setting(
+        check=Table(Fields(lambda: _limits(FORMAT_KEYS))), factory=dict)
+    devices: Mapping[str, Mapping[str, float]] = setting(
+        check=Table(Fields(lambda: _limits(DEVICE_KEYS))), factory=dict)
+    regression: Mapping[str, float] = setting(
+        check=Fields(lambda: {k: Num(0.0) for k in REGRESSION_KEYS}), factory=dict)
 
     def for_artifact(self, fmt: str) -> dict[str, float]:
-        merged = {k: v for k, v in self.limits.items() if k in FORMAT_KEYS}
-        merged.update(self.formats.get(fmt, {}))
-        merged.update({k: v for k, v in self.flags.items() if k in FORMAT_KEYS})
-        return merged
+        return {**{k: v for k, v in self.limits.items() if k in FORMAT_KEYS},
+                **self.formats.get(fmt, {})}
 
     def for_device(self, device: str) -> dict[str, float]:
-        merged = {k: v for k, v in self.limits.items() if k in DEVICE_KEYS}
-        merged.update(self.devices.get(device, {}))
-        merged.update({k: v for k, v in self.flags.items() if k in DEVICE_KEYS})
-        return merged
+        return {**{k: v for k, v in self.limits.items() if k in DEVICE_KEYS},
+                **self.devices.get(device, {})}
 
     def min_metric(self) -> float | None:
-        return self.flags.get("min_metric", self.limits.get("min_metric"))
+        return self.limits.get("min_metric")
 
     def with_flags(self, values: Mapping[str, float | None]) -> "Budgets":
-        """Apply ``--max-size-bytes N``-style overrides (``None``: not given)."""
-        limits, regression = dict(self.flags), dict(self.regression)
+        """Apply ``--max-size-bytes N``-style overrides (``None``: not given): a flag wins over
+        every entry of its budget."""
+        b = self
         for option, value in values.items():
             if value is None:
                 continue
             section, key = BUDGET_FLAGS[option]
-            where = f"{option} {value}"
-            if section == "limits":
-                limits[key] = _limit(key)(value, where)
-            else:
-                regression[key] = number(0, BudgetError)(value, where)
-        return replace(self, flags=limits, regression=regression)
+            if section == "regression":
+                b = replace(b, regression={**b.regression, key: Num(0.0)(option, value, Budgets)})
+                continue
+            b = replace(b, limits={**b.limits, key: _limits({key: ""})[key](option, value, Budgets)},
+                        formats={f: {k: v for k, v in t.items() if k != key} for f, t in b.formats.items()},
+                        devices={d: {k: v for k, v in t.items() if k != key} for d, t in b.devices.items()})
+        return b
+
+    def check_subjects(self, path: str, formats: tuple[str, ...], devices: tuple[str, ...]) -> None:
+        """A per-format or per-device entry for what is not exported or benched is a typo."""
+        where = f"{path}." if path else ""
+        for fmt in self.formats:
+            if fmt not in ("dcz", *formats):
+                raise ConfigError(f"{where}formats.{fmt}: not an artifact of this config (dcz, "
+                                  f"{', '.join(formats)})")
+        for dev in self.devices:
+            if dev not in devices:
+                raise ConfigError(f'{where}devices."{dev}": not a device of this config '
+                                  f"({', '.join(devices)})")
 
     def is_empty(self) -> bool:
-        return not (self.limits or self.formats or self.devices or self.regression or self.flags)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"limits": dict(self.limits), "formats": {k: dict(v) for k, v in self.formats.items()},
-                "devices": {k: dict(v) for k, v in self.devices.items()},
-                "regression": dict(self.regression), "flags": dict(self.flags)}
+        return not (self.limits or self.formats or self.devices or self.regression)
 
 
-def parse_budgets(value: Any, where: str, *, formats: tuple[str, ...],
-                  devices: tuple[str, ...]) -> Budgets:
-    """The [budgets] table. ``formats``/``devices``: what the config exports and benches, so a
-    per-format or per-device entry naming anything else (a typo) is refused."""
-    checks: dict[str, Check] = {k: _limit(k) for k in BUDGET_KEYS}
-    checks.update(formats=any_table, devices=any_table, regression=any_table)
-    t = table(value, where, checks, BudgetError)
-    per_format = {}
-    for fmt, limits in t.pop("formats", {}).items():
-        if fmt not in ("dcz", *formats):
-            raise BudgetError(f"{where}.formats.{fmt}: not an artifact of this config (dcz, "
-                              f"{', '.join(formats)})")
-        per_format[fmt] = table(limits, f"{where}.formats.{fmt}", {k: _limit(k) for k in FORMAT_KEYS},
-                                BudgetError)
-    per_device = {}
-    for dev, limits in t.pop("devices", {}).items():
-        if dev not in devices:
-            raise BudgetError(f"{where}.devices.{dev!r}: not a device of this config "
-                              f"({', '.join(devices)})")
-        per_device[dev] = table(limits, f"{where}.devices.{dev!r}",
-                                {k: _limit(k) for k in DEVICE_KEYS}, BudgetError)
-    regression = table(t.pop("regression", {}), f"{where}.regression",
-                       {k: number(0, BudgetError) for k in REGRESSION_KEYS}, BudgetError)
-    return Budgets(limits=t, formats=per_format, devices=per_device, regression=regression)
+BUDGETS = Inline(Budgets, "limits")
+
+
+@dataclass(frozen=True)
+class History(Config):
+    db: str | None = setting(None, FilePath(keep=lambda db: "://" in db, text=True))   # or a URL
 
 
 # ----------------------------------------------------------------------------------------------
 # The qualification config
 
 @dataclass(frozen=True)
-class QualifyConfig:
-    name: str
-    path: Path
-    model: ModelSpec
-    export: ExportSpec
-    bench: BenchSpec
-    budgets: Budgets
-    db: str | None
-    sha256: str                       # of the file's bytes: which config produced a run
+class QualifyConfig(Config):
+    name: str = setting("", Stored(("runs.name", "runs.model")))   # the file's stem if not given
+    model: ModelSpec | None = setting(None, Section(ModelSpec))
+    export: ExportSpec = setting(check=Inline(ExportSpec, "options"), factory=ExportSpec)
+    bench: BenchSpec = setting(check=Section(BenchSpec), factory=BenchSpec)
+    budgets: Budgets = setting(check=BUDGETS, factory=Budgets)
+    history: History = setting(check=Section(History), factory=History)
+    path: Path = dataclasses.field(default=Path(), init=False)   # the file read
+    sha256: str = dataclasses.field(default="", init=False)      # its bytes': which config ran
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "sha256": self.sha256,
-                "model": _plain(self.model), "export": _plain(self.export),
-                "bench": _plain(self.bench), "budgets": self.budgets.to_dict()}
-
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "__dataclass_fields__"):
-        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return [_plain(v) for v in obj]
-    return str(obj) if isinstance(obj, Path) else obj
+    def _check(self, path: str) -> None:
+        if self.model is None:
+            raise ConfigError("no [model] table; name a recipe or a .dcz file")
+        self.budgets.check_subjects("budgets", self.export.formats, self.bench.devices)
 
 
-TOP_KEYS = ("name", "model", "export", "bench", "budgets", "history")
+def _read(cls: type, path: str | Path, what: str, make: Any = None) -> Any:
+    """``cls`` built from the file (``make(data)``: from its data, another way), errors naming
+    the file; relative paths in it are relative to it."""
+    from dccore import tomlfile
+
+    p = Path(path)
+    data = tomlfile.read(p, what)[0]
+    try:
+        with relative_to(p.resolve().parent):
+            return make(data) if make else build(cls, {"name": p.stem, **data})
+    except UsageError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
+def _source(config: Any, path: str | Path) -> Any:
+    object.__setattr__(config, "path", Path(path))   # not settings: what was read, and its hash
+    object.__setattr__(config, "sha256", hashlib.sha256(Path(path).read_bytes()).hexdigest())
+    return config
 
 
 def load_qualify_config(path: str | Path, *, budgets_file: str | Path | None = None,
                         flags: Mapping[str, float | None] | None = None) -> QualifyConfig:
     """Read and check a qualification config (and a separate budgets file, and budget flags)."""
-    p = Path(path)
-    data = read_toml(p, "config")
-    where = str(p)
-    t = table(data, where, {k: (text if k == "name" else any_table) for k in TOP_KEYS})
-    if "model" not in t:
-        raise UsageError(f"{where}: no [model] table; name a recipe or a .dcz file")
-    base = p.resolve().parent
-    model = parse_model(t["model"], f"{where}: model", base)
-    export = parse_export(t.get("export", {}), f"{where}: export", base)
-    bench = parse_bench(t.get("bench", {}), f"{where}: bench", base)
-    if budgets_file is not None:
-        b_data = read_toml(budgets_file, "budgets file")
-        if set(b_data) == {"budgets"}:   # the same [budgets] table as in a config
-            b_data = b_data["budgets"]
-        budgets = parse_budgets(b_data, str(budgets_file), formats=export.formats,
-                                devices=bench.devices)
-    else:
-        budgets = parse_budgets(t.get("budgets", {}), f"{where}: budgets", formats=export.formats,
-                                devices=bench.devices)
-    budgets = budgets.with_flags(flags or {})
-    if budgets.is_empty():
-        raise BudgetError(f"{where}: no budgets; a qualification must check something (add "
+    config = _read(QualifyConfig, path, "config")
+    if budgets_file is not None:   # the same [budgets] table as in a config, or its contents
+        def make(data: dict) -> Budgets:
+            b = BUDGETS("", data["budgets"] if set(data) == {"budgets"} else data, Budgets)
+            b.check_subjects("", config.export.formats, config.bench.devices)
+            return b
+        config = replace(config, budgets=_read(Budgets, budgets_file, "budgets file", make))
+    config = replace(config, budgets=config.budgets.with_flags(flags or {}))
+    if config.budgets.is_empty():
+        raise ConfigError(f"{path}: no budgets; a qualification must check something (add "
                           "[budgets] with e.g. max_size_bytes and min_metric)")
-    history = table(t.get("history", {}), f"{where}: history", {"db": text})
-    name = fits_history(t.get("name", p.stem), f"{where}: name", "runs.name", "runs.model")
-    return QualifyConfig(name=name, path=p, model=model, export=export,
-                         bench=bench, budgets=budgets, db=_db(history.get("db"), base),
-                         sha256=hashlib.sha256(p.read_bytes()).hexdigest())
+    return _source(config, path)
 
 
 # ----------------------------------------------------------------------------------------------
 # The nightly matrix
 
-# Figures compared with the rolling baseline, and how much worse than its median a night may be
-# before it is flagged: max(rel x |median|, abs). Measured on this project's 2-core VM
-# (BENCHMARKS.md, nightly): 20 nights of LeNet-300-100 on the host kept p50 within +-3% of their
-# median and p90 within +-7%, so p50 at 6% flags a 10% regression and lets noise pass.
-DEFAULT_TOLERANCES = {
-    "latency_p50_ms": (0.06, 0.0005),
-    "latency_p90_ms": (0.15, 0.001),
-    "model_memory_mb": (0.10, 1.0),    # a few MB at most: the allocator's rounding shows
-    "peak_memory_mb": (0.05, 2.0),     # the runner's VmHWM moves by a few MB with the allocator
-    "size_bytes": (0.005, 0.0),        # deterministic: any real growth is a change
-    "zipped_bytes": (0.005, 0.0),
-    "metric": (0.0, 0.005),            # half a point of accuracy (or cosine)
-}
-
-
 @dataclass(frozen=True)
-class Tolerance:
-    rel: float
-    abs: float
+class Tolerance(Config):
+    """How much worse than the rolling median a night may be: max(rel x |median|, abs)."""
+
+    rel: float | None = setting(None, Num(0.0))
+    abs: float | None = setting(None, Num(0.0))
 
     def allowed(self, median: float) -> float:
         return max(self.rel * abs(median), self.abs)
 
 
 @dataclass(frozen=True)
-class Rolling:
-    window: int = 7                  # a week of nights: a slow drift shows within one
-    min_samples: int = 3             # fewer passing nights than this: no verdict yet
-    tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: {
-        k: Tolerance(*v) for k, v in DEFAULT_TOLERANCES.items()})
+class Rolling(Config):
+    window: int = setting(7, Int(1, MAX_NIGHTS))        # a week of nights: a slow drift shows
+    min_samples: int = setting(3, Int(1, MAX_NIGHTS))   # fewer passing nights: no verdict yet
+    tolerance: Mapping[str, Tolerance] = setting(       # what the matrix changes of the defaults
+        check=Table(Tolerance, key=Choice(lambda: DEFAULT_TOLERANCES)), factory=dict)
 
+    @property
+    def tolerances(self) -> dict[str, Tolerance]:
+        """Every figure's tolerance: its metric's default, with what the matrix sets."""
+        out = {}
+        for figure, (rel, abs_) in DEFAULT_TOLERANCES.items():
+            given = self.tolerance.get(figure, Tolerance())
+            out[figure] = Tolerance(rel if given.rel is None else given.rel,
+                                    abs_ if given.abs is None else given.abs)
+        return out
 
-def parse_rolling(value: Any, where: str) -> Rolling:
-    t = table(value, where, {"window": whole(1, MAX_NIGHTS), "min_samples": whole(1, MAX_NIGHTS),
-                             "tolerance": any_table})
-    tolerances = dict(Rolling().tolerances)
-    for figure, tol in t.pop("tolerance", {}).items():
-        if figure not in DEFAULT_TOLERANCES:
-            raise UsageError(f"{where}.tolerance.{figure}: unknown figure; known: "
-                             f"{', '.join(DEFAULT_TOLERANCES)}")
-        given = table(tol, f"{where}.tolerance.{figure}", {"rel": number(0), "abs": number(0)})
-        old = tolerances[figure]
-        tolerances[figure] = Tolerance(given.get("rel", old.rel), given.get("abs", old.abs))
-    rolling = Rolling(tolerances=tolerances, **t)
-    if rolling.min_samples > rolling.window:
-        raise UsageError(f"{where}: min_samples {rolling.min_samples} > window {rolling.window}")
-    return rolling
+    def _check(self, path: str) -> None:
+        if self.min_samples > self.window:
+            raise ConfigError(f"{path}: min_samples {self.min_samples} > window {self.window}")
 
 
 @dataclass(frozen=True)
-class MatrixModel:
-    name: str
-    model: ModelSpec
-    export: ExportSpec
-    budgets: Budgets
+class MatrixModel(Config):
+    name: str = setting("", Stored(("runs.model", "cells.model"), name=True))
+    model: ModelSpec | None = setting(None, Section(ModelSpec))
+    export: ExportSpec = setting(check=Inline(ExportSpec, "options"), factory=ExportSpec)
+    budgets: Budgets = setting(check=BUDGETS, factory=Budgets)
+
+    def _check(self, path: str) -> None:
+        if not self.name or self.model is None:
+            raise ConfigError(f"{path}: needs name = ... and model = {{recipe = ...}} or "
+                              "{dcz = ...}")
+        if self.budgets.regression:
+            raise ConfigError(f"{path}.budgets.regression: a nightly compares each figure with "
+                              "its rolling baseline; set tolerances in [regression.tolerance.FIGURE]")
 
 
 @dataclass(frozen=True)
-class Matrix:
-    name: str
-    path: Path
-    devices: Mapping[str, str]       # slot -> SPEC on this host
-    models: tuple[MatrixModel, ...]
-    bench: BenchSpec
-    rolling: Rolling
-    lease_s: float
-    db: str | None
-    sha256: str
+class Matrix(Config):
+    name: str = setting("", Stored(("runs.name", "cells.matrix")))   # the file's stem if not given
+    devices: Mapping[str, str] = setting(   # slot -> SPEC on this host
+        check=Table(DeviceSpec(), key=Stored(("cells.device", "runs.device_slot"), name=True,
+                                             what=" in a device slot")), factory=dict)
+    models: tuple[MatrixModel, ...] = setting((), List(Section(MatrixModel)))
+    bench: BenchSpec = setting(check=MatrixBench(), factory=BenchSpec)
+    regression: Rolling = setting(check=Section(Rolling), factory=Rolling)
+    lease_s: float = setting(600.0, Num(1.0, MAX_SECONDS))
+    history: History = setting(check=Section(History), factory=History)
+    path: Path = dataclasses.field(default=Path(), init=False)
+    sha256: str = dataclasses.field(default="", init=False)
 
-
-MATRIX_KEYS = ("name", "devices", "models", "bench", "regression", "lease_s", "history")
-SLOT_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-
-
-def check_slot(name: str, where: str) -> str:
-    if not name or not set(name) <= SLOT_CHARS:
-        raise UsageError(f"{where}: device slot {name!r}: use letters, digits, '-', '_', '.'")
-    return fits_history(name, f"{where}: device slot", "cells.device", "runs.device_slot")
+    def _check(self, path: str) -> None:
+        if not self.devices:
+            raise ConfigError("no [devices]; name at least one slot, e.g. host = \"host\"")
+        if not self.models:
+            raise ConfigError("no [[models]]")
+        for i, m in enumerate(self.models):
+            where = f"models[{i}]"
+            if m.name in [o.name for o in self.models[:i]]:
+                raise ConfigError(f"{where}.name = {m.name!r}: names must be distinct")
+            m.budgets.check_subjects(f"{where}.budgets", m.export.formats, tuple(self.devices))
+            for slot in self.devices:   # the cell's key: MATRIX/YYYY-MM-DD/MODEL/SLOT
+                fits_history(f"{self.name}/YYYY-MM-DD/{m.name}/{slot}", f"{where}.name",
+                             "runs.cell_key", what=f" in the key of its cell on slot {slot!r}")
 
 
 def load_matrix(path: str | Path, *, device_overrides: Mapping[str, str] | None = None) -> Matrix:
-    from device_harness import check_spec
-
-    p = Path(path)
-    where = str(p)
-    data = read_toml(p, "matrix")
-    t = table(data, where, {"name": text, "devices": any_table, "models": _model_list,
-                            "bench": any_table, "regression": any_table,
-                            "lease_s": number(1, hi=MAX_SECONDS),
-                            "history": any_table})
-    base = p.resolve().parent
-    devices = {check_slot(k, f"{where}: devices"): text(v, f"{where}: devices.{k}")
-               for k, v in t.get("devices", {}).items()}
+    matrix = _read(Matrix, path, "matrix")
+    devices = dict(matrix.devices)
     for slot, spec in (device_overrides or {}).items():
         if slot not in devices:
-            raise UsageError(f"--device {slot}={spec}: the matrix has no device slot {slot!r} "
-                             f"(slots: {', '.join(devices)})")
-        devices[slot] = spec
-    if not devices:
-        raise UsageError(f"{where}: no [devices]; name at least one slot, e.g. host = \"host\"")
-    for slot, spec in devices.items():
-        check_spec(spec)
-        fits_history(spec, f"{where}: devices.{slot}", "metrics.device", "gates.device")
-    name = fits_history(t.get("name", p.stem), f"{where}: name", "runs.name", "cells.matrix")
-    if not t.get("models"):
-        raise UsageError(f"{where}: no [[models]]")
-    models, seen = [], set()
-    for i, entry in enumerate(t["models"]):
-        w = f"{where}: models[{i}]"
-        m = table(entry, w, {"name": text, "model": any_table, "export": any_table,
-                             "budgets": any_table})
-        if "name" not in m or "model" not in m:
-            raise UsageError(f"{w}: needs name = ... and model = {{recipe = ...}} or {{dcz = ...}}")
-        if m["name"] in seen or not set(m["name"]) <= SLOT_CHARS:
-            raise UsageError(f"{w}.name = {m['name']!r}: names must be distinct and use letters, "
-                             "digits, '-', '_', '.'")
-        seen.add(m["name"])
-        fits_history(m["name"], f"{w}.name", "runs.model", "cells.model")
-        for slot in devices:   # the cell's key: MATRIX/YYYY-MM-DD/MODEL/SLOT
-            fits_history(f"{name}/YYYY-MM-DD/{m['name']}/{slot}", f"{w}.name",
-                         "runs.cell_key", what=f" in the key of its cell on slot {slot!r}")
-        export = parse_export(m.get("export", {}), f"{w}.export", base)
-        budgets = parse_budgets(m.get("budgets", {}), f"{w}.budgets", formats=export.formats,
-                                devices=tuple(devices))
-        if budgets.regression:
-            raise BudgetError(f"{w}.budgets.regression: a nightly compares each figure with its "
-                              "rolling baseline; set tolerances in [regression.tolerance.FIGURE]")
-        models.append(MatrixModel(m["name"], parse_model(m["model"], f"{w}.model", base), export,
-                                  budgets))
-    history = table(t.get("history", {}), f"{where}: history", {"db": text})
-    return Matrix(name=name, path=p, devices=devices, models=tuple(models),
-                  bench=parse_bench(t.get("bench", {}), f"{where}: bench", base, with_devices=False),
-                  rolling=parse_rolling(t.get("regression", {}), f"{where}: regression"),
-                  lease_s=t.get("lease_s", 600.0), db=_db(history.get("db"), base),
-                  sha256=hashlib.sha256(p.read_bytes()).hexdigest())
-
-
-def _db(db: str | None, base: Path) -> str | None:
-    """A history path is relative to the file that names it; a URL is left as it is."""
-    return db if db is None or "://" in db else str(_relative(base, db))
-
-
-def _model_list(value: Any, where: str) -> list:
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        _fail(where, "[[models]] tables", value)
-    return value
+            raise ConfigError(f"--device {slot}={spec}: the matrix has no device slot {slot!r} "
+                              f"(slots: {', '.join(devices)})")
+        devices[slot] = DeviceSpec()(f"--device {slot}", spec, Matrix)
+    return _source(replace(matrix, devices=devices), path)

@@ -4,23 +4,29 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ._config import Budgets
-from ._gates import BUDGET_FOR, FIGURES, Figure, Gate, failed_gate, fmt_value, passed_gate
+from ._gates import Figure, Gate, failed_gate, fmt_value, passed_gate
+from ._measures import METRICS
 from ._provenance import device_fingerprint
 from ._work import Exports
 
 
 def artifact_format(result: dict[str, Any]) -> str | None:
-    """The export format of a bench result's artifact, from its suffix."""
+    """The export format of a bench result's artifact: the exporter writing its suffix."""
+    from exporters import EXPORTERS
+
     name = str(result.get("artifact", ""))
-    return "coreml" if name.endswith(".mlpackage") else "tflite" if name.endswith(".tflite") else None
+    return next((fmt for fmt, e in EXPORTERS.items() if name.endswith(e.suffix)), None)
+
+
+def _read(on: str, source: Any) -> list[tuple[str, float]]:
+    """(figure, value) of every metric measured on ``on`` that ``source`` holds."""
+    return [(name, value) for name, m in METRICS.items() if m.on == on and m.read is not None
+            for value in (m.read(source),) if value is not None]
 
 
 def artifact_figures(exports: Exports) -> list[Figure]:
-    out = []
-    for name, e in exports.artifacts.items():
-        out.append(Figure("size_bytes", e.bytes, format=name, artifact_sha256=e.sha256))
-        out.append(Figure("zipped_bytes", e.zipped_bytes, format=name, artifact_sha256=e.sha256))
-    return out
+    return [Figure(figure, value, format=name, artifact_sha256=e.sha256)
+            for name, e in exports.artifacts.items() for figure, value in _read("artifact", e)]
 
 
 def metric_figures(exports: Exports) -> list[Figure]:
@@ -40,18 +46,14 @@ def device_info(result: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def device_figures(result: dict[str, Any], device: str) -> list[Figure]:
-    """p50, p90, the model's own memory and the runner process's peak, and (with bench eval) the
-    accuracy measured on the device."""
+    """Every metric a bench result holds (p50, p90, the model's own memory, the runner process's
+    peak), and (with bench eval) the accuracy measured on the device."""
     info = device_info(result)
     if info is None:
         return []
     common = {"format": artifact_format(result), "device": device, "fingerprint": info["fingerprint"],
               "artifact_sha256": result.get("artifact_sha256")}
-    lat = result.get("latency_ms") or {}
-    out = [Figure(name, float(value), **common) for name, value in
-           (("latency_p50_ms", lat.get("p50")), ("latency_p90_ms", lat.get("p90")),
-            ("model_memory_mb", result.get("model_memory_mb")),
-            ("peak_memory_mb", result.get("peak_memory_mb"))) if value is not None]
+    out = [Figure(name, float(value), **common) for name, value in _read("device", result)]
     acc = result.get("accuracy")
     if isinstance(acc, dict) and acc.get("accuracy") is not None:
         out.append(Figure("device_metric", float(acc["accuracy"]), task_metric="accuracy",
@@ -122,9 +124,9 @@ def device_gates(device: str, results: Iterable[dict[str, Any]], budgets: Budget
         for key, limit in budgets.for_device(device).items():
             if key == "min_metric" and not evaluates:
                 continue
-            figure = next(f for f, k in BUDGET_FOR.items() if k == key and f != "metric")
+            figure, m = next((f, m) for f, m in METRICS.items() if m.budget == key and m.on == "device")
             gates.append(failed_gate(key, figure, subject,
                                      f"{subject}: {figure} not measured (device failed); limit "
-                                     f"{fmt_value(limit, FIGURES[figure][0])}", limit=limit,
+                                     f"{fmt_value(limit, m.unit)}", limit=limit,
                                      format=fmt, device=device))
     return gates

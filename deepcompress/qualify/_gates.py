@@ -14,29 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
 from ._config import Budgets, Rolling
-
-# figure -> (unit, lower is better)
-FIGURES = {
-    "size_bytes": ("B", True),
-    "zipped_bytes": ("B", True),
-    "metric": ("", False),             # the task's primary metric, on the compressed model
-    "device_metric": ("", False),      # the same, measured on the device (bench eval)
-    "latency_p50_ms": ("ms", True),
-    "latency_p90_ms": ("ms", True),
-    "model_memory_mb": ("MB", True),   # the model's own: the runner with it minus without it
-    "peak_memory_mb": ("MB", True),    # the runner process's whole peak (interpreter included)
-}
-# which budget key limits which figure
-BUDGET_FOR = {"size_bytes": "max_size_bytes", "zipped_bytes": "max_zipped_bytes",
-              "metric": "min_metric", "device_metric": "min_metric",
-              "latency_p50_ms": "max_latency_p50_ms", "latency_p90_ms": "max_latency_p90_ms",
-              "model_memory_mb": "max_model_memory_mb", "peak_memory_mb": "max_peak_memory_mb"}
-# which regression allowance covers which figure (qualify: against the last passing run)
-REGRESSION_FOR = {"size_bytes": "size_pct", "zipped_bytes": "size_pct",
-                  "latency_p50_ms": "latency_pct", "latency_p90_ms": "latency_pct",
-                  "model_memory_mb": "memory_pct", "peak_memory_mb": "memory_pct",
-                  "metric": "metric_drop",
-                  "device_metric": "metric_drop"}
+from ._measures import FIGURES, METRICS, tolerance_key
 
 
 @dataclass(frozen=True)
@@ -121,13 +99,11 @@ def budget_gates(figures: Iterable[Figure], budgets: Budgets) -> list[Gate]:
     """Each figure against its budget: per format for sizes, per device for device figures."""
     gates = []
     for f in figures:
-        key = BUDGET_FOR[f.figure]
-        if f.figure in ("size_bytes", "zipped_bytes"):
-            limit = budgets.for_artifact(f.format or "").get(key)
-        elif f.figure == "metric":
-            limit = budgets.min_metric()
-        else:
-            limit = budgets.for_device(f.device or "").get(key)
+        m = METRICS.get(f.figure)
+        key = m.budget
+        limits = (budgets.for_artifact(f.format or "") if m.on == "artifact" else
+                  budgets.for_device(f.device or "") if m.on == "device" else budgets.limits)
+        limit = limits.get(key) if key else None
         if limit is None:
             continue
         ok = f.value >= limit if key.startswith("min_") else f.value <= limit
@@ -147,12 +123,12 @@ def _gate(name: str, f: Figure, ok: bool, **kw: Any) -> Gate:
 def regression_gates(figures: Iterable[Figure], previous: Mapping[tuple, float] | None,
                      regression: Mapping[str, float], previous_run: int | None = None) -> list[Gate]:
     """Qualify: each figure against the same figure of the last passing run. Sizes, latency and
-    memory may grow by their percentage; the metric may get worse by ``metric_drop`` (absolute).
+    memory may grow by their percentage (``*_pct``); the metric may get worse by ``metric_drop``.
     A device figure is compared only on the same device (same fingerprint)."""
     gates = []
     for f in figures:
-        allowance_key = REGRESSION_FOR[f.figure]
-        allowance = regression.get(allowance_key)
+        allowance_key = METRICS.get(f.figure).regression
+        allowance = regression.get(allowance_key) if allowance_key else None
         if allowance is None:
             continue
         base = (previous or {}).get(f.compare_key)
@@ -160,7 +136,8 @@ def regression_gates(figures: Iterable[Figure], previous: Mapping[tuple, float] 
             why = "no earlier passing run" if not previous else "not measured in the last passing run"
             gates.append(_gate("regression", f, True, skipped=why))
             continue
-        if allowance_key == "metric_drop":
+        relative = allowance_key.endswith("_pct")
+        if not relative:
             limit = base - allowance if f.better_high else base + allowance
         else:
             limit = base * (1 + allowance / 100) if not f.better_high else base * (1 - allowance / 100)
@@ -168,7 +145,7 @@ def regression_gates(figures: Iterable[Figure], previous: Mapping[tuple, float] 
         change = (f.value - base) / base * 100 if base else 0.0
         message = "" if ok else (f"{f.subject}: {f.figure} {fmt_value(f.value, f.unit)} vs "
                                  f"{fmt_value(base, f.unit)} in run {previous_run} ({change:+.1f}%), "
-                                 f"allowed {allowance:g}{'' if allowance_key == 'metric_drop' else '%'}")
+                                 f"allowed {allowance:g}{'%' if relative else ''}")
         gates.append(_gate("regression", f, ok, limit=limit, baseline=base, message=message))
     return gates
 
@@ -187,12 +164,8 @@ def rolling_baseline(values: list[float], rolling: Rolling, figure: str,
     if len(values) < rolling.min_samples:
         return Baseline(statistics.median(values) if values else None, len(values), None)
     median = statistics.median(values)
-    allowed = rolling.tolerances[_tolerance_key(figure)].allowed(median)
+    allowed = rolling.tolerances[tolerance_key(figure)].allowed(median)
     return Baseline(median, len(values), median - allowed if higher_is_better else median + allowed)
-
-
-def _tolerance_key(figure: str) -> str:
-    return "metric" if figure in ("metric", "device_metric") else figure
 
 
 def rolling_gate(f: Figure, baseline: Baseline, rolling: Rolling) -> Gate:

@@ -130,7 +130,7 @@ def run_nightly(matrix: Matrix, out: Path, *, db: str | None = None, night: str 
         _work.check_metric_examples(m.model, m.export, m.budgets.min_metric(), f"models {m.name!r}:")
     folder.check(work=("models",))
     folder.claim()
-    history = open_history(db or matrix.db or str(folder.history))
+    history = open_history(db or matrix.history.db or str(folder.history))
     worker = None
     try:
         history.ensure_cells(matrix.name, night, [m.name for m in matrix.models], list(matrix.devices))
@@ -263,7 +263,7 @@ class _Worker:
                          gates=[gate])
 
     def _rolling(self, model: str, slot: str, figures: list) -> list[Gate]:
-        rolling = self.matrix.rolling
+        rolling = self.matrix.regression
         gates = []
         for f in figures:
             values = self.history.rolling_values(matrix=self.matrix.name, model=model, slot=slot,

@@ -70,7 +70,7 @@ def qualify(config: QualifyConfig, out: Path, *, db: str | None = None, ui: Any 
 
         check_run_folder(run_dir, force=True, resuming=True, claim=False)
     folder.claim()
-    history = open_history(history_location(out, db, config.db))
+    history = open_history(history_location(out, db, config.history.db))
     try:
         return _qualify(config, folder, plan, history, started, t0, ui, log)
     finally:
