@@ -136,8 +136,9 @@ def resume_point(out_dir: str | Path, recipe: Recipe) -> str | None:
     for i, config in enumerate(recipe.stages):
         if STAGES.get(config.KIND).phase == "output" or _same_prefix(saved, recipe, i + 1):
             return config.name
-        info = _stage_info(out, config.name) if checkpoint_path(out, config.name).is_file() else None
-        if info is None or StageOutputs.from_info(info).brought_teacher:
+        info = _stage_info(out, config.name)
+        if info is None or StageOutputs.from_info(info).brought_teacher \
+                or not checkpoint_path(out, config.name).is_file():
             return config.name
     return recipe.stages[-1].name if recipe.stages else None
 
@@ -147,155 +148,234 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, recipe_text: str | None =
                progress: ProgressFn = no_progress, log: Callable[[str], None] = lambda m: None,
                ) -> RunResult:
     """Run ``recipe``; write checkpoints, ``model.dcz`` and ``report.json`` into ``out_dir``."""
-    out = Path(out_dir)
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model.name, recipe.model.kwargs)
-    state = CompressionState.for_model(model)
-    layer_types = {name: layer.type_name for name, layer in state.layers.items()}
-    for note in recipe.check_against_model(layer_types):   # before any training starts
-        log(note)
-    start = 0 if resume_from is None else _resume_index(recipe, resume_from)
-    if resume_from is not None:                   # start > 0 only when resuming
-        if (out / "recipe.json").is_file():
-            why = _same_prefix(saved_recipe(out) or {}, recipe, start)
+    run = _Run(recipe, Path(out_dir), recipe_text, resume_from, data_root, progress, log)
+    if resume_from is None:
+        run.baseline()
+    else:
+        run.resume(resume_from)
+    for config in recipe.stages[run.start:]:
+        run.stage(config)
+    return run.finish(run.write_files())
+
+
+class _Run:
+    """One run of a recipe into a run folder. Made, it has checked the recipe (and the folder it
+    resumes), loaded the task's data and written the recipe files; its methods are the steps
+    :func:`run_recipe` takes in order. The model, the state and each stage's figures so far live
+    here (``ctx.state`` is the state: a stage that rebuilds layers replaces it)."""
+
+    def __init__(self, recipe: Recipe, out: Path, recipe_text: str | None, resume_from: str | None,
+                 data_root: str | None, progress: ProgressFn, log: Callable[[str], None]) -> None:
+        self.recipe, self.out, self.log = recipe, out, log
+        torch.manual_seed(recipe.seed)
+        self.model = build_model(recipe.model.name, recipe.model.kwargs)
+        state = CompressionState.for_model(self.model)
+        layer_types = {name: layer.type_name for name, layer in state.layers.items()}
+        for note in recipe.check_against_model(layer_types):   # before any training starts
+            log(note)
+        self.start = 0 if resume_from in (None, "baseline", BASELINE) \
+            else recipe.stage_index(resume_from)
+        if resume_from is not None and (out / "recipe.json").is_file():
+            why = _same_prefix(saved_recipe(out) or {}, recipe, self.start)
             if why:
                 raise RecipeError(f"--resume-from {resume_from}: the recipe's {why} changed since "
                                   f"{out} was written; start a fresh run (another --out)")
-    task, data = load_task(recipe, data_root)
-    train_set, val_set, test_set = data.train, data.val, data.test
-    with distributed.main_first() as main:
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            if recipe_text is not None:
-                write_bytes_atomic(out / "recipe.toml", recipe_text.encode())
-            write_json_atomic(out / "recipe.json", {"recipe": recipe.to_dict(),
-                                                    "sha256": recipe.sha256()})
+        self.task, data = load_task(recipe, data_root)
+        self.test_set, self.val_set = data.test, data.val
+        with distributed.main_first() as main:
+            if main:
+                out.mkdir(parents=True, exist_ok=True)
+                if recipe_text is not None:
+                    write_bytes_atomic(out / "recipe.toml", recipe_text.encode())
+                write_json_atomic(out / "recipe.json", {"recipe": recipe.to_dict(),
+                                                        "sha256": recipe.sha256()})
+        self.teacher = _Teacher(recipe, out)
+        self.ctx = StageContext(state=state, train=data.train, test=data.test,
+                                baseline=recipe.baseline, task=self.task,
+                                batch_size=recipe.data.batch_size, seed=recipe.seed,
+                                progress=progress, log=log,
+                                teacher=_StageTeacher(self.teacher, data.train))
+        # a stage that changes layer widths (shrink) hands them on: the files record the widths
+        # the model has, so it is rebuilt from the zoo without the recipe's defaults
+        self.model_kwargs = dict(recipe.model.kwargs)
+        # by stage: the task's figures on the test and validation splits, seconds, own metrics
+        self.scores, self.val_scores, self.seconds, self.stage_metrics = {}, {}, {}, {}
+        self.output: tuple[Stage, StageConfig] = (STAGES.get(DEFAULT_OUTPUT.KIND), DEFAULT_OUTPUT)
+        self.task.bind(self.model)   # a label-free task decides here which figure leads, and why
+        self.primary = self.task.primary
+        if self.task.primary_reason:
+            log(f"leading metric: {self.primary} ({self.task.primary_reason})")
 
-    teacher = _teacher(recipe, out)
-    ctx = StageContext(state=state, train=train_set, test=test_set, baseline=recipe.baseline,
-                       task=task, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                       progress=progress, log=log, teacher=_StageTeacher(teacher, train_set))
-    # a stage that changes layer widths (shrink) says so in its metrics: the files record the
-    # widths the model has, so it is rebuilt from the zoo without the recipe's defaults
-    model_kwargs = dict(recipe.model.kwargs)
-    scores: dict[str, dict[str, float]] = {}        # stage -> the task's figures on the test set
-    val_scores: dict[str, dict[str, float]] = {}
-    seconds: dict[str, float] = {}
-    stage_metrics: dict[str, dict] = {}
-    stage_outputs: dict[str, StageOutputs] = {}
-    task.bind(model)        # a label-free task decides here which figure leads, and says why
-    primary = task.primary
-    if task.primary_reason:
-        log(f"leading metric: {primary} ({task.primary_reason})")
-
-    def scored(name: str, info: dict) -> dict:
+    def _scored(self, name: str, info: dict) -> dict:
         """Score the model after ``name``; the checkpoint's figures, with those scores. A
         label-free task is scored against the dense model's outputs (itself, at the baseline)."""
-        against = (lambda split: None if name == BASELINE else teacher(split)) \
-            if not task.needs_labels else (lambda split: None)
-        scores[name] = task.evaluate(model, test_set, against(test_set))
-        info = {"stage": name, **info, primary: scores[name][primary], "scores": scores[name]}
-        if val_set is not None:
-            val_scores[name] = task.evaluate(model, val_set, against(val_set))
-            info[f"validation_{primary}"] = val_scores[name][primary]
-            info["validation_scores"] = val_scores[name]
+        against = (lambda split: None) if self.task.needs_labels or name == BASELINE \
+            else self.teacher
+        primary, model = self.primary, self.model
+        self.scores[name] = self.task.evaluate(model, self.test_set, against(self.test_set))
+        info = {"stage": name, **info, primary: self.scores[name][primary],
+                "scores": self.scores[name]}
+        if self.val_set is not None:
+            self.val_scores[name] = self.task.evaluate(model, self.val_set, against(self.val_set))
+            info[f"validation_{primary}"] = self.val_scores[name][primary]
+            info["validation_scores"] = self.val_scores[name]
         return info
 
-    # -- baseline ---------------------------------------------------------------------------
-    if resume_from is None:
+    def baseline(self) -> None:
+        """The dense model: the recipe's weights, the model as given (a label-free task's
+        teacher), or trained; scored and checkpointed."""
+        recipe, ctx, model = self.recipe, self.ctx, self.model
         t0 = time.perf_counter()
-        _baseline(model, recipe, ctx)
-        seconds[BASELINE] = time.perf_counter() - t0
-        info = scored(BASELINE, {})
-        if not task.needs_labels:   # the reference its later scores compare with
-            teacher.remember(model, [test_set] + ([val_set] if val_set is not None else []))
-        log(f"baseline {primary} {_fmt(primary, scores[BASELINE][primary])}")
-        save_checkpoint(checkpoint_path(out, BASELINE), model, state,
-                        {**info, "seconds": seconds[BASELINE], "recipe_sha256": recipe.sha256()})
-    else:
-        previous = [BASELINE] + [s.name for s in recipe.stages[:start]]
-        for name in previous:   # figures of the stages that are not re-run
-            info = _stage_info(out, name)
+        if recipe.model.weights:
+            load_weights(model, load_state_dict_file(recipe.model.weights),
+                         source=recipe.model.weights)
+            self.log(f"baseline weights loaded from {recipe.model.weights}")
+        elif not self.task.trains_baseline:
+            self.log(f"the {self.task.describe()} task's baseline is the model as given (the "
+                     "teacher)")
+        else:
+            b = recipe.baseline
+            train(model, ctx.train, ctx.train_spec(b.epochs, b.lr, b.weight_decay), self.task,
+                  generator=ctx.generator(0), progress=ctx.progress, description="baseline")
+        self.seconds[BASELINE] = time.perf_counter() - t0
+        info = self._scored(BASELINE, {})
+        if not self.task.needs_labels:   # the reference its later scores compare with
+            self.teacher.remember(model, [self.test_set] + (
+                [self.val_set] if self.val_set is not None else []))
+        self.log(f"baseline {self.primary} "
+                 f"{_fmt(self.primary, self.scores[BASELINE][self.primary])}")
+        save_checkpoint(checkpoint_path(self.out, BASELINE), model, ctx.state,
+                        {**info, "seconds": self.seconds[BASELINE],
+                         "recipe_sha256": recipe.sha256()})
+
+    def resume(self, resume_from: str) -> None:
+        """The figures of the stages not re-run, and the model and state of the last of them."""
+        previous = [BASELINE] + [s.name for s in self.recipe.stages[:self.start]]
+        outputs: dict[str, StageOutputs] = {}
+        for name in previous:
+            info = _stage_info(self.out, name)
             if info is not None:
-                scores[name] = info.get("scores") or {primary: info.get(primary)}
-                if val_set is not None:
-                    val_scores[name] = info.get("validation_scores") or {
-                        primary: info.get(f"validation_{primary}")}
-                seconds[name] = info.get("seconds", 0.0)
-                stage_metrics[name] = info.get("metrics", {})
-                stage_outputs[name] = StageOutputs.from_info(info)
-        brought = [n for n in previous if stage_outputs.get(n, StageOutputs()).brought_teacher]
+                self.scores[name] = info.get("scores") or {self.primary: info.get(self.primary)}
+                if self.val_set is not None:
+                    self.val_scores[name] = info.get("validation_scores") or {
+                        self.primary: info.get(f"validation_{self.primary}")}
+                self.seconds[name] = info.get("seconds", 0.0)
+                self.stage_metrics[name] = info.get("metrics", {})
+                outputs[name] = StageOutputs.from_info(info)
+        brought = [n for n in previous if outputs.get(n, StageOutputs()).brought_teacher]
         if brought:
             raise RecipeError(f"--resume-from {resume_from}: stage {brought[-1]!r} trained with a "
                               "teacher of its own, which later stages distil from and a checkpoint "
                               f"does not hold; resume from {brought[-1]!r} or an earlier stage")
-        model_kwargs = _latest_kwargs(model_kwargs, [stage_outputs[n] for n in previous
-                                                     if n in stage_outputs])
-        if model_kwargs != dict(recipe.model.kwargs):   # a shrunk model: its own widths
-            model = build_model(recipe.model.name, model_kwargs)
-            state = ctx.state = CompressionState.for_model(model)
-        load_checkpoint(checkpoint_path(out, previous[-1]), model, state)
-        log(f"resumed from checkpoint {previous[-1]}")
+        self.model_kwargs = _latest_kwargs(self.model_kwargs, list(outputs.values()))
+        if self.model_kwargs != dict(self.recipe.model.kwargs):   # a shrunk model: its widths
+            self.model = build_model(self.recipe.model.name, self.model_kwargs)
+            self.ctx.state = CompressionState.for_model(self.model)
+        load_checkpoint(checkpoint_path(self.out, previous[-1]), self.model, self.ctx.state)
+        self.log(f"resumed from checkpoint {previous[-1]}")
 
-    # -- training-phase stages ----------------------------------------------------------------
-    output: tuple[Stage, StageConfig] = (STAGES.get(DEFAULT_OUTPUT.KIND), DEFAULT_OUTPUT)
-    for config in recipe.stages[start:]:
-        stage = STAGES.get(config.KIND)
-        if stage.phase == "output":     # its order rule makes it the last stage
-            output = (stage, config)
-            continue
+    def stage(self, config: StageConfig) -> None:
+        """One training-phase stage: run, checked, scored and checkpointed. The output-phase
+        stage (its order rule makes it the last) is kept for :meth:`write_files`."""
+        stage, ctx, name = STAGES.get(config.KIND), self.ctx, config.name
+        if stage.phase == "output":
+            self.output = (stage, config)
+            return
         t0 = time.perf_counter()
-        _run_stage(model, stage, config, ctx)
-        state = ctx.state       # a stage that rebuilds layers (shrink) rebuilds the state too
-        distributed.broadcast_state(state)     # one state on every rank (a no-op alone)
-        seconds[config.name] = time.perf_counter() - t0
+        _run_stage(self.model, stage, config, ctx)
+        distributed.broadcast_state(ctx.state)     # one state on every rank (a no-op alone)
+        self.seconds[name] = time.perf_counter() - t0
         if ctx.outputs.model_kwargs is not None:
-            model_kwargs = _latest_kwargs(model_kwargs, [ctx.outputs])
-            _check_rebuilds(recipe.model.name, model_kwargs, model, config.name)
-        stage_metrics[config.name] = dict(ctx.metrics, sparsity=state.sparsity())
-        info = scored(config.name, {"kind": config.KIND})
-        log(f"{config.name}: {primary} {_fmt(primary, scores[config.name][primary])}, "
-            f"sparsity {state.sparsity():.1%}, {seconds[config.name]:.1f} s")
-        save_checkpoint(checkpoint_path(out, config.name), model, state,
-                        {**info, "seconds": seconds[config.name],
-                         "metrics": stage_metrics[config.name],
-                         "outputs": ctx.outputs.to_dict(), "recipe_sha256": recipe.sha256()})
+            self.model_kwargs = _latest_kwargs(self.model_kwargs, [ctx.outputs])
+            _check_rebuilds(self.recipe.model.name, self.model_kwargs, self.model, name)
+        sparsity = ctx.state.sparsity()
+        self.stage_metrics[name] = dict(ctx.metrics, sparsity=sparsity)
+        info = self._scored(name, {"kind": config.KIND})
+        self.log(f"{name}: {self.primary} {_fmt(self.primary, self.scores[name][self.primary])}, "
+                 f"sparsity {sparsity:.1%}, {self.seconds[name]:.1f} s")
+        save_checkpoint(checkpoint_path(self.out, name), self.model, ctx.state,
+                        {**info, "seconds": self.seconds[name], "metrics": self.stage_metrics[name],
+                         "outputs": ctx.outputs.to_dict(), "recipe_sha256": self.recipe.sha256()})
 
-    # -- output: the files ----------------------------------------------------------------------
-    check_finite(model, "final model")
-    report = _report(recipe, task, state, scores, val_scores if val_set is not None else None,
-                     seconds, stage_metrics, test_set)
-    stage, config = output
-    t0 = time.perf_counter()
-    rows = _size_rows(out, recipe)
-    meta = copy.deepcopy(_meta(recipe, task, report, model_kwargs))   # as written, kept apart
-    ctx.output = Output(out, meta, rows)
-    with distributed.main_first() as main:    # only rank 0 writes the files
-        if main:
-            _run_stage(model, stage, config, ctx)
-            # the figures that claim to be the file's, measured on the file: decoded and rebuilt
-            # as a loader would (float16 biases, say, are not the model in memory)
-            decoded = decoded_model(out / MODEL_FILE, recipe.model.name, model_kwargs)
-            against = (lambda split: None) if task.needs_labels else teacher
-            file_scores = (task.evaluate(decoded, test_set, against(test_set)),
-                           task.evaluate(decoded, val_set, against(val_set))
-                           if val_set is not None else None)
-            _as_shipped(report, primary, *file_scores)
-            log(f"{MODEL_FILE} decoded: {primary} {_fmt(primary, file_scores[0][primary])}")
-            if _meta(recipe, task, report, model_kwargs) != meta:   # the file's record, made true
-                ctx.output = Output(out, _meta(recipe, task, report, model_kwargs), rows)
+    def report(self) -> dict[str, Any]:
+        """report.json's figures so far: the headline table, the scores, the layers and stages."""
+        recipe, task, state = self.recipe, self.task, self.ctx.state
+        final_name = ([BASELINE] + [s.name for s in recipe.stages
+                                    if STAGES.get(s.KIND).phase != "output"])[-1]
+        primary = task.primary
+
+        def table(by_stage: dict) -> dict[str, Any]:
+            figures = {k: (v or {}).get(primary) for k, v in by_stage.items()}
+            return {"baseline": figures.get(BASELINE), "final": figures.get(final_name),
+                    "stages": {k: v for k, v in figures.items() if k != BASELINE}}
+
+        headline = table(self.scores)
+        if self.val_set is not None:      # only when asked for: the default report is unchanged
+            headline["validation"] = table(self.val_scores)
+        report: dict[str, Any] = {
+            "recipe": recipe.name,
+            "recipe_sha256": recipe.sha256(),
+            "model": recipe.model.name,
+            "task": task.KIND,
+            "test_examples": len(self.test_set),
+        }
+        if primary == "accuracy":   # the image classifier's report, as it always was
+            report["accuracy"] = headline
+        report["primary_metric"] = {"name": primary, "higher_is_better": task.higher_is_better,
+                                    **headline}
+        if task.primary_reason:
+            report["primary_metric"]["why"] = task.primary_reason
+        report["scores"] = self.scores
+        report.update({
+            "sparsity": state.sparsity(),
+            "layers": state.layer_rows(),
+            "stages": self.stage_metrics,
+            "seconds": dict(self.seconds),
+        })
+        return report
+
+    def write_files(self) -> dict[str, Any]:
+        """The output stage writes model.dcz (and the size table's files); the figures that
+        claim to be the file's are measured on it, decoded and rebuilt as a loader would (float16
+        biases, say, are not the model in memory). The report so far."""
+        recipe, task, ctx, model, out = self.recipe, self.task, self.ctx, self.model, self.out
+        check_finite(model, "final model")
+        report = self.report()
+        stage, config = self.output
+        t0 = time.perf_counter()
+        rows = _size_rows(out, recipe)
+        meta = copy.deepcopy(_meta(recipe, task, report, self.model_kwargs))   # as written, apart
+        ctx.output = Output(out, meta, rows)
+        with distributed.main_first() as main:    # only rank 0 writes the files
+            if main:
                 _run_stage(model, stage, config, ctx)
-            _file_figures(report, *file_scores)
-    report.update(ctx.metrics)
-    for done in recipe.stages:      # sections of report.json a stage adds (projection: bits)
-        summary = STAGES.get(done.KIND).report
-        if summary is not None:
-            report.update(summary(done, stage_metrics.get(done.name, {}), report))
-    report["seconds"][config.KIND] = time.perf_counter() - t0
-    report["seconds"]["total"] = sum(v for k, v in report["seconds"].items() if k != "total")
-    if distributed.is_main():
-        write_json_atomic(out / "report.json", report)
-    return RunResult(out, report, model, state)
+                decoded = decoded_model(out / MODEL_FILE, recipe.model.name, self.model_kwargs)
+                against = (lambda split: None) if task.needs_labels else self.teacher
+                test = task.evaluate(decoded, self.test_set, against(self.test_set))
+                val = None if self.val_set is None else task.evaluate(
+                    decoded, self.val_set, against(self.val_set))
+                _as_shipped(report, self.primary, test, val)
+                self.log(f"{MODEL_FILE} decoded: {self.primary} "
+                         f"{_fmt(self.primary, test[self.primary])}")
+                if _meta(recipe, task, report, self.model_kwargs) != meta:   # the record, made true
+                    ctx.output = Output(out, _meta(recipe, task, report, self.model_kwargs), rows)
+                    _run_stage(model, stage, config, ctx)
+                _file_figures(report, test, val)
+        report.update(ctx.metrics)
+        report["seconds"][config.KIND] = time.perf_counter() - t0
+        return report
+
+    def finish(self, report: dict[str, Any]) -> RunResult:
+        """The sections of report.json a stage adds (projection: bits), the total time, and
+        report.json, written last."""
+        for done in self.recipe.stages:
+            summary = STAGES.get(done.KIND).report
+            if summary is not None:
+                report.update(summary(done, self.stage_metrics.get(done.name, {}), report))
+        report["seconds"]["total"] = sum(v for k, v in report["seconds"].items() if k != "total")
+        if distributed.is_main():
+            write_json_atomic(self.out / "report.json", report)
+        return RunResult(self.out, report, self.model, self.ctx.state)
 
 
 def _headlines(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -389,10 +469,6 @@ class _Teacher:
         return self._model.eval()
 
 
-def _teacher(recipe: Recipe, out: Path) -> _Teacher:
-    return _Teacher(recipe, out)
-
-
 class _StageTeacher:
     """``ctx.teacher``: called, the teacher's outputs on the training set; ``use(model)`` makes
     ``model`` the teacher of the later stages (their distillation, a label-free task's scores)."""
@@ -436,64 +512,6 @@ def _fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2%}" if metric == "accuracy" else f"{value:.5f}"
-
-
-def _resume_index(recipe: Recipe, resume_from: str) -> int:
-    if resume_from in ("baseline", BASELINE):
-        return 0
-    return recipe.stage_index(resume_from)
-
-
-def _baseline(model: nn.Module, recipe: Recipe, ctx: StageContext) -> None:
-    if recipe.model.weights:
-        load_weights(model, load_state_dict_file(recipe.model.weights), source=recipe.model.weights)
-        ctx.log(f"baseline weights loaded from {recipe.model.weights}")
-        return
-    if not ctx.task.trains_baseline:
-        ctx.log(f"the {ctx.task.describe()} task's baseline is the model as given (the teacher)")
-        return
-    b = ctx.baseline
-    spec = ctx.train_spec(b.epochs, b.lr, b.weight_decay)
-    train(model, ctx.train, spec, ctx.task, generator=ctx.generator(0), progress=ctx.progress,
-          description="baseline")
-
-
-def _report(recipe: Recipe, task: Task, state: CompressionState, scores: dict,
-            val_scores: dict | None, seconds: dict, stage_metrics: dict,
-            test_set: Examples) -> dict[str, Any]:
-    final_name = ([BASELINE] + [s.name for s in recipe.stages
-                                if STAGES.get(s.KIND).phase != "output"])[-1]
-    primary = task.primary
-
-    def table(by_stage: dict) -> dict[str, Any]:
-        figures = {k: (v or {}).get(primary) for k, v in by_stage.items()}
-        return {"baseline": figures.get(BASELINE), "final": figures.get(final_name),
-                "stages": {k: v for k, v in figures.items() if k != BASELINE}}
-
-    headline = table(scores)
-    if val_scores is not None:      # only when asked for: the default report is unchanged
-        headline["validation"] = table(val_scores)
-    report: dict[str, Any] = {
-        "recipe": recipe.name,
-        "recipe_sha256": recipe.sha256(),
-        "model": recipe.model.name,
-        "task": task.KIND,
-        "test_examples": len(test_set),
-    }
-    if primary == "accuracy":   # the image classifier's report, as it always was
-        report["accuracy"] = headline
-    report["primary_metric"] = {"name": primary, "higher_is_better": task.higher_is_better,
-                                **headline}
-    if task.primary_reason:
-        report["primary_metric"]["why"] = task.primary_reason
-    report["scores"] = scores
-    report.update({
-        "sparsity": state.sparsity(),
-        "layers": state.layer_rows(),
-        "stages": stage_metrics,
-        "seconds": dict(seconds),
-    })
-    return report
 
 
 def _meta(recipe: Recipe, task: Task, report: dict,
