@@ -427,6 +427,11 @@ class Inline(Check):
         obj._check(path)
         return obj
 
+    def child(self, key: str, data: Any, owner: type) -> Any:
+        if key in allowed_keys(self.cls) - {self.into}:
+            return below(self.cls, key, data, owner)
+        return _check_of(_fields(self.cls)[self.into]).child(key, data, owner)
+
 
 _BASE: ContextVar[Path | None] = ContextVar("dccore_config_base", default=None)
 

@@ -185,7 +185,6 @@ class ModelSpec(Config):
 
 def _exporter_options(name: str, value: dict, where: str) -> dict:
     """Check an exporter's options against its Options config (ConfigError names the field)."""
-    from dccore.config import build
     from exporters import EXPORTERS
 
     build(EXPORTERS.get(name).Options, value, where)
