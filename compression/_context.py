@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from ._state import CompressionState
-from ._train import ProgressFn, TrainSpec, no_progress
+from ._train import ProgressFn, TrainSpec, no_progress, train
 from .recipe import TrainConfig
 from .tasks import Examples, Task
 
@@ -85,6 +85,22 @@ class StageContext:
         """Retraining: the baseline optimiser at lr/10 unless the stage says otherwise (paper)."""
         return self.train_spec(epochs, lr if lr is not None else self.baseline.lr / 10,
                                weight_decay, distill, temperature)
+
+    def retrainer(self, model: torch.nn.Module, config: Any, salt: int) -> Callable[[str], None]:
+        """Retraining between the cuts of a stage that cuts in rounds (prune, shrink): the
+        config's ``retrain_epochs`` at its ``lr``, ``weight_decay`` and distillation, the masks
+        held; the teacher's outputs computed once, here. Called with the round's description."""
+        spec = self.retrain_spec(config.retrain_epochs, config.lr, config.weight_decay,
+                                 config.distill, config.temperature)
+        teacher = self.teacher_logits(spec) if config.retrain_epochs > 0 else None
+        hidden = self.teacher_model() if config.retrain_epochs > 0 else None   # hidden states
+        generator = self.generator(salt)
+
+        def retrain(description: str) -> None:
+            train(model, self.train, spec, self.task, after_backward=self.state.mask_gradients,
+                  after_step=self.state.enforce, generator=generator, teacher_logits=teacher,
+                  teacher_model=hidden, progress=self.progress, description=description)
+        return retrain
 
     def teacher_logits(self, spec: TrainSpec) -> torch.Tensor | None:
         """The dense baseline's outputs on the training set, when the stage distils from it (or

@@ -15,7 +15,6 @@ from dccore.errors import ModelError, RecipeError
 
 from dccore.config import Int, Num, OneOf, setting
 from .._context import StageContext
-from .._train import train
 from ..calibration import input_norms, wanda_mask, weight_matrix
 from ..prune import magnitude_mask, round_targets
 from ._base import Stage, StageConfig, register_stage
@@ -98,19 +97,11 @@ def cut_round(model: torch.nn.Module, config: PruneConfig, ctx: StageContext, ro
 def run(model: torch.nn.Module, config: PruneConfig, ctx: StageContext) -> None:
     """``rounds`` x (cut, retrain ``retrain_epochs``); masks only ever shrink."""
     stds = layer_stds(config, ctx)
-    spec = ctx.retrain_spec(config.retrain_epochs, config.lr, config.weight_decay,
-                            config.distill, config.temperature)
-    teacher = ctx.teacher_logits(spec) if config.retrain_epochs > 0 else None
-    teacher_model = ctx.teacher_model() if config.retrain_epochs > 0 else None  # hidden states
-    generator = ctx.generator(101)
+    retrain = ctx.retrainer(model, config, 101)
     history = []
     for r in range(config.rounds):
         cut_round(model, config, ctx, r, stds)
-        train(model, ctx.train, spec, ctx.task, after_backward=ctx.state.mask_gradients,
-              after_step=ctx.state.enforce, generator=generator, teacher_logits=teacher,
-              teacher_model=teacher_model,
-              progress=ctx.progress,
-              description=f"prune round {r + 1}/{config.rounds}")
+        retrain(f"prune round {r + 1}/{config.rounds}")
         history.append({"round": r + 1, "sparsity": ctx.state.sparsity()})
     ctx.metrics["rounds"] = history
 

@@ -20,7 +20,6 @@ from dccore.errors import ModelError, RecipeError
 
 from dccore.config import Int, Num, OneOf, setting
 from .._context import StageContext
-from .._train import train
 from ..models import module_name
 from ..shrink import (Link, effect_scores, lowest, norm_scores, shrink_layer, target_width,
                       trace_links, units)
@@ -120,11 +119,7 @@ def run(model: nn.Module, config: ShrinkConfig, ctx: StageContext) -> None:
     modules = dict(model.named_modules())
     fractions = chosen_layers(model, config, ctx, links)
     start = {name: units(modules[name]) for name in fractions}
-    spec = ctx.retrain_spec(config.retrain_epochs, config.lr, config.weight_decay,
-                            config.distill, config.temperature)
-    teacher = ctx.teacher_logits(spec) if config.retrain_epochs > 0 else None
-    teacher_model = ctx.teacher_model() if config.retrain_epochs > 0 else None  # hidden states
-    generator = ctx.generator(505)
+    retrain = ctx.retrainer(model, config, 505)
     history = []
     for r in range(config.rounds):
         for name, fraction in fractions.items():
@@ -134,10 +129,7 @@ def run(model: nn.Module, config: ShrinkConfig, ctx: StageContext) -> None:
                      ctx)
         widths = {n: units(dict(model.named_modules())[n]) for n in fractions}
         ctx.log(f"shrink round {r + 1}/{config.rounds}: {widths}")
-        train(model, ctx.train, spec, ctx.task, after_backward=ctx.state.mask_gradients,
-              after_step=ctx.state.enforce, generator=generator, teacher_logits=teacher,
-              teacher_model=teacher_model,
-              progress=ctx.progress, description=f"shrink round {r + 1}/{config.rounds}")
+        retrain(f"shrink round {r + 1}/{config.rounds}")
         history.append({"round": r + 1, "widths": widths})
     modules = dict(model.named_modules())
     ctx.metrics.update(
