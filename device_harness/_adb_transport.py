@@ -110,13 +110,7 @@ class FastTcpTransport(TcpTransport):
                 return len(data)
         if self._header is not None:
             data, self._header = self._header + data, None
-        sock = self._socket()
-        sock.settimeout(self._timeout(transport_timeout_s))
-        try:
-            sock.sendall(data)
-        except TimeoutError:
-            raise TcpTimeoutException(f"writing to {self._host}:{self._port} timed out "
-                                      f"({transport_timeout_s} s)") from None
+        self.send_raw(data, transport_timeout_s)
         return len(data)
 
     def send_raw(self, packet: bytes | memoryview, transport_timeout_s: float | None) -> None:
