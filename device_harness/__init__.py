@@ -50,9 +50,11 @@ def bench(artifact: str | Path, spec: str = "host", **options: Any) -> dict:
 
     One benchmark has no retry loop of its own, so ``retries`` goes to the device: it reconnects
     that often after a dropped connection (a timeout is raised, not retried)."""
+    from dccore.config import build
+
     from .runners import BenchOptions, bench_artifact
 
-    opts = BenchOptions(**options)
+    opts = build(BenchOptions, options, "bench")
     with open_device(spec, retries=opts.retries) as device:
         return bench_artifact(device, Path(artifact), opts)
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dccore.errors import DeviceError
+from dccore.config import build
+from dccore.errors import ConfigError, DeviceError
 from dccore.outputs import append_jsonl
 from device_harness._device import Device, DeviceInfo, ShellResult
 from device_harness._host import HostDevice
-from device_harness.runners import BenchOptions, EvalData, bench_artifact, bench_many
+from device_harness.runners import MAX_RETRIES, BenchOptions, EvalData, bench_artifact, bench_many
 from device_harness.runners._driver import parse_runner_output
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -308,9 +309,26 @@ def test_runner_output_errors(output, message):
 
 
 def test_options_are_validated():
-    with pytest.raises(DeviceError, match="--runs"):
+    with pytest.raises(ConfigError, match=r"^runs: expected an integer in \[1, 100000\], got 0"):
         BenchOptions(runs=0)
-    with pytest.raises(DeviceError, match="--delegate 'tpu'"):
+    with pytest.raises(ConfigError, match="^delegate: expected one of .*got 'tpu'"):
         BenchOptions(delegate="tpu")
-    with pytest.raises(DeviceError, match="--compute-units"):
+    with pytest.raises(ConfigError, match="^compute_units: .*got 'ane'"):
         BenchOptions(compute_units="ane")
+    with pytest.raises(ConfigError, match=r"^retries: expected an integer in \[0, 10\]"):
+        BenchOptions(retries=MAX_RETRIES + 1)
+    with pytest.raises(ConfigError, match=r"^timeout_s: expected a number in \(0, "):
+        BenchOptions(timeout_s=0)
+    # from data: the one builder, unknown keys refused naming the path; a path given as text
+    with pytest.raises(ConfigError, match="^bench.run: unknown key"):
+        build(BenchOptions, {"run": 5}, "bench")
+    assert build(BenchOptions, {"benchmark_model": "bm", "timeout_s": 5}, "bench") == \
+        BenchOptions(benchmark_model=Path("bm"), timeout_s=5.0)
+
+
+def test_a_bad_bench_flag_exits_2_naming_the_field(hostile_model, capsys):
+    from deepcompress.cli import main as cli
+
+    assert cli(["bench", str(hostile_model), "--runs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "runs: expected an integer in [1, 100000], got 0" in err and "Traceback" not in err

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from dccore.artifacts import artifact_sha256
+from dccore.config import Checked, FilePath, Int, Num, OneOf, setting
 from dccore.errors import DeviceError
 from dccore.registry import Registry
 
@@ -35,33 +36,36 @@ from ._stats import cool_down, latency_stats, thermal_status
 # OSError covers ConnectionError and TimeoutError (socket.timeout) too.
 _TRANSIENT = (OSError, EOFError, subprocess.TimeoutExpired)
 
+# Ceilings on every count and duration a bench sets (qualification configs and nightly matrices
+# take theirs from here): a slip of the finger (runs = 5000000) is refused before any work, not
+# found out after days of benching. Each is far above real use.
+MAX_RUNS = 100_000          # benchmark_model's default is 50; 100,000 of a 1 ms model is 100 s
+MAX_THREADS = 256
+MAX_RETRIES = 10            # doubling backoff: 10 retries already wait ~17 minutes
+MAX_SECONDS = 86_400.0      # a timeout, cool-down or lease of a day
+
 
 @dataclass(frozen=True)
-class BenchOptions:
-    runs: int = 50
-    warmup: int = 5                 # 5 warm-ups: caches, allocator and frequency governor settle
-    threads: int = 1                # one thread: comparable across devices, least scheduler noise
-    timeout_s: float = 300.0        # per device call; a model run included
-    benchmark_model: Path | None = None
-    delegate: str = "default"
-    eval_data: EvalData | None = None   # labelled examples from the caller, for accuracy
-    cooldown_max_s: float = 60.0    # bounded: a hot phone in a hot room may never reach status 0
-    cooldown_poll_s: float = 5.0
-    bench_host_app: Path | None = None
-    compute_units: str = "all"
-    retries: int = 2                # reconnections after a dropped connection
-    backoff_s: float = 1.0          # first wait; doubles each retry
+class BenchOptions(Checked):
+    """How to bench; checked when made (ConfigError naming the field, exit 2)."""
 
-    def __post_init__(self) -> None:
-        if self.runs < 1 or self.warmup < 0 or self.threads < 1:
-            raise DeviceError("bench needs --runs >= 1, --warmup >= 0, --threads >= 1")
-        if self.timeout_s <= 0 or self.cooldown_max_s < 0 or self.retries < 0:
-            raise DeviceError("bench needs --timeout > 0, --cooldown-max >= 0, --retries >= 0")
-        if self.delegate not in DELEGATES:
-            raise DeviceError(f"--delegate {self.delegate!r}: expected one of {', '.join(DELEGATES)}")
-        if self.compute_units not in COMPUTE_UNITS:
-            raise DeviceError(f"--compute-units {self.compute_units!r}: expected one of "
-                              f"{', '.join(COMPUTE_UNITS)}")
+    runs: int = setting(50, Int(1, MAX_RUNS))     # benchmark_model's default: a stable median
+    warmup: int = setting(5, Int(0, MAX_RUNS))    # caches, allocator and frequency governor settle
+    # one thread: comparable across devices, least scheduler noise
+    threads: int = setting(1, Int(1, MAX_THREADS))
+    # per device call; a model run included
+    timeout_s: float = setting(300.0, Num(0, MAX_SECONDS, lo_open=True))
+    benchmark_model: Path | None = setting(None, FilePath())
+    delegate: str = setting("default", OneOf(tuple(DELEGATES)))
+    eval_data: EvalData | None = setting(None)   # labelled examples from the caller, for accuracy
+    # bounded: a hot phone in a hot room may never reach status 0
+    cooldown_max_s: float = setting(60.0, Num(0, MAX_SECONDS))
+    cooldown_poll_s: float = setting(5.0, Num(0, MAX_SECONDS))
+    bench_host_app: Path | None = setting(None, FilePath())
+    compute_units: str = setting("all", OneOf(tuple(COMPUTE_UNITS)))
+    # reconnections after a dropped connection: a flaky cable, not a dead phone
+    retries: int = setting(2, Int(0, MAX_RETRIES))
+    backoff_s: float = setting(1.0, Num(0, MAX_SECONDS))   # first wait; doubles each retry
 
 
 @dataclass(frozen=True)
