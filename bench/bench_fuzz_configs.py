@@ -5,7 +5,7 @@ never anything else, within a time limit.
 
 Readers: recipes (``compression.recipe.load_recipe``), qualify configs
 (``deepcompress.qualify.load_qualify_config``), nightly matrices (``load_matrix``) and budgets files
-(``deepcompress.commands.check.load_budgets``). Each reads a file, so each input is written to one
+(``deepcompress.size_gate.load_budgets``). Each reads a file, so each input is written to one
 (in /dev/shm where the system has it) and the reader is called on its path.
 
 Inputs are mutations of the shipped files (recipes/*.toml, examples/*.toml). Half are *structural*:
@@ -202,7 +202,7 @@ def _reader(name: str):
     if name == "matrix":
         from deepcompress.qualify._config import load_matrix
         return load_matrix
-    from deepcompress.commands.check import load_budgets
+    from deepcompress.size_gate import load_budgets
     return lambda p: load_budgets(Path(p))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deepcompress.commands.check import budget_for, load_budgets
+from deepcompress.size_gate import load_budgets
 from dccore.artifacts import artifact_size
 from deepcompress.cli import main
 
@@ -55,10 +55,10 @@ def test_sizes_are_real_bytes_and_a_real_zip(files):
 def test_all_within_budget_exits_0(files, tmp_path, capsys):
     budget = write(tmp_path / "budgets.toml", """
 [artifacts."*.tflite"]
-max_bytes = 10_000
+max_size_bytes = 10_000
 max_zipped_bytes = 10_500
 [artifacts."m.mlpackage"]
-max_bytes = 4_000
+max_size_bytes = 4_000
 """)
     code, out, _ = run(capsys, str(files["a"]), str(files["b"]), str(files["pkg"]),
                        "--budget", str(budget), "--json")
@@ -66,45 +66,45 @@ max_bytes = 4_000
     assert code == 0 and report["ok"]
     assert report["artifacts"]["m.mlpackage"]["bytes"] == 3_200
     assert {(c["artifact"], c["check"]) for c in report["checks"]} == {
-        ("a.tflite", "max_bytes"), ("a.tflite", "max_zipped_bytes"),
-        ("b.tflite", "max_bytes"), ("b.tflite", "max_zipped_bytes"), ("m.mlpackage", "max_bytes")}
+        ("a.tflite", "max_size_bytes"), ("a.tflite", "max_zipped_bytes"),
+        ("b.tflite", "max_size_bytes"), ("b.tflite", "max_zipped_bytes"), ("m.mlpackage", "max_size_bytes")}
 
 
 def test_over_budget_exits_1_with_a_table(files, tmp_path, capsys):
     budget = write(tmp_path / "budgets.toml", """
 [artifacts."*.tflite"]
-max_bytes = 9_999
+max_size_bytes = 9_999
 max_zipped_bytes = 5_000
 """)
     code, out, _ = run(capsys, str(files["a"]), str(files["b"]), "--budget", str(budget))
     assert code == 1   # the table is a result: on stdout
-    assert "FAIL" in out and "a.tflite" in out and "10,000 bytes > 9,999" in out
+    assert "FAIL" in out and "a.tflite" in out and "10,000 bytes > 9,999 (max_size_bytes)" in out
     assert "4 check(s), 3 failed" in out   # a: bytes and zipped; b: bytes only (zeros zip well)
 
 
 def test_name_beats_glob_and_longer_glob_beats_shorter(files, tmp_path):
     budget = write(tmp_path / "budgets.toml", """
 [defaults]
-max_growth_pct = 5
+size_pct = 5
 [artifacts."*"]
-max_bytes = 1
+max_size_bytes = 1
 [artifacts."*.tflite"]
-max_bytes = 2
+max_size_bytes = 2
 [artifacts."a.tflite"]
-max_bytes = 3
+max_size_bytes = 3
 """)
-    budgets, defaults, _ = load_budgets(budget)
-    assert budget_for(files["a"], budgets, defaults)["max_bytes"] == 3
-    assert budget_for(files["b"], budgets, defaults)["max_bytes"] == 2
-    assert budget_for(files["pkg"], budgets, defaults) == {"max_growth_pct": 5.0, "max_bytes": 1,
-                                                          "pattern": "*"}
+    budgets = load_budgets(budget)
+    assert budgets.for_artifact(files["a"])["max_size_bytes"] == 3
+    assert budgets.for_artifact(files["b"])["max_size_bytes"] == 2
+    assert budgets.for_artifact(files["pkg"]) == {"size_pct": 5.0, "max_size_bytes": 1,
+                                                  "pattern": "*"}
 
 
 def test_growth_over_baseline(files, tmp_path, capsys):
     budget = write(tmp_path / "budgets.toml", """
 baseline = "sizes.json"
 [defaults]
-max_growth_pct = 10
+size_pct = 10
 """)
     assert run(capsys, str(files["a"]), "--budget", str(budget), "--update-baseline")[0] == 0
     stored = json.loads((tmp_path / "sizes.json").read_text())
@@ -119,8 +119,8 @@ max_growth_pct = 10
 
 
 def test_growth_without_baseline_entry_is_skipped_not_passed_silently(files, tmp_path, capsys):
-    budget = write(tmp_path / "budgets.toml", '[defaults]\nmax_growth_pct = 1\n'
-                                              '[artifacts."b.tflite"]\nmax_bytes = 20_000\n')
+    budget = write(tmp_path / "budgets.toml", '[defaults]\nsize_pct = 1\n'
+                                              '[artifacts."b.tflite"]\nmax_size_bytes = 20_000\n')
     (tmp_path / "base.json").write_text('{"other.tflite": {"bytes": 1, "zipped_bytes": 1}}')
     code, out, _ = run(capsys, str(files["b"]), "--budget", str(budget), "--baseline",
                        str(tmp_path / "base.json"), "--json")
@@ -135,8 +135,8 @@ def test_growth_without_baseline_entry_is_skipped_not_passed_silently(files, tmp
 
 def test_a_missing_baseline_file_is_an_error_not_a_silent_skip(files, tmp_path, capsys):
     budget = write(tmp_path / "budgets.toml", 'baseline = "nowhere.json"\n'
-                                              '[artifacts."*.tflite"]\nmax_bytes = 20_000\n'
-                                              'max_growth_pct = 5\n')
+                                              '[artifacts."*.tflite"]\nmax_size_bytes = 20_000\n'
+                                              'size_pct = 5\n')
     code, _, err = run(capsys, str(files["a"]), "--budget", str(budget))
     assert code == 2 and "nowhere.json does not exist" in err and "--update-baseline" in err
     assert run(capsys, str(files["a"]), "--budget", str(budget), "--update-baseline")[0] == 0
@@ -146,7 +146,7 @@ def test_a_missing_baseline_file_is_an_error_not_a_silent_skip(files, tmp_path, 
 def test_junit_names_with_control_characters_stay_valid_xml(tmp_path, capsys):
     odd = tmp_path / "bell\x07and\x1bescape.tflite"
     odd.write_bytes(os.urandom(100))
-    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_bytes = 10\n')
+    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_size_bytes = 10\n')
     junit = tmp_path / "junit.xml"
     assert run(capsys, str(odd), "--budget", str(budget), "--junit", str(junit))[0] == 1
     case = next(ET.parse(junit).getroot().iter("testcase"))   # parses: the XML is valid
@@ -155,7 +155,7 @@ def test_junit_names_with_control_characters_stay_valid_xml(tmp_path, capsys):
 
 @pytest.mark.parametrize("make", ["dir", "text"])
 def test_junit_and_baseline_never_replace_what_is_not_ours(files, tmp_path, capsys, make):
-    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_bytes = 20_000\n')
+    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_size_bytes = 20_000\n')
     target = tmp_path / "precious"
     if make == "dir":
         target.mkdir()
@@ -172,34 +172,51 @@ def test_junit_and_baseline_never_replace_what_is_not_ours(files, tmp_path, caps
 
 
 def test_junit_has_one_testcase_per_artifact_and_check(files, tmp_path, capsys):
-    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_bytes = 9_999\nmax_zipped_bytes = 20_000\n')
+    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_size_bytes = 9_999\nmax_zipped_bytes = 20_000\n')
     junit = tmp_path / "out" / "junit.xml"
     assert run(capsys, str(files["a"]), str(files["b"]), "--budget", str(budget), "--junit", str(junit))[0] == 1
     suite = ET.parse(junit).getroot()
     cases = {(c.get("classname"), c.get("name")): c for c in suite.iter("testcase")}
-    assert set(cases) == {(n, k) for n in ("a.tflite", "b.tflite") for k in ("max_bytes", "max_zipped_bytes")}
+    assert set(cases) == {(n, k) for n in ("a.tflite", "b.tflite") for k in ("max_size_bytes", "max_zipped_bytes")}
     assert suite.get("tests") == "4" and suite.get("failures") == "2"
-    assert cases[("a.tflite", "max_bytes")].find("failure") is not None
+    assert cases[("a.tflite", "max_size_bytes")].find("failure") is not None
     assert cases[("a.tflite", "max_zipped_bytes")].find("failure") is None
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[artifacts."*.tflite"]\nmax_byte = 1\n', "unknown key(s) max_byte"),
-    ('budget = 1\n', "unknown key(s) budget"),
-    ('[artifacts."*.tflite"]\nmax_bytes = -1\n', "non-negative"),
-    ('[artifacts."*.tflite"]\nmax_bytes = 1.5\n', "whole number"),
-    ('[artifacts."*.tflite"]\nmax_bytes = "1"\n', "non-negative number"),
+    ('[artifacts."*.tflite"]\nmax_size_byte = 1\n',
+     "artifacts.\"*.tflite\".max_size_byte: unknown key; allowed keys are ['max_size_bytes', "
+     "'max_zipped_bytes', 'size_pct']"),
+    ('budget = 1\n', "budget: unknown key; allowed keys are ['artifacts', 'baseline', 'defaults']"),
+    ('[artifacts."*.tflite"]\nmax_size_bytes = -1\n',
+     "artifacts.\"*.tflite\".max_size_bytes: expected a number in [0, ∞], got -1"),
+    ('[artifacts."*.tflite"]\nmax_size_bytes = 1.5\n',
+     "artifacts.\"*.tflite\".max_size_bytes: expected a whole number of bytes, got 1.5"),
+    ('[artifacts."*.tflite"]\nmax_size_bytes = "1"\n', "expected a finite number, got '1'"),
+    ('[defaults]\nsize_pct = true\n', "defaults.size_pct: expected a finite number, got True"),
     ('[artifacts\n', "not valid TOML"),
     ('', "no budgets"),
+    # the keys of the gate's own vocabulary before it took qualify's: refused with the new name
+    ('[artifacts."*.tflite"]\nmax_bytes = 1\n',
+     "artifacts.\"*.tflite\".max_bytes: now called max_size_bytes"),
+    ('[defaults]\nmax_growth_pct = 5\n', "defaults.max_growth_pct: now called size_pct"),
 ])
 def test_bad_budgets_file_is_a_usage_error(files, tmp_path, capsys, text, message):
     budget = write(tmp_path / "budgets.toml", text)
     code, _, err = run(capsys, str(files["a"]), "--budget", str(budget))
-    assert code == 2 and message in err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_budgets_speak_qualifys_vocabulary():
+    from deepcompress.qualify._config import FORMAT_KEYS, REGRESSION_KEYS
+    from deepcompress.size_gate import Limits
+
+    assert set(Limits.__dataclass_fields__) == {*FORMAT_KEYS, "size_pct"}
+    assert "size_pct" in REGRESSION_KEYS
 
 
 def test_missing_or_unbudgeted_artifact_is_a_usage_error(files, tmp_path, capsys):
-    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_bytes = 1_000_000\n')
+    budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_size_bytes = 1_000_000\n')
     code, _, err = run(capsys, str(tmp_path / "gone.tflite"), "--budget", str(budget))
     assert code == 2 and "gone.tflite" in err
     code, _, err = run(capsys, str(files["pkg"]), "--budget", str(budget))
@@ -209,16 +226,16 @@ def test_missing_or_unbudgeted_artifact_is_a_usage_error(files, tmp_path, capsys
 
 def test_shipped_example_budgets_file_parses():
     example = Path(__file__).resolve().parents[1] / "examples" / "budgets.toml"
-    budgets, defaults, baseline = load_budgets(example)
-    assert budgets and baseline is not None
+    budgets = load_budgets(example)
+    assert budgets.artifacts and budgets.baseline == example.parent / "size-baseline.json"
 
 
 def test_shipped_example_baseline_exists_and_covers_the_budgeted_artifacts():
     example = Path(__file__).resolve().parents[1] / "examples" / "budgets.toml"
-    budgets, defaults, baseline = load_budgets(example)
-    sizes = json.loads(baseline.read_text())
+    budgets = load_budgets(example)
+    sizes = json.loads(budgets.baseline.read_text())
     for name in sizes:
-        assert budget_for(Path(name), budgets, defaults)["max_bytes"] > sizes[name]["bytes"]
+        assert budgets.for_artifact(Path(name))["max_size_bytes"] > sizes[name]["bytes"]
 
 
 def test_links_inside_a_package_count_as_their_target_and_links_out_are_refused(files, tmp_path,
@@ -229,6 +246,24 @@ def test_links_inside_a_package_count_as_their_target_and_links_out_are_refused(
     outside = tmp_path / "secret.bin"
     outside.write_bytes(b"x" * 50)
     (pkg / "Data" / "leak.bin").symlink_to(outside)
-    budget = write(tmp_path / "budgets.toml", '[artifacts."*.mlpackage"]\nmax_bytes = 100_000\n')
+    budget = write(tmp_path / "budgets.toml", '[artifacts."*.mlpackage"]\nmax_size_bytes = 100_000\n')
     code, _, err = run(capsys, str(pkg), "--budget", str(budget))
     assert code == 2 and "leak.bin is a link to" in err and "outside the package" in err
+
+
+def test_the_one_junit_writer_counts_times_and_escapes():
+    from dccore.junit import Case, junit_xml
+
+    root = ET.fromstring(junit_xml("suite\x1b", [
+        Case("a", "passes", detail="actual 1"), Case("a", "fails", ok=False, message="1 > 0",
+                                                     kind="SizeBudgetExceeded", detail="a: 1 > 0"),
+        Case("b\x07", "undecided", skipped="no baseline", seconds=0.25)], seconds=1.5))
+    assert (root.get("name"), root.get("tests"), root.get("failures"), root.get("skipped"),
+            root.get("time")) == ("suite\\x1b", "3", "1", "1", "1.500")
+    passes, fails, skipped = root.iter("testcase")
+    assert passes.find("system-out").text == "actual 1" and passes.find("failure") is None
+    failure = fails.find("failure")
+    assert (failure.get("message"), failure.get("type"), failure.text) == \
+        ("1 > 0", "SizeBudgetExceeded", "a: 1 > 0")
+    assert skipped.get("classname") == "b\\x07" and skipped.get("time") == "0.250"
+    assert skipped.find("skipped").get("message") == "no baseline"

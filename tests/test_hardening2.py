@@ -287,7 +287,7 @@ DEEP = ["a = " + "[" * 5000 + "]" * 5000, "a = " + "{b = " * 3000 + "1" + "}" * 
 
 def _readers(tmp_path: Path):
     from compression.recipe import load_recipe
-    from deepcompress.commands.check import load_budgets
+    from deepcompress.size_gate import load_budgets
     from deepcompress.qualify._config import load_matrix, load_qualify_config
 
     return {"recipe": (load_recipe, RecipeError), "qualify config": (load_qualify_config, UsageError),

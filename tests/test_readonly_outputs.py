@@ -55,7 +55,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "n.toml").write_text(f'name = "n"\n[devices]\ncpu0 = "host"\n[[models]]\nname = "m"\n'
                                  f'model = {{ dcz = "{root / "m.dcz"}" }}\n'
                                  'budgets = { max_size_bytes = 10_000_000 }\n')
-    (root / "b.toml").write_text('[artifacts."*.dcz"]\nmax_bytes = 10_000_000\n')
+    (root / "b.toml").write_text('[artifacts."*.dcz"]\nmax_size_bytes = 10_000_000\n')
     (root / "r.toml").write_text('name = "r"\n[model]\nname = "lenet300"\n[baseline]\nepochs = 1\n'
                                  '[[stages]]\nkind = "encode"\n')
     return {"pt": root / "m.pt", "dcz": root / "m.dcz", "q": root / "q.toml",

@@ -1,0 +1,217 @@
+"""The CI size gate behind ``deepcompress check``: each artifact's bytes and zipped bytes against
+its budget, and its growth over a stored baseline.
+
+budgets.toml (see examples/budgets.toml), in the budget vocabulary qualify's configs use::
+
+    baseline = "size-baseline.json"   # optional, relative to this file; --baseline overrides
+
+    [defaults]                        # optional: applies to every artifact, entries override it
+    size_pct = 5.0
+
+    [artifacts."*.tflite"]            # a file or package name, or a glob over names or paths
+    max_size_bytes = 200_000          # on disk (a package: all its files)
+    max_zipped_bytes = 60_000         # deflated, as inside an APK/IPA
+    size_pct = 2.0                    # growth over the baseline's bytes and zipped bytes, percent
+
+An exact name beats a glob, a longer glob beats a shorter one. An artifact that no check
+measures (no entry covers it and ``[defaults]`` sets no size limit, or its only limit is growth
+and the baseline does not know it) is a usage error: a gate must not pass what it does not
+measure. A baseline file the budgets name must exist; ``update_baseline`` records the current
+sizes as the baseline (written atomically) and growth is not checked in that run. Every error
+here is a ConfigError (exit 2) naming the file and the field.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from dccore import junit, tomlfile
+from dccore.artifacts import ArtifactSize, artifact_size
+from dccore.config import (Bytes, Config, FilePath, Num, Section, Table, build, relative_to,
+                           setting, table)
+from dccore.errors import ConfigError
+from dccore.outputs import JSON_FILE, JUNIT_XML, check_output, write_bytes_atomic, write_json_atomic
+
+# The keys this gate used before it spoke qualify's vocabulary, refused with their new name.
+RENAMED = {"max_bytes": "max_size_bytes", "max_growth_pct": "size_pct"}
+
+
+@dataclass(frozen=True)
+class Limits(Config):
+    """One artifact's budget: qualify's size budgets (FORMAT_KEYS) and size regression key."""
+
+    max_size_bytes: int | None = setting(None, Bytes())     # on disk (a package: all its files)
+    max_zipped_bytes: int | None = setting(None, Bytes())   # deflated, as inside an APK/IPA
+    size_pct: float | None = setting(None, Num(0))          # growth over the baseline, percent
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class _LimitsTable(Section):
+    """A table of Limits; a key this gate used to take is refused with its new name."""
+
+    def __call__(self, path: str, value: Any, owner: type) -> Limits:
+        for old in sorted(RENAMED.keys() & set(table(path, value))):
+            raise ConfigError(f"{path}.{old}: now called {RENAMED[old]} (the budget vocabulary "
+                              "of qualify's configs)")
+        return super().__call__(path, value, owner)
+
+
+@dataclass(frozen=True)
+class SizeBudgets(Config):
+    baseline: Path | None = setting(None, FilePath())          # relative to the budgets file
+    defaults: Limits = setting(factory=Limits, check=_LimitsTable(Limits))
+    artifacts: Mapping[str, Limits] = setting(factory=dict, check=Table(_LimitsTable(Limits)))
+
+    def _check(self, path: str) -> None:
+        if not self.artifacts and not self.defaults.given():
+            raise ConfigError("no budgets; add [artifacts.\"NAME\"] tables or [defaults]")
+
+    def for_artifact(self, artifact: Path) -> dict[str, Any] | None:
+        """Merged limits for one artifact: defaults, overridden by its most specific entry (and
+        the entry's ``pattern``); None when nothing covers it."""
+        name = artifact.name
+        globs = [p for p in self.artifacts if p != name and (
+            fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(str(artifact), p))]
+        chosen = name if name in self.artifacts else max(globs, key=len, default=None)
+        limits = self.defaults.given()
+        if chosen is None:
+            return limits or None
+        return {**limits, **self.artifacts[chosen].given(), "pattern": chosen}
+
+
+def load_budgets(path: str | os.PathLike[str]) -> SizeBudgets:
+    path = Path(path)
+    data = tomlfile.read(path, "budgets file", error=ConfigError)[0]
+    try:
+        with relative_to(path.parent):
+            return build(SizeBudgets, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One check of one artifact: ``check`` is the budget key (max_size_bytes, max_zipped_bytes)
+    or growth_bytes / growth_zipped_bytes (size_pct against the baseline)."""
+
+    artifact: str
+    check: str
+    limit: float
+    actual: float | None
+    ok: bool
+    skipped: str = ""     # why a check did not run (no baseline entry)
+    message: str = ""
+
+
+def _growth(name: str, what: str, now: int, base: Any, pct: float) -> Verdict:
+    check = f"growth_{what}"
+    if not isinstance(base, int) or base <= 0:
+        return Verdict(name, check, pct, None, True, skipped="no baseline")
+    growth = 100.0 * (now - base) / base
+    ok = growth <= pct
+    msg = "" if ok else f"{what.replace('_', ' ')} grew {growth:.1f}% ({base:,} -> {now:,}), limit {pct:g}%"
+    return Verdict(name, check, pct, round(growth, 3), ok, message=msg)
+
+
+def run_checks(artifacts: Sequence[Path], budgets: SizeBudgets, baseline: Mapping[str, Any] | None,
+               *, recording: bool = False) -> tuple[list[Verdict], dict[str, ArtifactSize]]:
+    """Measure each artifact against its limits. ``recording``: this run records the baseline,
+    so an artifact whose only limit is growth counts as measured (from the next run on)."""
+    sizes, verdicts = {}, []
+    for path in artifacts:
+        limits = budgets.for_artifact(path)
+        if limits is None:
+            raise ConfigError(f"artifact {path.name} matches no budget; add [artifacts.\"{path.name}\"] "
+                              "or a [defaults] table to the budgets file")
+        size = sizes[path.name] = artifact_size(path)
+        for key, actual in (("max_size_bytes", size.bytes), ("max_zipped_bytes", size.zipped_bytes)):
+            if key in limits:
+                ok = actual <= limits[key]
+                msg = "" if ok else f"{actual:,} bytes > {limits[key]:,} ({key})"
+                verdicts.append(Verdict(path.name, key, limits[key], actual, ok, message=msg))
+        if "size_pct" in limits and baseline is not None:
+            base = baseline.get(path.name, {})
+            for what, now in (("bytes", size.bytes), ("zipped_bytes", size.zipped_bytes)):
+                verdicts.append(_growth(path.name, what, now, base.get(what), limits["size_pct"]))
+        measured = any(v.artifact == path.name and not v.skipped for v in verdicts)
+        if not measured and not (recording and "size_pct" in limits):
+            raise ConfigError(f"artifact {path.name} is not measured by any budget (no size limit "
+                              "covers it, and the baseline does not know it for a growth check); "
+                              f"add [artifacts.\"{path.name}\"] with max_size_bytes to the budgets "
+                              "file")
+    return verdicts, sizes
+
+
+def read_baseline(path: Path | None, *, must_exist: bool = True) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    if not path.exists():
+        if must_exist:
+            raise ConfigError(f"baseline {path} does not exist; record the current sizes once with "
+                              "--update-baseline (and commit the file), or drop 'baseline' from "
+                              "the budgets file")
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"baseline {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"baseline {path} must map artifact names to {{\"bytes\", \"zipped_bytes\"}}")
+    return data
+
+
+def junit_xml(verdicts: Sequence[Verdict]) -> bytes:
+    """One testcase per artifact x check (classname = artifact, name = check)."""
+    return junit.junit_xml("deepcompress.check", [
+        junit.Case(v.artifact, v.check, v.ok, v.message, "SizeBudgetExceeded",
+                   "" if v.ok else f"{v.artifact}: {v.message}", v.skipped) for v in verdicts])
+
+
+@dataclass(frozen=True)
+class SizeGate:
+    verdicts: list[Verdict]
+    sizes: dict[str, ArtifactSize] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.verdicts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "artifacts": {n: s.to_dict() for n, s in self.sizes.items()},
+                "checks": [asdict(v) for v in self.verdicts]}
+
+
+def check_sizes(artifacts: Sequence[str | os.PathLike[str]], budgets_file: str | os.PathLike[str],
+                *, baseline: str | os.PathLike[str] | None = None, update_baseline: bool = False,
+                junit_file: str | os.PathLike[str] | None = None) -> SizeGate:
+    """The gate: every artifact measured against its budget (``baseline``: the sizes to measure
+    growth against, default the budgets file's), the baseline updated with today's sizes
+    (``update_baseline``), the JUnit XML written (``junit_file``). Outputs are checked first."""
+    budgets = load_budgets(budgets_file)
+    baseline_path = Path(baseline) if baseline else budgets.baseline
+    paths = [Path(a) for a in artifacts]
+    missing = [str(a) for a in paths if not a.exists()]
+    if missing:
+        raise ConfigError(f"artifact(s) not found: {', '.join(missing)}")
+    if update_baseline and baseline_path is None:
+        raise ConfigError("--update-baseline needs --baseline FILE or 'baseline' in the budgets file")
+    if junit_file:   # report files get their folder made, as pytest's --junitxml does
+        check_output(junit_file, JUNIT_XML, flag="--junit", make_parents=True)
+    if update_baseline:
+        check_output(baseline_path, JSON_FILE, flag="baseline", make_parents=True)
+    verdicts, sizes = run_checks(paths, budgets,
+                                 None if update_baseline else read_baseline(baseline_path),
+                                 recording=update_baseline)
+    if update_baseline:
+        merged = read_baseline(baseline_path, must_exist=False) or {}
+        merged.update({name: s.to_dict() for name, s in sizes.items()})
+        write_json_atomic(baseline_path, merged, kind=JSON_FILE)
+    if junit_file:
+        write_bytes_atomic(junit_file, junit_xml(verdicts), kind=JUNIT_XML)
+    return SizeGate(verdicts, sizes)
