@@ -28,10 +28,6 @@ LATENCY_RUNS = 50
 Step = Callable[[str], ContextManager[Any]]
 
 
-def _quietly(text: str) -> ContextManager[Any]:
-    return contextlib.nullcontext()
-
-
 @dataclass(frozen=True)
 class Loaded:
     """The model rebuilt from a .dcz, what the file holds compressed, and the examples."""
@@ -101,7 +97,8 @@ class FormatExport:
 
 def export_format(loaded: Loaded, exporter: Any, path: Path, options: Any, *,
                   baseline: bool = True, beside: bool = False, latency_runs: int = LATENCY_RUNS,
-                  latency_on: Sequence[str] = ("host",), step: Step = _quietly) -> FormatExport:
+                  latency_on: Sequence[str] = ("host",),
+                  step: Step = contextlib.nullcontext) -> FormatExport:
     """Export ``loaded``'s model with ``exporter`` (an ``EXPORTERS`` entry) to a checked ``path``,
     measure it uncompressed (``baseline``), validate it on the examples, and with ``beside`` set
     it beside its uncompressed exports (``measure_beside``). ``step``: a context for each phase,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from deepcompress.examples import ValidationSet
 from deepcompress.qualify._config import Budgets
 from deepcompress.qualify._figures import metric_figures, metric_gate_if_missing
 from deepcompress.qualify._gates import budget_gates
@@ -32,12 +33,13 @@ def _given() -> Compressed:
 def test_each_format_is_measured_and_core_ml_off_macos_is_a_skipped_gate():
     labels = np.array([0, 1, 2, 3])
     reference = np.eye(4)[[0, 1, 2, 0]]                     # the decoded model: 3 of 4 right
-    examples = SimpleNamespace(labels=labels, inputs=(torch.zeros(4, 1),))
+    examples = ValidationSet((torch.zeros(4, 1),), labels, {})
     exports = _exports({
         "tflite": {"ok": True, "examples": 4, "accuracy": 0.5, "torch_accuracy": 0.75},
         "coreml": {"ok": True, "weights_match": True,
                    "predictions": {"skipped": "Core ML predictions need macOS"}}})
-    exports.measured = measure_metric(_given(), exports, (None, None, examples, None, reference))
+    exports.measured = measure_metric(_given(), exports, SimpleNamespace(examples=examples,
+                                                                      reference=reference))
     assert {f: m.value for f, m in exports.measured.items()} == {
         "dcz": 0.75, "tflite": 0.5, "coreml": None}
     assert "4 examples of IDX test set (tiny)" in exports.measured["tflite"].on
@@ -52,8 +54,9 @@ def test_each_format_is_measured_and_core_ml_off_macos_is_a_skipped_gate():
 
 def test_nothing_measured_fails_the_metric_gate():
     exports = _exports({"coreml": {"ok": True, "predictions": {"skipped": "needs macOS"}}})
-    examples = SimpleNamespace(labels=None, inputs=(torch.zeros(2, 1),))
-    exports.measured = measure_metric(_given(), exports, lambda: (None, None, examples, None, None))
+    examples = ValidationSet((torch.zeros(2, 1),), None, {})
+    exports.measured = measure_metric(_given(), exports,
+                                      lambda: SimpleNamespace(examples=examples, reference=None))
     (gate,) = metric_gate_if_missing(exports, Budgets(limits={"min_metric": 0.5}))
     assert not gate.ok and not gate.skipped and "no metric measured" in gate.message
     assert metric_gate_if_missing(exports, Budgets()) == []

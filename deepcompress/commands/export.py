@@ -115,11 +115,11 @@ def main(args: argparse.Namespace) -> int:
                   inputs=args.inputs, data=args.data, input_shape=input_shape, limit=args.limit)
     report: dict[str, Any] = {"model": str(args.file), "dcz_bytes": loaded.dcz.bytes,
                               "inputs": loaded.examples.describe, "examples": len(loaded.examples)}
+    step = console.status if console is not None else contextlib.nullcontext
     for name, path in paths.items():
         report[name] = export_format(loaded, EXPORTERS.get(name), path, options[name],
                                      beside=name in beside, latency_runs=args.latency_runs,
-                                     latency_on=latency_on,
-                                     step=lambda text: _status(console, text)).to_dict()
+                                     latency_on=latency_on, step=step).to_dict()
     ok = all(report[n]["ok"] for n in paths)
     report["ok"] = ok
     if args.json:
@@ -136,10 +136,6 @@ def _input_shape(text: str | None) -> list[int] | None:
         return [int(d) for d in text.split(",")]
     except ValueError:
         raise RecipeError(f"--input-shape {text!r}: expected integers like 1,28,28") from None
-
-
-def _status(console: Any, text: str) -> Any:
-    return console.status(text) if console is not None else contextlib.nullcontext()
 
 
 def _score_line(s: dict) -> str:

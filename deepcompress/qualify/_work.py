@@ -131,39 +131,22 @@ def _given(p: Plan, start: float) -> Compressed:
 
 
 def _resume_point(run_dir: Path, recipe: Any) -> str | None:
-    """``"reuse"`` for a finished run of this very recipe, a stage name to resume from, or None
-    to start afresh. Only what the run folder proves is reused: the saved resolved recipe must
-    match in everything the kept stages depended on, and their checkpoints must exist."""
-    saved_path = run_dir / "recipe.json"
-    if not JSON_FILE.owns(saved_path):
-        return None
-    try:
-        saved = json.loads(saved_path.read_text())
-    except (OSError, ValueError):
-        return None
-    report = run_dir / "report.json"
-    if saved.get("sha256") == recipe.sha256() and JSON_FILE.owns(report) \
-            and (run_dir / "model.dcz").is_file():
-        from compression.pipeline import read_report
-        from dccore.errors import CheckpointError
+    """``"reuse"`` for a finished run of this very recipe (its saved recipe, report and model.dcz
+    agree), else the stage the pipeline can resume the folder from (``pipeline.resume_point``),
+    or None to start afresh."""
+    from compression import pipeline
+    from dccore.errors import CheckpointError
 
+    saved = run_dir / "recipe.json"
+    if JSON_FILE.owns(saved) and JSON_FILE.owns(run_dir / "report.json") \
+            and (run_dir / "model.dcz").is_file():
         try:
-            if read_report(run_dir).get("recipe_sha256") == recipe.sha256():
+            if json.loads(saved.read_text()).get("sha256") == recipe.sha256() \
+                    == pipeline.read_report(run_dir).get("recipe_sha256"):
                 return "reuse"
-        except CheckpointError:
+        except (OSError, ValueError, AttributeError, CheckpointError):
             pass      # the folder disagrees with itself: compress again
-    old, new = saved.get("recipe") or {}, recipe.to_dict()
-    if any(old.get(k) != new.get(k) for k in ("seed", "data", "model", "baseline")):
-        return None
-    if not (run_dir / "checkpoints" / "0_baseline.pt").is_file():
-        return None
-    old_stages, stages = old.get("stages") or [], new.get("stages") or []
-    for i, stage in enumerate(stages):
-        checkpoint = run_dir / "checkpoints" / f"{recipe.stages[i].name}.pt"
-        same = i < len(old_stages) and old_stages[i] == stage
-        if not same or (not checkpoint.is_file() and recipe.stages[i].KIND != "encode"):
-            return recipe.stages[i].name
-    return recipe.stages[-1].name if recipe.stages else None
+    return pipeline.resume_point(run_dir, recipe)
 
 
 # ----------------------------------------------------------------------------------------------
