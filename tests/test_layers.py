@@ -153,3 +153,19 @@ def test_the_test_sees_imports(tmp_path):
     names = _imports(ROOT / "deepcompress" / "commands" / "export.py")
     assert "deepcompress.exporting" in names or "deepcompress.exporting.load" in names
     assert any(n.startswith("exporters") for n in names)
+
+
+def test_only_the_cli_imports_the_commands():
+    """A command parses flags, calls the library and prints: what another module (or a
+    benchmark, or another command) would reuse lives outside ``deepcompress/commands/``. The CLI
+    names the commands' modules in ``COMMANDS`` and imports the chosen one by name."""
+    scripts = {f"bench.{p.stem}": p for p in (ROOT / "bench").glob("*.py")}
+    bad = [f"{name} imports {imported}" for name, path in {**MODULES, **scripts}.items()
+           for imported in _imports(path)
+           if imported.split(".")[:2] == ["deepcompress", "commands"]
+           and name != "deepcompress.cli"]
+    assert not bad, "modules that import a command:\n" + "\n".join(bad)
+    from deepcompress.cli import COMMANDS
+
+    assert {module for module, _help in COMMANDS.values()} == {
+        _module_name(p) for p in (ROOT / "deepcompress" / "commands").glob("[!_]*.py")}
