@@ -119,18 +119,25 @@ JSON_FILE = OutputKind("JSON file", recognise=_empty_or(_is_json))
 JSONL_FILE = OutputKind("JSON-lines results file", recognise=_empty_or(_is_jsonl))
 
 
+def _named(path: str | os.PathLike[str], flag: str, what: str, real: str,
+           example: str) -> tuple[Path, str]:
+    """``path`` and how messages name it; refused unless it names a ``what`` and is no link."""
+    p = Path(path)
+    where = f"{flag} {p}"
+    if str(path) == "" or p.name in ("", ".", ".."):
+        raise UsageError(f"{where}: not a {what} name; give a path such as out/{example}")
+    if p.is_symlink():
+        raise UsageError(f"{where} is a symbolic link; name the real {real} (nothing was written)")
+    return p, where
+
+
 def check_output(path: str | os.PathLike[str], kind: OutputKind, *, flag: str = "output",
                  make_parents: bool = False) -> Path:
     """Refuse ``path`` (UsageError, exit 2) unless writing it destroys nothing of the user's.
 
     Call it before any work. ``make_parents``: create missing folders above it (for run folders;
     a single output file's folder must exist, so a typo does not scatter new folders)."""
-    p = Path(path)
-    where = f"{flag} {p}"
-    if str(path) == "" or p.name in ("", ".", ".."):
-        raise UsageError(f"{where}: not a file name; give a path such as out/{_example(kind)}")
-    if p.is_symlink():
-        raise UsageError(f"{where} is a symbolic link; name the real path (nothing was written)")
+    p, where = _named(path, flag, "file", "path", _example(kind))
     if p.exists():
         if not kind.owns(p):
             what = "folder" if p.is_dir() else "file" if p.is_file() else "special file"
@@ -335,12 +342,7 @@ def check_folder(path: str | os.PathLike[str], command: str, *, flag: str = "--o
     ``command`` or one of ``accept`` (its FolderMark is returned). ``legacy``: recognises a
     folder this command wrote before markers existed, by evidence only deepcompress leaves
     (returned as a FolderMark with an empty run id). Everything else is refused untouched."""
-    p = Path(path)
-    where = f"{flag} {p}"
-    if str(path) == "" or p.name in ("", ".", ".."):
-        raise UsageError(f"{where}: not a folder name; give a path such as out/{command}")
-    if p.is_symlink():
-        raise UsageError(f"{where} is a symbolic link; name the real folder (nothing was written)")
+    p, where = _named(path, flag, "folder", "folder", command)
     if not p.exists():
         up = next((a for a in p.parents if a.exists() or a.is_symlink()), None)
         if up is not None and not up.is_dir():

@@ -66,6 +66,19 @@ def test_symlinks_and_missing_folders_are_refused(tmp_path):
     assert (tmp_path / "made").is_dir()
 
 
+def test_a_file_and_a_folder_are_named_by_one_rule(tmp_path):
+    from dccore.outputs import check_folder
+
+    for bad in ("", ".", tmp_path / ".."):
+        with pytest.raises(UsageError, match="not a file name; give a path such as out/"):
+            check_output(bad, DCZ)
+        with pytest.raises(UsageError, match="not a folder name; give a path such as out/run"):
+            check_folder(bad, "run")
+    (tmp_path / "link").symlink_to(tmp_path)
+    with pytest.raises(UsageError, match="--out .*link is a symbolic link; name the real folder"):
+        check_folder(tmp_path / "link", "run")
+
+
 def test_a_package_is_swapped_whole_and_a_non_package_folder_refused(tmp_path):
     pkg = _package(tmp_path / "m.mlpackage", b"old")
     with atomic_path(pkg, suffix=".mlpackage", kind=MLPACKAGE) as tmp:
