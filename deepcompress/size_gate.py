@@ -31,8 +31,8 @@ from typing import Any, Mapping, Sequence
 
 from dccore import junit, tomlfile
 from dccore.artifacts import ArtifactSize, artifact_size
-from dccore.config import (Bytes, Config, FilePath, Num, Section, Table, build, relative_to,
-                           setting, table)
+from dccore.config import (Bytes, Config, FilePath, Num, Section, Table, build, dump,
+                           relative_to, setting, table)
 from dccore.errors import ConfigError
 from dccore.outputs import JSON_FILE, JUNIT_XML, check_output, write_bytes_atomic, write_json_atomic
 
@@ -47,9 +47,6 @@ class Limits(Config):
     max_size_bytes: int | None = setting(None, Bytes())     # on disk (a package: all its files)
     max_zipped_bytes: int | None = setting(None, Bytes())   # deflated, as inside an APK/IPA
     size_pct: float | None = setting(None, Num(0))          # growth over the baseline, percent
-
-    def given(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 class _LimitsTable(Section):
@@ -69,7 +66,7 @@ class SizeBudgets(Config):
     artifacts: Mapping[str, Limits] = setting(factory=dict, check=Table(_LimitsTable(Limits)))
 
     def _check(self, path: str) -> None:
-        if not self.artifacts and not self.defaults.given():
+        if not self.artifacts and not dump(self.defaults):
             raise ConfigError("no budgets; add [artifacts.\"NAME\"] tables or [defaults]")
 
     def for_artifact(self, artifact: Path) -> dict[str, Any] | None:
@@ -79,10 +76,10 @@ class SizeBudgets(Config):
         globs = [p for p in self.artifacts if p != name and (
             fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(str(artifact), p))]
         chosen = name if name in self.artifacts else max(globs, key=len, default=None)
-        limits = self.defaults.given()
+        limits = dump(self.defaults)
         if chosen is None:
             return limits or None
-        return {**limits, **self.artifacts[chosen].given(), "pattern": chosen}
+        return {**limits, **dump(self.artifacts[chosen]), "pattern": chosen}
 
 
 def load_budgets(path: str | os.PathLike[str]) -> SizeBudgets:

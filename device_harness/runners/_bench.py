@@ -36,9 +36,8 @@ from ._stats import cool_down, latency_stats, thermal_status
 # OSError covers ConnectionError and TimeoutError (socket.timeout) too.
 _TRANSIENT = (OSError, EOFError, subprocess.TimeoutExpired)
 
-# Ceilings on every count and duration a bench sets (qualification configs and nightly matrices
-# take theirs from here): a slip of the finger (runs = 5000000) is refused before any work, not
-# found out after days of benching. Each is far above real use.
+# Ceilings on every count and duration a bench sets (qualify's configs take theirs from here): a
+# slip of the finger (runs = 5000000) is refused before any work. Each is far above real use.
 MAX_RUNS = 100_000          # benchmark_model's default is 50; 100,000 of a 1 ms model is 100 s
 MAX_THREADS = 256
 MAX_RETRIES = 10            # doubling backoff: 10 retries already wait ~17 minutes
@@ -47,14 +46,10 @@ MAX_SECONDS = 86_400.0      # a timeout, cool-down or lease of a day
 
 @dataclass(frozen=True)
 class BenchOptions(Checked):
-    """How to bench; checked when made (ConfigError naming the field, exit 2)."""
-
     runs: int = setting(50, Int(1, MAX_RUNS))     # benchmark_model's default: a stable median
     warmup: int = setting(5, Int(0, MAX_RUNS))    # caches, allocator and frequency governor settle
-    # one thread: comparable across devices, least scheduler noise
-    threads: int = setting(1, Int(1, MAX_THREADS))
-    # per device call; a model run included
-    timeout_s: float = setting(300.0, Num(0, MAX_SECONDS, lo_open=True))
+    threads: int = setting(1, Int(1, MAX_THREADS))   # comparable across devices, least noise
+    timeout_s: float = setting(300.0, Num(0, MAX_SECONDS, lo_open=True))   # a model run included
     benchmark_model: Path | None = setting(None, FilePath())
     delegate: str = setting("default", OneOf(tuple(DELEGATES)))
     eval_data: EvalData | None = setting(None)   # labelled examples from the caller, for accuracy
@@ -63,9 +58,8 @@ class BenchOptions(Checked):
     cooldown_poll_s: float = setting(5.0, Num(0, MAX_SECONDS))
     bench_host_app: Path | None = setting(None, FilePath())
     compute_units: str = setting("all", OneOf(tuple(COMPUTE_UNITS)))
-    # reconnections after a dropped connection: a flaky cable, not a dead phone
-    retries: int = setting(2, Int(0, MAX_RETRIES))
-    backoff_s: float = setting(1.0, Num(0, MAX_SECONDS))   # first wait; doubles each retry
+    retries: int = setting(2, Int(0, MAX_RETRIES))        # reconnections after a dropped connection
+    backoff_s: float = setting(1.0, Num(0, MAX_SECONDS))  # first wait; doubles each retry
 
 
 @dataclass(frozen=True)
@@ -278,12 +272,19 @@ def _transient(exc: BaseException) -> bool:
 
 
 def bench_many(artifacts: Iterable[Path], specs: Iterable[str], opts: BenchOptions,
-               open_device: Callable[[str], Device], on_result: Callable[[dict], None],
+               open_device: Callable[[str], Device] | None = None,
+               on_result: Callable[[dict], None] = lambda r: None,
                sleep: Callable[[float], None] = time.sleep) -> list[dict]:
     """Every artifact on every device; failures are results too. Returns all results in order.
 
     This loop owns reconnection: ``open_device`` should not retry on its own (an AdbDevice opened
-    with ``retries=0``), or each attempt counted in a failure's ``attempts`` hides several."""
+    with ``retries=0``), or each attempt counted in a failure's ``attempts`` hides several. By
+    default it opens the device a SPEC names so, each connection call within a minute."""
+    if open_device is None:
+        from .._discover import open_device as open_spec
+
+        def open_device(spec: str) -> Device:
+            return open_spec(spec, timeout_s=min(opts.timeout_s, 60.0), retries=0)
     artifacts, results = list(artifacts), []
 
     def emit(result: dict) -> None:
