@@ -92,7 +92,7 @@ def _devices(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from dccore.errors import UsageError
     from dccore.outputs import append_jsonl
-    from device_harness import check_spec, open_device
+    from device_harness import check_spec
     from device_harness.runners import BenchOptions, bench_many
 
     from ..examples import eval_data
@@ -119,12 +119,8 @@ def _bench(args: argparse.Namespace) -> int:
             state = "ok" if result["ok"] else "failed (reason below the results)"
             print(printable(f"{_where(result)}: {state}"), file=sys.stderr, flush=True)
 
-    # retries=0: bench_many reconnects (--retries times, with backoff) and counts the attempts;
-    # a device reconnecting on its own too would multiply the attempts made behind that count.
-    results = bench_many(args.artifacts, specs, opts,
-                         open_device=lambda s: open_device(s, timeout_s=min(args.timeout, 60.0),
-                                                           retries=0),
-                         on_result=on_result)
+    # bench_many reconnects (--retries times, with backoff) and counts the attempts it makes
+    results = bench_many(args.artifacts, specs, opts, on_result=on_result)
     if not args.json:
         _print_table(results)
     return 0 if all(r["ok"] for r in results) else 1

@@ -400,12 +400,7 @@ def artifacts_for(spec: str, exports: Exports) -> list[Exported]:
 def bench_device(spec: str, artifacts: list[Exported], bench: BenchSpec, *, data: Any = None,
                  on_result: Callable[[dict], None] = lambda r: None) -> list[dict]:
     """Every artifact on one device, one at a time; failures come back as results."""
-    from device_harness import open_device
     from device_harness.runners import bench_many
 
-    opts = bench_options(bench, eval_data=data)
-    # retries=0 on the device: bench_many owns reconnection and counts the attempts it makes
-    return bench_many([a.path for a in artifacts], [spec], opts,
-                      open_device=lambda s: open_device(s, timeout_s=min(bench.timeout_s, 60.0),
-                                                        retries=0),
+    return bench_many([a.path for a in artifacts], [spec], bench_options(bench, eval_data=data),
                       on_result=on_result)
