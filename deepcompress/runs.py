@@ -24,7 +24,9 @@ def check_run_folder(out: Path, *, force: bool, resuming: bool, claim: bool = Tr
     folder without a report (unfinished), never a report that describes other files."""
     from dccore.outputs import JSON_FILE, check_folder, claim_folder
 
-    if check_folder(out, "run", legacy=finished_before_markers) is not None:
+    # a finished run written before run folders carried a marker is taken as ours (an
+    # unfinished one of that age cannot be told from a user's folder: it is refused)
+    if check_folder(out, "run", legacy=lambda p: finished_run(p) is not None) is not None:
         report = out / "report.json"
         if report.exists() and not (force or resuming):
             raise UsageError(f"--out {out} holds a finished run; pass --force to run again into "
@@ -38,22 +40,26 @@ def check_run_folder(out: Path, *, force: bool, resuming: bool, claim: bool = Tr
         claim_folder(out, "run")
 
 
-def finished_before_markers(out: Path) -> bool:
-    """A finished run folder written before run folders carried a marker: its recipe.json is the
-    pipeline's ({"recipe": ..., "sha256": ...}) and its report.json names the sha256 of the
-    model.dcz beside it, which no folder of the user's does by chance. (An unfinished run of
-    that age cannot be told from a user's folder: it is refused, and must be run again.)"""
+def finished_run(out: Path, sha256: str | None = None) -> dict[str, Any] | None:
+    """The report of the finished run in ``out`` (of the recipe whose sha256 is ``sha256``; of
+    any recipe: None), else None. Finished: its recipe.json is the pipeline's ({"recipe": ...,
+    "sha256": ...}), and its report.json names that recipe and the sha256 of the model.dcz
+    beside it (``pipeline.read_report``), which no folder of the user's does by chance."""
     from compression.pipeline import read_report
     from dccore.errors import CheckpointError
+    from dccore.outputs import JSON_FILE
 
+    if not (JSON_FILE.owns(out / "recipe.json") and JSON_FILE.owns(out / "report.json")):
+        return None
     try:
         saved = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
         if not (isinstance(saved, dict) and isinstance(saved.get("recipe"), dict)
-                and isinstance(saved.get("sha256"), str)):
-            return False
-        return read_report(out).get("recipe_sha256") == saved["sha256"]
-    except (OSError, ValueError, CheckpointError, AttributeError):
-        return False
+                and isinstance(saved.get("sha256"), str) and sha256 in (None, saved["sha256"])):
+            return None
+        report = read_report(out)
+    except (OSError, ValueError, CheckpointError):
+        return None
+    return report if report.get("recipe_sha256") == saved["sha256"] else None
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 from dccore.errors import RecipeError, UsageError
 
-from .runs import apply_override, check_run_folder
+from .runs import apply_override, check_run_folder, finished_run
 
 SWEEP_FILE, PLOT_FILE = "sweep.json", "sweep.png"
 Point = tuple[int, int, list[int]]      # T, d, hidden widths
@@ -40,7 +40,7 @@ def sweep(recipe_name: str, out: Path, points: Sequence[Point], *, marks: Sequen
             raise RecipeError(f"{recipe_name}: model.name is {recipe.model.name!r}; a sweep "
                               "varies a ProjectionNet's T, d and hidden (model 'projectionnet')")
         folder = out / point_name(T, d, hidden)
-        if _finished(folder, recipe.sha256()) is None:
+        if finished_run(folder, recipe.sha256()) is None:
             check_run_folder(folder, force=force, resuming=False, claim=False)
         recipes.append((T, d, hidden, recipe, text, folder))
     claim_folder(out, "sweep")                     # every check passed: take it
@@ -50,7 +50,7 @@ def sweep(recipe_name: str, out: Path, points: Sequence[Point], *, marks: Sequen
     rows = []
     kwargs = {"progress": progress} if progress is not None else {}
     for T, d, hidden, recipe, text, folder in recipes:  # noqa: N806
-        report = _finished(folder, recipe.sha256())
+        report = finished_run(folder, recipe.sha256())
         if report is None:
             log(f"sweep point {folder.name}")
             report = pipeline.run_recipe(recipe, folder, recipe_text=text, data_root=data_root,
@@ -66,17 +66,6 @@ def sweep(recipe_name: str, out: Path, points: Sequence[Point], *, marks: Sequen
 
 def point_name(T: int, d: int, hidden: list[int]) -> str:  # noqa: N803
     return f"T{T}_d{d}_h{'-'.join(map(str, hidden)) or 0}"
-
-
-def _finished(folder: Path, sha: str) -> dict | None:
-    report = folder / "report.json"
-    if not report.is_file():
-        return None
-    try:
-        data = json.loads(report.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if data.get("recipe_sha256") == sha else None
 
 
 def _row(T: int, d: int, hidden: list[int], report: dict, folder: Path) -> dict[str, Any]:  # noqa: N803

@@ -131,21 +131,14 @@ def _given(p: Plan, start: float) -> Compressed:
 
 
 def _resume_point(run_dir: Path, recipe: Any) -> str | None:
-    """``"reuse"`` for a finished run of this very recipe (its saved recipe, report and model.dcz
-    agree), else the stage the pipeline can resume the folder from (``pipeline.resume_point``),
-    or None to start afresh."""
+    """``"reuse"`` for a finished run of this very recipe, else the stage the pipeline can resume
+    the folder from (``pipeline.resume_point``), or None to start afresh."""
     from compression import pipeline
-    from dccore.errors import CheckpointError
 
-    saved = run_dir / "recipe.json"
-    if JSON_FILE.owns(saved) and JSON_FILE.owns(run_dir / "report.json") \
-            and (run_dir / "model.dcz").is_file():
-        try:
-            if json.loads(saved.read_text()).get("sha256") == recipe.sha256() \
-                    == pipeline.read_report(run_dir).get("recipe_sha256"):
-                return "reuse"
-        except (OSError, ValueError, AttributeError, CheckpointError):
-            pass      # the folder disagrees with itself: compress again
+    from ..runs import finished_run
+
+    if finished_run(run_dir, recipe.sha256()) is not None:
+        return "reuse"
     return pipeline.resume_point(run_dir, recipe)
 
 
