@@ -189,12 +189,11 @@ class _Run:
                     write_bytes_atomic(out / "recipe.toml", recipe_text.encode())
                 write_json_atomic(out / "recipe.json", {"recipe": recipe.to_dict(),
                                                         "sha256": recipe.sha256()})
-        self.teacher = _Teacher(recipe, out)
+        self.teacher = _Teacher(recipe, out, data.train)
         self.ctx = StageContext(state=state, train=data.train, test=data.test,
                                 baseline=recipe.baseline, task=self.task,
                                 batch_size=recipe.data.batch_size, seed=recipe.seed,
-                                progress=progress, log=log,
-                                teacher=_StageTeacher(self.teacher, data.train))
+                                progress=progress, log=log, teacher=self.teacher)
         # a stage that changes layer widths (shrink) hands them on: the files record the widths
         # the model has, so it is rebuilt from the zoo without the recipe's defaults
         self.model_kwargs = dict(recipe.model.kwargs)
@@ -438,10 +437,12 @@ class _Teacher:
     """The dense baseline's outputs on a split, computed once per split: the soft targets of
     distillation (train) and the reference a label-free task is scored against (test, val).
     Right after the baseline they are taken from the model itself; a resumed run rebuilds the
-    baseline from its checkpoint when first asked."""
+    baseline from its checkpoint when first asked. It is the stages' ``ctx.teacher`` too: called
+    with no split, its outputs on the training set; ``use(model)`` makes ``model`` the teacher of
+    the later stages (their distillation, a label-free task's scores)."""
 
-    def __init__(self, recipe: Recipe, out: Path) -> None:
-        self.recipe, self.out = recipe, out
+    def __init__(self, recipe: Recipe, out: Path, train: Examples) -> None:
+        self.recipe, self.out, self._train = recipe, out, train
         self._cache: dict[int, torch.Tensor] = {}
         self._model: nn.Module | None = None
 
@@ -454,7 +455,8 @@ class _Teacher:
         for split in splits:
             self._cache[id(split)] = predict(model, split.inputs)
 
-    def __call__(self, split: Examples) -> torch.Tensor:
+    def __call__(self, split: Examples | None = None) -> torch.Tensor:
+        split = self._train if split is None else split
         if id(split) not in self._cache:
             self._cache[id(split)] = predict(self.model(), split.inputs)
         return self._cache[id(split)]
@@ -467,23 +469,6 @@ class _Teacher:
             load_checkpoint(checkpoint_path(self.out, BASELINE), self._model,
                             CompressionState.for_model(self._model))
         return self._model.eval()
-
-
-class _StageTeacher:
-    """``ctx.teacher``: called, the teacher's outputs on the training set; ``use(model)`` makes
-    ``model`` the teacher of the later stages (their distillation, a label-free task's scores)."""
-
-    def __init__(self, teacher: _Teacher, train: Examples) -> None:
-        self._teacher, self._train = teacher, train
-
-    def __call__(self) -> torch.Tensor:
-        return self._teacher(self._train)
-
-    def use(self, model: nn.Module) -> None:
-        self._teacher.use(model)
-
-    def model(self) -> nn.Module:
-        return self._teacher.model()
 
 
 def _latest_kwargs(kwargs: dict[str, Any], outputs: list[StageOutputs]) -> dict[str, Any]:
