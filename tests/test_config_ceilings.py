@@ -29,7 +29,7 @@ def test_every_count_in_a_qualify_config_has_a_ceiling(tmp_path, section, key, v
     path = tmp_path / "q.toml"
     path.write_text(CONFIG.replace(f"[{section}]\n", f"[{section}]\n{key} = {value}\n"))
     with pytest.raises(UsageError, match=rf"{section}\.{key}: expected an? (integer|number) "
-                                         r"in \[\S+, [\d.]+\], got"):
+                                         r"in [\[(]\S+, [\d.]+\], got"):
         load_qualify_config(path)
 
 

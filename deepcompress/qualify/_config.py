@@ -10,8 +10,8 @@ A qualification config (``examples/qualify_lenet300.toml``)::
     [export.FORMAT]              # the exporter's options (its Options fields)
     [bench]                      # devices = ["host", "emulator"], runs, warmup, threads, eval,
                                  # timeout_s, retries, cooldown_max_s, benchmark_model, delegate
-    [budgets]                    # see BUDGET_KEYS; [budgets.formats.NAME], [budgets.devices."SPEC"],
-                                 # [budgets.regression]
+    [budgets]                    # see BUDGET_KEYS; [budgets.formats.NAME],
+                                 # [budgets.devices."SPEC"], [budgets.regression]
     [history]                    # db = PATH|URL
 
 A nightly matrix (``examples/nightly_lenet.toml``) names device slots and models::
@@ -35,21 +35,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from dccore.config import (Bytes, Check, Choice, Config, FilePath, Fields, Flag, FreeTable, Inline, Int,
-                           List, Num, Section, Table, Text, allowed_keys, build, check_keys,
+from dccore.config import (Bytes, Check, Choice, Config, FilePath, Fields, Flag, FreeTable, Inline,
+                           Int, List, Num, Section, Table, Text, allowed_keys, build, check_keys,
                            relative_to, setting, table)
 from dccore.errors import ConfigError, UsageError
+from device_harness.runners import MAX_SECONDS, BenchOptions
 
 from ._measures import (BUDGET_FLAGS, BUDGET_KEYS, DEFAULT_TOLERANCES,  # noqa: F401
                         DEVICE_KEYS, FORMAT_KEYS, METRICS, REGRESSION_KEYS)
 
-# Ceilings on every count and duration a config sets: a slip of the finger (runs = 5000000) is
-# refused before any work, not found out after days of benching. Each is far above real use.
-MAX_RUNS = 100_000          # benchmark_model's default is 50; 100,000 of a 1 ms model is 100 s
+# Ceilings on the counts a config sets beside the bench's own (device_harness.runners: MAX_RUNS,
+# MAX_THREADS, MAX_RETRIES, MAX_SECONDS): a slip of the finger is refused before any work.
 MAX_EXAMPLES = 100_000      # validation / on-device accuracy examples (MNIST's test set: 10,000)
-MAX_THREADS = 256
-MAX_RETRIES = 10            # doubling backoff: 10 retries already wait ~17 minutes
-MAX_SECONDS = 86_400.0      # a timeout, cool-down or lease of a day
 MAX_NIGHTS = 366            # a rolling window of a year of nights
 
 
@@ -134,10 +131,11 @@ def _host_formats() -> tuple[str, ...]:
     return tuple(formats_for("host"))
 
 
-def _delegates() -> Any:
-    from device_harness.runners import DELEGATES
-
-    return DELEGATES
+def _harness(name: str, default: Any) -> Any:
+    """A [bench] setting checked as the harness checks its BenchOptions field (one set of limits,
+    the ceilings included); only the default is qualify's."""
+    return setting(default, next(f for f in dataclasses.fields(BenchOptions)
+                                 if f.name == name).metadata["check"])
 
 
 def _limits(keys: Mapping[str, str]) -> dict[str, Check]:
@@ -206,7 +204,7 @@ class ExportSpec(Config):
     examples: int = setting(1000, Int(1, MAX_EXAMPLES))   # validate on the first N examples:
     # enough for 0.1-point accuracy agreement, a few seconds of conversion checks
     dense: bool = setting(True, Flag())        # also export uncompressed, for the report's ratio
-    inputs: Path | None = setting(None, FilePath())   # named tensors (.pt/.npz), not the IDX test set
+    inputs: Path | None = setting(None, FilePath())   # named tensors (.pt/.npz), not IDX test data
     options: Mapping[str, Mapping[str, Any]] = setting(    # [export.FORMAT], inline
         check=Fields(lambda: {name: ExporterOptions(name) for name in _formats()}), factory=dict)
 
@@ -219,15 +217,15 @@ class ExportSpec(Config):
 @dataclass(frozen=True)
 class BenchSpec(Config):
     devices: tuple[str, ...] = setting(("host",), List(DeviceSpec(), distinct=True, nonempty=True))
-    runs: int = setting(50, Int(1, MAX_RUNS))   # benchmark_model's default: a stable median
-    warmup: int = setting(5, Int(0, MAX_RUNS))
-    threads: int = setting(1, Int(1, MAX_THREADS))
-    eval: int = setting(0, Int(0, MAX_EXAMPLES))   # accuracy on the first N test examples, on device
-    timeout_s: float = setting(120.0, Num(0.001, MAX_SECONDS))
-    retries: int = setting(1, Int(0, MAX_RETRIES))   # one reconnection: a flaky cable, not a dead phone
-    cooldown_max_s: float = setting(60.0, Num(0.0, MAX_SECONDS))
+    runs: int = _harness("runs", 50)   # benchmark_model's default: a stable median
+    warmup: int = _harness("warmup", 5)
+    threads: int = _harness("threads", 1)
+    eval: int = setting(0, Int(0, MAX_EXAMPLES))   # accuracy on N test examples, on the device
+    timeout_s: float = _harness("timeout_s", 120.0)
+    retries: int = _harness("retries", 1)   # one reconnection: a flaky cable, not a dead phone
+    cooldown_max_s: float = _harness("cooldown_max_s", 60.0)
     benchmark_model: Path | None = setting(None, Program())
-    delegate: str = setting("default", Choice(_delegates))
+    delegate: str = _harness("delegate", "default")
 
 
 class MatrixBench(Check):
@@ -275,10 +273,10 @@ class Budgets(Config):
             section, key = BUDGET_FLAGS[option]
             if section == "regression":
                 b = replace(b, regression={**b.regression, key: Num(0.0)(option, value, Budgets)})
-                continue
-            b = replace(b, limits={**b.limits, key: _limits({key: ""})[key](option, value, Budgets)},
-                        formats={f: {k: v for k, v in t.items() if k != key} for f, t in b.formats.items()},
-                        devices={d: {k: v for k, v in t.items() if k != key} for d, t in b.devices.items()})
+            else:   # the flag's limit, and no per-format or per-device entry of it left
+                limit = _limits({key: ""})[key](option, value, Budgets)
+                b = replace(b, limits={**b.limits, key: limit},
+                            formats=_without(b.formats, key), devices=_without(b.devices, key))
         return b
 
     def check_subjects(self, path: str, formats: tuple[str, ...], devices: tuple[str, ...]) -> None:
@@ -298,6 +296,10 @@ class Budgets(Config):
 
 
 BUDGETS = Inline(Budgets, "limits")
+
+
+def _without(tables: Mapping[str, Mapping[str, float]], key: str) -> dict[str, dict[str, float]]:
+    return {name: {k: v for k, v in t.items() if k != key} for name, t in tables.items()}
 
 
 @dataclass(frozen=True)
@@ -411,7 +413,8 @@ class MatrixModel(Config):
                               "{dcz = ...}")
         if self.budgets.regression:
             raise ConfigError(f"{path}.budgets.regression: a nightly compares each figure with "
-                              "its rolling baseline; set tolerances in [regression.tolerance.FIGURE]")
+                              "its rolling baseline; set tolerances in "
+                              "[regression.tolerance.FIGURE]")
 
 
 @dataclass(frozen=True)

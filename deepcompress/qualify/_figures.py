@@ -124,7 +124,8 @@ def device_gates(device: str, results: Iterable[dict[str, Any]], budgets: Budget
         for key, limit in budgets.for_device(device).items():
             if key == "min_metric" and not evaluates:
                 continue
-            figure, m = next((f, m) for f, m in METRICS.items() if m.budget == key and m.on == "device")
+            figure, m = next((f, m) for f, m in METRICS.items()
+                             if m.budget == key and m.on == "device")
             gates.append(failed_gate(key, figure, subject,
                                      f"{subject}: {figure} not measured (device failed); limit "
                                      f"{fmt_value(limit, m.unit)}", limit=limit,

@@ -114,7 +114,9 @@ def _keys(attr: str, on: str | None = None) -> dict[str, str]:
 
 
 def regression_flag(key: str) -> str:
-    return f"--max-{key[:-4]}-regression-pct" if key.endswith("_pct") else f"--max-{key.replace('_', '-')}"
+    """--max-size-regression-pct for size_pct, --max-metric-drop for metric_drop."""
+    return (f"--max-{key[:-4]}-regression-pct" if key.endswith("_pct")
+            else f"--max-{key.replace('_', '-')}")
 
 
 FIGURES = _Derived(lambda: {n: (m.unit, m.lower_is_better) for n, m in METRICS.items()})
@@ -125,8 +127,9 @@ REGRESSION_KEYS = _Derived(lambda: _keys("regression"))
 DEFAULT_TOLERANCES = _Derived(lambda: {n: m.tolerance for n, m in METRICS.items()
                                        if not isinstance(m.tolerance, str)})
 # --flag -> (section, key): one flag per budget and per regression allowance
-BUDGET_FLAGS = _Derived(lambda: {**{f"--{k.replace('_', '-')}": ("limits", k) for k in BUDGET_KEYS},
-                                 **{regression_flag(k): ("regression", k) for k in REGRESSION_KEYS}})
+BUDGET_FLAGS = _Derived(lambda: {
+    **{f"--{k.replace('_', '-')}": ("limits", k) for k in BUDGET_KEYS},
+    **{regression_flag(k): ("regression", k) for k in REGRESSION_KEYS}})
 
 
 def tolerance_key(figure: str) -> str:
