@@ -94,7 +94,6 @@ class Compressor:
         self._hooks: list[Any] = []
         self._step = 0
         self._training_shared: set[str] = set()
-        self._stds: dict[str, dict[str, float]] = {}
         self._finalized = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -184,25 +183,21 @@ class Compressor:
             event()
             distributed.broadcast_state(self.state)
 
-    def _context(self) -> StageContext:
+    def context(self) -> StageContext:
+        """What a stage's schedule measures with (the task's data, the state, the seed)."""
         data = self.task.data() if self.task is not None else None
         empty = Examples((torch.zeros(0, 1),))
-        ctx = StageContext(state=self.state, train=data.train if data else empty,
-                           test=data.test if data else empty, baseline=self.recipe.baseline,
-                           task=self.task, seed=self.recipe.seed, progress=no_progress,
-                           log=self.log)
-        return ctx
+        return StageContext(state=self.state, train=data.train if data else empty,
+                            test=data.test if data else empty, baseline=self.recipe.baseline,
+                            task=self.task, seed=self.recipe.seed, progress=no_progress,
+                            log=self.log)
 
     def _run_stage(self, stage, config: StageConfig) -> None:
-        ctx = self._context()
+        ctx = self.context()
         stage.run(self.model, config, ctx)
         self.state.check()
         if stage.ensures is not None:
             stage.ensures(self.model, config, ctx)
-
-    def context(self) -> StageContext:
-        """What a stage's schedule measures with (the task's data, the state, the seed)."""
-        return self._context()
 
     def train_centroids(self, on: bool) -> None:
         """From a stage's schedule: shared weights train as their clusters (on) or stay frozen."""

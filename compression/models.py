@@ -1,7 +1,6 @@
 """Built-in models and the loader for user models given as ``package.module:factory``."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -261,7 +260,3 @@ def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
         raise ModelError(f"model {type(model).__name__} has no prunable layers (no Linear, "
                          "convolution, embedding, attention or recurrent weights)")
     return layers
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())

@@ -20,7 +20,6 @@ this module holds the networks and their sizes.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np

@@ -37,13 +37,10 @@ RECIPES_DIR = next((d for d in (Path(__file__).resolve().parent.parent / "recipe
                     if d.is_dir()), Path(__file__).resolve().parent.parent / "recipes")
 RECIPE_VERSION = 1          # the schema this code reads; a missing `version` means 1
 
-# Limits, checked before anything is built (dccore.tomlfile: the same for every config file): the
-# shipped recipes are ~2 KB, nest 4 levels and hold 4 stages; anything far beyond is a mistake or
-# an attack, and would otherwise train and be copied into every report and .dcz file.
-MAX_RECIPE_BYTES = tomlfile.MAX_BYTES       # 1 MiB
-MAX_STRING = tomlfile.MAX_STRING            # characters in any string value or key
-MAX_DEPTH = tomlfile.MAX_DEPTH              # tables and arrays nested in one another
-MAX_ENTRIES = tomlfile.MAX_ENTRIES          # entries in one table or array
+# Limits, checked before anything is built (dccore.tomlfile's, the same for every config file,
+# and the stage count): the shipped recipes are ~2 KB, nest 4 levels and hold 4 stages; anything
+# far beyond is a mistake or an attack, and would otherwise train and be copied into every report
+# and .dcz file.
 MAX_STAGES = 100
 
 
