@@ -118,9 +118,12 @@ def _same_prefix(saved: dict, recipe: Recipe, upto: int) -> str | None:
 
 
 def _stage_info(out: Path, name: str) -> dict[str, Any] | None:
-    """The figures a checkpoint's stage left beside it (None: none there)."""
-    path = checkpoint_path(out, name).with_suffix(".json")
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The figures a checkpoint's stage left beside it (None: none there, or unreadable)."""
+    try:
+        info = json.loads(checkpoint_path(out, name).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def resume_point(out_dir: str | Path, recipe: Recipe) -> str | None:
@@ -134,10 +137,9 @@ def resume_point(out_dir: str | Path, recipe: Recipe) -> str | None:
             or not checkpoint_path(out, BASELINE).is_file():
         return None
     for i, config in enumerate(recipe.stages):
-        if STAGES.get(config.KIND).phase == "output" or _same_prefix(saved, recipe, i + 1):
-            return config.name
         info = _stage_info(out, config.name)
-        if info is None or StageOutputs.from_info(info).brought_teacher \
+        if STAGES.get(config.KIND).phase == "output" or _same_prefix(saved, recipe, i + 1) \
+                or info is None or StageOutputs.from_info(info).brought_teacher \
                 or not checkpoint_path(out, config.name).is_file():
             return config.name
     return recipe.stages[-1].name if recipe.stages else None
