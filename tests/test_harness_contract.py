@@ -134,6 +134,12 @@ def test_a_backend_is_one_registration(tmp_path):
         assert check_spec("fake:x") == "fake" and check_spec("host") == "host"
         assert check_spec("127.0.0.1:5555") == check_spec("R58M123ABC") == "adb"
         assert check_spec("host:5555") == "adb"  # a host named "host", not the host backend
+        # ... and it benches: an artifact kind its devices' kind runs takes it, nothing else named
+        from device_harness import bench
+
+        result = bench(Path(__file__).parent / "fixtures" / "tiny_linear.tflite", "fake:phone-2",
+                       runs=3, warmup=1)
+        assert result["ok"] and result["runs"] == 3 and opened == ["phone-1", "phone-2"]
         with pytest.raises(UsageError, match="fake:NAME") as err:
             open_device("bogus:device")
         assert "simctl:UDID|booted" in str(err.value) and "\n" not in str(err.value)
