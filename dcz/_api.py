@@ -22,6 +22,9 @@ from ._tensor import TensorRow
 
 PLAIN_DTYPES = ("float32", "float16")   # "float32": a tensor's own dtype (exact)
 SPARSE_OPTIONS = ("bits", "index_bits", "group_size", "codebook_dtype")
+# the integer ones: (name, least, most, whether True/False pass as 1/0)
+_INT_OPTIONS = (("bits", 0, 16, True), ("index_bits", 1, _tensor.MAX_INDEX_BITS, True),
+                ("group_size", 1, _tensor.MAX_GROUP_SIZE, False))
 # A .dcz file shrinks fp32 weights 10-100x; allowing 4096x (and at least 256 MiB) leaves room
 # for heavily pruned layers while refusing headers that claim terabytes.
 EXPANSION_LIMIT = 4096
@@ -193,23 +196,16 @@ def _encode_tensor(path: Path, name: str, tensor: Any, compressed: dict, coder: 
                              f"{', '.join(SPARSE_OPTIONS)}")
         if not tensor.is_floating_point():
             raise ValueError(f"is {tensor.dtype}; only floating tensors can be stored sparse")
-        bits, index_bits = opts.get("bits"), opts.get("index_bits")
-        if bits is not None and (not isinstance(bits, int) or not 0 <= bits <= 16):
-            raise ValueError(f"bits must be an integer in 0..16 or None, got {bits!r}")
-        if index_bits is not None and (not isinstance(index_bits, int)
-                                       or not 1 <= index_bits <= _tensor.MAX_INDEX_BITS):
-            raise ValueError(f"index_bits must be an integer in 1..{_tensor.MAX_INDEX_BITS} or "
-                             f"None, got {index_bits!r}")
-        group_size = opts.get("group_size")
-        if group_size is not None and (not isinstance(group_size, int) or isinstance(
-                group_size, bool) or not 1 <= group_size <= _tensor.MAX_GROUP_SIZE):
-            raise ValueError(f"group_size must be an integer in 1..{_tensor.MAX_GROUP_SIZE} or "
-                             f"None, got {group_size!r}")
+        for key, lo, hi, bool_ok in _INT_OPTIONS:
+            value = opts.get(key)
+            if value is not None and (not isinstance(value, int) or not lo <= value <= hi
+                                      or (isinstance(value, bool) and not bool_ok)):
+                raise ValueError(f"{key} must be an integer in {lo}..{hi} or None, got {value!r}")
         dtype = opts.get("codebook_dtype", codebook_dtype)
         if dtype not in PLAIN_DTYPES:
             raise ValueError(f"codebook_dtype must be one of {PLAIN_DTYPES}, got {dtype!r}")
-        return _tensor.encode_sparse(name, tensor, coder, bits, index_bits,
-                                     group_size=group_size, half=dtype == "float16",
+        return _tensor.encode_sparse(name, tensor, coder, opts.get("bits"), opts.get("index_bits"),
+                                     group_size=opts.get("group_size"), half=dtype == "float16",
                                      code_values=code_values)
     except ValueError as exc:
         raise ContainerError(f"{where}: {exc}") from exc

@@ -223,13 +223,6 @@ def _nonzeros(tensor: torch.Tensor) -> tuple[_DType, np.ndarray, np.ndarray]:
     return spec, positions, flat[positions]
 
 
-def _sparse_parts(tensor: torch.Tensor) -> tuple[_DType, np.ndarray, np.ndarray, np.ndarray]:
-    """(dtype spec, non-zero values as bit patterns, their distinct values, zeros skipped before
-    each non-zero): what both storage kinds and the gap stream are built from."""
-    spec, positions, values = _nonzeros(tensor)
-    return spec, values, np.unique(values), np.diff(positions, prepend=-1) - 1
-
-
 def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
                   index_bits: int | None, *, group_size: int | None = None, half: bool = False,
                   code_values: bool = False) -> tuple[bytes, TensorRow]:
@@ -247,13 +240,14 @@ def encode_sparse(name: str, tensor: torch.Tensor, coder: str, bits: int | None,
     if stored is spec and group_size is None:   # what format version 1 holds
         distinct = np.unique(values)
         part = _codebook_part(values, distinct, spec, bits, coder) \
-            if _shared(distinct.size, values.size, spec.itemsize, bits) else None
+            if _shared(distinct.size, distinct.size, values.size, spec.itemsize, bits) else None
     else:
         gs, n_groups, group_of = _groups(positions, shape, group_size)
         codebooks, sizes, indices = group_codebooks(values, group_of, n_groups, stored)
         del group_of
         part = _codebooks_part(codebooks, sizes, indices, gs, stored, bits, coder, code_values) \
-            if _shared_groups(sizes, values.size, stored.itemsize, bits) else None
+            if _shared(int(sizes.max(initial=0)), int(sizes.sum()), values.size, stored.itemsize,
+                       bits, sizes.size) else None
         del codebooks, indices
     del positions
     if part is None:
@@ -383,34 +377,27 @@ def codebook_indices(values: np.ndarray, distinct: np.ndarray,
 def sparse_streams(tensor: torch.Tensor, b: int) -> dict[str, tuple[np.ndarray, int]]:
     """The symbol streams of a tensor stored with ``b``-bit gaps, as (symbols, alphabet): "gaps",
     and "indices" into its codebook (for measuring coders on exactly what the writer codes)."""
-    spec, values, distinct, skips = _sparse_parts(tensor)
-    gaps, _ = gap_symbols(skips, b)
+    spec, positions, values = _nonzeros(tensor)
+    distinct = np.unique(values)
+    gaps, _ = gap_symbols(np.diff(positions, prepend=-1) - 1, b)
     _, indices = codebook_indices(values, distinct, spec)
     return {"gaps": (gaps, 1 << b),
             "indices": (indices, 1 << _streams.width_for(distinct.size))}
 
 
-def _shared(k: int, nnz: int, itemsize: int, bits: int | None) -> bool:
-    """Codebook storage, or raw non-zero values? Raw when the layer is not shared: more distinct
-    values than ``bits`` allow (or than 2**16), or, with ``bits`` unset, when raw is smaller
-    (a pruned-only layer, whose every survivor is distinct)."""
-    if bits is not None:
-        return k <= (1 << bits)
-    if k > MAX_CODEBOOK:
-        return False
-    return nnz * itemsize >= k * itemsize + (nnz * _streams.width_for(k) + 7) // 8
-
-
-def _shared_groups(sizes: np.ndarray, nnz: int, itemsize: int, bits: int | None) -> bool:
-    """_shared for a codebook per group: every group's codebook must fit ``bits``; with ``bits``
-    unset, the codebooks, their sizes and fixed-width indices must cost no more than raw."""
-    k = int(sizes.max(initial=0))
+def _shared(k: int, total: int, nnz: int, itemsize: int, bits: int | None,
+            groups: int = 0) -> bool:
+    """Codebook storage, or raw non-zero values? Raw when the layer is not shared: a codebook of
+    more distinct values than ``bits`` allow (or than 2**16), or, with ``bits`` unset, when raw
+    is smaller (a pruned-only layer, whose every survivor is distinct): the codebooks (``total``
+    entries, the largest ``k``), the sizes of ``groups`` of them (0: one codebook, no sizes
+    stored) and fixed-width indices must cost no more than raw."""
     if bits is not None:
         return k <= (1 << bits)
     if k > MAX_CODEBOOK:
         return False
     width = _streams.width_for(k)
-    return nnz * itemsize >= (int(sizes.sum()) * itemsize + (sizes.size * (width + 1) + 7) // 8
+    return nnz * itemsize >= (total * itemsize + (groups * (width + 1) + 7) // 8
                               + (nnz * width + 7) // 8)
 
 
