@@ -21,6 +21,7 @@ from torch import nn
 from ._recurrent import gate_inputs, recurrent_hooks
 from .models import RECURRENT_TYPES, weight_param
 from .progress import ProgressFn, no_progress
+from .prune import keep_largest
 
 
 CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -214,7 +215,7 @@ def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float,
         matrix = weight_matrix(module, weight.detach().abs().float())
         rows = (matrix * norms.reshape(matrix.shape[0], 1, -1)).reshape(-1, matrix.shape[2])
         before = None if previous is None else weight_matrix(module, previous).reshape(rows.shape)
-        keep = _keep_largest(rows, sparsity, before)
+        keep = keep_largest(rows, sparsity, before)
         return from_weight_matrix(module, keep.reshape(matrix.shape), weight.shape)
     w = weight.detach().abs().float()
     if w.dim() == 2 and norms.numel() == w.shape[0] and norms.numel() != w.shape[1]:
@@ -232,23 +233,7 @@ def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float,
                                                               per_row).reshape(rows.shape)
         rows = rows * row_norms
     before = None if previous is None else previous.reshape(rows.shape)
-    return _keep_largest(rows, sparsity, before).reshape(weight.shape)
-
-
-def _keep_largest(rows: torch.Tensor, sparsity: float, previous: torch.Tensor | None
-                  ) -> torch.Tensor:
-    """In each row of scores, the ``1 - sparsity`` share with the largest scores (ties to the
-    earlier position); a position cut before (``previous`` False) stays cut."""
-    if previous is not None:
-        rows = torch.where(previous, rows, torch.full_like(rows, -1.0))
-    n_keep = round((1.0 - sparsity) * rows.shape[1])
-    keep = torch.zeros_like(rows, dtype=torch.bool)
-    if n_keep > 0:
-        order = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :n_keep]
-        keep.scatter_(1, order, True)
-    if previous is not None:
-        keep &= previous
-    return keep
+    return keep_largest(rows, sparsity, before).reshape(weight.shape)
 
 
 def task_sensitivity(model: nn.Module, task, examples, params: Mapping[str, torch.Tensor], *,

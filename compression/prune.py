@@ -18,21 +18,29 @@ def magnitude_mask(weight: torch.Tensor, *, threshold: float | None = None,
     Sparsity is counted over the whole layer; ties are broken by position so the result is exact
     and deterministic. A weight cut earlier (``previous`` False) stays cut.
     """
-    magnitude = weight.detach().abs().flatten()
+    magnitude = weight.detach().abs().reshape(1, -1)
+    before = None if previous is None else previous.reshape(1, -1)
+    if threshold is None:
+        return keep_largest(magnitude, float(sparsity), before).view_as(weight)
+    if before is not None:
+        magnitude = torch.where(before, magnitude, torch.full_like(magnitude, -1.0))
+    return (magnitude > threshold).view_as(weight)
+
+
+def keep_largest(rows: torch.Tensor, sparsity: float, previous: torch.Tensor | None
+                 ) -> torch.Tensor:
+    """In each row of scores, the ``1 - sparsity`` share with the largest scores (ties to the
+    earlier position: a stable sort); a position cut before (``previous`` False) stays cut."""
     if previous is not None:
-        magnitude = torch.where(previous.flatten(), magnitude, torch.full_like(magnitude, -1.0))
-    if threshold is not None:
-        keep = magnitude > threshold
-    else:
-        n_keep = round((1.0 - float(sparsity)) * magnitude.numel())
-        keep = torch.zeros_like(magnitude, dtype=torch.bool)
-        if n_keep > 0:
-            # stable sort: among equal magnitudes the earlier position wins
-            order = torch.sort(magnitude, descending=True, stable=True).indices
-            keep[order[:n_keep]] = True
-        if previous is not None:
-            keep &= previous.flatten()
-    return keep.view_as(weight)
+        rows = torch.where(previous, rows, torch.full_like(rows, -1.0))
+    n_keep = round((1.0 - sparsity) * rows.shape[1])
+    keep = torch.zeros_like(rows, dtype=torch.bool)
+    if n_keep > 0:
+        order = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :n_keep]
+        keep.scatter_(1, order, True)
+    if previous is not None:
+        keep &= previous
+    return keep
 
 
 def round_targets(settings: dict, std: float, round_index: int, rounds: int) -> dict:

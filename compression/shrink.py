@@ -210,40 +210,21 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def _copy_into(new: nn.Module, params: dict[str, torch.Tensor], like: nn.Module) -> nn.Module:
-    new = new.to(device=like.weight.device, dtype=like.weight.dtype)
+def _rebuilt(module: nn.Module, n_in: int, n_out: int, weight: torch.Tensor,
+             bias: torch.Tensor | None) -> nn.Module:
+    """A Linear or Conv2d like ``module`` with ``n_in`` inputs and ``n_out`` output units,
+    holding ``weight`` and ``bias``."""
+    if isinstance(module, nn.Linear):
+        new = nn.Linear(n_in, n_out, bias=bias is not None)
+    else:
+        new = nn.Conv2d(n_in, n_out, module.kernel_size, module.stride, module.padding,
+                        module.dilation, 1, bias is not None, module.padding_mode)
+    new = new.to(device=module.weight.device, dtype=module.weight.dtype)
     with torch.no_grad():
-        for key, value in params.items():
-            getattr(new, key).copy_(value)
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
     return new
-
-
-def _rows(module: nn.Module, keep: torch.Tensor) -> nn.Module:
-    """``module`` with only the output units ``keep``."""
-    bias = module.bias is not None
-    if isinstance(module, nn.Linear):
-        new = nn.Linear(module.in_features, len(keep), bias=bias)
-    else:
-        new = nn.Conv2d(module.in_channels, len(keep), module.kernel_size, module.stride,
-                        module.padding, module.dilation, 1, bias, module.padding_mode)
-    params = {"weight": module.weight[keep]}
-    if bias:
-        params["bias"] = module.bias[keep]
-    return _copy_into(new, params, module)
-
-
-def _columns(module: nn.Module, keep: torch.Tensor) -> nn.Module:
-    """``module`` reading only the inputs (columns or input channels) ``keep``."""
-    bias = module.bias is not None
-    if isinstance(module, nn.Linear):
-        new = nn.Linear(len(keep), module.out_features, bias=bias)
-    else:
-        new = nn.Conv2d(len(keep), module.out_channels, module.kernel_size, module.stride,
-                        module.padding, module.dilation, 1, bias, module.padding_mode)
-    params = {"weight": module.weight[:, keep]}
-    if bias:
-        params["bias"] = module.bias
-    return _copy_into(new, params, module)
 
 
 def _norm(module: nn.Module, keep: torch.Tensor) -> nn.Module:
@@ -270,14 +251,18 @@ def shrink_layer(model: nn.Module, link: Link, keep: torch.Tensor,
         raise ModelError(f"layer {link.layer} cannot shrink: {link.fixed}")
     modules = dict(model.named_modules())
     keep = keep.to(torch.long)
-    new = {link.layer: _rows(modules[link.layer], keep)}
+    layer = modules[link.layer]
+    new = {link.layer: _rebuilt(layer, _inputs(layer), len(keep), layer.weight[keep],
+                                None if layer.bias is None else layer.bias[keep])}
     if masks is not None and masks.get(link.layer) is not None:
         masks[link.layer] = masks[link.layer][keep]
     for name in link.norms:
         new[name] = _norm(modules[name], keep)
     for name, per_unit in link.consumers:
         cols = _blocks(keep, per_unit)
-        new[name] = _columns(modules[name], cols)
+        consumer = modules[name]
+        new[name] = _rebuilt(consumer, len(cols), units(consumer), consumer.weight[:, cols],
+                             consumer.bias)
         if masks is not None and masks.get(name) is not None:
             masks[name] = masks[name][:, cols]
     for name, module in new.items():
