@@ -71,9 +71,6 @@ class TFLiteExporter(Exporter):
         return {"dense": self.baseline(options),
                 "float16": dataclasses.replace(options, variant="float16")}
 
-    def variants(self) -> dict[str, Any]:
-        return {v: TFLiteOptions(v) for v in VARIANTS}   # float32 (the dense baseline) first
-
 
 def _stores(variant: str, result: Any) -> str:
     """For a table: the variant, and for ``auto`` the forms it chose ("auto: 2 int4, 1 int8")."""

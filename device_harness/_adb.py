@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import re
 import shlex
-import socket
 import stat
-import struct
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar

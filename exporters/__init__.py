@@ -9,10 +9,9 @@ the distinct non-zero values of a layer are its codebook, its zeros are the prun
 here imports coremltools or LiteRT.
 """
 from ._common import (MAX_CODEBOOK, WEIGHT_LAYERS, CompressedLayer, LayerSelection, as_inputs,
-                      compressed_layers, describe_module, describe_weight, example_input,
-                      first_example, forward_params, input_names, locate_in_trace, locate_op,
-                      quiet_backend, select_layers, torch_outputs, unsupported_op_error,
-                      weight_usage)
+                      compressed_layers, describe_module, describe_weight, first_example,
+                      forward_params, input_names, locate_in_trace, locate_op, quiet_backend,
+                      select_layers, torch_outputs, unsupported_op_error, weight_usage)
 from ._interface import (EXPORTERS, ArtifactReport, Exporter, ExportResult, Validation,
                          export_and_validate, option)
 from ._scoring import MIN_COSINE, TOLERANCE, Score, Scorer, accuracy_scorer, cosine_scorer
@@ -20,7 +19,6 @@ from ._scoring import MIN_COSINE, TOLERANCE, Score, Scorer, accuracy_scorer, cos
 __all__ = ["EXPORTERS", "MAX_CODEBOOK", "MIN_COSINE", "TOLERANCE", "WEIGHT_LAYERS", "ArtifactReport",
            "CompressedLayer", "ExportResult", "Exporter", "LayerSelection", "Score", "Scorer",
            "Validation", "accuracy_scorer", "as_inputs", "compressed_layers", "cosine_scorer",
-           "describe_module", "describe_weight", "example_input", "export_and_validate",
-           "first_example", "forward_params", "input_names", "locate_in_trace", "locate_op",
-           "option", "quiet_backend", "select_layers", "torch_outputs", "unsupported_op_error",
-           "weight_usage"]
+           "describe_module", "describe_weight", "export_and_validate", "first_example",
+           "forward_params", "input_names", "locate_in_trace", "locate_op", "option",
+           "quiet_backend", "select_layers", "torch_outputs", "unsupported_op_error", "weight_usage"]

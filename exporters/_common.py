@@ -48,15 +48,6 @@ def as_inputs(inputs: torch.Tensor | Sequence[torch.Tensor]) -> Inputs:
                       f"positional inputs, each with a batch axis), not {type(inputs).__name__}")
 
 
-def example_input(input_shape: Iterable[int]) -> torch.Tensor:
-    """A batch of one zero example of ``input_shape`` (the recipe's shape, without batch axis)."""
-    shape = tuple(int(d) for d in input_shape)
-    if not shape or any(d <= 0 for d in shape):
-        raise ExportError(f"input shape {list(shape)} is invalid; give the shape of one example "
-                          "without the batch axis, e.g. [1, 28, 28]")
-    return torch.zeros((1, *shape), dtype=torch.float32)
-
-
 def first_example(inputs: Inputs) -> Inputs:
     """The first example of each input, batch axis kept: what a model is exported with."""
     return tuple(t[:1] for t in inputs)
@@ -130,10 +121,6 @@ class CompressedLayer:
     def bits(self) -> int:
         """Index bits our codebook needs (the recipe's ``bits`` or fewer)."""
         return max(1, math.ceil(math.log2(max(len(self.codebook), 2))))
-
-    @property
-    def density(self) -> float:
-        return self.nnz / self.size if self.size else 0.0
 
 
 def describe_weight(name: str, weight: np.ndarray) -> CompressedLayer:

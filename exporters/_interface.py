@@ -162,11 +162,6 @@ class Exporter(ABC):
         first (what "dense bytes" and the ratio measure); a format adds others (float16)."""
         return {"dense": self.baseline(options)}
 
-    def variants(self) -> dict[str, Any]:
-        """The variants a benchmark compares, the dense baseline first."""
-        default = self.Options()
-        return {"dense": self.baseline(default), "default": default}
-
 
 @dataclass(frozen=True)
 class ExportResult:

@@ -7,7 +7,7 @@ import sys
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -116,12 +116,6 @@ class CoreMLExporter(Exporter):
     def baselines(self, options: CoreMLOptions) -> dict[str, CoreMLOptions]:
         return {"dense fp32": self.baseline(options),
                 "dense fp16": dataclasses.replace(options, precision="fp16", method="none")}
-
-    def variants(self) -> dict[str, Any]:
-        return {"dense fp32": self.baseline(CoreMLOptions()),
-                "dense fp16": CoreMLOptions(method="none"),
-                "iOS18 compressed": CoreMLOptions(target="iOS18"),
-                "iOS16 compressed": CoreMLOptions(target="iOS16")}
 
 
 EXPORTERS.register(CoreMLExporter.name, CoreMLExporter())

@@ -26,10 +26,6 @@ class Metric:
     higher_is_better: bool = True
     stages: Mapping[str, float] = field(default_factory=dict)   # stage name -> figure, baseline first
 
-    def worse(self, value: float, reference: float) -> float:
-        """How much worse ``value`` is than ``reference``, in the metric's units (> 0: worse)."""
-        return reference - value if self.higher_is_better else value - reference
-
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "final": self.final, "baseline": self.baseline,
                 "higher_is_better": self.higher_is_better, "stages": dict(self.stages)}

@@ -11,8 +11,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from dccore.artifacts import artifact_sha256  # noqa: F401  (qualify's name for it)
-
 UNKNOWN = "unknown"
 _PROJECT = Path(__file__).resolve().parents[2]
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from dccore.artifacts import artifact_size
+from dccore.artifacts import artifact_sha256, artifact_size
 from dccore.errors import UsageError
 from dccore.outputs import JSON_FILE, write_json_atomic
 
 from ._config import BenchSpec, ExportSpec, ModelSpec
 from ._metric import Measured, Metric, primary_metric
-from ._provenance import UNKNOWN, artifact_sha256
+from ._provenance import UNKNOWN
 
 Log = Callable[[str], None]
 

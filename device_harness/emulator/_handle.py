@@ -51,9 +51,6 @@ class EmulatorHandle:
         """Cut every client connection, as a pulled cable would; returns how many."""
         return self._daemon.drop_connections()
 
-    def connection_count(self) -> int:
-        return len(self._daemon.connections())
-
     def stop(self, timeout_s: float = 5.0) -> None:
         if self._daemon.stopping:
             return

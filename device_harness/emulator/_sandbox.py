@@ -71,7 +71,6 @@ class Sandbox:
             shutil.rmtree(self.state, ignore_errors=True)
             raise DeviceError(f"the temporary directory {self.state.parent} has characters that "
                               "need shell quoting; set TMPDIR to a plain path such as /tmp")
-        self._own_folder = folder is None
         self.folder = (self.state / "data_local_tmp") if folder is None else Path(folder).resolve()
         try:
             self._build()
