@@ -45,20 +45,6 @@ class Split:
         return Split(self.images[:n], self.labels[:n])
 
 
-def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """(rest, held out): ``fraction`` of ``split``'s examples drawn with ``seed`` (its own
-    generator: torch's global one is untouched). Both keep the examples' original order."""
-    n_out = round(fraction * len(split))
-    if not 0 < n_out < len(split):
-        raise DataError(f"holding out {fraction} of {len(split)} training examples leaves an empty "
-                        "split; use more examples or another data.val_fraction")
-    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-    held = torch.zeros(len(split), dtype=torch.bool)
-    held[order[:n_out]] = True
-    return (Split(split.images[~held], split.labels[~held]),
-            Split(split.images[held], split.labels[held]))
-
-
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     """Flag/recipe value first, then the environment variable, then Debian's folder."""
     if root:

@@ -274,17 +274,3 @@ def test_no_validation_split_by_default(full_run):
     result, out = full_run
     assert "validation" not in result.report["accuracy"]
     assert "validation_accuracy" not in json.loads((out / "checkpoints" / "1_prune.json").read_text())
-
-
-def test_hold_out_is_seeded_disjoint_and_keeps_order():
-    from compression.data import Split, hold_out
-    split = Split(torch.arange(100.0).view(100, 1, 1, 1), torch.arange(100))
-    rest, held = hold_out(split, 0.2, seed=7)
-    assert (len(rest), len(held)) == (80, 20)
-    assert sorted(rest.labels.tolist() + held.labels.tolist()) == list(range(100))
-    assert rest.labels.tolist() == sorted(rest.labels.tolist())      # original order kept
-    assert torch.equal(hold_out(split, 0.2, seed=7)[1].labels, held.labels)
-    assert not torch.equal(hold_out(split, 0.2, seed=8)[1].labels, held.labels)
-    before = torch.get_rng_state()
-    hold_out(split, 0.2, seed=7)
-    assert torch.equal(torch.get_rng_state(), before)

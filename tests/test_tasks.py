@@ -27,6 +27,21 @@ def test_examples_hold_any_number_of_inputs_and_split_reproducibly():
         Examples((ids, torch.ones(3, 2)))
 
 
+def test_split_off_is_seeded_disjoint_and_keeps_order():
+    ex = Examples((torch.arange(100.0).view(100, 1),), torch.arange(100))
+    rest, held = ex.split_off(0.2, seed=7)
+    assert (len(rest), len(held)) == (80, 20)
+    assert sorted(rest.targets.tolist() + held.targets.tolist()) == list(range(100))
+    assert rest.targets.tolist() == sorted(rest.targets.tolist())      # original order kept
+    assert torch.equal(ex.split_off(0.2, seed=7)[1].targets, held.targets)
+    assert not torch.equal(ex.split_off(0.2, seed=8)[1].targets, held.targets)
+    before = torch.get_rng_state()
+    ex.split_off(0.2, seed=7)
+    assert torch.equal(torch.get_rng_state(), before)
+    with pytest.raises(DataError, match="leaves an empty split"):
+        ex.split_off(0.001, seed=7)
+
+
 def test_model_outputs_finds_the_tensor():
     t = torch.ones(2, 3)
     assert model_outputs(t) is t

@@ -103,17 +103,14 @@ class DistillConfig(TaskConfig):
     # term counts, e.g. a padding mask; None: every position
     hidden_mask: str | None = setting(None, Text())
 
-    def _check(self, path: str) -> None:
-        if (self.inputs is None) == (self.factory is None):
-            raise RecipeError(f"{path or 'task'}: the distill task needs exactly one of inputs "
-                              "(a file or folder of samples) or factory (package.module:function)")
-        if self.input_names is not None and (not isinstance(self.input_names, (list, tuple))
-                                             or not all(isinstance(n, str) for n in self.input_names)):
-            raise RecipeError(f"{path or 'task'}.input_names: expected a list of names")
-        if self.decoder is not None and self.metric not in ("auto", "sequence"):
-            raise RecipeError(f"{path or 'task'}.decoder: a decoder is read by metric "
-                              f"'sequence' (or 'auto'), not {self.metric!r}; drop one of them")
+    def _check(self, path: str) -> None:   # input_names: its field's Names() checked it
         where = path or "task"
+        if (self.inputs is None) == (self.factory is None):
+            raise RecipeError(f"{where}: the distill task needs exactly one of inputs "
+                              "(a file or folder of samples) or factory (package.module:function)")
+        if self.decoder is not None and self.metric not in ("auto", "sequence"):
+            raise RecipeError(f"{where}.decoder: a decoder is read by metric "
+                              f"'sequence' (or 'auto'), not {self.metric!r}; drop one of them")
         if (self.hidden > 0) != (self.hidden_modules is not None):
             raise RecipeError(f"{where}.hidden: the hidden-state term needs both a weight "
                               "(hidden > 0) and the modules it matches (hidden_modules); "
@@ -128,7 +125,7 @@ class DistillConfig(TaskConfig):
                               "(hidden = 0); drop it or set hidden and hidden_modules")
         if (self.decoder is not None and self.decoder not in BUILTIN_DECODERS
                 and ":" not in self.decoder):
-            raise RecipeError(f"{path or 'task'}.decoder: {self.decoder!r} is not one of "
+            raise RecipeError(f"{where}.decoder: {self.decoder!r} is not one of "
                               f"{sorted(BUILTIN_DECODERS)} or 'package.module:function'")
 
 
