@@ -260,24 +260,6 @@ def task_sensitivity(model: nn.Module, task, examples, params: Mapping[str, torc
     return fisher_diagonal(model, params, batches, loss, progress)
 
 
-def input_hessians(model: nn.Module, layers: Mapping[str, nn.Module],
-                   batches: Iterable[tuple[torch.Tensor, ...]],
-                   forward: Callable[[nn.Module, tuple[torch.Tensor, ...]], object] | None = None,
-                   ) -> dict[str, torch.Tensor]:
-    """H = XᵀX / n over the calibration rows of each layer's input features (float64 sums): the
-    curvature of the layer's output error, what GPTQ-style compensation steers by."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def take(name: str, module: nn.Module, x: torch.Tensor) -> None:
-        x = _features(module, x.double())
-        sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
-        counts[name] = counts.get(name, 0) + x.shape[0]
-
-    _each_input(model, layers, batches, forward, take)
-    return {name: (s / max(counts[name], 1)).float() for name, s in sums.items()}
-
-
 def _hessian_sum(module: nn.Module, x: torch.Tensor, rows_given: bool = False
                  ) -> tuple[torch.Tensor, int]:
     """(XᵀX in float64, rows) of a layer's input features, formed a chunk of the batch at a time
