@@ -35,7 +35,6 @@ MAX_PROJECTION_ENTRIES = 1 << 24
 MAX_BITS = 1 << 14          # T x d: the paper's largest setting is 70 x 14 = 980 bits
 MAX_HIDDEN_LAYERS = 8
 
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _K2 = np.uint64(0x9AE16A3B2F90404F)     # FarmHash's k2
 _GOLDEN = 0x9E3779B1                    # odd: multiplying by it permutes the integers mod 2**24
 

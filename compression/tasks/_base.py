@@ -5,7 +5,7 @@ cross-entropy.
 A task owns:
 
 - its data: train / validation / test :class:`Examples` (any number of input tensors of any
-  dtype and shape, targets or none), and the calibration examples post-training methods use;
+  dtype and shape, targets or none); post-training methods measure on the first training ones;
 - its loss: ``loss(outputs, targets, teacher, weight, temperature)``; ``teacher`` holds the dense
   model's outputs for the same examples when the stage distils (or when the task is label-free);
 - its metrics: ``metrics(outputs, targets, reference)`` -> {name: value}, with one of them the
@@ -19,7 +19,6 @@ not fit in memory overrides :meth:`Task.batches`.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
@@ -153,10 +152,6 @@ class Task:
             self._data = self.load()
         return self._data
 
-    def calibration(self, n: int) -> Examples:
-        """The first ``n`` training examples: what post-training methods measure on."""
-        return self.data().train.subset(n)
-
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         inputs, _ = self.data().test.take(slice(0, 1))
         return inputs
@@ -203,10 +198,6 @@ class RegisteredTask:
     config: type[TaskConfig]
     make: Callable[..., Task]     # make(config, seed=, data_root=, data=) -> Task
 
-    @property
-    def kind(self) -> str:
-        return self.config.KIND
-
 
 TASKS: Registry[RegisteredTask] = Registry("task", builtins=BUILTIN_TASKS)
 
@@ -251,7 +242,3 @@ def default_task_config() -> TaskConfig:
 
 def make_task(config: TaskConfig, **kwargs: Any) -> Task:
     return TASKS.get(config.KIND).make(config, **kwargs)
-
-
-def replace(config: TaskConfig, **changes: Any) -> TaskConfig:
-    return dataclasses.replace(config, **changes)
