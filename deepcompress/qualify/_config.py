@@ -30,11 +30,11 @@ Paths are relative to the file. The figures budgets and tolerances name are the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from dccore.artifacts import artifact_sha256
 from dccore.config import (Bytes, Check, Choice, Config, FilePath, Fields, Flag, FreeTable, Inline,
                            Int, List, Num, Section, Table, Text, allowed_keys, build, check_keys,
                            relative_to, setting, table)
@@ -163,10 +163,6 @@ class ModelSpec(Config):
     factory: str | None = setting(None, Text())
     kwargs: Mapping[str, Any] = setting(check=FreeTable(), factory=dict)
 
-    @property
-    def overrides(self) -> tuple[str, ...]:
-        return self.set
-
     def describe(self) -> str:
         return f"recipe {self.recipe}" if self.recipe else f"{self.dcz}"
 
@@ -181,20 +177,17 @@ class ModelSpec(Config):
             raise ConfigError(f"{path}: set = [...] overrides a recipe; there is none with dcz")
 
 
-def _exporter_options(name: str, value: dict, where: str) -> dict:
-    """Check an exporter's options against its Options config (ConfigError names the field)."""
-    from exporters import EXPORTERS
-
-    build(EXPORTERS.get(name).Options, value, where)
-    return dict(value)
-
-
 @dataclass(frozen=True)
 class ExporterOptions(Check):
+    """An exporter's options, checked against its Options config (ConfigError names the field)."""
+
     name: str
 
     def __call__(self, path: str, value: Any, owner: type) -> dict:
-        return _exporter_options(self.name, dict(table(path, value)), path)
+        from exporters import EXPORTERS
+
+        build(EXPORTERS.get(self.name).Options, dict(table(path, value)), path)
+        return dict(value)
 
 
 @dataclass(frozen=True)
@@ -343,7 +336,7 @@ def _read(cls: type, path: str | Path, what: str, make: Any = None) -> Any:
 
 def _source(config: Any, path: str | Path) -> Any:
     object.__setattr__(config, "path", Path(path))   # not settings: what was read, and its hash
-    object.__setattr__(config, "sha256", hashlib.sha256(Path(path).read_bytes()).hexdigest())
+    object.__setattr__(config, "sha256", artifact_sha256(path))
     return config
 
 

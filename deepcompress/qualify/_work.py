@@ -60,7 +60,7 @@ def plan(spec: ModelSpec) -> Plan:
     from ..runs import apply_override
 
     def edit(data: dict[str, Any]) -> None:
-        for assignment in spec.overrides:
+        for assignment in spec.set:
             apply_override(data, assignment)
         if spec.data is not None:
             data.setdefault("data", {})["root"] = spec.data
