@@ -65,17 +65,13 @@ def loads(text: str, where: str, *, error: ErrorType = UsageError) -> dict[str, 
                     f"most {MAX_DEPTH} deep)")
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise error(f"{where}: not valid TOML ({exc})") from None
     except RecursionError:
         raise error(f"{where}: tables or arrays nested too deeply to read (at most "
                     f"{MAX_DEPTH})") from None
-    except (ValueError, TypeError) as exc:   # a surrogate or NUL the parser did not expect
+    except (ValueError, TypeError) as exc:   # TOMLDecodeError; a surrogate or NUL it did not expect
         raise error(f"{where}: not valid TOML ({exc})") from None
-    try:
+    try:   # check_limits stops at MAX_DEPTH: it never recurses deep enough to fail itself
         check_limits(data, error=error)
-    except RecursionError:   # unreachable: check_limits stops at MAX_DEPTH; kept for safety
-        raise error(f"{where}: nested too deeply") from None
     except DeepCompressError as exc:
         raise error(f"{where}: {exc}") from None
     return data
