@@ -14,7 +14,7 @@ bits and the widths held), or with ``pad_bits = true`` listed in a note the run 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from dccore.errors import RecipeError
 from dccore.formats import TARGET_BITS
@@ -36,8 +36,6 @@ class Targets(Check):
 
 @dataclass(frozen=True)
 class ExportConfig(Config):
-    TARGETS: ClassVar[tuple[str, ...]] = tuple(TARGET_BITS)
-
     # none: the recipe makes no promise about any format (the exporters pad what they must)
     targets: tuple[str, ...] = setting((), Targets(), omit=lambda v: not v)
     # false: a width a target lacks is refused before any work (a silent pad wastes index bits)
