@@ -1,13 +1,27 @@
 """From what the phases produced (exports, the metric, bench results) to figures and gates."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ._config import Budgets
-from ._gates import Figure, Gate, failed_gate, fmt_value, passed_gate
+from ._gates import Figure, Gate, budget_gates, failed_gate, fmt_value, passed_gate
 from ._measures import METRICS
 from ._provenance import device_fingerprint
 from ._work import Exports
+
+
+def judge(exports: Exports, budgets: Budgets, bench: Mapping[str, list[dict[str, Any]]], *,
+          evaluates: bool) -> tuple[list[Figure], list[Gate]]:
+    """Every figure of a run (its artifacts, the metric, each device's ``bench`` results) and
+    the gates judging them against ``budgets``; ``evaluates``: the bench measures accuracy."""
+    figures = artifact_figures(exports) + metric_figures(exports)
+    figures += [f for spec, results in bench.items() for r in results
+                for f in device_figures(r, spec)]
+    gates = export_gates(exports) + metric_gate_if_missing(exports, budgets)
+    gates += budget_gates(figures, budgets)
+    for spec, results in bench.items():
+        gates += device_gates(spec, results, budgets, evaluates=evaluates)
+    return figures, gates
 
 
 def artifact_format(result: dict[str, Any]) -> str | None:

@@ -29,9 +29,8 @@ from dccore.errors import DeepCompressError
 
 from . import _work
 from ._config import Matrix, MatrixModel
-from ._figures import (artifact_figures, device_figures, device_gates, device_info, export_gates,
-                       metric_figures, metric_gate_if_missing)
-from ._gates import Gate, budget_gates, failed_gate, rolling_baseline, rolling_gate, verdict
+from ._figures import device_info, judge
+from ._gates import Gate, failed_gate, rolling_baseline, rolling_gate, verdict
 from ._outputs import Folder, junit_xml, write_outputs
 from ._provenance import UNKNOWN, git_revision, host_name
 from .history import History, RunRecord, open_history
@@ -232,12 +231,7 @@ class _Worker:
         artifacts = _work.artifacts_for(spec, exports)
         data = _work.eval_data(self.matrix.bench, compressed, exports)
         results = _work.bench_device(spec, artifacts, self.matrix.bench, data=data)
-        figures = artifact_figures(exports) + metric_figures(exports)
-        for r in results:
-            figures += device_figures(r, slot)
-        gates = export_gates(exports) + metric_gate_if_missing(exports, model.budgets)
-        gates += budget_gates(figures, model.budgets)
-        gates += device_gates(slot, results, model.budgets, evaluates=data is not None)
+        figures, gates = judge(exports, model.budgets, {slot: results}, evaluates=data is not None)
         gates += self._rolling(model.name, slot, figures)
         ok, line = verdict(gates)
         errors = [str(r.get("error")) for r in results if not r.get("ok")]

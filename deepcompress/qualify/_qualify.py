@@ -18,9 +18,8 @@ from dccore.errors import UsageError
 
 from . import _work
 from ._config import QualifyConfig
-from ._figures import (artifact_figures, device_figures, device_gates, device_info, export_gates,
-                       metric_figures, metric_gate_if_missing)
-from ._gates import Gate, budget_gates, regression_gates, verdict
+from ._figures import device_info, judge
+from ._gates import Gate, regression_gates, verdict
 from ._outputs import Folder, junit_xml, write_outputs
 from ._provenance import git_revision, host_name
 from .history import ArtifactRow, History, RunRecord, open_history
@@ -104,19 +103,10 @@ def _qualify(config: QualifyConfig, folder: Folder, plan: _work.Plan, history: H
     phases["bench"] = time.perf_counter() - t_bench
 
     # -- figures and gates ------------------------------------------------------------------------
-    figures = artifact_figures(exports) + metric_figures(exports)
-    devices_seen = {}
-    for spec, results in bench.items():
-        for r in results:
-            figures += device_figures(r, spec)
-            info = device_info(r)
-            if info is not None:
-                devices_seen[info["fingerprint"]] = info
+    figures, gates = judge(exports, config.budgets, bench, evaluates=data is not None)
+    devices_seen = {info["fingerprint"]: info for results in bench.values() for r in results
+                    for info in (device_info(r),) if info is not None}
     previous = history.last_passing("qualify", config.name)
-    gates = export_gates(exports) + metric_gate_if_missing(exports, config.budgets)
-    gates += budget_gates(figures, config.budgets)
-    for spec, results in bench.items():
-        gates += device_gates(spec, results, config.budgets, evaluates=data is not None)
     gates += regression_gates(figures, previous[1] if previous else None,
                               config.budgets.regression, previous[0] if previous else None)
     ok, line = verdict(gates)
