@@ -17,6 +17,7 @@ named in the recipe, called with the outputs tensor and returning one sequence p
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Sequence
 
 import torch
@@ -34,15 +35,8 @@ def argmax_paths(outputs: torch.Tensor) -> list[tuple[int, ...]]:
 
 def ctc_greedy(outputs: torch.Tensor, blank: int = 0) -> list[tuple[int, ...]]:
     """CTC greedy decoding: the argmax path, repeats collapsed, blanks dropped."""
-    out = []
-    for path in argmax_paths(outputs):
-        kept, last = [], None
-        for c in path:
-            if c != last and c != blank:
-                kept.append(c)
-            last = c
-        out.append(tuple(kept))
-    return out
+    return [tuple(c for c, _ in itertools.groupby(path) if c != blank)
+            for path in argmax_paths(outputs)]
 
 
 BUILTIN_DECODERS: dict[str, Decoder] = {"argmax": argmax_paths, "ctc_greedy": ctc_greedy}
