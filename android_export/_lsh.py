@@ -27,25 +27,12 @@ from torch import nn
 
 from dccore.errors import ExportError
 
-from ._flatbuffer import _fb, _op_names, read_model, write_model
+from ._flatbuffer import _fb, _op_names, _opcode, read_model, write_model
 
 
 def projections(model: nn.Module) -> list[dict[str, Any]]:
     return [m.tflite_lsh_projection() for m in model.modules()
             if callable(getattr(m, "tflite_lsh_projection", None))]
-
-
-def _opcode(model: Any, name: str) -> int:
-    fb = _fb()
-    code = getattr(fb.BuiltinOperator, name)
-    for i, oc in enumerate(model.operatorCodes):
-        if max(oc.builtinCode, oc.deprecatedBuiltinCode) == code:
-            return i
-    oc = fb.OperatorCodeT()
-    oc.builtinCode, oc.version = code, 1
-    oc.deprecatedBuiltinCode = min(code, 127)
-    model.operatorCodes.append(oc)
-    return len(model.operatorCodes) - 1
 
 
 def _const(model: Any, sg: Any, name: str, array: np.ndarray, ttype: int) -> int:
@@ -100,7 +87,7 @@ def rewrite(content: bytes, model: nn.Module) -> bytes:
         x_vec = _tensor(sg, f"{tag}/input", (n_in,), fb.TensorType.FLOAT32)
         bits_int = _tensor(sg, f"{tag}/bits", (n_bits,), fb.TensorType.INT32)
         bits_vec = _tensor(sg, f"{tag}/bits_float", (n_bits,), fb.TensorType.FLOAT32)
-        reshape = _opcode(fm, "RESHAPE")
+        reshape = _opcode(fm, fb.BuiltinOperator.RESHAPE)
         lsh_options = fb.LSHProjectionOptionsT()
         lsh_options.type = fb.LSHProjectionType.DENSE
         cast_options = fb.CastOptionsT()
@@ -108,11 +95,11 @@ def rewrite(content: bytes, model: nn.Module) -> bytes:
         sg.operators[fc] = _op(reshape, [x_flat, _const(fm, sg, f"{tag}/shape_in", np.array(
             [n_in], np.int32), fb.TensorType.INT32)], [x_vec])
         sg.operators[greater] = _op(
-            _opcode(fm, "LSH_PROJECTION"),
+            _opcode(fm, fb.BuiltinOperator.LSH_PROJECTION),
             [_const(fm, sg, f"{tag}/seeds", seeds, fb.TensorType.FLOAT32),
              _const(fm, sg, f"{tag}/index", np.arange(n_in, dtype=np.int32), fb.TensorType.INT32),
              x_vec], [bits_int], fb.BuiltinOptions.LSHProjectionOptions, lsh_options)
-        sg.operators[cast] = _op(_opcode(fm, "CAST"), [bits_int], [bits_vec],
+        sg.operators[cast] = _op(_opcode(fm, fb.BuiltinOperator.CAST), [bits_int], [bits_vec],
                                  fb.BuiltinOptions.CastOptions, cast_options)
         sg.operators.insert(cast + 1, _op(reshape, [bits_vec, _const(
             fm, sg, f"{tag}/shape_out", np.array([1, n_bits], np.int32), fb.TensorType.INT32)],
