@@ -333,10 +333,7 @@ class Connection:
             self._streams.clear()
         for stream in streams:
             stream._on_close()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self.abort()
         self.sock.close()
         self.daemon.forget(self)
 
