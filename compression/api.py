@@ -45,7 +45,7 @@ from .progress import no_progress
 from .recipe import Recipe, load_recipe
 from .stages import STAGES, StageConfig
 from .stages.encode import EncodeConfig, write_model_file
-from .tasks import Examples, Task
+from .tasks import Examples, Task, TaskData
 
 
 def _recipe(config: Recipe | Mapping[str, Any] | str | os.PathLike[str]) -> Recipe:
@@ -67,8 +67,6 @@ class _Calibration(Task):
         self._data_inputs = inputs
 
     def load(self):
-        from .tasks import TaskData
-
         ex = Examples(self._data_inputs)
         return TaskData(ex, None, ex)
 

@@ -22,6 +22,7 @@ from ._recurrent import gate_inputs, recurrent_hooks
 from .models import RECURRENT_TYPES, weight_param
 from .progress import ProgressFn, no_progress
 from .prune import keep_largest
+from .tasks import model_outputs
 
 
 CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -243,8 +244,6 @@ def task_sensitivity(model: nn.Module, task, examples, params: Mapping[str, torc
     task's own loss, or, for a label-free task, of the outputs themselves: the squared gradient
     of a random projection ``v . f(x)`` (v ~ N(0, 1) per batch) estimates diag(JᵀJ), how far the
     outputs move per unit of each weight's error (Hutchinson; Gauss-Newton)."""
-    from .tasks import model_outputs
-
     generator = torch.Generator().manual_seed(seed)
     n = len(examples)
     batches = [examples.take(slice(i, i + batch_size)) for i in range(0, n, batch_size)]

@@ -51,7 +51,9 @@ from dccore.errors import DataError, RecipeError
 from dccore.registry import user_callable
 
 from dccore.config import Check, Int, Num, OneOf, Shape, Text, fail, setting
-from ._base import Examples, HiddenTerm, Task, TaskConfig, TaskData, register_task
+from ..models import load_torch_file
+from ._base import (Examples, HiddenTerm, Task, TaskConfig, TaskData, model_outputs,
+                    register_task)
 from ._sequence import (BUILTIN_DECODERS, decode, position_agreement, sequence_figures)
 
 LOSSES = ("mse", "cosine", "kl")
@@ -262,8 +264,6 @@ class Distill(Task):
         if not path.exists():
             raise DataError(f"task.inputs {path}: no such file or folder")
         if path.suffix == ".pt":
-            from ..models import load_torch_file
-
             return as_inputs(load_torch_file(path), names, str(path))
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
@@ -341,8 +341,6 @@ class Distill(Task):
 
 def _decide(raw: Any) -> tuple[str, str]:
     """(metric, why) by rules 3-5 of the module docstring, from one call's raw output."""
-    from ._base import model_outputs
-
     if isinstance(raw, Mapping) or hasattr(raw, "keys"):
         keys = [k for k in raw.keys() if isinstance(raw[k], torch.Tensor)]
         if "logits" in keys:
