@@ -81,13 +81,6 @@ def hyperplanes(seeds: np.ndarray, in_features: int) -> np.ndarray:
     return fingerprint64_8(keys).view(np.int64).astype(np.float64)
 
 
-def lsh_bits(x: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """LSH_PROJECTION (DENSE) of one example ``x`` (in_features,) exactly as LiteRT computes it:
-    float64 sums over the integer hyperplanes; 0/1 per bit."""
-    h = hyperplanes(seeds, x.size)
-    return (h @ np.asarray(x, dtype=np.float64).reshape(-1) > 0).astype(np.int32)
-
-
 class LSHProjection(nn.Module):
     """``x`` -> ``T*d`` bits (0.0 / 1.0) by random hyperplanes regenerated from ``seed``.
 

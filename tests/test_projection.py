@@ -12,12 +12,19 @@ from torch import nn
 
 from compression.models import build_model
 from compression.pipeline import run_recipe
-from compression.projection import (LSHProjection, ProjectionNet, hyperplanes, lsh_bits,
-                                    lsh_seeds, parameter_bits)
+from compression.projection import (LSHProjection, ProjectionNet, hyperplanes, lsh_seeds,
+                                    parameter_bits)
 from compression.recipe import Recipe, load_recipe
 from compression.stages.projection import ProjectionConfig, _losses
 from compression.tasks import make_task, default_task_config
 from dccore.errors import ContainerError, ModelError, RecipeError
+
+
+def lsh_bits(x: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """LSH_PROJECTION (DENSE) of one example ``x`` (in_features,) exactly as LiteRT computes it:
+    float64 sums over the integer hyperplanes; 0/1 per bit."""
+    h = hyperplanes(seeds, x.size)
+    return (h @ np.asarray(x, dtype=np.float64).reshape(-1) > 0).astype(np.int32)
 
 
 def _lsh_model(seeds: np.ndarray, n_in: int) -> bytes:
