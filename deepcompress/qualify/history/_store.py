@@ -592,7 +592,7 @@ class History:
                     continue
                 if row["state"] == "failed" and row["owner"] == owner:
                     continue   # retried by this very process already: once per run is enough
-                conn.execute(sa.update(c).where(*_cell_pk(row)).values(
+                conn.execute(sa.update(c).where(*_cell(matrix, night, row["model"], slot)).values(
                     state="running", owner=owner, lease_expires=stamp + lease_s,
                     attempts=row["attempts"] + 1, updated_at=stamp))
                 return row["model"]
@@ -604,8 +604,8 @@ class History:
         c = s.cells
         with writing(self.engine) as conn:
             done = conn.execute(sa.update(c).where(
-                c.c.matrix == matrix, c.c.night == night, c.c.model == model, c.c.device == slot,
-                c.c.owner == owner, c.c.state == "running").values(
+                *_cell(matrix, night, model, slot), c.c.owner == owner,
+                c.c.state == "running").values(
                 lease_expires=time.time() + lease_s, updated_at=time.time()))
             return done.rowcount == 1
 
@@ -615,15 +615,14 @@ class History:
         still this owner's; None when another host has it now (its result is the one kept)."""
         c = s.cells
         with writing(self.engine) as conn:
-            q = sa.select(c).where(c.c.matrix == matrix, c.c.night == night, c.c.model == model,
-                                   c.c.device == slot)
+            q = sa.select(c).where(*_cell(matrix, night, model, slot))
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update()
             row = conn.execute(q).mappings().first()
             if row is None or row["owner"] != owner or row["state"] != "running":
                 return None
             run_id = self.record(run, conn=conn)
-            conn.execute(sa.update(c).where(*_cell_pk(row)).values(
+            conn.execute(sa.update(c).where(*_cell(matrix, night, model, slot)).values(
                 state="done" if run.ok or run.error is None else "failed", run_id=run_id,
                 error=run.error, lease_expires=None, updated_at=time.time()))
             return run_id
@@ -633,8 +632,8 @@ class History:
         c = s.cells
         with writing(self.engine) as conn:
             conn.execute(sa.update(c).where(
-                c.c.matrix == matrix, c.c.night == night, c.c.model == model, c.c.device == slot,
-                c.c.owner == owner, c.c.state == "running").values(
+                *_cell(matrix, night, model, slot), c.c.owner == owner,
+                c.c.state == "running").values(
                 state="pending", owner=None, lease_expires=None, updated_at=time.time()))
 
     def cells(self, matrix: str, night: str) -> list[dict[str, Any]]:
@@ -645,10 +644,10 @@ class History:
                 .order_by(c.c.model, c.c.device)).mappings()]
 
 
-def _cell_pk(row: Mapping[str, Any]) -> list:
+def _cell(matrix: str, night: str, model: str, device: str) -> list:
+    """The conditions that pick one cell (its primary key)."""
     c = s.cells
-    return [c.c.matrix == row["matrix"], c.c.night == row["night"], c.c.model == row["model"],
-            c.c.device == row["device"]]
+    return [c.c.matrix == matrix, c.c.night == night, c.c.model == model, c.c.device == device]
 
 
 def _dialect_insert(conn: Connection):
