@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Callable
 
 from dccore.outputs import write_bytes_atomic
 
@@ -46,11 +45,10 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def serve(args: argparse.Namespace, say: Callable[[dict, str], None] | None = None) -> int:
+def serve(args: argparse.Namespace) -> int:
     """Start the device from ``args`` (see add_arguments) and serve until a signal."""
     from ._handle import start
 
-    say = say or (lambda info, text: _say(args.json, info, text))
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s emulator: %(message)s",
                         level=logging.INFO if args.verbose else logging.WARNING)
     stop = threading.Event()
@@ -63,7 +61,7 @@ def serve(args: argparse.Namespace, say: Callable[[dict, str], None] | None = No
     try:
         handle = start(port=args.port, no_auth=args.no_auth, sandbox=args.sandbox,
                        profile=args.profile, authorized_keys=args.authorized_keys,
-                       old_adbd=getattr(args, "old_adbd", False))
+                       old_adbd=args.old_adbd)
     except BaseException:
         if args.pidfile:
             _remove_own_pidfile(args.pidfile)
@@ -72,10 +70,10 @@ def serve(args: argparse.Namespace, say: Callable[[dict, str], None] | None = No
         info = {"serial": handle.serial, "host": handle.host, "port": handle.port,
                 "sandbox": str(handle.sandbox), "auth": handle.auth, "pid": os.getpid(),
                 "model": handle.profile.properties.get("ro.product.model", "")}
-        say(info, f"Emulated Android device listening on {handle.serial}\n"
-                  f"  /data/local/tmp = {handle.sandbox}\n  auth: {handle.auth}\n"
-                  f"  try: adb connect {handle.serial} && adb -s {handle.serial} shell getprop\n"
-                  "  Ctrl-C stops it.")
+        _say(args.json, info, f"Emulated Android device listening on {handle.serial}\n"
+                              f"  /data/local/tmp = {handle.sandbox}\n  auth: {handle.auth}\n"
+                              f"  try: adb connect {handle.serial} && adb -s {handle.serial} "
+                              "shell getprop\n  Ctrl-C stops it.")
         while not stop.wait(0.5):
             pass
     finally:
