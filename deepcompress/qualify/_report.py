@@ -102,8 +102,6 @@ def bench_table(results: Sequence[Mapping[str, Any]]) -> str:
 # trends from the history
 
 def trend_panels(series: Sequence[Mapping[str, Any]], label: Any, *,
-                 gate_kinds: tuple[str, ...] = ("regression", "rolling"),
-                 figures: Sequence[str] = TREND_FIGURES,
                  device: str | None = None) -> list[dict[str, Any]]:
     """Per figure: its value in each run, the regression threshold that run was judged by, and
     whether a gate on it failed. ``device``: only that device's figures (sizes and the metric
@@ -111,7 +109,7 @@ def trend_panels(series: Sequence[Mapping[str, Any]], label: Any, *,
     keys: list[tuple] = []
     for run in series:
         for m in run["metrics"]:
-            if m["figure"] not in figures or (device is not None and m["device"] not in (None, device)):
+            if m["figure"] not in TREND_FIGURES or (device is not None and m["device"] not in (None, device)):
                 continue
             if m["figure"] == "size_bytes" and m["format"] == "dcz" and any(
                     mm["figure"] == "size_bytes" and mm["format"] not in ("dcz", None)
@@ -120,7 +118,7 @@ def trend_panels(series: Sequence[Mapping[str, Any]], label: Any, *,
             key = (m["figure"], m["format"], m["device"], m["task_metric"])
             if key not in keys:
                 keys.append(key)
-    keys.sort(key=lambda k: figures.index(k[0]))
+    keys.sort(key=lambda k: TREND_FIGURES.index(k[0]))
     panels = []
     for key in keys:
         ys, thr, failed = [], [], []
@@ -130,7 +128,8 @@ def trend_panels(series: Sequence[Mapping[str, Any]], label: Any, *,
             gates = [g for g in run.get("gates", [])
                      if (g["figure"], g["format"], g["device"]) == key[:3]]
             ys.append(m["value"] if m else math.nan)
-            limit = next((g["limit"] for g in gates if g["gate"] in gate_kinds and g["limit"] is not None), None)
+            limit = next((g["limit"] for g in gates
+                          if g["gate"] in ("regression", "rolling") and g["limit"] is not None), None)
             thr.append(limit)
             failed.append(any(not g["ok"] for g in gates))
         figure, fmt, dev, task = key

@@ -500,15 +500,12 @@ class History:
             raise HistoryError(f"run {ref!r}: the history {self.where} has no such run")
         return int(found)
 
-    def last_passing(self, kind: str, name: str, model: str | None = None
-                     ) -> tuple[int, dict[tuple, float]] | None:
+    def last_passing(self, kind: str, name: str) -> tuple[int, dict[tuple, float]] | None:
         """The last passing run of this qualification (or cell): its id and its figures by
         ``Figure.compare_key``."""
         q = (sa.select(s.runs.c.id).where(s.runs.c.kind == kind, s.runs.c.name == name,
                                           s.runs.c.ok.is_(True))
              .order_by(s.runs.c.id.desc()).limit(1))
-        if model is not None:
-            q = q.where(s.runs.c.model == model)
         with self._reading() as conn:
             run_id = conn.execute(q).scalar()
             if run_id is None:
