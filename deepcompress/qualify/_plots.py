@@ -144,7 +144,7 @@ def metric_size_plot(report: Mapping[str, Any] | None, metric: Metric | None) ->
 
 def latency_plot(results: Sequence[Mapping[str, Any]]) -> bytes | None:
     """One box with its points per (artifact, device) that reported every run's latency."""
-    series = [(f"{r.get('model') or Path(r['artifact']).name}\non {_where(r)}", r["latencies_ms"])
+    series = [(f"{r.get('model') or Path(r['artifact']).name}\non {where(r)}", r["latencies_ms"])
               for r in results
               if r.get("ok") and r.get("latencies_ms")]
     if not series:
@@ -170,7 +170,7 @@ def latency_plot(results: Sequence[Mapping[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
-def _where(result: Mapping[str, Any]) -> str:
+def where(result: Mapping[str, Any]) -> str:
     """The device as the run names it: a nightly's slot, else its serial or SPEC."""
     device = result.get("device") or {}
     return str(result.get("slot") or device.get("serial") or device.get("spec") or "?")

@@ -82,14 +82,13 @@ def gates_table(gates: Sequence[Mapping[str, Any]]) -> str:
 def bench_table(results: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for r in results:
-        where = r.get("slot") or (r.get("device") or {}).get("serial") or (r.get("device") or {}).get("spec")
+        name, where = r.get("model") or Path(str(r.get("artifact"))).name, _plots.where(r)
         if not r.get("ok"):
-            rows.append(((r.get("model") or Path(str(r.get("artifact"))).name, where, "-", "-", "-", "-",
-                          "-", "FAIL " + str(r.get("error"))), "bad"))
+            rows.append(((name, where, "-", "-", "-", "-", "-", "FAIL " + str(r.get("error"))), "bad"))
             continue
         lat = r["latency_ms"]
         acc = r.get("accuracy")
-        rows.append(((r.get("model") or Path(r["artifact"]).name, where, r.get("runs"), fmt_value(lat.get("p50"), "ms"),
+        rows.append(((name, where, r.get("runs"), fmt_value(lat.get("p50"), "ms"),
                       fmt_value(lat.get("p90"), "ms"), fmt_value(r.get("model_memory_mb"), "MB"),
                       fmt_value(r.get("peak_memory_mb"), "MB"),
                       f"accuracy {acc['accuracy']:.4f}" if acc else
