@@ -69,13 +69,6 @@ def banner_props(banner: bytes | None) -> dict[str, str]:
     return {k: v for k, sep, v in pairs if sep and k.startswith("ro.") and v}
 
 
-def _tcp_transport(host: str, port: int) -> Any:
-    """Imported here, not at the top: importing this module does not import adb-shell."""
-    from ._adb_transport import FastTcpTransport
-
-    return FastTcpTransport(host, port)
-
-
 _USB_SERIAL = re.compile(r"[A-Za-z0-9]+")  # what `adb devices` lists for a phone on USB
 _TCP_HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
 
@@ -156,10 +149,13 @@ class AdbDevice(Device):
             return self._adb
         if self._signer is None:
             self._signer = load_signer(self.key_path)
+        # imported here, not at the top: importing this module does not import adb-shell
         from adb_shell.adb_device import AdbDevice as _AdbShellDevice
 
         if self._address is not None:
-            self._transport = _tcp_transport(*self._address)
+            from ._adb_transport import FastTcpTransport
+
+            self._transport = FastTcpTransport(*self._address)
             adb = _AdbShellDevice(self._transport, default_transport_timeout_s=self.timeout_s)
         else:
             adb = self._usb_device()
