@@ -50,10 +50,6 @@ def check_devices(devices: tuple[str, ...], formats: tuple[str, ...]) -> None:
                              "the device")
 
 
-def history_location(out: Path, cli_db: str | None, config_db: str | None) -> str:
-    return cli_db or config_db or str(Folder(out, MARKER).history)
-
-
 def qualify(config: QualifyConfig, out: Path, *, db: str | None = None, ui: Any = None,
             log: Callable[[str], None] = lambda m: None) -> QualifyResult:
     started, t0 = now(), time.perf_counter()
@@ -69,7 +65,7 @@ def qualify(config: QualifyConfig, out: Path, *, db: str | None = None, ui: Any 
 
         check_run_folder(run_dir, force=True, resuming=True, claim=False)
     folder.claim()
-    history = open_history(history_location(out, db, config.history.db))
+    history = open_history(db or config.history.db or str(folder.history))
     try:
         return _qualify(config, folder, plan, history, started, t0, ui, log)
     finally:
