@@ -136,7 +136,7 @@ def test_a_folder_of_the_users_files_is_refused_before_any_work(tmp_path, capsys
 @pytest.mark.parametrize("name, content", [("report.html", "<html>my own page</html>"),
                                            ("junit.xml", "not xml"), ("results.json", "text")])
 def test_an_output_file_that_is_not_ours_is_refused(tmp_path, name, content):
-    folder = Folder(tmp_path / "out", ".deepcompress-qualify")
+    folder = Folder(tmp_path / "out", "qualify")
     folder.claim()
     (folder.root / name).write_text(content)
     with pytest.raises(UsageError, match=name):

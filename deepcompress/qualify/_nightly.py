@@ -36,7 +36,6 @@ from ._provenance import UNKNOWN, git_revision, host_name
 from .history import History, RunRecord, open_history
 from .history._store import now
 
-MARKER = ".deepcompress-nightly"
 Log = Callable[[str], None]
 
 
@@ -111,7 +110,7 @@ def run_nightly(matrix: Matrix, out: Path, *, db: str | None = None, night: str 
                 poll_s: float | None = None, log: Log = lambda m: None) -> NightlyResult:
     t0 = time.perf_counter()
     night = check_night(night) if night else today()
-    folder = Folder(out, MARKER)
+    folder = Folder(out, "nightly")
     # -- before any work -------------------------------------------------------------------------
     from ._qualify import check_devices
 

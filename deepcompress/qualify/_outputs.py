@@ -33,10 +33,11 @@ HTML_REPORT = OutputKind("deepcompress HTML report", recognise=_is_our_html)
 @dataclass(frozen=True)
 class Folder:
     """``root`` holds: report.html, junit.xml, results.json, the history (by default), and the
-    work (``run/`` or ``models/``, ``artifacts/``). ``marker`` says which command's folder it is."""
+    work (``run/`` or ``models/``, ``artifacts/``). ``command``: whose folder it is (its marker,
+    dccore.outputs)."""
 
     root: Path
-    marker: str                          # ".deepcompress-qualify" | ".deepcompress-nightly"
+    command: str                         # "qualify" | "nightly"
 
     @property
     def report(self) -> Path:
@@ -72,10 +73,6 @@ class Folder:
     def claim(self) -> None:
         """Mark the folder as this command's (after ``check``)."""
         claim_folder(self.root, self.command)
-
-    @property
-    def command(self) -> str:
-        return self.marker.rsplit("-", 1)[-1]
 
 
 def gate_name(gate: str, figure: str) -> str:

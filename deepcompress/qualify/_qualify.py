@@ -25,8 +25,6 @@ from ._provenance import git_revision, host_name
 from .history import ArtifactRow, History, RunRecord, open_history
 from .history._store import now
 
-MARKER = ".deepcompress-qualify"
-
 
 @dataclass
 class QualifyResult:
@@ -53,7 +51,7 @@ def check_devices(devices: tuple[str, ...], formats: tuple[str, ...]) -> None:
 def qualify(config: QualifyConfig, out: Path, *, db: str | None = None, ui: Any = None,
             log: Callable[[str], None] = lambda m: None) -> QualifyResult:
     started, t0 = now(), time.perf_counter()
-    folder = Folder(out, MARKER)
+    folder = Folder(out, "qualify")
     # -- before any work -------------------------------------------------------------------------
     check_devices(config.bench.devices, config.export.formats)
     _work.check_metric_examples(config.model, config.export, config.budgets.min_metric())
