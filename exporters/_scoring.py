@@ -28,7 +28,6 @@ class Score:
     ok: bool
     figures: Mapping[str, float]                  # e.g. accuracy, torch_accuracy, max_abs_diff
     limits: Mapping[str, float] = field(default_factory=dict)   # what ``ok`` was held to
-    rule: str = ""                                # the same, in words
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.figures, **self.limits}
@@ -49,8 +48,7 @@ def accuracy_scorer(labels: np.ndarray, tolerance: float = TOLERANCE) -> Scorer:
         figures = {"accuracy": acc, "torch_accuracy": ref_acc,
                    "agreement": metrics.argmax_agreement(got, reference),
                    "max_abs_diff": metrics.max_abs_diff(got, reference)}
-        return Score(abs(acc - ref_acc) <= tolerance + _SLACK, figures, {"tolerance": tolerance},
-                     f"accuracy within {tolerance:g} ({100 * tolerance:g} point) of PyTorch's")
+        return Score(abs(acc - ref_acc) <= tolerance + _SLACK, figures, {"tolerance": tolerance})
     return score
 
 
@@ -64,6 +62,5 @@ def cosine_scorer(min_cosine: float = MIN_COSINE) -> Scorer:
         worst = metrics.min_cosine(got, reference)
         figures = {"min_cosine": worst, "mean_cosine": metrics.mean_cosine(got, reference),
                    "max_abs_diff": metrics.max_abs_diff(got, reference)}
-        return Score(bool(worst >= min_cosine), figures, {"min_cosine_required": min_cosine},
-                     f"every output at cosine >= {min_cosine:g} to PyTorch's")
+        return Score(bool(worst >= min_cosine), figures, {"min_cosine_required": min_cosine})
     return score
