@@ -329,7 +329,7 @@ def _at(path: str, key: Any) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Choice(Check):
+class Listed(Check):
     """One of the names ``names()`` gives when checked (a registry's, which plugins add to)."""
 
     names: Callable[[], Iterable[str]]

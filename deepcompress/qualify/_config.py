@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dccore.artifacts import artifact_sha256
-from dccore.config import (Bytes, Check, Choice, Config, FilePath, Fields, Flag, FreeTable, Inline,
-                           Int, List, Num, Section, Table, Text, allowed_keys, build, check_keys,
+from dccore.config import (Bytes, Check, Config, FilePath, Fields, Flag, FreeTable, Inline, Int,
+                           List, Listed, Num, Section, Table, Text, allowed_keys, build, check_keys,
                            relative_to, setting, table)
 from dccore.errors import ConfigError, UsageError
 from device_harness.runners import MAX_SECONDS, BenchOptions
@@ -192,7 +192,7 @@ class ExporterOptions(Check):
 
 @dataclass(frozen=True)
 class ExportSpec(Config):
-    formats: tuple[str, ...] = setting(check=List(Choice(_formats), distinct=True, nonempty=True),
+    formats: tuple[str, ...] = setting(check=List(Listed(_formats), distinct=True, nonempty=True),
                                        factory=_host_formats)
     examples: int = setting(1000, Int(1, MAX_EXAMPLES))   # validate on the first N examples:
     # enough for 0.1-point accuracy agreement, a few seconds of conversion checks
@@ -296,7 +296,7 @@ def _without(tables: Mapping[str, Mapping[str, float]], key: str) -> dict[str, d
 
 
 @dataclass(frozen=True)
-class History(Config):
+class HistorySpec(Config):
     db: str | None = setting(None, FilePath(keep=lambda db: "://" in db, text=True))   # or a URL
 
 
@@ -310,7 +310,7 @@ class QualifyConfig(Config):
     export: ExportSpec = setting(check=Inline(ExportSpec, "options"), factory=ExportSpec)
     bench: BenchSpec = setting(check=Section(BenchSpec), factory=BenchSpec)
     budgets: Budgets = setting(check=BUDGETS, factory=Budgets)
-    history: History = setting(check=Section(History), factory=History)
+    history: HistorySpec = setting(check=Section(HistorySpec), factory=HistorySpec)
     path: Path = dataclasses.field(default=Path(), init=False)   # the file read
     sha256: str = dataclasses.field(default="", init=False)      # its bytes': which config ran
 
@@ -376,7 +376,7 @@ class Rolling(Config):
     window: int = setting(7, Int(1, MAX_NIGHTS))        # a week of nights: a slow drift shows
     min_samples: int = setting(3, Int(1, MAX_NIGHTS))   # fewer passing nights: no verdict yet
     tolerance: Mapping[str, Tolerance] = setting(       # what the matrix changes of the defaults
-        check=Table(Tolerance, key=Choice(lambda: DEFAULT_TOLERANCES)), factory=dict)
+        check=Table(Tolerance, key=Listed(lambda: DEFAULT_TOLERANCES)), factory=dict)
 
     @property
     def tolerances(self) -> dict[str, Tolerance]:
@@ -420,7 +420,7 @@ class Matrix(Config):
     bench: BenchSpec = setting(check=MatrixBench(), factory=BenchSpec)
     regression: Rolling = setting(check=Section(Rolling), factory=Rolling)
     lease_s: float = setting(600.0, Num(1.0, MAX_SECONDS))
-    history: History = setting(check=Section(History), factory=History)
+    history: HistorySpec = setting(check=Section(HistorySpec), factory=HistorySpec)
     path: Path = dataclasses.field(default=Path(), init=False)
     sha256: str = dataclasses.field(default="", init=False)
 

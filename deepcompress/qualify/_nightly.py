@@ -88,7 +88,7 @@ class _Models:
     One at a time: training seeds PyTorch's global generator, so two models trained at once in
     two threads would draw from each other's stream and neither would be reproducible."""
 
-    def __init__(self, matrix: Matrix, out: Path, plans: dict[str, _work.Plan], log: Log) -> None:
+    def __init__(self, matrix: Matrix, out: Path, plans: dict[str, _work.WorkPlan], log: Log) -> None:
         self.matrix, self.out, self.plans, self.log = matrix, out, plans, log
         self._lock = threading.Lock()
         self._done: dict[str, tuple[_work.Compressed, _work.Exports]] = {}

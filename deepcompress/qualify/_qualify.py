@@ -70,7 +70,7 @@ def qualify(config: QualifyConfig, out: Path, *, db: str | None = None, ui: Any 
         history.close()
 
 
-def _qualify(config: QualifyConfig, folder: Folder, plan: _work.Plan, history: History,
+def _qualify(config: QualifyConfig, folder: Folder, plan: _work.WorkPlan, history: History,
              started: Any, t0: float, ui: Any, log: Callable[[str], None]) -> QualifyResult:
     out = folder.root
     phases: dict[str, float] = {}

@@ -38,7 +38,7 @@ Log = Callable[[str], None]
 # compress
 
 @dataclass
-class Plan:
+class WorkPlan:
     """What to compress, checked before any work: the recipe is read and validated."""
 
     spec: ModelSpec
@@ -50,11 +50,11 @@ class Plan:
         return self.recipe.sha256() if self.recipe is not None else UNKNOWN
 
 
-def plan(spec: ModelSpec) -> Plan:
+def plan(spec: ModelSpec) -> WorkPlan:
     if spec.dcz is not None:
         if not spec.dcz.is_file():
             raise UsageError(f"model.dcz = {spec.dcz}: no such file")
-        return Plan(spec)
+        return WorkPlan(spec)
     from compression.recipe import read_recipe
 
     from ..runs import apply_override
@@ -66,7 +66,7 @@ def plan(spec: ModelSpec) -> Plan:
             data.setdefault("data", {})["root"] = spec.data
 
     recipe, text = read_recipe(spec.recipe, edit)
-    return Plan(spec, recipe, text)
+    return WorkPlan(spec, recipe, text)
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Compressed:
     claimed: Metric | None = None    # a given .dcz's own figures: shown, never gated on
 
 
-def compress(p: Plan, run_dir: Path, *, progress: Any = None, log: Log = lambda m: None) -> Compressed:
+def compress(p: WorkPlan, run_dir: Path, *, progress: Any = None, log: Log = lambda m: None) -> Compressed:
     start = time.perf_counter()
     if p.recipe is None:
         return _given(p, start)
@@ -114,7 +114,7 @@ def compress(p: Plan, run_dir: Path, *, progress: Any = None, log: Log = lambda 
                       seconds=time.perf_counter() - start, data_root=recipe.data.root)
 
 
-def _given(p: Plan, start: float) -> Compressed:
+def _given(p: WorkPlan, start: float) -> Compressed:
     import dcz as container
 
     meta = container.load(p.spec.dcz).meta
