@@ -1,5 +1,6 @@
 """The CI size gate behind ``deepcompress check``: each artifact's bytes and zipped bytes against
-its budget, and its growth over a stored baseline.
+its budget, and its growth over a stored baseline, judged as qualify judges them (its figures,
+gates, verdict and JUnit).
 
 budgets.toml (see examples/budgets.toml), in the budget vocabulary qualify's configs use::
 
@@ -13,7 +14,7 @@ budgets.toml (see examples/budgets.toml), in the budget vocabulary qualify's con
     max_zipped_bytes = 60_000         # deflated, as inside an APK/IPA
     size_pct = 2.0                    # growth over the baseline's bytes and zipped bytes, percent
 
-An exact name beats a glob, a longer glob beats a shorter one. An artifact that no check
+An exact name beats a glob, a longer glob beats a shorter one. An artifact that no gate
 measures (no entry covers it and ``[defaults]`` sets no size limit, or its only limit is growth
 and the baseline does not know it) is a usage error: a gate must not pass what it does not
 measure. A baseline file the budgets name must exist; ``update_baseline`` records the current
@@ -25,16 +26,19 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dccore import junit, tomlfile
+from dccore import tomlfile
 from dccore.artifacts import ArtifactSize, artifact_size
 from dccore.config import (Bytes, Config, FilePath, Num, Section, Table, build, dump,
                            relative_to, setting, table)
 from dccore.errors import ConfigError
 from dccore.outputs import JSON_FILE, JUNIT_XML, check_output, write_bytes_atomic, write_json_atomic
+
+from .qualify._gates import Figure, Gate, budget_gates, regression_gates, verdict
+from .qualify._outputs import junit_xml
 
 # The keys this gate used before it spoke qualify's vocabulary, refused with their new name.
 RENAMED = {"max_bytes": "max_size_bytes", "max_growth_pct": "size_pct"}
@@ -92,57 +96,37 @@ def load_budgets(path: str | os.PathLike[str]) -> SizeBudgets:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One check of one artifact: ``check`` is the budget key (max_size_bytes, max_zipped_bytes)
-    or growth_bytes / growth_zipped_bytes (size_pct against the baseline)."""
-
-    artifact: str
-    check: str
-    limit: float
-    actual: float | None
-    ok: bool
-    skipped: str = ""     # why a check did not run (no baseline entry)
-    message: str = ""
-
-
-def _growth(name: str, what: str, now: int, base: Any, pct: float) -> Verdict:
-    check = f"growth_{what}"
-    if not isinstance(base, int) or base <= 0:
-        return Verdict(name, check, pct, None, True, skipped="no baseline")
-    growth = 100.0 * (now - base) / base
-    ok = growth <= pct
-    msg = "" if ok else f"{what.replace('_', ' ')} grew {growth:.1f}% ({base:,} -> {now:,}), limit {pct:g}%"
-    return Verdict(name, check, pct, round(growth, 3), ok, message=msg)
+# figure -> its key in an ArtifactSize and in the baseline file
+SIZES = {"size_bytes": "bytes", "zipped_bytes": "zipped_bytes"}
 
 
 def run_checks(artifacts: Sequence[Path], budgets: SizeBudgets, baseline: Mapping[str, Any] | None,
-               *, recording: bool = False) -> tuple[list[Verdict], dict[str, ArtifactSize]]:
-    """Measure each artifact against its limits. ``recording``: this run records the baseline,
-    so an artifact whose only limit is growth counts as measured (from the next run on)."""
-    sizes, verdicts = {}, []
+               *, recording: bool = False) -> tuple[list[Gate], dict[str, ArtifactSize]]:
+    """Each artifact's sizes as qualify's figures, judged by qualify's gates: its limits
+    (budget_gates) and its growth over the ``baseline`` (regression_gates). ``recording``: this
+    run records the baseline, so an artifact whose only limit is growth counts as measured (from
+    the next run on)."""
+    sizes, gates = {}, []
     for path in artifacts:
         limits = budgets.for_artifact(path)
         if limits is None:
             raise ConfigError(f"artifact {path.name} matches no budget; add [artifacts.\"{path.name}\"] "
                               "or a [defaults] table to the budgets file")
         size = sizes[path.name] = artifact_size(path)
-        for key, actual in (("max_size_bytes", size.bytes), ("max_zipped_bytes", size.zipped_bytes)):
-            if key in limits:
-                ok = actual <= limits[key]
-                msg = "" if ok else f"{actual:,} bytes > {limits[key]:,} ({key})"
-                verdicts.append(Verdict(path.name, key, limits[key], actual, ok, message=msg))
-        if "size_pct" in limits and baseline is not None:
-            base = baseline.get(path.name, {})
-            for what, now in (("bytes", size.bytes), ("zipped_bytes", size.zipped_bytes)):
-                verdicts.append(_growth(path.name, what, now, base.get(what), limits["size_pct"]))
-        measured = any(v.artifact == path.name and not v.skipped for v in verdicts)
-        if not measured and not (recording and "size_pct" in limits):
+        figures = [Figure(f, getattr(size, key), format=path.name) for f, key in SIZES.items()]
+        mine = budget_gates(figures, limits)
+        if baseline is not None:
+            entry = baseline.get(path.name, {})
+            previous = {f.compare_key: base for f in figures for base in (entry.get(SIZES[f.figure]),)
+                        if isinstance(base, int) and base > 0}
+            mine += regression_gates(figures, previous, limits, "baseline")
+        if all(g.skipped for g in mine) and not (recording and "size_pct" in limits):
             raise ConfigError(f"artifact {path.name} is not measured by any budget (no size limit "
                               "covers it, and the baseline does not know it for a growth check); "
                               f"add [artifacts.\"{path.name}\"] with max_size_bytes to the budgets "
                               "file")
-    return verdicts, sizes
+        gates += mine
+    return gates, sizes
 
 
 def read_baseline(path: Path | None, *, must_exist: bool = True) -> dict[str, Any] | None:
@@ -163,25 +147,20 @@ def read_baseline(path: Path | None, *, must_exist: bool = True) -> dict[str, An
     return data
 
 
-def junit_xml(verdicts: Sequence[Verdict]) -> bytes:
-    """One testcase per artifact x check (classname = artifact, name = check)."""
-    return junit.junit_xml("deepcompress.check", [
-        junit.Case(v.artifact, v.check, v.ok, v.message, "SizeBudgetExceeded",
-                   "" if v.ok else f"{v.artifact}: {v.message}", v.skipped) for v in verdicts])
-
-
 @dataclass(frozen=True)
 class SizeGate:
-    verdicts: list[Verdict]
-    sizes: dict[str, ArtifactSize] = field(default_factory=dict)
+    gates: list[Gate]
+    sizes: dict[str, ArtifactSize]
 
     @property
     def ok(self) -> bool:
-        return all(v.ok for v in self.verdicts)
+        return verdict(self.gates)[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "artifacts": {n: s.to_dict() for n, s in self.sizes.items()},
-                "checks": [asdict(v) for v in self.verdicts]}
+        """As qualify's results.json: the verdict, the sizes, every gate."""
+        ok, line = verdict(self.gates)
+        return {"ok": ok, "verdict": line, "artifacts": {n: s.to_dict() for n, s in self.sizes.items()},
+                "gates": [g.to_dict() for g in self.gates]}
 
 
 def check_sizes(artifacts: Sequence[str | os.PathLike[str]], budgets_file: str | os.PathLike[str],
@@ -202,13 +181,12 @@ def check_sizes(artifacts: Sequence[str | os.PathLike[str]], budgets_file: str |
         check_output(junit_file, JUNIT_XML, flag="--junit", make_parents=True)
     if update_baseline:
         check_output(baseline_path, JSON_FILE, flag="baseline", make_parents=True)
-    verdicts, sizes = run_checks(paths, budgets,
-                                 None if update_baseline else read_baseline(baseline_path),
-                                 recording=update_baseline)
+    gates, sizes = run_checks(paths, budgets, None if update_baseline else read_baseline(baseline_path),
+                              recording=update_baseline)
     if update_baseline:
         merged = read_baseline(baseline_path, must_exist=False) or {}
         merged.update({name: s.to_dict() for name, s in sizes.items()})
         write_json_atomic(baseline_path, merged, kind=JSON_FILE)
     if junit_file:
-        write_bytes_atomic(junit_file, junit_xml(verdicts), kind=JUNIT_XML)
-    return SizeGate(verdicts, sizes)
+        write_bytes_atomic(junit_file, junit_xml("deepcompress.check", gates), kind=JUNIT_XML)
+    return SizeGate(gates, sizes)

@@ -65,7 +65,7 @@ max_size_bytes = 4_000
     report = json.loads(out)
     assert code == 0 and report["ok"]
     assert report["artifacts"]["m.mlpackage"]["bytes"] == 3_200
-    assert {(c["artifact"], c["check"]) for c in report["checks"]} == {
+    assert {(g["subject"], g["gate"]) for g in report["gates"]} == {
         ("a.tflite", "max_size_bytes"), ("a.tflite", "max_zipped_bytes"),
         ("b.tflite", "max_size_bytes"), ("b.tflite", "max_zipped_bytes"), ("m.mlpackage", "max_size_bytes")}
 
@@ -78,8 +78,8 @@ max_zipped_bytes = 5_000
 """)
     code, out, _ = run(capsys, str(files["a"]), str(files["b"]), "--budget", str(budget))
     assert code == 1   # the table is a result: on stdout
-    assert "FAIL" in out and "a.tflite" in out and "10,000 bytes > 9,999 (max_size_bytes)" in out
-    assert "4 check(s), 3 failed" in out   # a: bytes and zipped; b: bytes only (zeros zip well)
+    assert "FAIL" in out and "a.tflite: size_bytes 10,000 B > max_size_bytes 9,999 B" in out
+    assert "2 artifact(s): 3/4 gates failed" in out   # a: bytes and zipped; b: bytes only (zeros zip well)
 
 
 def test_name_beats_glob_and_longer_glob_beats_shorter(files, tmp_path):
@@ -113,9 +113,16 @@ size_pct = 10
     assert run(capsys, str(files["a"]), "--budget", str(budget))[0] == 0
     files["a"].write_bytes(os.urandom(11_001))   # +10.01%: fails
     code, out, _ = run(capsys, str(files["a"]), "--budget", str(budget), "--json")
-    failed = [c for c in json.loads(out)["checks"] if not c["ok"]]
-    assert code == 1 and [c["check"] for c in failed][0] == "growth_bytes"
-    assert failed[0]["actual"] == pytest.approx(10.01)
+    failed = [g for g in json.loads(out)["gates"] if not g["ok"]]
+    assert code == 1 and [(g["gate"], g["figure"]) for g in failed][0] == ("regression", "size_bytes")
+    assert (failed[0]["actual"], failed[0]["baseline"]) == (11_001, 10_000)
+    assert failed[0]["limit"] == pytest.approx(11_000)
+    assert "size_bytes 11,001 B vs 10,000 B in baseline (+10.0%), allowed 10%" in failed[0]["message"]
+    # JUnit as qualify writes it: the growth gate is "regression FIGURE"
+    assert run(capsys, str(files["a"]), "--budget", str(budget), "--junit", str(tmp_path / "j.xml"))[0] == 1
+    cases = {c.get("name"): c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")}
+    assert set(cases) == {"regression size_bytes", "regression zipped_bytes"}
+    assert cases["regression size_bytes"].find("failure").get("type") == "Regression"
 
 
 def test_growth_without_baseline_entry_is_skipped_not_passed_silently(files, tmp_path, capsys):
@@ -125,8 +132,8 @@ def test_growth_without_baseline_entry_is_skipped_not_passed_silently(files, tmp
     code, out, _ = run(capsys, str(files["b"]), "--budget", str(budget), "--baseline",
                        str(tmp_path / "base.json"), "--json")
     assert code == 0   # measured by its size limit; its growth is shown as skipped
-    checks = json.loads(out)["checks"]
-    assert {c["skipped"] for c in checks if c["check"].startswith("growth")} == {"no baseline"}
+    gates = json.loads(out)["gates"]
+    assert {g["skipped"] for g in gates if g["gate"] == "regression"} == {"no baseline"}
     # an artifact whose only limit is growth, unknown to the baseline, is not measured at all
     code, _, err = run(capsys, str(files["a"]), "--budget", str(budget), "--baseline",
                        str(tmp_path / "base.json"))

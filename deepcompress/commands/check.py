@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
                    help="sizes to measure growth against (default: the budgets file's 'baseline')")
     p.add_argument("--update-baseline", action="store_true",
                    help="record the current sizes as the baseline (growth is not checked this run)")
-    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML (one testcase per artifact x check)")
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML (one testcase per artifact x gate)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
 
 
@@ -41,19 +41,19 @@ def main(args: argparse.Namespace) -> int:
 def _print(gate: SizeGate) -> None:
     from rich.table import Table  # noqa: PLC0415
 
+    from ..qualify._gates import fmt_value, verdict
+    from ..qualify._outputs import gate_name
     from ..ui import printable, stdout_console
 
-    table = Table(title="size budgets" + ("" if gate.ok else " - FAILED"))
-    for col in ("artifact", "check", "actual", "limit", "result"):
+    ok, line = verdict(gate.gates)
+    table = Table(title="size budgets" + ("" if ok else " - FAILED"))
+    for col in ("artifact", "gate", "actual", "limit", "result"):
         table.add_column(col, justify="right" if col in ("actual", "limit") else "left")
-    for v in sorted(gate.verdicts, key=lambda v: v.ok):   # failures first
-        pct = v.check.startswith("growth")
-        actual = "-" if v.actual is None else (f"{v.actual:+.1f}%" if pct else f"{int(v.actual):,}")
-        limit = f"{v.limit:g}%" if pct else f"{int(v.limit):,}"
-        result = (f"skipped ({v.skipped})" if v.skipped else "ok" if v.ok
-                  else f"[red]FAIL[/red] {printable(v.message)}")
-        table.add_row(printable(v.artifact), v.check, actual, limit, result)
+    for g in sorted(gate.gates, key=lambda g: g.ok):   # failures first
+        result = (f"skipped ({g.skipped})" if g.skipped else "ok" if g.ok
+                  else f"[red]FAIL[/red] {printable(g.message)}")
+        table.add_row(printable(g.subject), gate_name(g.gate, g.figure), fmt_value(g.actual, "B"),
+                      fmt_value(g.limit, "B"), result)
     console = stdout_console()
     console.print(table)
-    failed = sum(not v.ok for v in gate.verdicts)
-    console.print(f"{len(gate.sizes)} artifact(s), {len(gate.verdicts)} check(s), {failed} failed")
+    console.print(printable(f"{len(gate.sizes)} artifact(s): {line}"), markup=False, highlight=False)

@@ -2,10 +2,10 @@
 
 A :class:`Figure` is one measured number (an artifact's bytes, the model's metric, a device's
 p50), with what it was measured on. A :class:`Gate` is one verdict on one figure: against a
-budget (``max_size_bytes``...), against the last passing run (``regression``, qualify), or
-against the rolling baseline of the last nights (``rolling``, nightly). A gate that could not be
-decided (no earlier run to compare with) is *skipped*, and says why; a gate never passes a
-figure it did not see.
+budget (``max_size_bytes``...), against the last passing run (``regression``, qualify; ``check``:
+its baseline file), or against the rolling baseline of the last nights (``rolling``, nightly). A
+gate that could not be decided (no earlier run to compare with) is *skipped*, and says why; a gate
+never passes a figure it did not see.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ._measures import FIGURES, METRICS, tolerance_key
 class Figure:
     figure: str                        # a key of FIGURES
     value: float
-    format: str | None = None          # the artifact's format ("dcz", "tflite"), if any
+    format: str | None = None          # the artifact's format ("dcz", "tflite"; check: its name)
     device: str | None = None          # the device SPEC (qualify) or slot (nightly), if any
     fingerprint: str | None = None     # the device's fingerprint
     artifact_sha256: str | None = None
@@ -95,13 +95,15 @@ def fmt_value(value: float | None, unit: str) -> str:
     return f"{value:.4f}"
 
 
-def budget_gates(figures: Iterable[Figure], budgets: Budgets) -> list[Gate]:
-    """Each figure against its budget: per format for sizes, per device for device figures."""
+def budget_gates(figures: Iterable[Figure], budgets: Budgets | Mapping[str, Any]) -> list[Gate]:
+    """Each figure against its budget: per format for sizes, per device for device figures; or,
+    ``budgets`` a mapping, against those limits (``check``: one artifact's)."""
     gates = []
     for f in figures:
         m = METRICS.get(f.figure)
         key = m.budget
-        limits = (budgets.for_artifact(f.format or "") if m.on == "artifact" else
+        limits = (budgets if isinstance(budgets, Mapping) else
+                  budgets.for_artifact(f.format or "") if m.on == "artifact" else
                   budgets.for_device(f.device or "") if m.on == "device" else budgets.limits)
         limit = limits.get(key) if key else None
         if limit is None:
@@ -121,11 +123,13 @@ def _gate(name: str, f: Figure, ok: bool, **kw: Any) -> Gate:
 
 
 def regression_gates(figures: Iterable[Figure], previous: Mapping[tuple, float] | None,
-                     regression: Mapping[str, float], previous_run: int | None = None) -> list[Gate]:
-    """Qualify: each figure against the same figure of the last passing run. Sizes, latency and
-    memory may grow by their percentage (``*_pct``); the metric may get worse by ``metric_drop``.
-    A device figure is compared only on the same device (same fingerprint)."""
+                     regression: Mapping[str, Any], previous_run: int | str | None = None) -> list[Gate]:
+    """Qualify: each figure against the same figure of the last passing run (``previous_run``;
+    ``check`` names its "baseline" file instead). Sizes, latency and memory may grow by their
+    percentage (``*_pct``); the metric may get worse by ``metric_drop``. A device figure is
+    compared only on the same device (same fingerprint)."""
     gates = []
+    since = previous_run if isinstance(previous_run, str) else f"run {previous_run}"
     for f in figures:
         allowance_key = METRICS.get(f.figure).regression
         allowance = regression.get(allowance_key) if allowance_key else None
@@ -133,7 +137,8 @@ def regression_gates(figures: Iterable[Figure], previous: Mapping[tuple, float] 
             continue
         base = (previous or {}).get(f.compare_key)
         if base is None:
-            why = "no earlier passing run" if not previous else "not measured in the last passing run"
+            why = (f"no {since}" if isinstance(previous_run, str) else "no earlier passing run"
+                   if not previous else "not measured in the last passing run")
             gates.append(_gate("regression", f, True, skipped=why))
             continue
         relative = allowance_key.endswith("_pct")
@@ -144,7 +149,7 @@ def regression_gates(figures: Iterable[Figure], previous: Mapping[tuple, float] 
         ok = f.value >= limit if f.better_high else f.value <= limit
         change = (f.value - base) / base * 100 if base else 0.0
         message = "" if ok else (f"{f.subject}: {f.figure} {fmt_value(f.value, f.unit)} vs "
-                                 f"{fmt_value(base, f.unit)} in run {previous_run} ({change:+.1f}%), "
+                                 f"{fmt_value(base, f.unit)} in {since} ({change:+.1f}%), "
                                  f"allowed {allowance:g}{'%' if relative else ''}")
         gates.append(_gate("regression", f, ok, limit=limit, baseline=base, message=message))
     return gates

@@ -80,9 +80,9 @@ def gate_name(gate: str, figure: str) -> str:
     return f"{gate} {figure}" if gate in ("regression", "rolling") else gate
 
 
-def junit_xml(suite: str, gates: list[Gate], seconds: float) -> bytes:
-    """One testcase per gate (classname: what it judges, name: the gate); a failure's message
-    and text carry the numbers."""
+def junit_xml(suite: str, gates: list[Gate], seconds: float | None = None) -> bytes:
+    """One testcase per gate (classname: what it judges, name: the gate), for qualify, nightly
+    and ``check``; a failure's message and text carry the numbers."""
     kinds = {"regression": "Regression", "rolling": "Regression", "reachable": "Unreachable",
              "export_valid": "ExportInvalid"}
     cases = []
