@@ -130,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (CI, `timeout`) ends the command's child processes and unwinds it as Ctrl-C
         # does, exit 143; what a command killed by SIGKILL left is reaped first
         with ending_on_sigterm(f"deepcompress {args.command}"):
-            return int(module.main(args) or 0)
+            code = int(module.main(args) or 0)
+            sys.stdout.flush()   # a reader that went away is found here, not at the exit
+            return code
+    except BrokenPipeError:
+        # the reader of our output went away (`deepcompress check --json | head`): stop quietly,
+        # as cat does, with the shell's status for SIGPIPE; later flushes go nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except DeepCompressError as exc:
         return _fail(args.command, exc, exc.exit_code, as_json)
     except KeyboardInterrupt:

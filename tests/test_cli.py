@@ -74,3 +74,16 @@ retrain_epochs = 1
     assert any("baseline accuracy" in line for line in err)
     assert not any(".py:" in line for line in err)      # no source locations in log lines
     assert all(line.startswith("[") for line in err), err  # nothing but our own lines
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`deepcompress devices --json | head -0`: the pipe's reader is gone before we write; the
+    command stops with the shell's SIGPIPE status and no traceback (it was an internal error)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "deepcompress", "devices", "--json"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (141, "")
