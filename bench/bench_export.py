@@ -6,7 +6,7 @@ to the .dcz, its validation, and its latency on this machine.
     python bench/bench_export.py --synthetic lenet300 --synthetic lenet5   # no run yet: see below
 
 For each model and each exporter (``exporters.EXPORTERS``: TFLite, Core ML, ...), every variant the
-exporter names for benchmarks (``Exporter.variants()``, its dense baseline first):
+this bench compares (``variants``: its dense baseline first):
 - sizes: bytes on disk and zipped (deflate at level 9, a real zip), and dense baseline / bytes.
   Goals per format (``SIZE_GOALS``): Core ML's default export >= 20x smaller than its dense fp32.
 - validation on the test set (whole by default), through the exporter's own ``validate`` with the
@@ -130,6 +130,25 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
 
 
+def variants(name: str, exporter: Any) -> dict[str, Any]:
+    """The variants compared for one exporter, its dense baseline first: every LiteRT variant,
+    Core ML's dense fp32/fp16 and compressed iOS18/iOS16 packages; any other exporter's dense
+    baseline and its default."""
+    if name == "tflite":
+        from android_export import VARIANTS, TFLiteOptions
+
+        return {v: TFLiteOptions(v) for v in VARIANTS}   # float32 (the dense baseline) first
+    if name == "coreml":
+        from ios_export import CoreMLOptions
+
+        return {"dense fp32": exporter.baseline(CoreMLOptions()),
+                "dense fp16": CoreMLOptions(method="none"),
+                "iOS18 compressed": CoreMLOptions(target="iOS18"),
+                "iOS16 compressed": CoreMLOptions(target="iOS16")}
+    default = exporter.Options()
+    return {"dense": exporter.baseline(default), "default": default}
+
+
 def bench(label: str, model: torch.nn.Module, meta: dict, dcz_size: Any, names: list[str],
           args: argparse.Namespace, work: Path) -> dict:
     layers = compressed_layers(model, names)
@@ -142,7 +161,7 @@ def bench(label: str, model: torch.nn.Module, meta: dict, dcz_size: Any, names: 
     paths: dict[str, Path] = {}
     for name, exporter in EXPORTERS.items():
         rows = []
-        for variant, options in exporter.variants().items():
+        for variant, options in variants(name, exporter).items():
             path = paths[f"{name}/{variant}"] = work / f"{name}-{_slug(variant)}{exporter.suffix}"
             artifact = exporter.export(model, first_example(inputs), path, options, layers=layers)
             stored = [n for n in layers if n not in artifact.skipped]   # dense ones too
