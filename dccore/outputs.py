@@ -53,6 +53,7 @@ class OutputKind:
     name: str                       # "TFLite model", for messages
     is_dir: bool = False
     recognise: Callable[[Path], bool] = lambda p: True
+    example: str = "result"         # a name to suggest when a path names a folder: "model.tflite"
 
     def owns(self, path: Path) -> bool:
         try:
@@ -109,9 +110,12 @@ def _is_mlpackage(p: Path) -> bool:
 
 
 ANY_FILE = OutputKind("file")   # internal outputs (inside our own run folders)
-TFLITE = OutputKind("TFLite model", recognise=_empty_or(lambda p: _head(p, 8)[4:8] == b"TFL3"))
-MLPACKAGE = OutputKind("Core ML package", is_dir=True, recognise=_is_mlpackage)
-DCZ = OutputKind(".dcz file", recognise=_empty_or(lambda p: _head(p, 8) == b"\x89DCZ\r\n\x1a\n"))
+TFLITE = OutputKind("TFLite model", recognise=_empty_or(lambda p: _head(p, 8)[4:8] == b"TFL3"),
+                    example="model.tflite")
+MLPACKAGE = OutputKind("Core ML package", is_dir=True, recognise=_is_mlpackage,
+                       example="model.mlpackage")
+DCZ = OutputKind(".dcz file", recognise=_empty_or(lambda p: _head(p, 8) == b"\x89DCZ\r\n\x1a\n"),
+                 example="model.dcz")
 TORCH_FILE = OutputKind("PyTorch state_dict file", recognise=_empty_or(_is_torch_file))
 JUNIT_XML = OutputKind("JUnit XML report", recognise=_empty_or(
     lambda p: _head(p, 256).lstrip().startswith(b"<?xml") and b"<testsuite" in _head(p, 4096)))
@@ -137,7 +141,7 @@ def check_output(path: str | os.PathLike[str], kind: OutputKind, *, flag: str = 
 
     Call it before any work. ``make_parents``: create missing folders above it (for run folders;
     a single output file's folder must exist, so a typo does not scatter new folders)."""
-    p, where = _named(path, flag, "file", "path", _example(kind))
+    p, where = _named(path, flag, "file", "path", kind.example)
     if p.exists():
         if not kind.owns(p):
             what = "folder" if p.is_dir() else "file" if p.is_file() else "special file"
@@ -154,11 +158,6 @@ def check_output(path: str | os.PathLike[str], kind: OutputKind, *, flag: str = 
                              f"(mkdir -p {parent})")
         parent.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def _example(kind: OutputKind) -> str:
-    return {"TFLite model": "model.tflite", "Core ML package": "model.mlpackage",
-            ".dcz file": "model.dcz"}.get(kind.name, "result")
 
 
 def _pid_alive(pid: int) -> bool:
