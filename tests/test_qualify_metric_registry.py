@@ -168,3 +168,40 @@ def test_without_its_registration_the_format_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"export\.formats\[0\]: expected one of .*got 'toy'"):
         load_qualify_config(write(tmp_path, TOY.replace("[export.toy]\nlevel = 3\n", "")))
     assert artifact_format({"artifact": "out/model.toy"}) is None
+
+
+def test_a_registered_metric_goes_through_a_whole_qualification(tmp_path, tiny_idx):
+    """`deepcompress qualify` on a .dcz, benched on the host, with a toy metric registered here and
+    nowhere else: its figure is read from the host's bench result, its budget gates it (and fails
+    the run), and results.json and the JUnit file carry both."""
+    import contextlib
+    import io
+    import json
+
+    from conftest import pack_shared_lenet300
+    from deepcompress.cli import main
+
+    METRICS.register("energy_mj", Measure(   # a toy model of energy: 2 W for the median inference
+        "mJ", budget="max_energy_mj", help="energy per inference on each device",
+        read=lambda r: 2.0 * r["latency_ms"]["p50"] if r.get("latency_ms") else None))
+    try:
+        meta = {"model": {"name": "lenet300", "kwargs": {}, "input_shape": [1, 28, 28]},
+                "data": {"root": str(tiny_idx)}}
+        pack_shared_lenet300(tmp_path / "m.dcz", {"fc1.weight": (0.9, 4), "fc2.weight": (0.9, 4),
+                                                  "fc3.weight": (0.7, 5)}, meta)
+        write(tmp_path, '[model]\ndcz = "m.dcz"\n[export]\nformats = ["tflite"]\nexamples = 20\n'
+              'dense = false\n[bench]\ndevices = ["host"]\nruns = 3\nwarmup = 1\n[budgets]\n'
+              'max_energy_mj = 1e-9\n')
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["qualify", str(tmp_path / "q.toml"), "--out", str(tmp_path / "out"),
+                         "--json", "--quiet"])
+        r = json.loads(out.getvalue())
+    finally:
+        METRICS.unregister("energy_mj")
+    p50 = next(f["value"] for f in r["figures"] if f["figure"] == "latency_p50_ms")
+    energy = [f for f in r["figures"] if f["figure"] == "energy_mj"]
+    assert [(f["device"], f["value"]) for f in energy] == [("host", pytest.approx(2.0 * p50))]
+    gate = next(g for g in r["gates"] if g["gate"] == "max_energy_mj")
+    assert code == 1 and not gate["ok"] and gate["actual"] == energy[0]["value"]
+    assert 'name="max_energy_mj' in (tmp_path / "out" / "junit.xml").read_text()
