@@ -41,7 +41,7 @@ from dccore.outputs import atomic_path
 from dccore.errors import DeviceError
 
 from ._backends import BACKENDS, Backend
-from ._device import Device, DeviceInfo, ShellResult
+from ._device import AndroidDevice, DeviceInfo, ShellResult
 from ._keys import default_key_path, load_signer
 
 T = TypeVar("T")
@@ -107,7 +107,7 @@ def _error_kinds() -> tuple[tuple[type, ...], tuple[type, ...]]:
     return timeouts, drops
 
 
-class AdbDevice(Device):
+class AdbDevice(AndroidDevice):
     """An Android device reached through its adbd. Use ``AdbDevice.connect(spec)``."""
 
     workdir = WORKDIR

@@ -6,6 +6,7 @@ Backends take argument lists, never shell strings: whatever reaches a device she
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +67,14 @@ class Device(abc.ABC):
         obtained after a reconnection can say so. Backends that never reconnect: none."""
         return []
 
+    # What runners may ask of a device beyond push/shell/pull; a backend says what it can do:
+    runs_android_binaries = False   # runs Android programs it is pushed (benchmark_model)
+
+    def thermal_status(self, *, timeout_s: float = 10.0) -> int | None:
+        """The device's thermal status (0 none ... 6 shutdown), or None where it has no thermal
+        service (host, simulator)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
         pass
 
@@ -74,3 +83,23 @@ class Device(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_THERMAL_RE = re.compile(r"Thermal Status:\s*(\d+)")
+
+
+def parse_thermal_status(dumpsys_output: str) -> int | None:
+    """``Thermal Status: N`` from ``dumpsys thermalservice`` (0 none ... 6 shutdown)."""
+    match = _THERMAL_RE.search(dumpsys_output)
+    return int(match.group(1)) if match else None
+
+
+class AndroidDevice(Device):
+    """A device with Android's shell (a phone, a board, the emulated adbd): it runs Android
+    programs, and reads its thermal status from ``dumpsys thermalservice``."""
+
+    runs_android_binaries = True
+
+    def thermal_status(self, *, timeout_s: float = 10.0) -> int | None:
+        result = self.shell(["dumpsys", "thermalservice"], timeout_s=timeout_s, check=False)
+        return parse_thermal_status(result.output) if result.returncode == 0 else None

@@ -12,7 +12,7 @@ import pytest
 from dccore.config import build
 from dccore.errors import ConfigError, DeviceError
 from dccore.outputs import append_jsonl
-from device_harness._device import Device, DeviceInfo, ShellResult
+from device_harness._device import AndroidDevice, DeviceInfo, ShellResult
 from device_harness._host import HostDevice
 from device_harness.runners import MAX_RETRIES, BenchOptions, EvalData, bench_artifact, bench_many
 from device_harness.runners._driver import parse_runner_output
@@ -22,7 +22,7 @@ BM_OUTPUT = (FIXTURES / "benchmark_model" / "linux_info_scientific.txt").read_te
 HOSTILE = "my model; rm -rf $HOME `id` \"q\" 'x'.tflite"
 
 
-class FakeAndroid(Device):
+class FakeAndroid(AndroidDevice):
     """Just enough of an Android shell for the runners: files in a dict, every argv recorded."""
 
     def __init__(self, *, thermal=(0,), python=False, fail_push: int = 0,

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from device_harness.runners._stats import cool_down, latency_stats, parse_thermal_status
+from device_harness._device import parse_thermal_status
+from device_harness.runners._stats import cool_down, latency_stats
 
 
 def test_latency_stats_by_hand():

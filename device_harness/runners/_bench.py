@@ -29,7 +29,7 @@ from . import _driver
 from ._benchhost import COMPUTE_UNITS
 from ._accuracy import EvalData
 from ._benchmark_model import DELEGATES
-from ._stats import cool_down, latency_stats, thermal_status
+from ._stats import cool_down, latency_stats
 
 # Not retried: the command ran and said no (bad model, missing file). Retried: the call never
 # completed (dropped connection, timeout), which is what a flaky USB cable or Wi-Fi looks like.
@@ -141,8 +141,7 @@ def _from_benchmark_model(parsed) -> dict:
 
 
 def _bench_tflite(device: Device, artifact: Path, sha256: str, opts: BenchOptions) -> dict:
-    kind = device.info.kind
-    use_binary = opts.benchmark_model is not None and kind == "adb"
+    use_binary = opts.benchmark_model is not None and device.runs_android_binaries
     needs_python = not use_binary or opts.eval_data is not None
     python = _driver.device_python(device, timeout_s=opts.timeout_s) if needs_python else None
     if needs_python and python is None:  # say so before anything is pushed or run
@@ -219,7 +218,7 @@ def bench_artifact(device: Device, artifact: Path, opts: BenchOptions,
             f"{kind.description} runs on {', '.join(sorted(kind.runs_on))} devices, not on "
             f"{device.info.kind}")))
     recovered = len(device.recovered_errors())
-    thermal = cool_down(lambda: thermal_status(device, timeout_s=min(opts.timeout_s, 30.0)),
+    thermal = cool_down(lambda: device.thermal_status(timeout_s=min(opts.timeout_s, 30.0)),
                         max_wait_s=opts.cooldown_max_s, poll_s=opts.cooldown_poll_s, sleep=sleep)
     sha256 = artifact_sha256(artifact)
     body = kind.bench(device, artifact, sha256, opts)

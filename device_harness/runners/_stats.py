@@ -1,16 +1,11 @@
-"""Measurement hygiene: robust latency statistics, thermal status, bounded cool-down."""
+"""Measurement hygiene: robust latency statistics, bounded cool-down."""
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-
-from .._device import Device
-
-_THERMAL_RE = re.compile(r"Thermal Status:\s*(\d+)")
 
 
 def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
@@ -24,22 +19,6 @@ def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
     p50, p90, p99 = (float(v) for v in np.percentile(x, [50, 90, 99]))
     return {"p50": p50, "p90": p90, "p99": p99, "mean": float(x.mean()), "min": float(x.min()),
             "max": float(x.max()), "std": float(x.std()), "spread": p90 / p50 if p50 > 0 else float("nan")}
-
-
-def parse_thermal_status(dumpsys_output: str) -> int | None:
-    """``Thermal Status: N`` from ``dumpsys thermalservice`` (0 none ... 6 shutdown)."""
-    match = _THERMAL_RE.search(dumpsys_output)
-    return int(match.group(1)) if match else None
-
-
-def thermal_status(device: Device, *, timeout_s: float = 10.0) -> int | None:
-    """The device's thermal status, or None where it has no thermal service (host, simulator)."""
-    if device.info.kind != "adb":
-        return None
-    result = device.shell(["dumpsys", "thermalservice"], timeout_s=timeout_s, check=False)
-    if result.returncode != 0:
-        return None
-    return parse_thermal_status(result.output)
 
 
 @dataclass(frozen=True)
