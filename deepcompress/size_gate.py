@@ -37,8 +37,7 @@ from dccore.config import (Bytes, Config, FilePath, Num, Section, Table, build, 
 from dccore.errors import ConfigError
 from dccore.outputs import JSON_FILE, JUNIT_XML, check_output, write_bytes_atomic, write_json_atomic
 
-from .qualify._gates import Figure, Gate, budget_gates, regression_gates, verdict
-from .qualify._outputs import junit_xml
+from .qualify import Figure, Gate, budget_gates, junit_xml, regression_gates, verdict
 
 # The keys this gate used before it spoke qualify's vocabulary, refused with their new name.
 RENAMED = {"max_bytes": "max_size_bytes", "max_growth_pct": "size_pct"}
@@ -151,6 +150,7 @@ def read_baseline(path: Path | None, *, must_exist: bool = True) -> dict[str, An
 class SizeGate:
     gates: list[Gate]
     sizes: dict[str, ArtifactSize]
+    baseline_written: Path | None = None      # --update-baseline: where today's sizes went
 
     @property
     def ok(self) -> bool:
@@ -159,8 +159,11 @@ class SizeGate:
     def to_dict(self) -> dict[str, Any]:
         """As qualify's results.json: the verdict, the sizes, every gate."""
         ok, line = verdict(self.gates)
-        return {"ok": ok, "verdict": line, "artifacts": {n: s.to_dict() for n, s in self.sizes.items()},
-                "gates": [g.to_dict() for g in self.gates]}
+        out = {"ok": ok, "verdict": line, "artifacts": {n: s.to_dict() for n, s in self.sizes.items()},
+               "gates": [g.to_dict() for g in self.gates]}
+        if self.baseline_written is not None:
+            out["baseline_written"] = str(self.baseline_written)
+        return out
 
 
 def check_sizes(artifacts: Sequence[str | os.PathLike[str]], budgets_file: str | os.PathLike[str],
@@ -189,4 +192,4 @@ def check_sizes(artifacts: Sequence[str | os.PathLike[str]], budgets_file: str |
         write_json_atomic(baseline_path, merged, kind=JSON_FILE)
     if junit_file:
         write_bytes_atomic(junit_file, junit_xml("deepcompress.check", gates), kind=JUNIT_XML)
-    return SizeGate(gates, sizes)
+    return SizeGate(gates, sizes, baseline_path if update_baseline else None)

@@ -106,7 +106,8 @@ baseline = "sizes.json"
 [defaults]
 size_pct = 10
 """)
-    assert run(capsys, str(files["a"]), "--budget", str(budget), "--update-baseline")[0] == 0
+    code, out, _ = run(capsys, str(files["a"]), "--budget", str(budget), "--update-baseline")
+    assert code == 0 and f"recorded in {tmp_path / 'sizes.json'}" in " ".join(out.split())
     stored = json.loads((tmp_path / "sizes.json").read_text())
     assert stored["a.tflite"]["bytes"] == 10_000
     files["a"].write_bytes(os.urandom(10_999))   # +9.99%: holds

@@ -169,3 +169,15 @@ def test_only_the_cli_imports_the_commands():
 
     assert {module for module, _help in COMMANDS.values()} == {
         _module_name(p) for p in (ROOT / "deepcompress" / "commands").glob("[!_]*.py")}
+
+
+def test_the_commands_use_the_library_by_its_public_names():
+    """A command is a front end, as a user's script is: it imports the public names of the
+    packages (``deepcompress.qualify``, not ``deepcompress.qualify._gates``), so that what the
+    commands need is what the library offers everyone."""
+    bad = [f"{name} imports {imported}" for name, path in MODULES.items()
+           if name.startswith("deepcompress.commands.")
+           for imported in _imports(path)
+           if imported.split(".")[0] in ALLOWED
+           and any(p.startswith("_") for p in imported.split(".")[1:])]
+    assert not bad, "private modules imported by a command:\n" + "\n".join(bad)

@@ -41,8 +41,7 @@ def main(args: argparse.Namespace) -> int:
 def _print(gate: SizeGate) -> None:
     from rich.table import Table  # noqa: PLC0415
 
-    from ..qualify._gates import fmt_value, verdict
-    from ..qualify._outputs import gate_name
+    from ..qualify import fmt_value, gate_name, verdict
     from ..ui import printable, stdout_console
 
     ok, line = verdict(gate.gates)
@@ -57,3 +56,7 @@ def _print(gate: SizeGate) -> None:
     console = stdout_console()
     console.print(table)
     console.print(printable(f"{len(gate.sizes)} artifact(s): {line}"), markup=False, highlight=False)
+    if gate.baseline_written is not None:
+        console.print(printable(f"baseline: the sizes of {len(gate.sizes)} artifact(s) recorded in "
+                                f"{gate.baseline_written}; growth is checked against them from the "
+                                "next run"), markup=False, highlight=False)

@@ -93,7 +93,7 @@ def _print_run(run: dict) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from deepcompress.qualify._gates import fmt_value
+    from deepcompress.qualify import fmt_value
 
     from ..ui import printable, stdout_console
 
@@ -152,7 +152,7 @@ def _print_compare(a: dict, b: dict, rows: list[dict]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from deepcompress.qualify._gates import fmt_value
+    from deepcompress.qualify import fmt_value
 
     from ..ui import printable, stdout_console
 

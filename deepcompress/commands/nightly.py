@@ -57,8 +57,7 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from deepcompress.qualify._config import load_matrix
-    from deepcompress.qualify._nightly import run_nightly
+    from deepcompress.qualify import load_matrix, run_nightly
 
     from ..ui import Ui
 

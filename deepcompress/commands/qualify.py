@@ -21,7 +21,7 @@ DEFAULT_OUT = "qualify-out"
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
-    from deepcompress.qualify._config import BUDGET_FLAGS, BUDGET_KEYS, REGRESSION_KEYS
+    from deepcompress.qualify import BUDGET_FLAGS, BUDGET_KEYS, REGRESSION_KEYS
 
     p.description = ("Compress, export and bench a model on every device of CONFIG, gate every "
                      "figure against its budget and the last passing run, record the run in "
@@ -53,8 +53,7 @@ def _dest(option: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from deepcompress.qualify._config import BUDGET_FLAGS, load_qualify_config
-    from deepcompress.qualify._qualify import qualify
+    from deepcompress.qualify import BUDGET_FLAGS, load_qualify_config, qualify
 
     from ..ui import Ui
 
@@ -81,8 +80,7 @@ def _print(results: dict, out: Path) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from deepcompress.qualify._gates import FIGURES, fmt_value
-    from deepcompress.qualify._outputs import gate_name
+    from deepcompress.qualify import FIGURES, fmt_value, gate_name
 
     from ..ui import printable, stdout_console
 

@@ -18,12 +18,18 @@ _LAZY = {
     "load_qualify_config": "deepcompress.qualify._config",
     "load_matrix": "deepcompress.qualify._config",
     "BUDGET_FLAGS": "deepcompress.qualify._config",
+    "BUDGET_KEYS": "deepcompress.qualify._config",
+    "REGRESSION_KEYS": "deepcompress.qualify._config",
     "qualify": "deepcompress.qualify._qualify",
     "QualifyResult": "deepcompress.qualify._qualify",
     "run_nightly": "deepcompress.qualify._nightly",
     "primary_metric": "deepcompress.qualify._metric",
     "Metric": "deepcompress.qualify._metric",
     "open_history": "deepcompress.qualify.history",
+    # the gates, for whatever else judges figures against budgets (`deepcompress check`)
+    **{name: "deepcompress.qualify._gates" for name in (
+        "FIGURES", "Figure", "Gate", "budget_gates", "regression_gates", "verdict", "fmt_value")},
+    **{name: "deepcompress.qualify._outputs" for name in ("gate_name", "junit_xml")},
 }
 
 __all__ = list(_LAZY)
