@@ -15,8 +15,7 @@ Attributes load lazily: ``import compression`` (and so every ``deepcompress`` co
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dccore.registry import lazy_attributes
 
 
 _LAZY = {
@@ -33,8 +32,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'compression' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

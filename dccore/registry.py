@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 from .errors import DeepCompressError
 
@@ -105,3 +105,17 @@ def user_callable(spec: str, label: str, error: type[DeepCompressError]) -> Call
     if not callable(fn):
         raise error(f"{label}: {module_name} has no callable {attr!r}")
     return fn
+
+
+def lazy_attributes(package: str, names: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's module ``__getattr__`` that imports the module holding an attribute (``names``:
+    attribute -> module) when it is first used, so that importing the package stays cheap (no
+    torch until a verb needs it)::
+
+        __getattr__ = lazy_attributes(__name__, _LAZY)
+    """
+    def __getattr__(name: str) -> Any:
+        if name in names:
+            return getattr(importlib.import_module(names[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return __getattr__

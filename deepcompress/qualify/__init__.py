@@ -11,8 +11,7 @@ Alembic) in :mod:`deepcompress.qualify.history`.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dccore.registry import lazy_attributes
 
 _LAZY = {
     "load_qualify_config": "deepcompress.qualify._config",
@@ -34,8 +33,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'deepcompress.qualify' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
