@@ -3,8 +3,6 @@ ContainerError naming its limit, and pack refuses what load would refuse."""
 from __future__ import annotations
 
 import struct
-import time
-import tracemalloc
 import warnings
 import zlib
 
@@ -13,24 +11,14 @@ import pytest
 import torch
 
 from dccore.errors import ContainerError
-from dcz import _api, _format, _streams, _tensor, load, pack
+from dcz import _api, _streams, _tensor, load, pack
 from dcz._format import Reader
+from dcz_craft import F16, F32, constant, load_measured, tensor, write
 
-F16, F32 = 2, 1                  # dtype codes
 PLAIN, CODEBOOK, RAW = 0, 1, 2   # storage kinds
 
 
 # ----------------------------------------------------------------------------- crafting files
-
-def tensor(shape, storage, body, dtype=F32, name="fc.weight") -> bytes:
-    raw = name.encode()
-    return (struct.pack("<H", len(raw)) + raw + bytes([dtype, len(shape)])
-            + b"".join(struct.pack("<Q", d) for d in shape) + bytes([storage]) + body)
-
-
-def constant(alphabet: int, n: int, symbol: int) -> bytes:
-    return bytes([3]) + struct.pack("<IQI", alphabet, n, symbol)
-
 
 def width0(n: int) -> bytes:
     """A fixed-width stream over a one-symbol alphabet: no payload."""
@@ -47,28 +35,6 @@ def ans_free_zeros(n: int) -> bytes:
     values = ((2**20 << 21 | 1) << 6).to_bytes(6, "big")  # two 21-bit values, padded
     table = struct.pack("<IBB", 2, 0, 21) + bytes([0b11000000]) + values
     return bytes([2]) + struct.pack("<IQ", 2, n) + bytes([0]) + table + struct.pack("<Q", 0)
-
-
-def write(path, *payloads: bytes, meta: bytes = zlib.compress(b"{}")) -> None:
-    data = _format.file_header() + _format.section(_format.TAG_META, meta)
-    for payload in payloads:
-        data += _format.section(_format.TAG_TENSOR, payload)
-    path.write_bytes(data + _format.section(_format.TAG_END,
-                                            struct.pack("<IQ", len(payloads), len(data))))
-
-
-def load_measured(path, **kwargs):
-    """(result or ContainerError, seconds, peak bytes traced)."""
-    tracemalloc.start()
-    t = time.perf_counter()
-    try:
-        try:
-            out = load(path, **kwargs)
-        except ContainerError as exc:
-            out = exc
-        return out, time.perf_counter() - t, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 # ----------------------------------------------------------------------------- 3. bounded decoding

@@ -3,8 +3,6 @@ files unchanged; bounded decoding of the new storage kinds."""
 from __future__ import annotations
 
 import struct
-import tracemalloc
-import zlib
 
 import numpy as np
 import pytest
@@ -15,10 +13,10 @@ from hypothesis import strategies as st
 from dccore.errors import ContainerError
 from dcz import FORMAT_VERSION, inspect, load, pack
 from dcz import _format, _tensor
+from dcz_craft import BF16, F16, F32, constant, load_measured, tensor, write
 from test_container import GOLDEN, GOLDEN_STATE, assert_exact
 
 CODERS = ["none", "huffman", "ans"]
-F16, F32, BF16, F64 = 2, 1, 3, 4
 PLAIN_VALUES, CODEBOOKS, RAW_VALUES = _tensor.PLAIN_VALUES, _tensor.CODEBOOKS, _tensor.RAW_VALUES
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -249,16 +247,6 @@ def test_coding_never_makes_a_tensor_larger(layer, coder, half):
 
 # ----------------------------------------------------------------------------- bounded decoding
 
-def tensor(shape, storage, body, dtype=F32, name="fc.weight") -> bytes:
-    raw = name.encode()
-    return (struct.pack("<H", len(raw)) + raw + bytes([dtype, len(shape)])
-            + b"".join(struct.pack("<Q", d) for d in shape) + bytes([storage]) + body)
-
-
-def constant(alphabet: int, n: int, symbol: int) -> bytes:
-    return bytes([3]) + struct.pack("<IQI", alphabet, n, symbol)
-
-
 def fixed(alphabet: int, symbols: list[int], width: int) -> bytes:
     bits = "".join(format(s, f"0{width}b") for s in symbols)
     bits += "0" * (-len(bits) % 8)
@@ -269,26 +257,6 @@ def fixed(alphabet: int, symbols: list[int], width: int) -> bytes:
 def planes(n: int, value: bytes) -> bytes:
     """A value block of n copies of ``value``: one constant stream per byte."""
     return bytes([1]) + b"".join(constant(256, n, byte) for byte in value)
-
-
-def write(path, *payloads: bytes, version: int = 2) -> None:
-    data = _format.file_header(version) + _format.section(_format.TAG_META, zlib.compress(b"{}"))
-    for payload in payloads:
-        data += _format.section(_format.TAG_TENSOR, payload)
-    path.write_bytes(data + _format.section(_format.TAG_END,
-                                            struct.pack("<IQ", len(payloads), len(data))))
-
-
-def load_measured(path, **kwargs):
-    tracemalloc.start()
-    try:
-        try:
-            out = load(path, **kwargs)
-        except ContainerError as exc:
-            out = exc
-        return out, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 N = 2**27
@@ -314,8 +282,8 @@ N = 2**27
             + planes(N, b"\0\x3c"), dtype=F16), "expected 134,217,728"),
 ])
 def test_false_claims_of_new_storage_fail_fast_in_small_memory(tmp_path, payload, match):
-    write(tmp_path / "claim.dcz", payload)
-    err, peak = load_measured(tmp_path / "claim.dcz")
+    write(tmp_path / "claim.dcz", payload, version=2)
+    err, _, peak = load_measured(tmp_path / "claim.dcz")
     assert isinstance(err, ContainerError) and match in str(err), err
     assert peak < 2**20
 
@@ -324,9 +292,11 @@ def test_an_index_past_its_groups_codebook_is_refused(tmp_path):
     # Groups {rows 0-1: 2 values}, {rows 2-3: 1 value}; the last index points at a second one.
     body = (struct.pack("<QB", 4, 1) + constant(2, 4, 0) + struct.pack("<BI", 1, 2)
             + bytes([0b10_01_0000, F32, 0]) + struct.pack("<3f", 1, 2, 3))
-    write(tmp_path / "ok.dcz", tensor((4, 1), CODEBOOKS, body + fixed(2, [0, 1, 0, 0], 1)))
+    write(tmp_path / "ok.dcz", tensor((4, 1), CODEBOOKS, body + fixed(2, [0, 1, 0, 0], 1)),
+          version=2)
     assert load(tmp_path / "ok.dcz").state_dict["fc.weight"].view(-1).tolist() == [1, 2, 3, 3]
-    write(tmp_path / "bad.dcz", tensor((4, 1), CODEBOOKS, body + fixed(2, [0, 1, 0, 1], 1)))
+    write(tmp_path / "bad.dcz", tensor((4, 1), CODEBOOKS, body + fixed(2, [0, 1, 0, 1], 1)),
+          version=2)
     with pytest.raises(ContainerError, match="points past its group's codebook"):
         load(tmp_path / "bad.dcz")
 
@@ -336,11 +306,12 @@ def test_constant_planes_decode_to_their_tensor_and_no_more(tmp_path):
     the tensor and nothing per symbol; a smaller budget refuses it before allocating."""
     n = 2**22
     path = tmp_path / "ones.dcz"
-    write(path, tensor((n,), PLAIN_VALUES, bytes([F32]) + planes(n, struct.pack("<f", 1.0))))
-    out, peak = load_measured(path)
+    write(path, tensor((n,), PLAIN_VALUES, bytes([F32]) + planes(n, struct.pack("<f", 1.0))),
+          version=2)
+    out, _, peak = load_measured(path)
     assert torch.equal(out.state_dict["fc.weight"], torch.ones(n))
     assert peak < 4 * n + 2**20
-    err, peak = load_measured(path, max_decoded_bytes=4 * n - 1)
+    err, _, peak = load_measured(path, max_decoded_bytes=4 * n - 1)
     assert isinstance(err, ContainerError) and "more than this file may decode to" in str(err)
     assert peak < 2**20
 
@@ -348,7 +319,7 @@ def test_constant_planes_decode_to_their_tensor_and_no_more(tmp_path):
 def test_float16_planes_count_their_stored_copy_against_the_budget(tmp_path):
     n = 2**20
     path = tmp_path / "half.dcz"
-    write(path, tensor((n,), PLAIN_VALUES, bytes([F16]) + planes(n, b"\0\x3c")))
+    write(path, tensor((n,), PLAIN_VALUES, bytes([F16]) + planes(n, b"\0\x3c")), version=2)
     with pytest.raises(ContainerError, match="working memory"):
         load(path, max_decoded_bytes=4 * n + n)
     assert torch.equal(load(path, max_decoded_bytes=6 * n).state_dict["fc.weight"],
