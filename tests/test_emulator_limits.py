@@ -3,6 +3,7 @@
 setuid/setgid/sticky as adbd's (mode & 0777); a shell command over 128 KiB gets adbd's answer."""
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import stat
@@ -83,20 +84,27 @@ def test_connections_past_the_cap_shed_the_oldest_handshake_first():
 
 
 # -- sync SEND and shell (item 14) --------------------------------------------------------------
-def sync_send(port: int, spec: bytes, data: bytes) -> bytes:
-    """One SEND (spec 'path,mode') with its data; the sync reply (OKAY or FAIL + message)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        reader = w.MessageReader(sock, idle_timeout_s=5, message_timeout_s=5)
+@contextlib.contextmanager
+def open_service(port: int, service: bytes, timeout_s: float):
+    """A connection past CNXN with ``service`` opened: (socket, read the next message, the
+    daemon's stream id)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        reader = w.MessageReader(sock, idle_timeout_s=timeout_s, message_timeout_s=timeout_s)
 
         def recv() -> w.Message:
             return reader.read(max_payload=w.MAX_PAYLOAD, verify_checksum=True)
 
         sock.sendall(w.pack(w.A_CNXN, w.VERSION_MIN, w.MAX_PAYLOAD, b"host::test\0"))
         assert recv().command == w.A_CNXN
-        sock.sendall(w.pack(w.A_OPEN, 1, 0, b"sync:\0"))
+        sock.sendall(w.pack(w.A_OPEN, 1, 0, service + b"\0"))
         okay = recv()
         assert okay.command == w.A_OKAY
-        remote = okay.arg0
+        yield sock, recv, okay.arg0
+
+
+def sync_send(port: int, spec: bytes, data: bytes) -> bytes:
+    """One SEND (spec 'path,mode') with its data; the sync reply (OKAY or FAIL + message)."""
+    with open_service(port, b"sync:", timeout_s=5) as (sock, recv, remote):
         sock.sendall(w.pack(w.A_WRTE, 1, remote, struct.pack("<4sI", b"SEND", len(spec)) + spec
                             + struct.pack("<4sI", b"DATA", len(data)) + data
                             + struct.pack("<4sI", b"DONE", 1_700_000_000)))
@@ -143,22 +151,12 @@ def test_mode_in_octal_or_hex_as_strtoul_reads_it(emu):
 
 
 def shell(port: int, command: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        reader = w.MessageReader(sock, idle_timeout_s=10, message_timeout_s=10)
-
-        def recv() -> w.Message:
-            return reader.read(max_payload=w.MAX_PAYLOAD, verify_checksum=True)
-
-        sock.sendall(w.pack(w.A_CNXN, w.VERSION_MIN, w.MAX_PAYLOAD, b"host::test\0"))
-        assert recv().command == w.A_CNXN
-        sock.sendall(w.pack(w.A_OPEN, 1, 0, b"shell:" + command + b"\0"))
-        okay = recv()
-        assert okay.command == w.A_OKAY
+    with open_service(port, b"shell:" + command, timeout_s=10) as (sock, recv, remote):
         out = b""
         while (msg := recv()).command != w.A_CLSE:
             if msg.command == w.A_WRTE:
                 out += msg.payload
-                sock.sendall(w.pack(w.A_OKAY, 1, okay.arg0))
+                sock.sendall(w.pack(w.A_OKAY, 1, remote))
         return out
 
 
