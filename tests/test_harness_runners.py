@@ -326,9 +326,13 @@ def test_options_are_validated():
         BenchOptions(benchmark_model=Path("bm"), timeout_s=5.0)
 
 
-def test_a_bad_bench_flag_exits_2_naming_the_field(hostile_model, capsys):
+@pytest.mark.parametrize("flag, value, why", [
+    ("--runs", "0", "expected an integer in [1, 100000], got 0"),
+    ("--timeout", "0", "expected a number in (0, 86400.0], got 0.0"),
+    ("--cooldown-max", "-1", "expected a number in [0, 86400.0], got -1.0")])
+def test_a_bad_bench_flag_exits_2_naming_the_flag(hostile_model, capsys, flag, value, why):
     from deepcompress.cli import main as cli
 
-    assert cli(["bench", str(hostile_model), "--runs", "0"]) == 2
+    assert cli(["bench", str(hostile_model), flag, value]) == 2
     err = capsys.readouterr().err
-    assert "runs: expected an integer in [1, 100000], got 0" in err and "Traceback" not in err
+    assert f"error: {flag}: {why}" in err and "Traceback" not in err
