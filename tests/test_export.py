@@ -18,6 +18,7 @@ from compression.share import share_layer
 from dccore.artifacts import artifact_size
 from dccore.errors import ExportError, UsageError
 from exporters import EXPORTERS, accuracy_scorer, compressed_layers, torch_outputs
+from unsupported_op import Mystery
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -56,21 +57,6 @@ def compress(model: nn.Module, plan: dict[str, tuple[float, int]]) -> nn.Module:
 def tiny_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return compress(TinyNet(), PLAN)
-
-
-class Mystery(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.dctest.mystery(x)
-
-
-@torch.library.custom_op("dctest::mystery", mutates_args=())
-def _mystery(x: torch.Tensor) -> torch.Tensor:
-    return x * 2
-
-
-@_mystery.register_fake
-def _(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x)
 
 
 def model_with_unsupported_op() -> nn.Module:
