@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny IDX datasets written on the fly, and a tiny recipe."""
+"""Shared fixtures: tiny IDX datasets written on the fly, a tiny recipe, a user's own model file
+and the token ids it reads."""
 from __future__ import annotations
 
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +97,34 @@ def pack_shared_lenet300(path: Path, plan: dict, meta: dict, train_on: Path | No
     container.pack(model.state_dict(), path, compressed={n: {"bits": b} for n, (_, b) in plan.items()},
                    meta=meta)
     return path
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """``user_module(name, source)``: ``name``.py written into tmp_path (returned), importable for
+    this test only; forgotten afterwards, so a later test's file of that name is read afresh."""
+    written = []
+
+    def write(name: str, source: str) -> Path:
+        (tmp_path / f"{name}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        written.append(name)
+        return tmp_path
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+
+
+def token_samples(path: Path, n: int, length: int, vocab: int, padded: int):
+    """``n`` sequences of ``length`` token ids in [1, vocab) and their attention mask, whose last
+    ``padded`` positions are randomly 0 (padding) or 1, saved to ``path`` as {"ids", "mask"}:
+    what a sentence encoder's distill task reads. Returns (ids, mask)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.int64)
+    mask[:, length - padded:] = torch.randint(0, 2, (n, padded), generator=g)
+    torch.save({"ids": ids, "mask": mask}, path)
+    return ids, mask

@@ -3,7 +3,6 @@ sequence of a recogniser, the cosine of an embedding; the report says which and 
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 
 import pytest
@@ -95,11 +94,9 @@ DECODER = textwrap.dedent('''
 
 
 @pytest.fixture
-def user_decoder(tmp_path, monkeypatch):
-    (tmp_path / "tiny_decoder.py").write_text(DECODER)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield "tiny_decoder:letters"
-    sys.modules.pop("tiny_decoder", None)
+def user_decoder(user_module):
+    user_module("tiny_decoder", DECODER)
+    return "tiny_decoder:letters"
 
 
 def test_a_user_decoder_named_in_the_recipe(tmp_path, user_decoder):
@@ -136,13 +133,11 @@ OCR_MODEL = textwrap.dedent('''
 
 
 @pytest.fixture
-def ocr_env(tmp_path, monkeypatch):
-    (tmp_path / "tiny_ocr.py").write_text(OCR_MODEL)
-    monkeypatch.syspath_prepend(str(tmp_path))
+def ocr_env(user_module):
+    tmp_path = user_module("tiny_ocr", OCR_MODEL)
     torch.save(torch.rand(64, 1, 4, 12, generator=torch.Generator().manual_seed(0)),
                tmp_path / "lines.pt")
-    yield tmp_path
-    sys.modules.pop("tiny_ocr", None)
+    return tmp_path
 
 
 @pytest.mark.parametrize("task_settings, lead", [

@@ -3,7 +3,6 @@ made in (eval: no dropout), the hidden-state term is applied as written and refu
 cannot be, and masks and codebooks hold through it end to end."""
 from __future__ import annotations
 
-import sys
 import textwrap
 
 import pytest
@@ -13,6 +12,7 @@ from torch import nn
 from compression._train import TrainSpec, hidden_loss, train
 from compression.tasks import Examples
 from compression.tasks.distill import Distill, DistillConfig
+from conftest import token_samples
 from dccore.errors import RecipeError
 
 ENCODER = textwrap.dedent('''
@@ -43,17 +43,11 @@ ENCODER = textwrap.dedent('''
 
 
 @pytest.fixture
-def encoder(tmp_path, monkeypatch):
-    (tmp_path / "bert_encoder.py").write_text(ENCODER)
-    monkeypatch.syspath_prepend(str(tmp_path))
+def encoder(user_module):
+    tmp_path = user_module("bert_encoder", ENCODER)
     import bert_encoder
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, 60, (160, 10), generator=g)
-    mask = torch.ones(160, 10, dtype=torch.int64)
-    mask[:, 6:] = torch.randint(0, 2, (160, 4), generator=g)
-    torch.save({"ids": ids, "mask": mask}, tmp_path / "samples.pt")
-    yield tmp_path, bert_encoder.make, (ids, mask)
-    sys.modules.pop("bert_encoder", None)
+    return tmp_path, bert_encoder.make, token_samples(tmp_path / "samples.pt", n=160, length=10,
+                                                      vocab=60, padded=4)
 
 
 def _task(tmp_path, **cfg) -> Distill:

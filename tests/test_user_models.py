@@ -4,11 +4,12 @@ in, a normalised embedding out), compressed label-free against its own outputs, 
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 
 import pytest
 import torch
+
+from conftest import token_samples
 
 ENCODER = textwrap.dedent('''
     import torch
@@ -42,16 +43,10 @@ ENCODER = textwrap.dedent('''
 
 
 @pytest.fixture
-def encoder_env(tmp_path, monkeypatch):
-    (tmp_path / "tiny_encoder.py").write_text(ENCODER)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, 120, (240, 12), generator=g)
-    mask = torch.ones(240, 12, dtype=torch.int64)
-    mask[:, 9:] = torch.randint(0, 2, (240, 3), generator=g)
-    torch.save({"ids": ids, "mask": mask}, tmp_path / "samples.pt")
-    yield tmp_path
-    sys.modules.pop("tiny_encoder", None)
+def encoder_env(user_module):
+    tmp_path = user_module("tiny_encoder", ENCODER)
+    token_samples(tmp_path / "samples.pt", n=240, length=12, vocab=120, padded=3)
+    return tmp_path
 
 
 def _recipe(tmp_path, stages, **task):
