@@ -3,11 +3,10 @@ saturation points marked), one summary PNG, and an HTML page holding them all (i
 nothing linked out), drawn through dccore.plots (matplotlib on Agg, imported on first use)."""
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 from typing import Any, Mapping
 
+from dccore import html
 from dccore.outputs import write_bytes_atomic
 from dccore.plots import png as _png, pyplot as _pyplot
 
@@ -105,24 +104,15 @@ def summary_plot(curves: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
-def _img(png: bytes, caption: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
 def _table(curves: Mapping[str, Any]) -> str:
     rows = []
     for name, e in curves["layers"].items():
-        sat_s = e.get("saturation_sparsity")
-        sat_b = e.get("saturation_bits")
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            name, e["type"], f"{e['parameters']:,}",
-            f"{100 * sat_s:.3g}%" if e.get("sparsity") else "-",
-            sat_b if sat_b is not None else "-")) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("layer", "type", "weights", "saturation sparsity",
-                                             "saturation bits"))
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+        sat_s, sat_b = e.get("saturation_sparsity"), e.get("saturation_bits")
+        rows.append(((name, e["type"], f"{e['parameters']:,}",
+                      f"{100 * sat_s:.3g}%" if e.get("sparsity") else "-",
+                      sat_b if sat_b is not None else "-"), ""))
+    return html.table(("layer", "type", "weights", "saturation sparsity", "saturation bits"),
+                      rows, numeric=(2, 3, 4))
 
 
 def write_report(curves: Mapping[str, Any], out: Path) -> dict[str, str]:
@@ -132,38 +122,30 @@ def write_report(curves: Mapping[str, Any], out: Path) -> dict[str, str]:
     summary = summary_plot(curves)
     write_bytes_atomic(out / "plots" / "summary.png", summary)
     written["summary"] = str(out / "plots" / "summary.png")
-    figures.append(_img(summary, "every layer alone: change of the validation metric"))
+    figures.append(html.img(summary, "every layer alone: change of the validation metric"))
     for name, entry in curves["layers"].items():
         png = layer_plot(name, entry, curves)
         path = out / "plots" / f"{_file_name(name)}.png"
         write_bytes_atomic(path, png)
         written[name] = str(path)
-        figures.append(_img(png, name))
+        figures.append(html.img(png, name))
     s = curves["settings"]
     retrain = (f"{s['retrain_epochs']} retraining epoch(s) per point"
                + (f" on {curves['train_examples']:,} training examples"
                   if s.get("train_examples") else "")) if s["retrain_epochs"] else \
         "no retraining (one-shot)"
     k, unit = _scale(curves)
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>sensitivity: {html.escape(curves['recipe'])}</title>
-<style>body{{font-family:sans-serif;max-width:1050px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}
-figure{{margin:1.5em 0}}img{{max-width:100%}}figcaption{{color:#666;font-size:.9em}}</style>
-</head><body>
-<h1>Sensitivity of {html.escape(curves['recipe'])}</h1>
+    intro = f"""<h1>Sensitivity of {html.e(curves['recipe'])}</h1>
 <p>Each compressible layer alone (the others dense), scored on the held-out validation split
 ({curves['validation_examples']:,} examples; dense baseline
-{curves['baseline']['validation'] * k:.2f}{unit} {html.escape(curves['metric'])}), with
-{html.escape(retrain)}. A saturation point is the last grid point whose drop stays within
+{curves['baseline']['validation'] * k:.2f}{unit} {html.e(curves['metric'])}), with
+{html.e(retrain)}. A saturation point is the last grid point whose drop stays within
 {100 * s['tolerance']:.3g} points. Bits are measured at each sparsity of the pruning path that
 costs at most {100 * s.get('grid_drop', 0):.3g} points (one line each on the right-hand plots):
-few bits cost more on a pruned layer. Measured in {curves['seconds']:.0f} s.</p>
-{_table(curves)}
-{''.join(figures)}
-</body></html>
-"""
-    write_bytes_atomic(out / "report.html", page.encode())
+few bits cost more on a pruned layer. Measured in {curves['seconds']:.0f} s.</p>"""
+    page = html.page(f"sensitivity: {curves['recipe']}", [intro, _table(curves), *figures],
+                     generator="sensitivity")
+    write_bytes_atomic(out / "report.html", page)
     written["html"] = str(out / "report.html")
     return written
 

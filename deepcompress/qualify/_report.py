@@ -3,12 +3,13 @@ artifacts, the devices' figures and the plots, embedded as base64 PNGs (no scrip
 it opens from a CI artifact store or an e-mail as it is)."""
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import html
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from dccore import html
+from dccore.html import e as _e, img as _img, table as _table
 
 from . import _plots
 from ._gates import FIGURES, fmt_value
@@ -17,53 +18,13 @@ from ._outputs import gate_name
 TREND_FIGURES = ("latency_p50_ms", "size_bytes", "metric")
 TREND_RUNS = 60
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
-max-width:1100px;color:#222;padding:0 16px}
-h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
-.verdict{padding:10px 14px;border-radius:6px;font-weight:600;margin:12px 0}
-.pass{background:#e3f4e6;color:#1d5e2b}.fail{background:#fbe4e4;color:#8a1c1c}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}
-td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
-tr.bad td{background:#fdf0f0}tr.skip td{color:#888}
-figure{margin:14px 0}figure img{max-width:100%;border:1px solid #eee}
-figcaption{color:#555;font-size:12px}.meta{color:#666;font-size:12px}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _img(png: bytes | None, caption: str) -> str:
-    if png is None:
-        return ""
-    data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
-
 
 def _page(title: str, ok: bool, verdict: str, body: Iterable[str], meta: str) -> bytes:
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    head = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="generator" content="deepcompress qualify">'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>")
     status = "pass" if ok else "fail"
     top = (f"<h1>{_e(title)}</h1><div class=meta>{_e(meta)} &middot; written {stamp}</div>"
            f'<div class="verdict {status}">{"PASS" if ok else "FAIL"}: {_e(verdict)}</div>')
-    return (head + top + "".join(body) + "</body></html>\n").encode("utf-8")
-
-
-def _table(headers: Sequence[str], rows: Iterable[tuple[Sequence[Any], str]],
-           numeric: Sequence[int] = ()) -> str:
-    out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>"]
-    for cells, cls in rows:
-        out.append(f'<tr class="{cls}">' + "".join(
-            f'<td{" class=n" if i in numeric else ""}>{_e(c)}</td>' for i, c in enumerate(cells))
-            + "</tr>")
-    return "".join(out) + "</table>"
+    return html.page(title, [top, *body], generator="qualify")
 
 
 def gates_table(gates: Sequence[Mapping[str, Any]]) -> str:
