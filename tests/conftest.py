@@ -99,6 +99,16 @@ def pack_shared_lenet300(path: Path, plan: dict, meta: dict, train_on: Path | No
     return path
 
 
+def place_users_own(target: Path, what: str, text: str = "mine") -> None:
+    """Something of the user's at ``target`` that no output may replace: a ``"folder"`` holding
+    keep.txt, or a ``"file"``; either holds ``text``."""
+    if what == "folder":
+        target.mkdir()
+        (target / "keep.txt").write_text(text)
+    else:
+        target.write_text(text)
+
+
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
     """``user_module(name, source)``: ``name``.py written into tmp_path (returned), importable for

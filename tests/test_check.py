@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import place_users_own
 from deepcompress.size_gate import load_budgets
 from dccore.artifacts import artifact_size
 from deepcompress.cli import main
@@ -161,21 +162,17 @@ def test_junit_names_with_control_characters_stay_valid_xml(tmp_path, capsys):
     assert case.get("classname") == "bell\\x07and\\x1bescape.tflite"
 
 
-@pytest.mark.parametrize("make", ["dir", "text"])
+@pytest.mark.parametrize("make", ["folder", "file"])
 def test_junit_and_baseline_never_replace_what_is_not_ours(files, tmp_path, capsys, make):
     budget = write(tmp_path / "budgets.toml", '[artifacts."*.tflite"]\nmax_size_bytes = 20_000\n')
     target = tmp_path / "precious"
-    if make == "dir":
-        target.mkdir()
-        (target / "keep.txt").write_text("mine")
-    else:
-        target.write_text("my notes, not XML")
+    place_users_own(target, make, "my notes, not XML")
     code, _, err = run(capsys, str(files["a"]), "--budget", str(budget), "--junit", str(target))
     assert code == 2 and "precious" in err and "not a JUnit XML report" in err
     code, _, err = run(capsys, str(files["a"]), "--budget", str(budget), "--baseline",
                        str(target), "--update-baseline")
     assert code == 2 and "not a JSON file" in err
-    assert (target / "keep.txt").read_text() == "mine" if make == "dir" else \
+    assert (target / "keep.txt").read_text() == "my notes, not XML" if make == "folder" else \
         target.read_text() == "my notes, not XML"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pack_shared_lenet300
+from conftest import pack_shared_lenet300, place_users_own
 from deepcompress.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -139,11 +139,7 @@ def test_a_directory_named_as_tflite_output_survives(dcz, tmp_path, capsys):
 @pytest.mark.parametrize("what", ["folder", "file"])
 def test_coreml_output_that_is_not_a_package_survives(dcz, tmp_path, capsys, what):
     target = tmp_path / "x.mlpackage"
-    if what == "folder":
-        target.mkdir()
-        (target / "keep.txt").write_text("mine")
-    else:
-        target.write_text("mine")
+    place_users_own(target, what)
     before = _tree(tmp_path)
     tflite = tmp_path / "ok.tflite"
     err = _refused(capsys, ["export", str(dcz), "--tflite", str(tflite), "--coreml", str(target)])
