@@ -37,6 +37,20 @@ max_latency_p50_ms = 5.0
 size_pct = 1.0
 """
 
+# a nightly matrix of one model on one device, with a rolling baseline
+MATRIX = """
+name = "n"
+lease_s = 60
+[devices]
+cpu = "host"
+[[models]]
+name = "a"
+model = { recipe = "lenet300" }
+[regression]
+window = 5
+min_samples = 3
+"""
+
 
 def write(tmp_path: Path, text: str, name: str = "q.toml") -> Path:
     path = tmp_path / name
@@ -145,20 +159,7 @@ def test_an_output_file_that_is_not_ours_is_refused(tmp_path, name, content):
 
 
 def test_matrix_reads_and_refuses_what_it_does_not_know(tmp_path):
-    text = """
-name = "n"
-lease_s = 60
-[devices]
-cpu = "host"
-[[models]]
-name = "a"
-model = { recipe = "lenet300" }
-[regression]
-window = 5
-min_samples = 3
-[regression.tolerance.latency_p50_ms]
-rel = 0.08
-"""
+    text = MATRIX + "[regression.tolerance.latency_p50_ms]\nrel = 0.08\n"
     matrix = load_matrix(write(tmp_path, text, "m.toml"), device_overrides={"cpu": "127.0.0.1:5557"})
     assert matrix.devices == {"cpu": "127.0.0.1:5557"}
     assert matrix.regression.tolerances["latency_p50_ms"].rel == 0.08
