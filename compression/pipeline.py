@@ -244,7 +244,7 @@ class _Run:
             self.teacher.remember(model, [self.test_set] + (
                 [self.val_set] if self.val_set is not None else []))
         self.log(f"baseline {self.primary} "
-                 f"{_fmt(self.primary, self.scores[BASELINE][self.primary])}")
+                 f"{show_metric(self.primary, self.scores[BASELINE][self.primary])}")
         save_checkpoint(checkpoint_path(self.out, BASELINE), model, ctx.state,
                         {**info, "seconds": self.seconds[BASELINE],
                          "recipe_sha256": recipe.sha256()})
@@ -292,7 +292,8 @@ class _Run:
         sparsity = ctx.state.sparsity()
         self.stage_metrics[name] = dict(ctx.metrics, sparsity=sparsity)
         info = self._scored(name, {"kind": config.KIND})
-        self.log(f"{name}: {self.primary} {_fmt(self.primary, self.scores[name][self.primary])}, "
+        self.log(f"{name}: {self.primary} "
+                 f"{show_metric(self.primary, self.scores[name][self.primary])}, "
                  f"sparsity {sparsity:.1%}, {self.seconds[name]:.1f} s")
         save_checkpoint(checkpoint_path(self.out, name), self.model, ctx.state,
                         {**info, "seconds": self.seconds[name], "metrics": self.stage_metrics[name],
@@ -357,7 +358,7 @@ class _Run:
                     decoded, self.val_set, against(self.val_set))
                 _as_shipped(report, self.primary, test, val)
                 self.log(f"{MODEL_FILE} decoded: {self.primary} "
-                         f"{_fmt(self.primary, test[self.primary])}")
+                         f"{show_metric(self.primary, test[self.primary])}")
                 if _meta(recipe, task, report, self.model_kwargs) != meta:   # the record, made true
                     ctx.output = Output(out, _meta(recipe, task, report, self.model_kwargs), rows)
                     _run_stage(model, stage, config, ctx)
@@ -495,7 +496,8 @@ def _check_rebuilds(name: str, kwargs: dict[str, Any], model: nn.Module, stage: 
                          f"left (first differences: {diff})")
 
 
-def _fmt(metric: str, value: float | None) -> str:
+def show_metric(metric: str, value: float | None) -> str:
+    """A figure as the logs show it: accuracy in percent, any other metric to 5 decimals."""
     if value is None:
         return "-"
     return f"{value:.2%}" if metric == "accuracy" else f"{value:.5f}"

@@ -39,7 +39,7 @@ from ..recipe import Recipe
 from ._plan import OBJECTIVES, LayerModel, Plan, greedy, models_from_curves, next_step
 from ._sensitivity import stage_of
 from ._toml import dumps
-from ._workbench import Workbench, seed_run_folder
+from ._workbench import Workbench, seed_run_folder, show_drop
 
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(pt|pts|points?)?\s*$")
 MAX_ITERATIONS = 12     # greedy calls (a plan already run is not run again)
@@ -100,10 +100,6 @@ def _pct(x: float) -> str:
     return f"{100 * x:.4g}%"
 
 
-def _pt(drop: float) -> str:
-    return f"{-100 * drop:+.2f} pt"
-
-
 def plan_recipe(base: Mapping[str, Any], recipe: Recipe, plan: Plan,
                 models: Mapping[str, LayerModel], curves: Mapping[str, Any],
                 settings: AutotuneSettings) -> tuple[dict[str, Any], dict[tuple, str]]:
@@ -143,10 +139,11 @@ def plan_recipe(base: Mapping[str, Any], recipe: Recipe, plan: Plan,
             by_name[name] = {**_carry(config, name, probe_types[name], ("method",)),
                              "sparsity": c.sparsity}
             nxt = next_step(m, i, j).get("sparsity")
-            why = (f"{name}: {_pct(c.sparsity)} ({how}: {_pt(m.sparsity_drop[i])} on validation;"
-                   f" saturation {_pct(m.saturation_sparsity)}); {m.bytes(i, j):,} B predicted")
+            why = (f"{name}: {_pct(c.sparsity)} ({how}: {show_drop(m.sparsity_drop[i])} on "
+                   f"validation; saturation {_pct(m.saturation_sparsity)}); "
+                   f"{m.bytes(i, j):,} B predicted")
             if nxt:
-                why += (f"\n{_pct(nxt[0])} would save ~{nxt[1]:,} B for {_pt(nxt[2])} more")
+                why += (f"\n{_pct(nxt[0])} would save ~{nxt[1]:,} B for {show_drop(nxt[2])} more")
             comments[("stages", prune_i, "by_name", name)] = why
         stage["by_name"] = by_name
         comments[("stages", prune_i, "sparsity")] = "the largest layer's; every layer is named below"
@@ -165,10 +162,10 @@ def plan_recipe(base: Mapping[str, Any], recipe: Recipe, plan: Plan,
                                       ("init", "group_size", "weighting")), "bits": c.bits}
             nxt = next_step(m, i, j).get("bits")
             why = (f"{name}: {c.bits} bits ({how} at {_pct(c.sparsity)}: "
-                   f"{_pt(m.bits_drop[i][j])} beyond the cut; saturation "
+                   f"{show_drop(m.bits_drop[i][j])} beyond the cut; saturation "
                    f"{m.saturation_bits} bits)")
             if nxt:
-                why += f"\n{nxt[0]} bits would save ~{nxt[1]:,} B for {_pt(nxt[2])} more"
+                why += f"\n{nxt[0]} bits would save ~{nxt[1]:,} B for {show_drop(nxt[2])} more"
             comments[("stages", share_i, "by_name", name)] = why
         if largest in plan.choices and plan.choices[largest].bits is not None:
             stage["bits"] = plan.choices[largest].bits
@@ -203,10 +200,10 @@ def header(recipe_name: str, settings: AutotuneSettings, metric: str, scale: flo
         f"validation {metric}"
         + (f" (margin {100 * settings.margin:.3g})" if settings.margin else "") + ".",
         f"Greedy on the measured curves at {scale:.3g} x the budget: predicted "
-        f"{_pt(plan.predicted_drop)}, {plan.predicted_bytes:,} B of compressed layers.",
+        f"{show_drop(plan.predicted_drop)}, {plan.predicted_bytes:,} B of compressed layers.",
     ]
     if measured:
-        lines.append(f"Verified by the full pipeline: {_pt(measured['drop'])} on validation "
+        lines.append(f"Verified by the full pipeline: {show_drop(measured['drop'])} on validation "
                      f"(through the decoded model.dcz), {measured['bytes']:,} B on disk "
                      f"({measured['ratio']:.1f}x).")
     return "\n".join(lines)
@@ -345,8 +342,9 @@ def autotune(base: Mapping[str, Any], bench: Workbench, curves: Mapping[str, Any
     scale, lo, hi = start, None, None
     drops: dict[float, float] = {}          # scale -> measured drop
     if anchor is not None:
-        log(f"the recipe as given, on the curves: {anchor['bytes']:,} B ({_pt(anchor['drop'])} "
-            f"predicted); starting at {scale:.3g} x the budget, the plan no larger")
+        log(f"the recipe as given, on the curves: {anchor['bytes']:,} B "
+            f"({show_drop(anchor['drop'])} predicted); starting at {scale:.3g} x the budget, "
+            "the plan no larger")
     t_start = time.perf_counter()
     for _ in range(MAX_ITERATIONS):
         if len(ran) >= settings.max_runs:
@@ -361,7 +359,7 @@ def autotune(base: Mapping[str, Any], bench: Workbench, curves: Mapping[str, Any
             data, comments = plan_recipe(base, recipe, plan, models, curves, settings)
             text = dumps(data, comments, header(recipe.name, settings, bench.metric, scale, plan,
                                                 None))
-            log(f"try {number}: scale {scale:.3g}, predicted {_pt(plan.predicted_drop)}, "
+            log(f"try {number}: scale {scale:.3g}, predicted {show_drop(plan.predicted_drop)}, "
                 f"{plan.predicted_bytes:,} B: " + ", ".join(
                     f"{n} {_pct(c.sparsity)}/{c.bits}b" for n, c in plan.choices.items()))
             measured = verify(data, text, out / "tries" / str(number), baseline, bench,
@@ -377,8 +375,8 @@ def autotune(base: Mapping[str, Any], bench: Workbench, curves: Mapping[str, Any
                                                              measured))})
             ran[key] = measured
             tries.append(measured)
-            log(f"try {number}: {_pt(measured['drop'])} on validation, {measured['bytes']:,} B "
-                f"({measured['ratio']:.1f}x), "
+            log(f"try {number}: {show_drop(measured['drop'])} on validation, "
+                f"{measured['bytes']:,} B ({measured['ratio']:.1f}x), "
                 + ("within" if measured["within_budget"] else "over") + " the budget")
         if measured["within_budget"]:
             lo = scale if lo is None else max(lo, scale)

@@ -40,7 +40,8 @@ from ..models import weight_name
 from ..prune import magnitude_mask
 from ..share import share_grouped, share_layer
 from ..stages import STAGES, StageConfig
-from ._workbench import Workbench
+from ..pipeline import show_metric
+from ._workbench import Workbench, show_drop
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
 BITS = (8, 7, 6, 5, 4, 3, 2)
@@ -203,8 +204,8 @@ def measure(bench: Workbench, settings: SensitivitySettings = SensitivitySetting
                                "seconds": seconds})
                 kept[s] = ({k: v.clone() for k, v in model.state_dict().items()},
                            state.layers[name].mask.clone())
-                bench.log(f"{name} sparsity {s:.2f}: {_show(bench, value)} "
-                          f"({_points(bench.drop(value))}), {seconds:.1f} s")
+                bench.log(f"{name} sparsity {s:.2f}: {show_metric(bench.metric, value)} "
+                          f"({show_drop(bench.drop(value))}), {seconds:.1f} s")
             entry["sparsity"] = points
             sat = saturation([p["sparsity"] for p in points], [p["drop"] for p in points],
                              settings.tolerance)
@@ -237,8 +238,9 @@ def measure(bench: Workbench, settings: SensitivitySettings = SensitivitySetting
                     value = bench.evaluate(model)
                     points.append({"bits": b, "metric": value, "drop": bench.drop(value),
                                    "seconds": seconds})
-                    bench.log(f"{name} {b} bits at sparsity {s:.2f}: {_show(bench, value)} "
-                              f"({_points(bench.drop(value))}), {seconds:.1f} s")
+                    bench.log(f"{name} {b} bits at sparsity {s:.2f}: "
+                              f"{show_metric(bench.metric, value)} "
+                              f"({show_drop(bench.drop(value))}), {seconds:.1f} s")
                 grid.append(points)
             points = grid[rows.index(at)]
             entry["bits"] = {"at_sparsity": at, "points": points}
@@ -329,11 +331,3 @@ def size_table(bench: Workbench, name: str, info: Mapping[str, Any],
                 row.append(report.tensors[0].bytes)
             table.append(row)
     return {"sparsity": grid_s, "bits": grid_b, "table": table}
-
-
-def _show(bench: Workbench, value: float) -> str:
-    return f"{value:.2%}" if bench.metric == "accuracy" else f"{value:.5f}"
-
-
-def _points(drop: float) -> str:
-    return f"{-100 * drop:+.2f} pt"

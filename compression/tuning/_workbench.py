@@ -93,6 +93,11 @@ def ensure_baseline(recipe: Recipe, out: Path, *, from_run: Path | None = None,
     return out
 
 
+def show_drop(drop: float) -> str:
+    """A drop (positive: worse) as the change in percentage points: 0.012 -> "-1.20 pt"."""
+    return f"{-100 * drop:+.2f} pt"
+
+
 def seed_run_folder(folder: Path, baseline: Path) -> None:
     """Put the baseline's checkpoint (and its figures) into a fresh run folder, so the pipeline
     resumes from it (``--resume-from`` the first stage) instead of training it again."""
