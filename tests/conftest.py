@@ -99,6 +99,25 @@ def pack_shared_lenet300(path: Path, plan: dict, meta: dict, train_on: Path | No
     return path
 
 
+# A qualify config that exports a .dcz (``dcz``, e.g. pack_shared_lenet300's) to TFLite and benches
+# it on the host: ``runs`` runs within ``timeout_s``; a size budget any LeNet-300-100 passes.
+HOST_QUALIFY = """
+name = "{name}"
+[model]
+dcz = "{dcz}"
+[export]
+formats = ["tflite"]
+examples = 20
+dense = false
+[bench]
+devices = ["host"]
+runs = {runs}
+warmup = 1
+timeout_s = {timeout_s}
+[budgets]
+max_size_bytes = 10_000_000
+"""
+
 def place_users_own(target: Path, what: str, text: str = "mine") -> None:
     """Something of the user's at ``target`` that no output may replace: a ``"folder"`` holding
     keep.txt, or a ``"file"``; either holds ``text``."""

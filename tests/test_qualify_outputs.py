@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HOST_QUALIFY
 from dccore.plots import png, pyplot
 from deepcompress.cli import main
 from deepcompress.qualify import _report
@@ -65,24 +66,6 @@ def test_junit_is_valid_xml_whatever_the_names_hold():
         assert case.get("classname").startswith("q\\x1b]0;pwned\\x07\\x1b[2J\\x00")
 
 
-CONFIG = """
-name = "{name}"
-[model]
-dcz = "{dcz}"
-[export]
-formats = ["tflite"]
-examples = 20
-dense = false
-[bench]
-devices = ["host"]
-runs = 3
-warmup = 1
-timeout_s = 120
-[budgets]
-max_size_bytes = 10_000_000
-"""
-
-
 def qualify(config: Path, out: Path) -> tuple[int, dict | None]:
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -94,7 +77,7 @@ def qualify(config: Path, out: Path) -> tuple[int, dict | None]:
 def test_a_run_is_recorded_with_its_three_files_or_not_at_all(tmp_path, tiny_dcz, monkeypatch):
     toml_name = MATH.replace("\\", "\\\\") + " \\u001b]0;pwned\\u0007 \\u0000"
     config = tmp_path / "q.toml"
-    config.write_text(CONFIG.format(name=toml_name, dcz=tiny_dcz))
+    config.write_text(HOST_QUALIFY.format(name=toml_name, dcz=tiny_dcz, runs=3, timeout_s=120))
     out = tmp_path / "out"
     code, results = qualify(config, out)
     assert code == 0 and results["ok"], results

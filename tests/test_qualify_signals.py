@@ -96,34 +96,19 @@ def test_a_child_starts_in_its_own_group_with_no_signal_blocked():
 
 
 # -- SIGTERM and SIGKILL on a real qualify ---------------------------------------------------------
-QUALIFY = """
-name = "sig"
-[model]
-dcz = "m.dcz"
-[export]
-formats = ["tflite"]
-examples = 20
-dense = false
-[bench]
-devices = ["host"]
-runs = 100000
-warmup = 1
-timeout_s = 600
-[budgets]
-max_size_bytes = 2_000_000
-"""
-
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, tiny_idx):
-    from conftest import pack_shared_lenet300
+    from conftest import HOST_QUALIFY, pack_shared_lenet300
 
     root = tmp_path_factory.mktemp("signals")
     meta = {"model": {"name": "lenet300", "kwargs": {}, "input_shape": [1, 28, 28]},
             "data": {"root": str(tiny_idx)}}
     pack_shared_lenet300(root / "m.dcz", {"fc1.weight": (0.9, 4), "fc2.weight": (0.9, 4),
                                           "fc3.weight": (0.7, 5)}, meta)
-    (root / "q.toml").write_text(QUALIFY)
+    # a bench long enough to be signalled while its runner is busy
+    (root / "q.toml").write_text(HOST_QUALIFY.format(name="sig", dcz="m.dcz", runs=100_000,
+                                                     timeout_s=600))
     return root / "q.toml"
 
 
