@@ -34,12 +34,13 @@ def printable(text: object) -> str:
                        else f"\\u{ord(m.group()):04x}", str(text))
 
 
-def stdout_console() -> Any:
-    """A rich console on stdout; a pipe or file gets the whole table, not an 80-column fold."""
+def stdout_console(width: int = 200) -> Any:
+    """A rich console on stdout; a pipe or file gets ``width`` columns (whole tables, not the
+    80-column fold rich assumes where there is no terminal)."""
     from rich.console import Console
 
     console = Console(log_path=False)
-    return console if console.is_terminal else Console(log_path=False, width=200)
+    return console if console.is_terminal else Console(log_path=False, width=width)
 
 
 class _RichTask(ProgressTask):

@@ -114,16 +114,15 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _print_tables(info: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from ..ui import printable
+    from ..ui import printable, stdout_console
 
     def name(value: object) -> Text:   # a file's own words: shown, never obeyed (nor markup)
         return Text(printable(value))
 
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 132)
+    console = stdout_console(width=132)
     t = Table(title=name(f"{info['path']}  (format v{info['format_version']}, coder "
                          f"{info['coder']})"), title_justify="left")
     for col in ("tensor", "shape", "storage", "density", "bits", "gap bits", "bytes",

@@ -74,7 +74,7 @@ def _devices(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from ..ui import printable
+    from ..ui import printable, stdout_console
 
     table = Table(title="devices")
     for col in ("SPEC", "MODEL", "OS", "ABI", "CORES", "MAX FREQ (MHz)", "NOTE"):
@@ -85,7 +85,7 @@ def _devices(args: argparse.Namespace) -> int:
         cells = (e.spec, i.model if i else "", i.os_version if i else "", i.abi if i else "",
                  str(i.cores) if i else "", " / ".join(str(f // 1000) for f in freqs) or "-", e.note)
         table.add_row(*(Text(printable(c)) for c in cells))   # a device's words, shown as text
-    _console().print(table)
+    stdout_console(width=100_000).print(table)   # no fold, no cut
     return 0
 
 
@@ -136,17 +136,6 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if all(r["ok"] for r in results) else 1
 
 
-def _console():
-    """Rich console on stdout. A pipe or file gets every table and line whole: no 80-column
-    fold, no cut (rich would otherwise assume 80 columns where there is no terminal)."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=100_000)
-    return console
-
-
 def _where(result: dict) -> str:
     device = result["device"].get("serial") or result["device"].get("spec", "?")
     return f"{Path(result['artifact']).name} on {device}"
@@ -160,7 +149,7 @@ def _print_table(results: list[dict]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from ..ui import printable
+    from ..ui import printable, stdout_console
 
     table = Table(title="bench (latency in ms)")
     for col in ("ARTIFACT", "DEVICE", "RUNNER", "RUNS", "P50", "P90", "P99", "MEAN", "INIT",
@@ -179,7 +168,7 @@ def _print_table(results: list[dict]) -> None:
                       _fmt(lat["p99"]), _fmt(lat["mean"]), _fmt(r["init_ms"]),
                       _fmt(r["peak_memory_mb"], 3), push,
                       f"{acc['accuracy']:.4f}" if acc else "-")
-    console = _console()
+    console = stdout_console(width=100_000)
     if table.row_count:
         console.print(table)
     for r in failed:  # each once, whole: the text is the device's, never rich markup
