@@ -109,6 +109,18 @@ def test_run_gives_the_file_the_command_gives(tmp_path):
         (tmp_path / "cli" / "model.dcz").read_bytes()
 
 
+# Both workers end alike: ``same`` says whether what each rank compressed (``compressed``, a
+# CompressionState) has every mask, codebook, assignment and weight equal on the two ranks.
+SAME_ON_BOTH_RANKS = r'''
+state = {f"{k}.{n}": v for n, layer in compressed.layers.items()
+         for k, v in (("mask", layer.mask), ("centroids", layer.centroids),
+                      ("assign", layer.assignments), ("weight", layer.weight.detach()))}
+gathered = [None, None]
+dist.all_gather_object(gathered, state)
+same = all(torch.equal(gathered[0][k], gathered[1][k]) for k in state)
+'''
+
+
 DDP_WORKER = r'''
 import os, sys, torch
 import torch.distributed as dist
@@ -134,12 +146,8 @@ for epoch in range(2):
         loss = nn.functional.mse_loss(ddp(x[i:i + 16]), y[i:i + 16])
         opt.zero_grad(); loss.backward(); opt.step(); comp.step()
 comp.finalize()
-state = {f"{k}.{n}": v for n, layer in comp.state.layers.items()
-         for k, v in (("mask", layer.mask), ("centroids", layer.centroids),
-                      ("assign", layer.assignments), ("weight", layer.weight.detach()))}
-gathered = [None, None]
-dist.all_gather_object(gathered, state)
-same = all(torch.equal(gathered[0][k], gathered[1][k]) for k in state)
+compressed = comp.state
+''' + SAME_ON_BOTH_RANKS + r'''
 comp.save(sys.argv[1])
 print(f"RANK{rank} same={same} files={sorted(os.listdir(os.path.dirname(sys.argv[1])))}")
 dist.destroy_process_group()
@@ -175,12 +183,8 @@ from compression.api import run
 
 dist.init_process_group("gloo")
 result = run(sys.argv[1], sys.argv[2])
-state = {f"{k}.{n}": v for n, layer in result.state.layers.items()
-         for k, v in (("mask", layer.mask), ("centroids", layer.centroids),
-                      ("assign", layer.assignments), ("weight", layer.weight.detach()))}
-gathered = [None, None]
-dist.all_gather_object(gathered, state)
-same = all(torch.equal(gathered[0][k], gathered[1][k]) for k in state)
+compressed = result.state
+''' + SAME_ON_BOTH_RANKS + r'''
 print(f"RANK{dist.get_rank()} same={same} report={'compressed_bytes' in result.report}")
 dist.destroy_process_group()
 '''
