@@ -121,17 +121,12 @@ def from_weight_matrix(module: nn.Module, matrix: torch.Tensor, shape: torch.Siz
     return matrix.reshape(shape)
 
 
-def _each_input(model: nn.Module, layers: Mapping[str, nn.Module],
-                batches: Iterable[tuple[torch.Tensor, ...]],
-                forward: Callable[[nn.Module, tuple[torch.Tensor, ...]], object] | None,
-                take: Callable[[str, nn.Module, torch.Tensor], None]) -> None:
-    """Run the calibration batches in eval mode; ``take(name, layer, input)`` sees each layer's
-    input as it goes by. Hooks and the model's mode are restored whatever happens."""
+def _run_hooked(model: nn.Module, hooks: list, batches: Iterable[tuple[torch.Tensor, ...]],
+                forward: Callable[[nn.Module, tuple[torch.Tensor, ...]], object] | None) -> None:
+    """Run the calibration batches through ``forward`` (default: the model's call) in eval mode
+    without gradients, for ``hooks`` to watch; the hooks are removed and the model's mode
+    restored whatever happens."""
     forward = forward or (lambda m, inputs: m(*inputs))
-    hooks = [module.register_forward_hook(
-        lambda _m, args, _out, name=name, module=module: take(name, module, args[0].detach()))
-        for name, module in layers.items() if not isinstance(module, RECURRENT_TYPES)]
-    hooks += recurrent_hooks(layers, take)     # each matrix of an LSTM/GRU/RNN: its own input
     was_training = model.training
     model.eval()
     try:
@@ -161,7 +156,11 @@ def input_norms(model: nn.Module, layers: Mapping[str, nn.Module],
             add = _features(module, x.double()).pow(2).sum(0)
         sums[name] = sums[name] + add if name in sums else add
 
-    _each_input(model, layers, batches, forward, take)
+    hooks = [module.register_forward_hook(
+        lambda _m, args, _out, name=name, module=module: take(name, module, args[0].detach()))
+        for name, module in layers.items() if not isinstance(module, RECURRENT_TYPES)]
+    hooks += recurrent_hooks(layers, take)     # each matrix of an LSTM/GRU/RNN: its own input
+    _run_hooked(model, hooks, batches, forward)
     return {name: s.sqrt().float() for name, s in sums.items()}
 
 
@@ -303,7 +302,6 @@ def sequential_hessians(model: nn.Module, layers: Mapping[str, nn.Module],
     inputs are one-hot rows) is diagonal: it comes as that diagonal, each row's share of the
     tokens, shape (num_embeddings,). Returns the layers whose
     module ran more than once in the pass (measured on their first call only)."""
-    forward = forward or (lambda m, batch: m(*batch))
     by_module: dict[int, tuple[nn.Module, list[str]]] = {}
     for name, module in layers.items():
         by_module.setdefault(id(module), (module, []))[1].append(name)
@@ -339,15 +337,7 @@ def sequential_hessians(model: nn.Module, layers: Mapping[str, nn.Module],
     hooks = [module.register_forward_pre_hook(
         lambda m, args, kwargs, names=names: pre(m, args, kwargs, names), with_kwargs=True)
         for module, names in by_module.values()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            forward(model, inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _run_hooked(model, hooks, [inputs], forward)
     for module, names in by_module.values():
         if id(module) not in done:
             for name in names:
