@@ -202,14 +202,12 @@ def test_nan_weights_are_rejected(make_recipe, tmp_path):
         run_recipe(Recipe.from_dict(make_recipe(model={"name": "lenet300", "weights": str(tmp_path / "nan.pt")})), tmp_path)
 
 
-def test_user_model_factory_and_no_prunable_layers(make_recipe, tmp_path, monkeypatch):
-    pkg = tmp_path / "usermodels.py"
-    pkg.write_text("import torch\n"
-                   "def mlp(hidden=16):\n"
-                   "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, hidden),"
-                   " torch.nn.ReLU(), torch.nn.Linear(hidden, 10))\n"
-                   "def nothing():\n    return torch.nn.Sequential(torch.nn.Flatten())\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_user_model_factory_and_no_prunable_layers(make_recipe, tmp_path, user_module):
+    user_module("usermodels", "import torch\n"
+                "def mlp(hidden=16):\n"
+                "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, hidden),"
+                " torch.nn.ReLU(), torch.nn.Linear(hidden, 10))\n"
+                "def nothing():\n    return torch.nn.Sequential(torch.nn.Flatten())\n")
     recipe = make_recipe(model={"name": "usermodels:mlp", "kwargs": {"hidden": 8}},
                          stages=[{"kind": "prune", "sparsity": 0.5, "rounds": 1, "retrain_epochs": 0}])
     result = run_recipe(Recipe.from_dict(recipe), tmp_path / "ok")

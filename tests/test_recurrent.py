@@ -3,7 +3,6 @@ layer of its own, pruned and shared like a Linear, calibrated on the rows it mul
 with its mask and codebook held, and stored in the .dcz that rebuilds the model."""
 from __future__ import annotations
 
-import sys
 import textwrap
 
 import numpy as np
@@ -44,13 +43,11 @@ def matrices(kwargs: dict) -> list[str]:
 
 
 @pytest.fixture
-def tagger_env(tmp_path, monkeypatch):
-    (tmp_path / "tiny_tagger.py").write_text(SEQUENCE_MODEL)
-    monkeypatch.syspath_prepend(str(tmp_path))
+def tagger_env(user_module):
+    tmp_path = user_module("tiny_tagger", SEQUENCE_MODEL)
     x = torch.randn(96, 10, 6, generator=torch.Generator().manual_seed(0))
     torch.save(x, tmp_path / "samples.pt")
-    yield tmp_path
-    sys.modules.pop("tiny_tagger", None)
+    return tmp_path
 
 
 def _run(env, kwargs, stages, out):
@@ -252,10 +249,10 @@ SHRINKABLE = textwrap.dedent('''
 ''')
 
 
-def test_shrink_then_share_a_model_with_a_recurrent_layer(tagger_env):
+def test_shrink_then_share_a_model_with_a_recurrent_layer(tagger_env, user_module):
     """Shrinking a Linear after a GRU: the stage's check that the state's layers are the model's
     modules holds for the GRU's matrices (each names its module plus the matrix)."""
-    (tagger_env / "tiny_shrinkable.py").write_text(SHRINKABLE)
+    user_module("tiny_shrinkable", SHRINKABLE)
     from compression.pipeline import run_recipe
     from compression.recipe import Recipe
 
@@ -263,10 +260,7 @@ def test_shrink_then_share_a_model_with_a_recurrent_layer(tagger_env):
               "task": {"kind": "distill", "inputs": str(tagger_env / "samples.pt")},
               "stages": [{"kind": "shrink", "fraction": 0.5, "rounds": 1, "retrain_epochs": 0},
                          {"kind": "share", "bits": 4}]}
-    try:
-        result = run_recipe(Recipe.from_dict(recipe), tagger_env / "shrunk")
-    finally:
-        sys.modules.pop("tiny_shrinkable", None)
+    result = run_recipe(Recipe.from_dict(recipe), tagger_env / "shrunk")
     assert result.model.fc1.out_features == 6
     assert result.state.layers["rnn.weight_hh_l0"].bits == 4
 

@@ -147,18 +147,15 @@ def make():
 CONVS = ["c3", "c2", "t2", "c1", "t1"]
 
 
-def test_post_training_weighs_and_compensates_every_convolution(tmp_path, monkeypatch):
+def test_post_training_weighs_and_compensates_every_convolution(user_module):
     """Wanda, activation weighting and GPTQ run on Conv1d/2d/3d and transposed convolutions
     (through their unfolded inputs) and the log says so for each; before, a convolution was
     shared without them, silently (or calibration raised TypeError)."""
-    import sys
-
     from compression.calibration import weight_matrix
     from compression.pipeline import run_recipe
     from compression.recipe import Recipe
 
-    (tmp_path / "tiny_convs.py").write_text(CONV_MODEL)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    tmp_path = user_module("tiny_convs", CONV_MODEL)
     torch.save(torch.randn(64, 2, 4, 6, 6, generator=torch.Generator().manual_seed(0)),
                tmp_path / "x.pt")
     lines: list[str] = []
@@ -170,10 +167,7 @@ def test_post_training_weighs_and_compensates_every_convolution(tmp_path, monkey
                           "method": "wanda", "calibration": 32},
                          {"kind": "share", "bits": 3, "group_size": 2, "weighting": "activation",
                           "compensate": "gptq", "calibration": 32}]}
-    try:
-        result = run_recipe(Recipe.from_dict(recipe), tmp_path / "out", log=lines.append)
-    finally:
-        sys.modules.pop("tiny_convs", None)
+    result = run_recipe(Recipe.from_dict(recipe), tmp_path / "out", log=lines.append)
     for name in CONVS:
         note = next(line for line in lines if line.startswith(f"{name}:"))
         assert "activation-weighted" in note and "GPTQ-compensated" in note, note

@@ -1,7 +1,6 @@
 """Tasks: data from the user's files, losses and metrics on hand-computable outputs, the registry."""
 from __future__ import annotations
 
-import sys
 import textwrap
 
 import numpy as np
@@ -69,7 +68,7 @@ def test_distill_reads_named_tensors_in_the_order_given(tmp_path):
     assert task.example_inputs()[0].shape == (1, 4)
 
 
-def test_distill_reads_npz_images_and_text_lines(tmp_path, monkeypatch):
+def test_distill_reads_npz_images_and_text_lines(tmp_path, user_module):
     np.savez(tmp_path / "x.npz", x=np.random.rand(6, 3).astype(np.float32))
     assert len(_distill(tmp_path, inputs=str(tmp_path / "x.npz")).data().test) == 1
 
@@ -85,12 +84,11 @@ def test_distill_reads_npz_images_and_text_lines(tmp_path, monkeypatch):
     assert torch.allclose(values, torch.tensor([0, 60, 120, 180]) / 255.0)
 
     (tmp_path / "lines.txt").write_text("one two\n\nthree four five\nsix\n")
-    (tmp_path / "tok.py").write_text(textwrap.dedent("""
+    user_module("tok", textwrap.dedent("""
         import torch
         def tokenize(lines):
             return {"ids": torch.tensor([[len(s.split()), len(s)] for s in lines])}
     """))
-    monkeypatch.syspath_prepend(str(tmp_path))
     data = _distill(tmp_path, inputs=str(tmp_path / "lines.txt"), tokenizer="tok:tokenize",
                     test_fraction=0.34).data()
     rows = sorted(torch.cat([data.train.inputs[0], data.test.inputs[0]]).tolist())
@@ -131,11 +129,9 @@ def test_the_recipe_task_table_defaults_and_refuses_unknown_kinds():
     assert {"idx-classification", "distill", "factory"} <= set(TASKS.names())
 
 
-def test_a_factory_task_must_return_a_task(tmp_path, monkeypatch):
-    (tmp_path / "mytask.py").write_text("def make(size=1):\n    return [size]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_a_factory_task_must_return_a_task(user_module):
+    user_module("mytask", "def make(size=1):\n    return [size]\n")
     config = TaskSection()("task", {"kind": "factory", "factory": "mytask:make",
                                     "kwargs": {"size": 3}}, object)
     with pytest.raises(RecipeError, match="returned list, not a compression.tasks.Task"):
         make_task(config)
-    sys.modules.pop("mytask", None)
