@@ -33,7 +33,7 @@ from torch import nn
 
 from dccore.artifacts import artifact_sha256
 from dccore.errors import CheckpointError, ModelError, RecipeError
-from dccore.outputs import atomic_path, write_bytes_atomic, write_json_atomic
+from dccore.outputs import atomic_path, read_json_object, write_bytes_atomic, write_json_atomic
 
 from . import distributed
 from ._context import Output, StageContext, StageOutputs
@@ -99,10 +99,7 @@ def load_task(recipe: Recipe, data_root: str | None) -> tuple[Task, TaskData]:
 
 def saved_recipe(out_dir: str | Path) -> dict[str, Any] | None:
     """The resolved recipe a run folder's ``recipe.json`` holds; None if it holds none."""
-    try:
-        saved = json.loads((Path(out_dir) / "recipe.json").read_text()).get("recipe")
-    except (OSError, ValueError, AttributeError):
-        return None
+    saved = (read_json_object(Path(out_dir) / "recipe.json") or {}).get("recipe")
     return saved if isinstance(saved, dict) else None
 
 
@@ -119,11 +116,7 @@ def _same_prefix(saved: dict, recipe: Recipe, upto: int) -> str | None:
 
 def _stage_info(out: Path, name: str) -> dict[str, Any] | None:
     """The figures a checkpoint's stage left beside it (None: none there, or unreadable)."""
-    try:
-        info = json.loads(checkpoint_path(out, name).with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
+    return read_json_object(checkpoint_path(out, name).with_suffix(".json"))
 
 
 def resume_point(out_dir: str | Path, recipe: Recipe) -> str | None:

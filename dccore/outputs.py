@@ -256,6 +256,15 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, kind: OutputKind =
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), kind)
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict | None:
+    """The JSON object a file holds; None when it is missing, unreadable or holds no object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def append_jsonl(path: str | os.PathLike[str], record: Any) -> None:
     """Append ``record`` as one JSON line: one ``write`` of the whole line with O_APPEND, so
     readers (and other writers) never see half a result."""

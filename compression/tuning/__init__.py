@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from dccore import tomlfile
 from dccore.errors import RecipeError
-from dccore.outputs import write_json_atomic
+from dccore.outputs import read_json_object, write_json_atomic
 
 from .._train import ProgressFn, no_progress
 from ..recipe import Recipe, read_recipe
@@ -87,9 +87,8 @@ def _earlier_curves(path: Path, recipe: Recipe, settings: SensitivitySettings
     recipe and these settings."""
     from dataclasses import asdict
 
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    data = read_json_object(path)
+    if data is None:
         return None
     wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
     wanted["sparsities"] = sorted(set(settings.sparsities))
