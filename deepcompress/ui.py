@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Iterable, Sequence
 
 from compression import ProgressTask
 
@@ -41,6 +41,23 @@ def stdout_console(width: int = 200) -> Any:
 
     console = Console(log_path=False)
     return console if console.is_terminal else Console(log_path=False, width=width)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]], *,
+                right: Collection[str] = (), overflow: str = "fold", title_justify: str = "left",
+                console: Any = None) -> None:
+    """A table on stdout (or ``console``): the title and every cell shown as text (``printable``,
+    never markup), for they hold names read from files, databases and devices. ``right``: the
+    columns justified right (figures)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(printable(title), style="table.title"), title_justify=title_justify)
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left", overflow=overflow)
+    for row in rows:
+        table.add_row(*(Text(printable(cell)) for cell in row))
+    (console or stdout_console()).print(table)
 
 
 class _RichTask(ProgressTask):
@@ -161,20 +178,14 @@ class Ui:
             self.line(message)
 
     def summary(self, report: dict[str, Any], out: Path) -> None:
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table(title=Text(f"{printable(report['recipe'])}: per-layer compression"),
-                      title_justify="left")
-        for col in ("layer", "type", "parameters", "non-zeros", "sparsity", "bits", "distinct"):
-            table.add_column(col, justify="left" if col in ("layer", "type") else "right")
-        for row in report["layers"]:
-            table.add_row(Text(printable(row["name"])), row["type"], f"{row['parameters']:,}",
-                          f"{row['nonzeros']:,}",
-                          f"{row['sparsity']:.1%}", str(row["bits"] or "-"),
-                          f"{row['distinct_values']:,}")
         out_console = stdout_console()
-        out_console.print(table)
+        print_table(f"{report['recipe']}: per-layer compression",
+                    ("layer", "type", "parameters", "non-zeros", "sparsity", "bits", "distinct"),
+                    [(row["name"], row["type"], f"{row['parameters']:,}", f"{row['nonzeros']:,}",
+                      f"{row['sparsity']:.1%}", str(row["bits"] or "-"),
+                      f"{row['distinct_values']:,}") for row in report["layers"]],
+                    right=("parameters", "non-zeros", "sparsity", "bits", "distinct"),
+                    overflow="ellipsis", console=out_console)
         metric = report.get("primary_metric") or {"name": "accuracy", **report["accuracy"]}
         name, base, final = metric["name"], metric["baseline"], metric["final"]
         if name == "accuracy":

@@ -114,40 +114,28 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _print_tables(info: dict) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    from ..ui import printable, stdout_console
-
-    def name(value: object) -> Text:   # a file's own words: shown, never obeyed (nor markup)
-        return Text(printable(value))
+    from ..ui import print_table, stdout_console
 
     console = stdout_console(width=132)
-    t = Table(title=name(f"{info['path']}  (format v{info['format_version']}, coder "
-                         f"{info['coder']})"), title_justify="left")
-    for col in ("tensor", "shape", "storage", "density", "bits", "gap bits", "bytes",
-                "bits/weight", "ratio"):
-        t.add_column(col, justify="left" if col in ("tensor", "shape", "storage") else "right")
-    for row in info["tensors"]:
-        t.add_row(name(row["name"]), "x".join(map(str, row["shape"])) or "scalar",
-                  name(row["storage"]), f"{row['density']:.1%}", _opt(row["bits"]),
-                  _opt(row["index_bits"]), f"{row['bytes']:,}", f"{row['bits_per_weight']:.2f}",
-                  f"{row['ratio']:.1f}x" if row["ratio"] else "-")
-    console.print(t)
-    s = Table(title="coded streams: payload against the order-0 entropy bound",
-              title_justify="left")
-    for col in ("tensor", "stream", "coder", "symbols", "distinct", "payload B", "table B",
-                "entropy B", "over bound"):
-        s.add_column(col, justify="left" if col in ("tensor", "stream", "coder") else "right")
-    for row in info["tensors"]:
-        for stream, st in row["streams"].items():
-            over = st["payload_overhead"]
-            s.add_row(name(row["name"]), name(stream), name(st["coder"]), f"{st['count']:,}",
-                      f"{st['distinct']:,}", f"{st['payload_bytes']:,}", f"{st['table_bytes']:,}",
-                      f"{st['entropy_bits'] / 8:,.0f}",
-                      "-" if over is None else f"{over:+.2%}")
-    if s.row_count:
-        console.print(s)
+    columns = ("tensor", "shape", "storage", "density", "bits", "gap bits", "bytes", "bits/weight",
+               "ratio")   # a file's own words (names): shown, never obeyed (nor markup)
+    print_table(f"{info['path']}  (format v{info['format_version']}, coder {info['coder']})",
+                columns, [(row["name"], "x".join(map(str, row["shape"])) or "scalar",
+                           row["storage"], f"{row['density']:.1%}", _opt(row["bits"]),
+                           _opt(row["index_bits"]), f"{row['bytes']:,}",
+                           f"{row['bits_per_weight']:.2f}",
+                           f"{row['ratio']:.1f}x" if row["ratio"] else "-")
+                          for row in info["tensors"]],
+                right=columns[3:], overflow="ellipsis", console=console)
+    columns = ("tensor", "stream", "coder", "symbols", "distinct", "payload B", "table B",
+               "entropy B", "over bound")
+    rows = [(row["name"], stream, st["coder"], f"{st['count']:,}", f"{st['distinct']:,}",
+             f"{st['payload_bytes']:,}", f"{st['table_bytes']:,}", f"{st['entropy_bits'] / 8:,.0f}",
+             "-" if st["payload_overhead"] is None else f"{st['payload_overhead']:+.2%}")
+            for row in info["tensors"] for stream, st in row["streams"].items()]
+    if rows:
+        print_table("coded streams: payload against the order-0 entropy bound", columns, rows,
+                    right=columns[3:], overflow="ellipsis", console=console)
     console.print(f"total: {info['bytes']:,} bytes on disk (header + metadata "
                   f"{info['overhead_bytes']:,}); dense fp32 {info['dense_bytes']:,} bytes; ratio "
                   f"{info['ratio']:.1f}x; {info['bits_per_weight']:.2f} bits per weight"

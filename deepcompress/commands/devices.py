@@ -71,21 +71,18 @@ def _devices(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([entry.to_dict() for entry in listings], indent=2))
         return 0
-    from rich.table import Table
-    from rich.text import Text
+    from ..ui import print_table, stdout_console
 
-    from ..ui import printable, stdout_console
-
-    table = Table(title="devices")
-    for col in ("SPEC", "MODEL", "OS", "ABI", "CORES", "MAX FREQ (MHz)", "NOTE"):
-        table.add_column(col)
+    rows = []
     for e in listings:
         i = e.info
         freqs = sorted(set(i.max_freq_khz), reverse=True) if i else []
-        cells = (e.spec, i.model if i else "", i.os_version if i else "", i.abi if i else "",
-                 str(i.cores) if i else "", " / ".join(str(f // 1000) for f in freqs) or "-", e.note)
-        table.add_row(*(Text(printable(c)) for c in cells))   # a device's words, shown as text
-    stdout_console(width=100_000).print(table)   # no fold, no cut
+        rows.append((e.spec, i.model if i else "", i.os_version if i else "", i.abi if i else "",
+                     str(i.cores) if i else "", " / ".join(str(f // 1000) for f in freqs) or "-",
+                     e.note))
+    print_table("devices", ("SPEC", "MODEL", "OS", "ABI", "CORES", "MAX FREQ (MHz)", "NOTE"), rows,
+                overflow="ellipsis", title_justify="center",
+                console=stdout_console(width=100_000))   # no fold, no cut
     return 0
 
 
@@ -146,31 +143,24 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def _print_table(results: list[dict]) -> None:
-    from rich.table import Table
-    from rich.text import Text
+    from ..ui import print_table, printable, stdout_console
 
-    from ..ui import printable, stdout_console
-
-    table = Table(title="bench (latency in ms)")
-    for col in ("ARTIFACT", "DEVICE", "RUNNER", "RUNS", "P50", "P90", "P99", "MEAN", "INIT",
-                "PEAK MB", "PUSH", "ACCURACY"):
-        table.add_column(col, overflow="fold")
-    failed = [r for r in results if not r["ok"]]
+    rows = []
     for r in results:
         if not r["ok"]:
             continue
         device = r["device"].get("serial") or r["device"].get("spec", "?")
-        name = Path(r["artifact"]).name
         lat, acc = r["latency_ms"], r.get("accuracy")
         push = f"{r['push']['bytes'] / 1024:.0f} KiB / {r['push']['seconds'] * 1000:.0f} ms"
-        table.add_row(Text(printable(name)), Text(printable(device)), Text(printable(r["runner"])),
-                      str(r["runs"]), _fmt(lat["p50"]), _fmt(lat["p90"]),
-                      _fmt(lat["p99"]), _fmt(lat["mean"]), _fmt(r["init_ms"]),
-                      _fmt(r["peak_memory_mb"], 3), push,
-                      f"{acc['accuracy']:.4f}" if acc else "-")
+        rows.append((Path(r["artifact"]).name, device, r["runner"], str(r["runs"]),
+                     _fmt(lat["p50"]), _fmt(lat["p90"]), _fmt(lat["p99"]), _fmt(lat["mean"]),
+                     _fmt(r["init_ms"]), _fmt(r["peak_memory_mb"], 3), push,
+                     f"{acc['accuracy']:.4f}" if acc else "-"))
     console = stdout_console(width=100_000)
-    if table.row_count:
-        console.print(table)
-    for r in failed:  # each once, whole: the text is the device's, never rich markup
+    if rows:
+        print_table("bench (latency in ms)", ("ARTIFACT", "DEVICE", "RUNNER", "RUNS", "P50", "P90",
+                                              "P99", "MEAN", "INIT", "PEAK MB", "PUSH", "ACCURACY"),
+                    rows, title_justify="center", console=console)
+    for r in (r for r in results if not r["ok"]):  # each once, whole: the text is the device's, never rich markup
         console.print(printable(f"FAILED {_where(r)}: {r['error']}"), markup=False, highlight=False,
                       soft_wrap=True, style="red")

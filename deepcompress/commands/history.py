@@ -70,56 +70,39 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print_runs(runs: list[dict], where: str) -> None:
-    from rich.table import Table
-    from rich.text import Text
+    from ..ui import print_table, stdout_console
 
-    from ..ui import printable, stdout_console
-
-    table = Table(title=Text(f"history {printable(where)}"), title_justify="left")
-    for col in ("run", "when", "kind", "name", "model", "night", "device", "ok", "git", "verdict"):
-        table.add_column(col, overflow="fold")
-    for r in runs:
-        table.add_row(*(Text(printable(v)) for v in (
-            r["id"], r["started_at"], r["kind"], r["name"], r["model"], r.get("night") or "",
-            r.get("device_slot") or "", "PASS" if r["ok"] else "FAIL", r["git_revision"][:12],
-            r["verdict"])))
     console = stdout_console()
-    console.print(table)
+    print_table(f"history {where}", ("run", "when", "kind", "name", "model", "night", "device", "ok",
+                                     "git", "verdict"),
+                [(r["id"], r["started_at"], r["kind"], r["name"], r["model"], r.get("night") or "",
+                  r.get("device_slot") or "", "PASS" if r["ok"] else "FAIL", r["git_revision"][:12],
+                  r["verdict"]) for r in runs], console=console)
     if not runs:
         console.print("no runs match", highlight=False)
 
 
 def _print_run(run: dict) -> None:
-    from rich.table import Table
     from rich.text import Text
 
     from deepcompress.qualify import fmt_value
 
-    from ..ui import printable, stdout_console
+    from ..ui import print_table, printable, stdout_console
 
     console = stdout_console()
     console.print(Text(printable(f"run {run['id']}: {run['kind']} {run['name']} ({run['model']}) "
                                  f"at {run['started_at']} on {run['host']}: "
                                  f"{'PASS' if run['ok'] else 'FAIL'} {run['verdict']}")))
     console.print(Text(printable(f"git {run['git_revision']} · recipe {run['recipe_sha256']}")))
-    table = Table(title="figures", title_justify="left")
-    for col in ("figure", "format", "device", "value", "artifact", "device fingerprint"):
-        table.add_column(col, overflow="fold")
-    for m in run["metrics"]:
-        name = m["task_metric"] if m["figure"].endswith("metric") and m["task_metric"] else m["figure"]
-        table.add_row(*(Text(printable(v)) for v in (name, m["format"] or "", m["device"] or "",
-                                                fmt_value(m["value"], m["unit"]),
-                                                (m["artifact_sha256"] or "")[:12],
-                                                m["device_fingerprint"] or "")))
-    console.print(table)
-    gates = Table(title="gates", title_justify="left")
-    for col in ("gate", "subject", "actual", "limit", "result"):
-        gates.add_column(col, overflow="fold")
-    for g in run["gates"]:
-        result = f"skipped ({g['skipped']})" if g["skipped"] else "ok" if g["ok"] else f"FAIL {g['message']}"
-        gates.add_row(*(Text(printable(v)) for v in (g["gate"], g["subject"], _n(g["actual"]),
-                                                _n(g["limit"]), result)))
-    console.print(gates)
+    print_table("figures", ("figure", "format", "device", "value", "artifact", "device fingerprint"),
+                [(m["task_metric"] if m["figure"].endswith("metric") and m["task_metric"]
+                  else m["figure"], m["format"] or "", m["device"] or "",
+                  fmt_value(m["value"], m["unit"]), (m["artifact_sha256"] or "")[:12],
+                  m["device_fingerprint"] or "") for m in run["metrics"]], console=console)
+    print_table("gates", ("gate", "subject", "actual", "limit", "result"),
+                [(g["gate"], g["subject"], _n(g["actual"]), _n(g["limit"]),
+                  f"skipped ({g['skipped']})" if g["skipped"] else "ok" if g["ok"]
+                  else f"FAIL {g['message']}") for g in run["gates"]], console=console)
 
 
 def _n(value) -> str:

@@ -83,17 +83,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print(summary: dict) -> None:
-    from rich.table import Table
-    from rich.text import Text
+    from ..ui import print_table
 
-    from ..ui import printable, stdout_console
-
-    table = Table(title=Text(printable(f"nightly {summary['matrix']} {summary['night']}")),
-                  title_justify="left")
-    for col in ("model", "device", "state", "attempts", "run", "verdict"):
-        table.add_column(col, overflow="fold")
-    for c in summary["cells"]:
-        table.add_row(*(Text(printable(v)) for v in (c["model"], c["device"], c["state"], c["attempts"],
-                                                c.get("run_id") or "-",
-                                                c.get("verdict") or c.get("error") or "")))
-    stdout_console().print(table)
+    print_table(f"nightly {summary['matrix']} {summary['night']}",
+                ("model", "device", "state", "attempts", "run", "verdict"),
+                [(c["model"], c["device"], c["state"], c["attempts"], c.get("run_id") or "-",
+                  c.get("verdict") or c.get("error") or "") for c in summary["cells"]])

@@ -77,25 +77,19 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print(results: dict, out: Path) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
     from deepcompress.qualify import FIGURES, fmt_value, gate_name
 
-    from ..ui import printable, stdout_console
+    from ..ui import print_table, printable, stdout_console
 
-    console = stdout_console()
-    table = Table(title=Text(printable(f"qualify {results['name']}: gates")), title_justify="left")
-    for col in ("gate", "subject", "actual", "limit", "result"):
-        table.add_column(col, justify="right" if col in ("actual", "limit") else "left",
-                         overflow="fold")
+    rows = []
     for g in sorted(results["gates"], key=lambda g: (g["ok"], bool(g.get("skipped")))):
         unit = FIGURES.get(g["figure"], ("",))[0]
         result = (f"skipped ({g['skipped']})" if g.get("skipped") else "ok" if g["ok"]
                   else f"FAIL {g.get('message') or ''}")
-        table.add_row(*(Text(printable(c)) for c in (gate_name(g["gate"], g["figure"]), g["subject"],
-                                               fmt_value(g.get("actual"), unit),
-                                               fmt_value(g.get("limit"), unit), result)))
-    console.print(table)
+        rows.append((gate_name(g["gate"], g["figure"]), g["subject"],
+                     fmt_value(g.get("actual"), unit), fmt_value(g.get("limit"), unit), result))
+    console = stdout_console()
+    print_table(f"qualify {results['name']}: gates", ("gate", "subject", "actual", "limit", "result"),
+                rows, right=("actual", "limit"), console=console)
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in results["phases"].items())
     console.print(printable(f"phases: {phases}; files in {out}/"), markup=False, highlight=False)
