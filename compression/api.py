@@ -166,7 +166,7 @@ class Compressor:
     def _schedule(self, config: StageConfig, at: int, spe: int) -> int:
         stage = STAGES.get(config.KIND)
         if stage.schedule is None:      # a post-training stage: run it whole
-            self._events.append((at, lambda: self._run_stage(stage, config)))
+            self._events.append((at, lambda: stage.apply(self.model, config, self.context())))
             return at
         for item in stage.schedule(config):
             if isinstance(item, int):
@@ -189,13 +189,6 @@ class Compressor:
                             test=data.test if data else empty, baseline=self.recipe.baseline,
                             task=self.task, seed=self.recipe.seed, progress=no_progress,
                             log=self.log)
-
-    def _run_stage(self, stage, config: StageConfig) -> None:
-        ctx = self.context()
-        stage.run(self.model, config, ctx)
-        self.state.check()
-        if stage.ensures is not None:
-            stage.ensures(self.model, config, ctx)
 
     def train_centroids(self, on: bool) -> None:
         """From a stage's schedule: shared weights train as their clusters (on) or stay frozen."""

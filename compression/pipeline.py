@@ -276,7 +276,8 @@ class _Run:
             self.output = (stage, config)
             return
         t0 = time.perf_counter()
-        _run_stage(self.model, stage, config, ctx)
+        ctx.metrics, ctx.outputs = {}, StageOutputs()
+        stage.apply(self.model, config, ctx)
         distributed.broadcast_state(ctx.state)     # one state on every rank (a no-op alone)
         self.seconds[name] = time.perf_counter() - t0
         if ctx.outputs.model_kwargs is not None:
@@ -343,7 +344,7 @@ class _Run:
         ctx.output = Output(out, meta, rows)
         with distributed.main_first() as main:    # only rank 0 writes the files
             if main:
-                _run_stage(model, stage, config, ctx)
+                stage.apply(model, config, ctx)
                 decoded = decoded_model(out / MODEL_FILE, recipe.model.name, self.model_kwargs)
                 against = (lambda split: None) if task.needs_labels else self.teacher
                 test = task.evaluate(decoded, self.test_set, against(self.test_set))
@@ -354,7 +355,7 @@ class _Run:
                          f"{show_metric(self.primary, test[self.primary])}")
                 if _meta(recipe, task, report, self.model_kwargs) != meta:   # the record, made true
                     ctx.output = Output(out, _meta(recipe, task, report, self.model_kwargs), rows)
-                    _run_stage(model, stage, config, ctx)
+                    stage.apply(model, config, ctx)
                 _file_figures(report, test, val)
         report.update(ctx.metrics)
         report["seconds"][config.KIND] = time.perf_counter() - t0
@@ -417,16 +418,6 @@ def read_report(out_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{out}: report.json does not describe the {MODEL_FILE} beside it "
                               "(a re-run was interrupted?); run again with --force")
     return report
-
-
-def _run_stage(model: nn.Module, stage: Stage, config: StageConfig, ctx: StageContext) -> None:
-    """The handler, then the invariants: the state's (every stage's, checked here once rather
-    than in each handler) and the stage's own promise."""
-    ctx.metrics, ctx.outputs = {}, StageOutputs()
-    stage.run(model, config, ctx)
-    ctx.state.check()
-    if stage.ensures is not None:
-        stage.ensures(model, config, ctx)
 
 
 class _Teacher:

@@ -165,6 +165,14 @@ class Stage:
     def kind(self) -> str:
         return self.config.KIND
 
+    def apply(self, model: Any, config: StageConfig, ctx: Any) -> None:
+        """The handler, then the invariants: the state's (every stage's, checked here once
+        rather than in each handler) and the stage's own promise."""
+        self.run(model, config, ctx)
+        ctx.state.check()
+        if self.ensures is not None:
+            self.ensures(model, config, ctx)
+
 
 STAGES: Registry[Stage] = Registry("stage", builtins=BUILTIN_STAGES)
 

@@ -175,11 +175,6 @@ class Workbench:
     def run_stage(self, model: nn.Module, state: CompressionState, config: StageConfig) -> float:
         """Run one stage on ``model`` (its handler, then the state's and the stage's checks, as
         the pipeline does); the seconds it took."""
-        stage = STAGES.get(config.KIND)
-        ctx = self.context(state)
         t0 = time.perf_counter()
-        stage.run(model, config, ctx)
-        state.check()
-        if stage.ensures is not None:
-            stage.ensures(model, config, ctx)
+        STAGES.get(config.KIND).apply(model, config, self.context(state))
         return time.perf_counter() - t0
