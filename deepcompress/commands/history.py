@@ -132,24 +132,16 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _print_compare(a: dict, b: dict, rows: list[dict]) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
     from deepcompress.qualify import fmt_value
 
-    from ..ui import printable, stdout_console
+    from ..ui import print_table
 
-    table = Table(title=f"run {a['id']} vs run {b['id']}", title_justify="left")
-    table.add_column("")
-    table.add_column(f"A: run {a['id']}", overflow="fold")
-    table.add_column(f"B: run {b['id']}", overflow="fold")
-    table.add_column("change", justify="right")
+    table = []
     for label, key in (("kind / name", None), ("when", "started_at"), ("verdict", "verdict"),
                        ("git", "git_revision"), ("recipe", "recipe_sha256")):
         va = f"{a['kind']} {a['name']} ({a['model']})" if key is None else str(a.get(key))
         vb = f"{b['kind']} {b['name']} ({b['model']})" if key is None else str(b.get(key))
-        table.add_row(Text(label), Text(printable(va)), Text(printable(vb)),
-                      Text("" if va == vb else "differs"))
+        table.append((label, va, vb, "" if va == vb else "differs"))
     for r in rows:
         name = r["task_metric"] if r["figure"].endswith("metric") and r["task_metric"] else r["figure"]
         where = " ".join(x for x in (r["format"], f"on {r['device']}" if r["device"] else "") if x)
@@ -159,6 +151,7 @@ def _print_compare(a: dict, b: dict, rows: list[dict]) -> None:
             change += " better" if r["better"] else " worse"
         if r["a"] is not None and r["b"] is not None and not r["same_device"]:
             change += " (other device)"
-        table.add_row(Text(printable(f"{name} {where}".strip())), Text(fmt_value(r["a"], r["unit"])),
-                      Text(fmt_value(r["b"], r["unit"])), Text(change))
-    stdout_console().print(table)
+        table.append((f"{name} {where}".strip(), fmt_value(r["a"], r["unit"]),
+                      fmt_value(r["b"], r["unit"]), change))
+    print_table(f"run {a['id']} vs run {b['id']}", ("", f"A: run {a['id']}", f"B: run {b['id']}",
+                                                     "change"), table, right=("change",))
