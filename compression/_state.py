@@ -42,6 +42,12 @@ class LayerState:
     def weight(self) -> torch.Tensor:
         return getattr(self.module, self.param or weight_param(self.module) or "weight")
 
+    def cluster_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Per centroid, the sum of ``values`` (weight-shaped) over its kept weights."""
+        keep = self.mask if self.mask is not None else torch.ones_like(values, dtype=torch.bool)
+        return torch.zeros(self.centroids.numel(), dtype=values.dtype).index_add_(
+            0, self.assignments[keep], values[keep])
+
     def grouped_ok(self) -> bool:
         """Every kept weight of a grouped layer reads a centroid of its own rows' codebook."""
         k = 2 ** self.bits

@@ -202,10 +202,8 @@ class Compressor:
             if layer.centroids is not None:
                 if name not in self._training_shared:
                     return torch.zeros_like(grad)     # shared, not fine-tuned: frozen
-                keep = layer.mask if layer.mask is not None else torch.ones_like(grad, dtype=torch.bool)
-                sums = torch.zeros(layer.centroids.numel(), dtype=grad.dtype).index_add_(
-                    0, layer.assignments[keep], grad[keep])
-                grad = sums[layer.assignments]       # every member moves by its cluster's sum
+                # every member moves by its cluster's sum
+                grad = layer.cluster_sums(grad)[layer.assignments]
             if layer.mask is not None:
                 grad = torch.where(layer.mask, grad, torch.zeros_like(grad))
             return grad
@@ -215,12 +213,9 @@ class Compressor:
         """Each fine-tuned cluster becomes the mean of its members (they moved alike)."""
         for name in self._training_shared:
             layer = self.state.layers[name]
-            keep = layer.mask if layer.mask is not None else torch.ones_like(layer.weight, dtype=torch.bool)
             w = layer.weight.detach()
-            k = layer.centroids.numel()
-            sums = torch.zeros(k, dtype=torch.float64).index_add_(0, layer.assignments[keep],
-                                                                  w[keep].double())
-            counts = torch.bincount(layer.assignments[keep], minlength=k)
+            sums = layer.cluster_sums(w.double())
+            counts = layer.cluster_sums(torch.ones_like(w, dtype=torch.long))
             layer.centroids = torch.where(counts > 0, (sums / counts.clamp(min=1)).float(),
                                           layer.centroids)
             if layer.grid is not None:     # a grid codebook keeps its levels: the best scales

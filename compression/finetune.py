@@ -19,7 +19,5 @@ def centroid_gradients(state: CompressionState, params: dict[str, torch.nn.Param
         if grad is None:
             centroids.grad = torch.zeros_like(centroids)
             continue
-        keep = layer.mask if layer.mask is not None else torch.ones_like(grad, dtype=torch.bool)
-        centroids.grad = torch.zeros_like(centroids).index_add_(
-            0, layer.assignments[keep], grad[keep])
+        centroids.grad = layer.cluster_sums(grad)
         layer.weight.grad = None
