@@ -174,7 +174,7 @@ def norm_scores(model: nn.Module, link: Link) -> torch.Tensor:
 def effect_scores(model: nn.Module, link: Link, loss: Callable[[torch.Tensor], torch.Tensor],
                   inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The task loss's increase, on ``inputs``, with each unit's output held at zero."""
-    layer = dict(model.named_modules())[link.layer]
+    layer = model.get_submodule(link.layer)
     model.eval()
     base = float(loss(model_outputs(model(*inputs))))
     silenced: list[int] = []
@@ -204,11 +204,6 @@ def lowest(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------
 # Surgery
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
 
 def _rebuilt(module: nn.Module, n_in: int, n_out: int, weight: torch.Tensor,
              bias: torch.Tensor | None) -> nn.Module:
@@ -267,7 +262,7 @@ def shrink_layer(model: nn.Module, link: Link, keep: torch.Tensor,
             masks[name] = masks[name][:, cols]
     for name, module in new.items():
         module.train(modules[name].training)      # a BatchNorm in eval mode stays in it
-        _replace(model, name, module)
+        model.set_submodule(name, module)
     return new
 
 

@@ -124,10 +124,10 @@ def run(model: nn.Module, config: ShrinkConfig, ctx: StageContext) -> None:
     for r in range(config.rounds):
         for name, fraction in fractions.items():
             keep = target_width(start[name], fraction, r, config.rounds)
-            if keep < units(dict(model.named_modules())[name]):
+            if keep < units(model.get_submodule(name)):
                 _cut(model, links[name], lowest(_scores(model, links[name], config, ctx), keep),
                      ctx)
-        widths = {n: units(dict(model.named_modules())[n]) for n in fractions}
+        widths = {n: units(model.get_submodule(n)) for n in fractions}
         ctx.log(f"shrink round {r + 1}/{config.rounds}: {widths}")
         retrain(f"shrink round {r + 1}/{config.rounds}")
         history.append({"round": r + 1, "widths": widths})
