@@ -39,11 +39,6 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, n: int | None) -> "Split":
-        if n is None or n >= len(self):
-            return self
-        return Split(self.images[:n], self.labels[:n])
-
 
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     """Flag/recipe value first, then the environment variable, then Debian's folder."""
