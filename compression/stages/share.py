@@ -104,13 +104,6 @@ def _check_grid(settings: dict, path: str) -> None:
                           f"{settings['init']!r}")
 
 
-def _calibration_inputs(ctx: StageContext, n: int) -> tuple[torch.Tensor, ...]:
-    """The first ``n`` training examples' inputs as one batch: the one forward pass of
-    sequential GPTQ (:func:`compression.calibration.sequential_hessians`)."""
-    calib = ctx.train.subset(n)
-    return calib.take(slice(0, len(calib)))[0]
-
-
 def activation_sensitivity(module: torch.nn.Module, hessian: torch.Tensor,
                            shape: torch.Size) -> torch.Tensor:
     """Each weight's error weighed by the mean square of the input it multiplies (diag H): the
@@ -247,7 +240,9 @@ def run(model: torch.nn.Module, config: ShareConfig, ctx: StageContext) -> None:
 
             n = min(config.calibration, len(ctx.train))
             ctx.metrics["calibration_examples"] = n
-            again = sequential_hessians(model, curved, _calibration_inputs(ctx, n), compress)
+            # the first n training examples in one batch: sequential GPTQ's one forward pass
+            inputs = ctx.train.take(slice(0, n))[0]
+            again = sequential_hessians(model, curved, inputs, compress)
             for name in again:
                 ctx.log(f"{name}: its module runs more than once per forward; calibrated on "
                         "the inputs of its first call")

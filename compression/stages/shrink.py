@@ -107,9 +107,8 @@ def width_kwargs(model: nn.Module) -> dict[str, Any]:
 def _scores(model: nn.Module, link: Link, config: ShrinkConfig, ctx: StageContext) -> torch.Tensor:
     if config.criterion == "norm":
         return norm_scores(model, link)
-    calib = ctx.train.subset(config.calibration)
-    inputs, targets = calib.take(slice(0, len(calib)))
-    teacher = None if ctx.task.needs_labels else ctx.teacher()[:len(calib)]
+    inputs, targets = ctx.train.take(slice(0, config.calibration))
+    teacher = None if ctx.task.needs_labels else ctx.teacher()[:config.calibration]
     return effect_scores(model, link, lambda out: ctx.task.loss(out, targets, teacher, 0.0, 1.0),
                          inputs)
 
