@@ -7,6 +7,7 @@ step, loss, elapsed) go to stderr. Results (tables, summaries) go to stdout.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -32,6 +33,11 @@ def printable(text: object) -> str:
     and never obeyed. Every printer of such names goes through this."""
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
                        else f"\\u{ord(m.group()):04x}", str(text))
+
+
+def print_json(obj: Any) -> None:
+    """A command's ``--json`` result on stdout: indented, whatever is not JSON (a path) as text."""
+    print(json.dumps(obj, indent=2, default=str))
 
 
 def stdout_console(width: int = 200) -> Any:

@@ -9,9 +9,9 @@ error (bad budgets file, missing artifact, artifact without a budget).
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..size_gate import SizeGate, check_sizes
+from ..ui import print_json
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
     gate = check_sizes(args.artifacts, args.budget, baseline=args.baseline,
                        update_baseline=args.update_baseline, junit_file=args.junit)
     if args.json:
-        print(json.dumps(gate.to_dict(), indent=2))
+        print_json(gate.to_dict())
     else:
         _print(gate)
     return 0 if gate.ok else 1

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from dccore.errors import ContainerError
 from dcz import CODERS
 
 from ..cli import json_object
+from ..ui import print_json
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -81,7 +81,7 @@ def _pack(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"deepcompress pack: note: {note}", file=sys.stderr)
     if args.json:
-        print(json.dumps({**report.as_dict(), "notes": notes}, indent=2))
+        print_json({**report.as_dict(), "notes": notes})
     else:
         meta_bytes = report.bytes - sum(t.bytes for t in report.tensors)
         print(f"wrote {report.path}: {report.bytes:,} bytes ({report.coder}); dense fp32 "
@@ -96,7 +96,7 @@ def _unpack(args: argparse.Namespace) -> int:
 
     summary = unpack(args.file, args.out)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
     else:
         print(f"wrote {args.out}: {summary['tensors']} tensors decoded from {summary['file']}")
     return 0
@@ -107,7 +107,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     info = inspect(args.file)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print_json(info)
         return 0
     _print_tables(info)
     return 0

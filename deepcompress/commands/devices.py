@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..ui import print_json
+
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     if command == "devices":
@@ -69,7 +71,7 @@ def _devices(args: argparse.Namespace) -> int:
 
     listings = discover(args.adb, probe=not args.no_probe)
     if args.json:
-        print(json.dumps([entry.to_dict() for entry in listings], indent=2))
+        print_json([entry.to_dict() for entry in listings])
         return 0
     from ..ui import print_table, stdout_console
 

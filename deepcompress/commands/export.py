@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 from typing import Any
 
 from dccore.errors import RecipeError, UsageError
@@ -33,6 +32,7 @@ from exporters import EXPORTERS
 
 from ..cli import json_object
 from ..exporting import LATENCY_RUNS, export_format, load
+from ..ui import print_json
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
@@ -123,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
     ok = all(report[n]["ok"] for n in paths)
     report["ok"] = ok
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
     else:
         _print(console, report, list(paths))
     return 0 if ok else 1

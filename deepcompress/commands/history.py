@@ -15,9 +15,9 @@ memory a negative change is an improvement; for the metric a positive one).
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..history import DEFAULT_DB, ENV, compare_runs, open_db
+from ..ui import print_json
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
@@ -56,14 +56,14 @@ def main(args: argparse.Namespace) -> int:
 
                 raise UsageError(f"--run {args.run}: no such run in {history.where}")
             if args.json:
-                print(json.dumps(run, indent=2, default=str))
+                print_json(run)
             else:
                 _print_run(run)
             return 0
         runs = history.runs(name=args.name, kind=args.kind, night=args.night,
                             limit=args.limit or None)
     if args.json:
-        print(json.dumps(runs, indent=2, default=str))
+        print_json(runs)
         return 0
     _print_runs(runs, history.where)
     return 0
@@ -124,8 +124,8 @@ def _compare(args: argparse.Namespace) -> int:
     fields = ("id", "kind", "name", "model", "night", "device_slot", "started_at", "ok", "verdict",
               "git_revision", "recipe_sha256")
     if args.json:
-        print(json.dumps({"a": {k: a.get(k) for k in fields}, "b": {k: b.get(k) for k in fields},
-                          "figures": rows}, indent=2, default=str))
+        print_json({"a": {k: a.get(k) for k in fields}, "b": {k: b.get(k) for k in fields},
+                    "figures": rows})
         return 0
     _print_compare(a, b, rows)
     return 0

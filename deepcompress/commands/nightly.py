@@ -59,7 +59,7 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 def main(args: argparse.Namespace) -> int:
     from deepcompress.qualify import load_matrix, run_nightly
 
-    from ..ui import Ui
+    from ..ui import Ui, print_json
 
     matrix = load_matrix(args.matrix, device_overrides=_overrides(args.device))
     ui = Ui(enabled=not (args.quiet or args.json))
@@ -68,8 +68,7 @@ def main(args: argparse.Namespace) -> int:
                              slots=args.slot or None, retry_failed=args.retry_failed,
                              wait=not args.no_wait, log=ui.log)
     if args.json:
-        json.dump(json.loads(Path(args.out, "results.json").read_text()), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(json.loads(Path(args.out, "results.json").read_text()))
     else:
         _print(result.summary)
     s = result.summary

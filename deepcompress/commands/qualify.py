@@ -55,7 +55,7 @@ def _dest(option: str) -> str:
 def main(args: argparse.Namespace) -> int:
     from deepcompress.qualify import BUDGET_FLAGS, load_qualify_config, qualify
 
-    from ..ui import Ui
+    from ..ui import Ui, print_json
 
     flags = {option: getattr(args, _dest(option)) for option in BUDGET_FLAGS}
     config = load_qualify_config(args.config, budgets_file=args.budgets, flags=flags)
@@ -63,8 +63,7 @@ def main(args: argparse.Namespace) -> int:
     with ui:
         result = qualify(config, Path(args.out), db=args.db, ui=ui, log=ui.log)
     if args.json:
-        json.dump(json.loads(Path(args.out, "results.json").read_text()), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(json.loads(Path(args.out, "results.json").read_text()))
     else:
         _print(result.results, Path(args.out))
     from ..ui import printable

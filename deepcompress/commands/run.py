@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     from compression import pipeline
     from compression.recipe import read_recipe
 
-    from ..ui import Ui
+    from ..ui import Ui, print_json
 
     def edit(data: dict[str, Any]) -> None:
         for assignment in args.overrides:
@@ -59,8 +57,7 @@ def main(args: argparse.Namespace) -> int:
                                      resume_from=args.resume_from, data_root=args.data,
                                      progress=ui.progress, log=ui.log)
     if args.json:
-        json.dump(result.report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(result.report)
     elif not args.quiet:
         ui.summary(result.report, Path(args.out))
     return 0

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import sys
 from pathlib import Path
 
 from dccore.errors import UsageError
@@ -66,7 +64,7 @@ def grid(args: argparse.Namespace) -> list[tuple[int, int, list[int]]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..ui import Ui
+    from ..ui import Ui, print_json
 
     out = Path(args.out)
     points = grid(args)
@@ -76,8 +74,7 @@ def main(args: argparse.Namespace) -> int:
         result = sweep(args.recipe, out, points, marks=marks, overrides=args.overrides,
                        data_root=args.data, force=args.force, progress=ui.progress, log=ui.log)
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(result)
     elif not args.quiet:
         for r in result["points"]:
             print(f"T={r['T']:>4} d={r['d']:>3} hidden={r['hidden'] or '-':<10} "

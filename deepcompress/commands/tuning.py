@@ -5,8 +5,6 @@ and more."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     from compression.tuning import SensitivitySettings, autotune, parse_budget, sensitivity
     from dccore.outputs import check_folder, claim_folder
 
-    from ..ui import Ui
+    from ..ui import Ui, print_json
 
     def edit(data: dict[str, Any]) -> None:
         for assignment in args.overrides:
@@ -146,8 +144,7 @@ def main(args: argparse.Namespace) -> int:
                               plain_dtype=args.plain_dtype, metadata=args.metadata,
                               data_root=args.data, edit=edit, progress=ui.progress, log=ui.log)
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(result)
     elif not args.quiet:
         (_print_curves if args.command == "sensitivity" else _print_tuned)(result, out)
     return 0 if args.command == "sensitivity" or result["within_budget"] else 1
