@@ -203,7 +203,7 @@ def encode_plain(name: str, tensor: torch.Tensor, plain_dtype: str, coder: str =
         tensor = tensor.to(stored.torch_dtype)
     shape = tuple(tensor.shape)
     bits = bit_pattern(tensor)
-    data = bits.astype(np.dtype(stored.bits).newbyteorder("<"), copy=False).tobytes()
+    data = bits.astype(_values.le(stored.bits), copy=False).tobytes()
     payload = _head(name, spec, shape, PLAIN) + bytes([stored.code]) + data
     row = dict(values_bytes=len(data), value_dtype=dtype_name(stored.torch_dtype))
     if code_values and coder != "none" and bits.size:
@@ -268,7 +268,7 @@ def _codebook_part(values: np.ndarray, distinct: np.ndarray, spec: _DType, bits:
                    coder: str) -> tuple:
     width = _streams.width_for(distinct.size) if bits is None else bits
     codebook, indices = codebook_indices(values, distinct, spec)
-    codebook = codebook.astype(np.dtype(spec.bits).newbyteorder("<")).tobytes()
+    codebook = codebook.astype(_values.le(spec.bits)).tobytes()
     idx_data, idx_info = _streams.encode(indices, 1 << width, coder, "indices")
     return (CODEBOOK, "codebook", struct.pack("<BI", width, distinct.size) + codebook + idx_data,
             (idx_info,), dict(bits=width, codebook_bytes=len(codebook)))
@@ -288,7 +288,7 @@ def _codebooks_part(codebooks: np.ndarray, sizes: np.ndarray, indices: np.ndarra
 
 def _raw_part(values: np.ndarray, spec: _DType, stored: _DType, coder: str,
               code_values: bool) -> tuple:
-    raw = values.astype(np.dtype(stored.bits).newbyteorder("<")).tobytes()
+    raw = values.astype(_values.le(stored.bits)).tobytes()
     block, infos = _values.encode(values, coder, "values", code_values)
     if stored is not spec or 1 + len(block) < len(raw):  # + its stored dtype byte
         return (RAW_VALUES, "raw", bytes([stored.code]) + block, infos,
@@ -542,7 +542,7 @@ def _decode_plain(r: Reader, name: str, spec: _DType, shape: tuple[int, ...], st
     if storage == PLAIN:
         raw = r.take(numel * stored.itemsize, "tensor data")
         r.done()
-        bits = np.frombuffer(raw, dtype=np.dtype(stored.bits).newbyteorder("<")).astype(stored.bits)
+        bits = np.frombuffer(raw, dtype=_values.le(stored.bits)).astype(stored.bits)
         fields = dict(values_bytes=len(raw))
     else:
         block = _values.parse(r, numel, stored.bits, "values")
@@ -574,8 +574,7 @@ class _Codebook:
         if width > MAX_INDEX_BITS or k > (1 << width) or (nnz and k == 0):
             r.fail(f"codebook of {k:,} entries does not fit {width}-bit indices")
         raw_cb = r.take(k * spec.itemsize, "codebook")
-        self.codebook = np.frombuffer(raw_cb, dtype=np.dtype(spec.bits).newbyteorder("<")) \
-            .astype(spec.bits)
+        self.codebook = np.frombuffer(raw_cb, dtype=_values.le(spec.bits)).astype(spec.bits)
         self.stream = _index_stream(r, nnz, width, k)
         self.work_bytes = self.stream.work_bytes
         self.storage = "codebook"
@@ -670,7 +669,7 @@ class _Raw:
 
     def __init__(self, r: Reader, spec: _DType, shape: tuple[int, ...], nnz: int) -> None:
         raw = r.take(nnz * spec.itemsize, "non-zero values")
-        self.values = np.frombuffer(raw, dtype=np.dtype(spec.bits).newbyteorder("<"))
+        self.values = np.frombuffer(raw, dtype=_values.le(spec.bits))
         self.storage = "raw"
         self.fields = dict(values_bytes=len(raw))
 

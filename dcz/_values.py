@@ -25,19 +25,20 @@ AS_IS, PLANES = 0, 1
 ALPHABET = 256
 
 
-def _le(dtype: type) -> np.dtype:
+def le(dtype: type) -> np.dtype:
+    """``dtype`` little-endian: the byte order every value in a file is stored in."""
     return np.dtype(dtype).newbyteorder("<")
 
 
 def encode_as_is(bits: np.ndarray) -> bytes:
-    return bytes([AS_IS]) + bits.astype(_le(bits.dtype), copy=False).tobytes()
+    return bytes([AS_IS]) + bits.astype(le(bits.dtype), copy=False).tobytes()
 
 
 def encode_planes(bits: np.ndarray, coder: str, name: str) -> tuple[bytes, tuple[StreamInfo, ...]]:
     """The values as one coded stream per byte plane (streams ``name`` + "0", "1", ...)."""
     n = int(bits.size)
     itemsize = bits.dtype.itemsize
-    by_byte = bits.astype(_le(bits.dtype), copy=False).view(np.uint8).reshape(n, itemsize)
+    by_byte = bits.astype(le(bits.dtype), copy=False).view(np.uint8).reshape(n, itemsize)
     parts, infos = [bytes([PLANES])], []
     for i in range(itemsize):
         plane = np.ascontiguousarray(by_byte[:, i])
@@ -78,8 +79,8 @@ class Block:
 
     def values(self) -> np.ndarray:
         if self.raw is not None:
-            return np.frombuffer(self.raw, dtype=_le(self.dtype)).astype(self.dtype)
-        out = np.zeros(self.count, dtype=_le(self.dtype))
+            return np.frombuffer(self.raw, dtype=le(self.dtype)).astype(self.dtype)
+        out = np.zeros(self.count, dtype=le(self.dtype))
         by_byte = out.view(np.uint8).reshape(self.count, np.dtype(self.dtype).itemsize)
         for i, plane in enumerate(self.planes):
             by_byte[:, i] = plane.symbols()
@@ -90,7 +91,7 @@ class Block:
         if not self.planes:
             return ()
         itemsize = np.dtype(self.dtype).itemsize
-        by_byte = values.astype(_le(self.dtype), copy=False).view(np.uint8).reshape(-1, itemsize)
+        by_byte = values.astype(le(self.dtype), copy=False).view(np.uint8).reshape(-1, itemsize)
         return tuple(p.info(by_byte[:, i]) for i, p in enumerate(self.planes))
 
 
