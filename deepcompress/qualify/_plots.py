@@ -10,7 +10,6 @@ Every function returns None when it has nothing to draw, so a report shows what 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -49,11 +48,9 @@ def layers_plot(layers: Sequence[Mapping[str, Any]]) -> bytes | None:
 
 
 def _share_stage(run_dir: Path) -> str | None:
-    try:
-        recipe = json.loads((run_dir / "recipe.json").read_text()).get("recipe", {})
-    except (OSError, ValueError):
-        return None
-    for i, stage in enumerate(recipe.get("stages") or []):
+    from compression.pipeline import saved_recipe
+
+    for i, stage in enumerate((saved_recipe(run_dir) or {}).get("stages") or []):
         if stage.get("kind") == "share":
             return stage.get("name") or f"{i + 1}_share"
     return None

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from dccore.artifacts import artifact_sha256, artifact_size
 from dccore.errors import UsageError
-from dccore.outputs import JSON_FILE, write_json_atomic
+from dccore.outputs import JSON_FILE, read_json_object, write_json_atomic
 
 from ._config import BenchSpec, ExportSpec, ModelSpec
 from ._metric import Measured, Metric, primary_metric
@@ -182,7 +182,7 @@ def export_all(spec: ExportSpec, compressed: Compressed, out_dir: Path, *,
     out.artifacts["dcz"] = Exported("dcz", compressed.dcz, dcz_sha, size.bytes, size.zipped_bytes,
                                     True, {"bytes": size.bytes, "zipped_bytes": size.zipped_bytes})
     cache_path = out_dir / "exports.json"
-    cache = _read_cache(cache_path)
+    cache = (read_json_object(cache_path) if JSON_FILE.owns(cache_path) else None) or {}
     paths = {}
     for name in spec.formats:
         exporter = EXPORTERS.get(name)
@@ -232,16 +232,6 @@ def _export_key(spec: ExportSpec, name: str, dcz_sha: str) -> str:
                        "examples": spec.examples, "inputs": inputs, "dense": spec.dense},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _read_cache(path: Path) -> dict[str, Any]:
-    if not JSON_FILE.owns(path):
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _cached(entry: Any, key: str, path: Path) -> bool:
