@@ -34,8 +34,8 @@ from dccore.errors import RecipeError
 from dccore.outputs import write_bytes_atomic
 
 from .._train import ProgressFn, no_progress
-from ..models import build_model, load_weights
 from ..recipe import Recipe
+from ..stages import encode
 from ._plan import OBJECTIVES, LayerModel, Plan, greedy, models_from_curves, next_step
 from ._sensitivity import stage_of
 from ._toml import dumps
@@ -269,13 +269,9 @@ def first_scale(anchor: Mapping[str, Any] | None, budget: float,
 # Verification
 
 def decoded_model(path: Path, recipe: Recipe) -> torch.nn.Module:
-    """The model as ``path`` decodes (the figure that ships)."""
-    import dcz as container
-
+    """The model as ``path`` decodes (the figure that ships), built under the recipe's seed."""
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model.name, recipe.model.kwargs)
-    load_weights(model, container.load(path).state_dict, source=str(path))
-    return model.eval()
+    return encode.decoded_model(path, recipe.model.name, recipe.model.kwargs)
 
 
 def verify(recipe_dict: Mapping[str, Any], text: str, folder: Path, baseline: Path,
