@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dccore.artifacts import artifact_files
 from dccore.errors import DeviceError
 from dccore.outputs import write_bytes_atomic
 
@@ -42,10 +43,6 @@ def find_app(explicit: Path | None) -> Path:
     return app
 
 
-def _folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-
-
 def run_benchhost(device: SimctlDevice, artifact: Path, sha256: str, *, app: Path, runs: int, warmup: int,
                   compute_units: str, timeout_s: float,
                   eval_x: np.ndarray | None = None) -> tuple[dict, PushStats, np.ndarray | None]:
@@ -56,7 +53,7 @@ def run_benchhost(device: SimctlDevice, artifact: Path, sha256: str, *, app: Pat
     documents = simctl.app_container(udid, BUNDLE_ID, "data") / "Documents"
     model_rel = f"deepcompress/models/{sha256[:16]}{artifact.suffix}"
     seconds = device.push(artifact, str(documents / model_rel), timeout_s=timeout_s)
-    push = PushStats(_folder_bytes(artifact), seconds)
+    push = PushStats(sum(f.stat().st_size for _, f in artifact_files(artifact)), seconds)
 
     result_file = documents / RESULT_NAME
     result_file.unlink(missing_ok=True)  # never read a previous run's figures
