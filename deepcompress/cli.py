@@ -8,6 +8,7 @@ Sub-command modules are imported only when chosen, so ``deepcompress --help`` st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import json
@@ -15,8 +16,9 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Iterator, Mapping
 
-from dccore.errors import DeepCompressError, UsageError
+from dccore.errors import ConfigError, DeepCompressError, UsageError
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -60,6 +62,22 @@ def json_object(text: str | None, flag: str, error: type[DeepCompressError] = Us
     if not isinstance(value, dict):
         raise error(f"{flag} must be a JSON object, e.g. '{{\"num_classes\": 10}}'")
     return value
+
+
+@contextlib.contextmanager
+def named_by_flags(flags: Mapping[str, str]) -> Iterator[None]:
+    """Settings made from flags inside this block that refuse a value are named by the flag that
+    gave it (``--timeout: expected ...``), not by their field (``timeout_s: expected ...``).
+    ``flags``: field -> flag; a field not named here is ``--`` and its name with dashes."""
+    try:
+        yield
+    except ConfigError as exc:
+        field, _, why = str(exc).partition(": ")
+        name = field.partition("[")[0]          # a list's entry: the flag gave the list
+        if not why or not name.isidentifier():
+            raise
+        raise ConfigError(f"{flags.get(name, '--' + name.replace('_', '-'))}: {why}") from None
+
 
 # Quiet the converters' C++ and absl logging before anything imports them (TensorFlow Lite's
 # "Created TensorFlow Lite XNNPACK delegate", oneDNN notices, absl's pre-init warnings).

@@ -177,17 +177,22 @@ def test_cli_writes_the_report_and_refuses_a_foreign_folder(curves, tiny_idx, tm
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--sparsities", "0.5,1.5"], "sparsities"), (["--bits", "0-3"], "bits"),
-    (["--retrain-epochs", "-1"], "retrain epochs"), (["--train-examples", "0"], "train examples"),
+@pytest.mark.parametrize("command, flags, message", [
+    ("sensitivity", ["--sparsities", "0.5,1.5"], "--sparsities: expected a number in (0, 1), got 1.5"),
+    ("sensitivity", ["--bits", "0-3"], "--bits: expected an integer in [1, 16], got 0"),
+    ("sensitivity", ["--retrain-epochs", "-1"], "--retrain-epochs: expected an integer in [0, "),
+    ("sensitivity", ["--train-examples", "0"], "--train-examples: expected an integer in [1, "),
+    ("sensitivity", ["--layer", ""], "--layer: expected a non-empty string, got ''"),
+    ("autotune", ["--budget", "1pt", "--max-runs", "0"], "--max-runs: expected an integer in [1, "),
+    ("autotune", ["--budget", "1pt", "--margin", "2pt"], "--margin: expected 0 to the budget"),
 ])
-def test_a_bad_grid_is_refused_in_one_line_before_the_baseline_is_trained(
-        flags, message, tmp_path, capsys):
+def test_a_bad_setting_is_refused_naming_its_flag_before_the_baseline_is_trained(
+        command, flags, message, tmp_path, capsys):
     out = tmp_path / "s"
-    assert cli(["sensitivity", "lenet300", "--out", str(out), *flags]) == 2
+    assert cli([command, "lenet300", "--out", str(out), *flags]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
-    assert not (out / "baseline").exists()
+    assert f"error: {message}" in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_a_missing_recipe_and_a_bad_budget_are_one_line_errors(tmp_path, capsys):

@@ -30,7 +30,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from dccore.errors import RecipeError
+from dccore.config import Checked, Int, Num, OneOf, setting
+from dccore.errors import ConfigError, RecipeError
 from dccore.outputs import write_bytes_atomic
 
 from .._train import ProgressFn, no_progress
@@ -63,25 +64,22 @@ def parse_budget(text: str | float) -> float:
 
 
 @dataclass(frozen=True)
-class AutotuneSettings:
-    budget: float                     # metric units (0.005: half a point of accuracy)
-    objective: str = "file-bytes"
-    max_runs: int = 4                 # full pipeline runs to verify and correct the plan
-    margin: float = 0.0               # metric units kept in hand on the validation split
+class AutotuneSettings(Checked):
+    """What ``autotune`` aims at and may spend, checked when made (ConfigError, exit 2)."""
+
+    budget: float = setting(check=Num(0, 1, hi_open=True))  # metric units (0.005: half a point)
+    objective: str = setting("file-bytes", OneOf(tuple(OBJECTIVES)))
+    max_runs: int = setting(4, Int(1))    # full pipeline runs to verify and correct the plan
+    margin: float = setting(0.0, Num(0))  # metric units kept in hand on the validation split
     coder: str | None = None          # the generated recipe's encode coder (None: the recipe's)
     # biases and other plain tensors: "float16" halves them (lossy: the verification scores the
     # decoded file, so the loss is counted); None: the recipe's
     plain_dtype: str | None = None
     metadata: str | None = None       # the generated recipe's encode metadata ("minimal"); None: the recipe's
 
-    def check(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise RecipeError(f"--objective {self.objective!r}: expected one of {list(OBJECTIVES)}")
-        if self.max_runs < 1:
-            raise RecipeError(f"--max-runs {self.max_runs}: at least one run verifies the plan")
-        if not 0.0 <= self.margin <= self.budget:
-            raise RecipeError(f"--margin: expected 0 to the budget ({self.budget}), got "
-                              f"{self.margin}")
+    def _check(self, path: str) -> None:
+        if self.margin > self.budget:
+            raise ConfigError(f"margin: expected 0 to the budget ({self.budget}), got {self.margin}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +325,6 @@ def autotune(base: Mapping[str, Any], bench: Workbench, curves: Mapping[str, Any
              log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """See the module docstring. Writes ``out/recipe.toml``, ``out/model.dcz`` and the tries
     (``out/tries/N``); returns what autotune.json records."""
-    settings.check()
     recipe = bench.recipe
     models = models_from_curves(curves)
     limit = settings.budget - settings.margin

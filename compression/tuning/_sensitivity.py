@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from dccore.config import Checked, Int, List, Num, Text, setting
 from dccore.errors import RecipeError
 
 from .._state import CompressionState
@@ -50,33 +51,21 @@ GRID_DROP = 0.02    # 2 points: a layer alone costing more than this is past any
 
 
 @dataclass(frozen=True)
-class SensitivitySettings:
-    sparsities: tuple[float, ...] = SPARSITIES
-    bits: tuple[int, ...] = BITS
+class SensitivitySettings(Checked):
+    """The grid and the judgement of ``sensitivity``, checked when made (ConfigError, exit 2)."""
+
+    sparsities: tuple[float, ...] = setting(SPARSITIES, List(Num(0, 1, lo_open=True, hi_open=True),
+                                                             nonempty=True))
+    bits: tuple[int, ...] = setting(BITS, List(Int(1, 16), nonempty=True))
     # epochs of retraining per point (prune: the survivors; bits: the centroids); 0: one-shot
-    retrain_epochs: int = 1
+    retrain_epochs: int = setting(1, Int(0))
     # retrain on the first N training examples only (None: all); the curves' cost is N x points
-    train_examples: int | None = None
-    tolerance: float = TOLERANCE      # metric units: the drop a saturation point may cost
+    train_examples: int | None = setting(None, Int(1))
+    tolerance: float = setting(TOLERANCE, Num(0))     # metric units: the drop a saturation point may cost
     # bits are measured at every sparsity of the path that costs at most this (metric units):
     # beyond it the autotuner would not cut anyway; 0: at the saturation sparsity only
-    grid_drop: float = GRID_DROP
-    layers: tuple[str, ...] | None = None   # None: every layer the recipe compresses
-
-    def check(self) -> None:
-        if not self.sparsities or any(not 0.0 < s < 1.0 for s in self.sparsities):
-            raise RecipeError(f"sparsities: expected numbers in (0, 1), got {list(self.sparsities)}")
-        if not self.bits or any(not 1 <= b <= 16 for b in self.bits):
-            raise RecipeError(f"bits: expected integers in [1, 16], got {list(self.bits)}")
-        if self.retrain_epochs < 0:
-            raise RecipeError(f"retrain epochs: expected 0 or more, got {self.retrain_epochs}")
-        if self.train_examples is not None and self.train_examples < 1:
-            raise RecipeError(f"train examples: expected 1 or more, got {self.train_examples}")
-        if self.tolerance < 0:
-            raise RecipeError(f"tolerance: expected 0 or more, got {self.tolerance}")
-        if not 0.0 <= self.grid_drop < 1.0:
-            raise RecipeError(f"grid drop: expected a drop in [0, 1) metric units, got "
-                              f"{self.grid_drop}")
+    grid_drop: float = setting(GRID_DROP, Num(0, 1, hi_open=True))
+    layers: tuple[str, ...] | None = setting(None, List(Text()))  # None: every layer the recipe compresses
 
 
 def stage_of(recipe, kind: str) -> StageConfig | None:
@@ -172,7 +161,6 @@ def layer_out_channels(module: torch.nn.Module) -> int:
 def measure(bench: Workbench, settings: SensitivitySettings = SensitivitySettings(),
             coder: str = "ans") -> dict[str, Any]:
     """The curves of every layer (see the module docstring), as plain data."""
-    settings.check()
     recipe = bench.recipe
     t_start = time.perf_counter()
     probe = CompressionState.for_model(bench.fresh_model())

@@ -91,11 +91,12 @@ def _devices(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from dccore.errors import ConfigError, UsageError
+    from dccore.errors import UsageError
     from dccore.outputs import append_jsonl
     from device_harness import check_spec
     from device_harness.runners import BenchOptions, bench_many
 
+    from ..cli import named_by_flags
     from ..examples import eval_data
     from ..ui import printable
 
@@ -104,18 +105,12 @@ def _bench(args: argparse.Namespace) -> int:
         check_spec(spec)
     if args.eval_n < 0:
         raise UsageError("--eval N needs a positive number of examples")
-    flags = {"runs": args.runs, "warmup": args.warmup, "threads": args.threads,
-             "timeout": args.timeout, "benchmark_model": args.benchmark_model,
-             "delegate": args.delegate, "cooldown_max": args.cooldown_max,
-             "bench_host_app": args.bench_host_app, "compute_units": args.compute_units,
-             "retries": args.retries}
-    fields = {"timeout": "timeout_s", "cooldown_max": "cooldown_max_s"}   # the rest: the same
-    try:   # a bad value is named by the flag that gave it
-        opts = BenchOptions(**{fields.get(k, k): v for k, v in flags.items()})
-    except ConfigError as exc:
-        field, _, why = str(exc).partition(": ")
-        flag = next((k for k in flags if fields.get(k, k) == field), None)
-        raise ConfigError(f"--{flag.replace('_', '-')}: {why}" if flag else str(exc)) from None
+    with named_by_flags({"timeout_s": "--timeout", "cooldown_max_s": "--cooldown-max"}):
+        opts = BenchOptions(runs=args.runs, warmup=args.warmup, threads=args.threads,
+                            timeout_s=args.timeout, benchmark_model=args.benchmark_model,
+                            delegate=args.delegate, cooldown_max_s=args.cooldown_max,
+                            bench_host_app=args.bench_host_app, compute_units=args.compute_units,
+                            retries=args.retries)
     if args.eval_n:
         opts = replace(opts, eval_data=eval_data(args.eval_n, data=args.data))
 

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli import CODE_NOTE, DEFAULT_RECIPE
+from ..cli import CODE_NOTE, DEFAULT_RECIPE, named_by_flags
 from ..runs import apply_override
 
 
@@ -107,7 +107,8 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from compression.tuning import SensitivitySettings, autotune, parse_budget, sensitivity
+    from compression.tuning import (AutotuneSettings, SensitivitySettings, autotune,
+                                    parse_budget, sensitivity)
     from dccore.outputs import check_folder, claim_folder
 
     from ..ui import Ui, print_json
@@ -127,8 +128,11 @@ def main(args: argparse.Namespace) -> int:
         fields["sparsities"] = args.sparsities
     if args.bits:
         fields["bits"] = args.bits
-    settings = SensitivitySettings(**fields)
-    settings.check()            # before the baseline is trained, not after
+    with named_by_flags({"layers": "--layer"}):   # before the baseline is trained, not after
+        settings = SensitivitySettings(**fields)
+        if args.command == "autotune":
+            AutotuneSettings(budget=parse_budget(args.budget), objective=args.objective,
+                             max_runs=args.max_runs, margin=parse_budget(args.margin))
     claim_folder(out, args.command)
     ui = Ui(enabled=not (args.quiet or args.json))
     with ui:
