@@ -18,6 +18,7 @@ from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 
+from dccore.artifacts import artifact_size
 from dccore.errors import ExportError
 
 from .examples import ValidationSet, file_examples, idx_examples
@@ -100,22 +101,32 @@ def export_format(loaded: Loaded, exporter: Any, path: Path, options: Any, *,
                   latency_on: Sequence[str] = ("host",),
                   step: Step = contextlib.nullcontext) -> FormatExport:
     """Export ``loaded``'s model with ``exporter`` (an ``EXPORTERS`` entry) to a checked ``path``,
-    measure it uncompressed (``baseline``), validate it on the examples, and with ``beside`` set
-    it beside its uncompressed exports (``measure_beside``). ``step``: a context for each phase,
-    given a line saying what it does (a spinner, a log line)."""
+    measure it uncompressed (``baseline``, and always with ``beside``), validate it on the
+    examples, and with ``beside`` set it beside those uncompressed exports (``exporter.baselines``:
+    bytes, zipped bytes, the task's metric through each on every example, p50 on each device of
+    ``latency_on``; keyed by label, "ours" first). ``step``: a context for each phase, given a
+    line saying what it does (a spinner, a log line)."""
     from exporters import export_and_validate, first_example  # noqa: PLC0415
 
-    examples = loaded.examples
-    with step(f"{exporter.label}: converting, measuring, validating on {len(examples):,} examples"):
+    examples, rows = loaded.examples, {}
+
+    def row(p: Path, score: Any) -> dict[str, Any]:
+        return {**artifact_size(p).to_dict(), **(score.to_dict() if score else {}),
+                "p50_ms": p50_ms(p, latency_runs, latency_on)}
+
+    def beside_row(label: str, dense: Any, dense_path: Path) -> None:
+        checked = exporter.validate(dense_path, loaded.model, examples.inputs, loaded.score,
+                                    reference=loaded.reference)
+        rows[getattr(dense, "variant", label)] = row(dense_path, checked.score)
+
+    with step(f"{exporter.label}: converting, measuring, validating on {len(examples):,} examples"
+              + (" (its uncompressed exports too, scored and timed)" if beside else "")):
         result = export_and_validate(exporter, loaded.model, first_example(examples.inputs), path,
                                      options, examples.inputs, loaded.score, layers=loaded.layers,
-                                     reference=loaded.reference, baseline=baseline)
-    if not beside:
-        return FormatExport(result)
-    with step(f"{exporter.label}: its float32 and float16 exports, scored and timed"):
-        ours = result.validation.score.to_dict() if result.validation.score else {}
-        return FormatExport(result, measure_beside(loaded, exporter, path, options, ours,
-                                                   latency_runs, latency_on))
+                                     reference=loaded.reference, baseline=baseline or beside,
+                                     each_baseline=beside_row if beside else None)
+        return FormatExport(result, {"ours": row(path, result.validation.score), **rows}
+                            if beside else None)
 
 
 def p50_ms(path: Path, runs: int, specs: Sequence[str]) -> dict[str, float]:
@@ -127,31 +138,6 @@ def p50_ms(path: Path, runs: int, specs: Sequence[str]) -> dict[str, float]:
     return {spec: float(device_harness.bench(path, spec, runs=runs, warmup=min(10, runs),
                                              threads=1, cooldown_max_s=0)["latency_ms"]["p50"])
             for spec in specs}
-
-
-def measure_beside(loaded: Loaded, exporter: Any, path: Path, options: Any, ours: dict,
-                   runs: int, specs: Sequence[str]) -> dict[str, Any]:
-    """The artifact beside the same model's uncompressed exports (``exporter.baselines``): bytes,
-    zipped bytes, the task's metric through each on every example, p50 on each device. Keyed by
-    label, "ours" first (``ours``: the artifact's score, already measured)."""
-    from dccore.artifacts import artifact_size  # noqa: PLC0415
-    from dccore.outputs import temporary_folder  # noqa: PLC0415
-    from exporters import first_example  # noqa: PLC0415
-
-    def row(p: Path, figures: dict) -> dict[str, Any]:
-        return {**artifact_size(p).to_dict(), **figures, "p50_ms": p50_ms(p, runs, specs)}
-
-    inputs = loaded.examples.inputs
-    out = {"ours": row(path, ours)}
-    with temporary_folder() as tmp:
-        for i, (label, dense) in enumerate(exporter.baselines(exporter.options(options)).items()):
-            dense_path = Path(tmp) / f"beside{i}{exporter.suffix}"
-            exporter.export(loaded.model, first_example(inputs), dense_path, dense)
-            checked = exporter.validate(dense_path, loaded.model, inputs, loaded.score,
-                                        reference=loaded.reference)
-            out[getattr(dense, "variant", label)] = row(
-                dense_path, checked.score.to_dict() if checked.score else {})
-    return out
 
 
 def plain(obj: Any) -> Any:

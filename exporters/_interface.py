@@ -23,7 +23,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -193,9 +193,11 @@ def export_and_validate(exporter: str | Exporter, model: nn.Module,
                         example_inputs: torch.Tensor | Sequence[torch.Tensor],
                         out: str | os.PathLike[str], options: Any, inputs: Sequence[torch.Tensor],
                         score: Scorer, *, layers: Iterable[str] | Mapping[str, CompressedLayer] | None = None,
-                        reference: np.ndarray | None = None, baseline: bool = True) -> ExportResult:
+                        reference: np.ndarray | None = None, baseline: bool = True,
+                        each_baseline: Callable[[str, Any, Path], None] | None = None) -> ExportResult:
     """Export, measure the same export uncompressed (``baseline``), validate: what the ``export``
-    command does for each format it is asked for."""
+    command does for each format it is asked for. ``each_baseline(label, options, path)``: called
+    with each uncompressed export while it exists (to score and time it beside the artifact)."""
     if isinstance(exporter, str):
         exporter = EXPORTERS.get(exporter)
     artifact = exporter.export(model, example_inputs, out, options, layers=layers)
@@ -207,6 +209,8 @@ def export_and_validate(exporter: str | Exporter, model: nn.Module,
                 dense_path = Path(tmp) / f"dense{i}{exporter.suffix}"
                 exporter.export(model, example_inputs, dense_path, dense_options)
                 sizes[label] = artifact_size(dense_path)
+                if each_baseline is not None:
+                    each_baseline(label, dense_options, dense_path)
     validation = exporter.validate(artifact, model, inputs, score, reference=reference)
     dense = next(iter(sizes.values()), None)
     return ExportResult(artifact, validation, dense, dict(list(sizes.items())[1:]))
