@@ -22,8 +22,9 @@ def require(module: str) -> Any:
         with quiet():
             return importlib.import_module(module)
     except ImportError as exc:
+        package = module.partition(".")[0]       # ai_edge_litert.interpreter: ai_edge_litert's
         raise ExportError(f"TFLite export needs {module} ({exc}); install it with "
-                          f"'pip install {_PACKAGES.get(module, module)}'") from exc
+                          f"'pip install {_PACKAGES.get(package, package)}'") from exc
 
 
 def quiet() -> contextlib.AbstractContextManager[io.StringIO]:

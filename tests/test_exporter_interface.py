@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -175,3 +176,21 @@ def test_the_output_is_checked_before_any_work(npz_format, dcz, tmp_path, capsys
     assert main(["export", str(dcz), "--npz", str(folder)]) == 2
     assert "--npz" in capsys.readouterr().err
     assert NpzExporter.writes == writes and list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("module, requirement", [
+    ("ai_edge_litert.interpreter", "ai-edge-litert>=2.3"), ("litert_torch", "litert-torch>=0.10")])
+def test_a_missing_runtime_names_the_package_to_install(monkeypatch, module, requirement):
+    """The error names pip's requirement for the package a submodule belongs to (it named the
+    submodule, which pip cannot install)."""
+    import importlib
+
+    from android_export._backend import require
+    from dccore.errors import ExportError
+
+    def missing(name, *args, **kwargs):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(ExportError, match=f"'pip install {re.escape(requirement)}'"):
+        require(module)
