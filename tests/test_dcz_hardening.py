@@ -65,9 +65,9 @@ def test_false_claims_of_huge_tensors_fail_fast_in_small_memory(tmp_path, payloa
     path = tmp_path / "claim.dcz"
     write(path, payload)
     assert path.stat().st_size < 200
-    err, seconds, peak = load_measured(path)
+    err, peak = load_measured(path)
     assert isinstance(err, ContainerError) and match in str(err), err
-    assert seconds < 0.5 and peak < 2**20
+    assert peak < 2**20
 
 
 def test_no_non_zeros_with_a_filler_only_gap_stream(tmp_path):
@@ -88,11 +88,10 @@ def test_a_dense_one_value_layer_decodes_to_its_size_and_no_more(tmp_path):
     path = tmp_path / "dense.dcz"
     write(path, tensor((n,), CODEBOOK, struct.pack("<QB", n, 1) + constant(2, n, 0)
                        + one_value_codebook(struct.pack("<f", 1.0)) + width0(n)))
-    out, seconds, peak = load_measured(path)
+    out, peak = load_measured(path)
     assert torch.equal(out.state_dict["fc.weight"], torch.ones(n))
     assert out.tensors[0].streams[0].coder == "constant" and out.layers["fc.weight"].nnz == n
     assert peak < 4 * n + 2**20   # the float32 tensor, and under a MiB besides
-    assert seconds < 2
 
 
 def test_ans_counts_are_not_bounded_by_the_payload_but_by_the_tensor(tmp_path):
@@ -102,7 +101,7 @@ def test_ans_counts_are_not_bounded_by_the_payload_but_by_the_tensor(tmp_path):
     path = tmp_path / "ans.dcz"
     write(path, tensor((n,), CODEBOOK, struct.pack("<QB", n, 1) + ans_free_zeros(n)
                        + one_value_codebook(struct.pack("<f", 2.0)) + width0(n)))
-    out, _, peak = load_measured(path)
+    out, peak = load_measured(path)
     assert torch.equal(out.state_dict["fc.weight"], torch.full((n,), 2.0))
     # The tensor (4 bytes per element), its gap symbols (1 byte each), and a chunk of 2**20
     # positions (8 bytes each) or decoded ranks.
@@ -167,9 +166,9 @@ def _meta_file(tmp_path, text: bytes):
     (b'{"a": ' + b"1" * 5000 + b"}", "not valid JSON"),     # was ValueError (int digit limit)
 ])
 def test_hostile_metadata_is_refused(tmp_path, text, match):
-    err, seconds, _ = load_measured(_meta_file(tmp_path, text))
+    err, peak = load_measured(_meta_file(tmp_path, text))
     assert isinstance(err, ContainerError) and match in str(err), err
-    assert seconds < 1
+    assert peak < 20 * len(text) + 2**20   # linear in the text: no deep object built first
 
 
 def test_metadata_depth_counts_structure_not_brackets_in_strings(tmp_path):

@@ -283,7 +283,7 @@ N = 2**27
 ])
 def test_false_claims_of_new_storage_fail_fast_in_small_memory(tmp_path, payload, match):
     write(tmp_path / "claim.dcz", payload, version=2)
-    err, _, peak = load_measured(tmp_path / "claim.dcz")
+    err, peak = load_measured(tmp_path / "claim.dcz")
     assert isinstance(err, ContainerError) and match in str(err), err
     assert peak < 2**20
 
@@ -308,10 +308,10 @@ def test_constant_planes_decode_to_their_tensor_and_no_more(tmp_path):
     path = tmp_path / "ones.dcz"
     write(path, tensor((n,), PLAIN_VALUES, bytes([F32]) + planes(n, struct.pack("<f", 1.0))),
           version=2)
-    out, _, peak = load_measured(path)
+    out, peak = load_measured(path)
     assert torch.equal(out.state_dict["fc.weight"], torch.ones(n))
     assert peak < 4 * n + 2**20
-    err, _, peak = load_measured(path, max_decoded_bytes=4 * n - 1)
+    err, peak = load_measured(path, max_decoded_bytes=4 * n - 1)
     assert isinstance(err, ContainerError) and "more than this file may decode to" in str(err)
     assert peak < 2**20
 
