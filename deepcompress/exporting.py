@@ -76,36 +76,17 @@ def dcz_layers(model: Any, dcz: Any) -> dict[str, Any]:
             for n, info in layers.items()}
 
 
-@dataclass(frozen=True)
-class FormatExport:
-    """One format exported and validated (``exporters.ExportResult``), and where measured, the
-    artifact beside the same model's uncompressed exports (by label, "ours" first)."""
-
-    result: Any                       # exporters.ExportResult
-    beside: Mapping[str, dict[str, Any]] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.result.ok
-
-    def to_dict(self) -> dict[str, Any]:
-        """What ``deepcompress export --json`` reports for the format: plain JSON values."""
-        out = self.result.to_dict()
-        if self.beside is not None:
-            out["beside"] = self.beside
-        return plain(out)
-
-
 def export_format(loaded: Loaded, exporter: Any, path: Path, options: Any, *,
                   baseline: bool = True, beside: bool = False, latency_runs: int = LATENCY_RUNS,
                   latency_on: Sequence[str] = ("host",),
-                  step: Step = contextlib.nullcontext) -> FormatExport:
+                  step: Step = contextlib.nullcontext) -> dict[str, Any]:
     """Export ``loaded``'s model with ``exporter`` (an ``EXPORTERS`` entry) to a checked ``path``,
     measure it uncompressed (``baseline``, and always with ``beside``), validate it on the
     examples, and with ``beside`` set it beside those uncompressed exports (``exporter.baselines``:
     bytes, zipped bytes, the task's metric through each on every example, p50 on each device of
     ``latency_on``; keyed by label, "ours" first). ``step``: a context for each phase, given a
-    line saying what it does (a spinner, a log line)."""
+    line saying what it does (a spinner, a log line). Returns what ``deepcompress export --json``
+    reports for the format (``exporters.ExportResult.to_dict``, and ``beside``): plain JSON."""
     from exporters import export_and_validate, first_example  # noqa: PLC0415
 
     examples, rows = loaded.examples, {}
@@ -125,8 +106,10 @@ def export_format(loaded: Loaded, exporter: Any, path: Path, options: Any, *,
                                      options, examples.inputs, loaded.score, layers=loaded.layers,
                                      reference=loaded.reference, baseline=baseline or beside,
                                      each_baseline=beside_row if beside else None)
-        return FormatExport(result, {"ours": row(path, result.validation.score), **rows}
-                            if beside else None)
+        out = result.to_dict()
+        if beside:
+            out["beside"] = {"ours": row(path, result.validation.score), **rows}
+        return plain(out)
 
 
 def p50_ms(path: Path, runs: int, specs: Sequence[str]) -> dict[str, float]:

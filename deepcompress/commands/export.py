@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
     for name, path in paths.items():
         report[name] = export_format(loaded, EXPORTERS.get(name), path, options[name],
                                      beside=name in beside, latency_runs=args.latency_runs,
-                                     latency_on=latency_on, step=step).to_dict()
+                                     latency_on=latency_on, step=step)
     ok = all(report[n]["ok"] for n in paths)
     report["ok"] = ok
     if args.json:

@@ -154,7 +154,7 @@ class Exported:
     zipped_bytes: int
     ok: bool
     result: dict[str, Any]           # what `deepcompress export --json` reports for the format
-                                     # (deepcompress.exporting.FormatExport.to_dict)
+                                     # (deepcompress.exporting.export_format)
     cached: bool = False
 
 
@@ -208,7 +208,7 @@ def export_all(spec: ExportSpec, compressed: Compressed, out_dir: Path, *,
         exporter = EXPORTERS.get(name)
         result = export_format(loaded, exporter, paths[name],
                                exporter.Options(**spec.options.get(name, {})),
-                               baseline=spec.dense, step=step).to_dict()
+                               baseline=spec.dense, step=step)
         sha = artifact_sha256(paths[name])
         out.examples = loaded.examples.describe
         cache[name] = {"key": keys[name], "sha256": sha, "result": result,
