@@ -151,13 +151,6 @@ def through_package(case: Case, package: Path, base: nn.Module, names: dict[str,
     return case.metric(decoded_model(base, decoded))
 
 
-def sizes(path: Path) -> dict[str, int]:
-    from dccore.artifacts import artifact_size
-
-    size = artifact_size(path)
-    return {"bytes": size.bytes, "zipped_bytes": size.zipped_bytes}
-
-
 def ct_config(point: str, weights: dict[str, bool]) -> Any:
     """coremltools' palettizer config for ``point``, on the model's weight tensors (``weights``:
     the package variable of each -> whether an embedding table reads it). Named one by one: the
@@ -185,6 +178,7 @@ def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> 
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
+    from dccore.artifacts import artifact_size
     from ios_export import CoreMLExporter, CoreMLOptions, decoded_model, export_coreml
     from exporters import quiet_backend
 
@@ -192,7 +186,8 @@ def bench(case: Case, work: Path, points: list[str], baselines: bool = True) -> 
     rows = []
 
     def row(label: str, path: Path, seconds: float, figures: dict, **extra: Any) -> None:
-        r = {"model": case.family, "run": case.name, "point": label, **sizes(path),
+        r = {"model": case.family, "run": case.name, "point": label,
+             **artifact_size(path).to_dict(),
              "seconds": round(seconds, 1),
              **figures, **extra}
         rows.append(r)
