@@ -93,6 +93,7 @@ def minilm_case(dcz_path: Path, reference: tuple | None = None) -> Case:
     import minilm
     from bench_minilm import embed
 
+    from dccore import metrics
     from deepcompress.exporting import dcz_layers
     from deepcompress.loading import model_from_dcz
 
@@ -105,9 +106,8 @@ def minilm_case(dcz_path: Path, reference: tuple | None = None) -> Case:
 
     def cosine(m: nn.Module) -> dict[str, float]:
         got = embed(m, sentences)
-        cos = np.sum(got * reference, 1) / (np.linalg.norm(got, axis=1)
-                                            * np.linalg.norm(reference, axis=1))
-        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+        return {"cosine_mean": metrics.mean_cosine(got, reference),
+                "cosine_min": metrics.min_cosine(got, reference)}
 
     return Case(dcz_path.parent.name, "minilm", model.eval(), dense,
                 minilm.tokenize(sentences[:1]), dcz_layers(model, dcz), dcz.bytes, cosine)
