@@ -197,10 +197,10 @@ def _reader(name: str):
         from compression.recipe import load_recipe
         return load_recipe
     if name == "qualify":
-        from deepcompress.qualify._config import load_qualify_config
+        from deepcompress.qualify import load_qualify_config
         return load_qualify_config
     if name == "matrix":
-        from deepcompress.qualify._config import load_matrix
+        from deepcompress.qualify import load_matrix
         return load_matrix
     from deepcompress.size_gate import load_budgets
     return lambda p: load_budgets(Path(p))
