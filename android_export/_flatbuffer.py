@@ -325,3 +325,29 @@ def _opcode(model: Any, code: int) -> int:
     oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), 1
     model.operatorCodes.append(oc)
     return len(model.operatorCodes) - 1
+
+
+def _const(model: Any, sg: Any, name: str, array: np.ndarray, ttype: int) -> int:
+    fb = _fb()
+    buf = fb.BufferT()
+    buf.data = np.frombuffer(np.ascontiguousarray(array).tobytes(), dtype=np.uint8)
+    model.buffers.append(buf)
+    return _tensor(sg, name, array.shape, ttype, len(model.buffers) - 1)
+
+
+def _tensor(sg: Any, name: str, shape: tuple[int, ...], ttype: int, buffer: int = 0) -> int:
+    fb = _fb()
+    t = fb.TensorT()
+    t.name, t.shape, t.type, t.buffer = name.encode(), list(shape), ttype, buffer
+    sg.tensors.append(t)
+    return len(sg.tensors) - 1
+
+
+def _op(code: int, inputs: list[int], outputs: list[int], options_type: int = 0,
+        options: Any = None) -> Any:
+    fb = _fb()
+    op = fb.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = code, inputs, outputs
+    if options is not None:
+        op.builtinOptionsType, op.builtinOptions = options_type, options
+    return op

@@ -27,38 +27,12 @@ from torch import nn
 
 from dccore.errors import ExportError
 
-from ._flatbuffer import _fb, _op_names, _opcode, read_model, write_model
+from ._flatbuffer import _const, _fb, _op, _op_names, _opcode, _tensor, read_model, write_model
 
 
 def projections(model: nn.Module) -> list[dict[str, Any]]:
     return [m.tflite_lsh_projection() for m in model.modules()
             if callable(getattr(m, "tflite_lsh_projection", None))]
-
-
-def _const(model: Any, sg: Any, name: str, array: np.ndarray, ttype: int) -> int:
-    fb = _fb()
-    buf = fb.BufferT()
-    buf.data = np.frombuffer(np.ascontiguousarray(array).tobytes(), dtype=np.uint8)
-    model.buffers.append(buf)
-    return _tensor(sg, name, array.shape, ttype, len(model.buffers) - 1)
-
-
-def _tensor(sg: Any, name: str, shape: tuple[int, ...], ttype: int, buffer: int = 0) -> int:
-    fb = _fb()
-    t = fb.TensorT()
-    t.name, t.shape, t.type, t.buffer = name.encode(), list(shape), ttype, buffer
-    sg.tensors.append(t)
-    return len(sg.tensors) - 1
-
-
-def _op(code: int, inputs: list[int], outputs: list[int], options_type: int = 0,
-        options: Any = None) -> Any:
-    fb = _fb()
-    op = fb.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = code, inputs, outputs
-    if options is not None:
-        op.builtinOptionsType, op.builtinOptions = options_type, options
-    return op
 
 
 def rewrite(content: bytes, model: nn.Module) -> bytes:

@@ -53,8 +53,9 @@ import numpy as np
 from dccore.errors import ExportError
 
 from ._backend import quiet, require
-from ._flatbuffer import (_DENSE_WHEN_DEQUANTIZED, _PASS_THROUGH, _WEIGHT_OPS, WeightSlot, _fb,
-                          _op_names, _opcode, read_model, sparsify, weight_slots, write_model)
+from ._flatbuffer import (_DENSE_WHEN_DEQUANTIZED, _PASS_THROUGH, _WEIGHT_OPS, WeightSlot, _const,
+                          _fb, _op, _op_names, _opcode, _tensor, read_model, sparsify,
+                          weight_slots, write_model)
 
 FORMS: dict[str, str] = {
     "int4": "int4 per output channel, dequantized at load",
@@ -450,28 +451,14 @@ def unfold_scales(content: bytes, unfold: Mapping[str, tuple[np.ndarray, np.ndar
         ours, g = unfold[name]
         model.buffers[weight.buffer].data = np.frombuffer(
             np.ascontiguousarray(ours, np.float32).tobytes(), np.uint8)
-        buf = fb.BufferT()
-        buf.data = np.frombuffer(np.ascontiguousarray(g, np.float32).tobytes(), np.uint8)
-        model.buffers.append(buf)
-        scale = fb.TensorT()
-        scale.name, scale.shape, scale.type = (name + "/input_scale").encode(), [g.size], \
-            fb.TensorType.FLOAT32
-        scale.buffer = len(model.buffers) - 1
-        sg.tensors.append(scale)
+        scale = _const(model, sg, name + "/input_scale", np.asarray(g, np.float32).reshape(-1),
+                       fb.TensorType.FLOAT32)
         x = sg.tensors[op.inputs[0]]
-        scaled = fb.TensorT()
-        scaled.name, scaled.shape, scaled.type = (name + "/scaled_input").encode(), \
-            list(x.shape), x.type
-        empty = fb.BufferT()
-        model.buffers.append(empty)
-        scaled.buffer = len(model.buffers) - 1
-        sg.tensors.append(scaled)
+        model.buffers.append(fb.BufferT())     # the product's own empty buffer
+        scaled = _tensor(sg, name + "/scaled_input", x.shape, x.type, len(model.buffers) - 1)
         if mul_code is None:
             mul_code = _opcode(model, fb.BuiltinOperator.MUL)
-        mul = fb.OperatorT()
-        mul.opcodeIndex = mul_code
-        mul.inputs, mul.outputs = [op.inputs[0], len(sg.tensors) - 2], [len(sg.tensors) - 1]
-        mul.builtinOptionsType, mul.builtinOptions = fb.BuiltinOptions.MulOptions, fb.MulOptionsT()
-        op.inputs = [len(sg.tensors) - 1, *list(op.inputs)[1:]]
-        sg.operators.insert(i, mul)
+        sg.operators.insert(i, _op(mul_code, [op.inputs[0], scale], [scaled],
+                                   fb.BuiltinOptions.MulOptions, fb.MulOptionsT()))
+        op.inputs = [scaled, *list(op.inputs)[1:]]
     return write_model(model)
