@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
                    help="budgets from this file instead of the config's [budgets]")
     group = p.add_argument_group("budget overrides (win over the config and every per-format or "
                                  "per-device entry)")
-    helps = {**BUDGET_KEYS, **{k: v for k, v in REGRESSION_KEYS.items()}}
+    helps = {**BUDGET_KEYS, **REGRESSION_KEYS}
     for option, (_section, key) in BUDGET_FLAGS.items():
         group.add_argument(option, type=float, metavar="N", dest=_dest(option), help=helps[key])
     p.add_argument("--json", action="store_true", help="print results.json on stdout")

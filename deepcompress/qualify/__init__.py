@@ -16,9 +16,9 @@ from dccore.registry import lazy_attributes
 _LAZY = {
     "load_qualify_config": "deepcompress.qualify._config",
     "load_matrix": "deepcompress.qualify._config",
-    "BUDGET_FLAGS": "deepcompress.qualify._config",
-    "BUDGET_KEYS": "deepcompress.qualify._config",
-    "REGRESSION_KEYS": "deepcompress.qualify._config",
+    "BUDGET_FLAGS": "deepcompress.qualify._measures",
+    "BUDGET_KEYS": "deepcompress.qualify._measures",
+    "REGRESSION_KEYS": "deepcompress.qualify._measures",
     "qualify": "deepcompress.qualify._qualify",
     "QualifyResult": "deepcompress.qualify._qualify",
     "run_nightly": "deepcompress.qualify._nightly",

@@ -41,7 +41,7 @@ from dccore.config import (Bytes, Check, Config, FilePath, Fields, Flag, FreeTab
 from dccore.errors import ConfigError, UsageError
 from device_harness.runners import MAX_SECONDS, BenchOptions
 
-from ._measures import (BUDGET_FLAGS, BUDGET_KEYS, DEFAULT_TOLERANCES,  # noqa: F401
+from ._measures import (BUDGET_FLAGS, BUDGET_KEYS, DEFAULT_TOLERANCES,
                         DEVICE_KEYS, FORMAT_KEYS, METRICS, REGRESSION_KEYS)
 
 # Ceilings on the counts a config sets beside the bench's own (device_harness.runners: MAX_RUNS,
