@@ -43,6 +43,7 @@ from ._context import StageContext
 from ._state import CompressionState
 from .progress import no_progress
 from .recipe import Recipe, load_recipe
+from .share import least_squares_scale
 from .stages import STAGES, StageConfig
 from .stages.encode import EncodeConfig, write_model_file
 from .tasks import Examples, Task, TaskData
@@ -219,13 +220,10 @@ class Compressor:
             layer.centroids = torch.where(counts > 0, (sums / counts.clamp(min=1)).float(),
                                           layer.centroids)
             if layer.grid is not None:     # a grid codebook keeps its levels: the best scales
-                q = layer.levels.double()
-                mean = layer.centroids.double()
-                num = (counts * mean * q).reshape(layer.scales.numel(), -1).sum(1)
-                den = (counts * q * q).reshape(layer.scales.numel(), -1).sum(1)
-                fitted = torch.where((den > 0) & (num > 0), num / den.clamp(min=1e-300),
-                                     layer.scales.double())
-                layer.scales = fitted.float()
+                groups = layer.scales.numel()
+                layer.scales = least_squares_scale(
+                    layer.centroids.double().reshape(groups, -1), counts.reshape(groups, -1),
+                    layer.levels.double().reshape(groups, -1), layer.scales)
                 layer.centroids = layer.grid_centroids()
 
     def _need_state(self) -> None:

@@ -376,6 +376,15 @@ def _grid_error(values: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor
     return err, q
 
 
+def least_squares_scale(values: torch.Tensor, weights: torch.Tensor, q: torch.Tensor,
+                        scale: torch.Tensor) -> torch.Tensor:
+    """Per group (row), the scale s minimising sum w (x - s q)^2 for the levels ``q`` chosen:
+    sum w x q / sum w q^2 (float64 sums), float32; ``scale`` (G,) where that is not positive."""
+    num = (weights * values * q).sum(1, dtype=torch.float64)
+    den = (weights * q * q).sum(1, dtype=torch.float64)
+    return torch.where((den > 0) & (num > 0), num / den.clamp(min=1e-300), scale.double()).float()
+
+
 def fit_grid_scale(values: torch.Tensor, weights: torch.Tensor, lo: int, hi: int,
                    steps: int = 40, refinements: int = 10) -> torch.Tensor:
     """The scale per group (G,) whose grid scale x [lo..hi] has the least weighted squared error
@@ -404,10 +413,7 @@ def _fit_scale(values: torch.Tensor, weights: torch.Tensor, lo: int, hi: int, st
         best, best_err = torch.where(better, full * t, best), torch.where(better, err, best_err)
     for _ in range(refinements):
         _, q = _grid_error(values, weights, best, lo, hi)
-        num = (weights * values * q).sum(1, dtype=torch.float64)
-        den = (weights * q * q).sum(1, dtype=torch.float64)
-        fitted = torch.where((den > 0) & (num > 0), num / den.clamp(min=1e-300),
-                             best.double()).float()
+        fitted = least_squares_scale(values, weights, q, best)
         err, _ = _grid_error(values, weights, fitted, lo, hi)
         better = err < best_err
         if not bool(better.any()):
@@ -515,9 +521,7 @@ def _refit_scale(values: torch.Tensor, weights: torch.Tensor, scales: torch.Tens
 
     best_err, q = error(scales)
     for _ in range(rounds):
-        num, den = (weights * values * q).sum(1), (weights * q * q).sum(1)
-        fitted = torch.where((den > 0) & (num > 0), num / den.clamp(min=1e-300),
-                             scales.double()).float()
+        fitted = least_squares_scale(values, weights, q, scales)
         err, q_new = error(fitted)
         better = err < best_err
         if not bool(better.any()):
