@@ -11,9 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from compression.share import GRID_BITS    # the bits of each integer grid's values
 from dccore.errors import ContainerError
-
-GRID_BITS = {"int4": 4, "int8": 8}    # the bits of each integer grid's values
 
 
 @dataclass(frozen=True)
