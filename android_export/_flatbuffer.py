@@ -294,7 +294,6 @@ def sparsify(content: bytes, only: Collection[str] | None = None) -> tuple[bytes
         # The const becomes sparse; a new tensor carries DENSIFY's dense output to the consumers.
         dense_out = fb.TensorT()
         dense_out.shape, dense_out.type = list(tensor.shape), tensor.type
-        name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
         dense_out.name = name + "/densified"
         # Quantization parameters (per-channel scales) live on DENSIFY's output, which DEQUANTIZE
         # reads; DENSIFY only copies values, so the sparse const does not repeat them.
