@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -76,10 +77,8 @@ def _stores(variant: str, result: Any) -> str:
     """For a table: the variant, and for ``auto`` the forms it chose ("auto: 2 int4, 1 int8")."""
     if variant != "auto" or not result.layers:
         return variant
-    forms: dict[str, int] = {}
-    for s in result.layers.values():
-        forms[s.form] = forms.get(s.form, 0) + 1
-    return "auto: " + ", ".join(f"{n} {f}" for f, n in sorted(forms.items(), key=lambda kv: -kv[1]))
+    forms = Counter(s.form for s in result.layers.values())
+    return "auto: " + ", ".join(f"{n} {f}" for f, n in forms.most_common())
 
 
 EXPORTERS.register(TFLiteExporter.name, TFLiteExporter())
